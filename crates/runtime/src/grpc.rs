@@ -1,0 +1,53 @@
+//! Serving one fed-sx gRPC service the same way everywhere: the service itself plus
+//! `grpc.health.v1` health and server reflection, trace context taken from each call, and
+//! graceful shutdown (NOT_SERVING first, then in-flight calls finish).
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+/// Serves `routes` (the service named `service_name`, e.g. `fedsx.logstore.v1.LogStore`)
+/// on `listener` until `shutdown` is cancelled. The health service reports SERVING for
+/// `service_name` and for the whole server (`""`) until shutdown, NOT_SERVING after.
+/// Announces the bound address once serving (see [`crate::listen::announce`]).
+pub async fn serve(
+    service_name: &str,
+    routes: Routes,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(service_name, ServingStatus::Serving)
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fedsx_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection);
+
+    crate::listen::announce(service_name, &listener)?;
+    let name = service_name.to_owned();
+    let stopping = async move {
+        shutdown.cancelled().await;
+        health.set_service_status(&name, ServingStatus::NotServing).await;
+        health.set_service_status("", ServingStatus::NotServing).await;
+        tracing::info!(service = %name, "not serving; finishing in-flight calls");
+    };
+
+    tonic::transport::Server::builder()
+        .trace_fn(crate::trace_context::grpc_server_span)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+        .await
+        .context("gRPC server failed")
+}

@@ -1,0 +1,183 @@
+//! `fedsx.logstore.v1.LogStore` over the store: converts proto ↔ domain, maps errors, and
+//! runs subscriptions. No storage logic lives here.
+
+use crate::error::StoreError;
+use crate::keys;
+use crate::store::Store;
+use crate::stream::{Entry, Kind, NewEntry, StreamId, limits};
+use fedsx_proto::logstore::v1 as pb;
+use fedsx_runtime::CancellationToken;
+use fedsx_runtime::error::ServiceError;
+use pb::log_store_server::{LogStore, LogStoreServer};
+use std::pin::Pin;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Entries a subscription buffers for a slow client before it waits for it.
+const SUBSCRIBE_BUFFER: usize = 256;
+
+pub(crate) fn server(store: Store, shutdown: CancellationToken) -> LogStoreServer<LogStoreService> {
+    LogStoreServer::new(LogStoreService { store, shutdown })
+        .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(limits::MAX_REQUEST_BYTES)
+}
+
+pub(crate) struct LogStoreService {
+    store: Store,
+    shutdown: CancellationToken,
+}
+
+fn stream_id(stream: Option<pb::StreamId>) -> Result<StreamId, StoreError> {
+    let stream = stream.ok_or(StoreError::MissingStream)?;
+    let kind = match pb::StreamKind::try_from(stream.kind) {
+        Ok(pb::StreamKind::Inbox) => Kind::Inbox,
+        Ok(pb::StreamKind::Outbox) => Kind::Outbox,
+        Ok(pb::StreamKind::Meta) => Kind::Meta,
+        Ok(pb::StreamKind::Flow) => Kind::Flow,
+        Ok(pb::StreamKind::Unspecified) | Err(_) => return Err(StoreError::UnknownKind(stream.kind)),
+    };
+    StreamId::new(stream.actor, kind)
+}
+
+fn to_proto(entry: Entry) -> pb::Entry {
+    pb::Entry {
+        seq: entry.seq,
+        id: entry.id,
+        data: entry.data,
+    }
+}
+
+fn status(err: StoreError) -> Status {
+    err.to_status()
+}
+
+#[tonic::async_trait]
+impl LogStore for LogStoreService {
+    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        let request = request.into_inner();
+        let stream = stream_id(request.stream).map_err(status)?;
+        let entries = request
+            .entries
+            .into_iter()
+            .map(|e| NewEntry { id: e.id, data: e.data })
+            .collect();
+        let outcome = self
+            .store
+            .append(stream, entries, request.expected_tip)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AppendResponse {
+            entries: outcome
+                .entries
+                .into_iter()
+                .map(|a| pb::AppendedEntry { seq: a.seq, appended: a.appended })
+                .collect(),
+            tip: outcome.tip,
+        }))
+    }
+
+    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
+        let request = request.into_inner();
+        let stream = stream_id(request.stream).map_err(status)?;
+        let (entries, tip) = self
+            .store
+            .read(stream, request.after_seq, request.limit as usize)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReadResponse {
+            entries: entries.into_iter().map(to_proto).collect(),
+            tip,
+        }))
+    }
+
+    async fn tip(&self, request: Request<pb::TipRequest>) -> Result<Response<pb::TipResponse>, Status> {
+        let stream = stream_id(request.into_inner().stream).map_err(status)?;
+        let tip = self.store.tip(stream).await.map_err(status)?;
+        Ok(Response::new(pb::TipResponse { tip }))
+    }
+
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::Entry, Status>> + Send>>;
+
+    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let stream = stream_id(request.stream).map_err(status)?;
+        let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
+        let subscription = Subscription {
+            store: self.store.clone(),
+            stream_key: keys::stream_key(&stream),
+            stream,
+            cursor: request.after_seq,
+            sender,
+        };
+        tokio::spawn(subscription.run(self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// One `Subscribe` call: sends what the stream holds after the cursor, then waits for
+/// appends to the stream and sends those, until the client goes away or shutdown.
+struct Subscription {
+    store: Store,
+    stream: StreamId,
+    stream_key: Vec<u8>,
+    cursor: u64,
+    sender: mpsc::Sender<Result<pb::Entry, Status>>,
+}
+
+impl Subscription {
+    async fn run(mut self, shutdown: CancellationToken) {
+        // Listen before the first read so no append between the read and the wait is missed.
+        let mut appended = self.store.appended();
+        loop {
+            match self.send_new_entries().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    let _ = self.sender.send(Err(status(err))).await;
+                    return;
+                }
+            }
+            if !self.wait_for_append(&mut appended, &shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits until this stream may have new entries; false when the subscription must end.
+    async fn wait_for_append(&self, appended: &mut broadcast::Receiver<Vec<u8>>, shutdown: &CancellationToken) -> bool {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = self.sender.closed() => return false,
+                notice = appended.recv() => match notice {
+                    Ok(key) if key == self.stream_key => return true,
+                    Ok(_) => {}
+                    // We may have missed our stream's notice: read again to be sure.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                },
+            }
+        }
+    }
+
+    /// Sends every entry after the cursor; false when the client is gone.
+    async fn send_new_entries(&mut self) -> Result<bool, StoreError> {
+        loop {
+            let (entries, tip) = self
+                .store
+                .read(self.stream.clone(), self.cursor, limits::MAX_READ_LIMIT)
+                .await?;
+            for entry in entries {
+                self.cursor = entry.seq;
+                if self.sender.send(Ok(to_proto(entry))).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            if self.cursor >= tip {
+                return Ok(true);
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `fedsx`: one binary whose subcommands run each fed-sx service as its own process, a
+//! whole node, and the operator's tools.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+use fedsx_runtime::{listen, shutdown, telemetry};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "fedsx", version, about = "fed-sx federation server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the log-store service: per-actor append-only streams on RocksDB.
+    LogStore(fedsx_log_store::Config),
+    /// Run the kernel service (not built yet: issue #3).
+    Kernel,
+    /// Run the delivery service (not built yet: issue #4).
+    Delivery,
+    /// Run the HTTP gateway (not built yet: issue #5).
+    Gateway,
+    /// Run a whole node (not built yet: issue #5).
+    Up,
+    /// Measure a service's throughput against the machine's limits.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("fedsx: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fedsx: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::LogStore(config) => {
+            let _telemetry = telemetry::init("fedsx-log-store")?;
+            let shutdown = shutdown::on_signal()?;
+            let listener = listen::bind("--listen", config.listen).await?;
+            fedsx_log_store::run(config, listener, shutdown).await
+        }
+        Command::Kernel => not_built("kernel", 3),
+        Command::Delivery => not_built("delivery", 4),
+        Command::Gateway => not_built("gateway", 5),
+        Command::Up => not_built("up", 5),
+        Command::Bench(bench) => bench.run().await,
+    }
+}
+
+fn not_built(command: &str, issue: u32) -> anyhow::Result<()> {
+    anyhow::bail!("`fedsx {command}` is not built yet (issue #{issue})")
+}

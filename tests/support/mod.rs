@@ -1,0 +1,208 @@
+//! Helpers for end-to-end tests: spawn the real `fedsx` binary in a temp dir, learn its
+//! port from the line it prints, wait for gRPC health, and signal or kill it.
+//!
+//! Set `FEDSX_TEST_KEEP=1` to keep each test's temp dir (data and service logs) for
+//! debugging; its path is printed.
+
+#![allow(dead_code)]
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// How long a service may take to start or stop before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A temp dir per test, kept when `FEDSX_TEST_KEEP` is set.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix("fedsx-test-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let path = dir.path().to_path_buf();
+        if std::env::var_os("FEDSX_TEST_KEEP").is_some() {
+            eprintln!("keeping test dir {}", path.display());
+            let _ = dir.keep();
+            return TestDir { dir: None, path };
+        }
+        TestDir { dir: Some(dir), path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        TestDir::new()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        drop(self.dir.take());
+    }
+}
+
+/// A running `fedsx` service process, killed when dropped.
+pub struct Service {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+/// Runs `fedsx <args>` to completion (it is expected to exit by itself) and returns its
+/// status and stderr.
+pub fn run_to_exit(args: &[&str]) -> anyhow::Result<(ExitStatus, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().expect("piped"), &mut stderr)?;
+            return Ok((status, stderr));
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            bail!("fedsx {args:?} did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Service {
+    /// Spawns `fedsx <args>` with stderr in `<log_dir>/<name>.log`, waits for its
+    /// `fedsx-listening` line and for its gRPC health to report SERVING.
+    pub async fn spawn(name: &str, args: &[&str], log_dir: &Path) -> anyhow::Result<Service> {
+        let log = log_dir.join(format!("{name}.log"));
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("spawning fedsx")?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready, announced) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("fedsx-listening ").and_then(|rest| rest.split_whitespace().nth(1)) {
+                    let _ = ready.send(addr.to_owned());
+                }
+            }
+        });
+        let mut service = Service { child, addr: "0.0.0.0:0".parse()?, log };
+        let addr = tokio::task::spawn_blocking(move || announced.recv_timeout(DEADLINE)).await?;
+        match addr {
+            Ok(addr) => service.addr = addr.parse()?,
+            Err(_) => bail!("{name} did not announce its address; log:\n{}", service.log_tail()),
+        }
+        service.wait_serving().await?;
+        Ok(service)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    async fn wait_serving(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Ok(mut health) = HealthClient::connect(self.url()).await
+                && let Ok(answer) = health.check(HealthCheckRequest { service: String::new() }).await
+                && answer.get_ref().status() == ServingStatus::Serving
+            {
+                return Ok(());
+            }
+            if started.elapsed() > DEADLINE {
+                bail!("service at {} not healthy within {DEADLINE:?}; log:\n{}", self.addr, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: the process dies at once, without any chance to clean up.
+    pub fn sigkill(&mut self) -> anyhow::Result<()> {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL)?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub async fn sigterm(&mut self) -> anyhow::Result<ExitStatus> {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > DEADLINE {
+                bail!("no exit within {DEADLINE:?} of SIGTERM; log:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

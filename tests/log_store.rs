@@ -5,7 +5,8 @@ mod support;
 use bytes::Bytes;
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{
-    AppendRequest, AppendResponse, NewEntry, ReadRequest, StreamId, StreamKind, SubscribeRequest, TipRequest,
+    AppendRequest, AppendResponse, NewEntry, ReadRequest, StreamId, StreamKind, SubscribeRequest,
+    TipRequest,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,7 +22,13 @@ async fn start(dir: &TestDir) -> Service {
 
 async fn start_on(log_dir: &Path, data_dir: &Path) -> Service {
     let data_dir = data_dir.to_str().unwrap();
-    let args = ["log-store", "--listen", "127.0.0.1:0", "--data-dir", data_dir];
+    let args = [
+        "log-store",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+    ];
     Service::spawn("log-store", &args, log_dir).await.unwrap()
 }
 
@@ -30,11 +37,17 @@ async fn client(service: &Service) -> LogStoreClient<Channel> {
 }
 
 fn stream(actor: &str, kind: StreamKind) -> Option<StreamId> {
-    Some(StreamId { actor: actor.into(), kind: kind.into() })
+    Some(StreamId {
+        actor: actor.into(),
+        kind: kind.into(),
+    })
 }
 
 fn entry(id: &str, data: &str) -> NewEntry {
-    NewEntry { id: Bytes::copy_from_slice(id.as_bytes()), data: Bytes::copy_from_slice(data.as_bytes()) }
+    NewEntry {
+        id: Bytes::copy_from_slice(id.as_bytes()),
+        data: Bytes::copy_from_slice(data.as_bytes()),
+    }
 }
 
 async fn append(
@@ -44,19 +57,38 @@ async fn append(
     entries: Vec<NewEntry>,
     expected_tip: Option<u64>,
 ) -> Result<AppendResponse, tonic::Status> {
-    let request = AppendRequest { stream: stream(actor, kind), entries, expected_tip };
+    let request = AppendRequest {
+        stream: stream(actor, kind),
+        entries,
+        expected_tip,
+    };
     client.append(request).await.map(|r| r.into_inner())
 }
 
 async fn tip(client: &mut LogStoreClient<Channel>, actor: &str, kind: StreamKind) -> u64 {
-    client.tip(TipRequest { stream: stream(actor, kind) }).await.unwrap().into_inner().tip
+    client
+        .tip(TipRequest {
+            stream: stream(actor, kind),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tip
 }
 
-async fn read_all(client: &mut LogStoreClient<Channel>, actor: &str, kind: StreamKind) -> Vec<(u64, Bytes)> {
+async fn read_all(
+    client: &mut LogStoreClient<Channel>,
+    actor: &str,
+    kind: StreamKind,
+) -> Vec<(u64, Bytes)> {
     let mut out = Vec::new();
     loop {
         let after_seq = out.last().map_or(0, |(seq, _)| *seq);
-        let read = ReadRequest { stream: stream(actor, kind), after_seq, limit: 0 };
+        let read = ReadRequest {
+            stream: stream(actor, kind),
+            after_seq,
+            limit: 0,
+        };
         let page = client.read(read).await.unwrap().into_inner();
         if page.entries.is_empty() {
             return out;
@@ -71,28 +103,65 @@ async fn append_read_tip_and_independent_streams() {
     let service = start(&dir).await;
     let mut client = client(&service).await;
 
-    assert_eq!(tip(&mut client, "alice", StreamKind::Outbox).await, 0, "a stream never written has tip 0");
+    assert_eq!(
+        tip(&mut client, "alice", StreamKind::Outbox).await,
+        0,
+        "a stream never written has tip 0"
+    );
 
-    let answer = append(&mut client, "alice", StreamKind::Outbox, vec![entry("a", "one"), entry("b", "two"), entry("c", "three")], None)
-        .await
-        .unwrap();
+    let answer = append(
+        &mut client,
+        "alice",
+        StreamKind::Outbox,
+        vec![entry("a", "one"), entry("b", "two"), entry("c", "three")],
+        None,
+    )
+    .await
+    .unwrap();
     let seqs: Vec<u64> = answer.entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2, 3]);
     assert!(answer.entries.iter().all(|e| e.appended));
     assert_eq!(answer.tip, 3);
 
-    let read = ReadRequest { stream: stream("alice", StreamKind::Outbox), after_seq: 1, limit: 10 };
+    let read = ReadRequest {
+        stream: stream("alice", StreamKind::Outbox),
+        after_seq: 1,
+        limit: 10,
+    };
     let page = client.read(read).await.unwrap().into_inner();
     assert_eq!(page.tip, 3);
-    let got: Vec<(u64, &[u8], &[u8])> = page.entries.iter().map(|e| (e.seq, &e.id[..], &e.data[..])).collect();
-    assert_eq!(got, [(2, &b"b"[..], &b"two"[..]), (3, &b"c"[..], &b"three"[..])]);
+    let got: Vec<(u64, &[u8], &[u8])> = page
+        .entries
+        .iter()
+        .map(|e| (e.seq, &e.id[..], &e.data[..]))
+        .collect();
+    assert_eq!(
+        got,
+        [(2, &b"b"[..], &b"two"[..]), (3, &b"c"[..], &b"three"[..])]
+    );
 
-    let read = ReadRequest { stream: stream("alice", StreamKind::Outbox), after_seq: 0, limit: 2 };
-    assert_eq!(client.read(read).await.unwrap().into_inner().entries.len(), 2, "limit is honoured");
+    let read = ReadRequest {
+        stream: stream("alice", StreamKind::Outbox),
+        after_seq: 0,
+        limit: 2,
+    };
+    assert_eq!(
+        client.read(read).await.unwrap().into_inner().entries.len(),
+        2,
+        "limit is honoured"
+    );
 
     // Inbox and outbox of one actor, and the same kind of two actors, are independent.
     assert_eq!(tip(&mut client, "alice", StreamKind::Inbox).await, 0);
-    let answer = append(&mut client, "alice", StreamKind::Inbox, vec![entry("a", "in")], None).await.unwrap();
+    let answer = append(
+        &mut client,
+        "alice",
+        StreamKind::Inbox,
+        vec![entry("a", "in")],
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.entries[0].seq, 1);
     assert_eq!(tip(&mut client, "alice", StreamKind::Outbox).await, 3);
     assert_eq!(tip(&mut client, "alicex", StreamKind::Outbox).await, 0);
@@ -105,22 +174,62 @@ async fn duplicate_ids_keep_their_seq_and_leave_the_tip() {
     let service = start(&dir).await;
     let mut client = client(&service).await;
 
-    append(&mut client, "bob", StreamKind::Inbox, vec![entry("follow-1", "x")], None).await.unwrap();
-    let again = append(&mut client, "bob", StreamKind::Inbox, vec![entry("follow-1", "x")], None).await.unwrap();
-    assert_eq!((again.entries[0].seq, again.entries[0].appended, again.tip), (1, false, 1));
+    append(
+        &mut client,
+        "bob",
+        StreamKind::Inbox,
+        vec![entry("follow-1", "x")],
+        None,
+    )
+    .await
+    .unwrap();
+    let again = append(
+        &mut client,
+        "bob",
+        StreamKind::Inbox,
+        vec![entry("follow-1", "x")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.entries[0].seq, again.entries[0].appended, again.tip),
+        (1, false, 1)
+    );
 
     // In one batch: a new id, a known one, and the new one repeated.
-    let mixed = append(&mut client, "bob", StreamKind::Inbox, vec![entry("n", "x"), entry("follow-1", "x"), entry("n", "x")], None)
-        .await
-        .unwrap();
+    let mixed = append(
+        &mut client,
+        "bob",
+        StreamKind::Inbox,
+        vec![entry("n", "x"), entry("follow-1", "x"), entry("n", "x")],
+        None,
+    )
+    .await
+    .unwrap();
     let got: Vec<(u64, bool)> = mixed.entries.iter().map(|e| (e.seq, e.appended)).collect();
     assert_eq!(got, [(2, true), (1, false), (2, false)]);
     assert_eq!(mixed.tip, 2);
-    assert_eq!(read_all(&mut client, "bob", StreamKind::Inbox).await.len(), 2, "nothing appended twice");
+    assert_eq!(
+        read_all(&mut client, "bob", StreamKind::Inbox).await.len(),
+        2,
+        "nothing appended twice"
+    );
 
     // A pure retry succeeds even with the expected tip it had the first time.
-    let retry = append(&mut client, "bob", StreamKind::Inbox, vec![entry("n", "x")], Some(1)).await.unwrap();
-    assert_eq!((retry.entries[0].seq, retry.entries[0].appended, retry.tip), (2, false, 2));
+    let retry = append(
+        &mut client,
+        "bob",
+        StreamKind::Inbox,
+        vec![entry("n", "x")],
+        Some(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (retry.entries[0].seq, retry.entries[0].appended, retry.tip),
+        (2, false, 2)
+    );
 }
 
 #[tokio::test]
@@ -129,14 +238,49 @@ async fn expected_tip_conflict_appends_nothing_and_reports_the_tip() {
     let service = start(&dir).await;
     let mut client = client(&service).await;
 
-    append(&mut client, "carol", StreamKind::Outbox, vec![entry("1", "a"), entry("2", "b")], Some(0)).await.unwrap();
-    let conflict = append(&mut client, "carol", StreamKind::Outbox, vec![entry("3", "c")], Some(1)).await.unwrap_err();
+    append(
+        &mut client,
+        "carol",
+        StreamKind::Outbox,
+        vec![entry("1", "a"), entry("2", "b")],
+        Some(0),
+    )
+    .await
+    .unwrap();
+    let conflict = append(
+        &mut client,
+        "carol",
+        StreamKind::Outbox,
+        vec![entry("3", "c")],
+        Some(1),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(conflict.code(), Code::FailedPrecondition);
-    assert_eq!(conflict.message(), "expected tip 1 but the stream's tip is 2");
-    assert_eq!(conflict.metadata().get("fedsx-tip").unwrap().to_str().unwrap(), "2");
+    assert_eq!(
+        conflict.message(),
+        "expected tip 1 but the stream's tip is 2"
+    );
+    assert_eq!(
+        conflict
+            .metadata()
+            .get("fedsx-tip")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "2"
+    );
     assert_eq!(tip(&mut client, "carol", StreamKind::Outbox).await, 2);
 
-    let ok = append(&mut client, "carol", StreamKind::Outbox, vec![entry("3", "c")], Some(2)).await.unwrap();
+    let ok = append(
+        &mut client,
+        "carol",
+        StreamKind::Outbox,
+        vec![entry("3", "c")],
+        Some(2),
+    )
+    .await
+    .unwrap();
     assert_eq!(ok.tip, 3);
 }
 
@@ -145,31 +289,89 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let dir = TestDir::new();
     let service = start(&dir).await;
     let mut client = client(&service).await;
-    append(&mut client, "dave", StreamKind::Outbox, vec![entry("1", "a")], None).await.unwrap();
+    append(
+        &mut client,
+        "dave",
+        StreamKind::Outbox,
+        vec![entry("1", "a")],
+        None,
+    )
+    .await
+    .unwrap();
 
-    let huge = NewEntry { id: Bytes::from_static(b"big"), data: Bytes::from(vec![0u8; (1 << 20) + 1]) };
+    let huge = NewEntry {
+        id: Bytes::from_static(b"big"),
+        data: Bytes::from(vec![0u8; (1 << 20) + 1]),
+    };
     let cases: Vec<(AppendRequest, &str)> = vec![
-        (AppendRequest { stream: None, entries: vec![entry("x", "a")], expected_tip: None }, "stream is missing"),
-        (AppendRequest { stream: stream("", StreamKind::Outbox), entries: vec![entry("x", "a")], expected_tip: None }, "stream actor is empty"),
         (
-            AppendRequest { stream: Some(StreamId { actor: "dave".into(), kind: 0 }), entries: vec![entry("x", "a")], expected_tip: None },
+            AppendRequest {
+                stream: None,
+                entries: vec![entry("x", "a")],
+                expected_tip: None,
+            },
+            "stream is missing",
+        ),
+        (
+            AppendRequest {
+                stream: stream("", StreamKind::Outbox),
+                entries: vec![entry("x", "a")],
+                expected_tip: None,
+            },
+            "stream actor is empty",
+        ),
+        (
+            AppendRequest {
+                stream: Some(StreamId {
+                    actor: "dave".into(),
+                    kind: 0,
+                }),
+                entries: vec![entry("x", "a")],
+                expected_tip: None,
+            },
             "unknown stream kind 0",
         ),
         (
-            AppendRequest { stream: Some(StreamId { actor: "dave".into(), kind: 99 }), entries: vec![entry("x", "a")], expected_tip: None },
+            AppendRequest {
+                stream: Some(StreamId {
+                    actor: "dave".into(),
+                    kind: 99,
+                }),
+                entries: vec![entry("x", "a")],
+                expected_tip: None,
+            },
             "unknown stream kind 99",
         ),
-        (AppendRequest { stream: stream("dave", StreamKind::Outbox), entries: vec![], expected_tip: None }, "append has no entries"),
         (
-            AppendRequest { stream: stream("dave", StreamKind::Outbox), entries: vec![entry("ok", "a"), entry("", "a")], expected_tip: None },
+            AppendRequest {
+                stream: stream("dave", StreamKind::Outbox),
+                entries: vec![],
+                expected_tip: None,
+            },
+            "append has no entries",
+        ),
+        (
+            AppendRequest {
+                stream: stream("dave", StreamKind::Outbox),
+                entries: vec![entry("ok", "a"), entry("", "a")],
+                expected_tip: None,
+            },
             "entry 1: id is 0 bytes, must be 1 to 64",
         ),
         (
-            AppendRequest { stream: stream("dave", StreamKind::Outbox), entries: vec![entry("ok", "a"), huge], expected_tip: None },
+            AppendRequest {
+                stream: stream("dave", StreamKind::Outbox),
+                entries: vec![entry("ok", "a"), huge],
+                expected_tip: None,
+            },
             "entry 1: data is 1048577 bytes, over the limit of 1048576",
         ),
         (
-            AppendRequest { stream: stream(&"x".repeat(257), StreamKind::Outbox), entries: vec![entry("x", "a")], expected_tip: None },
+            AppendRequest {
+                stream: stream(&"x".repeat(257), StreamKind::Outbox),
+                entries: vec![entry("x", "a")],
+                expected_tip: None,
+            },
             "stream actor is 257 bytes, over the limit of 256",
         ),
     ];
@@ -177,16 +379,38 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
         let err = client.append(request).await.unwrap_err();
         assert_eq!((err.code(), err.message()), (Code::InvalidArgument, reason));
     }
-    assert_eq!(tip(&mut client, "dave", StreamKind::Outbox).await, 1, "nothing appended by bad input");
-    assert_eq!(read_all(&mut client, "dave", StreamKind::Outbox).await.len(), 1);
+    assert_eq!(
+        tip(&mut client, "dave", StreamKind::Outbox).await,
+        1,
+        "nothing appended by bad input"
+    );
+    assert_eq!(
+        read_all(&mut client, "dave", StreamKind::Outbox)
+            .await
+            .len(),
+        1
+    );
 
     let err = client.tip(TipRequest { stream: None }).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "stream is missing"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "stream is missing")
+    );
     let err = client
-        .read(ReadRequest { stream: Some(StreamId { actor: "dave".into(), kind: 7 }), after_seq: 0, limit: 1 })
+        .read(ReadRequest {
+            stream: Some(StreamId {
+                actor: "dave".into(),
+                kind: 7,
+            }),
+            after_seq: 0,
+            limit: 1,
+        })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "unknown stream kind 7"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "unknown stream kind 7")
+    );
 }
 
 /// Runs `writers` tasks each appending one entry at a time until `stop` is set or `count`
@@ -205,7 +429,15 @@ async fn appenders(
             let mut mine = Vec::new();
             for i in 0..count {
                 let id = format!("w{w}-{i}");
-                match append(&mut client, "shared", StreamKind::Outbox, vec![entry(&id, "payload")], None).await {
+                match append(
+                    &mut client,
+                    "shared",
+                    StreamKind::Outbox,
+                    vec![entry(&id, "payload")],
+                    None,
+                )
+                .await
+                {
                     Ok(answer) => {
                         acked.lock().unwrap().insert(id, answer.entries[0].seq);
                         mine.push(answer.entries[0].seq);
@@ -228,11 +460,18 @@ async fn concurrent_appenders_get_gap_free_distinct_seqs() {
     for task in tasks {
         let mine = task.await.unwrap();
         assert_eq!(mine.len(), 40);
-        assert!(mine.windows(2).all(|w| w[0] < w[1]), "one appender's entries keep their order");
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "one appender's entries keep their order"
+        );
     }
     let mut seqs: Vec<u64> = acked.lock().unwrap().values().copied().collect();
     seqs.sort_unstable();
-    assert_eq!(seqs, (1..=320).collect::<Vec<u64>>(), "seqs 1..N, no gap, no duplicate");
+    assert_eq!(
+        seqs,
+        (1..=320).collect::<Vec<u64>>(),
+        "seqs 1..N, no gap, no duplicate"
+    );
 
     let mut client = client(&service).await;
     let stored = read_all(&mut client, "shared", StreamKind::Outbox).await;
@@ -266,15 +505,26 @@ async fn sigkill_during_concurrent_appends_loses_nothing_acknowledged() {
     let stored = read_all(&mut client, "shared", StreamKind::Outbox).await;
     let tip = tip(&mut client, "shared", StreamKind::Outbox).await;
     let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(seqs, (1..=tip).collect::<Vec<u64>>(), "entries 1..tip with no gap");
+    assert_eq!(
+        seqs,
+        (1..=tip).collect::<Vec<u64>>(),
+        "entries 1..tip with no gap"
+    );
     let by_id: BTreeMap<String, u64> = stored
         .iter()
         .map(|(seq, id)| (String::from_utf8(id.to_vec()).unwrap(), *seq))
         .collect();
     for (id, seq) in &acked {
-        assert_eq!(by_id.get(id), Some(seq), "acknowledged {id} survives at seq {seq}");
+        assert_eq!(
+            by_id.get(id),
+            Some(seq),
+            "acknowledged {id} survives at seq {seq}"
+        );
     }
-    assert!(tip >= acked.values().copied().max().unwrap(), "tip never below the highest acknowledged seq");
+    assert!(
+        tip >= acked.values().copied().max().unwrap(),
+        "tip never below the highest acknowledged seq"
+    );
 }
 
 #[tokio::test]
@@ -282,9 +532,22 @@ async fn sigterm_exits_zero_and_keeps_the_data() {
     let dir = TestDir::new();
     let mut service = start(&dir).await;
     let mut client = client(&service).await;
-    append(&mut client, "erin", StreamKind::Outbox, vec![entry("1", "a")], None).await.unwrap();
+    append(
+        &mut client,
+        "erin",
+        StreamKind::Outbox,
+        vec![entry("1", "a")],
+        None,
+    )
+    .await
+    .unwrap();
     let status = service.sigterm().await.unwrap();
-    assert_eq!(status.code(), Some(0), "clean exit; log:\n{}", service.log_tail());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "clean exit; log:\n{}",
+        service.log_tail()
+    );
 
     let service = start(&dir).await;
     let mut client = self::client(&service).await;
@@ -296,44 +559,101 @@ async fn subscribe_sees_existing_then_new_entries() {
     let dir = TestDir::new();
     let service = start(&dir).await;
     let mut client = client(&service).await;
-    append(&mut client, "fred", StreamKind::Inbox, vec![entry("1", "a"), entry("2", "b")], None).await.unwrap();
+    append(
+        &mut client,
+        "fred",
+        StreamKind::Inbox,
+        vec![entry("1", "a"), entry("2", "b")],
+        None,
+    )
+    .await
+    .unwrap();
 
-    let request = SubscribeRequest { stream: stream("fred", StreamKind::Inbox), after_seq: 1 };
+    let request = SubscribeRequest {
+        stream: stream("fred", StreamKind::Inbox),
+        after_seq: 1,
+    };
     let mut entries = client.subscribe(request).await.unwrap().into_inner();
     assert_eq!(entries.next().await.unwrap().unwrap().seq, 2);
 
     // Appends to other streams do not show up; an append to ours does.
-    append(&mut client, "fred", StreamKind::Outbox, vec![entry("o", "x")], None).await.unwrap();
-    append(&mut client, "fred", StreamKind::Inbox, vec![entry("3", "c")], None).await.unwrap();
-    let next = tokio::time::timeout(support::DEADLINE, entries.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!((next.seq, &next.id[..], &next.data[..]), (3, &b"3"[..], &b"c"[..]));
+    append(
+        &mut client,
+        "fred",
+        StreamKind::Outbox,
+        vec![entry("o", "x")],
+        None,
+    )
+    .await
+    .unwrap();
+    append(
+        &mut client,
+        "fred",
+        StreamKind::Inbox,
+        vec![entry("3", "c")],
+        None,
+    )
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(support::DEADLINE, entries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (next.seq, &next.id[..], &next.data[..]),
+        (3, &b"3"[..], &b"c"[..])
+    );
 }
 
 #[tokio::test]
 async fn health_and_reflection_name_the_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let dir = TestDir::new();
     let service = start(&dir).await;
-    let mut health = tonic_health::pb::health_client::HealthClient::connect(service.url()).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        support::channel(&service.url()).await.unwrap(),
+    );
     let answer = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "fedsx.logstore.v1.LogStore".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "fedsx.logstore.v1.LogStore".into(),
+        })
         .await
         .unwrap();
-    assert_eq!(answer.into_inner().status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert_eq!(
+        answer.into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 
-    let mut reflection = ServerReflectionClient::connect(service.url()).await.unwrap();
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut answers = reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = answers.next().await.unwrap().unwrap().message_response else {
+    let mut reflection =
+        ServerReflectionClient::new(support::channel(&service.url()).await.unwrap());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
         panic!("expected a list of services");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"fedsx.logstore.v1.LogStore".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"fedsx.logstore.v1.LogStore".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 }
 
 #[tokio::test]
@@ -343,27 +663,69 @@ async fn a_data_dir_it_cannot_own_stops_the_process_with_one_line() {
     let _running = start(&dir).await;
 
     // Locked by the running process.
-    let (status, stderr) = support::run_to_exit(&["log-store", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]).unwrap();
+    let (status, stderr) = support::run_to_exit(&[
+        "log-store",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .unwrap();
     assert_eq!(status.code(), Some(1));
     let last = stderr.lines().last().unwrap();
-    assert!(last.starts_with("fedsx: --data-dir ") && last.contains("lock"), "{stderr}");
+    assert!(
+        last.starts_with("fedsx: --data-dir ") && last.contains("lock"),
+        "{stderr}"
+    );
 
     // A directory holding something else.
     let foreign = dir.join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
-    let (status, stderr) = support::run_to_exit(&["log-store", "--listen", "127.0.0.1:0", "--data-dir", foreign.to_str().unwrap()]).unwrap();
+    let (status, stderr) = support::run_to_exit(&[
+        "log-store",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        foreign.to_str().unwrap(),
+    ])
+    .unwrap();
     assert_eq!(status.code(), Some(1));
-    assert!(stderr.lines().last().unwrap().contains("holds no log-store database; refusing to start over it"), "{stderr}");
-    assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 1, "nothing written into it");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("holds no log-store database; refusing to start over it"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&foreign).unwrap().count(),
+        1,
+        "nothing written into it"
+    );
 
     // A corrupt database.
     let corrupt = dir.join("corrupt");
     std::fs::create_dir(&corrupt).unwrap();
     std::fs::write(corrupt.join("CURRENT"), "MANIFEST-999999\n").unwrap();
-    let (status, stderr) = support::run_to_exit(&["log-store", "--listen", "127.0.0.1:0", "--data-dir", corrupt.to_str().unwrap()]).unwrap();
+    let (status, stderr) = support::run_to_exit(&[
+        "log-store",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        corrupt.to_str().unwrap(),
+    ])
+    .unwrap();
     assert_eq!(status.code(), Some(1));
-    assert!(stderr.lines().last().unwrap().contains("cannot open the database"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("cannot open the database"),
+        "{stderr}"
+    );
 
     // A bad flag names itself.
     let (status, stderr) = support::run_to_exit(&["log-store", "--listen", "nowhere"]).unwrap();

@@ -40,7 +40,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .prefix("fedsx-bench-")
         .tempdir_in(&args.dir)
         .with_context(|| format!("--dir {}", args.dir.display()))?;
-    println!("machine: {} cores; data under {}", std::thread::available_parallelism()?, scratch.path().display());
+    println!(
+        "machine: {} cores; data under {}",
+        std::thread::available_parallelism()?,
+        scratch.path().display()
+    );
 
     let (target, _server) = match args.target {
         Some(target) => (target, None),
@@ -51,14 +55,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut connections = Vec::new();
     for _ in 0..CONNECTIONS {
-        connections.push(LogStoreClient::connect(target.clone()).await.with_context(|| format!("connecting to {target}"))?);
+        connections.push(
+            LogStoreClient::connect(target.clone())
+                .await
+                .with_context(|| format!("connecting to {target}"))?,
+        );
     }
 
     println!("\nsynced appends/s through gRPC ({target}), {PAYLOAD}-byte entries:");
     let mut grpc = Vec::new();
     for (run, streams) in [1usize, 1000].into_iter().enumerate() {
         for concurrency in [1usize, 64] {
-            let rate = grpc_appends(&connections, run * 2 + concurrency, streams, concurrency, duration).await?;
+            let rate = grpc_appends(
+                &connections,
+                run * 2 + concurrency,
+                streams,
+                concurrency,
+                duration,
+            )
+            .await?;
             println!("  {streams:>5} stream(s), concurrency {concurrency:>2}: {rate:>9.0}/s");
             grpc.push((streams, concurrency, rate));
         }
@@ -75,7 +90,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     println!("\ntarget: gRPC at concurrency 64 >= 50% of raw 64-writer synced puts");
     for (streams, concurrency, rate) in grpc.into_iter().filter(|(_, c, _)| *c == 64) {
-        println!("  {streams:>5} stream(s), concurrency {concurrency}: {:.0}% of raw", 100.0 * rate / raw_64);
+        println!(
+            "  {streams:>5} stream(s), concurrency {concurrency}: {:.0}% of raw",
+            100.0 * rate / raw_64
+        );
     }
     Ok(())
 }
@@ -92,7 +110,11 @@ fn spawn_log_store(data_dir: &std::path::Path) -> anyhow::Result<(String, KillOn
     let mut lines = BufReader::new(stdout).lines();
     let child = KillOnDrop(child);
     for line in lines.by_ref() {
-        if let Some(addr) = line?.strip_prefix("fedsx-listening ").and_then(|rest| rest.split_whitespace().nth(1)).map(str::to_owned) {
+        if let Some(addr) = line?
+            .strip_prefix("fedsx-listening ")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .map(str::to_owned)
+        {
             // Keep draining so the child never blocks on a full pipe.
             std::thread::spawn(move || lines.for_each(drop));
             return Ok((format!("http://{addr}"), child));
@@ -131,8 +153,14 @@ async fn grpc_appends(
                 let actor = format!("bench-{run}-{}", (worker + i * concurrency) % streams);
                 let id = Bytes::from(format!("{run}-{worker}-{i}"));
                 let request = AppendRequest {
-                    stream: Some(StreamId { actor, kind: StreamKind::Outbox.into() }),
-                    entries: vec![NewEntry { id, data: payload.clone() }],
+                    stream: Some(StreamId {
+                        actor,
+                        kind: StreamKind::Outbox.into(),
+                    }),
+                    entries: vec![NewEntry {
+                        id,
+                        data: payload.clone(),
+                    }],
                     expected_tip: None,
                 };
                 client.append(request).await?;
@@ -153,7 +181,12 @@ async fn grpc_appends(
 }
 
 /// `writers` threads each doing synced writes of `batch` puts, for `duration`: records/s.
-fn raw_puts(dir: &std::path::Path, writers: usize, batch: usize, duration: Duration) -> anyhow::Result<f64> {
+fn raw_puts(
+    dir: &std::path::Path,
+    writers: usize,
+    batch: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     let _ = std::fs::remove_dir_all(dir);
     let mut options = rocksdb::Options::default();
     options.create_if_missing(true);
@@ -187,7 +220,9 @@ fn raw_puts(dir: &std::path::Path, writers: usize, batch: usize, duration: Durat
     let count = done.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
     for thread in threads {
-        thread.join().map_err(|_| anyhow::anyhow!("raw writer panicked"))??;
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("raw writer panicked"))??;
     }
     Ok(count as f64 / elapsed.as_secs_f64())
 }

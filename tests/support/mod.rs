@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// How long a service may take to start or stop before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -40,7 +40,10 @@ impl TestDir {
             let _ = dir.keep();
             return TestDir { dir: None, path };
         }
-        TestDir { dir: Some(dir), path }
+        TestDir {
+            dir: Some(dir),
+            path,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -100,7 +103,10 @@ impl Service {
     /// `fedsx-listening` line and for its gRPC health to report SERVING.
     pub async fn spawn(name: &str, args: &[&str], log_dir: &Path) -> anyhow::Result<Service> {
         let log = log_dir.join(format!("{name}.log"));
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
             .args(args)
             .stdin(Stdio::null())
@@ -112,16 +118,26 @@ impl Service {
         let (ready, announced) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("fedsx-listening ").and_then(|rest| rest.split_whitespace().nth(1)) {
+                if let Some(addr) = line
+                    .strip_prefix("fedsx-listening ")
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                {
                     let _ = ready.send(addr.to_owned());
                 }
             }
         });
-        let mut service = Service { child, addr: "0.0.0.0:0".parse()?, log };
+        let mut service = Service {
+            child,
+            addr: "0.0.0.0:0".parse()?,
+            log,
+        };
         let addr = tokio::task::spawn_blocking(move || announced.recv_timeout(DEADLINE)).await?;
         match addr {
             Ok(addr) => service.addr = addr.parse()?,
-            Err(_) => bail!("{name} did not announce its address; log:\n{}", service.log_tail()),
+            Err(_) => bail!(
+                "{name} did not announce its address; log:\n{}",
+                service.log_tail()
+            ),
         }
         service.wait_serving().await?;
         Ok(service)
@@ -144,14 +160,22 @@ impl Service {
     async fn wait_serving(&self) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            if let Ok(mut health) = HealthClient::connect(self.url()).await
-                && let Ok(answer) = health.check(HealthCheckRequest { service: String::new() }).await
+            if let Ok(channel) = channel(&self.url()).await
+                && let Ok(answer) = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
                 && answer.get_ref().status() == ServingStatus::Serving
             {
                 return Ok(());
             }
             if started.elapsed() > DEADLINE {
-                bail!("service at {} not healthy within {DEADLINE:?}; log:\n{}", self.addr, self.log_tail());
+                bail!(
+                    "service at {} not healthy within {DEADLINE:?}; log:\n{}",
+                    self.addr,
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -173,7 +197,10 @@ impl Service {
                 return Ok(status);
             }
             if started.elapsed() > DEADLINE {
-                bail!("no exit within {DEADLINE:?} of SIGTERM; log:\n{}", self.log_tail());
+                bail!(
+                    "no exit within {DEADLINE:?} of SIGTERM; log:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -187,6 +214,13 @@ impl Drop for Service {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A gRPC channel to `url`.
+pub async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Channel::from_shared(url.to_owned())?
+        .connect()
+        .await?)
 }
 
 /// Polls `check` until it returns `Some`, or fails after [`DEADLINE`].

@@ -31,16 +31,18 @@ pub async fn serve(
         .build_v1()
         .context("building the reflection service")?;
 
-    let routes = routes
-        .add_service(health_service)
-        .add_service(reflection);
+    let routes = routes.add_service(health_service).add_service(reflection);
 
     crate::listen::announce(service_name, &listener)?;
     let name = service_name.to_owned();
     let stopping = async move {
         shutdown.cancelled().await;
-        health.set_service_status(&name, ServingStatus::NotServing).await;
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status(&name, ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         tracing::info!(service = %name, "not serving; finishing in-flight calls");
     };
 

@@ -36,7 +36,9 @@ fn stream_id(stream: Option<pb::StreamId>) -> Result<StreamId, StoreError> {
         Ok(pb::StreamKind::Outbox) => Kind::Outbox,
         Ok(pb::StreamKind::Meta) => Kind::Meta,
         Ok(pb::StreamKind::Flow) => Kind::Flow,
-        Ok(pb::StreamKind::Unspecified) | Err(_) => return Err(StoreError::UnknownKind(stream.kind)),
+        Ok(pb::StreamKind::Unspecified) | Err(_) => {
+            return Err(StoreError::UnknownKind(stream.kind));
+        }
     };
     StreamId::new(stream.actor, kind)
 }
@@ -55,13 +57,19 @@ fn status(err: StoreError) -> Status {
 
 #[tonic::async_trait]
 impl LogStore for LogStoreService {
-    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
         let request = request.into_inner();
         let stream = stream_id(request.stream).map_err(status)?;
         let entries = request
             .entries
             .into_iter()
-            .map(|e| NewEntry { id: e.id, data: e.data })
+            .map(|e| NewEntry {
+                id: e.id,
+                data: e.data,
+            })
             .collect();
         let outcome = self
             .store
@@ -72,13 +80,19 @@ impl LogStore for LogStoreService {
             entries: outcome
                 .entries
                 .into_iter()
-                .map(|a| pb::AppendedEntry { seq: a.seq, appended: a.appended })
+                .map(|a| pb::AppendedEntry {
+                    seq: a.seq,
+                    appended: a.appended,
+                })
                 .collect(),
             tip: outcome.tip,
         }))
     }
 
-    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
         let request = request.into_inner();
         let stream = stream_id(request.stream).map_err(status)?;
         let (entries, tip) = self
@@ -92,7 +106,10 @@ impl LogStore for LogStoreService {
         }))
     }
 
-    async fn tip(&self, request: Request<pb::TipRequest>) -> Result<Response<pb::TipResponse>, Status> {
+    async fn tip(
+        &self,
+        request: Request<pb::TipRequest>,
+    ) -> Result<Response<pb::TipResponse>, Status> {
         let stream = stream_id(request.into_inner().stream).map_err(status)?;
         let tip = self.store.tip(stream).await.map_err(status)?;
         Ok(Response::new(pb::TipResponse { tip }))
@@ -100,7 +117,10 @@ impl LogStore for LogStoreService {
 
     type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::Entry, Status>> + Send>>;
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
         let stream = stream_id(request.stream).map_err(status)?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
@@ -146,7 +166,11 @@ impl Subscription {
     }
 
     /// Waits until this stream may have new entries; false when the subscription must end.
-    async fn wait_for_append(&self, appended: &mut broadcast::Receiver<Vec<u8>>, shutdown: &CancellationToken) -> bool {
+    async fn wait_for_append(
+        &self,
+        appended: &mut broadcast::Receiver<Vec<u8>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return false,

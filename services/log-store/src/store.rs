@@ -5,7 +5,9 @@ use crate::error::{OpenError, StoreError};
 use crate::keys::{self, CF_ENTRIES, CF_IDS, CF_META, CF_TIPS};
 use crate::stream::{Entry, NewEntry, StreamId, limits, validate_entries};
 use crate::writer::{self, AppendJob, WriterHandle};
-use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, oneshot};
@@ -106,13 +108,21 @@ impl Store {
             expected_tip,
             reply,
         };
-        sender.send(job).await.map_err(|_| StoreError::ShuttingDown)?;
+        sender
+            .send(job)
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
         answer.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
     /// Entries of `stream` with seq > `after_seq`, at most `limit` (0 = default), and the tip,
     /// read from one consistent snapshot.
-    pub async fn read(&self, stream: StreamId, after_seq: u64, limit: usize) -> Result<(Vec<Entry>, u64), StoreError> {
+    pub async fn read(
+        &self,
+        stream: StreamId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, u64), StoreError> {
         let db = self.inner.db.clone();
         let limit = match limit {
             0 => limits::DEFAULT_READ_LIMIT,
@@ -134,12 +144,27 @@ impl Store {
 
     /// Stops the writer after it committed what it already took, then flushes. Blocks.
     pub fn close(&self) -> Result<(), StoreError> {
-        let writer = self.inner.writer.lock().expect("writer lock poisoned").take();
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .expect("writer lock poisoned")
+            .take();
         if let Some(writer) = writer {
             writer.stop();
         }
         self.inner.db.flush_wal(true)?;
         Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The writer holds the database open; stop it so RocksDB closes before the process
+        // exits rather than racing its static destructors.
+        if let Some(writer) = self.writer.get_mut().ok().and_then(Option::take) {
+            writer.stop();
+        }
     }
 }
 
@@ -160,7 +185,9 @@ fn check_format(db: &DB, fresh: bool) -> Result<(), OpenError> {
         None if fresh => db
             .put_cf(meta, keys::FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes())
             .map_err(|err| OpenError::RocksDb(err.into_string())),
-        None => Err(OpenError::RocksDb("the database has no format version".into())),
+        None => Err(OpenError::RocksDb(
+            "the database has no format version".into(),
+        )),
         Some(bytes) => {
             let found = <[u8; 4]>::try_from(bytes.as_slice())
                 .map(u32::from_be_bytes)
@@ -168,13 +195,20 @@ fn check_format(db: &DB, fresh: bool) -> Result<(), OpenError> {
             if found == FORMAT_VERSION {
                 Ok(())
             } else {
-                Err(OpenError::FormatVersion { found, expected: FORMAT_VERSION })
+                Err(OpenError::FormatVersion {
+                    found,
+                    expected: FORMAT_VERSION,
+                })
             }
         }
     }
 }
 
-pub(crate) fn read_tip(db: &DB, stream_key: &[u8], snapshot: Option<&rocksdb::Snapshot<'_>>) -> Result<u64, StoreError> {
+pub(crate) fn read_tip(
+    db: &DB,
+    stream_key: &[u8],
+    snapshot: Option<&rocksdb::Snapshot<'_>>,
+) -> Result<u64, StoreError> {
     let tips = db.cf_handle(CF_TIPS).expect("tips column family opened");
     let value = match snapshot {
         Some(snapshot) => snapshot.get_cf(tips, stream_key)?,
@@ -183,19 +217,30 @@ pub(crate) fn read_tip(db: &DB, stream_key: &[u8], snapshot: Option<&rocksdb::Sn
     value.map_or(Ok(0), |bytes| keys::decode_u64(&bytes))
 }
 
-fn read_entries(db: &DB, stream_key: &[u8], after_seq: u64, limit: usize) -> Result<(Vec<Entry>, u64), StoreError> {
+fn read_entries(
+    db: &DB,
+    stream_key: &[u8],
+    after_seq: u64,
+    limit: usize,
+) -> Result<(Vec<Entry>, u64), StoreError> {
     let snapshot = db.snapshot();
     let tip = read_tip(db, stream_key, Some(&snapshot))?;
     if after_seq >= tip {
         return Ok((Vec::new(), tip));
     }
-    let entries_cf = db.cf_handle(CF_ENTRIES).expect("entries column family opened");
+    let entries_cf = db
+        .cf_handle(CF_ENTRIES)
+        .expect("entries column family opened");
     let mut options = ReadOptions::default();
     options.set_snapshot(&snapshot);
     options.set_iterate_upper_bound(keys::entry_key(stream_key, tip.saturating_add(1)));
     let start = keys::entry_key(stream_key, after_seq + 1);
     let mut entries = Vec::with_capacity(limit.min((tip - after_seq) as usize));
-    for item in db.iterator_cf_opt(entries_cf, options, IteratorMode::From(&start, Direction::Forward)) {
+    for item in db.iterator_cf_opt(
+        entries_cf,
+        options,
+        IteratorMode::From(&start, Direction::Forward),
+    ) {
         let (key, value) = item?;
         if !key.starts_with(stream_key) || entries.len() == limit {
             break;
@@ -212,7 +257,10 @@ mod tests {
     use bytes::Bytes;
 
     fn entry(id: &str) -> NewEntry {
-        NewEntry { id: Bytes::copy_from_slice(id.as_bytes()), data: Bytes::from_static(b"data") }
+        NewEntry {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+            data: Bytes::from_static(b"data"),
+        }
     }
 
     fn outbox(actor: &str) -> StreamId {
@@ -224,10 +272,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.tip(outbox("a")).await.unwrap(), 0);
-        let outcome = store.append(outbox("a"), vec![entry("x"), entry("y")], None).await.unwrap();
+        let outcome = store
+            .append(outbox("a"), vec![entry("x"), entry("y")], None)
+            .await
+            .unwrap();
         assert_eq!(outcome.tip, 2);
-        assert_eq!(outcome.entries, [Appended { seq: 1, appended: true }, Appended { seq: 2, appended: true }]);
-        assert_eq!(store.tip(StreamId::new("a", Kind::Inbox).unwrap()).await.unwrap(), 0);
+        assert_eq!(
+            outcome.entries,
+            [
+                Appended {
+                    seq: 1,
+                    appended: true
+                },
+                Appended {
+                    seq: 2,
+                    appended: true
+                }
+            ]
+        );
+        assert_eq!(
+            store
+                .tip(StreamId::new("a", Kind::Inbox).unwrap())
+                .await
+                .unwrap(),
+            0
+        );
         assert_eq!(store.tip(outbox("b")).await.unwrap(), 0);
         let (entries, tip) = store.read(outbox("a"), 0, 0).await.unwrap();
         assert_eq!(tip, 2);
@@ -239,13 +308,34 @@ mod tests {
     async fn an_append_is_all_or_nothing_on_tip_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.append(outbox("a"), vec![entry("x")], None).await.unwrap();
-        let err = store.append(outbox("a"), vec![entry("y"), entry("z")], Some(0)).await.unwrap_err();
-        assert!(matches!(err, StoreError::TipMismatch { expected: 0, tip: 1 }));
+        store
+            .append(outbox("a"), vec![entry("x")], None)
+            .await
+            .unwrap();
+        let err = store
+            .append(outbox("a"), vec![entry("y"), entry("z")], Some(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::TipMismatch {
+                expected: 0,
+                tip: 1
+            }
+        ));
         assert_eq!(store.tip(outbox("a")).await.unwrap(), 1);
         // The refused ids were not recorded either.
-        let outcome = store.append(outbox("a"), vec![entry("y")], Some(1)).await.unwrap();
-        assert_eq!(outcome.entries[0], Appended { seq: 2, appended: true });
+        let outcome = store
+            .append(outbox("a"), vec![entry("y")], Some(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome.entries[0],
+            Appended {
+                seq: 2,
+                appended: true
+            }
+        );
     }
 
     #[tokio::test]
@@ -257,7 +347,10 @@ mod tests {
         for i in 0..200 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                store.append(outbox("g"), vec![entry(&format!("id-{}", i % 100))], None).await.unwrap()
+                store
+                    .append(outbox("g"), vec![entry(&format!("id-{}", i % 100))], None)
+                    .await
+                    .unwrap()
             }));
         }
         let mut seqs_by_id = std::collections::HashMap::new();
@@ -279,13 +372,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store.append(outbox("a"), vec![entry("x"), entry("y")], None).await.unwrap();
+            store
+                .append(outbox("a"), vec![entry("x"), entry("y")], None)
+                .await
+                .unwrap();
             store.close().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.tip(outbox("a")).await.unwrap(), 2);
-        let again = store.append(outbox("a"), vec![entry("x"), entry("w")], Some(2)).await.unwrap();
-        assert_eq!(again.entries, [Appended { seq: 1, appended: false }, Appended { seq: 3, appended: true }]);
+        let again = store
+            .append(outbox("a"), vec![entry("x"), entry("w")], Some(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            again.entries,
+            [
+                Appended {
+                    seq: 1,
+                    appended: false
+                },
+                Appended {
+                    seq: 3,
+                    appended: true
+                }
+            ]
+        );
     }
 
     #[tokio::test]
@@ -293,7 +404,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.close().unwrap();
-        let err = store.append(outbox("a"), vec![entry("x")], None).await.unwrap_err();
+        let err = store
+            .append(outbox("a"), vec![entry("x")], None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::ShuttingDown));
     }
 
@@ -301,7 +415,10 @@ mod tests {
     fn refuses_a_directory_holding_something_else() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("precious"), "data").unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(OpenError::ForeignData(_))));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(OpenError::ForeignData(_))
+        ));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -310,19 +427,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, "x").unwrap();
-        assert!(matches!(Store::open(&file), Err(OpenError::NotADirectory(_))));
+        assert!(matches!(
+            Store::open(&file),
+            Err(OpenError::NotADirectory(_))
+        ));
     }
 
     #[tokio::test]
     async fn validation_names_the_entry() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let long_id = NewEntry { id: Bytes::from(vec![1u8; 65]), data: Bytes::new() };
-        let err = store.append(outbox("a"), vec![entry("ok"), long_id], None).await.unwrap_err();
+        let long_id = NewEntry {
+            id: Bytes::from(vec![1u8; 65]),
+            data: Bytes::new(),
+        };
+        let err = store
+            .append(outbox("a"), vec![entry("ok"), long_id], None)
+            .await
+            .unwrap_err();
         assert_eq!(err.to_string(), "entry 1: id is 65 bytes, must be 1 to 64");
         let many: Vec<NewEntry> = (0..1025).map(|i| entry(&i.to_string())).collect();
         let err = store.append(outbox("a"), many, None).await.unwrap_err();
-        assert_eq!(err.to_string(), "append has 1025 entries, over the limit of 1024");
+        assert_eq!(
+            err.to_string(),
+            "append has 1025 entries, over the limit of 1024"
+        );
         assert_eq!(store.tip(outbox("a")).await.unwrap(), 0);
     }
 }

@@ -107,14 +107,22 @@ pub(crate) fn validate_entries(entries: &[NewEntry]) -> Result<(), StoreError> {
         return Err(StoreError::NoEntries);
     }
     if entries.len() > limits::MAX_ENTRIES_PER_APPEND {
-        return Err(StoreError::TooManyEntries { count: entries.len() });
+        return Err(StoreError::TooManyEntries {
+            count: entries.len(),
+        });
     }
     for (index, entry) in entries.iter().enumerate() {
         if entry.id.is_empty() || entry.id.len() > limits::MAX_ID_BYTES {
-            return Err(StoreError::BadId { index, len: entry.id.len() });
+            return Err(StoreError::BadId {
+                index,
+                len: entry.id.len(),
+            });
         }
         if entry.data.len() > limits::MAX_ENTRY_BYTES {
-            return Err(StoreError::EntryTooLarge { index, len: entry.data.len() });
+            return Err(StoreError::EntryTooLarge {
+                index,
+                len: entry.data.len(),
+            });
         }
     }
     Ok(())

@@ -17,11 +17,14 @@ const QUEUE_DEPTH: usize = 4096;
 /// Most jobs committed in one batch.
 const MAX_GROUP: usize = 1024;
 
+/// Where the answer to one append goes.
+pub(crate) type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
 pub(crate) struct AppendJob {
     pub stream_key: Vec<u8>,
     pub entries: Vec<NewEntry>,
     pub expected_tip: Option<u64>,
-    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    pub reply: Reply,
 }
 
 pub(crate) struct WriterHandle {
@@ -43,11 +46,21 @@ impl WriterHandle {
     }
 }
 
-pub(crate) fn spawn(db: Arc<DB>, appended: broadcast::Sender<Vec<u8>>) -> std::io::Result<WriterHandle> {
+pub(crate) fn spawn(
+    db: Arc<DB>,
+    appended: broadcast::Sender<Vec<u8>>,
+) -> std::io::Result<WriterHandle> {
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let thread = std::thread::Builder::new()
         .name("log-store-writer".into())
-        .spawn(move || Writer { db, tips: HashMap::new(), appended }.run(receiver))?;
+        .spawn(move || {
+            Writer {
+                db,
+                tips: HashMap::new(),
+                appended,
+            }
+            .run(receiver)
+        })?;
     Ok(WriterHandle { sender, thread })
 }
 
@@ -64,7 +77,7 @@ struct Group {
     batch: WriteBatch,
     tips: HashMap<Vec<u8>, u64>,
     ids: HashMap<Vec<u8>, u64>,
-    answers: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, Result<AppendOutcome, StoreError>)>,
+    answers: Vec<(Reply, Result<AppendOutcome, StoreError>)>,
 }
 
 impl Writer {
@@ -125,17 +138,26 @@ impl Writer {
                 None => self.stored_seq(&id_key)?,
             };
             match existing {
-                Some(seq) => results.push(Appended { seq, appended: false }),
+                Some(seq) => results.push(Appended {
+                    seq,
+                    appended: false,
+                }),
                 None => {
                     next += 1;
                     fresh.insert(id_key, next);
-                    results.push(Appended { seq: next, appended: true });
+                    results.push(Appended {
+                        seq: next,
+                        appended: true,
+                    });
                 }
             }
         }
         if fresh.is_empty() {
             // A pure retry: every entry is already there, whatever tip the caller expected.
-            return Ok(AppendOutcome { entries: results, tip });
+            return Ok(AppendOutcome {
+                entries: results,
+                tip,
+            });
         }
         if let Some(expected) = job.expected_tip
             && expected != tip
@@ -143,19 +165,36 @@ impl Writer {
             return Err(StoreError::TipMismatch { expected, tip });
         }
 
-        let entries_cf = self.db.cf_handle(CF_ENTRIES).expect("entries column family opened");
+        let entries_cf = self
+            .db
+            .cf_handle(CF_ENTRIES)
+            .expect("entries column family opened");
         let ids_cf = self.db.cf_handle(CF_IDS).expect("ids column family opened");
-        let tips_cf = self.db.cf_handle(CF_TIPS).expect("tips column family opened");
+        let tips_cf = self
+            .db
+            .cf_handle(CF_TIPS)
+            .expect("tips column family opened");
         for (entry, result) in job.entries.iter().zip(&results) {
             if result.appended {
-                group.batch.put_cf(entries_cf, keys::entry_key(stream, result.seq), keys::encode_entry(&entry.id, &entry.data));
-                group.batch.put_cf(ids_cf, keys::id_key(stream, &entry.id), keys::encode_u64(result.seq));
+                group.batch.put_cf(
+                    entries_cf,
+                    keys::entry_key(stream, result.seq),
+                    keys::encode_entry(&entry.id, &entry.data),
+                );
+                group.batch.put_cf(
+                    ids_cf,
+                    keys::id_key(stream, &entry.id),
+                    keys::encode_u64(result.seq),
+                );
             }
         }
         group.batch.put_cf(tips_cf, stream, keys::encode_u64(next));
         group.tips.insert(stream.clone(), next);
         group.ids.extend(fresh);
-        Ok(AppendOutcome { entries: results, tip: next })
+        Ok(AppendOutcome {
+            entries: results,
+            tip: next,
+        })
     }
 
     /// The stream's tip as of everything staged so far in this group.

@@ -541,12 +541,26 @@ async fn sigterm_exits_zero_and_keeps_the_data() {
     )
     .await
     .unwrap();
+    // An open subscription must not hold the shutdown up; it ends with the server.
+    let request = SubscribeRequest {
+        stream: stream("erin", StreamKind::Outbox),
+        after_seq: 0,
+    };
+    let mut tail = client.subscribe(request).await.unwrap().into_inner();
+    assert_eq!(tail.next().await.unwrap().unwrap().seq, 1);
     let status = service.sigterm().await.unwrap();
     assert_eq!(
         status.code(),
         Some(0),
         "clean exit; log:\n{}",
         service.log_tail()
+    );
+    let ended = tokio::time::timeout(support::DEADLINE, tail.next())
+        .await
+        .unwrap();
+    assert!(
+        !matches!(ended, Some(Ok(_))),
+        "the subscription ends: {ended:?}"
     );
 
     let service = start(&dir).await;

@@ -78,3 +78,75 @@ pub type TracedChannel =
 pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
     tonic::service::interceptor::InterceptedService::new(channel, InjectTraceContext)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tonic::service::Interceptor;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    fn with_otel<T>(f: impl FnOnce() -> T) -> T {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, f)
+    }
+
+    #[test]
+    fn a_call_continues_the_callers_trace_and_passes_it_on() {
+        with_otel(|| {
+            let request = http::Request::builder()
+                .uri("/fedsx.logstore.v1.LogStore/Append")
+                .header("traceparent", format!("00-{TRACE_ID}-{PARENT}-01"))
+                .body(())
+                .unwrap();
+            let span = grpc_server_span(&request);
+            let context = span.context();
+            let server = context.span().span_context().clone();
+            assert_eq!(server.trace_id().to_string(), TRACE_ID);
+            assert_ne!(
+                server.span_id().to_string(),
+                PARENT,
+                "the server span is a new span"
+            );
+
+            let outgoing =
+                span.in_scope(|| InjectTraceContext.call(tonic::Request::new(())).unwrap());
+            let traceparent = outgoing
+                .metadata()
+                .get("traceparent")
+                .unwrap()
+                .to_str()
+                .unwrap();
+            assert_eq!(
+                traceparent,
+                format!("00-{TRACE_ID}-{}-01", server.span_id()),
+                "the next hop's parent is this server span"
+            );
+        });
+    }
+
+    #[test]
+    fn a_call_without_traceparent_starts_a_new_trace() {
+        with_otel(|| {
+            let request = http::Request::builder()
+                .uri("/fedsx.logstore.v1.LogStore/Tip")
+                .body(())
+                .unwrap();
+            let span = grpc_server_span(&request);
+            let context = span.context();
+            assert!(context.span().span_context().is_valid());
+            assert_ne!(
+                context.span().span_context().trace_id().to_string(),
+                TRACE_ID
+            );
+        });
+    }
+}

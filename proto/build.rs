@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "fedsx/wire/v1/wire.proto",
     "fedsx/logstore/v1/logstore.proto",
     "fedsx/kernel/v1/kernel.proto",
+    "fedsx/kernel/v1/journal.proto",
     "fedsx/delivery/v1/delivery.proto",
 ];
 

@@ -18,8 +18,8 @@ struct Cli {
 enum Command {
     /// Run the log-store service: per-actor append-only streams on RocksDB.
     LogStore(fedsx_log_store::Config),
-    /// Run the kernel service (not built yet: issue #3).
-    Kernel,
+    /// Run the kernel: actors and keys, inbound pipeline, publishing, followers, peers.
+    Kernel(fedsx_kernel::Config),
     /// Run the delivery service (not built yet: issue #4).
     Delivery,
     /// Run the HTTP gateway (not built yet: issue #5).
@@ -57,7 +57,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = listen::bind("--listen", config.listen).await?;
             fedsx_log_store::run(config, listener, shutdown).await
         }
-        Command::Kernel => not_built("kernel", 3),
+        Command::Kernel(config) => {
+            let _telemetry = telemetry::init("fedsx-kernel")?;
+            let shutdown = shutdown::on_signal()?;
+            let listener = listen::bind("--listen", config.listen).await?;
+            fedsx_kernel::run(config, listener, shutdown).await
+        }
         Command::Delivery => not_built("delivery", 4),
         Command::Gateway => not_built("gateway", 5),
         Command::Up => not_built("up", 5),

@@ -10,6 +10,8 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The named thing (actor, stream, instance) does not exist.
     NotFound,
+    /// The thing to create exists already.
+    AlreadyExists,
     /// The request is well-formed but the state does not allow it (expected tip moved,
     /// signal not awaited).
     FailedPrecondition,
@@ -28,6 +30,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorCode::TooLarge => tonic::Code::ResourceExhausted,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
@@ -41,6 +44,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => http::StatusCode::BAD_REQUEST,
             ErrorCode::Unauthenticated => http::StatusCode::UNAUTHORIZED,
             ErrorCode::NotFound => http::StatusCode::NOT_FOUND,
+            ErrorCode::AlreadyExists => http::StatusCode::CONFLICT,
             ErrorCode::FailedPrecondition => http::StatusCode::CONFLICT,
             ErrorCode::TooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -56,9 +60,8 @@ impl ErrorCode {
                 ErrorCode::Unauthenticated
             }
             tonic::Code::NotFound => ErrorCode::NotFound,
-            tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists | tonic::Code::Aborted => {
-                ErrorCode::FailedPrecondition
-            }
+            tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
+            tonic::Code::FailedPrecondition | tonic::Code::Aborted => ErrorCode::FailedPrecondition,
             tonic::Code::ResourceExhausted => ErrorCode::TooLarge,
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 ErrorCode::Unavailable
@@ -83,7 +86,8 @@ pub trait ServiceError: std::error::Error {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 7] = [
+    const ALL: [ErrorCode; 8] = [
+        ErrorCode::AlreadyExists,
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::NotFound,

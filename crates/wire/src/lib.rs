@@ -3,6 +3,8 @@
 //! never re-encoded. `docs/protocol.md` states the same rules for independent clients;
 //! `docs/test-vectors.json` pins them and `tests` here reproduce the vectors.
 
+pub mod document;
+
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use fedsx_proto::wire::v1::{Activity, ActivityType, SignedEnvelope};
 use prost::Message;

@@ -1,0 +1,81 @@
+//! The actor document as JSON (what `GET <actor URL>` returns), and the checks a receiver
+//! makes before trusting a fetched one.
+
+use ed25519_dalek::VerifyingKey;
+use fedsx_proto::kernel::v1::ActorDocument;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Json {
+    id: String,
+    #[serde(default)]
+    name: String,
+    inbox: String,
+    outbox: String,
+    /// 64 hex digits.
+    public_key: String,
+    key_id: String,
+}
+
+/// The JSON form of `document`.
+pub fn to_json(document: &ActorDocument) -> serde_json::Value {
+    serde_json::to_value(Json {
+        id: document.id.clone(),
+        name: document.name.clone(),
+        inbox: document.inbox.clone(),
+        outbox: document.outbox.clone(),
+        public_key: hex::encode(&document.public_key),
+        key_id: document.key_id.clone(),
+    })
+    .expect("an actor document serializes")
+}
+
+/// Parses and checks a fetched document: it is the actor at `url`, its key id belongs to
+/// it, its public key is a valid ed25519 key and its inbox is an http(s) URL.
+pub fn from_json(url: &str, body: &[u8]) -> Result<ActorDocument, String> {
+    let json: Json =
+        serde_json::from_slice(body).map_err(|err| format!("not an actor document: {err}"))?;
+    let document = ActorDocument {
+        public_key: hex::decode(&json.public_key)
+            .map_err(|_| "public_key is not hex".to_owned())?
+            .into(),
+        id: json.id,
+        name: json.name,
+        inbox: json.inbox,
+        outbox: json.outbox,
+        key_id: json.key_id,
+    };
+    check(&document)?;
+    if document.id != url {
+        return Err(format!("document is for {}, not {url}", document.id));
+    }
+    Ok(document)
+}
+
+/// The checks every peer document passes before the kernel keeps it.
+pub fn check(document: &ActorDocument) -> Result<VerifyingKey, String> {
+    let is_url = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+    if !is_url(&document.id) {
+        return Err(format!("id {:?} is not an http(s) URL", document.id));
+    }
+    if !is_url(&document.inbox) {
+        return Err(format!("inbox {:?} is not an http(s) URL", document.inbox));
+    }
+    if !document
+        .key_id
+        .strip_prefix(document.id.as_str())
+        .is_some_and(|rest| rest.starts_with('#'))
+    {
+        return Err(format!(
+            "key id {} does not belong to {}",
+            document.key_id, document.id
+        ));
+    }
+    let key: [u8; 32] = document.public_key.as_ref().try_into().map_err(|_| {
+        format!(
+            "public key is {} bytes, must be 32",
+            document.public_key.len()
+        )
+    })?;
+    VerifyingKey::from_bytes(&key).map_err(|_| "public key is not a valid ed25519 key".to_owned())
+}

@@ -1,0 +1,53 @@
+//! Flags (with environment fallbacks) of `fedsx kernel`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Default gRPC address of the kernel on a local node.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8701";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address the gRPC service listens on (port 0 picks a free port, printed at start).
+    #[arg(long, env = "FEDSX_KERNEL_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// URL of the log-store service.
+    #[arg(
+        long,
+        env = "FEDSX_KERNEL_LOG_STORE",
+        default_value = "http://127.0.0.1:8702"
+    )]
+    pub log_store: String,
+
+    /// URL of the delivery service.
+    #[arg(
+        long,
+        env = "FEDSX_KERNEL_DELIVERY",
+        default_value = "http://127.0.0.1:8703"
+    )]
+    pub delivery: String,
+
+    /// The node's public base URL, as peers reach its gateway; actor URLs are
+    /// `<public-url>/actors/<name>`.
+    #[arg(
+        long,
+        env = "FEDSX_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8700"
+    )]
+    pub public_url: String,
+
+    /// File holding the node secret (64 hex digits) every actor key is derived from;
+    /// created with a fresh random secret when missing. Back it up: it is the node's keys.
+    #[arg(
+        long,
+        env = "FEDSX_NODE_SECRET_FILE",
+        default_value = "fedsx-data/kernel/node-secret"
+    )]
+    pub node_secret_file: PathBuf,
+
+    /// Allow fetching peer documents from loopback, private and link-local addresses
+    /// (tests and single-machine setups only).
+    #[arg(long, env = "FEDSX_ALLOW_PRIVATE_PEERS")]
+    pub allow_private_peers: bool,
+}

@@ -1,0 +1,90 @@
+//! The delivery port: how the kernel hands a signed activity for one recipient to the
+//! delivery service. The gRPC implementation talks to `fedsx delivery`; the in-memory one
+//! records hand-offs for tests of the kernel alone.
+
+use bytes::Bytes;
+use fedsx_proto::delivery::v1::EnqueueRequest;
+use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
+use fedsx_runtime::trace_context::{TracedChannel, traced};
+use fedsx_wire::ActivityId;
+use futures::future::BoxFuture;
+use std::sync::Mutex;
+
+/// One activity for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// The recipient's actor URL.
+    pub peer: String,
+    /// Its inbox URL, empty when unknown.
+    pub inbox_url: String,
+    pub envelope: Bytes,
+    pub id: ActivityId,
+}
+
+/// Where deliveries go. Enqueueing the same (peer, id) twice must be one delivery: the
+/// kernel hands off at least once.
+pub trait DeliveryPort: Send + Sync + 'static {
+    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// The delivery service over gRPC.
+pub struct GrpcDelivery {
+    client: DeliveryClient<TracedChannel>,
+}
+
+impl GrpcDelivery {
+    /// Connects on first use, so the kernel starts even when delivery is not up yet.
+    pub fn connect_lazy(url: &str) -> anyhow::Result<GrpcDelivery> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|err| anyhow::anyhow!("--delivery {url}: {err}"))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        Ok(GrpcDelivery {
+            client: DeliveryClient::new(traced(channel)),
+        })
+    }
+}
+
+impl DeliveryPort for GrpcDelivery {
+    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), String>> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let request = EnqueueRequest {
+                peer: handoff.peer,
+                inbox_url: handoff.inbox_url,
+                envelope: handoff.envelope,
+                id: handoff.id.0.to_vec().into(),
+            };
+            client
+                .enqueue(request)
+                .await
+                .map(drop)
+                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+        })
+    }
+}
+
+/// Records every hand-off (for tests of the kernel without a delivery service).
+#[derive(Default)]
+pub struct MemoryDelivery {
+    handoffs: Mutex<Vec<Handoff>>,
+}
+
+impl MemoryDelivery {
+    /// Every distinct (peer, id) handed off, in first-hand-off order.
+    pub fn handoffs(&self) -> Vec<Handoff> {
+        let all = self.handoffs.lock().expect("handoffs lock");
+        let mut seen = std::collections::HashSet::new();
+        all.iter()
+            .filter(|h| seen.insert((h.peer.clone(), h.id)))
+            .cloned()
+            .collect()
+    }
+}
+
+impl DeliveryPort for MemoryDelivery {
+    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), String>> {
+        self.handoffs.lock().expect("handoffs lock").push(handoff);
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,80 @@
+//! Why a kernel call failed; each variant fixes its gRPC code (and so the gateway's HTTP
+//! status) through the shared error-code table.
+
+use fedsx_runtime::ErrorCode;
+use fedsx_runtime::error::ServiceError;
+use fedsx_wire::WireError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "actor name {0:?} is invalid: use 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+    )]
+    InvalidName(String),
+    #[error("actor {0} already exists")]
+    ActorExists(String),
+    #[error("no actor {0} on this node")]
+    NoSuchActor(String),
+    #[error("no peer {0} is known")]
+    NoSuchPeer(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("sender {actor}: {reason}")]
+    UnknownSender { actor: String, reason: String },
+    #[error("key id {key_id} is not the current key of {actor}")]
+    StaleKey { key_id: String, actor: String },
+    #[error("remote actor {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("log-store: {0}")]
+    LogStore(String),
+    #[error("log-store unavailable: {0}")]
+    LogStoreUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError for KernelError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            KernelError::InvalidName(_) | KernelError::BadRequest(_) => ErrorCode::InvalidArgument,
+            KernelError::ActorExists(_) => ErrorCode::AlreadyExists,
+            KernelError::NoSuchActor(_) | KernelError::NoSuchPeer(_) => ErrorCode::NotFound,
+            KernelError::Wire(WireError::TooLarge(_)) => ErrorCode::TooLarge,
+            KernelError::Wire(WireError::ForeignKeyId { .. } | WireError::BadSignature) => {
+                ErrorCode::Unauthenticated
+            }
+            KernelError::Wire(_) => ErrorCode::InvalidArgument,
+            KernelError::UnknownSender { .. } | KernelError::StaleKey { .. } => {
+                ErrorCode::Unauthenticated
+            }
+            KernelError::Unreachable { .. } => ErrorCode::FailedPrecondition,
+            KernelError::LogStoreUnavailable(_) => ErrorCode::Unavailable,
+            KernelError::LogStore(_) | KernelError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<tonic::Status> for KernelError {
+    fn from(status: tonic::Status) -> Self {
+        match ErrorCode::from_grpc(status.code()) {
+            ErrorCode::Unavailable => KernelError::LogStoreUnavailable(status.message().to_owned()),
+            _ => KernelError::LogStore(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+/// Checks a local actor name: 1 to 64 of `a-z 0-9 - _`, not starting with `-` or `_`.
+pub fn check_name(name: &str) -> Result<(), KernelError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with(['-', '_']);
+    if ok {
+        Ok(())
+    } else {
+        Err(KernelError::InvalidName(name.to_owned()))
+    }
+}

@@ -1,0 +1,228 @@
+//! The inbound pipeline: decode → recipient exists → the sender's document (known, or
+//! fetched) → the key id is the sender's current key → strict verify → idempotent append to
+//! the recipient's inbox → side effects (auto-accept of Follow, following on Accept,
+//! unfollow on Undo). Side effects are idempotent and re-run when a retried envelope finds
+//! them unfinished, so a crash between the append and them loses nothing.
+
+use crate::error::KernelError;
+use crate::kernel::{Kernel, derived_id};
+use crate::publish::Draft;
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use fedsx_proto::kernel::v1::journal_record::Record;
+use fedsx_proto::kernel::v1::{ActorDocument, FollowerAdded, FollowerRemoved, FollowingAdded};
+use fedsx_proto::logstore::v1::StreamKind;
+use fedsx_proto::wire::v1::ActivityType;
+use fedsx_wire::{ActivityId, Received};
+
+/// Where an ingested activity landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    pub seq: u64,
+    /// False when the inbox already held it.
+    pub new: bool,
+    pub id: ActivityId,
+}
+
+impl Kernel {
+    pub async fn ingest(&self, recipient: &str, envelope: &[u8]) -> Result<Ingested, KernelError> {
+        let received = fedsx_wire::decode(envelope)?;
+        let recipient_url = self.actor(recipient)?.id;
+        let sender = self.sender_document(&received).await?;
+        let key = <[u8; 32]>::try_from(sender.public_key.as_ref())
+            .ok()
+            .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+            .ok_or_else(|| KernelError::UnknownSender {
+                actor: sender.id.clone(),
+                reason: "document has no valid key".into(),
+            })?;
+        received.verify(&key)?;
+
+        let answer = self
+            .logs
+            .append_any(
+                recipient,
+                StreamKind::Inbox,
+                Bytes::copy_from_slice(&received.id.0),
+                Bytes::copy_from_slice(envelope),
+            )
+            .await?;
+        let entry = answer
+            .entries
+            .first()
+            .copied()
+            .ok_or_else(|| KernelError::Internal("empty append answer".into()))?;
+        tracing::info!(
+            recipient,
+            sender = %sender.id,
+            id = %received.id,
+            kind = ?received.kind,
+            seq = entry.seq,
+            new = entry.appended,
+            "ingested"
+        );
+        self.side_effects(recipient, &recipient_url, &received)
+            .await?;
+        Ok(Ingested {
+            seq: entry.seq,
+            new: entry.appended,
+            id: received.id,
+        })
+    }
+
+    /// The sender's document whose key id is the envelope's; refetched at most once (rate
+    /// limited per peer) when the known document names another key.
+    async fn sender_document(&self, received: &Received) -> Result<ActorDocument, KernelError> {
+        let actor = &received.activity.actor;
+        let unknown = |reason: String| KernelError::UnknownSender {
+            actor: actor.clone(),
+            reason,
+        };
+        let known = self.known_document(actor);
+        let document = match known {
+            Some(document) => document,
+            None => self.fetch_and_keep(actor).await.map_err(unknown)?,
+        };
+        if document.key_id == received.key_id {
+            return Ok(document);
+        }
+        let is_local = self
+            .read_state()
+            .actors
+            .values()
+            .any(|a| a.document.id == *actor);
+        if !is_local && self.may_refetch(actor) {
+            let fresh = self.fetch_and_keep(actor).await.map_err(unknown)?;
+            if fresh.key_id == received.key_id {
+                return Ok(fresh);
+            }
+        }
+        Err(KernelError::StaleKey {
+            key_id: received.key_id.clone(),
+            actor: actor.clone(),
+        })
+    }
+
+    async fn side_effects(
+        &self,
+        recipient: &str,
+        recipient_url: &str,
+        received: &Received,
+    ) -> Result<(), KernelError> {
+        let sender = received.activity.actor.clone();
+        match received.kind {
+            ActivityType::Follow if received.activity.object == recipient_url => {
+                self.accept_follow(recipient, &sender, received.id).await
+            }
+            ActivityType::Accept => {
+                let Some(follow_id) = ActivityId::from_hex(&received.activity.object) else {
+                    return Ok(());
+                };
+                let sent = self.read_state().follows_sent.get(&follow_id).cloned();
+                match sent {
+                    Some((local, followed)) if local == recipient && followed == sender => {
+                        let record = Record::FollowingAdded(FollowingAdded {
+                            actor: recipient.to_owned(),
+                            followed: sender.clone(),
+                            accept_id: received.id.0.to_vec().into(),
+                        });
+                        if self
+                            .journal(derived_id("following", &[&received.id.0]), record)
+                            .await?
+                        {
+                            tracing::info!(actor = recipient, followed = %sender, "now following");
+                        }
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            }
+            ActivityType::Undo => {
+                let Some(follow_id) = ActivityId::from_hex(&received.activity.object) else {
+                    return Ok(());
+                };
+                let follows = self
+                    .read_state()
+                    .followers
+                    .get(recipient)
+                    .and_then(|f| f.get(&sender))
+                    .is_some_and(|id| *id == follow_id);
+                if follows {
+                    let record = Record::FollowerRemoved(FollowerRemoved {
+                        actor: recipient.to_owned(),
+                        follower: sender.clone(),
+                        undo_id: received.id.0.to_vec().into(),
+                    });
+                    self.journal(derived_id("unfollow", &[&received.id.0]), record)
+                        .await?;
+                    tracing::info!(actor = recipient, follower = %sender, "follower removed");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records the follower and publishes one Accept for this Follow, however often the
+    /// Follow arrives.
+    async fn accept_follow(
+        &self,
+        recipient: &str,
+        follower: &str,
+        follow_id: ActivityId,
+    ) -> Result<(), KernelError> {
+        let record = Record::FollowerAdded(FollowerAdded {
+            actor: recipient.to_owned(),
+            follower: follower.to_owned(),
+            follow_id: follow_id.0.to_vec().into(),
+        });
+        self.journal(derived_id("follower", &[&follow_id.0]), record)
+            .await?;
+        let accept = Draft {
+            actor: recipient.to_owned(),
+            kind: ActivityType::Accept,
+            object: follow_id.to_hex(),
+            to: vec![follower.to_owned()],
+            content: String::new(),
+            once_key: Some(derived_id("accept", &[&follow_id.0])),
+        };
+        let published = self.publish(accept).await?;
+        if published.new {
+            tracing::info!(actor = recipient, follower, accept = %published.id, "follow auto-accepted");
+        }
+        Ok(())
+    }
+
+    /// Sends a Follow from a local actor to the actor at `remote`; the following is recorded
+    /// when its Accept comes back.
+    pub async fn follow(
+        &self,
+        actor: &str,
+        remote: &str,
+    ) -> Result<crate::publish::Published, KernelError> {
+        self.actor(actor)?;
+        self.document_of(remote)
+            .await
+            .map_err(|reason| KernelError::Unreachable {
+                url: remote.to_owned(),
+                reason,
+            })?;
+        let draft = Draft {
+            actor: actor.to_owned(),
+            kind: ActivityType::Follow,
+            object: remote.to_owned(),
+            to: vec![remote.to_owned()],
+            content: String::new(),
+            once_key: None,
+        };
+        let published = self.publish(draft).await?;
+        let record = Record::FollowSent(fedsx_proto::kernel::v1::FollowSent {
+            actor: actor.to_owned(),
+            followed: remote.to_owned(),
+            follow_id: published.id.0.to_vec().into(),
+        });
+        self.journal(derived_id("follow-sent", &[&published.id.0]), record)
+            .await?;
+        Ok(published)
+    }
+}

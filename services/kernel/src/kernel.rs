@@ -1,0 +1,279 @@
+//! The kernel's domain API: actors, peers, followers, tips. Publishing and the inbound
+//! pipeline live in `publish.rs` and `ingest.rs`; the gRPC handler only converts.
+
+use crate::delivery::DeliveryPort;
+use crate::error::{KernelError, check_name};
+use crate::keys::NodeSecret;
+use crate::logs::{JOURNAL_ACTOR, Logs};
+use crate::peers::PeerFetcher;
+use crate::publish::Head;
+use crate::state::State;
+use bytes::Bytes;
+use fedsx_proto::kernel::v1::journal_record::Record;
+use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, JournalRecord, PeerRegistered};
+use fedsx_proto::logstore::v1::StreamKind;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How often a peer's document may be refetched because a key id did not match.
+const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+
+pub struct Kernel {
+    pub(crate) logs: Logs,
+    pub(crate) secret: NodeSecret,
+    pub(crate) base_url: String,
+    pub(crate) state: RwLock<State>,
+    pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
+    pub(crate) fetcher: PeerFetcher,
+    refetched: Mutex<HashMap<String, Instant>>,
+    pub(crate) delivery: Arc<dyn DeliveryPort>,
+    pub(crate) relay: mpsc::UnboundedSender<String>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A journal or idempotency key: SHA-256 over a purpose tag and parts.
+pub(crate) fn derived_id(purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new()
+        .chain_update(purpose.as_bytes())
+        .chain_update([0u8]);
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+impl Kernel {
+    /// Replays the journal into memory and starts the delivery relay. Fails when the
+    /// log-store cannot be read.
+    pub async fn start(
+        logs: Logs,
+        secret: NodeSecret,
+        base_url: String,
+        fetcher: PeerFetcher,
+        delivery: Arc<dyn DeliveryPort>,
+        shutdown: fedsx_runtime::CancellationToken,
+    ) -> Result<Arc<Kernel>, KernelError> {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let mut state = State::default();
+        let journal = logs.read_all(JOURNAL_ACTOR, StreamKind::Meta, 0).await?;
+        for entry in &journal {
+            let record = JournalRecord::decode(entry.data.as_ref()).map_err(|err| {
+                KernelError::Internal(format!("journal entry {} is corrupt: {err}", entry.seq))
+            })?;
+            state.apply(record, &secret, &base_url);
+        }
+        tracing::info!(
+            records = journal.len(),
+            actors = state.actors.len(),
+            peers = state.peers.len(),
+            "journal replayed"
+        );
+        let actors: Vec<String> = state.actors.keys().cloned().collect();
+        let (relay, kicks) = mpsc::unbounded_channel();
+        let kernel = Arc::new(Kernel {
+            logs,
+            secret,
+            base_url,
+            state: RwLock::new(state),
+            heads: Mutex::default(),
+            fetcher,
+            refetched: Mutex::default(),
+            delivery,
+            relay,
+        });
+        crate::relay::spawn(kernel.clone(), kicks, shutdown);
+        // Hand off anything published before a restart that delivery may not have taken.
+        for actor in actors {
+            kernel.kick_relay(&actor);
+        }
+        Ok(kernel)
+    }
+
+    pub(crate) fn kick_relay(&self, actor: &str) {
+        let _ = self.relay.send(actor.to_owned());
+    }
+
+    pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().expect("state lock poisoned")
+    }
+
+    /// Appends a record to the journal (idempotent by `id`), then applies it.
+    pub(crate) async fn journal(&self, id: [u8; 32], record: Record) -> Result<bool, KernelError> {
+        let record = JournalRecord {
+            record: Some(record),
+        };
+        let answer = self
+            .logs
+            .append_any(
+                JOURNAL_ACTOR,
+                StreamKind::Meta,
+                Bytes::copy_from_slice(&id),
+                record.encode_to_vec().into(),
+            )
+            .await?;
+        self.state.write().expect("state lock poisoned").apply(
+            record,
+            &self.secret,
+            &self.base_url,
+        );
+        Ok(answer.entries.first().is_some_and(|e| e.appended))
+    }
+
+    pub async fn create_actor(&self, name: &str) -> Result<ActorDocument, KernelError> {
+        check_name(name)?;
+        if self.read_state().actor(name).is_some() {
+            return Err(KernelError::ActorExists(name.to_owned()));
+        }
+        let record = Record::ActorCreated(ActorCreated {
+            name: name.to_owned(),
+            created_ms: now_ms(),
+        });
+        if !self
+            .journal(derived_id("actor", &[name.as_bytes()]), record)
+            .await?
+        {
+            return Err(KernelError::ActorExists(name.to_owned()));
+        }
+        tracing::info!(actor = name, "actor created");
+        self.actor(name)
+    }
+
+    pub fn actor(&self, name: &str) -> Result<ActorDocument, KernelError> {
+        self.read_state()
+            .actor(name)
+            .map(|a| a.document.clone())
+            .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))
+    }
+
+    pub fn actors(&self) -> Vec<ActorDocument> {
+        self.read_state()
+            .actors
+            .values()
+            .map(|a| a.document.clone())
+            .collect()
+    }
+
+    /// Inbox and outbox tips of a local actor.
+    pub async fn tips(&self, name: &str) -> Result<(u64, u64), KernelError> {
+        self.actor(name)?;
+        let (inbox, outbox) = tokio::try_join!(
+            self.logs.tip(name, StreamKind::Inbox),
+            self.logs.tip(name, StreamKind::Outbox)
+        )?;
+        Ok((inbox, outbox))
+    }
+
+    pub fn followers(&self, name: &str) -> Result<Vec<String>, KernelError> {
+        let state = self.read_state();
+        state
+            .actor(name)
+            .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))?;
+        Ok(state
+            .followers
+            .get(name)
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    pub fn following(&self, name: &str) -> Result<Vec<String>, KernelError> {
+        let state = self.read_state();
+        state
+            .actor(name)
+            .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))?;
+        Ok(state
+            .following
+            .get(name)
+            .map(|f| f.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// Records a peer's document (checked first) so it need not be fetched.
+    pub async fn register_peer(
+        &self,
+        document: ActorDocument,
+    ) -> Result<ActorDocument, KernelError> {
+        fedsx_wire::document::check(&document)
+            .map_err(|reason| KernelError::BadRequest(format!("bad actor document: {reason}")))?;
+        if document.id.starts_with(&format!("{}/", self.base_url)) {
+            return Err(KernelError::BadRequest(format!(
+                "{} is a local actor, not a peer",
+                document.id
+            )));
+        }
+        let id = derived_id("peer", &[&document.encode_to_vec()]);
+        self.journal(
+            id,
+            Record::PeerRegistered(PeerRegistered {
+                document: Some(document.clone()),
+            }),
+        )
+        .await?;
+        Ok(document)
+    }
+
+    pub fn peer(&self, url: &str) -> Result<ActorDocument, KernelError> {
+        self.read_state()
+            .peers
+            .get(url)
+            .cloned()
+            .ok_or_else(|| KernelError::NoSuchPeer(url.to_owned()))
+    }
+
+    /// The document of the actor at `url`: a local actor, a known peer, or fetched (and
+    /// then kept).
+    pub(crate) async fn document_of(&self, url: &str) -> Result<ActorDocument, String> {
+        if let Some(document) = self.known_document(url) {
+            return Ok(document);
+        }
+        self.fetch_and_keep(url).await
+    }
+
+    pub(crate) fn known_document(&self, url: &str) -> Option<ActorDocument> {
+        let state = self.read_state();
+        if let Some(name) = url.strip_prefix(&format!("{}/actors/", self.base_url))
+            && let Some(actor) = state.actor(name)
+        {
+            return Some(actor.document.clone());
+        }
+        state.peers.get(url).cloned()
+    }
+
+    pub(crate) async fn fetch_and_keep(&self, url: &str) -> Result<ActorDocument, String> {
+        let document = self.fetcher.fetch(url).await?;
+        let id = derived_id("peer", &[&document.encode_to_vec()]);
+        self.journal(
+            id,
+            Record::PeerRegistered(PeerRegistered {
+                document: Some(document.clone()),
+            }),
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+        tracing::info!(peer = url, key_id = %document.key_id, "peer document fetched");
+        Ok(document)
+    }
+
+    /// Whether the peer's document may be refetched now (at most once per interval).
+    pub(crate) fn may_refetch(&self, url: &str) -> bool {
+        let mut refetched = self.refetched.lock().expect("refetch lock poisoned");
+        let now = Instant::now();
+        match refetched.get(url) {
+            Some(last) if now.duration_since(*last) < REFETCH_INTERVAL => false,
+            _ => {
+                refetched.insert(url.to_owned(), now);
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The fed-sx kernel: local actors and their keys, the inbound pipeline (verify, append to
+//! the inbox, auto-accept Follow), publishing to outboxes, followers and following, the
+//! peer registry with safe document fetching, and the relay that hands published
+//! activities to delivery. Everything that must survive a restart is journaled in the
+//! log-store; the only other state is the node secret keys are derived from.
+
+mod config;
+pub mod delivery;
+mod error;
+mod ingest;
+mod kernel;
+mod keys;
+mod logs;
+pub mod peers;
+mod publish;
+mod relay;
+mod service;
+mod state;
+
+pub use config::Config;
+pub use error::KernelError;
+pub use ingest::Ingested;
+pub use kernel::Kernel;
+pub use keys::NodeSecret;
+pub use logs::Logs;
+pub use publish::{Draft, Published};
+
+use anyhow::Context;
+use fedsx_runtime::CancellationToken;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// The gRPC service name, as health checks and reflection know it.
+pub const SERVICE_NAME: &str = "fedsx.kernel.v1.Kernel";
+
+/// Loads the node secret, replays the journal from the log-store (waiting for it to be
+/// reachable), and serves the kernel on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let secret =
+        NodeSecret::load_or_create(&config.node_secret_file).context("--node-secret-file")?;
+    let logs = Logs::connect_lazy(&config.log_store)?;
+    let delivery = Arc::new(delivery::GrpcDelivery::connect_lazy(&config.delivery)?);
+    let fetcher = peers::PeerFetcher::new(config.allow_private_peers);
+    let kernel = loop {
+        let started = Kernel::start(
+            logs.clone(),
+            NodeSecret::from_bytes(secret.to_bytes()),
+            config.public_url.clone(),
+            fetcher.clone(),
+            delivery.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        match started {
+            Ok(kernel) => break kernel,
+            Err(KernelError::LogStoreUnavailable(reason)) => {
+                tracing::warn!(log_store = %config.log_store, %reason, "log-store not reachable yet; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+            Err(err) => return Err(err).context("replaying the kernel journal"),
+        }
+    };
+    let routes = tonic::service::Routes::new(service::server(kernel));
+    fedsx_runtime::grpc::serve(SERVICE_NAME, routes, listener, shutdown).await
+}

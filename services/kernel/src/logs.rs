@@ -1,0 +1,147 @@
+//! The kernel's view of the log-store: typed calls over gRPC with trace context, and the
+//! expected-tip conflict told apart from other failures.
+
+use crate::error::KernelError;
+use bytes::Bytes;
+use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
+use fedsx_proto::logstore::v1::{
+    AppendRequest, AppendResponse, Entry, NewEntry, ReadRequest, StreamId, StreamKind, TipRequest,
+};
+use fedsx_runtime::trace_context::{TracedChannel, traced};
+
+/// The actor name of the kernel's own journal stream; not a valid local actor name, so it
+/// never collides with one.
+pub const JOURNAL_ACTOR: &str = "~kernel";
+
+/// Why an append did not happen.
+#[derive(Debug)]
+pub enum AppendError {
+    /// The stream's tip is not the expected one.
+    Conflict {
+        tip: u64,
+    },
+    Failed(KernelError),
+}
+
+#[derive(Clone)]
+pub struct Logs {
+    client: LogStoreClient<TracedChannel>,
+}
+
+fn stream(actor: &str, kind: StreamKind) -> Option<StreamId> {
+    Some(StreamId {
+        actor: actor.to_owned(),
+        kind: kind.into(),
+    })
+}
+
+impl Logs {
+    /// A client that connects on first use (and reconnects), so the kernel starts even when
+    /// the log-store is not up yet.
+    pub fn connect_lazy(url: &str) -> anyhow::Result<Logs> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|err| anyhow::anyhow!("--log-store {url}: {err}"))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Logs {
+            client: LogStoreClient::new(traced(channel)),
+        })
+    }
+
+    pub async fn append(
+        &self,
+        actor: &str,
+        kind: StreamKind,
+        id: Bytes,
+        data: Bytes,
+        expected_tip: Option<u64>,
+    ) -> Result<AppendResponse, AppendError> {
+        let request = AppendRequest {
+            stream: stream(actor, kind),
+            entries: vec![NewEntry { id, data }],
+            expected_tip,
+        };
+        match self.client.clone().append(request).await {
+            Ok(answer) => Ok(answer.into_inner()),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                let tip = status
+                    .metadata()
+                    .get(fedsx_proto::TIP_METADATA_KEY)
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                match tip {
+                    Some(tip) => Err(AppendError::Conflict { tip }),
+                    None => Err(AppendError::Failed(status.into())),
+                }
+            }
+            Err(status) => Err(AppendError::Failed(status.into())),
+        }
+    }
+
+    /// Appends without an expected tip: only idempotency by id applies.
+    pub async fn append_any(
+        &self,
+        actor: &str,
+        kind: StreamKind,
+        id: Bytes,
+        data: Bytes,
+    ) -> Result<AppendResponse, KernelError> {
+        self.append(actor, kind, id, data, None)
+            .await
+            .map_err(|err| match err {
+                AppendError::Failed(err) => err,
+                AppendError::Conflict { tip } => {
+                    KernelError::Internal(format!("unexpected tip conflict at {tip}"))
+                }
+            })
+    }
+
+    /// Entries after `after_seq` (one page) and the tip.
+    pub async fn read(
+        &self,
+        actor: &str,
+        kind: StreamKind,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<Entry>, u64), KernelError> {
+        let request = ReadRequest {
+            stream: stream(actor, kind),
+            after_seq,
+            limit,
+        };
+        let answer = self.client.clone().read(request).await?.into_inner();
+        Ok((answer.entries, answer.tip))
+    }
+
+    /// Every entry after `after_seq`, page by page.
+    pub async fn read_all(
+        &self,
+        actor: &str,
+        kind: StreamKind,
+        mut after_seq: u64,
+    ) -> Result<Vec<Entry>, KernelError> {
+        let mut all = Vec::new();
+        loop {
+            let (entries, tip) = self.read(actor, kind, after_seq, 0).await?;
+            let Some(last) = entries.last() else {
+                return Ok(all);
+            };
+            after_seq = last.seq;
+            all.extend(entries);
+            if after_seq >= tip {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub async fn tip(&self, actor: &str, kind: StreamKind) -> Result<u64, KernelError> {
+        Ok(self
+            .client
+            .clone()
+            .tip(TipRequest {
+                stream: stream(actor, kind),
+            })
+            .await?
+            .into_inner()
+            .tip)
+    }
+}

@@ -1,0 +1,124 @@
+//! The relay: hands every outbox entry to delivery, once per recipient inbox, after it is
+//! durably in the outbox. It reads the outbox from a cursor, so nothing published is lost
+//! when delivery is down (it retries with backoff) or the kernel restarts (it starts from
+//! the beginning; delivery treats a repeated (peer, id) as the same delivery).
+
+use crate::delivery::Handoff;
+use crate::error::KernelError;
+use crate::kernel::Kernel;
+use crate::publish::envelope_activity;
+use crate::state::followers_url;
+use bytes::Bytes;
+use fedsx_proto::logstore::v1::StreamKind;
+use fedsx_runtime::CancellationToken;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+pub(crate) fn spawn(
+    kernel: Arc<Kernel>,
+    kicks: mpsc::UnboundedReceiver<String>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(run(kernel, kicks, shutdown));
+}
+
+async fn run(
+    kernel: Arc<Kernel>,
+    mut kicks: mpsc::UnboundedReceiver<String>,
+    shutdown: CancellationToken,
+) {
+    let mut cursors: HashMap<String, u64> = HashMap::new();
+    let mut due: BTreeSet<String> = BTreeSet::new();
+    let mut failing: BTreeSet<String> = BTreeSet::new();
+    let mut retry = FIRST_RETRY;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            kick = kicks.recv() => match kick {
+                Some(actor) => { due.insert(actor); }
+                None => return,
+            },
+            () = tokio::time::sleep(retry), if !failing.is_empty() => {
+                due.append(&mut failing);
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+        while let Ok(actor) = kicks.try_recv() {
+            due.insert(actor);
+        }
+        for actor in std::mem::take(&mut due) {
+            let cursor = cursors.entry(actor.clone()).or_default();
+            if let Err(err) = kernel.hand_off(&actor, cursor).await {
+                tracing::warn!(actor = %actor, error = %err, "hand-off to delivery failed; will retry");
+                failing.insert(actor);
+            }
+        }
+        if failing.is_empty() {
+            retry = FIRST_RETRY;
+        }
+    }
+}
+
+impl Kernel {
+    /// Hands every outbox entry after `cursor` to delivery, advancing the cursor past each
+    /// entry once all its recipients are handed off.
+    async fn hand_off(&self, actor: &str, cursor: &mut u64) -> Result<(), KernelError> {
+        let entries = self
+            .logs
+            .read_all(actor, StreamKind::Outbox, *cursor)
+            .await?;
+        for entry in entries {
+            let (id, activity) = envelope_activity(&entry.data)?;
+            for (peer, inbox_url) in self.recipients(&activity.actor, &activity.to) {
+                let handoff = Handoff {
+                    peer,
+                    inbox_url,
+                    envelope: Bytes::clone(&entry.data),
+                    id,
+                };
+                self.delivery
+                    .enqueue(handoff)
+                    .await
+                    .map_err(KernelError::Internal)?;
+            }
+            *cursor = entry.seq;
+        }
+        Ok(())
+    }
+
+    /// (recipient actor URL, inbox URL) for every recipient of an activity by `sender`:
+    /// its followers collection expands to the current followers; inbox URLs come from the
+    /// recipients' documents (empty when unknown).
+    fn recipients(&self, sender: &str, to: &[String]) -> Vec<(String, String)> {
+        let state = self.read_state();
+        let followers = followers_url(sender);
+        let sender_name = sender.rsplit('/').next().unwrap_or_default();
+        let mut out: Vec<String> = Vec::new();
+        for target in to {
+            if *target == followers {
+                if let Some(list) = state.followers.get(sender_name) {
+                    out.extend(list.keys().cloned());
+                }
+            } else if target != sender {
+                out.push(target.clone());
+            }
+        }
+        out.sort();
+        out.dedup();
+        drop(state);
+        out.into_iter()
+            .map(|peer| {
+                let inbox = self
+                    .known_document(&peer)
+                    .map(|d| d.inbox)
+                    .unwrap_or_default();
+                (peer, inbox)
+            })
+            .collect()
+    }
+}

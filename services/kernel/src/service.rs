@@ -1,0 +1,178 @@
+//! `fedsx.kernel.v1.Kernel` over the domain API: converts proto ↔ domain and maps errors.
+
+use crate::error::KernelError;
+use crate::kernel::Kernel;
+use crate::publish::Draft;
+use fedsx_proto::kernel::v1 as pb;
+use fedsx_proto::wire::v1::ActivityType;
+use fedsx_runtime::error::ServiceError;
+use pb::kernel_server::{Kernel as KernelApi, KernelServer};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub(crate) fn server(kernel: Arc<Kernel>) -> KernelServer<KernelService> {
+    KernelServer::new(KernelService { kernel })
+        .max_decoding_message_size(2 * fedsx_wire::MAX_ENVELOPE_BYTES)
+}
+
+pub(crate) struct KernelService {
+    kernel: Arc<Kernel>,
+}
+
+fn status(err: KernelError) -> Status {
+    err.to_status()
+}
+
+fn published(p: crate::publish::Published) -> pb::PublishResponse {
+    pb::PublishResponse {
+        seq: p.seq,
+        id: p.id.0.to_vec().into(),
+    }
+}
+
+#[tonic::async_trait]
+impl KernelApi for KernelService {
+    async fn create_actor(
+        &self,
+        request: Request<pb::CreateActorRequest>,
+    ) -> Result<Response<pb::ActorDocument>, Status> {
+        let name = request.into_inner().name;
+        self.kernel
+            .create_actor(&name)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn get_actor(
+        &self,
+        request: Request<pb::GetActorRequest>,
+    ) -> Result<Response<pb::ActorDocument>, Status> {
+        self.kernel
+            .actor(&request.into_inner().name)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_actors(
+        &self,
+        _: Request<pb::ListActorsRequest>,
+    ) -> Result<Response<pb::ListActorsResponse>, Status> {
+        Ok(Response::new(pb::ListActorsResponse {
+            actors: self.kernel.actors(),
+        }))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let request = request.into_inner();
+        let kind = ActivityType::try_from(request.r#type).map_err(|_| {
+            status(KernelError::BadRequest(format!(
+                "unknown activity type {}",
+                request.r#type
+            )))
+        })?;
+        let draft = Draft {
+            actor: request.actor,
+            kind,
+            object: request.object,
+            to: request.to,
+            content: request.content,
+            once_key: None,
+        };
+        self.kernel
+            .publish(draft)
+            .await
+            .map(|p| Response::new(published(p)))
+            .map_err(status)
+    }
+
+    async fn ingest(
+        &self,
+        request: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        let request = request.into_inner();
+        let ingested = self
+            .kernel
+            .ingest(&request.recipient, &request.envelope)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::IngestResponse {
+            seq: ingested.seq,
+            new: ingested.new,
+            id: ingested.id.0.to_vec().into(),
+        }))
+    }
+
+    async fn follow(
+        &self,
+        request: Request<pb::FollowRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let request = request.into_inner();
+        self.kernel
+            .follow(&request.actor, &request.remote)
+            .await
+            .map(|p| Response::new(published(p)))
+            .map_err(status)
+    }
+
+    async fn register_peer(
+        &self,
+        request: Request<pb::ActorDocument>,
+    ) -> Result<Response<pb::ActorDocument>, Status> {
+        self.kernel
+            .register_peer(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn get_peer(
+        &self,
+        request: Request<pb::GetPeerRequest>,
+    ) -> Result<Response<pb::ActorDocument>, Status> {
+        self.kernel
+            .peer(&request.into_inner().url)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn followers(
+        &self,
+        request: Request<pb::ActorRequest>,
+    ) -> Result<Response<pb::ActorList>, Status> {
+        let actors = self
+            .kernel
+            .followers(&request.into_inner().name)
+            .map_err(status)?;
+        Ok(Response::new(pb::ActorList { actors }))
+    }
+
+    async fn following(
+        &self,
+        request: Request<pb::ActorRequest>,
+    ) -> Result<Response<pb::ActorList>, Status> {
+        let actors = self
+            .kernel
+            .following(&request.into_inner().name)
+            .map_err(status)?;
+        Ok(Response::new(pb::ActorList { actors }))
+    }
+
+    async fn tips(
+        &self,
+        request: Request<pb::ActorRequest>,
+    ) -> Result<Response<pb::TipsResponse>, Status> {
+        let (inbox_tip, outbox_tip) = self
+            .kernel
+            .tips(&request.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::TipsResponse {
+            inbox_tip,
+            outbox_tip,
+        }))
+    }
+}

@@ -1,0 +1,99 @@
+//! The kernel's in-memory projections — local actors, known peers, followers, following,
+//! follows we sent — rebuilt at start by replaying the journal, and changed only by
+//! applying a journal record after it is durably appended.
+
+use crate::keys::NodeSecret;
+use ed25519_dalek::SigningKey;
+use fedsx_proto::kernel::v1::journal_record::Record;
+use fedsx_proto::kernel::v1::{ActorDocument, JournalRecord};
+use fedsx_wire::ActivityId;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A local actor: its document and its (derived) signing key.
+pub struct LocalActor {
+    pub document: ActorDocument,
+    pub key: SigningKey,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub actors: BTreeMap<String, LocalActor>,
+    /// Peer documents by actor URL.
+    pub peers: HashMap<String, ActorDocument>,
+    /// Local actor name → follower URL → id of the Follow that made it a follower.
+    pub followers: HashMap<String, BTreeMap<String, ActivityId>>,
+    /// Local actor name → URLs it follows (their Accept came back).
+    pub following: HashMap<String, BTreeSet<String>>,
+    /// Follow id → (local actor, followed URL), for matching the Accept that answers it.
+    pub follows_sent: HashMap<ActivityId, (String, String)>,
+}
+
+/// The URL of local actor `name` on a node whose public base URL is `base`.
+pub fn actor_url(base: &str, name: &str) -> String {
+    format!("{}/actors/{name}", base.trim_end_matches('/'))
+}
+
+/// The followers collection URL of an actor; in `to`, it stands for all its followers.
+pub fn followers_url(actor_url: &str) -> String {
+    format!("{actor_url}/followers")
+}
+
+pub fn local_document(base: &str, name: &str, key: &SigningKey) -> ActorDocument {
+    let id = actor_url(base, name);
+    let public = key.verifying_key();
+    ActorDocument {
+        key_id: fedsx_wire::key_id(&id, &public),
+        inbox: format!("{id}/inbox"),
+        outbox: format!("{id}/outbox"),
+        public_key: public.as_bytes().to_vec().into(),
+        name: name.to_owned(),
+        id,
+    }
+}
+
+impl State {
+    pub fn apply(&mut self, record: JournalRecord, secret: &NodeSecret, base: &str) {
+        let Some(record) = record.record else { return };
+        match record {
+            Record::ActorCreated(created) => {
+                let key = secret.actor_key(&created.name);
+                let document = local_document(base, &created.name, &key);
+                self.actors
+                    .insert(created.name, LocalActor { document, key });
+            }
+            Record::PeerRegistered(registered) => {
+                if let Some(document) = registered.document {
+                    self.peers.insert(document.id.clone(), document);
+                }
+            }
+            Record::FollowerAdded(added) => {
+                if let Some(id) = ActivityId::from_slice(&added.follow_id) {
+                    self.followers
+                        .entry(added.actor)
+                        .or_default()
+                        .insert(added.follower, id);
+                }
+            }
+            Record::FollowerRemoved(removed) => {
+                if let Some(followers) = self.followers.get_mut(&removed.actor) {
+                    followers.remove(&removed.follower);
+                }
+            }
+            Record::FollowSent(sent) => {
+                if let Some(id) = ActivityId::from_slice(&sent.follow_id) {
+                    self.follows_sent.insert(id, (sent.actor, sent.followed));
+                }
+            }
+            Record::FollowingAdded(added) => {
+                self.following
+                    .entry(added.actor)
+                    .or_default()
+                    .insert(added.followed);
+            }
+        }
+    }
+
+    pub fn actor(&self, name: &str) -> Option<&LocalActor> {
+        self.actors.get(name)
+    }
+}

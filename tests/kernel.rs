@@ -1,0 +1,314 @@
+//! End to end: real `fedsx log-store` and `fedsx kernel` processes; peers are keys made in
+//! the test, one of them discovered over HTTP from a fake peer node.
+
+mod support;
+
+use ed25519_dalek::SigningKey;
+use fedsx_proto::kernel::v1::kernel_client::KernelClient;
+use fedsx_proto::kernel::v1::{
+    ActorDocument, ActorRequest, CreateActorRequest, GetActorRequest, GetPeerRequest,
+    IngestRequest, PublishRequest,
+};
+use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
+use fedsx_proto::logstore::v1::{ReadRequest, StreamId, StreamKind};
+use fedsx_proto::wire::v1::{Activity, ActivityType};
+use fedsx_wire::{ActivityId, key_id, sign};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use support::{Service, TestDir};
+use tonic::transport::Channel;
+
+const PUBLIC_URL: &str = "http://node-b.test";
+
+async fn start_kernel(dir: &TestDir, log_store: &Service) -> Service {
+    let secret = dir.join("node-secret");
+    let args = [
+        "kernel",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-store",
+        &log_store.url(),
+        // Nothing listens there: hand-offs fail and are retried, which these tests ignore.
+        "--delivery",
+        "http://127.0.0.1:1",
+        "--public-url",
+        PUBLIC_URL,
+        "--node-secret-file",
+        secret.to_str().unwrap(),
+        "--allow-private-peers",
+    ];
+    Service::spawn("kernel", &args, dir.path()).await.unwrap()
+}
+
+async fn start_log_store(dir: &TestDir) -> Service {
+    let data = dir.join("log-store");
+    let args = [
+        "log-store",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    Service::spawn("log-store", &args, dir.path())
+        .await
+        .unwrap()
+}
+
+async fn kernel_client(kernel: &Service) -> KernelClient<Channel> {
+    KernelClient::new(support::channel(&kernel.url()).await.unwrap())
+}
+
+struct Peer {
+    key: SigningKey,
+    url: String,
+    seq: u64,
+}
+
+impl Peer {
+    fn new(url: String, seed: u8) -> Peer {
+        Peer {
+            key: SigningKey::from_bytes(&[seed; 32]),
+            url,
+            seq: 0,
+        }
+    }
+
+    fn document(&self) -> ActorDocument {
+        ActorDocument {
+            id: self.url.clone(),
+            name: String::new(),
+            inbox: format!("{}/inbox", self.url),
+            outbox: format!("{}/outbox", self.url),
+            public_key: self.key.verifying_key().as_bytes().to_vec().into(),
+            key_id: key_id(&self.url, &self.key.verifying_key()),
+        }
+    }
+
+    /// A signed Follow of `target` (the peer's first activity).
+    fn follow(&mut self, target: &str) -> Vec<u8> {
+        self.seq += 1;
+        let activity = Activity {
+            r#type: ActivityType::Follow.into(),
+            actor: self.url.clone(),
+            seq: self.seq,
+            object: target.into(),
+            to: vec![target.into()],
+            published_ms: 1_767_225_600_000,
+            ..Activity::default()
+        };
+        sign(
+            &activity,
+            &self.key,
+            &key_id(&self.url, &self.key.verifying_key()),
+        )
+        .to_bytes()
+    }
+}
+
+/// A fake peer node on loopback serving the document of a peer made with `seed` at
+/// `/actors/<name>`. It binds first because the actor URL contains its port.
+async fn fake_peer_node(name: &str, seed: u8) -> Peer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let path = format!("/actors/{name}");
+    let peer = Peer::new(
+        format!("http://{}{path}", listener.local_addr().unwrap()),
+        seed,
+    );
+    let body =
+        Bytes::from(serde_json::to_vec(&fedsx_wire::document::to_json(&peer.document())).unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (body, path) = (body.clone(), path.clone());
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let response = if request.uri().path() == path {
+                        hyper::Response::new(Full::new(body.clone()))
+                    } else {
+                        hyper::Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap()
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::spawn(connection);
+        }
+    });
+    peer
+}
+
+async fn tips(client: &mut KernelClient<Channel>, name: &str) -> (u64, u64) {
+    let tips = client
+        .tips(ActorRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    (tips.inbox_tip, tips.outbox_tip)
+}
+
+async fn followers(client: &mut KernelClient<Channel>, name: &str) -> Vec<String> {
+    client
+        .followers(ActorRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .actors
+}
+
+async fn outbox_activity(log_store: &Service, actor: &str, seq: u64) -> (ActivityId, Activity) {
+    let mut client = LogStoreClient::new(support::channel(&log_store.url()).await.unwrap());
+    let stream = Some(StreamId {
+        actor: actor.into(),
+        kind: StreamKind::Outbox.into(),
+    });
+    let page = client
+        .read(ReadRequest {
+            stream,
+            after_seq: seq - 1,
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let received = fedsx_wire::decode(&page.entries[0].data).unwrap();
+    (received.id, received.activity)
+}
+
+fn note(actor: &str, content: &str) -> PublishRequest {
+    PublishRequest {
+        actor: actor.into(),
+        r#type: ActivityType::Create.into(),
+        object: String::new(),
+        to: vec!["followers".into()],
+        content: content.into(),
+    }
+}
+
+#[tokio::test]
+async fn actors_publish_ingest_discover_and_survive_a_kernel_sigkill() {
+    let dir = TestDir::new();
+    let log_store = start_log_store(&dir).await;
+    let mut kernel = start_kernel(&dir, &log_store).await;
+    let mut client = kernel_client(&kernel).await;
+
+    let alice = client
+        .create_actor(CreateActorRequest {
+            name: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(alice.id, format!("{PUBLIC_URL}/actors/alice"));
+    assert_eq!(alice.inbox, format!("{PUBLIC_URL}/actors/alice/inbox"));
+    assert_eq!(alice.public_key.len(), 32);
+    let bob = client
+        .create_actor(CreateActorRequest { name: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let bob_url = bob.id.clone();
+
+    // alice publishes twice: outbox tip 2, the second's prev is the first's id.
+    let first = client
+        .publish(note("alice", "one"))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = client
+        .publish(note("alice", "two"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.seq, second.seq), (1, 2));
+    assert_eq!(tips(&mut client, "alice").await, (0, 2));
+    let (second_id, second_activity) = outbox_activity(&log_store, "alice", 2).await;
+    assert_eq!(&second_id.0[..], &second.id[..]);
+    assert_eq!(&second_activity.prev[..], &first.id[..]);
+
+    // A registered peer follows bob: inbox 0 → 1, outbox 0 → 1 (the Accept), follower kept.
+    let mut carol = Peer::new("https://c.example/actors/carol".into(), 1);
+    client.register_peer(carol.document()).await.unwrap();
+    let follow = carol.follow(&bob_url);
+    let ingested = client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: follow.clone().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ingested.seq, ingested.new), (1, true));
+    assert_eq!(tips(&mut client, "bob").await, (1, 1));
+    assert_eq!(followers(&mut client, "bob").await, [carol.url.clone()]);
+    let (_, accept) = outbox_activity(&log_store, "bob", 1).await;
+    assert_eq!(accept.r#type, i32::from(ActivityType::Accept));
+    assert_eq!(accept.to, [carol.url.clone()]);
+
+    // The same Follow again: same seq, not new, tips unchanged.
+    let again = client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: follow.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.seq, again.new), (1, false));
+    assert_eq!(tips(&mut client, "bob").await, (1, 1));
+
+    // An unknown peer is discovered: its document is fetched from its URL.
+    let mut dave = fake_peer_node("dave", 2).await;
+    let follow = dave.follow(&bob_url);
+    let ingested = client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: follow.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ingested.seq, ingested.new), (2, true));
+    let fetched = client
+        .get_peer(GetPeerRequest {
+            url: dave.url.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched, dave.document());
+    assert_eq!(tips(&mut client, "bob").await, (2, 2));
+
+    // SIGKILL the kernel and start it again on the same log-store and secret.
+    kernel.sigkill().unwrap();
+    let kernel = start_kernel(&dir, &log_store).await;
+    let mut client = kernel_client(&kernel).await;
+    let bob_again = client
+        .get_actor(GetActorRequest { name: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bob_again, bob, "same document and public key after restart");
+    let mut expected = vec![carol.url.clone(), dave.url.clone()];
+    expected.sort();
+    assert_eq!(followers(&mut client, "bob").await, expected);
+    assert_eq!(tips(&mut client, "alice").await, (0, 2));
+    assert_eq!(tips(&mut client, "bob").await, (2, 2));
+    let third = client
+        .publish(note("alice", "three"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(third.seq, 3);
+    let (_, third_activity) = outbox_activity(&log_store, "alice", 3).await;
+    assert_eq!(
+        &third_activity.prev[..],
+        &second.id[..],
+        "the chain continues after the restart"
+    );
+}

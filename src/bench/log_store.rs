@@ -3,13 +3,12 @@
 //! disk without gRPC (1 writer, 64 writers, batches of 64), and the ratio the target is
 //! stated in: gRPC at concurrency 64 ÷ raw 64-writer synced puts.
 
+use super::path;
 use anyhow::Context;
 use bytes::Bytes;
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{AppendRequest, NewEntry, StreamId, StreamKind};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,7 +48,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (target, _server) = match args.target {
         Some(target) => (target, None),
         None => {
-            let (url, child) = spawn_log_store(&scratch.path().join("log-store"))?;
+            let data = scratch.path().join("log-store");
+            let (url, child) = super::spawn_service(&[
+                "log-store",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                path(&data)?,
+            ])?;
             (url, Some(child))
         }
     };
@@ -96,40 +102,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn spawn_log_store(data_dir: &std::path::Path) -> anyhow::Result<(String, KillOnDrop)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["log-store", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting fedsx log-store")?;
-    let stdout = child.stdout.take().context("log-store stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let child = KillOnDrop(child);
-    for line in lines.by_ref() {
-        if let Some(addr) = line?
-            .strip_prefix("fedsx-listening ")
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .map(str::to_owned)
-        {
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok((format!("http://{addr}"), child));
-        }
-    }
-    anyhow::bail!("fedsx log-store exited before listening")
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn grpc_appends(

@@ -1,0 +1,202 @@
+//! `fedsx bench kernel`: starts a log-store and a kernel, registers M remote actors, signs N
+//! activities with their keys, and ingests them through `Kernel.Ingest` at a given
+//! concurrency (each one verified and durably appended); then measures ed25519 strict
+//! verifications/s of the same envelopes on one core, and prints the ratio.
+
+use super::{path, spawn_service};
+use anyhow::Context;
+use ed25519_dalek::SigningKey;
+use fedsx_proto::kernel::v1::kernel_client::KernelClient;
+use fedsx_proto::kernel::v1::{ActorDocument, CreateActorRequest, IngestRequest};
+use fedsx_proto::wire::v1::{Activity, ActivityType};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const CONNECTIONS: usize = 4;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Remote actors signing the activities.
+    #[arg(long, default_value_t = 100)]
+    actors: usize,
+    /// Activities ingested.
+    #[arg(long, default_value_t = 20_000)]
+    activities: usize,
+    /// Concurrent ingest calls.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Where the temp data dirs go.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    dir: std::path::PathBuf,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let scratch = tempfile::Builder::new()
+        .prefix("fedsx-bench-")
+        .tempdir_in(&args.dir)?;
+    let data = scratch.path().join("log-store");
+    let secret = scratch.path().join("node-secret");
+    let (log_store, _log_store) = spawn_service(&[
+        "log-store",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        path(&data)?,
+    ])?;
+    let (kernel, _kernel) = spawn_service(&[
+        "kernel",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-store",
+        &log_store,
+        "--delivery",
+        "http://127.0.0.1:1",
+        "--node-secret-file",
+        path(&secret)?,
+    ])?;
+    let mut connections = Vec::new();
+    for _ in 0..CONNECTIONS {
+        connections.push(KernelClient::new(
+            Channel::from_shared(kernel.clone())?.connect().await?,
+        ));
+    }
+    let mut client = connections[0].clone();
+    client
+        .create_actor(CreateActorRequest {
+            name: "bench".into(),
+        })
+        .await
+        .context("creating the recipient")?;
+
+    println!("machine: {} cores", std::thread::available_parallelism()?);
+    println!(
+        "signing {} activities by {} remote actors…",
+        args.activities, args.actors
+    );
+    let peers: Vec<(SigningKey, String)> = (0..args.actors)
+        .map(|i| {
+            let seed: [u8; 32] = std::array::from_fn(|b| (i * 31 + b) as u8);
+            (
+                SigningKey::from_bytes(&seed),
+                format!("https://peer-{i}.bench.example/actors/p"),
+            )
+        })
+        .collect();
+    for (key, url) in &peers {
+        let document = ActorDocument {
+            id: url.clone(),
+            name: "p".into(),
+            inbox: format!("{url}/inbox"),
+            outbox: format!("{url}/outbox"),
+            public_key: key.verifying_key().as_bytes().to_vec().into(),
+            key_id: fedsx_wire::key_id(url, &key.verifying_key()),
+        };
+        client.register_peer(document).await?;
+    }
+    let envelopes = Arc::new(sign_all(&peers, args.activities));
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..args.concurrency {
+        let mut client = connections[worker % CONNECTIONS].clone();
+        let (next, envelopes) = (next.clone(), envelopes.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(envelope) = envelopes.get(i) else {
+                    return (latencies, errors);
+                };
+                let sent = Instant::now();
+                let request = IngestRequest {
+                    recipient: "bench".into(),
+                    envelope: envelope.clone().into(),
+                };
+                match client.ingest(request).await {
+                    Ok(answer) if answer.get_ref().new => latencies.push(sent.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for worker in workers {
+        let (l, e) = worker.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+    println!(
+        "\ningest through kernel → log-store, concurrency {}: {rate:.0}/s durable ({} ok, {errors} errors, p50 {:?}, p99 {:?})",
+        args.concurrency,
+        latencies.len(),
+        percentile(&latencies, 50),
+        percentile(&latencies, 99)
+    );
+
+    let verify_rate = tokio::task::block_in_place(|| verifies_per_second(&envelopes, &peers));
+    println!("ed25519 strict decode+verify of the same envelopes, one core: {verify_rate:.0}/s");
+    println!("ratio ingest/verify: {:.2}", rate / verify_rate);
+    Ok(())
+}
+
+fn sign_all(peers: &[(SigningKey, String)], n: usize) -> Vec<Vec<u8>> {
+    let mut chains: Vec<(u64, Option<fedsx_wire::ActivityId>)> = vec![(0, None); peers.len()];
+    (0..n)
+        .map(|i| {
+            let p = i % peers.len();
+            let (key, url) = &peers[p];
+            let (seq, prev) = &mut chains[p];
+            *seq += 1;
+            let activity = Activity {
+                r#type: ActivityType::Create.into(),
+                actor: url.clone(),
+                seq: *seq,
+                to: vec!["https://bench.local/actors/bench".into()],
+                published_ms: 1_767_225_600_000 + i as i64,
+                content: format!(
+                    "note {i} from {url}, about the length of a short post on a federated server"
+                ),
+                prev: prev.map(|id| id.0.to_vec().into()).unwrap_or_default(),
+                ..Activity::default()
+            };
+            let signed = fedsx_wire::sign(
+                &activity,
+                key,
+                &fedsx_wire::key_id(url, &key.verifying_key()),
+            );
+            *prev = Some(signed.id);
+            signed.to_bytes()
+        })
+        .collect()
+}
+
+fn verifies_per_second(envelopes: &[Vec<u8>], peers: &[(SigningKey, String)]) -> f64 {
+    let keys: std::collections::HashMap<&str, ed25519_dalek::VerifyingKey> = peers
+        .iter()
+        .map(|(k, u)| (u.as_str(), k.verifying_key()))
+        .collect();
+    let started = Instant::now();
+    let mut done = 0usize;
+    while started.elapsed() < Duration::from_secs(2) {
+        let envelope = &envelopes[done % envelopes.len()];
+        let received = fedsx_wire::decode(envelope).expect("bench envelopes decode");
+        received
+            .verify(&keys[received.activity.actor.as_str()])
+            .expect("bench envelopes verify");
+        done += 1;
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}

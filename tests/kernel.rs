@@ -6,8 +6,7 @@ mod support;
 use ed25519_dalek::SigningKey;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{
-    ActorDocument, ActorRequest, CreateActorRequest, GetActorRequest, GetPeerRequest,
-    IngestRequest, PublishRequest,
+    ActorDocument, ActorRequest, CreateActorRequest, GetActorRequest, GetPeerRequest, IngestRequest, PublishRequest,
 };
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{ReadRequest, StreamId, StreamKind};
@@ -15,6 +14,8 @@ use fedsx_proto::wire::v1::{Activity, ActivityType};
 use fedsx_wire::{ActivityId, key_id, sign};
 use http_body_util::Full;
 use hyper::body::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use support::{Service, TestDir};
 use tonic::transport::Channel;
 
@@ -49,9 +50,7 @@ async fn start_log_store(dir: &TestDir) -> Service {
         "--data-dir",
         data.to_str().unwrap(),
     ];
-    Service::spawn("log-store", &args, dir.path())
-        .await
-        .unwrap()
+    Service::spawn("log-store", &args, dir.path()).await.unwrap()
 }
 
 async fn kernel_client(kernel: &Service) -> KernelClient<Channel> {
@@ -62,6 +61,7 @@ struct Peer {
     key: SigningKey,
     url: String,
     seq: u64,
+    prev: Option<ActivityId>,
 }
 
 impl Peer {
@@ -70,6 +70,7 @@ impl Peer {
             key: SigningKey::from_bytes(&[seed; 32]),
             url,
             seq: 0,
+            prev: None,
         }
     }
 
@@ -84,7 +85,7 @@ impl Peer {
         }
     }
 
-    /// A signed Follow of `target` (the peer's first activity).
+    /// The peer's next activity: a signed Follow of `target`.
     fn follow(&mut self, target: &str) -> Vec<u8> {
         self.seq += 1;
         let activity = Activity {
@@ -94,38 +95,42 @@ impl Peer {
             object: target.into(),
             to: vec![target.into()],
             published_ms: 1_767_225_600_000,
+            prev: self.prev.map(|id| id.0.to_vec().into()).unwrap_or_default(),
             ..Activity::default()
         };
-        sign(
-            &activity,
-            &self.key,
-            &key_id(&self.url, &self.key.verifying_key()),
-        )
-        .to_bytes()
+        let signed = sign(&activity, &self.key, &key_id(&self.url, &self.key.verifying_key()));
+        self.prev = Some(signed.id);
+        signed.to_bytes()
     }
 }
 
-/// A fake peer node on loopback serving the document of a peer made with `seed` at
-/// `/actors/<name>`. It binds first because the actor URL contains its port.
-async fn fake_peer_node(name: &str, seed: u8) -> Peer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let path = format!("/actors/{name}");
-    let peer = Peer::new(
-        format!("http://{}{path}", listener.local_addr().unwrap()),
-        seed,
-    );
-    let body =
-        Bytes::from(serde_json::to_vec(&fedsx_wire::document::to_json(&peer.document())).unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (body, path) = (body.clone(), path.clone());
-            let service = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
+/// A fake peer node on loopback serving one actor's document at `/actors/<name>`; the
+/// document can be replaced (key rotation) and requests are counted.
+struct FakePeerNode {
+    url: String,
+    document: Arc<Mutex<Bytes>>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl FakePeerNode {
+    /// Binds first, because the actor URL contains the port.
+    async fn start(name: &str) -> FakePeerNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let path = format!("/actors/{name}");
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        let document = Arc::new(Mutex::new(Bytes::new()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (served, counted) = (document.clone(), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (served, counted, path) = (served.clone(), counted.clone(), path.clone());
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    counted.fetch_add(1, Ordering::SeqCst);
                     let response = if request.uri().path() == path {
-                        hyper::Response::new(Full::new(body.clone()))
+                        hyper::Response::new(Full::new(served.lock().unwrap().clone()))
                     } else {
                         hyper::Response::builder()
                             .status(404)
@@ -133,14 +138,20 @@ async fn fake_peer_node(name: &str, seed: u8) -> Peer {
                             .unwrap()
                     };
                     async move { Ok::<_, std::convert::Infallible>(response) }
-                },
-            );
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::spawn(connection);
-        }
-    });
-    peer
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::spawn(connection);
+            }
+        });
+        FakePeerNode { url, document, hits }
+    }
+
+    /// Serves `peer`'s document from now on.
+    fn serve(&self, peer: &Peer) {
+        let json = serde_json::to_vec(&fedsx_wire::document::to_json(&peer.document())).unwrap();
+        *self.document.lock().unwrap() = Bytes::from(json);
+    }
 }
 
 async fn tips(client: &mut KernelClient<Channel>, name: &str) -> (u64, u64) {
@@ -198,9 +209,7 @@ async fn actors_publish_ingest_discover_and_survive_a_kernel_sigkill() {
     let mut client = kernel_client(&kernel).await;
 
     let alice = client
-        .create_actor(CreateActorRequest {
-            name: "alice".into(),
-        })
+        .create_actor(CreateActorRequest { name: "alice".into() })
         .await
         .unwrap()
         .into_inner();
@@ -215,16 +224,8 @@ async fn actors_publish_ingest_discover_and_survive_a_kernel_sigkill() {
     let bob_url = bob.id.clone();
 
     // alice publishes twice: outbox tip 2, the second's prev is the first's id.
-    let first = client
-        .publish(note("alice", "one"))
-        .await
-        .unwrap()
-        .into_inner();
-    let second = client
-        .publish(note("alice", "two"))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = client.publish(note("alice", "one")).await.unwrap().into_inner();
+    let second = client.publish(note("alice", "two")).await.unwrap().into_inner();
     assert_eq!((first.seq, second.seq), (1, 2));
     assert_eq!(tips(&mut client, "alice").await, (0, 2));
     let (second_id, second_activity) = outbox_activity(&log_store, "alice", 2).await;
@@ -263,7 +264,9 @@ async fn actors_publish_ingest_discover_and_survive_a_kernel_sigkill() {
     assert_eq!(tips(&mut client, "bob").await, (1, 1));
 
     // An unknown peer is discovered: its document is fetched from its URL.
-    let mut dave = fake_peer_node("dave", 2).await;
+    let dave_node = FakePeerNode::start("dave").await;
+    let mut dave = Peer::new(dave_node.url.clone(), 2);
+    dave_node.serve(&dave);
     let follow = dave.follow(&bob_url);
     let ingested = client
         .ingest(IngestRequest {
@@ -275,9 +278,7 @@ async fn actors_publish_ingest_discover_and_survive_a_kernel_sigkill() {
         .into_inner();
     assert_eq!((ingested.seq, ingested.new), (2, true));
     let fetched = client
-        .get_peer(GetPeerRequest {
-            url: dave.url.clone(),
-        })
+        .get_peer(GetPeerRequest { url: dave.url.clone() })
         .await
         .unwrap()
         .into_inner();
@@ -299,11 +300,7 @@ async fn actors_publish_ingest_discover_and_survive_a_kernel_sigkill() {
     assert_eq!(followers(&mut client, "bob").await, expected);
     assert_eq!(tips(&mut client, "alice").await, (0, 2));
     assert_eq!(tips(&mut client, "bob").await, (2, 2));
-    let third = client
-        .publish(note("alice", "three"))
-        .await
-        .unwrap()
-        .into_inner();
+    let third = client.publish(note("alice", "three")).await.unwrap().into_inner();
     assert_eq!(third.seq, 3);
     let (_, third_activity) = outbox_activity(&log_store, "alice", 3).await;
     assert_eq!(
@@ -311,4 +308,82 @@ async fn actors_publish_ingest_discover_and_survive_a_kernel_sigkill() {
         &second.id[..],
         "the chain continues after the restart"
     );
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_refetched_at_most_once() {
+    let dir = TestDir::new();
+    let log_store = start_log_store(&dir).await;
+    let kernel = start_kernel(&dir, &log_store).await;
+    let mut client = kernel_client(&kernel).await;
+    let bob = client
+        .create_actor(CreateActorRequest { name: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let node = FakePeerNode::start("erin").await;
+    let mut erin = Peer::new(node.url.clone(), 4);
+    node.serve(&erin);
+    let follow = erin.follow(&bob.id);
+    client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: follow.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(node.hits.load(Ordering::SeqCst), 1, "discovered with one fetch");
+
+    // erin rotates her key: the new key id is unknown to the node, which refetches once.
+    let mut rotated = Peer {
+        key: SigningKey::from_bytes(&[5; 32]),
+        url: erin.url.clone(),
+        seq: erin.seq,
+        prev: erin.prev,
+    };
+    node.serve(&rotated);
+    let follow = rotated.follow(&bob.id);
+    let ingested = client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: follow.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ingested.new);
+    assert_eq!(node.hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        client
+            .get_peer(GetPeerRequest { url: erin.url.clone() })
+            .await
+            .unwrap()
+            .into_inner(),
+        rotated.document()
+    );
+
+    // Another unknown key id right after: no second refetch, refused.
+    let mut stranger = Peer {
+        key: SigningKey::from_bytes(&[6; 32]),
+        url: erin.url.clone(),
+        seq: rotated.seq,
+        prev: rotated.prev,
+    };
+    let follow = stranger.follow(&bob.id);
+    let refused = client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: follow.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(
+        refused.message().contains("is not the current key of"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(node.hits.load(Ordering::SeqCst), 2, "rate-limited: no third fetch");
+    assert_eq!(tips(&mut client, "bob").await.0, 2, "the refused one appended nothing");
 }

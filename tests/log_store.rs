@@ -5,8 +5,7 @@ mod support;
 use bytes::Bytes;
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{
-    AppendRequest, AppendResponse, NewEntry, ReadRequest, StreamId, StreamKind, SubscribeRequest,
-    TipRequest,
+    AppendRequest, AppendResponse, NewEntry, ReadRequest, StreamId, StreamKind, SubscribeRequest, TipRequest,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,13 +21,7 @@ async fn start(dir: &TestDir) -> Service {
 
 async fn start_on(log_dir: &Path, data_dir: &Path) -> Service {
     let data_dir = data_dir.to_str().unwrap();
-    let args = [
-        "log-store",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data_dir,
-    ];
+    let args = ["log-store", "--listen", "127.0.0.1:0", "--data-dir", data_dir];
     Service::spawn("log-store", &args, log_dir).await.unwrap()
 }
 
@@ -76,11 +69,7 @@ async fn tip(client: &mut LogStoreClient<Channel>, actor: &str, kind: StreamKind
         .tip
 }
 
-async fn read_all(
-    client: &mut LogStoreClient<Channel>,
-    actor: &str,
-    kind: StreamKind,
-) -> Vec<(u64, Bytes)> {
+async fn read_all(client: &mut LogStoreClient<Channel>, actor: &str, kind: StreamKind) -> Vec<(u64, Bytes)> {
     let mut out = Vec::new();
     loop {
         let after_seq = out.last().map_or(0, |(seq, _)| *seq);
@@ -130,15 +119,8 @@ async fn append_read_tip_and_independent_streams() {
     };
     let page = client.read(read).await.unwrap().into_inner();
     assert_eq!(page.tip, 3);
-    let got: Vec<(u64, &[u8], &[u8])> = page
-        .entries
-        .iter()
-        .map(|e| (e.seq, &e.id[..], &e.data[..]))
-        .collect();
-    assert_eq!(
-        got,
-        [(2, &b"b"[..], &b"two"[..]), (3, &b"c"[..], &b"three"[..])]
-    );
+    let got: Vec<(u64, &[u8], &[u8])> = page.entries.iter().map(|e| (e.seq, &e.id[..], &e.data[..])).collect();
+    assert_eq!(got, [(2, &b"b"[..], &b"two"[..]), (3, &b"c"[..], &b"three"[..])]);
 
     let read = ReadRequest {
         stream: stream("alice", StreamKind::Outbox),
@@ -153,15 +135,9 @@ async fn append_read_tip_and_independent_streams() {
 
     // Inbox and outbox of one actor, and the same kind of two actors, are independent.
     assert_eq!(tip(&mut client, "alice", StreamKind::Inbox).await, 0);
-    let answer = append(
-        &mut client,
-        "alice",
-        StreamKind::Inbox,
-        vec![entry("a", "in")],
-        None,
-    )
-    .await
-    .unwrap();
+    let answer = append(&mut client, "alice", StreamKind::Inbox, vec![entry("a", "in")], None)
+        .await
+        .unwrap();
     assert_eq!(answer.entries[0].seq, 1);
     assert_eq!(tip(&mut client, "alice", StreamKind::Outbox).await, 3);
     assert_eq!(tip(&mut client, "alicex", StreamKind::Outbox).await, 0);
@@ -217,15 +193,9 @@ async fn duplicate_ids_keep_their_seq_and_leave_the_tip() {
     );
 
     // A pure retry succeeds even with the expected tip it had the first time.
-    let retry = append(
-        &mut client,
-        "bob",
-        StreamKind::Inbox,
-        vec![entry("n", "x")],
-        Some(1),
-    )
-    .await
-    .unwrap();
+    let retry = append(&mut client, "bob", StreamKind::Inbox, vec![entry("n", "x")], Some(1))
+        .await
+        .unwrap();
     assert_eq!(
         (retry.entries[0].seq, retry.entries[0].appended, retry.tip),
         (2, false, 2)
@@ -247,40 +217,17 @@ async fn expected_tip_conflict_appends_nothing_and_reports_the_tip() {
     )
     .await
     .unwrap();
-    let conflict = append(
-        &mut client,
-        "carol",
-        StreamKind::Outbox,
-        vec![entry("3", "c")],
-        Some(1),
-    )
-    .await
-    .unwrap_err();
+    let conflict = append(&mut client, "carol", StreamKind::Outbox, vec![entry("3", "c")], Some(1))
+        .await
+        .unwrap_err();
     assert_eq!(conflict.code(), Code::FailedPrecondition);
-    assert_eq!(
-        conflict.message(),
-        "expected tip 1 but the stream's tip is 2"
-    );
-    assert_eq!(
-        conflict
-            .metadata()
-            .get("fedsx-tip")
-            .unwrap()
-            .to_str()
-            .unwrap(),
-        "2"
-    );
+    assert_eq!(conflict.message(), "expected tip 1 but the stream's tip is 2");
+    assert_eq!(conflict.metadata().get("fedsx-tip").unwrap().to_str().unwrap(), "2");
     assert_eq!(tip(&mut client, "carol", StreamKind::Outbox).await, 2);
 
-    let ok = append(
-        &mut client,
-        "carol",
-        StreamKind::Outbox,
-        vec![entry("3", "c")],
-        Some(2),
-    )
-    .await
-    .unwrap();
+    let ok = append(&mut client, "carol", StreamKind::Outbox, vec![entry("3", "c")], Some(2))
+        .await
+        .unwrap();
     assert_eq!(ok.tip, 3);
 }
 
@@ -289,15 +236,9 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let dir = TestDir::new();
     let service = start(&dir).await;
     let mut client = client(&service).await;
-    append(
-        &mut client,
-        "dave",
-        StreamKind::Outbox,
-        vec![entry("1", "a")],
-        None,
-    )
-    .await
-    .unwrap();
+    append(&mut client, "dave", StreamKind::Outbox, vec![entry("1", "a")], None)
+        .await
+        .unwrap();
 
     let huge = NewEntry {
         id: Bytes::from_static(b"big"),
@@ -384,12 +325,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
         1,
         "nothing appended by bad input"
     );
-    assert_eq!(
-        read_all(&mut client, "dave", StreamKind::Outbox)
-            .await
-            .len(),
-        1
-    );
+    assert_eq!(read_all(&mut client, "dave", StreamKind::Outbox).await.len(), 1);
 
     let err = client.tip(TipRequest { stream: None }).await.unwrap_err();
     assert_eq!(
@@ -467,11 +403,7 @@ async fn concurrent_appenders_get_gap_free_distinct_seqs() {
     }
     let mut seqs: Vec<u64> = acked.lock().unwrap().values().copied().collect();
     seqs.sort_unstable();
-    assert_eq!(
-        seqs,
-        (1..=320).collect::<Vec<u64>>(),
-        "seqs 1..N, no gap, no duplicate"
-    );
+    assert_eq!(seqs, (1..=320).collect::<Vec<u64>>(), "seqs 1..N, no gap, no duplicate");
 
     let mut client = client(&service).await;
     let stored = read_all(&mut client, "shared", StreamKind::Outbox).await;
@@ -505,21 +437,13 @@ async fn sigkill_during_concurrent_appends_loses_nothing_acknowledged() {
     let stored = read_all(&mut client, "shared", StreamKind::Outbox).await;
     let tip = tip(&mut client, "shared", StreamKind::Outbox).await;
     let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=tip).collect::<Vec<u64>>(),
-        "entries 1..tip with no gap"
-    );
+    assert_eq!(seqs, (1..=tip).collect::<Vec<u64>>(), "entries 1..tip with no gap");
     let by_id: BTreeMap<String, u64> = stored
         .iter()
         .map(|(seq, id)| (String::from_utf8(id.to_vec()).unwrap(), *seq))
         .collect();
     for (id, seq) in &acked {
-        assert_eq!(
-            by_id.get(id),
-            Some(seq),
-            "acknowledged {id} survives at seq {seq}"
-        );
+        assert_eq!(by_id.get(id), Some(seq), "acknowledged {id} survives at seq {seq}");
     }
     assert!(
         tip >= acked.values().copied().max().unwrap(),
@@ -532,15 +456,9 @@ async fn sigterm_exits_zero_and_keeps_the_data() {
     let dir = TestDir::new();
     let mut service = start(&dir).await;
     let mut client = client(&service).await;
-    append(
-        &mut client,
-        "erin",
-        StreamKind::Outbox,
-        vec![entry("1", "a")],
-        None,
-    )
-    .await
-    .unwrap();
+    append(&mut client, "erin", StreamKind::Outbox, vec![entry("1", "a")], None)
+        .await
+        .unwrap();
     // An open subscription must not hold the shutdown up; it ends with the server.
     let request = SubscribeRequest {
         stream: stream("erin", StreamKind::Outbox),
@@ -549,19 +467,9 @@ async fn sigterm_exits_zero_and_keeps_the_data() {
     let mut tail = client.subscribe(request).await.unwrap().into_inner();
     assert_eq!(tail.next().await.unwrap().unwrap().seq, 1);
     let status = service.sigterm().await.unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "clean exit; log:\n{}",
-        service.log_tail()
-    );
-    let ended = tokio::time::timeout(support::DEADLINE, tail.next())
-        .await
-        .unwrap();
-    assert!(
-        !matches!(ended, Some(Ok(_))),
-        "the subscription ends: {ended:?}"
-    );
+    assert_eq!(status.code(), Some(0), "clean exit; log:\n{}", service.log_tail());
+    let ended = tokio::time::timeout(support::DEADLINE, tail.next()).await.unwrap();
+    assert!(!matches!(ended, Some(Ok(_))), "the subscription ends: {ended:?}");
 
     let service = start(&dir).await;
     let mut client = self::client(&service).await;
@@ -591,33 +499,18 @@ async fn subscribe_sees_existing_then_new_entries() {
     assert_eq!(entries.next().await.unwrap().unwrap().seq, 2);
 
     // Appends to other streams do not show up; an append to ours does.
-    append(
-        &mut client,
-        "fred",
-        StreamKind::Outbox,
-        vec![entry("o", "x")],
-        None,
-    )
-    .await
-    .unwrap();
-    append(
-        &mut client,
-        "fred",
-        StreamKind::Inbox,
-        vec![entry("3", "c")],
-        None,
-    )
-    .await
-    .unwrap();
+    append(&mut client, "fred", StreamKind::Outbox, vec![entry("o", "x")], None)
+        .await
+        .unwrap();
+    append(&mut client, "fred", StreamKind::Inbox, vec![entry("3", "c")], None)
+        .await
+        .unwrap();
     let next = tokio::time::timeout(support::DEADLINE, entries.next())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(
-        (next.seq, &next.id[..], &next.data[..]),
-        (3, &b"3"[..], &b"c"[..])
-    );
+    assert_eq!((next.seq, &next.id[..], &next.data[..]), (3, &b"3"[..], &b"c"[..]));
 }
 
 #[tokio::test]
@@ -629,9 +522,8 @@ async fn health_and_reflection_name_the_service() {
 
     let dir = TestDir::new();
     let service = start(&dir).await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(
-        support::channel(&service.url()).await.unwrap(),
-    );
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(support::channel(&service.url()).await.unwrap());
     let answer = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "fedsx.logstore.v1.LogStore".into(),
@@ -643,8 +535,7 @@ async fn health_and_reflection_name_the_service() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 
-    let mut reflection =
-        ServerReflectionClient::new(support::channel(&service.url()).await.unwrap());
+    let mut reflection = ServerReflectionClient::new(support::channel(&service.url()).await.unwrap());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -654,20 +545,13 @@ async fn health_and_reflection_name_the_service() {
         .await
         .unwrap()
         .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        answers.next().await.unwrap().unwrap().message_response
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.next().await.unwrap().unwrap().message_response
     else {
         panic!("expected a list of services");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"fedsx.logstore.v1.LogStore".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"fedsx.logstore.v1.LogStore".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 }
 
 #[tokio::test]
@@ -733,11 +617,7 @@ async fn a_data_dir_it_cannot_own_stops_the_process_with_one_line() {
     .unwrap();
     assert_eq!(status.code(), Some(1));
     assert!(
-        stderr
-            .lines()
-            .last()
-            .unwrap()
-            .contains("cannot open the database"),
+        stderr.lines().last().unwrap().contains("cannot open the database"),
         "{stderr}"
     );
 

@@ -32,8 +32,7 @@ pub mod delivery {
 }
 
 /// Encoded `FileDescriptorSet` of every fed-sx proto, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/fedsx_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fedsx_descriptor.bin"));
 
 /// Trailer metadata key carrying a stream's current tip on an expected-tip conflict.
 pub const TIP_METADATA_KEY: &str = "fedsx-tip";

@@ -33,18 +33,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let scratch = tempfile::Builder::new()
-        .prefix("fedsx-bench-")
-        .tempdir_in(&args.dir)?;
+    let scratch = tempfile::Builder::new().prefix("fedsx-bench-").tempdir_in(&args.dir)?;
     let data = scratch.path().join("log-store");
     let secret = scratch.path().join("node-secret");
-    let (log_store, _log_store) = spawn_service(&[
-        "log-store",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        path(&data)?,
-    ])?;
+    let (log_store, _log_store) = spawn_service(&["log-store", "--listen", "127.0.0.1:0", "--data-dir", path(&data)?])?;
     let (kernel, _kernel) = spawn_service(&[
         "kernel",
         "--listen",
@@ -64,9 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut client = connections[0].clone();
     client
-        .create_actor(CreateActorRequest {
-            name: "bench".into(),
-        })
+        .create_actor(CreateActorRequest { name: "bench".into() })
         .await
         .context("creating the recipient")?;
 
@@ -159,17 +149,11 @@ fn sign_all(peers: &[(SigningKey, String)], n: usize) -> Vec<Vec<u8>> {
                 seq: *seq,
                 to: vec!["https://bench.local/actors/bench".into()],
                 published_ms: 1_767_225_600_000 + i as i64,
-                content: format!(
-                    "note {i} from {url}, about the length of a short post on a federated server"
-                ),
+                content: format!("note {i} from {url}, about the length of a short post on a federated server"),
                 prev: prev.map(|id| id.0.to_vec().into()).unwrap_or_default(),
                 ..Activity::default()
             };
-            let signed = fedsx_wire::sign(
-                &activity,
-                key,
-                &fedsx_wire::key_id(url, &key.verifying_key()),
-            );
+            let signed = fedsx_wire::sign(&activity, key, &fedsx_wire::key_id(url, &key.verifying_key()));
             *prev = Some(signed.id);
             signed.to_bytes()
         })
@@ -177,10 +161,8 @@ fn sign_all(peers: &[(SigningKey, String)], n: usize) -> Vec<Vec<u8>> {
 }
 
 fn verifies_per_second(envelopes: &[Vec<u8>], peers: &[(SigningKey, String)]) -> f64 {
-    let keys: std::collections::HashMap<&str, ed25519_dalek::VerifyingKey> = peers
-        .iter()
-        .map(|(k, u)| (u.as_str(), k.verifying_key()))
-        .collect();
+    let keys: std::collections::HashMap<&str, ed25519_dalek::VerifyingKey> =
+        peers.iter().map(|(k, u)| (u.as_str(), k.verifying_key())).collect();
     let started = Instant::now();
     let mut done = 0usize;
     while started.elapsed() < Duration::from_secs(2) {

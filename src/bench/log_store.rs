@@ -49,13 +49,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(target) => (target, None),
         None => {
             let data = scratch.path().join("log-store");
-            let (url, child) = super::spawn_service(&[
-                "log-store",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                path(&data)?,
-            ])?;
+            let (url, child) =
+                super::spawn_service(&["log-store", "--listen", "127.0.0.1:0", "--data-dir", path(&data)?])?;
             (url, Some(child))
         }
     };
@@ -72,14 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut grpc = Vec::new();
     for (run, streams) in [1usize, 1000].into_iter().enumerate() {
         for concurrency in [1usize, 64] {
-            let rate = grpc_appends(
-                &connections,
-                run * 2 + concurrency,
-                streams,
-                concurrency,
-                duration,
-            )
-            .await?;
+            let rate = grpc_appends(&connections, run * 2 + concurrency, streams, concurrency, duration).await?;
             println!("  {streams:>5} stream(s), concurrency {concurrency:>2}: {rate:>9.0}/s");
             grpc.push((streams, concurrency, rate));
         }
@@ -153,12 +141,7 @@ async fn grpc_appends(
 }
 
 /// `writers` threads each doing synced writes of `batch` puts, for `duration`: records/s.
-fn raw_puts(
-    dir: &std::path::Path,
-    writers: usize,
-    batch: usize,
-    duration: Duration,
-) -> anyhow::Result<f64> {
+fn raw_puts(dir: &std::path::Path, writers: usize, batch: usize, duration: Duration) -> anyhow::Result<f64> {
     let _ = std::fs::remove_dir_all(dir);
     let mut options = rocksdb::Options::default();
     options.create_if_missing(true);
@@ -192,9 +175,7 @@ fn raw_puts(
     let count = done.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
     for thread in threads {
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("raw writer panicked"))??;
+        thread.join().map_err(|_| anyhow::anyhow!("raw writer panicked"))??;
     }
     Ok(count as f64 / elapsed.as_secs_f64())
 }

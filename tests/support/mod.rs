@@ -40,10 +40,7 @@ impl TestDir {
             let _ = dir.keep();
             return TestDir { dir: None, path };
         }
-        TestDir {
-            dir: Some(dir),
-            path,
-        }
+        TestDir { dir: Some(dir), path }
     }
 
     pub fn path(&self) -> &Path {
@@ -103,10 +100,7 @@ impl Service {
     /// `fedsx-listening` line and for its gRPC health to report SERVING.
     pub async fn spawn(name: &str, args: &[&str], log_dir: &Path) -> anyhow::Result<Service> {
         let log = log_dir.join(format!("{name}.log"));
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
             .args(args)
             .stdin(Stdio::null())
@@ -134,10 +128,7 @@ impl Service {
         let addr = tokio::task::spawn_blocking(move || announced.recv_timeout(DEADLINE)).await?;
         match addr {
             Ok(addr) => service.addr = addr.parse()?,
-            Err(_) => bail!(
-                "{name} did not announce its address; log:\n{}",
-                service.log_tail()
-            ),
+            Err(_) => bail!("{name} did not announce its address; log:\n{}", service.log_tail()),
         }
         service.wait_serving().await?;
         Ok(service)
@@ -162,9 +153,7 @@ impl Service {
         loop {
             if let Ok(channel) = channel(&self.url()).await
                 && let Ok(answer) = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
+                    .check(HealthCheckRequest { service: String::new() })
                     .await
                 && answer.get_ref().status() == ServingStatus::Serving
             {
@@ -197,10 +186,7 @@ impl Service {
                 return Ok(status);
             }
             if started.elapsed() > DEADLINE {
-                bail!(
-                    "no exit within {DEADLINE:?} of SIGTERM; log:\n{}",
-                    self.log_tail()
-                );
+                bail!("no exit within {DEADLINE:?} of SIGTERM; log:\n{}", self.log_tail());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

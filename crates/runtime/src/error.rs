@@ -56,16 +56,12 @@ impl ErrorCode {
     pub fn from_grpc(code: tonic::Code) -> Self {
         match code {
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::InvalidArgument,
-            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-                ErrorCode::Unauthenticated
-            }
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ErrorCode::Unauthenticated,
             tonic::Code::NotFound => ErrorCode::NotFound,
             tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
             tonic::Code::FailedPrecondition | tonic::Code::Aborted => ErrorCode::FailedPrecondition,
             tonic::Code::ResourceExhausted => ErrorCode::TooLarge,
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                ErrorCode::Unavailable
-            }
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
     }

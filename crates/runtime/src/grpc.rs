@@ -20,9 +20,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(service_name, ServingStatus::Serving)
-        .await;
+    health.set_service_status(service_name, ServingStatus::Serving).await;
     health.set_service_status("", ServingStatus::Serving).await;
 
     let reflection = tonic_reflection::server::Builder::configure()
@@ -37,12 +35,8 @@ pub async fn serve(
     let name = service_name.to_owned();
     let stopping = async move {
         shutdown.cancelled().await;
-        health
-            .set_service_status(&name, ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        health.set_service_status(&name, ServingStatus::NotServing).await;
+        health.set_service_status("", ServingStatus::NotServing).await;
         tracing::info!(service = %name, "not serving; finishing in-flight calls");
     };
 

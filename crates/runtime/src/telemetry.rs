@@ -27,12 +27,9 @@ impl Drop for TelemetryGuard {
 }
 
 fn otlp_configured() -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
 }
 
 /// Starts logging (filtered by `RUST_LOG`, default `info`) and, when an OTLP endpoint is
@@ -65,11 +62,9 @@ pub fn init(default_service: &'static str) -> anyhow::Result<TelemetryGuard> {
         None
     };
 
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("fedsx"))
-            .boxed()
-    });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("fedsx")).boxed());
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)

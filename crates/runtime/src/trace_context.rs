@@ -33,10 +33,7 @@ impl Injector for MetadataInjector<'_> {
 /// a `traceparent`. Used as tonic's `trace_fn`.
 pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or(("", path));
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
     let span = tracing::info_span!(
         "grpc.server",
         otel.name = %format_args!("{service}/{method}"),
@@ -58,10 +55,7 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
 pub struct InjectTraceContext;
 
 impl tonic::service::Interceptor for InjectTraceContext {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let context = tracing::Span::current().context();
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
@@ -71,8 +65,7 @@ impl tonic::service::Interceptor for InjectTraceContext {
 }
 
 /// A channel to another fed-sx service whose calls carry the caller's trace context.
-pub type TracedChannel =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, InjectTraceContext>;
+pub type TracedChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, InjectTraceContext>;
 
 /// Wraps `channel` so every call made over it carries the current trace context.
 pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
@@ -90,12 +83,10 @@ mod tests {
     const PARENT: &str = "00f067aa0ba902b7";
 
     fn with_otel<T>(f: impl FnOnce() -> T) -> T {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         tracing::subscriber::with_default(subscriber, f)
     }
 
@@ -111,20 +102,10 @@ mod tests {
             let context = span.context();
             let server = context.span().span_context().clone();
             assert_eq!(server.trace_id().to_string(), TRACE_ID);
-            assert_ne!(
-                server.span_id().to_string(),
-                PARENT,
-                "the server span is a new span"
-            );
+            assert_ne!(server.span_id().to_string(), PARENT, "the server span is a new span");
 
-            let outgoing =
-                span.in_scope(|| InjectTraceContext.call(tonic::Request::new(())).unwrap());
-            let traceparent = outgoing
-                .metadata()
-                .get("traceparent")
-                .unwrap()
-                .to_str()
-                .unwrap();
+            let outgoing = span.in_scope(|| InjectTraceContext.call(tonic::Request::new(())).unwrap());
+            let traceparent = outgoing.metadata().get("traceparent").unwrap().to_str().unwrap();
             assert_eq!(
                 traceparent,
                 format!("00-{TRACE_ID}-{}-01", server.span_id()),
@@ -143,10 +124,7 @@ mod tests {
             let span = grpc_server_span(&request);
             let context = span.context();
             assert!(context.span().span_context().is_valid());
-            assert_ne!(
-                context.span().span_context().trace_id().to_string(),
-                TRACE_ID
-            );
+            assert_ne!(context.span().span_context().trace_id().to_string(), TRACE_ID);
         });
     }
 }

@@ -33,8 +33,7 @@ pub fn to_json(document: &ActorDocument) -> serde_json::Value {
 /// Parses and checks a fetched document: it is the actor at `url`, its key id belongs to
 /// it, its public key is a valid ed25519 key and its inbox is an http(s) URL.
 pub fn from_json(url: &str, body: &[u8]) -> Result<ActorDocument, String> {
-    let json: Json =
-        serde_json::from_slice(body).map_err(|err| format!("not an actor document: {err}"))?;
+    let json: Json = serde_json::from_slice(body).map_err(|err| format!("not an actor document: {err}"))?;
     let document = ActorDocument {
         public_key: hex::decode(&json.public_key)
             .map_err(|_| "public_key is not hex".to_owned())?
@@ -66,16 +65,12 @@ pub fn check(document: &ActorDocument) -> Result<VerifyingKey, String> {
         .strip_prefix(document.id.as_str())
         .is_some_and(|rest| rest.starts_with('#'))
     {
-        return Err(format!(
-            "key id {} does not belong to {}",
-            document.key_id, document.id
-        ));
+        return Err(format!("key id {} does not belong to {}", document.key_id, document.id));
     }
-    let key: [u8; 32] = document.public_key.as_ref().try_into().map_err(|_| {
-        format!(
-            "public key is {} bytes, must be 32",
-            document.public_key.len()
-        )
-    })?;
+    let key: [u8; 32] = document
+        .public_key
+        .as_ref()
+        .try_into()
+        .map_err(|_| format!("public key is {} bytes, must be 32", document.public_key.len()))?;
     VerifyingKey::from_bytes(&key).map_err(|_| "public key is not a valid ed25519 key".to_owned())
 }

@@ -73,10 +73,7 @@ pub fn signing_message(activity_bytes: &[u8]) -> Vec<u8> {
 /// `<actor url>#ed25519-<first 8 bytes of the key, hex>`. It names the key, so a rotated key
 /// gets a new id.
 pub fn key_id(actor_url: &str, public_key: &VerifyingKey) -> String {
-    format!(
-        "{actor_url}#ed25519-{}",
-        hex::encode(&public_key.as_bytes()[..8])
-    )
+    format!("{actor_url}#ed25519-{}", hex::encode(&public_key.as_bytes()[..8]))
 }
 
 /// An activity as its sender signed it.
@@ -144,13 +141,13 @@ pub fn decode(envelope_bytes: &[u8]) -> Result<Received, WireError> {
     if envelope_bytes.len() > MAX_ENVELOPE_BYTES {
         return Err(WireError::TooLarge(envelope_bytes.len()));
     }
-    let envelope = SignedEnvelope::decode(envelope_bytes)
-        .map_err(|err| WireError::MalformedEnvelope(err.to_string()))?;
+    let envelope =
+        SignedEnvelope::decode(envelope_bytes).map_err(|err| WireError::MalformedEnvelope(err.to_string()))?;
     if envelope.activity.is_empty() {
         return Err(WireError::MissingField("activity"));
     }
-    let activity = Activity::decode(envelope.activity.as_ref())
-        .map_err(|err| WireError::MalformedActivity(err.to_string()))?;
+    let activity =
+        Activity::decode(envelope.activity.as_ref()).map_err(|err| WireError::MalformedActivity(err.to_string()))?;
     let kind = match ActivityType::try_from(activity.r#type) {
         Ok(ActivityType::Unspecified) => return Err(WireError::MissingField("type")),
         Ok(kind) => kind,
@@ -179,9 +176,7 @@ pub fn decode(envelope_bytes: &[u8]) -> Result<Received, WireError> {
         (_, ID_BYTES) => {}
         (_, 0) => return Err(WireError::MissingField("prev")),
         (_, len) => {
-            return Err(WireError::BadField(format!(
-                "prev is {len} bytes, must be {ID_BYTES}"
-            )));
+            return Err(WireError::BadField(format!("prev is {len} bytes, must be {ID_BYTES}")));
         }
     }
     if envelope.key_id.is_empty() {
@@ -197,12 +192,8 @@ pub fn decode(envelope_bytes: &[u8]) -> Result<Received, WireError> {
             actor: activity.actor,
         });
     }
-    let signature = Signature::from_slice(&envelope.signature).map_err(|_| {
-        WireError::BadField(format!(
-            "signature is {} bytes, must be 64",
-            envelope.signature.len()
-        ))
-    })?;
+    let signature = Signature::from_slice(&envelope.signature)
+        .map_err(|_| WireError::BadField(format!("signature is {} bytes, must be 64", envelope.signature.len())))?;
     Ok(Received {
         id: ActivityId::of(&envelope.activity),
         activity_bytes: envelope.activity.clone(),

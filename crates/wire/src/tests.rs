@@ -11,10 +11,7 @@ fn vectors() -> serde_json::Value {
 }
 
 fn vector_key(v: &serde_json::Value) -> SigningKey {
-    let seed: [u8; 32] = hex::decode(v["seed"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let seed: [u8; 32] = hex::decode(v["seed"].as_str().unwrap()).unwrap().try_into().unwrap();
     SigningKey::from_bytes(&seed)
 }
 
@@ -40,10 +37,7 @@ fn vector_activity(v: &serde_json::Value) -> Activity {
 #[test]
 fn test_vectors_reproduce() {
     let all = vectors();
-    assert_eq!(
-        all["signing_prefix"].as_str().unwrap(),
-        hex::encode(SIGNING_PREFIX)
-    );
+    assert_eq!(all["signing_prefix"].as_str().unwrap(), hex::encode(SIGNING_PREFIX));
     for v in all["vectors"].as_array().unwrap() {
         let key = vector_key(v);
         assert_eq!(
@@ -51,10 +45,7 @@ fn test_vectors_reproduce() {
             v["public_key"].as_str().unwrap()
         );
         let actor = v["activity"]["actor"].as_str().unwrap();
-        assert_eq!(
-            key_id(actor, &key.verifying_key()),
-            v["key_id"].as_str().unwrap()
-        );
+        assert_eq!(key_id(actor, &key.verifying_key()), v["key_id"].as_str().unwrap());
         let signed = sign(&vector_activity(v), &key, v["key_id"].as_str().unwrap());
         assert_eq!(
             hex::encode(&signed.envelope.activity),
@@ -69,10 +60,7 @@ fn test_vectors_reproduce() {
             hex::encode(&signed.envelope.signature),
             v["signature"].as_str().unwrap()
         );
-        assert_eq!(
-            hex::encode(signed.to_bytes()),
-            v["envelope"].as_str().unwrap()
-        );
+        assert_eq!(hex::encode(signed.to_bytes()), v["envelope"].as_str().unwrap());
 
         // And a receiver accepts the published envelope bytes as they are.
         let received = decode(&hex::decode(v["envelope"].as_str().unwrap()).unwrap()).unwrap();
@@ -120,10 +108,7 @@ fn a_good_envelope_verifies_and_its_id_is_the_hash_of_the_bytes() {
 
 #[test]
 fn malformed_bytes_are_refused() {
-    assert!(matches!(
-        refused(b"\xff\xff\xff"),
-        WireError::MalformedEnvelope(_)
-    ));
+    assert!(matches!(refused(b"\xff\xff\xff"), WireError::MalformedEnvelope(_)));
     let envelope = SignedEnvelope {
         activity: vec![0xff, 0xff].into(),
         signature: vec![0; 64].into(),
@@ -164,19 +149,10 @@ fn missing_and_bad_fields_are_named() {
             WireError::MissingField("actor"),
         ),
         (
-            Activity {
-                seq: 0,
-                ..activity()
-            },
+            Activity { seq: 0, ..activity() },
             WireError::BadField("seq must be at least 1".into()),
         ),
-        (
-            Activity {
-                seq: 2,
-                ..activity()
-            },
-            WireError::MissingField("prev"),
-        ),
+        (Activity { seq: 2, ..activity() }, WireError::MissingField("prev")),
         (
             Activity {
                 seq: 2,
@@ -212,12 +188,7 @@ fn missing_and_bad_fields_are_named() {
 #[test]
 fn a_key_id_of_another_actor_is_refused() {
     let key = key();
-    let bytes = sign(
-        &activity(),
-        &key,
-        "https://a.example/actors/mallory#ed25519-00",
-    )
-    .to_bytes();
+    let bytes = sign(&activity(), &key, "https://a.example/actors/mallory#ed25519-00").to_bytes();
     assert!(matches!(refused(&bytes), WireError::ForeignKeyId { .. }));
     // A prefix of the actor URL is not the actor.
     let bytes = sign(&activity(), &key, "https://a.example/actors/alicex#k").to_bytes();
@@ -249,8 +220,8 @@ fn a_signature_without_the_prefix_does_not_verify() {
 /// encoded.
 fn non_canonical(signature: &[u8]) -> Vec<u8> {
     const L: [u8; 32] = [
-        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
-        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
     ];
     let mut out = signature.to_vec();
     let mut carry = 0u16;
@@ -286,8 +257,7 @@ fn a_small_order_key_is_refused_even_with_a_signature_it_would_pass() {
     let received = decode(&envelope.encode_to_vec()).unwrap();
     let message = signing_message(received.activity_bytes());
     assert!(
-        weak.verify(&message, &Signature::from_bytes(&signature))
-            .is_ok(),
+        weak.verify(&message, &Signature::from_bytes(&signature)).is_ok(),
         "lax verification would accept"
     );
     assert_eq!(received.verify(&weak), Err(WireError::BadSignature));

@@ -13,28 +13,16 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// URL of the log-store service.
-    #[arg(
-        long,
-        env = "FEDSX_KERNEL_LOG_STORE",
-        default_value = "http://127.0.0.1:8702"
-    )]
+    #[arg(long, env = "FEDSX_KERNEL_LOG_STORE", default_value = "http://127.0.0.1:8702")]
     pub log_store: String,
 
     /// URL of the delivery service.
-    #[arg(
-        long,
-        env = "FEDSX_KERNEL_DELIVERY",
-        default_value = "http://127.0.0.1:8703"
-    )]
+    #[arg(long, env = "FEDSX_KERNEL_DELIVERY", default_value = "http://127.0.0.1:8703")]
     pub delivery: String,
 
     /// The node's public base URL, as peers reach its gateway; actor URLs are
     /// `<public-url>/actors/<name>`.
-    #[arg(
-        long,
-        env = "FEDSX_PUBLIC_URL",
-        default_value = "http://127.0.0.1:8700"
-    )]
+    #[arg(long, env = "FEDSX_PUBLIC_URL", default_value = "http://127.0.0.1:8700")]
     pub public_url: String,
 
     /// File holding the node secret (64 hex digits) every actor key is derived from;

@@ -7,9 +7,7 @@ use fedsx_wire::WireError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error(
-        "actor name {0:?} is invalid: use 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
-    )]
+    #[error("actor name {0:?} is invalid: use 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit")]
     InvalidName(String),
     #[error("actor {0} already exists")]
     ActorExists(String),
@@ -42,13 +40,9 @@ impl ServiceError for KernelError {
             KernelError::ActorExists(_) => ErrorCode::AlreadyExists,
             KernelError::NoSuchActor(_) | KernelError::NoSuchPeer(_) => ErrorCode::NotFound,
             KernelError::Wire(WireError::TooLarge(_)) => ErrorCode::TooLarge,
-            KernelError::Wire(WireError::ForeignKeyId { .. } | WireError::BadSignature) => {
-                ErrorCode::Unauthenticated
-            }
+            KernelError::Wire(WireError::ForeignKeyId { .. } | WireError::BadSignature) => ErrorCode::Unauthenticated,
             KernelError::Wire(_) => ErrorCode::InvalidArgument,
-            KernelError::UnknownSender { .. } | KernelError::StaleKey { .. } => {
-                ErrorCode::Unauthenticated
-            }
+            KernelError::UnknownSender { .. } | KernelError::StaleKey { .. } => ErrorCode::Unauthenticated,
             KernelError::Unreachable { .. } => ErrorCode::FailedPrecondition,
             KernelError::LogStoreUnavailable(_) => ErrorCode::Unavailable,
             KernelError::LogStore(_) | KernelError::Internal(_) => ErrorCode::Internal,

@@ -61,8 +61,7 @@ impl Kernel {
             new = entry.appended,
             "ingested"
         );
-        self.side_effects(recipient, &recipient_url, &received)
-            .await?;
+        self.side_effects(recipient, &recipient_url, &received).await?;
         Ok(Ingested {
             seq: entry.seq,
             new: entry.appended,
@@ -86,11 +85,7 @@ impl Kernel {
         if document.key_id == received.key_id {
             return Ok(document);
         }
-        let is_local = self
-            .read_state()
-            .actors
-            .values()
-            .any(|a| a.document.id == *actor);
+        let is_local = self.read_state().actors.values().any(|a| a.document.id == *actor);
         if !is_local && self.may_refetch(actor) {
             let fresh = self.fetch_and_keep(actor).await.map_err(unknown)?;
             if fresh.key_id == received.key_id {
@@ -103,12 +98,7 @@ impl Kernel {
         })
     }
 
-    async fn side_effects(
-        &self,
-        recipient: &str,
-        recipient_url: &str,
-        received: &Received,
-    ) -> Result<(), KernelError> {
+    async fn side_effects(&self, recipient: &str, recipient_url: &str, received: &Received) -> Result<(), KernelError> {
         let sender = received.activity.actor.clone();
         match received.kind {
             ActivityType::Follow if received.activity.object == recipient_url => {
@@ -126,10 +116,7 @@ impl Kernel {
                             followed: sender.clone(),
                             accept_id: received.id.0.to_vec().into(),
                         });
-                        if self
-                            .journal(derived_id("following", &[&received.id.0]), record)
-                            .await?
-                        {
+                        if self.journal(derived_id("following", &[&received.id.0]), record).await? {
                             tracing::info!(actor = recipient, followed = %sender, "now following");
                         }
                         Ok(())
@@ -153,8 +140,7 @@ impl Kernel {
                         follower: sender.clone(),
                         undo_id: received.id.0.to_vec().into(),
                     });
-                    self.journal(derived_id("unfollow", &[&received.id.0]), record)
-                        .await?;
+                    self.journal(derived_id("unfollow", &[&received.id.0]), record).await?;
                     tracing::info!(actor = recipient, follower = %sender, "follower removed");
                 }
                 Ok(())
@@ -165,19 +151,13 @@ impl Kernel {
 
     /// Records the follower and publishes one Accept for this Follow, however often the
     /// Follow arrives.
-    async fn accept_follow(
-        &self,
-        recipient: &str,
-        follower: &str,
-        follow_id: ActivityId,
-    ) -> Result<(), KernelError> {
+    async fn accept_follow(&self, recipient: &str, follower: &str, follow_id: ActivityId) -> Result<(), KernelError> {
         let record = Record::FollowerAdded(FollowerAdded {
             actor: recipient.to_owned(),
             follower: follower.to_owned(),
             follow_id: follow_id.0.to_vec().into(),
         });
-        self.journal(derived_id("follower", &[&follow_id.0]), record)
-            .await?;
+        self.journal(derived_id("follower", &[&follow_id.0]), record).await?;
         let accept = Draft {
             actor: recipient.to_owned(),
             kind: ActivityType::Accept,
@@ -195,11 +175,7 @@ impl Kernel {
 
     /// Sends a Follow from a local actor to the actor at `remote`; the following is recorded
     /// when its Accept comes back.
-    pub async fn follow(
-        &self,
-        actor: &str,
-        remote: &str,
-    ) -> Result<crate::publish::Published, KernelError> {
+    pub async fn follow(&self, actor: &str, remote: &str) -> Result<crate::publish::Published, KernelError> {
         self.actor(actor)?;
         self.document_of(remote)
             .await

@@ -43,9 +43,7 @@ pub(crate) fn now_ms() -> i64 {
 
 /// A journal or idempotency key: SHA-256 over a purpose tag and parts.
 pub(crate) fn derived_id(purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
-    let mut hasher = Sha256::new()
-        .chain_update(purpose.as_bytes())
-        .chain_update([0u8]);
+    let mut hasher = Sha256::new().chain_update(purpose.as_bytes()).chain_update([0u8]);
     for part in parts {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
@@ -68,9 +66,8 @@ impl Kernel {
         let mut state = State::default();
         let journal = logs.read_all(JOURNAL_ACTOR, StreamKind::Meta, 0).await?;
         for entry in &journal {
-            let record = JournalRecord::decode(entry.data.as_ref()).map_err(|err| {
-                KernelError::Internal(format!("journal entry {} is corrupt: {err}", entry.seq))
-            })?;
+            let record = JournalRecord::decode(entry.data.as_ref())
+                .map_err(|err| KernelError::Internal(format!("journal entry {} is corrupt: {err}", entry.seq)))?;
             state.apply(record, &secret, &base_url);
         }
         tracing::info!(
@@ -110,9 +107,7 @@ impl Kernel {
 
     /// Appends a record to the journal (idempotent by `id`), then applies it.
     pub(crate) async fn journal(&self, id: [u8; 32], record: Record) -> Result<bool, KernelError> {
-        let record = JournalRecord {
-            record: Some(record),
-        };
+        let record = JournalRecord { record: Some(record) };
         let answer = self
             .logs
             .append_any(
@@ -122,11 +117,10 @@ impl Kernel {
                 record.encode_to_vec().into(),
             )
             .await?;
-        self.state.write().expect("state lock poisoned").apply(
-            record,
-            &self.secret,
-            &self.base_url,
-        );
+        self.state
+            .write()
+            .expect("state lock poisoned")
+            .apply(record, &self.secret, &self.base_url);
         Ok(answer.entries.first().is_some_and(|e| e.appended))
     }
 
@@ -139,10 +133,7 @@ impl Kernel {
             name: name.to_owned(),
             created_ms: now_ms(),
         });
-        if !self
-            .journal(derived_id("actor", &[name.as_bytes()]), record)
-            .await?
-        {
+        if !self.journal(derived_id("actor", &[name.as_bytes()]), record).await? {
             return Err(KernelError::ActorExists(name.to_owned()));
         }
         tracing::info!(actor = name, "actor created");
@@ -157,11 +148,7 @@ impl Kernel {
     }
 
     pub fn actors(&self) -> Vec<ActorDocument> {
-        self.read_state()
-            .actors
-            .values()
-            .map(|a| a.document.clone())
-            .collect()
+        self.read_state().actors.values().map(|a| a.document.clone()).collect()
     }
 
     /// Inbox and outbox tips of a local actor.
@@ -199,10 +186,7 @@ impl Kernel {
     }
 
     /// Records a peer's document (checked first) so it need not be fetched.
-    pub async fn register_peer(
-        &self,
-        document: ActorDocument,
-    ) -> Result<ActorDocument, KernelError> {
+    pub async fn register_peer(&self, document: ActorDocument) -> Result<ActorDocument, KernelError> {
         fedsx_wire::document::check(&document)
             .map_err(|reason| KernelError::BadRequest(format!("bad actor document: {reason}")))?;
         if document.id.starts_with(&format!("{}/", self.base_url)) {

@@ -44,11 +44,9 @@ impl NodeSecret {
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
-                getrandom::fill(&mut secret)
-                    .map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
+                getrandom::fill(&mut secret).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
+                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 }
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
@@ -88,10 +86,7 @@ mod tests {
             secret.actor_key("alice").to_bytes(),
             secret.actor_key("alice").to_bytes()
         );
-        assert_ne!(
-            secret.actor_key("alice").to_bytes(),
-            secret.actor_key("bob").to_bytes()
-        );
+        assert_ne!(secret.actor_key("alice").to_bytes(), secret.actor_key("bob").to_bytes());
         let other = NodeSecret::from_bytes([8; 32]);
         assert_ne!(
             secret.actor_key("alice").to_bytes(),
@@ -105,15 +100,9 @@ mod tests {
         let path = dir.path().join("kernel/node-secret");
         let first = NodeSecret::load_or_create(&path).unwrap();
         let again = NodeSecret::load_or_create(&path).unwrap();
-        assert_eq!(
-            first.actor_key("a").to_bytes(),
-            again.actor_key("a").to_bytes()
-        );
+        assert_eq!(first.actor_key("a").to_bytes(), again.actor_key("a").to_bytes());
         let mode = std::fs::metadata(&path).unwrap().permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600
-        );
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
     }
 
     #[test]

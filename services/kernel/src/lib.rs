@@ -35,13 +35,8 @@ pub const SERVICE_NAME: &str = "fedsx.kernel.v1.Kernel";
 
 /// Loads the node secret, replays the journal from the log-store (waiting for it to be
 /// reachable), and serves the kernel on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let secret =
-        NodeSecret::load_or_create(&config.node_secret_file).context("--node-secret-file")?;
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let secret = NodeSecret::load_or_create(&config.node_secret_file).context("--node-secret-file")?;
     let logs = Logs::connect_lazy(&config.log_store)?;
     let delivery = Arc::new(delivery::GrpcDelivery::connect_lazy(&config.delivery)?);
     let fetcher = peers::PeerFetcher::new(config.allow_private_peers);

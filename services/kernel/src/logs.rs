@@ -85,14 +85,10 @@ impl Logs {
         id: Bytes,
         data: Bytes,
     ) -> Result<AppendResponse, KernelError> {
-        self.append(actor, kind, id, data, None)
-            .await
-            .map_err(|err| match err {
-                AppendError::Failed(err) => err,
-                AppendError::Conflict { tip } => {
-                    KernelError::Internal(format!("unexpected tip conflict at {tip}"))
-                }
-            })
+        self.append(actor, kind, id, data, None).await.map_err(|err| match err {
+            AppendError::Failed(err) => err,
+            AppendError::Conflict { tip } => KernelError::Internal(format!("unexpected tip conflict at {tip}")),
+        })
     }
 
     /// Entries after `after_seq` (one page) and the tip.
@@ -113,12 +109,7 @@ impl Logs {
     }
 
     /// Every entry after `after_seq`, page by page.
-    pub async fn read_all(
-        &self,
-        actor: &str,
-        kind: StreamKind,
-        mut after_seq: u64,
-    ) -> Result<Vec<Entry>, KernelError> {
+    pub async fn read_all(&self, actor: &str, kind: StreamKind, mut after_seq: u64) -> Result<Vec<Entry>, KernelError> {
         let mut all = Vec::new();
         loop {
             let (entries, tip) = self.read(actor, kind, after_seq, 0).await?;

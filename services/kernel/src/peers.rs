@@ -18,18 +18,27 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PeerFetcher {
     allow_private: bool,
+    timeout: Duration,
 }
 
 impl PeerFetcher {
     pub fn new(allow_private: bool) -> PeerFetcher {
-        PeerFetcher { allow_private }
+        PeerFetcher {
+            allow_private,
+            timeout: FETCH_TIMEOUT,
+        }
+    }
+
+    /// The same fetcher with another time limit per fetch.
+    pub fn with_timeout(self, timeout: Duration) -> PeerFetcher {
+        PeerFetcher { timeout, ..self }
     }
 
     /// GETs and checks the actor document at `url`; the error says why in one line.
     pub async fn fetch(&self, url: &str) -> Result<ActorDocument, String> {
-        match tokio::time::timeout(FETCH_TIMEOUT, self.fetch_inner(url)).await {
+        match tokio::time::timeout(self.timeout, self.fetch_inner(url)).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
     }
 
@@ -57,17 +66,11 @@ impl PeerFetcher {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
+        let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
         let request = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
             .header(http::header::HOST, authority)
             .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("fedsx/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(http::header::USER_AGENT, concat!("fedsx/", env!("CARGO_PKG_VERSION")))
             .body(Empty::<Bytes>::new())
             .map_err(|err| err.to_string())?;
         let response = sender
@@ -80,9 +83,7 @@ impl PeerFetcher {
         let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
             .collect()
             .await
-            .map_err(|err| {
-                format!("document over {MAX_DOCUMENT_BYTES} bytes or unreadable: {err}")
-            })?
+            .map_err(|err| format!("document over {MAX_DOCUMENT_BYTES} bytes or unreadable: {err}"))?
             .to_bytes();
         fedsx_wire::document::from_json(url, &body)
     }
@@ -92,9 +93,7 @@ impl PeerFetcher {
             .await
             .map_err(|err| format!("cannot resolve {host}: {err}"))?
             .collect();
-        let allowed = addrs
-            .iter()
-            .find(|a| self.allow_private || is_global(a.ip()));
+        let allowed = addrs.iter().find(|a| self.allow_private || is_global(a.ip()));
         match (allowed, addrs.first()) {
             (Some(addr), _) => Ok(*addr),
             (None, Some(addr)) => Err(format!(
@@ -165,6 +164,75 @@ mod tests {
         }
     }
 
+    /// A one-connection-at-a-time HTTP server answering every request with `response`
+    /// (or never answering when it is None).
+    async fn canned(response: Option<Vec<u8>>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/actors/x", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                match &response {
+                    Some(bytes) => {
+                        let _ = stream.write_all(bytes).await;
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(60)).await,
+                }
+            }
+        });
+        url
+    }
+
+    fn ok_with(body: &[u8]) -> Vec<u8> {
+        let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        response.extend_from_slice(body);
+        response
+    }
+
+    #[tokio::test]
+    async fn an_oversized_document_is_refused() {
+        let url = canned(Some(ok_with(&vec![b' '; MAX_DOCUMENT_BYTES + 1]))).await;
+        let err = PeerFetcher::new(true).fetch(&url).await.unwrap_err();
+        assert!(err.starts_with("document over 65536 bytes"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let url = canned(Some(
+            b"HTTP/1.1 302 Found\r\nlocation: http://10.0.0.1/\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        ))
+        .await;
+        let err = PeerFetcher::new(true).fetch(&url).await.unwrap_err();
+        assert_eq!(err, "answered 302 Found");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_hangs_times_out() {
+        let url = canned(None).await;
+        let fetcher = PeerFetcher::new(true).with_timeout(Duration::from_millis(200));
+        assert_eq!(fetcher.fetch(&url).await.unwrap_err(), "no answer within 200ms");
+    }
+
+    #[tokio::test]
+    async fn a_document_for_another_actor_is_refused() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
+        let other = "http://elsewhere.example/actors/y";
+        let document = ActorDocument {
+            id: other.into(),
+            name: "y".into(),
+            inbox: format!("{other}/inbox"),
+            outbox: format!("{other}/outbox"),
+            public_key: key.as_bytes().to_vec().into(),
+            key_id: fedsx_wire::key_id(other, &key),
+        };
+        let body = serde_json::to_vec(&fedsx_wire::document::to_json(&document)).unwrap();
+        let url = canned(Some(ok_with(&body))).await;
+        let err = PeerFetcher::new(true).fetch(&url).await.unwrap_err();
+        assert_eq!(err, format!("document is for {other}, not {url}"));
+    }
+
     #[tokio::test]
     async fn loopback_is_refused_unless_allowed() {
         let err = PeerFetcher::new(false)
@@ -179,9 +247,6 @@ mod tests {
             .fetch("http://localhost:9/actors/x")
             .await
             .unwrap_err();
-        assert!(
-            err.starts_with("refusing to fetch from non-public address"),
-            "{err}"
-        );
+        assert!(err.starts_with("refusing to fetch from non-public address"), "{err}");
     }
 }

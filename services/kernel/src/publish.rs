@@ -49,8 +49,7 @@ pub struct Head {
 
 /// The id of the activity inside an outbox entry's envelope.
 pub(crate) fn envelope_activity(data: &[u8]) -> Result<(ActivityId, Activity), KernelError> {
-    let envelope = SignedEnvelope::decode(data)
-        .map_err(|err| KernelError::Internal(format!("outbox entry: {err}")))?;
+    let envelope = SignedEnvelope::decode(data).map_err(|err| KernelError::Internal(format!("outbox entry: {err}")))?;
     let activity = Activity::decode(envelope.activity.as_ref())
         .map_err(|err| KernelError::Internal(format!("outbox entry: {err}")))?;
     Ok((ActivityId::of(&envelope.activity), activity))
@@ -94,10 +93,7 @@ impl Kernel {
                 to: to.clone(),
                 published_ms: now_ms(),
                 content: draft.content.clone(),
-                prev: head
-                    .last
-                    .map(|id| Bytes::copy_from_slice(&id.0))
-                    .unwrap_or_default(),
+                prev: head.last.map(|id| Bytes::copy_from_slice(&id.0)).unwrap_or_default(),
             };
             let signed = fedsx_wire::sign(&activity, &key, &document.key_id);
             let entry_id = draft.once_key.unwrap_or(signed.id.0);
@@ -183,17 +179,12 @@ impl Kernel {
 
     /// The activity id of the outbox entry at `seq`.
     async fn outbox_id_at(&self, actor: &str, seq: u64) -> Result<ActivityId, KernelError> {
-        let (entries, _) = self
-            .logs
-            .read(actor, StreamKind::Outbox, seq - 1, 1)
-            .await?;
+        let (entries, _) = self.logs.read(actor, StreamKind::Outbox, seq - 1, 1).await?;
         let entry = entries
             .into_iter()
             .next()
             .filter(|e| e.seq == seq)
-            .ok_or_else(|| {
-                KernelError::Internal(format!("outbox of {actor} has no entry {seq}"))
-            })?;
+            .ok_or_else(|| KernelError::Internal(format!("outbox of {actor} has no entry {seq}")))?;
         Ok(envelope_activity(&entry.data)?.0)
     }
 }

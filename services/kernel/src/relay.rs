@@ -19,19 +19,11 @@ use tokio::sync::mpsc;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-pub(crate) fn spawn(
-    kernel: Arc<Kernel>,
-    kicks: mpsc::UnboundedReceiver<String>,
-    shutdown: CancellationToken,
-) {
+pub(crate) fn spawn(kernel: Arc<Kernel>, kicks: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
     tokio::spawn(run(kernel, kicks, shutdown));
 }
 
-async fn run(
-    kernel: Arc<Kernel>,
-    mut kicks: mpsc::UnboundedReceiver<String>,
-    shutdown: CancellationToken,
-) {
+async fn run(kernel: Arc<Kernel>, mut kicks: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
     let mut cursors: HashMap<String, u64> = HashMap::new();
     let mut due: BTreeSet<String> = BTreeSet::new();
     let mut failing: BTreeSet<String> = BTreeSet::new();
@@ -68,10 +60,7 @@ impl Kernel {
     /// Hands every outbox entry after `cursor` to delivery, advancing the cursor past each
     /// entry once all its recipients are handed off.
     async fn hand_off(&self, actor: &str, cursor: &mut u64) -> Result<(), KernelError> {
-        let entries = self
-            .logs
-            .read_all(actor, StreamKind::Outbox, *cursor)
-            .await?;
+        let entries = self.logs.read_all(actor, StreamKind::Outbox, *cursor).await?;
         for entry in entries {
             let (id, activity) = envelope_activity(&entry.data)?;
             for (peer, inbox_url) in self.recipients(&activity.actor, &activity.to) {
@@ -81,10 +70,7 @@ impl Kernel {
                     envelope: Bytes::clone(&entry.data),
                     id,
                 };
-                self.delivery
-                    .enqueue(handoff)
-                    .await
-                    .map_err(KernelError::Internal)?;
+                self.delivery.enqueue(handoff).await.map_err(KernelError::Internal)?;
             }
             *cursor = entry.seq;
         }
@@ -113,10 +99,7 @@ impl Kernel {
         drop(state);
         out.into_iter()
             .map(|peer| {
-                let inbox = self
-                    .known_document(&peer)
-                    .map(|d| d.inbox)
-                    .unwrap_or_default();
+                let inbox = self.known_document(&peer).map(|d| d.inbox).unwrap_or_default();
                 (peer, inbox)
             })
             .collect()

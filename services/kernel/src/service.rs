@@ -11,8 +11,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub(crate) fn server(kernel: Arc<Kernel>) -> KernelServer<KernelService> {
-    KernelServer::new(KernelService { kernel })
-        .max_decoding_message_size(2 * fedsx_wire::MAX_ENVELOPE_BYTES)
+    KernelServer::new(KernelService { kernel }).max_decoding_message_size(2 * fedsx_wire::MAX_ENVELOPE_BYTES)
 }
 
 pub(crate) struct KernelService {
@@ -37,36 +36,23 @@ impl KernelApi for KernelService {
         request: Request<pb::CreateActorRequest>,
     ) -> Result<Response<pb::ActorDocument>, Status> {
         let name = request.into_inner().name;
-        self.kernel
-            .create_actor(&name)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.kernel.create_actor(&name).await.map(Response::new).map_err(status)
     }
 
-    async fn get_actor(
-        &self,
-        request: Request<pb::GetActorRequest>,
-    ) -> Result<Response<pb::ActorDocument>, Status> {
+    async fn get_actor(&self, request: Request<pb::GetActorRequest>) -> Result<Response<pb::ActorDocument>, Status> {
         self.kernel
             .actor(&request.into_inner().name)
             .map(Response::new)
             .map_err(status)
     }
 
-    async fn list_actors(
-        &self,
-        _: Request<pb::ListActorsRequest>,
-    ) -> Result<Response<pb::ListActorsResponse>, Status> {
+    async fn list_actors(&self, _: Request<pb::ListActorsRequest>) -> Result<Response<pb::ListActorsResponse>, Status> {
         Ok(Response::new(pb::ListActorsResponse {
             actors: self.kernel.actors(),
         }))
     }
 
-    async fn publish(
-        &self,
-        request: Request<pb::PublishRequest>,
-    ) -> Result<Response<pb::PublishResponse>, Status> {
+    async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let request = request.into_inner();
         let kind = ActivityType::try_from(request.r#type).map_err(|_| {
             status(KernelError::BadRequest(format!(
@@ -89,10 +75,7 @@ impl KernelApi for KernelService {
             .map_err(status)
     }
 
-    async fn ingest(
-        &self,
-        request: Request<pb::IngestRequest>,
-    ) -> Result<Response<pb::IngestResponse>, Status> {
+    async fn ingest(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
         let request = request.into_inner();
         let ingested = self
             .kernel
@@ -106,10 +89,7 @@ impl KernelApi for KernelService {
         }))
     }
 
-    async fn follow(
-        &self,
-        request: Request<pb::FollowRequest>,
-    ) -> Result<Response<pb::PublishResponse>, Status> {
+    async fn follow(&self, request: Request<pb::FollowRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let request = request.into_inner();
         self.kernel
             .follow(&request.actor, &request.remote)
@@ -118,10 +98,7 @@ impl KernelApi for KernelService {
             .map_err(status)
     }
 
-    async fn register_peer(
-        &self,
-        request: Request<pb::ActorDocument>,
-    ) -> Result<Response<pb::ActorDocument>, Status> {
+    async fn register_peer(&self, request: Request<pb::ActorDocument>) -> Result<Response<pb::ActorDocument>, Status> {
         self.kernel
             .register_peer(request.into_inner())
             .await
@@ -129,50 +106,25 @@ impl KernelApi for KernelService {
             .map_err(status)
     }
 
-    async fn get_peer(
-        &self,
-        request: Request<pb::GetPeerRequest>,
-    ) -> Result<Response<pb::ActorDocument>, Status> {
+    async fn get_peer(&self, request: Request<pb::GetPeerRequest>) -> Result<Response<pb::ActorDocument>, Status> {
         self.kernel
             .peer(&request.into_inner().url)
             .map(Response::new)
             .map_err(status)
     }
 
-    async fn followers(
-        &self,
-        request: Request<pb::ActorRequest>,
-    ) -> Result<Response<pb::ActorList>, Status> {
-        let actors = self
-            .kernel
-            .followers(&request.into_inner().name)
-            .map_err(status)?;
+    async fn followers(&self, request: Request<pb::ActorRequest>) -> Result<Response<pb::ActorList>, Status> {
+        let actors = self.kernel.followers(&request.into_inner().name).map_err(status)?;
         Ok(Response::new(pb::ActorList { actors }))
     }
 
-    async fn following(
-        &self,
-        request: Request<pb::ActorRequest>,
-    ) -> Result<Response<pb::ActorList>, Status> {
-        let actors = self
-            .kernel
-            .following(&request.into_inner().name)
-            .map_err(status)?;
+    async fn following(&self, request: Request<pb::ActorRequest>) -> Result<Response<pb::ActorList>, Status> {
+        let actors = self.kernel.following(&request.into_inner().name).map_err(status)?;
         Ok(Response::new(pb::ActorList { actors }))
     }
 
-    async fn tips(
-        &self,
-        request: Request<pb::ActorRequest>,
-    ) -> Result<Response<pb::TipsResponse>, Status> {
-        let (inbox_tip, outbox_tip) = self
-            .kernel
-            .tips(&request.into_inner().name)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::TipsResponse {
-            inbox_tip,
-            outbox_tip,
-        }))
+    async fn tips(&self, request: Request<pb::ActorRequest>) -> Result<Response<pb::TipsResponse>, Status> {
+        let (inbox_tip, outbox_tip) = self.kernel.tips(&request.into_inner().name).await.map_err(status)?;
+        Ok(Response::new(pb::TipsResponse { inbox_tip, outbox_tip }))
     }
 }

@@ -58,8 +58,7 @@ impl State {
             Record::ActorCreated(created) => {
                 let key = secret.actor_key(&created.name);
                 let document = local_document(base, &created.name, &key);
-                self.actors
-                    .insert(created.name, LocalActor { document, key });
+                self.actors.insert(created.name, LocalActor { document, key });
             }
             Record::PeerRegistered(registered) => {
                 if let Some(document) = registered.document {
@@ -85,10 +84,7 @@ impl State {
                 }
             }
             Record::FollowingAdded(added) => {
-                self.following
-                    .entry(added.actor)
-                    .or_default()
-                    .insert(added.followed);
+                self.following.entry(added.actor).or_default().insert(added.followed);
             }
         }
     }

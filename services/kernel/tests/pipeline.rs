@@ -44,10 +44,7 @@ async fn log_store(dir: &std::path::Path, shutdown: CancellationToken) -> String
     url
 }
 
-async fn kernel_on(
-    logs_url: &str,
-    shutdown: &CancellationToken,
-) -> (Arc<Kernel>, Arc<MemoryDelivery>) {
+async fn kernel_on(logs_url: &str, shutdown: &CancellationToken) -> (Arc<Kernel>, Arc<MemoryDelivery>) {
     let delivery = Arc::new(MemoryDelivery::default());
     let logs = Logs::connect_lazy(logs_url).unwrap();
     let kernel = loop {
@@ -130,11 +127,7 @@ impl Peer {
     }
 
     fn sign(&mut self, activity: &Activity) -> (ActivityId, Vec<u8>) {
-        let signed = sign(
-            activity,
-            &self.key,
-            &key_id(&self.url, &self.key.verifying_key()),
-        );
+        let signed = sign(activity, &self.key, &key_id(&self.url, &self.key.verifying_key()));
         self.prev = Some(signed.id);
         (signed.id, signed.to_bytes())
     }
@@ -197,8 +190,7 @@ async fn publishing_chains_the_outbox() {
     // It verifies with bob's published key.
     let received = fedsx_wire::decode(&entries[1].data).unwrap();
     let bob = node.kernel.actor("bob").unwrap();
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&bob.public_key.as_ref().try_into().unwrap())
-        .unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bob.public_key.as_ref().try_into().unwrap()).unwrap();
     received.verify(&key).unwrap();
 }
 
@@ -232,11 +224,7 @@ async fn a_follow_is_recorded_and_auto_accepted_once() {
     let (follow_id, envelope) = alice.signed(ActivityType::Follow, &bob_url());
     let first = node.kernel.ingest("bob", &envelope).await.unwrap();
     assert_eq!((first.seq, first.new, first.id), (1, true, follow_id));
-    assert_eq!(
-        tips(&node).await,
-        (1, 1),
-        "inbox has the Follow, outbox the Accept"
-    );
+    assert_eq!(tips(&node).await, (1, 1), "inbox has the Follow, outbox the Accept");
     assert_eq!(node.kernel.followers("bob").unwrap(), [PEER]);
 
     // The Accept goes to alice's inbox, naming the Follow.
@@ -249,11 +237,7 @@ async fn a_follow_is_recorded_and_auto_accepted_once() {
 
     let again = node.kernel.ingest("bob", &envelope).await.unwrap();
     assert_eq!((again.seq, again.new), (1, false));
-    assert_eq!(
-        tips(&node).await,
-        (1, 1),
-        "no second append, no second Accept"
-    );
+    assert_eq!(tips(&node).await, (1, 1), "no second append, no second Accept");
 
     // Undo of that Follow removes the follower.
     let (_, undo) = alice.signed(ActivityType::Undo, &follow_id.to_hex());
@@ -323,26 +307,21 @@ async fn every_bad_envelope_is_refused_with_its_own_code_and_appends_nothing() {
 
     let good = alice.activity(ActivityType::Create, "");
     let alice_kid = key_id(PEER, &alice.key.verifying_key());
-    let envelope =
-        |activity: &Activity, key: &SigningKey, kid: &str| sign(activity, key, kid).to_bytes();
+    let envelope = |activity: &Activity, key: &SigningKey, kid: &str| sign(activity, key, kid).to_bytes();
 
-    let mut tampered =
-        SignedEnvelope::decode(&envelope(&good, &alice.key, &alice_kid)[..]).unwrap();
+    let mut tampered = SignedEnvelope::decode(&envelope(&good, &alice.key, &alice_kid)[..]).unwrap();
     tampered.activity = Activity {
         content: "changed".into(),
         ..good.clone()
     }
     .encode_to_vec()
     .into();
-    let mut short_sig =
-        SignedEnvelope::decode(&envelope(&good, &alice.key, &alice_kid)[..]).unwrap();
+    let mut short_sig = SignedEnvelope::decode(&envelope(&good, &alice.key, &alice_kid)[..]).unwrap();
     short_sig.signature = vec![0; 12].into();
-    let mut non_canonical =
-        SignedEnvelope::decode(&envelope(&good, &alice.key, &alice_kid)[..]).unwrap();
+    let mut non_canonical = SignedEnvelope::decode(&envelope(&good, &alice.key, &alice_kid)[..]).unwrap();
     let mut sig = non_canonical.signature.to_vec();
     // S + L: the same signature, non-canonically encoded.
-    let l =
-        hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010").unwrap();
+    let l = hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010").unwrap();
     let mut carry = 0u16;
     for i in 0..32 {
         let sum = u16::from(sig[32 + i]) + u16::from(l[i]) + carry;
@@ -396,14 +375,7 @@ async fn every_bad_envelope_is_refused_with_its_own_code_and_appends_nothing() {
         ),
         (
             "seq 0",
-            envelope(
-                &Activity {
-                    seq: 0,
-                    ..good.clone()
-                },
-                &alice.key,
-                &alice_kid,
-            ),
+            envelope(&Activity { seq: 0, ..good.clone() }, &alice.key, &alice_kid),
             "bob",
             Code::InvalidArgument,
         ),
@@ -415,20 +387,11 @@ async fn every_bad_envelope_is_refused_with_its_own_code_and_appends_nothing() {
         ),
         (
             "key id of another actor",
-            envelope(
-                &good,
-                &mallory.key,
-                &key_id(&mallory.url, &mallory.key.verifying_key()),
-            ),
+            envelope(&good, &mallory.key, &key_id(&mallory.url, &mallory.key.verifying_key())),
             "bob",
             Code::Unauthenticated,
         ),
-        (
-            "tampered",
-            tampered.encode_to_vec(),
-            "bob",
-            Code::Unauthenticated,
-        ),
+        ("tampered", tampered.encode_to_vec(), "bob", Code::Unauthenticated),
         (
             "short signature",
             short_sig.encode_to_vec(),
@@ -492,11 +455,7 @@ async fn a_restart_keeps_actors_keys_followers_and_the_chain() {
     drop(kernel);
 
     let (kernel, delivery) = kernel_on(&logs_url, &shutdown).await;
-    assert_eq!(
-        kernel.actor("bob").unwrap(),
-        bob,
-        "same document, same public key"
-    );
+    assert_eq!(kernel.actor("bob").unwrap(), bob, "same document, same public key");
     assert_eq!(kernel.followers("bob").unwrap(), [PEER]);
     assert_eq!(kernel.peer(PEER).unwrap(), alice.document());
     assert_eq!(kernel.tips("bob").await.unwrap(), (1, 2));
@@ -511,11 +470,7 @@ async fn a_restart_keeps_actors_keys_followers_and_the_chain() {
         .await
         .unwrap();
     let received = fedsx_wire::decode(&entries[0].data).unwrap();
-    assert_eq!(
-        received.activity.prev.as_ref(),
-        &before.id.0[..],
-        "the chain continues"
-    );
+    assert_eq!(received.activity.prev.as_ref(), &before.id.0[..], "the chain continues");
     // The relay hands off again after a restart; delivery dedupes by (peer, id).
     for _ in 0..500 {
         if delivery.handoffs().iter().any(|h| h.id == after.id) {
@@ -523,12 +478,7 @@ async fn a_restart_keeps_actors_keys_followers_and_the_chain() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(
-        delivery
-            .handoffs()
-            .iter()
-            .any(|h| h.id == after.id && h.peer == PEER)
-    );
+    assert!(delivery.handoffs().iter().any(|h| h.id == after.id && h.peer == PEER));
     shutdown.cancel();
 }
 

@@ -13,10 +13,6 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Directory of the RocksDB database; created when missing.
-    #[arg(
-        long,
-        env = "FEDSX_LOG_STORE_DATA_DIR",
-        default_value = "fedsx-data/log-store"
-    )]
+    #[arg(long, env = "FEDSX_LOG_STORE_DATA_DIR", default_value = "fedsx-data/log-store")]
     pub data_dir: PathBuf,
 }

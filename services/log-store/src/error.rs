@@ -10,29 +10,17 @@ pub enum StoreError {
     MissingStream,
     #[error("stream actor is empty")]
     EmptyActor,
-    #[error(
-        "stream actor is {len} bytes, over the limit of {}",
-        limits::MAX_ACTOR_BYTES
-    )]
+    #[error("stream actor is {len} bytes, over the limit of {}", limits::MAX_ACTOR_BYTES)]
     ActorTooLong { len: usize },
     #[error("unknown stream kind {0}")]
     UnknownKind(i32),
     #[error("append has no entries")]
     NoEntries,
-    #[error(
-        "append has {count} entries, over the limit of {}",
-        limits::MAX_ENTRIES_PER_APPEND
-    )]
+    #[error("append has {count} entries, over the limit of {}", limits::MAX_ENTRIES_PER_APPEND)]
     TooManyEntries { count: usize },
-    #[error(
-        "entry {index}: id is {len} bytes, must be 1 to {}",
-        limits::MAX_ID_BYTES
-    )]
+    #[error("entry {index}: id is {len} bytes, must be 1 to {}", limits::MAX_ID_BYTES)]
     BadId { index: usize, len: usize },
-    #[error(
-        "entry {index}: data is {len} bytes, over the limit of {}",
-        limits::MAX_ENTRY_BYTES
-    )]
+    #[error("entry {index}: data is {len} bytes, over the limit of {}", limits::MAX_ENTRY_BYTES)]
     EntryTooLarge { index: usize, len: usize },
     #[error("expected tip {expected} but the stream's tip is {tip}")]
     TipMismatch { expected: u64, tip: u64 },

@@ -62,20 +62,13 @@ pub(crate) fn encode_entry(id: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// Decodes an `entries` row; `key` must start with `stream_key`.
-pub(crate) fn decode_entry(
-    stream_key: &[u8],
-    key: &[u8],
-    value: &[u8],
-) -> Result<Entry, StoreError> {
+pub(crate) fn decode_entry(stream_key: &[u8], key: &[u8], value: &[u8]) -> Result<Entry, StoreError> {
     let seq = decode_u64(&key[stream_key.len()..])?;
     let id_len = *value
         .first()
-        .ok_or_else(|| StoreError::Storage(format!("corrupt entry at seq {seq}: empty")))?
-        as usize;
+        .ok_or_else(|| StoreError::Storage(format!("corrupt entry at seq {seq}: empty")))? as usize;
     if value.len() < 1 + id_len {
-        return Err(StoreError::Storage(format!(
-            "corrupt entry at seq {seq}: truncated id"
-        )));
+        return Err(StoreError::Storage(format!("corrupt entry at seq {seq}: truncated id")));
     }
     Ok(Entry {
         seq,

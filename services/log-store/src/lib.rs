@@ -26,11 +26,7 @@ pub const SERVICE_NAME: &str = "fedsx.logstore.v1.LogStore";
 /// Opens the store in `config.data_dir` and serves it on `listener` until `shutdown` is
 /// cancelled; then stops taking calls, lets in-flight appends finish and closes the
 /// database cleanly.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
         .await

@@ -57,19 +57,13 @@ fn status(err: StoreError) -> Status {
 
 #[tonic::async_trait]
 impl LogStore for LogStoreService {
-    async fn append(
-        &self,
-        request: Request<pb::AppendRequest>,
-    ) -> Result<Response<pb::AppendResponse>, Status> {
+    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let request = request.into_inner();
         let stream = stream_id(request.stream).map_err(status)?;
         let entries = request
             .entries
             .into_iter()
-            .map(|e| NewEntry {
-                id: e.id,
-                data: e.data,
-            })
+            .map(|e| NewEntry { id: e.id, data: e.data })
             .collect();
         let outcome = self
             .store
@@ -89,10 +83,7 @@ impl LogStore for LogStoreService {
         }))
     }
 
-    async fn read(
-        &self,
-        request: Request<pb::ReadRequest>,
-    ) -> Result<Response<pb::ReadResponse>, Status> {
+    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
         let request = request.into_inner();
         let stream = stream_id(request.stream).map_err(status)?;
         let (entries, tip) = self
@@ -106,10 +97,7 @@ impl LogStore for LogStoreService {
         }))
     }
 
-    async fn tip(
-        &self,
-        request: Request<pb::TipRequest>,
-    ) -> Result<Response<pb::TipResponse>, Status> {
+    async fn tip(&self, request: Request<pb::TipRequest>) -> Result<Response<pb::TipResponse>, Status> {
         let stream = stream_id(request.into_inner().stream).map_err(status)?;
         let tip = self.store.tip(stream).await.map_err(status)?;
         Ok(Response::new(pb::TipResponse { tip }))
@@ -166,11 +154,7 @@ impl Subscription {
     }
 
     /// Waits until this stream may have new entries; false when the subscription must end.
-    async fn wait_for_append(
-        &self,
-        appended: &mut broadcast::Receiver<Vec<u8>>,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    async fn wait_for_append(&self, appended: &mut broadcast::Receiver<Vec<u8>>, shutdown: &CancellationToken) -> bool {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return false,

@@ -5,9 +5,7 @@ use crate::error::{OpenError, StoreError};
 use crate::keys::{self, CF_ENTRIES, CF_IDS, CF_META, CF_TIPS};
 use crate::stream::{Entry, NewEntry, StreamId, limits, validate_entries};
 use crate::writer::{self, AppendJob, WriterHandle};
-use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
-};
+use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, oneshot};
@@ -73,8 +71,7 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_TIPS, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
-        let db = DB::open_cf_descriptors(&options, dir, cfs)
-            .map_err(|err| OpenError::RocksDb(err.into_string()))?;
+        let db = DB::open_cf_descriptors(&options, dir, cfs).map_err(|err| OpenError::RocksDb(err.into_string()))?;
         check_format(&db, fresh)?;
 
         let db = Arc::new(db);
@@ -108,21 +105,13 @@ impl Store {
             expected_tip,
             reply,
         };
-        sender
-            .send(job)
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?;
+        sender.send(job).await.map_err(|_| StoreError::ShuttingDown)?;
         answer.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
     /// Entries of `stream` with seq > `after_seq`, at most `limit` (0 = default), and the tip,
     /// read from one consistent snapshot.
-    pub async fn read(
-        &self,
-        stream: StreamId,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<(Vec<Entry>, u64), StoreError> {
+    pub async fn read(&self, stream: StreamId, after_seq: u64, limit: usize) -> Result<(Vec<Entry>, u64), StoreError> {
         let db = self.inner.db.clone();
         let limit = match limit {
             0 => limits::DEFAULT_READ_LIMIT,
@@ -144,12 +133,7 @@ impl Store {
 
     /// Stops the writer after it committed what it already took, then flushes. Blocks.
     pub fn close(&self) -> Result<(), StoreError> {
-        let writer = self
-            .inner
-            .writer
-            .lock()
-            .expect("writer lock poisoned")
-            .take();
+        let writer = self.inner.writer.lock().expect("writer lock poisoned").take();
         if let Some(writer) = writer {
             writer.stop();
         }
@@ -185,9 +169,7 @@ fn check_format(db: &DB, fresh: bool) -> Result<(), OpenError> {
         None if fresh => db
             .put_cf(meta, keys::FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes())
             .map_err(|err| OpenError::RocksDb(err.into_string())),
-        None => Err(OpenError::RocksDb(
-            "the database has no format version".into(),
-        )),
+        None => Err(OpenError::RocksDb("the database has no format version".into())),
         Some(bytes) => {
             let found = <[u8; 4]>::try_from(bytes.as_slice())
                 .map(u32::from_be_bytes)
@@ -217,30 +199,19 @@ pub(crate) fn read_tip(
     value.map_or(Ok(0), |bytes| keys::decode_u64(&bytes))
 }
 
-fn read_entries(
-    db: &DB,
-    stream_key: &[u8],
-    after_seq: u64,
-    limit: usize,
-) -> Result<(Vec<Entry>, u64), StoreError> {
+fn read_entries(db: &DB, stream_key: &[u8], after_seq: u64, limit: usize) -> Result<(Vec<Entry>, u64), StoreError> {
     let snapshot = db.snapshot();
     let tip = read_tip(db, stream_key, Some(&snapshot))?;
     if after_seq >= tip {
         return Ok((Vec::new(), tip));
     }
-    let entries_cf = db
-        .cf_handle(CF_ENTRIES)
-        .expect("entries column family opened");
+    let entries_cf = db.cf_handle(CF_ENTRIES).expect("entries column family opened");
     let mut options = ReadOptions::default();
     options.set_snapshot(&snapshot);
     options.set_iterate_upper_bound(keys::entry_key(stream_key, tip.saturating_add(1)));
     let start = keys::entry_key(stream_key, after_seq + 1);
     let mut entries = Vec::with_capacity(limit.min((tip - after_seq) as usize));
-    for item in db.iterator_cf_opt(
-        entries_cf,
-        options,
-        IteratorMode::From(&start, Direction::Forward),
-    ) {
+    for item in db.iterator_cf_opt(entries_cf, options, IteratorMode::From(&start, Direction::Forward)) {
         let (key, value) = item?;
         if !key.starts_with(stream_key) || entries.len() == limit {
             break;
@@ -279,24 +250,9 @@ mod tests {
         assert_eq!(outcome.tip, 2);
         assert_eq!(
             outcome.entries,
-            [
-                Appended {
-                    seq: 1,
-                    appended: true
-                },
-                Appended {
-                    seq: 2,
-                    appended: true
-                }
-            ]
+            [Appended { seq: 1, appended: true }, Appended { seq: 2, appended: true }]
         );
-        assert_eq!(
-            store
-                .tip(StreamId::new("a", Kind::Inbox).unwrap())
-                .await
-                .unwrap(),
-            0
-        );
+        assert_eq!(store.tip(StreamId::new("a", Kind::Inbox).unwrap()).await.unwrap(), 0);
         assert_eq!(store.tip(outbox("b")).await.unwrap(), 0);
         let (entries, tip) = store.read(outbox("a"), 0, 0).await.unwrap();
         assert_eq!(tip, 2);
@@ -308,34 +264,16 @@ mod tests {
     async fn an_append_is_all_or_nothing_on_tip_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .append(outbox("a"), vec![entry("x")], None)
-            .await
-            .unwrap();
+        store.append(outbox("a"), vec![entry("x")], None).await.unwrap();
         let err = store
             .append(outbox("a"), vec![entry("y"), entry("z")], Some(0))
             .await
             .unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::TipMismatch {
-                expected: 0,
-                tip: 1
-            }
-        ));
+        assert!(matches!(err, StoreError::TipMismatch { expected: 0, tip: 1 }));
         assert_eq!(store.tip(outbox("a")).await.unwrap(), 1);
         // The refused ids were not recorded either.
-        let outcome = store
-            .append(outbox("a"), vec![entry("y")], Some(1))
-            .await
-            .unwrap();
-        assert_eq!(
-            outcome.entries[0],
-            Appended {
-                seq: 2,
-                appended: true
-            }
-        );
+        let outcome = store.append(outbox("a"), vec![entry("y")], Some(1)).await.unwrap();
+        assert_eq!(outcome.entries[0], Appended { seq: 2, appended: true });
     }
 
     #[tokio::test]
@@ -391,10 +329,7 @@ mod tests {
                     seq: 1,
                     appended: false
                 },
-                Appended {
-                    seq: 3,
-                    appended: true
-                }
+                Appended { seq: 3, appended: true }
             ]
         );
     }
@@ -404,10 +339,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.close().unwrap();
-        let err = store
-            .append(outbox("a"), vec![entry("x")], None)
-            .await
-            .unwrap_err();
+        let err = store.append(outbox("a"), vec![entry("x")], None).await.unwrap_err();
         assert!(matches!(err, StoreError::ShuttingDown));
     }
 
@@ -415,10 +347,7 @@ mod tests {
     fn refuses_a_directory_holding_something_else() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("precious"), "data").unwrap();
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(OpenError::ForeignData(_))
-        ));
+        assert!(matches!(Store::open(dir.path()), Err(OpenError::ForeignData(_))));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -427,10 +356,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, "x").unwrap();
-        assert!(matches!(
-            Store::open(&file),
-            Err(OpenError::NotADirectory(_))
-        ));
+        assert!(matches!(Store::open(&file), Err(OpenError::NotADirectory(_))));
     }
 
     #[tokio::test]
@@ -448,10 +374,7 @@ mod tests {
         assert_eq!(err.to_string(), "entry 1: id is 65 bytes, must be 1 to 64");
         let many: Vec<NewEntry> = (0..1025).map(|i| entry(&i.to_string())).collect();
         let err = store.append(outbox("a"), many, None).await.unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "append has 1025 entries, over the limit of 1024"
-        );
+        assert_eq!(err.to_string(), "append has 1025 entries, over the limit of 1024");
         assert_eq!(store.tip(outbox("a")).await.unwrap(), 0);
     }
 }

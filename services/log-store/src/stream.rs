@@ -107,9 +107,7 @@ pub(crate) fn validate_entries(entries: &[NewEntry]) -> Result<(), StoreError> {
         return Err(StoreError::NoEntries);
     }
     if entries.len() > limits::MAX_ENTRIES_PER_APPEND {
-        return Err(StoreError::TooManyEntries {
-            count: entries.len(),
-        });
+        return Err(StoreError::TooManyEntries { count: entries.len() });
     }
     for (index, entry) in entries.iter().enumerate() {
         if entry.id.is_empty() || entry.id.len() > limits::MAX_ID_BYTES {

@@ -46,10 +46,7 @@ impl WriterHandle {
     }
 }
 
-pub(crate) fn spawn(
-    db: Arc<DB>,
-    appended: broadcast::Sender<Vec<u8>>,
-) -> std::io::Result<WriterHandle> {
+pub(crate) fn spawn(db: Arc<DB>, appended: broadcast::Sender<Vec<u8>>) -> std::io::Result<WriterHandle> {
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let thread = std::thread::Builder::new()
         .name("log-store-writer".into())
@@ -138,10 +135,7 @@ impl Writer {
                 None => self.stored_seq(&id_key)?,
             };
             match existing {
-                Some(seq) => results.push(Appended {
-                    seq,
-                    appended: false,
-                }),
+                Some(seq) => results.push(Appended { seq, appended: false }),
                 None => {
                     next += 1;
                     fresh.insert(id_key, next);
@@ -154,10 +148,7 @@ impl Writer {
         }
         if fresh.is_empty() {
             // A pure retry: every entry is already there, whatever tip the caller expected.
-            return Ok(AppendOutcome {
-                entries: results,
-                tip,
-            });
+            return Ok(AppendOutcome { entries: results, tip });
         }
         if let Some(expected) = job.expected_tip
             && expected != tip
@@ -165,15 +156,9 @@ impl Writer {
             return Err(StoreError::TipMismatch { expected, tip });
         }
 
-        let entries_cf = self
-            .db
-            .cf_handle(CF_ENTRIES)
-            .expect("entries column family opened");
+        let entries_cf = self.db.cf_handle(CF_ENTRIES).expect("entries column family opened");
         let ids_cf = self.db.cf_handle(CF_IDS).expect("ids column family opened");
-        let tips_cf = self
-            .db
-            .cf_handle(CF_TIPS)
-            .expect("tips column family opened");
+        let tips_cf = self.db.cf_handle(CF_TIPS).expect("tips column family opened");
         for (entry, result) in job.entries.iter().zip(&results) {
             if result.appended {
                 group.batch.put_cf(
@@ -181,11 +166,9 @@ impl Writer {
                     keys::entry_key(stream, result.seq),
                     keys::encode_entry(&entry.id, &entry.data),
                 );
-                group.batch.put_cf(
-                    ids_cf,
-                    keys::id_key(stream, &entry.id),
-                    keys::encode_u64(result.seq),
-                );
+                group
+                    .batch
+                    .put_cf(ids_cf, keys::id_key(stream, &entry.id), keys::encode_u64(result.seq));
             }
         }
         group.batch.put_cf(tips_cf, stream, keys::encode_u64(next));

@@ -1,10 +1,11 @@
 //! What every fed-sx service shares, written once: telemetry (logs and OTLP traces), W3C
-//! trace-context propagation over gRPC, serving a gRPC service with health and reflection,
+//! trace-context propagation over gRPC, safe outbound HTTP to peers, serving a gRPC service with health and reflection,
 //! graceful shutdown on signals, listener binding, and the error-code table that maps a
 //! failure to both a gRPC code and an HTTP status.
 
 pub mod error;
 pub mod grpc;
+pub mod http_client;
 pub mod listen;
 pub mod shutdown;
 pub mod telemetry;

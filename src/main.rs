@@ -20,8 +20,8 @@ enum Command {
     LogStore(fedsx_log_store::Config),
     /// Run the kernel: actors and keys, inbound pipeline, publishing, followers, peers.
     Kernel(fedsx_kernel::Config),
-    /// Run the delivery service (not built yet: issue #4).
-    Delivery,
+    /// Run delivery: the durable per-peer retry queue that POSTs to peer inboxes.
+    Delivery(fedsx_delivery::Config),
     /// Run the HTTP gateway (not built yet: issue #5).
     Gateway,
     /// Run a whole node (not built yet: issue #5).
@@ -63,7 +63,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = listen::bind("--listen", config.listen).await?;
             fedsx_kernel::run(config, listener, shutdown).await
         }
-        Command::Delivery => not_built("delivery", 4),
+        Command::Delivery(config) => {
+            let _telemetry = telemetry::init("fedsx-delivery")?;
+            let shutdown = shutdown::on_signal()?;
+            let listener = listen::bind("--listen", config.listen).await?;
+            fedsx_delivery::run(config, listener, shutdown).await
+        }
         Command::Gateway => not_built("gateway", 5),
         Command::Up => not_built("up", 5),
         Command::Bench(bench) => bench.run().await,

@@ -8,7 +8,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::EnvFilter;
 
 /// Keeps the trace exporter alive; dropping it flushes pending spans.
 #[must_use = "dropping the guard stops trace export"]
@@ -43,33 +43,27 @@ pub fn init(default_service: &'static str) -> anyhow::Result<TelemetryGuard> {
         .with_writer(std::io::stderr)
         .with_target(false);
 
-    let provider = if otlp_configured() {
+    // Spans always carry OpenTelemetry contexts, so trace context propagates through this
+    // process (and into queued deliveries) even when nothing is exported here.
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(default_service);
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    if otlp_configured() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
             .context("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter")?;
-        let mut resource = Resource::builder();
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-            resource = resource.with_service_name(default_service);
-        }
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource.build())
-                .build(),
-        )
-    } else {
-        None
-    };
-
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("fedsx")).boxed());
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("fedsx"));
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(otel)
         .try_init()
         .context("a tracing subscriber is already installed")?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider: Some(provider) })
 }

@@ -64,6 +64,15 @@ impl tonic::service::Interceptor for InjectTraceContext {
     }
 }
 
+/// The W3C `traceparent` of the current span, for work that continues it later (a queued
+/// delivery); None when no OpenTelemetry context is active.
+pub fn current_traceparent() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent")
+}
+
 /// A channel to another fed-sx service whose calls carry the caller's trace context.
 pub type TracedChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, InjectTraceContext>;
 

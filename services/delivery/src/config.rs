@@ -1,0 +1,66 @@
+//! Flags (with `FEDSX_DELIVERY_*` environment fallbacks) of `fedsx delivery`.
+
+use crate::queue::{Schedule, parse_duration};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default gRPC address of delivery on a local node.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8703";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address the gRPC service listens on (port 0 picks a free port, printed at start).
+    #[arg(long, env = "FEDSX_DELIVERY_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Directory of the queue's RocksDB database; created when missing.
+    #[arg(long, env = "FEDSX_DELIVERY_DATA_DIR", default_value = "fedsx-data/delivery")]
+    pub data_dir: PathBuf,
+
+    /// Waits after the 1st, 2nd, … failure; the failure after the last one dead-letters.
+    #[arg(long, env = "FEDSX_DELIVERY_RETRY_SCHEDULE", default_value = "30s,5m,30m,2h,8h", value_parser = Schedule::parse)]
+    pub retry_schedule: Schedule,
+
+    /// Sends in flight at once per peer.
+    #[arg(long, env = "FEDSX_DELIVERY_MAX_IN_FLIGHT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_in_flight: u32,
+
+    /// Time allowed for one POST to a peer (connect, TLS, request, answer).
+    #[arg(long, env = "FEDSX_DELIVERY_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
+
+    /// Static inbox override: ACTOR_URL=BASE_URL sends that actor's deliveries to
+    /// BASE_URL/actors/<last path segment of ACTOR_URL>/inbox. Repeatable.
+    #[arg(long = "peer-url", env = "FEDSX_DELIVERY_PEER_URLS", value_delimiter = ',', value_parser = parse_peer_url)]
+    pub peer_urls: Vec<(String, String)>,
+
+    /// Allow sending to loopback, private and link-local addresses (tests and
+    /// single-machine setups only).
+    #[arg(long, env = "FEDSX_ALLOW_PRIVATE_PEERS")]
+    pub allow_private_peers: bool,
+}
+
+fn parse_peer_url(text: &str) -> Result<(String, String), String> {
+    let (actor, base) = text.split_once('=').ok_or_else(|| format!("{text:?} is not ACTOR_URL=BASE_URL"))?;
+    for url in [actor, base] {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("{url:?} is not an http(s) URL"));
+        }
+    }
+    Ok((actor.to_owned(), base.trim_end_matches('/').to_owned()))
+}
+
+impl Config {
+    /// The static map: actor URL → the inbox URL to use instead of the kernel's.
+    pub fn peer_inboxes(&self) -> HashMap<String, String> {
+        self.peer_urls
+            .iter()
+            .map(|(actor, base)| {
+                let name = actor.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+                (actor.clone(), format!("{base}/actors/{name}/inbox"))
+            })
+            .collect()
+    }
+}

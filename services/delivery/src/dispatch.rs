@@ -1,0 +1,82 @@
+//! One send: POST the envelope to the peer's inbox and classify the answer. 2xx delivered;
+//! 408, 429, 5xx and transport errors are worth retrying (429 and 503 with the peer's
+//! Retry-After, in seconds); any other 4xx is a permanent refusal.
+
+use crate::queue::Failure;
+use bytes::Bytes;
+use fedsx_runtime::http_client::PeerHttp;
+use std::time::Duration;
+
+/// Bytes of a peer's answer body read (and ignored) at most.
+const MAX_ANSWER_BYTES: usize = 16 * 1024;
+
+pub async fn dispatch(http: &PeerHttp, inbox_url: &str, envelope: Bytes, traceparent: &str) -> Result<(), Failure> {
+    if inbox_url.is_empty() {
+        return Err(Failure::Transient { reason: "no peer url".into(), retry_after: None });
+    }
+    let mut request = http::Request::post(inbox_url).header(http::header::CONTENT_TYPE, fedsx_wire::CONTENT_TYPE);
+    if !traceparent.is_empty() {
+        request = request.header("traceparent", traceparent);
+    }
+    let request = request
+        .body(envelope)
+        .map_err(|err| Failure::Permanent { reason: format!("bad inbox url {inbox_url:?}: {err}") })?;
+    let reply = http
+        .send(request, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|err| Failure::Transient { reason: err.to_string(), retry_after: None })?;
+    classify(reply.status, &reply.headers)
+}
+
+/// What an HTTP answer means for the activity.
+pub fn classify(status: http::StatusCode, headers: &http::HeaderMap) -> Result<(), Failure> {
+    let reason = format!("status {}", status.as_u16());
+    if status.is_success() {
+        return Ok(());
+    }
+    let code = status.as_u16();
+    if code == 429 || code == 503 {
+        let retry_after = headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return Err(Failure::Transient { reason, retry_after });
+    }
+    if status.is_client_error() && code != 408 {
+        return Err(Failure::Permanent { reason });
+    }
+    Err(Failure::Transient { reason, retry_after: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Result<(), Failure> {
+        classify(http::StatusCode::from_u16(code).unwrap(), &http::HeaderMap::new())
+    }
+
+    #[test]
+    fn answers_are_classified_as_the_design_says() {
+        assert_eq!(status(200), Ok(()));
+        assert_eq!(status(202), Ok(()));
+        assert!(matches!(status(410), Err(Failure::Permanent { reason }) if reason == "status 410"));
+        assert!(matches!(status(400), Err(Failure::Permanent { .. })));
+        assert!(matches!(status(408), Err(Failure::Transient { .. })));
+        assert!(matches!(status(500), Err(Failure::Transient { reason, .. }) if reason == "status 500"));
+        assert!(matches!(status(302), Err(Failure::Transient { .. })), "a redirect is not followed");
+    }
+
+    #[test]
+    fn retry_after_is_read_on_429_and_503() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, "120".parse().unwrap());
+        let answer = classify(http::StatusCode::TOO_MANY_REQUESTS, &headers);
+        assert_eq!(
+            answer,
+            Err(Failure::Transient { reason: "status 429".into(), retry_after: Some(Duration::from_secs(120)) })
+        );
+        let answer = classify(http::StatusCode::SERVICE_UNAVAILABLE, &headers);
+        assert!(matches!(answer, Err(Failure::Transient { retry_after: Some(_), .. })));
+    }
+}

@@ -1,0 +1,330 @@
+//! The pure core of delivery: one peer's queue state and its transitions, with `now` passed
+//! in (milliseconds since the Unix epoch) — no clock, no network, no disk. The service
+//! persists and drives it; these functions decide.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+/// An activity id (32 bytes).
+pub type Id = [u8; 32];
+
+/// The retry schedule: the wait after the 1st, 2nd, … failure. The failure after the last
+/// slot dead-letters the activity (with the default five slots: the 6th failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    slots: Vec<Duration>,
+}
+
+impl Default for Schedule {
+    /// 30 s, 5 min, 30 min, 2 h, 8 h.
+    fn default() -> Self {
+        Schedule::new(
+            [30, 300, 1800, 7200, 28_800].into_iter().map(Duration::from_secs).collect(),
+        )
+        .expect("the default schedule has slots")
+    }
+}
+
+/// What the schedule says after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    RetryAfter(Duration),
+    DeadLetter,
+}
+
+impl Schedule {
+    pub fn new(slots: Vec<Duration>) -> Result<Schedule, String> {
+        if slots.is_empty() {
+            return Err("the retry schedule needs at least one slot".into());
+        }
+        Ok(Schedule { slots })
+    }
+
+    /// Parses `30s,5m,30m,2h,8h` (units ms, s, m, h).
+    pub fn parse(text: &str) -> Result<Schedule, String> {
+        let slots = text.split(',').map(|slot| parse_duration(slot.trim())).collect::<Result<Vec<_>, _>>()?;
+        Schedule::new(slots)
+    }
+
+    /// The wait after the `attempts`-th failure, or dead letter once past the last slot.
+    pub fn backoff(&self, attempts: u32) -> Backoff {
+        match attempts.checked_sub(1).and_then(|i| self.slots.get(i as usize)) {
+            Some(wait) => Backoff::RetryAfter(*wait),
+            None if attempts == 0 => Backoff::RetryAfter(Duration::ZERO),
+            None => Backoff::DeadLetter,
+        }
+    }
+
+    pub fn first(&self) -> Duration {
+        self.slots[0]
+    }
+
+    pub fn last(&self) -> Duration {
+        *self.slots.last().expect("a schedule has slots")
+    }
+}
+
+/// Parses one duration: a whole number followed by `ms`, `s`, `m` or `h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 250ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text:?} is not a duration like 30s, 5m, 250ms")),
+    }
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth retrying, optionally not before the peer's Retry-After.
+    Transient { reason: String, retry_after: Option<Duration> },
+    /// The peer refused for good (4xx other than 408 and 429).
+    Permanent { reason: String },
+}
+
+/// A dead-lettered activity: how often it was tried and why it last failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: Id,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+/// One peer's queue. Every operation is O(log n) in the queue's length, so a peer with
+/// 100,000 queued activities costs no more per send than one with ten.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerState {
+    next_order: u64,
+    /// Activities waiting for delivery, by enqueue order.
+    pending: BTreeMap<u64, Id>,
+    order_of: HashMap<Id, u64>,
+    /// Failures so far, per pending id.
+    attempts: HashMap<Id, u32>,
+    /// When a failed id may be tried again (ms since the epoch).
+    next_retry: HashMap<Id, u64>,
+    /// Orders of pending ids without a retry time (due now), and (retry time, order) of the
+    /// others: each pending id is in exactly one.
+    ready: BTreeSet<u64>,
+    timers: BTreeSet<(u64, u64)>,
+    /// The last failure's reason, per pending id.
+    last_error: HashMap<Id, String>,
+    dead_letter: BTreeMap<u64, DeadLetter>,
+    dead_order: HashMap<Id, u64>,
+}
+
+/// What a failure did to an activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    RetryAt(u64),
+    DeadLettered,
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl PeerState {
+    /// Adds an activity at the back; false (and nothing changes) when it is already pending
+    /// or dead-lettered.
+    pub fn enqueue(&mut self, id: Id) -> bool {
+        if self.order_of.contains_key(&id) || self.dead_order.contains_key(&id) {
+            return false;
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        self.pending.insert(order, id);
+        self.order_of.insert(id, order);
+        self.ready.insert(order);
+        true
+    }
+
+    /// Puts back a pending activity as it was persisted (attempts, retry time, last error).
+    pub fn restore(&mut self, id: Id, attempts: u32, next_retry: Option<u64>, last_error: String) {
+        if !self.enqueue(id) {
+            return;
+        }
+        if attempts > 0 {
+            self.attempts.insert(id, attempts);
+            self.last_error.insert(id, last_error);
+        }
+        if let Some(at) = next_retry {
+            self.wait_until(id, at);
+        }
+    }
+
+    /// Puts back a dead letter as it was persisted.
+    pub fn restore_dead(&mut self, dead: DeadLetter) {
+        let order = self.next_order;
+        self.next_order += 1;
+        self.dead_order.insert(dead.id, order);
+        self.dead_letter.insert(order, dead);
+    }
+
+    fn wait_until(&mut self, id: Id, at: u64) {
+        let order = self.order_of[&id];
+        self.ready.remove(&order);
+        if let Some(old) = self.next_retry.insert(id, at) {
+            self.timers.remove(&(old, order));
+        }
+        self.timers.insert((at, order));
+    }
+
+    /// Whether `id` may be sent at `now`.
+    pub fn is_due(&self, id: &Id, now: u64) -> bool {
+        self.next_retry.get(id).is_none_or(|at| *at <= now)
+    }
+
+    fn remove_pending(&mut self, id: &Id) -> bool {
+        let Some(order) = self.order_of.remove(id) else { return false };
+        self.pending.remove(&order);
+        self.ready.remove(&order);
+        if let Some(at) = self.next_retry.remove(id) {
+            self.timers.remove(&(at, order));
+        }
+        self.attempts.remove(id);
+        self.last_error.remove(id);
+        true
+    }
+
+    pub fn is_pending(&self, id: &Id) -> bool {
+        self.order_of.contains_key(id)
+    }
+
+    pub fn is_dead(&self, id: &Id) -> bool {
+        self.dead_order.contains_key(id)
+    }
+
+    /// Pending ids in enqueue order.
+    pub fn pending(&self) -> impl Iterator<Item = &Id> {
+        self.pending.values()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Dead letters in the order they died.
+    pub fn dead_letters(&self) -> impl Iterator<Item = &DeadLetter> {
+        self.dead_letter.values()
+    }
+
+    pub fn dead_letter_len(&self) -> usize {
+        self.dead_letter.len()
+    }
+
+    pub fn attempts_for(&self, id: &Id) -> u32 {
+        self.attempts.get(id).copied().unwrap_or(0)
+    }
+
+    pub fn next_retry_at(&self, id: &Id) -> Option<u64> {
+        self.next_retry.get(id).copied()
+    }
+
+    pub fn last_error_for(&self, id: &Id) -> Option<&str> {
+        self.last_error.get(id).map(String::as_str)
+    }
+
+    /// A failed send of `id` at `now`: one more attempt; past the schedule (or on a
+    /// permanent failure) the activity moves from pending to dead letters and its retry time
+    /// is cleared, otherwise it is retried after the schedule's wait (or the peer's
+    /// Retry-After, kept within the schedule's first and last slot). None when `id` is not
+    /// pending.
+    pub fn record_failure(&mut self, id: Id, now: u64, failure: &Failure, schedule: &Schedule) -> Option<AfterFailure> {
+        if !self.is_pending(&id) {
+            return None;
+        }
+        let attempts = self.attempts_for(&id) + 1;
+        self.attempts.insert(id, attempts);
+        let (reason, wait) = match failure {
+            Failure::Permanent { reason } => (reason, Backoff::DeadLetter),
+            Failure::Transient { reason, retry_after } => {
+                let wait = match (schedule.backoff(attempts), retry_after) {
+                    (Backoff::RetryAfter(slot), Some(asked)) => {
+                        Backoff::RetryAfter((*asked).clamp(schedule.first(), schedule.last()).max(slot))
+                    }
+                    (backoff, _) => backoff,
+                };
+                (reason, wait)
+            }
+        };
+        match wait {
+            Backoff::RetryAfter(wait) => {
+                let at = now.saturating_add(ms(wait));
+                self.wait_until(id, at);
+                self.last_error.insert(id, reason.clone());
+                Some(AfterFailure::RetryAt(at))
+            }
+            Backoff::DeadLetter => {
+                self.remove_pending(&id);
+                self.restore_dead(DeadLetter { id, attempts, last_error: reason.clone() });
+                Some(AfterFailure::DeadLettered)
+            }
+        }
+    }
+
+    /// A delivered activity: its attempts and retry time are cleared and it leaves the queue.
+    /// False when it was not pending.
+    pub fn record_success(&mut self, id: Id) -> bool {
+        self.remove_pending(&id)
+    }
+
+    /// Pending ids that may be sent at `now` — never tried, or their retry time has passed —
+    /// in insertion (FIFO) order.
+    pub fn next_due(&self, now: u64) -> Vec<Id> {
+        self.due(now, usize::MAX, |_| false)
+    }
+
+    fn due(&self, now: u64, limit: usize, skip: impl Fn(&Id) -> bool) -> Vec<Id> {
+        let expired = self.timers.range(..(now.saturating_add(1), 0)).map(|(_, order)| *order);
+        let mut orders: Vec<u64> = self.ready.iter().copied().chain(expired).collect();
+        orders.sort_unstable();
+        orders.into_iter().map(|order| self.pending[&order]).filter(|id| !skip(id)).take(limit).collect()
+    }
+
+    /// What a worker sends next: at most `limit` due ids in FIFO order, leaving out those
+    /// `skip` says (in flight). Moves ids whose retry time passed among the ready ones first,
+    /// so each id costs O(log n) once, however long the queue.
+    pub fn take_due(&mut self, now: u64, limit: usize, skip: impl Fn(&Id) -> bool) -> Vec<Id> {
+        while let Some(&(at, order)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.ready.insert(order);
+        }
+        self.ready.iter().map(|order| self.pending[order]).filter(|id| !skip(id)).take(limit).collect()
+    }
+
+    /// The earliest retry time among waiting ids (ids already taken as due excluded).
+    pub fn next_wake(&self) -> Option<u64> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Moves dead letters (all, or those in `ids`) back to the end of pending with attempts
+    /// reset; returns the ids moved.
+    pub fn redrive(&mut self, ids: Option<&[Id]>) -> Vec<Id> {
+        let chosen: Vec<u64> = self
+            .dead_letter
+            .iter()
+            .filter(|(_, d)| ids.is_none_or(|ids| ids.contains(&d.id)))
+            .map(|(order, _)| *order)
+            .collect();
+        let mut moved = Vec::with_capacity(chosen.len());
+        for order in chosen {
+            if let Some(dead) = self.dead_letter.remove(&order) {
+                self.dead_order.remove(&dead.id);
+                self.enqueue(dead.id);
+                moved.push(dead.id);
+            }
+        }
+        moved
+    }
+}
+
+#[cfg(test)]
+mod tests;

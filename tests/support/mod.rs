@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_peer;
+
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

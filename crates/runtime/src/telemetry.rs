@@ -6,9 +6,9 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 /// Keeps the trace exporter alive; dropping it flushes pending spans.
 #[must_use = "dropping the guard stops trace export"]
@@ -65,5 +65,7 @@ pub fn init(default_service: &'static str) -> anyhow::Result<TelemetryGuard> {
         .with(otel)
         .try_init()
         .context("a tracing subscriber is already installed")?;
-    Ok(TelemetryGuard { provider: Some(provider) })
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
 }

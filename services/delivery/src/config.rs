@@ -43,7 +43,9 @@ pub struct Config {
 }
 
 fn parse_peer_url(text: &str) -> Result<(String, String), String> {
-    let (actor, base) = text.split_once('=').ok_or_else(|| format!("{text:?} is not ACTOR_URL=BASE_URL"))?;
+    let (actor, base) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not ACTOR_URL=BASE_URL"))?;
     for url in [actor, base] {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!("{url:?} is not an http(s) URL"));

@@ -12,19 +12,25 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
 pub async fn dispatch(http: &PeerHttp, inbox_url: &str, envelope: Bytes, traceparent: &str) -> Result<(), Failure> {
     if inbox_url.is_empty() {
-        return Err(Failure::Transient { reason: "no peer url".into(), retry_after: None });
+        return Err(Failure::Transient {
+            reason: "no peer url".into(),
+            retry_after: None,
+        });
     }
     let mut request = http::Request::post(inbox_url).header(http::header::CONTENT_TYPE, fedsx_wire::CONTENT_TYPE);
     if !traceparent.is_empty() {
         request = request.header("traceparent", traceparent);
     }
-    let request = request
-        .body(envelope)
-        .map_err(|err| Failure::Permanent { reason: format!("bad inbox url {inbox_url:?}: {err}") })?;
+    let request = request.body(envelope).map_err(|err| Failure::Permanent {
+        reason: format!("bad inbox url {inbox_url:?}: {err}"),
+    })?;
     let reply = http
         .send(request, MAX_ANSWER_BYTES)
         .await
-        .map_err(|err| Failure::Transient { reason: err.to_string(), retry_after: None })?;
+        .map_err(|err| Failure::Transient {
+            reason: err.to_string(),
+            retry_after: None,
+        })?;
     classify(reply.status, &reply.headers)
 }
 
@@ -45,7 +51,10 @@ pub fn classify(status: http::StatusCode, headers: &http::HeaderMap) -> Result<(
     if status.is_client_error() && code != 408 {
         return Err(Failure::Permanent { reason });
     }
-    Err(Failure::Transient { reason, retry_after: None })
+    Err(Failure::Transient {
+        reason,
+        retry_after: None,
+    })
 }
 
 #[cfg(test)]
@@ -64,7 +73,10 @@ mod tests {
         assert!(matches!(status(400), Err(Failure::Permanent { .. })));
         assert!(matches!(status(408), Err(Failure::Transient { .. })));
         assert!(matches!(status(500), Err(Failure::Transient { reason, .. }) if reason == "status 500"));
-        assert!(matches!(status(302), Err(Failure::Transient { .. })), "a redirect is not followed");
+        assert!(
+            matches!(status(302), Err(Failure::Transient { .. })),
+            "a redirect is not followed"
+        );
     }
 
     #[test]
@@ -74,9 +86,18 @@ mod tests {
         let answer = classify(http::StatusCode::TOO_MANY_REQUESTS, &headers);
         assert_eq!(
             answer,
-            Err(Failure::Transient { reason: "status 429".into(), retry_after: Some(Duration::from_secs(120)) })
+            Err(Failure::Transient {
+                reason: "status 429".into(),
+                retry_after: Some(Duration::from_secs(120))
+            })
         );
         let answer = classify(http::StatusCode::SERVICE_UNAVAILABLE, &headers);
-        assert!(matches!(answer, Err(Failure::Transient { retry_after: Some(_), .. })));
+        assert!(matches!(
+            answer,
+            Err(Failure::Transient {
+                retry_after: Some(_),
+                ..
+            })
+        ));
     }
 }

@@ -57,8 +57,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         tokio::spawn(queue.clone().run(shared.clone()));
         peers.insert(status.peer, queue);
     }
-    tracing::info!(peers = peers.len(), pending, dead_letters = dead, "delivery queue resumed");
-    let queues = Arc::new(service::Queues { shared, peers: std::sync::Mutex::new(peers) });
+    tracing::info!(
+        peers = peers.len(),
+        pending,
+        dead_letters = dead,
+        "delivery queue resumed"
+    );
+    let queues = Arc::new(service::Queues {
+        shared,
+        peers: std::sync::Mutex::new(peers),
+    });
     let routes = tonic::service::Routes::new(service::server(queues));
     fedsx_runtime::grpc::serve(SERVICE_NAME, routes, listener, shutdown).await
 }

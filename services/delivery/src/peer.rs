@@ -59,7 +59,9 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, DeliveryError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, DeliveryError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|err| DeliveryError::Storage(format!("storage task failed: {err}")))?
@@ -68,13 +70,24 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
 
 impl PeerQueue {
     pub fn new(peer: &str) -> PeerQueue {
-        PeerQueue::from_record(PeerRecord { peer: peer.to_owned(), ..PeerRecord::default() }, PeerState::default())
+        PeerQueue::from_record(
+            PeerRecord {
+                peer: peer.to_owned(),
+                ..PeerRecord::default()
+            },
+            PeerState::default(),
+        )
     }
 
     fn from_record(record: PeerRecord, state: PeerState) -> PeerQueue {
         PeerQueue {
             peer: record.peer.clone(),
-            inner: Mutex::new(Inner { state, record, in_flight: HashSet::new(), enqueuing: HashSet::new() }),
+            inner: Mutex::new(Inner {
+                state,
+                record,
+                in_flight: HashSet::new(),
+                enqueuing: HashSet::new(),
+            }),
             wake: Notify::new(),
         }
     }
@@ -84,7 +97,11 @@ impl PeerQueue {
         let mut state = PeerState::default();
         for (id, item) in loaded.items {
             if item.status == STATUS_DEAD {
-                state.restore_dead(DeadLetter { id, attempts: item.attempts, last_error: item.last_error });
+                state.restore_dead(DeadLetter {
+                    id,
+                    attempts: item.attempts,
+                    last_error: item.last_error,
+                });
             } else {
                 let retry = (item.next_retry_ms > 0).then_some(item.next_retry_ms);
                 state.restore(id, item.attempts, retry, item.last_error);
@@ -205,7 +222,11 @@ impl PeerQueue {
                 let mut inner = self.lock();
                 let capacity = shared.max_in_flight.saturating_sub(inner.in_flight.len());
                 let Inner { state, in_flight, .. } = &mut *inner;
-                let due = if capacity > 0 { state.take_due(now_ms(), capacity, |id| in_flight.contains(id)) } else { Vec::new() };
+                let due = if capacity > 0 {
+                    state.take_due(now_ms(), capacity, |id| in_flight.contains(id))
+                } else {
+                    Vec::new()
+                };
                 in_flight.extend(due.iter().copied());
                 (due, inner.state.next_wake())
             };
@@ -236,7 +257,11 @@ impl PeerQueue {
                 return;
             }
         };
-        let url = shared.inbox_overrides.get(&self.peer).cloned().unwrap_or_else(|| item.inbox_url.clone());
+        let url = shared
+            .inbox_overrides
+            .get(&self.peer)
+            .cloned()
+            .unwrap_or_else(|| item.inbox_url.clone());
         let result = dispatch(&shared.http, &url, item.envelope.clone(), &item.traceparent).await;
         let record = self.apply(&shared, id, &mut item, result);
         let (peer, store_shared) = (self.peer.clone(), shared.clone());

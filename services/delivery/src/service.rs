@@ -55,7 +55,9 @@ fn is_url(text: &str) -> bool {
 }
 
 fn id_of(bytes: &[u8]) -> Result<[u8; 32], DeliveryError> {
-    bytes.try_into().map_err(|_| DeliveryError::BadRequest(format!("id is {} bytes, must be 32", bytes.len())))
+    bytes
+        .try_into()
+        .map_err(|_| DeliveryError::BadRequest(format!("id is {} bytes, must be 32", bytes.len())))
 }
 
 fn to_proto(status: Status) -> pb::PeerStatus {
@@ -77,7 +79,10 @@ impl DeliveryApi for DeliveryService {
         let traceparent = fedsx_runtime::trace_context::current_traceparent().unwrap_or_default();
         let request = request.into_inner();
         if !is_url(&request.peer) {
-            return Err(status(DeliveryError::BadRequest(format!("peer {:?} is not an http(s) URL", request.peer))));
+            return Err(status(DeliveryError::BadRequest(format!(
+                "peer {:?} is not an http(s) URL",
+                request.peer
+            ))));
         }
         if !request.inbox_url.is_empty() && !is_url(&request.inbox_url) {
             return Err(status(DeliveryError::BadRequest(format!(
@@ -95,19 +100,38 @@ impl DeliveryApi for DeliveryService {
         }
         let queue = self.queues.queue(&request.peer);
         let new = queue
-            .enqueue(&self.queues.shared, id, request.inbox_url, request.envelope, traceparent)
+            .enqueue(
+                &self.queues.shared,
+                id,
+                request.inbox_url,
+                request.envelope,
+                traceparent,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::EnqueueResponse { new }))
     }
 
-    async fn peer_status(&self, request: Request<pb::PeerStatusRequest>) -> Result<Response<pb::PeerStatus>, GrpcStatus> {
+    async fn peer_status(
+        &self,
+        request: Request<pb::PeerStatusRequest>,
+    ) -> Result<Response<pb::PeerStatus>, GrpcStatus> {
         let queue = self.queues.existing(&request.into_inner().peer).map_err(status)?;
         Ok(Response::new(to_proto(queue.status())))
     }
 
-    async fn list_peers(&self, _: Request<pb::ListPeersRequest>) -> Result<Response<pb::ListPeersResponse>, GrpcStatus> {
-        let queues: Vec<Arc<PeerQueue>> = self.queues.peers.lock().expect("peers lock poisoned").values().cloned().collect();
+    async fn list_peers(
+        &self,
+        _: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, GrpcStatus> {
+        let queues: Vec<Arc<PeerQueue>> = self
+            .queues
+            .peers
+            .lock()
+            .expect("peers lock poisoned")
+            .values()
+            .cloned()
+            .collect();
         let mut peers: Vec<pb::PeerStatus> = queues.iter().map(|q| to_proto(q.status())).collect();
         peers.sort_by(|a, b| a.peer.cmp(&b.peer));
         Ok(Response::new(pb::ListPeersResponse { peers }))
@@ -121,7 +145,11 @@ impl DeliveryApi for DeliveryService {
         let dead_letters = queue
             .dead_letters()
             .into_iter()
-            .map(|d| pb::DeadLetter { id: d.id.to_vec().into(), attempts: d.attempts, last_error: d.last_error })
+            .map(|d| pb::DeadLetter {
+                id: d.id.to_vec().into(),
+                attempts: d.attempts,
+                last_error: d.last_error,
+            })
             .collect();
         Ok(Response::new(pb::ListDeadLettersResponse { dead_letters }))
     }
@@ -132,9 +160,18 @@ impl DeliveryApi for DeliveryService {
         let ids = if request.ids.is_empty() {
             None
         } else {
-            Some(request.ids.iter().map(|id| id_of(id)).collect::<Result<Vec<_>, _>>().map_err(status)?)
+            Some(
+                request
+                    .ids
+                    .iter()
+                    .map(|id| id_of(id))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(status)?,
+            )
         };
         let redriven = queue.redrive(&self.queues.shared, ids).await.map_err(status)?;
-        Ok(Response::new(pb::RedriveResponse { redriven: redriven as u32 }))
+        Ok(Response::new(pb::RedriveResponse {
+            redriven: redriven as u32,
+        }))
     }
 }

@@ -104,7 +104,9 @@ impl Store {
                 if item.status == STATUS_DELIVERED {
                     continue;
                 }
-                let id: [u8; 32] = key[prefix.len()..].try_into().map_err(|_| "corrupt queue key".to_owned())?;
+                let id: [u8; 32] = key[prefix.len()..]
+                    .try_into()
+                    .map_err(|_| "corrupt queue key".to_owned())?;
                 items.push((id, item));
             }
             items.sort_by_key(|(_, item)| item.order);
@@ -115,13 +117,22 @@ impl Store {
 
     /// The highest enqueue order on disk.
     pub fn max_order(peers: &[LoadedPeer]) -> u64 {
-        peers.iter().flat_map(|p| p.items.iter().map(|(_, i)| i.order)).max().unwrap_or(0)
+        peers
+            .iter()
+            .flat_map(|p| p.items.iter().map(|(_, i)| i.order))
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn item(&self, peer: &str, id: &[u8; 32]) -> Result<Option<ItemRecord>, String> {
         let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
-        let value = self.db.get_pinned_cf(items_cf, item_key(peer, id)).map_err(|err| err.to_string())?;
-        value.map(|v| ItemRecord::decode(v.as_ref()).map_err(|err| format!("corrupt queue item: {err}"))).transpose()
+        let value = self
+            .db
+            .get_pinned_cf(items_cf, item_key(peer, id))
+            .map_err(|err| err.to_string())?;
+        value
+            .map(|v| ItemRecord::decode(v.as_ref()).map_err(|err| format!("corrupt queue item: {err}")))
+            .transpose()
     }
 
     /// Writes an item and its peer's record in one batch; `sync` waits for the WAL fsync.

@@ -19,7 +19,10 @@ impl Default for Schedule {
     /// 30 s, 5 min, 30 min, 2 h, 8 h.
     fn default() -> Self {
         Schedule::new(
-            [30, 300, 1800, 7200, 28_800].into_iter().map(Duration::from_secs).collect(),
+            [30, 300, 1800, 7200, 28_800]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
         )
         .expect("the default schedule has slots")
     }
@@ -42,7 +45,10 @@ impl Schedule {
 
     /// Parses `30s,5m,30m,2h,8h` (units ms, s, m, h).
     pub fn parse(text: &str) -> Result<Schedule, String> {
-        let slots = text.split(',').map(|slot| parse_duration(slot.trim())).collect::<Result<Vec<_>, _>>()?;
+        let slots = text
+            .split(',')
+            .map(|slot| parse_duration(slot.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
         Schedule::new(slots)
     }
 
@@ -68,7 +74,9 @@ impl Schedule {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 250ms"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 250ms"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -82,7 +90,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// Worth retrying, optionally not before the peer's Retry-After.
-    Transient { reason: String, retry_after: Option<Duration> },
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// The peer refused for good (4xx other than 408 and 429).
     Permanent { reason: String },
 }
@@ -180,7 +191,9 @@ impl PeerState {
     }
 
     fn remove_pending(&mut self, id: &Id) -> bool {
-        let Some(order) = self.order_of.remove(id) else { return false };
+        let Some(order) = self.order_of.remove(id) else {
+            return false;
+        };
         self.pending.remove(&order);
         self.ready.remove(&order);
         if let Some(at) = self.next_retry.remove(id) {
@@ -261,7 +274,11 @@ impl PeerState {
             }
             Backoff::DeadLetter => {
                 self.remove_pending(&id);
-                self.restore_dead(DeadLetter { id, attempts, last_error: reason.clone() });
+                self.restore_dead(DeadLetter {
+                    id,
+                    attempts,
+                    last_error: reason.clone(),
+                });
                 Some(AfterFailure::DeadLettered)
             }
         }
@@ -283,7 +300,12 @@ impl PeerState {
         let expired = self.timers.range(..(now.saturating_add(1), 0)).map(|(_, order)| *order);
         let mut orders: Vec<u64> = self.ready.iter().copied().chain(expired).collect();
         orders.sort_unstable();
-        orders.into_iter().map(|order| self.pending[&order]).filter(|id| !skip(id)).take(limit).collect()
+        orders
+            .into_iter()
+            .map(|order| self.pending[&order])
+            .filter(|id| !skip(id))
+            .take(limit)
+            .collect()
     }
 
     /// What a worker sends next: at most `limit` due ids in FIFO order, leaving out those
@@ -297,7 +319,12 @@ impl PeerState {
             self.timers.pop_first();
             self.ready.insert(order);
         }
-        self.ready.iter().map(|order| self.pending[order]).filter(|id| !skip(id)).take(limit).collect()
+        self.ready
+            .iter()
+            .map(|order| self.pending[order])
+            .filter(|id| !skip(id))
+            .take(limit)
+            .collect()
     }
 
     /// The earliest retry time among waiting ids (ids already taken as due excluded).

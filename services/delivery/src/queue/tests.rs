@@ -9,7 +9,10 @@ fn id(n: u8) -> Id {
 }
 
 fn transient() -> Failure {
-    Failure::Transient { reason: "status 500".into(), retry_after: None }
+    Failure::Transient {
+        reason: "status 500".into(),
+        retry_after: None,
+    }
 }
 
 fn state_with(ids: &[u8]) -> PeerState {
@@ -32,7 +35,10 @@ fn a_fresh_state_has_no_attempts_no_retry_time_no_dead_letters() {
 fn the_first_failure_waits_slot_one_and_the_second_slot_two() {
     let schedule = Schedule::default();
     let mut state = state_with(&[1]);
-    assert_eq!(state.record_failure(id(1), NOW, &transient(), &schedule), Some(AfterFailure::RetryAt(NOW + 30_000)));
+    assert_eq!(
+        state.record_failure(id(1), NOW, &transient(), &schedule),
+        Some(AfterFailure::RetryAt(NOW + 30_000))
+    );
     assert_eq!(state.attempts_for(&id(1)), 1);
     assert_eq!(state.next_retry_at(&id(1)), Some(NOW + 30_000));
     state.record_failure(id(1), NOW, &transient(), &schedule);
@@ -56,7 +62,11 @@ fn next_due_is_fifo_and_nothing_before_it_is_due() {
     let schedule = Schedule::default();
     let mut state = state_with(&[1, 2, 3]);
     state.record_failure(id(2), NOW, &transient(), &schedule);
-    assert_eq!(state.next_due(NOW), [id(1), id(3)], "a failed id waits; the others are due in order");
+    assert_eq!(
+        state.next_due(NOW),
+        [id(1), id(3)],
+        "a failed id waits; the others are due in order"
+    );
     assert_eq!(state.next_due(NOW + 29_999), [id(1), id(3)]);
     assert_eq!(state.next_due(NOW + 30_000), [id(1), id(2), id(3)]);
     assert_eq!(state.next_wake(), Some(NOW + 30_000));
@@ -67,13 +77,26 @@ fn the_sixth_failure_dead_letters_and_clears_the_retry_time() {
     let schedule = Schedule::default();
     let mut state = state_with(&[1]);
     for _ in 0..5 {
-        assert!(matches!(state.record_failure(id(1), NOW, &transient(), &schedule), Some(AfterFailure::RetryAt(_))));
+        assert!(matches!(
+            state.record_failure(id(1), NOW, &transient(), &schedule),
+            Some(AfterFailure::RetryAt(_))
+        ));
     }
     assert_eq!(state.next_retry_at(&id(1)), Some(NOW + 28_800_000), "slot 5 is 8 h");
-    assert_eq!(state.record_failure(id(1), NOW, &transient(), &schedule), Some(AfterFailure::DeadLettered));
+    assert_eq!(
+        state.record_failure(id(1), NOW, &transient(), &schedule),
+        Some(AfterFailure::DeadLettered)
+    );
     assert_eq!(state.pending_len(), 0, "out of pending");
     assert_eq!(state.next_retry_at(&id(1)), None);
-    assert_eq!(state.dead_letters().cloned().collect::<Vec<_>>(), [DeadLetter { id: id(1), attempts: 6, last_error: "status 500".into() }]);
+    assert_eq!(
+        state.dead_letters().cloned().collect::<Vec<_>>(),
+        [DeadLetter {
+            id: id(1),
+            attempts: 6,
+            last_error: "status 500".into()
+        }]
+    );
 }
 
 #[test]
@@ -99,8 +122,13 @@ fn one_id_never_disturbs_another() {
 fn a_permanent_failure_dead_letters_at_once() {
     let schedule = Schedule::default();
     let mut state = state_with(&[1, 2]);
-    let gone = Failure::Permanent { reason: "status 410".into() };
-    assert_eq!(state.record_failure(id(1), NOW, &gone, &schedule), Some(AfterFailure::DeadLettered));
+    let gone = Failure::Permanent {
+        reason: "status 410".into(),
+    };
+    assert_eq!(
+        state.record_failure(id(1), NOW, &gone, &schedule),
+        Some(AfterFailure::DeadLettered)
+    );
     let dead: Vec<DeadLetter> = state.dead_letters().cloned().collect();
     assert_eq!((dead[0].last_error.as_str(), dead[0].attempts), ("status 410", 1));
     assert_eq!(state.pending().copied().collect::<Vec<_>>(), [id(2)]);
@@ -110,8 +138,14 @@ fn a_permanent_failure_dead_letters_at_once() {
 fn retry_after_is_honoured_within_the_schedule() {
     let schedule = Schedule::parse("100ms,1s,10s").unwrap();
     let mut state = state_with(&[1]);
-    let asked = |secs| Failure::Transient { reason: "status 429".into(), retry_after: Some(Duration::from_secs(secs)) };
-    assert_eq!(state.record_failure(id(1), NOW, &asked(5), &schedule), Some(AfterFailure::RetryAt(NOW + 5_000)));
+    let asked = |secs| Failure::Transient {
+        reason: "status 429".into(),
+        retry_after: Some(Duration::from_secs(secs)),
+    };
+    assert_eq!(
+        state.record_failure(id(1), NOW, &asked(5), &schedule),
+        Some(AfterFailure::RetryAt(NOW + 5_000))
+    );
     assert_eq!(
         state.record_failure(id(1), NOW, &asked(3600), &schedule),
         Some(AfterFailure::RetryAt(NOW + 10_000)),
@@ -135,7 +169,9 @@ fn enqueueing_twice_is_one_entry() {
 fn redrive_moves_dead_letters_back_with_attempts_reset() {
     let schedule = Schedule::default();
     let mut state = state_with(&[1, 2, 3]);
-    let gone = Failure::Permanent { reason: "status 404".into() };
+    let gone = Failure::Permanent {
+        reason: "status 404".into(),
+    };
     state.record_failure(id(1), NOW, &gone, &schedule);
     state.record_failure(id(2), NOW, &gone, &schedule);
     assert_eq!(state.redrive(Some(&[id(2)])), [id(2)]);
@@ -149,7 +185,10 @@ fn redrive_moves_dead_letters_back_with_attempts_reset() {
 #[test]
 fn schedules_parse_with_units_and_refuse_nonsense() {
     assert_eq!(Schedule::parse("30s,5m,30m,2h,8h").unwrap(), Schedule::default());
-    assert_eq!(Schedule::parse("10ms, 20ms").unwrap().backoff(2), Backoff::RetryAfter(Duration::from_millis(20)));
+    assert_eq!(
+        Schedule::parse("10ms, 20ms").unwrap().backoff(2),
+        Backoff::RetryAfter(Duration::from_millis(20))
+    );
     assert_eq!(Schedule::parse("10ms,20ms").unwrap().backoff(3), Backoff::DeadLetter);
     assert!(Schedule::parse("").is_err());
     assert!(Schedule::parse("5 minutes").is_err());

@@ -1,0 +1,402 @@
+//! End to end: the real `fedsx delivery` process on a real RocksDB dir, delivering to fake
+//! peers on loopback with a millisecond retry schedule.
+
+mod support;
+
+use bytes::Bytes;
+use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
+use fedsx_proto::delivery::v1::{
+    EnqueueRequest, ListDeadLettersRequest, PeerStatus, PeerStatusRequest, RedriveRequest,
+};
+use std::time::{Duration, Instant};
+use support::fake_peer::{Answer, FakePeer};
+use support::{Service, TestDir, eventually};
+use tonic::transport::Channel;
+
+const FAST: &str = "10ms,10ms,10ms,10ms,10ms";
+
+async fn start(dir: &TestDir, schedule: &str, extra: &[&str]) -> Service {
+    let data = dir.join("delivery");
+    let mut args = vec![
+        "delivery",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--retry-schedule",
+        schedule,
+        "--send-timeout",
+        "300ms",
+        "--allow-private-peers",
+    ];
+    args.extend_from_slice(extra);
+    Service::spawn("delivery", &args, dir.path()).await.unwrap()
+}
+
+async fn client(service: &Service) -> DeliveryClient<Channel> {
+    DeliveryClient::new(support::channel(&service.url()).await.unwrap())
+}
+
+fn id(n: u8) -> Bytes {
+    Bytes::from(vec![n; 32])
+}
+
+fn enqueue(peer: &str, inbox: &str, n: u8) -> EnqueueRequest {
+    EnqueueRequest {
+        peer: peer.into(),
+        inbox_url: inbox.into(),
+        envelope: Bytes::from(format!("envelope {n}")),
+        id: id(n),
+    }
+}
+
+async fn status(client: &mut DeliveryClient<Channel>, peer: &str) -> PeerStatus {
+    client
+        .peer_status(PeerStatusRequest { peer: peer.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_status(
+    client: &DeliveryClient<Channel>,
+    peer: &str,
+    what: &str,
+    done: impl Fn(&PeerStatus) -> bool,
+) -> PeerStatus {
+    eventually(what, || {
+        let mut client = client.clone();
+        let peer = peer.to_owned();
+        let done = &done;
+        async move {
+            let status = client.peer_status(PeerStatusRequest { peer }).await.ok()?.into_inner();
+            done(&status).then_some(status)
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn delivers_once_with_content_type_and_traceparent() {
+    let dir = TestDir::new();
+    let service = start(&dir, FAST, &[]).await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let (actor, inbox) = peer.actor("bob");
+
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut request = tonic::Request::new(enqueue(&actor, &inbox, 1));
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    assert!(client.enqueue(request).await.unwrap().into_inner().new);
+    assert!(
+        !client
+            .enqueue(enqueue(&actor, &inbox, 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .new,
+        "same id, same peer"
+    );
+
+    wait_status(&client, &actor, "delivered", |s| s.delivered == 1 && s.pending == 0).await;
+    let received = peer.received("/actors/bob/inbox");
+    assert_eq!(received.len(), 1, "delivered exactly once");
+    assert_eq!(received[0].content_type, "application/vnd.fed-sx.activity");
+    assert_eq!(&received[0].body[..], b"envelope 1");
+    let sent_trace = received[0].traceparent.split('-').nth(1).unwrap_or_default();
+    assert_eq!(
+        sent_trace, "0af7651916cd43dd8448eb211c80319c",
+        "the enqueuer's trace continues on the peer"
+    );
+
+    assert!(
+        !client
+            .enqueue(enqueue(&actor, &inbox, 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .new,
+        "after delivery too"
+    );
+    assert_eq!(peer.received("/actors/bob/inbox").len(), 1);
+}
+
+#[tokio::test]
+async fn retries_on_the_schedule_then_dead_letters_on_the_sixth_failure() {
+    let dir = TestDir::new();
+    let service = start(&dir, FAST, &[]).await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let (actor, inbox) = peer.actor("down");
+    peer.answer("/actors/down/inbox", Answer::Status(500));
+
+    client.enqueue(enqueue(&actor, &inbox, 1)).await.unwrap();
+    let status = wait_status(&client, &actor, "dead letter", |s| s.dead_letters == 1).await;
+    assert_eq!((status.pending, status.delivered), (0, 0));
+    assert_eq!(status.last_error, "status 500");
+    assert_eq!(peer.received("/actors/down/inbox").len(), 6, "tried six times");
+    let dead = client
+        .list_dead_letters(ListDeadLettersRequest { peer: actor.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dead.dead_letters.len(), 1);
+    assert_eq!(
+        (dead.dead_letters[0].attempts, dead.dead_letters[0].last_error.as_str()),
+        (6, "status 500")
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_is_dead_lettered_at_once_and_redrive_delivers_later() {
+    let dir = TestDir::new();
+    let service = start(&dir, FAST, &[]).await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let (actor, inbox) = peer.actor("gone");
+    peer.answer("/actors/gone/inbox", Answer::Status(410));
+
+    client.enqueue(enqueue(&actor, &inbox, 1)).await.unwrap();
+    wait_status(&client, &actor, "dead letter", |s| s.dead_letters == 1).await;
+    assert_eq!(peer.received("/actors/gone/inbox").len(), 1, "not retried");
+    let dead = client
+        .list_dead_letters(ListDeadLettersRequest { peer: actor.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (dead.dead_letters[0].attempts, dead.dead_letters[0].last_error.as_str()),
+        (1, "status 410")
+    );
+
+    peer.answer("/actors/gone/inbox", Answer::Status(202));
+    let redriven = client
+        .redrive(RedriveRequest {
+            peer: actor.clone(),
+            ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(redriven.redriven, 1);
+    let status = wait_status(&client, &actor, "delivered after redrive", |s| s.delivered == 1).await;
+    assert_eq!((status.pending, status.dead_letters), (0, 0));
+    assert_eq!(peer.received("/actors/gone/inbox").len(), 2);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let dir = TestDir::new();
+    let service = start(&dir, "50ms,50ms,50ms,50ms,5s", &[]).await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let (actor, inbox) = peer.actor("busy");
+    peer.answer("/actors/busy/inbox", Answer::TooManyRequests(1));
+
+    let sent = now_ms();
+    client.enqueue(enqueue(&actor, &inbox, 1)).await.unwrap();
+    let status = wait_status(&client, &actor, "first failure", |s| s.head_attempts == 1).await;
+    assert_eq!(status.last_error, "status 429");
+    assert!(
+        status.head_next_retry_ms >= sent + 1000,
+        "retry no sooner than Retry-After: {} vs {}",
+        status.head_next_retry_ms,
+        sent
+    );
+    peer.answer("/actors/busy/inbox", Answer::Status(202));
+    wait_status(&client, &actor, "delivered after the wait", |s| s.delivered == 1).await;
+    assert!(now_ms() >= sent + 1000);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn transport_failures_closed_ports_and_hangs_are_retried_with_their_reason() {
+    let dir = TestDir::new();
+    let service = start(&dir, FAST, &[]).await;
+    let mut client = client(&service).await;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let closed_actor = format!("http://{closed}/actors/nobody");
+    client
+        .enqueue(enqueue(&closed_actor, &format!("{closed_actor}/inbox"), 1))
+        .await
+        .unwrap();
+
+    let peer = FakePeer::start().await;
+    let (slow_actor, slow_inbox) = peer.actor("slow");
+    peer.answer("/actors/slow/inbox", Answer::Hang);
+    client.enqueue(enqueue(&slow_actor, &slow_inbox, 2)).await.unwrap();
+
+    let status = wait_status(&client, &closed_actor, "closed port dead-lettered", |s| {
+        s.dead_letters == 1
+    })
+    .await;
+    assert!(status.last_error.starts_with("connect "), "{}", status.last_error);
+    let status = wait_status(&client, &slow_actor, "hanging peer dead-lettered", |s| {
+        s.dead_letters == 1
+    })
+    .await;
+    assert_eq!(status.last_error, "no answer within 300ms");
+
+    // No inbox URL known: fails with "no peer url".
+    let lost = "https://unknown.example/actors/x";
+    client.enqueue(enqueue(lost, "", 3)).await.unwrap();
+    let status = wait_status(&client, lost, "no peer url", |s| !s.last_error.is_empty()).await;
+    assert_eq!(status.last_error, "no peer url");
+}
+
+#[tokio::test]
+async fn one_activity_failing_never_disturbs_another() {
+    let dir = TestDir::new();
+    let service = start(&dir, FAST, &[]).await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let (actor, _) = peer.actor("carol");
+    // Same peer queue; one activity's inbox path fails for good, the other's works.
+    peer.answer("/fail", Answer::Status(500));
+    client
+        .enqueue(enqueue(&actor, &format!("{}/fail", peer.base()), 1))
+        .await
+        .unwrap();
+    client
+        .enqueue(enqueue(&actor, &format!("{}/actors/carol/inbox", peer.base()), 2))
+        .await
+        .unwrap();
+    let status = wait_status(&client, &actor, "one dead, one delivered", |s| {
+        s.dead_letters == 1 && s.delivered == 1
+    })
+    .await;
+    assert_eq!(status.pending, 0);
+    assert_eq!(peer.received("/actors/carol/inbox").len(), 1);
+    assert_eq!(peer.received("/fail").len(), 6);
+}
+
+#[tokio::test]
+async fn the_static_peer_url_map_overrides_the_kernels_inbox() {
+    let dir = TestDir::new();
+    let peer = FakePeer::start().await;
+    let actor = "https://elsewhere.example/actors/dora";
+    let mapping = format!("{actor}={}", peer.base());
+    let service = start(&dir, FAST, &["--peer-url", &mapping]).await;
+    let mut client = client(&service).await;
+    client
+        .enqueue(enqueue(actor, "https://wrong.example/inbox", 1))
+        .await
+        .unwrap();
+    wait_status(&client, actor, "delivered via the map", |s| s.delivered == 1).await;
+    assert_eq!(peer.received("/actors/dora/inbox").len(), 1);
+}
+
+#[tokio::test]
+async fn sigkill_mid_backoff_resumes_where_it_stopped() {
+    let dir = TestDir::new();
+    let mut service = start(&dir, "1500ms,1500ms,1500ms,1500ms,1500ms", &[]).await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let (down, down_inbox) = peer.actor("down");
+    let (up, up_inbox) = peer.actor("up");
+    peer.answer("/actors/down/inbox", Answer::Status(500));
+    let gone_peer = FakePeer::start().await;
+    let (gone, gone_inbox) = gone_peer.actor("gone");
+    gone_peer.answer("/actors/gone/inbox", Answer::Status(404));
+
+    client.enqueue(enqueue(&down, &down_inbox, 1)).await.unwrap();
+    client.enqueue(enqueue(&up, &up_inbox, 2)).await.unwrap();
+    client.enqueue(enqueue(&gone, &gone_inbox, 3)).await.unwrap();
+    let before = wait_status(&client, &down, "first failure", |s| s.head_attempts == 1).await;
+    wait_status(&client, &up, "delivered", |s| s.delivered == 1).await;
+    wait_status(&client, &gone, "dead", |s| s.dead_letters == 1).await;
+
+    service.sigkill().unwrap();
+    let service = start(&dir, "1500ms,1500ms,1500ms,1500ms,1500ms", &[]).await;
+    let mut client = self::client(&service).await;
+    let after = status(&mut client, &down).await;
+    assert_eq!(
+        (
+            after.pending,
+            after.head_attempts,
+            after.head_next_retry_ms,
+            after.last_error.as_str()
+        ),
+        (1, 1, before.head_next_retry_ms, "status 500"),
+        "pending, attempts, retry time and error survive"
+    );
+    assert_eq!(status(&mut client, &gone).await.dead_letters, 1, "dead letters survive");
+    assert_eq!(status(&mut client, &up).await.delivered, 1);
+    assert!(
+        !client
+            .enqueue(enqueue(&up, &up_inbox, 2))
+            .await
+            .unwrap()
+            .into_inner()
+            .new,
+        "delivered stays delivered"
+    );
+
+    // The timer resumes: once the peer recovers, the retry delivers it.
+    peer.answer("/actors/down/inbox", Answer::Status(202));
+    let started = Instant::now();
+    wait_status(&client, &down, "delivered after restart", |s| {
+        s.delivered == 1 && s.pending == 0
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(peer.received("/actors/up/inbox").len(), 1, "nothing delivered twice");
+}
+
+#[tokio::test]
+async fn bad_enqueues_are_refused_with_a_reason() {
+    let dir = TestDir::new();
+    let service = start(&dir, FAST, &[]).await;
+    let mut client = client(&service).await;
+    let cases = [
+        (
+            EnqueueRequest {
+                peer: "bob".into(),
+                ..enqueue("x", "", 1)
+            },
+            "peer \"bob\" is not an http(s) URL",
+        ),
+        (
+            EnqueueRequest {
+                id: Bytes::from_static(b"short"),
+                ..enqueue("https://a.example/actors/b", "", 1)
+            },
+            "id is 5 bytes, must be 32",
+        ),
+        (
+            EnqueueRequest {
+                envelope: Bytes::new(),
+                ..enqueue("https://a.example/actors/b", "", 1)
+            },
+            "envelope is 0 bytes, must be 1 to 262144",
+        ),
+        (
+            enqueue("https://a.example/actors/b", "ftp://x", 1),
+            "inbox url \"ftp://x\" is not an http(s) URL",
+        ),
+    ];
+    for (request, reason) in cases {
+        let err = client.enqueue(request).await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (tonic::Code::InvalidArgument, reason));
+    }
+    let err = client
+        .peer_status(PeerStatusRequest {
+            peer: "https://a.example/actors/b".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "nothing was queued");
+}

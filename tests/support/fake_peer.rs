@@ -1,0 +1,134 @@
+//! A fake peer node on loopback: answers POSTs to any inbox path as told (per path), and
+//! records what it received.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the fake peer answers a path.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Status(u16),
+    /// 429 with `Retry-After: <seconds>`.
+    TooManyRequests(u64),
+    /// Never answers.
+    Hang,
+}
+
+/// One request the peer received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub content_type: String,
+    pub traceparent: String,
+    pub body: Bytes,
+}
+
+#[derive(Default)]
+struct State {
+    answers: HashMap<String, Answer>,
+    received: Vec<Received>,
+}
+
+pub struct FakePeer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakePeer {
+    /// Starts a peer that answers 202 to every path until told otherwise.
+    pub async fn start() -> FakePeer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = shared.clone();
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(&state, request).await) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::spawn(connection);
+            }
+        });
+        FakePeer { addr, state }
+    }
+
+    /// The URL of actor `name` on this peer, and its inbox URL.
+    pub fn actor(&self, name: &str) -> (String, String) {
+        let actor = format!("http://{}/actors/{name}", self.addr);
+        let inbox = format!("{actor}/inbox");
+        (actor, inbox)
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// From now on, answer requests to `path` with `answer`.
+    pub fn answer(&self, path: &str, answer: Answer) {
+        self.state.lock().unwrap().answers.insert(path.to_owned(), answer);
+    }
+
+    /// Everything received at `path` so far.
+    pub fn received(&self, path: &str) -> Vec<Received> {
+        self.state
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn answer(state: &Mutex<State>, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Full<Bytes>> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (content_type, traceparent) = (header("content-type"), header("traceparent"));
+    let path = request.uri().path().to_owned();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let answer = {
+        let mut state = state.lock().unwrap();
+        state.received.push(Received {
+            path: path.clone(),
+            content_type,
+            traceparent,
+            body,
+        });
+        state.answers.get(&path).cloned().unwrap_or(Answer::Status(202))
+    };
+    match answer {
+        Answer::Status(code) => hyper::Response::builder()
+            .status(code)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+        Answer::TooManyRequests(seconds) => hyper::Response::builder()
+            .status(429)
+            .header("retry-after", seconds.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+        Answer::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            hyper::Response::new(Full::new(Bytes::new()))
+        }
+    }
+}

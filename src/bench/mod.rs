@@ -1,6 +1,7 @@
 //! `fedsx bench …`: throughput benchmarks that report against the machine's own limits
 //! measured in the same run.
 
+mod delivery;
 mod kernel;
 mod log_store;
 
@@ -16,6 +17,8 @@ pub enum Bench {
     /// Durable ingests/s of signed envelopes through kernel → log-store, beside ed25519
     /// strict verifications/s on one core.
     Kernel(kernel::Args),
+    /// Deliveries/s to a fast peer, a 100 ms peer and 100 peers; memory with a deep queue.
+    Delivery(delivery::Args),
 }
 
 impl Bench {
@@ -23,12 +26,19 @@ impl Bench {
         match self {
             Bench::LogStore(args) => log_store::run(args).await,
             Bench::Kernel(args) => kernel::run(args).await,
+            Bench::Delivery(args) => delivery::run(args).await,
         }
     }
 }
 
 /// A service process started by a benchmark; killed when dropped.
 pub struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -41,7 +51,7 @@ impl Drop for KillOnDrop {
 pub fn spawn_service(args: &[&str]) -> anyhow::Result<(String, KillOnDrop)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting fedsx {}", args[0]))?;

@@ -24,7 +24,7 @@ pub struct Config {
     pub retry_schedule: Schedule,
 
     /// Sends in flight at once per peer.
-    #[arg(long, env = "FEDSX_DELIVERY_MAX_IN_FLIGHT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "FEDSX_DELIVERY_MAX_IN_FLIGHT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_in_flight: u32,
 
     /// Time allowed for one POST to a peer (connect, TLS, request, answer).

@@ -104,7 +104,7 @@ impl PeerQueue {
                 });
             } else {
                 let retry = (item.next_retry_ms > 0).then_some(item.next_retry_ms);
-                state.restore(id, item.attempts, retry, item.last_error);
+                state.restore(id, item.attempts, retry);
             }
         }
         PeerQueue::from_record(loaded.record, state)
@@ -160,11 +160,10 @@ impl PeerQueue {
                 order: shared.order.fetch_add(1, Ordering::Relaxed),
                 status: STATUS_PENDING,
                 inbox_url,
-                envelope,
                 traceparent,
                 ..ItemRecord::default()
             };
-            shared.store.put(&record, &id, &item, true)?;
+            shared.store.put(&record, &id, &item, Some(&envelope), true)?;
             Ok(true)
         })
         .await
@@ -203,7 +202,7 @@ impl PeerQueue {
                     item.status = STATUS_PENDING;
                     item.attempts = 0;
                     item.next_retry_ms = 0;
-                    store_shared.store.put(&record, id, &item, true)?;
+                    store_shared.store.put(&record, id, &item, None, true)?;
                 }
             }
             Ok(())
@@ -244,9 +243,14 @@ impl PeerQueue {
 
     async fn send(self: Arc<Self>, shared: Arc<Shared>, id: Id) {
         let (peer, store_shared) = (self.peer.clone(), shared.clone());
-        let item = blocking(move || store_shared.store.item(&peer, &id)).await;
-        let mut item = match item {
-            Ok(Some(item)) if item.status == STATUS_PENDING => item,
+        let item = blocking(move || {
+            let item = store_shared.store.item(&peer, &id)?;
+            let envelope = store_shared.store.envelope(&peer, &id)?;
+            Ok(item.zip(envelope))
+        })
+        .await;
+        let (mut item, envelope) = match item {
+            Ok(Some((item, envelope))) if item.status == STATUS_PENDING => (item, envelope),
             Ok(_) => {
                 self.lock().in_flight.remove(&id);
                 return;
@@ -262,10 +266,10 @@ impl PeerQueue {
             .get(&self.peer)
             .cloned()
             .unwrap_or_else(|| item.inbox_url.clone());
-        let result = dispatch(&shared.http, &url, item.envelope.clone(), &item.traceparent).await;
+        let result = dispatch(&shared.http, &url, envelope, &item.traceparent).await;
         let record = self.apply(&shared, id, &mut item, result);
         let (peer, store_shared) = (self.peer.clone(), shared.clone());
-        if let Err(err) = blocking(move || store_shared.store.put(&record, &id, &item, false)).await {
+        if let Err(err) = blocking(move || store_shared.store.put(&record, &id, &item, None, false)).await {
             tracing::error!(peer = %peer, error = %err, "recording a send's outcome failed");
         }
         self.wake.notify_one();
@@ -281,7 +285,6 @@ impl PeerQueue {
                 inner.state.record_success(id);
                 inner.record.delivered += 1;
                 item.status = STATUS_DELIVERED;
-                item.envelope = Bytes::new();
                 item.next_retry_ms = 0;
                 tracing::info!(peer = %self.peer, id = %hex_id, attempts = item.attempts + 1, "delivered");
             }

@@ -1,6 +1,7 @@
-//! The queue on disk (RocksDB): one record per (peer, activity id) — pending, dead or
-//! delivered — holding the envelope until it is delivered, the attempts, the retry time,
-//! the last error and the trace context of the enqueue. Enqueues are synced before they are
+//! The queue on disk (RocksDB): one small record per (peer, activity id) — pending, dead or
+//! delivered — with the attempts, the retry time, the last error and the trace context of
+//! the enqueue; the envelope apart, so a failure rewrites a few bytes, and dropped once
+//! delivered. The delivered record stays, so a repeated hand-off is one delivery. Enqueues are synced before they are
 //! acknowledged; later transitions are written as they happen (they survive a process
 //! crash; after a machine crash the worst case is one send too many, which receivers treat
 //! idempotently).
@@ -10,7 +11,11 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, Wri
 use std::path::Path;
 
 const CF_ITEMS: &str = "items";
+const CF_ENVELOPES: &str = "envelopes";
 const CF_PEERS: &str = "peers";
+/// Memtable size per column family, and how many: bounds write-buffer memory.
+const WRITE_BUFFER_BYTES: usize = 4 << 20;
+const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 pub const STATUS_PENDING: i32 = 0;
 pub const STATUS_DEAD: i32 = 1;
@@ -25,9 +30,6 @@ pub struct ItemRecord {
     pub status: i32,
     #[prost(string, tag = "3")]
     pub inbox_url: String,
-    /// Dropped once delivered.
-    #[prost(bytes = "bytes", tag = "4")]
-    pub envelope: bytes::Bytes,
     #[prost(string, tag = "5")]
     pub traceparent: String,
     #[prost(uint32, tag = "6")]
@@ -80,7 +82,17 @@ impl Store {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_paranoid_checks(true);
-        let cfs = [CF_ITEMS, CF_PEERS].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let cf_options = || {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(WRITE_BUFFER_BYTES);
+            cf.set_max_write_buffer_number(2);
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            cf.set_block_based_table_factory(&table);
+            cf
+        };
+        let cfs = [CF_ITEMS, CF_ENVELOPES, CF_PEERS].map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
         let db = DB::open_cf_descriptors(&options, dir, cfs).map_err(|err| format!("cannot open the queue: {err}"))?;
         Ok(Store { db })
     }
@@ -135,12 +147,33 @@ impl Store {
             .transpose()
     }
 
-    /// Writes an item and its peer's record in one batch; `sync` waits for the WAL fsync.
-    pub fn put(&self, peer: &PeerRecord, id: &[u8; 32], item: &ItemRecord, sync: bool) -> Result<(), String> {
+    pub fn envelope(&self, peer: &str, id: &[u8; 32]) -> Result<Option<bytes::Bytes>, String> {
+        let cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
+        let value = self.db.get_cf(cf, item_key(peer, id)).map_err(|err| err.to_string())?;
+        Ok(value.map(bytes::Bytes::from))
+    }
+
+    /// Writes an item and its peer's record in one batch, with the envelope when it is new
+    /// and without it once delivered; `sync` waits for the WAL fsync.
+    pub fn put(
+        &self,
+        peer: &PeerRecord,
+        id: &[u8; 32],
+        item: &ItemRecord,
+        envelope: Option<&[u8]>,
+        sync: bool,
+    ) -> Result<(), String> {
         let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
+        let envelopes_cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
         let peers_cf = self.db.cf_handle(CF_PEERS).expect("peers cf");
+        let key = item_key(&peer.peer, id);
         let mut batch = WriteBatch::default();
-        batch.put_cf(items_cf, item_key(&peer.peer, id), item.encode_to_vec());
+        batch.put_cf(items_cf, &key, item.encode_to_vec());
+        if let Some(envelope) = envelope {
+            batch.put_cf(envelopes_cf, &key, envelope);
+        } else if item.status == STATUS_DELIVERED {
+            batch.delete_cf(envelopes_cf, &key);
+        }
         batch.put_cf(peers_cf, peer_key(&peer.peer), peer.encode_to_vec());
         let mut options = WriteOptions::default();
         options.set_sync(sync);

@@ -107,25 +107,29 @@ pub struct DeadLetter {
 }
 
 /// One peer's queue. Every operation is O(log n) in the queue's length, so a peer with
-/// 100,000 queued activities costs no more per send than one with ten.
+/// 100,000 queued activities costs no more per send than one with ten; per queued id it
+/// holds about 150 bytes (the envelopes live on disk).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerState {
     next_order: u64,
     /// Activities waiting for delivery, by enqueue order.
     pending: BTreeMap<u64, Id>,
-    order_of: HashMap<Id, u64>,
-    /// Failures so far, per pending id.
-    attempts: HashMap<Id, u32>,
-    /// When a failed id may be tried again (ms since the epoch).
-    next_retry: HashMap<Id, u64>,
-    /// Orders of pending ids without a retry time (due now), and (retry time, order) of the
-    /// others: each pending id is in exactly one.
+    /// Per pending id: its order, failures so far, and when it may be tried again (ms since
+    /// the epoch).
+    entries: HashMap<Id, Entry>,
+    /// Orders of pending ids due now (never tried, or their retry time passed), and
+    /// (retry time, order) of the others: each pending id is in exactly one.
     ready: BTreeSet<u64>,
     timers: BTreeSet<(u64, u64)>,
-    /// The last failure's reason, per pending id.
-    last_error: HashMap<Id, String>,
     dead_letter: BTreeMap<u64, DeadLetter>,
     dead_order: HashMap<Id, u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    order: u64,
+    attempts: u32,
+    next_retry: Option<u64>,
 }
 
 /// What a failure did to an activity.
@@ -143,25 +147,31 @@ impl PeerState {
     /// Adds an activity at the back; false (and nothing changes) when it is already pending
     /// or dead-lettered.
     pub fn enqueue(&mut self, id: Id) -> bool {
-        if self.order_of.contains_key(&id) || self.dead_order.contains_key(&id) {
+        if self.entries.contains_key(&id) || self.dead_order.contains_key(&id) {
             return false;
         }
         let order = self.next_order;
         self.next_order += 1;
         self.pending.insert(order, id);
-        self.order_of.insert(id, order);
+        self.entries.insert(
+            id,
+            Entry {
+                order,
+                attempts: 0,
+                next_retry: None,
+            },
+        );
         self.ready.insert(order);
         true
     }
 
-    /// Puts back a pending activity as it was persisted (attempts, retry time, last error).
-    pub fn restore(&mut self, id: Id, attempts: u32, next_retry: Option<u64>, last_error: String) {
+    /// Puts back a pending activity as it was persisted (attempts, retry time).
+    pub fn restore(&mut self, id: Id, attempts: u32, next_retry: Option<u64>) {
         if !self.enqueue(id) {
             return;
         }
-        if attempts > 0 {
-            self.attempts.insert(id, attempts);
-            self.last_error.insert(id, last_error);
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.attempts = attempts;
         }
         if let Some(at) = next_retry {
             self.wait_until(id, at);
@@ -177,35 +187,33 @@ impl PeerState {
     }
 
     fn wait_until(&mut self, id: Id, at: u64) {
-        let order = self.order_of[&id];
-        self.ready.remove(&order);
-        if let Some(old) = self.next_retry.insert(id, at) {
-            self.timers.remove(&(old, order));
+        let Some(entry) = self.entries.get_mut(&id) else { return };
+        self.ready.remove(&entry.order);
+        if let Some(old) = entry.next_retry.replace(at) {
+            self.timers.remove(&(old, entry.order));
         }
-        self.timers.insert((at, order));
+        self.timers.insert((at, entry.order));
     }
 
     /// Whether `id` may be sent at `now`.
     pub fn is_due(&self, id: &Id, now: u64) -> bool {
-        self.next_retry.get(id).is_none_or(|at| *at <= now)
+        self.next_retry_at(id).is_none_or(|at| at <= now)
     }
 
     fn remove_pending(&mut self, id: &Id) -> bool {
-        let Some(order) = self.order_of.remove(id) else {
+        let Some(entry) = self.entries.remove(id) else {
             return false;
         };
-        self.pending.remove(&order);
-        self.ready.remove(&order);
-        if let Some(at) = self.next_retry.remove(id) {
-            self.timers.remove(&(at, order));
+        self.pending.remove(&entry.order);
+        self.ready.remove(&entry.order);
+        if let Some(at) = entry.next_retry {
+            self.timers.remove(&(at, entry.order));
         }
-        self.attempts.remove(id);
-        self.last_error.remove(id);
         true
     }
 
     pub fn is_pending(&self, id: &Id) -> bool {
-        self.order_of.contains_key(id)
+        self.entries.contains_key(id)
     }
 
     pub fn is_dead(&self, id: &Id) -> bool {
@@ -231,15 +239,11 @@ impl PeerState {
     }
 
     pub fn attempts_for(&self, id: &Id) -> u32 {
-        self.attempts.get(id).copied().unwrap_or(0)
+        self.entries.get(id).map_or(0, |e| e.attempts)
     }
 
     pub fn next_retry_at(&self, id: &Id) -> Option<u64> {
-        self.next_retry.get(id).copied()
-    }
-
-    pub fn last_error_for(&self, id: &Id) -> Option<&str> {
-        self.last_error.get(id).map(String::as_str)
+        self.entries.get(id).and_then(|e| e.next_retry)
     }
 
     /// A failed send of `id` at `now`: one more attempt; past the schedule (or on a
@@ -252,7 +256,9 @@ impl PeerState {
             return None;
         }
         let attempts = self.attempts_for(&id) + 1;
-        self.attempts.insert(id, attempts);
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.attempts = attempts;
+        }
         let (reason, wait) = match failure {
             Failure::Permanent { reason } => (reason, Backoff::DeadLetter),
             Failure::Transient { reason, retry_after } => {
@@ -269,7 +275,6 @@ impl PeerState {
             Backoff::RetryAfter(wait) => {
                 let at = now.saturating_add(ms(wait));
                 self.wait_until(id, at);
-                self.last_error.insert(id, reason.clone());
                 Some(AfterFailure::RetryAt(at))
             }
             Backoff::DeadLetter => {

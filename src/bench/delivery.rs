@@ -1,0 +1,183 @@
+//! `fedsx bench delivery`: starts a delivery service and fake peers in this process, then
+//! measures deliveries/s to one fast peer, to one peer that answers after 100 ms, and spread
+//! over 100 peers; and the service's resident memory with 100,000 activities queued for an
+//! unreachable peer.
+
+use super::{path, spawn_service};
+use bytes::Bytes;
+use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
+use fedsx_proto::delivery::v1::{EnqueueRequest, ListPeersRequest};
+use http_body_util::Full;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Activities per throughput scenario.
+    #[arg(long, default_value_t = 20_000)]
+    activities: usize,
+    /// Activities queued for the unreachable peer in the memory scenario.
+    #[arg(long, default_value_t = 100_000)]
+    queued: usize,
+    /// Where the temp data dir goes.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    dir: std::path::PathBuf,
+}
+
+/// A peer answering 202 after `delay`, counting what it received.
+async fn fake_peer(delay: Duration) -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            let service = hyper::service::service_fn(move |_request: hyper::Request<hyper::body::Incoming>| {
+                let counter = counter.clone();
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let response = hyper::Response::builder().status(202).body(Full::new(Bytes::new()));
+                    Ok::<_, http::Error>(response?)
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::spawn(connection);
+        }
+    });
+    Ok((base, received))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let scratch = tempfile::Builder::new().prefix("fedsx-bench-").tempdir_in(&args.dir)?;
+    let data = scratch.path().join("delivery");
+    let (url, child) = spawn_service(&[
+        "delivery",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        path(&data)?,
+        "--allow-private-peers",
+    ])?;
+    let client = DeliveryClient::new(Channel::from_shared(url)?.connect().await?);
+    println!(
+        "machine: {} cores; default 16 sends in flight per peer",
+        std::thread::available_parallelism()?
+    );
+
+    let (fast, fast_count) = fake_peer(Duration::ZERO).await?;
+    let rate = deliver(&client, &[fast], &fast_count, args.activities, 0).await?;
+    println!("one fast peer:              {rate:>8.0} deliveries/s");
+
+    let (slow, slow_count) = fake_peer(Duration::from_millis(100)).await?;
+    let n = (args.activities / 10).max(100);
+    let rate = deliver(&client, &[slow], &slow_count, n, 1).await?;
+    println!("one peer answering in 100ms: {rate:>7.0} deliveries/s");
+
+    let (many, many_count) = fake_peer(Duration::ZERO).await?;
+    let peers: Vec<String> = (0..100).map(|_| many.clone()).collect();
+    let rate = deliver(&client, &peers, &many_count, args.activities, 2).await?;
+    println!("100 peers:                  {rate:>8.0} deliveries/s");
+
+    drop(child);
+
+    // Memory: a fresh process with only the deep queue.
+    let data = scratch.path().join("delivery-memory");
+    let (url, child) = spawn_service(&[
+        "delivery",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        path(&data)?,
+        "--allow-private-peers",
+    ])?;
+    let client = DeliveryClient::new(Channel::from_shared(url)?.connect().await?);
+    let rss_before = rss_kb(child.pid())?;
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let dead = format!("http://{unreachable}");
+    let started = Instant::now();
+    enqueue_all(&client, &[dead], args.queued, 3).await?;
+    let enqueue_rate = args.queued as f64 / started.elapsed().as_secs_f64();
+    // Let the first attempts fail and settle into their 30 s backoff.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!(
+        "{} queued for an unreachable peer (enqueued at {enqueue_rate:.0}/s): resident memory {} MB (was {} MB before)",
+        args.queued,
+        rss_kb(child.pid())? / 1024,
+        rss_before / 1024
+    );
+    let status = client.clone().list_peers(ListPeersRequest {}).await?.into_inner();
+    let pending: u64 = status.peers.iter().map(|p| p.pending).sum();
+    println!("pending across peers at the end: {pending}");
+    Ok(())
+}
+
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+/// Enqueues `n` activities round-robin over `peers` (base URLs) from 64 concurrent callers.
+async fn enqueue_all(client: &DeliveryClient<Channel>, peers: &[String], n: usize, run: u8) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let peers = Arc::new(peers.to_vec());
+    let mut workers = Vec::new();
+    for _ in 0..64 {
+        let (mut client, next, peers) = (client.clone(), next.clone(), peers.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                let p = i % peers.len();
+                let actor = format!("{}/actors/p{p}", peers[p]);
+                let mut id = [run; 32];
+                id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let request = EnqueueRequest {
+                    inbox_url: format!("{actor}/inbox"),
+                    peer: actor,
+                    envelope: Bytes::from_static(&[7u8; 300]),
+                    id: Bytes::copy_from_slice(&id),
+                };
+                client.enqueue(request).await?;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    Ok(())
+}
+
+/// Enqueues `n` and waits until the peers received them all: deliveries/s end to end.
+async fn deliver(
+    client: &DeliveryClient<Channel>,
+    peers: &[String],
+    received: &AtomicUsize,
+    n: usize,
+    run: u8,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    enqueue_all(client, peers, n, run).await?;
+    while received.load(Ordering::Relaxed) < n {
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!(
+                "only {} of {n} delivered in 10 minutes",
+                received.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}

@@ -43,7 +43,7 @@ async fn fake_peer(delay: Duration) -> anyhow::Result<(String, Arc<AtomicUsize>)
                     }
                     counter.fetch_add(1, Ordering::Relaxed);
                     let response = hyper::Response::builder().status(202).body(Full::new(Bytes::new()));
-                    Ok::<_, http::Error>(response?)
+                    response
                 }
             });
             let connection = hyper::server::conn::http1::Builder::new()

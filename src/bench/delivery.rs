@@ -42,8 +42,7 @@ async fn fake_peer(delay: Duration) -> anyhow::Result<(String, Arc<AtomicUsize>)
                         tokio::time::sleep(delay).await;
                     }
                     counter.fetch_add(1, Ordering::Relaxed);
-                    let response = hyper::Response::builder().status(202).body(Full::new(Bytes::new()));
-                    response
+                    hyper::Response::builder().status(202).body(Full::new(Bytes::new()))
                 }
             });
             let connection = hyper::server::conn::http1::Builder::new()

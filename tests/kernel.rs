@@ -22,6 +22,11 @@ use tonic::transport::Channel;
 const PUBLIC_URL: &str = "http://node-b.test";
 
 async fn start_kernel(dir: &TestDir, log_store: &Service) -> Service {
+    // Nothing listens there: hand-offs fail and are retried, which these tests ignore.
+    start_kernel_with(dir, log_store, "http://127.0.0.1:1").await
+}
+
+async fn start_kernel_with(dir: &TestDir, log_store: &Service, delivery: &str) -> Service {
     let secret = dir.join("node-secret");
     let args = [
         "kernel",
@@ -29,9 +34,8 @@ async fn start_kernel(dir: &TestDir, log_store: &Service) -> Service {
         "127.0.0.1:0",
         "--log-store",
         &log_store.url(),
-        // Nothing listens there: hand-offs fail and are retried, which these tests ignore.
         "--delivery",
-        "http://127.0.0.1:1",
+        delivery,
         "--public-url",
         PUBLIC_URL,
         "--node-secret-file",
@@ -386,4 +390,83 @@ async fn a_rotated_key_is_refetched_at_most_once() {
     );
     assert_eq!(node.hits.load(Ordering::SeqCst), 2, "rate-limited: no third fetch");
     assert_eq!(tips(&mut client, "bob").await.0, 2, "the refused one appended nothing");
+}
+
+#[tokio::test]
+async fn the_accept_and_notes_reach_the_follower_through_delivery() {
+    use fedsx_proto::delivery::v1::PeerStatusRequest;
+    use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
+    use support::fake_peer::FakePeer;
+
+    let dir = TestDir::new();
+    let log_store = start_log_store(&dir).await;
+    let data = dir.join("delivery");
+    let delivery_args = [
+        "delivery",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--retry-schedule",
+        "10ms,10ms,10ms,10ms,10ms",
+        "--allow-private-peers",
+    ];
+    let delivery = Service::spawn("delivery", &delivery_args, dir.path()).await.unwrap();
+    let kernel = start_kernel_with(&dir, &log_store, &delivery.url()).await;
+    let mut client = kernel_client(&kernel).await;
+    let bob = client
+        .create_actor(CreateActorRequest { name: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let bob_key = ed25519_dalek::VerifyingKey::from_bytes(&bob.public_key[..].try_into().unwrap()).unwrap();
+
+    let peer = FakePeer::start().await;
+    let (carol_url, _) = peer.actor("carol");
+    let mut carol = Peer::new(carol_url.clone(), 7);
+    client.register_peer(carol.document()).await.unwrap();
+    let follow = carol.follow(&bob.id);
+    let follow_id = fedsx_wire::decode(&follow).unwrap().id;
+    client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: follow.into(),
+        })
+        .await
+        .unwrap();
+
+    let received = support::eventually("the Accept at carol's inbox", || {
+        let got = peer.received("/actors/carol/inbox");
+        async move { (!got.is_empty()).then_some(got) }
+    })
+    .await
+    .unwrap();
+    let accept = fedsx_wire::decode(&received[0].body).unwrap();
+    accept.verify(&bob_key).unwrap();
+    assert_eq!(accept.kind, ActivityType::Accept);
+    assert_eq!(accept.activity.object, follow_id.to_hex());
+    assert_eq!(received[0].content_type, fedsx_wire::CONTENT_TYPE);
+
+    client.publish(note("bob", "hello carol")).await.unwrap();
+    let received = support::eventually("the note at carol's inbox", || {
+        let got = peer.received("/actors/carol/inbox");
+        async move { (got.len() >= 2).then_some(got) }
+    })
+    .await
+    .unwrap();
+    let created = fedsx_wire::decode(&received[1].body).unwrap();
+    created.verify(&bob_key).unwrap();
+    assert_eq!(
+        (created.kind, created.activity.content.as_str()),
+        (ActivityType::Create, "hello carol")
+    );
+
+    let mut delivery_client = DeliveryClient::new(support::channel(&delivery.url()).await.unwrap());
+    let status = delivery_client
+        .peer_status(PeerStatusRequest { peer: carol_url })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((status.delivered, status.pending), (2, 0));
+    assert_eq!(peer.received("/actors/carol/inbox").len(), 2, "each exactly once");
 }

@@ -53,18 +53,23 @@ async fn fake_peer(delay: Duration) -> anyhow::Result<(String, Arc<AtomicUsize>)
     Ok((base, received))
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let scratch = tempfile::Builder::new().prefix("fedsx-bench-").tempdir_in(&args.dir)?;
-    let data = scratch.path().join("delivery");
-    let (url, child) = spawn_service(&[
+async fn start_delivery(data: &std::path::Path) -> anyhow::Result<(DeliveryClient<Channel>, super::KillOnDrop)> {
+    let args = [
         "delivery",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
-        path(&data)?,
+        path(data)?,
         "--allow-private-peers",
-    ])?;
-    let client = DeliveryClient::new(Channel::from_shared(url)?.connect().await?);
+    ];
+    let (url, child) = spawn_service(&args)?;
+    Ok((DeliveryClient::new(Channel::from_shared(url)?.connect().await?), child))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let scratch = tempfile::Builder::new().prefix("fedsx-bench-").tempdir_in(&args.dir)?;
+    let data = scratch.path().join("delivery");
+    let (client, child) = start_delivery(&data).await?;
     println!(
         "machine: {} cores; default 16 sends in flight per peer",
         std::thread::available_parallelism()?
@@ -88,15 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Memory: a fresh process with only the deep queue.
     let data = scratch.path().join("delivery-memory");
-    let (url, child) = spawn_service(&[
-        "delivery",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        path(&data)?,
-        "--allow-private-peers",
-    ])?;
-    let client = DeliveryClient::new(Channel::from_shared(url)?.connect().await?);
+    let (client, child) = start_delivery(&data).await?;
     let rss_before = rss_kb(child.pid())?;
     let unreachable = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let dead = format!("http://{unreachable}");

@@ -76,6 +76,15 @@ pub fn current_traceparent() -> Option<String> {
 /// A channel to another fed-sx service whose calls carry the caller's trace context.
 pub type TracedChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, InjectTraceContext>;
 
+/// A traced channel to the service at `url` (named by `flag` in errors) that connects on
+/// first use and reconnects, so a service starts even when the one it calls is not up yet.
+pub fn lazy_channel(flag: &str, url: &str) -> anyhow::Result<TracedChannel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|err| anyhow::anyhow!("{flag} {url}: {err}"))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    Ok(traced(endpoint.connect_lazy()))
+}
+
 /// Wraps `channel` so every call made over it carries the current trace context.
 pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
     tonic::service::interceptor::InterceptedService::new(channel, InjectTraceContext)

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use fedsx_proto::delivery::v1::EnqueueRequest;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
-use fedsx_runtime::trace_context::{TracedChannel, traced};
+use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 use fedsx_wire::ActivityId;
 use futures::future::BoxFuture;
 use std::sync::Mutex;
@@ -35,12 +35,8 @@ pub struct GrpcDelivery {
 impl GrpcDelivery {
     /// Connects on first use, so the kernel starts even when delivery is not up yet.
     pub fn connect_lazy(url: &str) -> anyhow::Result<GrpcDelivery> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|err| anyhow::anyhow!("--delivery {url}: {err}"))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy();
         Ok(GrpcDelivery {
-            client: DeliveryClient::new(traced(channel)),
+            client: DeliveryClient::new(lazy_channel("--delivery", url)?),
         })
     }
 }

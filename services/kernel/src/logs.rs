@@ -7,7 +7,7 @@ use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{
     AppendRequest, AppendResponse, Entry, NewEntry, ReadRequest, StreamId, StreamKind, TipRequest,
 };
-use fedsx_runtime::trace_context::{TracedChannel, traced};
+use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 
 /// The actor name of the kernel's own journal stream; not a valid local actor name, so it
 /// never collides with one.
@@ -39,12 +39,8 @@ impl Logs {
     /// A client that connects on first use (and reconnects), so the kernel starts even when
     /// the log-store is not up yet.
     pub fn connect_lazy(url: &str) -> anyhow::Result<Logs> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|err| anyhow::anyhow!("--log-store {url}: {err}"))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy();
         Ok(Logs {
-            client: LogStoreClient::new(traced(channel)),
+            client: LogStoreClient::new(lazy_channel("--log-store", url)?),
         })
     }
 

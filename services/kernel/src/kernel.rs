@@ -161,6 +161,47 @@ impl Kernel {
         Ok((inbox, outbox))
     }
 
+    /// Entries of a local actor's inbox or outbox after `after`, with activity ids, and the
+    /// tip.
+    pub async fn read_log(
+        &self,
+        name: &str,
+        kind: StreamKind,
+        after: u64,
+        limit: u32,
+    ) -> Result<(u64, Vec<crate::LogEntry>), KernelError> {
+        self.actor(name)?;
+        let (entries, tip) = self.logs.read(name, kind, after, limit.min(1024)).await?;
+        let entries = entries
+            .into_iter()
+            .map(|entry| crate::LogEntry {
+                seq: entry.seq,
+                id: fedsx_wire::decode(&entry.data).map(|r| r.id).ok(),
+                envelope: entry.data,
+            })
+            .collect();
+        Ok((tip, entries))
+    }
+
+    /// The entries after `after`, then new ones as they are appended (the log-store's tail).
+    pub async fn tail_log(
+        &self,
+        name: &str,
+        kind: StreamKind,
+        after: u64,
+    ) -> Result<impl futures::Stream<Item = Result<crate::LogEntry, KernelError>> + use<>, KernelError> {
+        self.actor(name)?;
+        let entries = self.logs.subscribe(name, kind, after).await?;
+        Ok(futures::StreamExt::map(entries, |entry| {
+            let entry = entry?;
+            Ok(crate::LogEntry {
+                seq: entry.seq,
+                id: fedsx_wire::decode(&entry.data).map(|r| r.id).ok(),
+                envelope: entry.data,
+            })
+        }))
+    }
+
     pub fn followers(&self, name: &str) -> Result<Vec<String>, KernelError> {
         let state = self.read_state();
         state

@@ -30,6 +30,16 @@ use fedsx_runtime::CancellationToken;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// One entry of an actor's inbox or outbox.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub seq: u64,
+    /// The activity id; None if the stored envelope does not decode (never for entries the
+    /// kernel wrote).
+    pub id: Option<fedsx_wire::ActivityId>,
+    pub envelope: bytes::Bytes,
+}
+
 /// The gRPC service name, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "fedsx.kernel.v1.Kernel";
 

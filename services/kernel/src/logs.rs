@@ -5,7 +5,7 @@ use crate::error::KernelError;
 use bytes::Bytes;
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{
-    AppendRequest, AppendResponse, Entry, NewEntry, ReadRequest, StreamId, StreamKind, TipRequest,
+    AppendRequest, AppendResponse, Entry, NewEntry, ReadRequest, StreamId, StreamKind, SubscribeRequest, TipRequest,
 };
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 
@@ -118,6 +118,17 @@ impl Logs {
                 return Ok(all);
             }
         }
+    }
+
+    /// The log-store's tail of a stream: entries after `after_seq`, then new ones.
+    pub async fn subscribe(
+        &self,
+        actor: &str,
+        kind: StreamKind,
+        after_seq: u64,
+    ) -> Result<tonic::Streaming<Entry>, KernelError> {
+        let request = SubscribeRequest { stream: stream(actor, kind), after_seq };
+        Ok(self.client.clone().subscribe(request).await?.into_inner())
     }
 
     pub async fn tip(&self, actor: &str, kind: StreamKind) -> Result<u64, KernelError> {

@@ -4,6 +4,7 @@ use crate::error::KernelError;
 use crate::kernel::Kernel;
 use crate::publish::Draft;
 use fedsx_proto::kernel::v1 as pb;
+use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_runtime::error::ServiceError;
 use pb::kernel_server::{Kernel as KernelApi, KernelServer};
@@ -20,6 +21,18 @@ pub(crate) struct KernelService {
 
 fn status(err: KernelError) -> Status {
     err.to_status()
+}
+
+fn log_kind(kind: i32) -> Result<StreamKind, Status> {
+    match pb::LogKind::try_from(kind) {
+        Ok(pb::LogKind::Inbox) => Ok(StreamKind::Inbox),
+        Ok(pb::LogKind::Outbox) => Ok(StreamKind::Outbox),
+        _ => Err(status(KernelError::BadRequest(format!("unknown log kind {kind}: use inbox or outbox")))),
+    }
+}
+
+fn log_entry(entry: crate::LogEntry) -> pb::LogEntry {
+    pb::LogEntry { seq: entry.seq, id: entry.id.map(|id| id.0.to_vec().into()).unwrap_or_default(), envelope: entry.envelope }
 }
 
 fn published(p: crate::publish::Published) -> pb::PublishResponse {
@@ -121,6 +134,24 @@ impl KernelApi for KernelService {
     async fn following(&self, request: Request<pb::ActorRequest>) -> Result<Response<pb::ActorList>, Status> {
         let actors = self.kernel.following(&request.into_inner().name).map_err(status)?;
         Ok(Response::new(pb::ActorList { actors }))
+    }
+
+    async fn read_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<pb::ReadLogResponse>, Status> {
+        let request = request.into_inner();
+        let kind = log_kind(request.kind)?;
+        let (tip, entries) =
+            self.kernel.read_log(&request.actor, kind, request.after, request.limit).await.map_err(status)?;
+        Ok(Response::new(pb::ReadLogResponse { tip, entries: entries.into_iter().map(log_entry).collect() }))
+    }
+
+    type TailLogStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
+
+    async fn tail_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<Self::TailLogStream>, Status> {
+        let request = request.into_inner();
+        let kind = log_kind(request.kind)?;
+        let entries = self.kernel.tail_log(&request.actor, kind, request.after).await.map_err(status)?;
+        let stream = futures::StreamExt::map(entries, |entry| entry.map(log_entry).map_err(status));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn tips(&self, request: Request<pb::ActorRequest>) -> Result<Response<pb::TipsResponse>, Status> {

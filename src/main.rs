@@ -22,8 +22,8 @@ enum Command {
     Kernel(fedsx_kernel::Config),
     /// Run delivery: the durable per-peer retry queue that POSTs to peer inboxes.
     Delivery(fedsx_delivery::Config),
-    /// Run the HTTP gateway (not built yet: issue #5).
-    Gateway,
+    /// Run the HTTP gateway: the node's public face.
+    Gateway(fedsx_gateway::Config),
     /// Run a whole node (not built yet: issue #5).
     Up,
     /// Measure a service's throughput against the machine's limits.
@@ -69,7 +69,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = listen::bind("--listen", config.listen).await?;
             fedsx_delivery::run(config, listener, shutdown).await
         }
-        Command::Gateway => not_built("gateway", 5),
+        Command::Gateway(config) => {
+            let _telemetry = telemetry::init("fedsx-gateway")?;
+            let shutdown = shutdown::on_signal()?;
+            let listener = listen::bind("--listen", config.listen).await?;
+            fedsx_gateway::run(config, listener, shutdown).await
+        }
         Command::Up => not_built("up", 5),
         Command::Bench(bench) => bench.run().await,
     }

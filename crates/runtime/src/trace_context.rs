@@ -50,6 +50,24 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
+/// The server span of one HTTP request, a child of the caller's span when the request carries
+/// a `traceparent` (a peer node's delivery, or a client).
+pub fn http_server_span(method: &http::Method, route: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+    // Fails only when no OpenTelemetry layer is installed; the span is then local only.
+    let _ = span.set_parent(parent);
+    span
+}
+
 /// A tonic interceptor that injects the current span's trace context into the call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InjectTraceContext;

@@ -1,0 +1,33 @@
+//! Flags (with environment fallbacks) of `fedsx gateway`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default HTTP address of the gateway on a local node.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address the HTTP server listens on (port 0 picks a free port, printed at start).
+    #[arg(long, env = "FEDSX_GATEWAY_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// URL of the kernel's gRPC service.
+    #[arg(long, env = "FEDSX_GATEWAY_KERNEL", default_value = "http://127.0.0.1:8701")]
+    pub kernel: String,
+
+    /// The node's public base URL, shown on the welcome route.
+    #[arg(long, env = "FEDSX_PUBLIC_URL", default_value = "http://127.0.0.1:8700")]
+    pub public_url: String,
+
+    /// Time allowed for one request, body included.
+    #[arg(long, env = "FEDSX_GATEWAY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_seconds)]
+    pub request_timeout: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.strip_suffix('s')
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a number of seconds like 10s"))
+}

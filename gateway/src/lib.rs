@@ -1,0 +1,49 @@
+//! The fed-sx gateway: the node's only public face. HTTP routes (welcome, actor documents,
+//! inbox POST, outbox reads, health, readiness, metrics), each turned into a kernel gRPC
+//! call; it holds no state. Errors come from the shared error-code table.
+
+mod config;
+mod error;
+mod metrics;
+mod routes;
+
+pub use config::Config;
+
+use axum::Router;
+use axum::routing::{get, post};
+use fedsx_runtime::CancellationToken;
+use fedsx_runtime::trace_context::lazy_channel;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Builds the routes over a kernel at `config.kernel` (connected on first use).
+pub fn router(config: &Config) -> anyhow::Result<Router> {
+    let channel = lazy_channel("--kernel", &config.kernel)?;
+    let app = Arc::new(routes::App {
+        kernel: fedsx_proto::kernel::v1::kernel_client::KernelClient::new(channel.clone()),
+        health: tonic_health::pb::health_client::HealthClient::new(channel),
+        public_url: config.public_url.trim_end_matches('/').to_owned(),
+        metrics: metrics::Metrics::default(),
+        request_timeout: config.request_timeout,
+    });
+    Ok(Router::new()
+        .route("/", get(routes::welcome))
+        .route("/actors/{name}", get(routes::actor))
+        .route("/actors/{name}/inbox", post(routes::inbox))
+        .route("/actors/{name}/outbox", get(routes::outbox))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), routes::around))
+        .with_state(app))
+}
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled, then lets in-flight
+/// requests finish.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let router = router(&config)?;
+    fedsx_runtime::listen::announce("gateway", &listener)?;
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The HTTP routes: each turns a request into one kernel call and the kernel's answer (or
+//! error) into an HTTP answer. No logic beyond that lives here.
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use fedsx_proto::kernel::v1::kernel_client::KernelClient;
+use fedsx_proto::kernel::v1::{GetActorRequest, IngestRequest, LogKind, ReadLogRequest};
+use fedsx_runtime::trace_context::TracedChannel;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tracing::Instrument;
+
+pub struct App {
+    pub kernel: KernelClient<TracedChannel>,
+    pub health: HealthClient<TracedChannel>,
+    pub public_url: String,
+    pub metrics: Metrics,
+    pub request_timeout: Duration,
+}
+
+pub type Shared = State<Arc<App>>;
+
+pub async fn welcome(State(app): Shared) -> Json<serde_json::Value> {
+    Json(json!({ "software": "fed-sx", "version": env!("CARGO_PKG_VERSION"), "base_url": app.public_url }))
+}
+
+pub async fn actor(State(app): Shared, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let document = app.kernel.clone().get_actor(GetActorRequest { name }).await?.into_inner();
+    Ok(Json(fedsx_wire::document::to_json(&document)))
+}
+
+pub async fn inbox(
+    State(app): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case(fedsx_wire::CONTENT_TYPE) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type must be {}, not {content_type:?}", fedsx_wire::CONTENT_TYPE),
+        ));
+    }
+    // The cap holds while reading, whatever Content-Length says (or when it is absent).
+    let envelope = Limited::new(body, fedsx_wire::MAX_ENVELOPE_BYTES)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body is over {} bytes", fedsx_wire::MAX_ENVELOPE_BYTES),
+                )
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}"))
+            }
+        })?
+        .to_bytes();
+    let ingested = app.kernel.clone().ingest(IngestRequest { recipient: name, envelope }).await?.into_inner();
+    let answer = json!({ "seq": ingested.seq, "new": ingested.new, "id": hex::encode(&ingested.id) });
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct OutboxQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    limit: u32,
+}
+
+pub async fn outbox(
+    State(app): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<OutboxQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request = ReadLogRequest { actor: name, kind: LogKind::Outbox.into(), after: query.after, limit: query.limit };
+    let log = app.kernel.clone().read_log(request).await?.into_inner();
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let entries: Vec<serde_json::Value> = log
+        .entries
+        .iter()
+        .map(|e| json!({ "seq": e.seq, "id": hex::encode(&e.id), "envelope": base64.encode(&e.envelope) }))
+        .collect();
+    Ok(Json(json!({ "tip": log.tip, "entries": entries })))
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the kernel reports SERVING.
+pub async fn readyz(State(app): Shared) -> Result<&'static str, ApiError> {
+    let answer = app.health.clone().check(HealthCheckRequest { service: String::new() }).await?;
+    if answer.into_inner().status() == ServingStatus::Serving {
+        Ok("ready\n")
+    } else {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "kernel not serving"))
+    }
+}
+
+pub async fn metrics(State(app): Shared) -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render())
+}
+
+/// Every request: a server span continuing the caller's trace, a time limit, and a count.
+pub async fn around(State(app): Shared, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let span = fedsx_runtime::trace_context::http_server_span(request.method(), &route, request.headers());
+    let response = match tokio::time::timeout(app.request_timeout, next.run(request).instrument(span.clone())).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, format!("no answer within {:?}", app.request_timeout))
+            .into_response(),
+    };
+    span.record("http.response.status_code", response.status().as_u16());
+    app.metrics.record(&route, response.status().as_u16());
+    response
+}

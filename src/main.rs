@@ -2,6 +2,7 @@
 //! whole node, and the operator's tools.
 
 mod bench;
+mod up;
 
 use clap::{Parser, Subcommand};
 use fedsx_runtime::{listen, shutdown, telemetry};
@@ -24,8 +25,8 @@ enum Command {
     Delivery(fedsx_delivery::Config),
     /// Run the HTTP gateway: the node's public face.
     Gateway(fedsx_gateway::Config),
-    /// Run a whole node (not built yet: issue #5).
-    Up,
+    /// Run a whole node: log-store, delivery, kernel and gateway as child processes.
+    Up(up::Args),
     /// Measure a service's throughput against the machine's limits.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -75,11 +76,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = listen::bind("--listen", config.listen).await?;
             fedsx_gateway::run(config, listener, shutdown).await
         }
-        Command::Up => not_built("up", 5),
+        Command::Up(args) => {
+            let _telemetry = telemetry::init("fedsx-up")?;
+            up::run(args).await
+        }
         Command::Bench(bench) => bench.run().await,
     }
-}
-
-fn not_built(command: &str, issue: u32) -> anyhow::Result<()> {
-    anyhow::bail!("`fedsx {command}` is not built yet (issue #{issue})")
 }

@@ -228,3 +228,107 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A whole node run by `fedsx up` (four child processes), stopped when dropped.
+pub struct Node {
+    child: Child,
+    pub http: SocketAddr,
+    pub kernel: SocketAddr,
+    pub delivery: SocketAddr,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts `fedsx up` with its data in `data_dir`, the gateway on `http` (which is also the
+    /// public URL), internal services on free ports, loopback peers allowed, and `schedule`
+    /// as delivery's retry schedule.
+    pub async fn start(name: &str, data_dir: &Path, http: SocketAddr, schedule: &str, log_dir: &Path) -> anyhow::Result<Node> {
+        let log = log_dir.join(format!("{name}.log"));
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
+            .args(["up", "--data-dir"])
+            .arg(data_dir)
+            .args(["--http-listen", &http.to_string(), "--public-url", &format!("http://{http}")])
+            .args(["--kernel-listen", "127.0.0.1:0", "--log-store-listen", "127.0.0.1:0", "--delivery-listen", "127.0.0.1:0"])
+            .args(["--allow-private-peers", "--retry-schedule", schedule])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready, announced) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("fedsx-listening ") {
+                    let mut parts = rest.split_whitespace();
+                    if let (Some(service), Some(addr)) = (parts.next(), parts.next()) {
+                        let _ = ready.send((service.to_owned(), addr.to_owned()));
+                    }
+                }
+            }
+        });
+        let mut node = Node { child, http, kernel: http, delivery: http, log };
+        let mut seen = 0;
+        while seen < 4 {
+            let next = tokio::task::block_in_place(|| announced.recv_timeout(DEADLINE * 2));
+            let Ok((service, addr)) = next else {
+                bail!("node {name} did not start; log:\n{}", node.log_tail());
+            };
+            match service.as_str() {
+                "fedsx.kernel.v1.Kernel" => node.kernel = addr.parse()?,
+                "fedsx.delivery.v1.Delivery" => node.delivery = addr.parse()?,
+                _ => {}
+            }
+            seen += 1;
+        }
+        Ok(node)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn kernel_url(&self) -> String {
+        format!("http://{}", self.kernel)
+    }
+
+    pub fn delivery_url(&self) -> String {
+        format!("http://{}", self.delivery)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// SIGTERM to `up`, which stops its four children; waits for the exit.
+    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > DEADLINE * 2 {
+                bail!("node did not stop; log:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A loopback address with a port free right now (for a node whose public URL must stay the
+/// same across restarts).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}

@@ -54,21 +54,36 @@ struct Running {
 }
 
 fn text(path: &Path) -> anyhow::Result<String> {
-    path.to_str().map(str::to_owned).with_context(|| format!("{} is not UTF-8", path.display()))
+    path.to_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = fedsx_runtime::shutdown::on_signal()?;
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.http_listen));
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.http_listen));
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
     let data = |sub: &str| text(&args.data_dir.join(sub));
-    let private: &[&str] = if args.allow_private_peers { &["--allow-private-peers"] } else { &[] };
+    let private: &[&str] = if args.allow_private_peers {
+        &["--allow-private-peers"]
+    } else {
+        &[]
+    };
 
     let mut running: Vec<Running> = Vec::new();
     let started = async {
         let log_store = start(
             "log-store",
-            &["log-store", "--listen", &args.log_store_listen.to_string(), "--data-dir", &data("log-store")?],
+            &[
+                "log-store",
+                "--listen",
+                &args.log_store_listen.to_string(),
+                "--data-dir",
+                &data("log-store")?,
+            ],
         )
         .await?;
         let log_store_url = format!("http://{}", log_store.addr);
@@ -109,7 +124,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
         let gateway = start(
             "gateway",
-            &["gateway", "--listen", &args.http_listen.to_string(), "--kernel", &kernel_url, "--public-url", &public_url],
+            &[
+                "gateway",
+                "--listen",
+                &args.http_listen.to_string(),
+                "--kernel",
+                &kernel_url,
+                "--public-url",
+                &public_url,
+            ],
         )
         .await?;
         running.push(gateway);
@@ -164,7 +187,10 @@ async fn start(name: &'static str, args: &[&str]) -> anyhow::Result<Running> {
     let mut lines = BufReader::new(stdout).lines();
     let announced = tokio::time::timeout(START_TIMEOUT, async {
         while let Some(line) = lines.next_line().await? {
-            if let Some(addr) = line.strip_prefix(READY_PREFIX).and_then(|rest| rest.split_whitespace().nth(1)) {
+            if let Some(addr) = line
+                .strip_prefix(READY_PREFIX)
+                .and_then(|rest| rest.split_whitespace().nth(1))
+            {
                 println!("{line}");
                 return anyhow::Ok(Some(addr.parse::<SocketAddr>()?));
             }
@@ -190,7 +216,10 @@ async fn start(name: &'static str, args: &[&str]) -> anyhow::Result<Running> {
 }
 
 /// Waits until a child exits (returns which and how) or shutdown is asked (None).
-async fn supervise(running: &mut [Running], shutdown: &fedsx_runtime::CancellationToken) -> Option<(&'static str, String)> {
+async fn supervise(
+    running: &mut [Running],
+    shutdown: &fedsx_runtime::CancellationToken,
+) -> Option<(&'static str, String)> {
     let exits = running.iter_mut().map(|r| {
         let name = r.name;
         Box::pin(async move { (name, r.child.wait().await) })

@@ -27,16 +27,18 @@ fn http() -> PeerHttp {
 }
 
 async fn get(url: &str) -> Reply {
-    http().send(http::Request::get(url).body(Bytes::new()).unwrap(), 1 << 20).await.unwrap()
-}
-
-async fn post(url: &str, content_type: &str, body: Vec<u8>) -> Reply {
-    let request = http::Request::post(url).header("content-type", content_type).body(Bytes::from(body)).unwrap();
-    http().send(request, 1 << 20).await.unwrap()
+    http()
+        .send(http::Request::get(url).body(Bytes::new()).unwrap(), 1 << 20)
+        .await
+        .unwrap()
 }
 
 async fn tips(client: &mut KernelClient<Channel>, name: &str) -> (u64, u64) {
-    let tips = client.tips(ActorRequest { name: name.into() }).await.unwrap().into_inner();
+    let tips = client
+        .tips(ActorRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner();
     (tips.inbox_tip, tips.outbox_tip)
 }
 
@@ -53,7 +55,11 @@ async fn wait_tips(client: &KernelClient<Channel>, name: &str, want: (u64, u64))
 
 async fn list(client: &mut KernelClient<Channel>, name: &str, following: bool) -> Vec<String> {
     let request = ActorRequest { name: name.into() };
-    let answer = if following { client.following(request).await } else { client.followers(request).await };
+    let answer = if following {
+        client.following(request).await
+    } else {
+        client.followers(request).await
+    };
     answer.unwrap().into_inner().actors
 }
 
@@ -77,7 +83,9 @@ async fn outbox_contents(node: &Node, name: &str) -> Vec<String> {
         .iter()
         .map(|e| {
             use base64::Engine;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(e["envelope"].as_str().unwrap()).unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(e["envelope"].as_str().unwrap())
+                .unwrap();
             fedsx_wire::decode(&bytes).unwrap().activity.content
         })
         .collect()
@@ -86,17 +94,32 @@ async fn outbox_contents(node: &Node, name: &str) -> Vec<String> {
 async fn federate(preregister: bool) {
     let dir = TestDir::new();
     let (a_addr, b_addr) = (free_addr(), free_addr());
-    let mut a = Node::start("node-a", &dir.join("a"), a_addr, SCHEDULE, dir.path()).await.unwrap();
-    let b = Node::start("node-b", &dir.join("b"), b_addr, SCHEDULE, dir.path()).await.unwrap();
+    let mut a = Node::start("node-a", &dir.join("a"), a_addr, SCHEDULE, dir.path())
+        .await
+        .unwrap();
+    let b = Node::start("node-b", &dir.join("b"), b_addr, SCHEDULE, dir.path())
+        .await
+        .unwrap();
     let mut ka = kernel(&a).await;
     let mut kb = kernel(&b).await;
 
     // 1. Both answer GET / and their actor documents.
-    let alice = ka.create_actor(CreateActorRequest { name: "alice".into() }).await.unwrap().into_inner();
-    let bob = kb.create_actor(CreateActorRequest { name: "bob".into() }).await.unwrap().into_inner();
+    let alice = ka
+        .create_actor(CreateActorRequest { name: "alice".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let bob = kb
+        .create_actor(CreateActorRequest { name: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner();
     for (node, actor) in [(&a, &alice), (&b, &bob)] {
         let welcome: serde_json::Value = serde_json::from_slice(&get(&format!("{}/", node.url())).await.body).unwrap();
-        assert_eq!((welcome["software"].as_str(), welcome["base_url"].as_str()), (Some("fed-sx"), Some(node.url().as_str())));
+        assert_eq!(
+            (welcome["software"].as_str(), welcome["base_url"].as_str()),
+            (Some("fed-sx"), Some(node.url().as_str()))
+        );
         let reply = get(&actor.id).await;
         assert_eq!(reply.status, 200);
         assert_eq!(fedsx_wire::document::from_json(&actor.id, &reply.body).unwrap(), *actor);
@@ -107,7 +130,12 @@ async fn federate(preregister: bool) {
 
     // 2. alice follows bob: Follow delivered A → B, B discovers alice, auto-accepts, the Accept
     //    comes back and A records the following.
-    ka.follow(FollowRequest { actor: "alice".into(), remote: bob.id.clone() }).await.unwrap();
+    ka.follow(FollowRequest {
+        actor: "alice".into(),
+        remote: bob.id.clone(),
+    })
+    .await
+    .unwrap();
     wait_tips(&kb, "bob", (1, 1)).await;
     assert_eq!(list(&mut kb, "bob", false).await, [alice.id.clone()]);
     let following = eventually("alice follows bob", || {
@@ -120,7 +148,11 @@ async fn federate(preregister: bool) {
     .await
     .unwrap();
     assert_eq!(following, [bob.id.clone()]);
-    assert_eq!(tips(&mut ka, "alice").await, (1, 1), "alice: the Accept in, the Follow out");
+    assert_eq!(
+        tips(&mut ka, "alice").await,
+        (1, 1),
+        "alice: the Accept in, the Follow out"
+    );
 
     // 3. bob publishes a note: it arrives in alice's inbox exactly once.
     kb.publish(note("bob", "first note")).await.unwrap();
@@ -130,12 +162,16 @@ async fn federate(preregister: bool) {
     let status = a.stop().await.unwrap();
     assert!(status.success(), "node A stopped cleanly; log:\n{}", a.log_tail());
     kb.publish(note("bob", "second note")).await.unwrap();
-    let mut delivery_b = DeliveryClient::new(support::channel(&b.delivery_url()).await.unwrap());
+    let delivery_b = DeliveryClient::new(support::channel(&b.delivery_url()).await.unwrap());
     let retried = eventually("B retrying alice", || {
         let mut delivery_b = delivery_b.clone();
         let peer = alice.id.clone();
         async move {
-            let status = delivery_b.peer_status(PeerStatusRequest { peer }).await.ok()?.into_inner();
+            let status = delivery_b
+                .peer_status(PeerStatusRequest { peer })
+                .await
+                .ok()?
+                .into_inner();
             (status.head_attempts >= 1).then_some(status)
         }
     })
@@ -144,12 +180,35 @@ async fn federate(preregister: bool) {
     assert_eq!(retried.pending, 1);
     assert!(!retried.last_error.is_empty());
 
-    let a = Node::start("node-a", &dir.join("a"), a_addr, SCHEDULE, dir.path()).await.unwrap();
+    let a = Node::start("node-a", &dir.join("a"), a_addr, SCHEDULE, dir.path())
+        .await
+        .unwrap();
     let mut ka = kernel(&a).await;
     wait_tips(&ka, "alice", (3, 1)).await;
-    let settled = delivery_b.peer_status(PeerStatusRequest { peer: alice.id.clone() }).await.unwrap().into_inner();
-    assert_eq!((settled.pending, settled.dead_letters), (0, 0));
-    assert_eq!(tips(&mut kb, "bob").await, (1, 3), "bob: the Follow in; the Accept and two notes out");
+    let settled = eventually("B's queue for alice drained", || {
+        let mut delivery_b = delivery_b.clone();
+        let peer = alice.id.clone();
+        async move {
+            let status = delivery_b
+                .peer_status(PeerStatusRequest { peer })
+                .await
+                .ok()?
+                .into_inner();
+            (status.pending == 0).then_some(status)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (settled.dead_letters, settled.delivered),
+        (0, 3),
+        "the Accept and two notes"
+    );
+    assert_eq!(
+        tips(&mut kb, "bob").await,
+        (1, 3),
+        "bob: the Follow in; the Accept and two notes out"
+    );
     assert_eq!(list(&mut kb, "bob", false).await, [alice.id.clone()]);
     assert_eq!(list(&mut ka, "alice", true).await, [bob.id.clone()]);
     assert_eq!(outbox_contents(&b, "bob").await, ["", "first note", "second note"]);

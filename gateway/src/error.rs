@@ -13,7 +13,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
-        ApiError { status, reason: reason.into() }
+        ApiError {
+            status,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -31,6 +34,11 @@ impl From<tonic::Status> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let line = self.reason.replace('\n', " ");
-        (self.status, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{line}\n")).into_response()
+        (
+            self.status,
+            [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{line}\n"),
+        )
+            .into_response()
     }
 }

@@ -43,7 +43,9 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let router = router(&config)?;
     fedsx_runtime::listen::announce("gateway", &listener)?;
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -11,7 +11,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn record(&self, route: &str, status: u16) {
-        *self.requests.lock().expect("metrics lock").entry((route.to_owned(), status)).or_default() += 1;
+        *self
+            .requests
+            .lock()
+            .expect("metrics lock")
+            .entry((route.to_owned(), status))
+            .or_default() += 1;
     }
 
     pub fn render(&self) -> String {
@@ -20,7 +25,10 @@ impl Metrics {
              # TYPE fedsx_gateway_requests_total counter\n",
         );
         for ((route, status), count) in self.requests.lock().expect("metrics lock").iter() {
-            let _ = writeln!(out, "fedsx_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "fedsx_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+            );
         }
         out
     }

@@ -37,7 +37,12 @@ pub async fn welcome(State(app): Shared) -> Json<serde_json::Value> {
 }
 
 pub async fn actor(State(app): Shared, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let document = app.kernel.clone().get_actor(GetActorRequest { name }).await?.into_inner();
+    let document = app
+        .kernel
+        .clone()
+        .get_actor(GetActorRequest { name })
+        .await?
+        .into_inner();
     Ok(Json(fedsx_wire::document::to_json(&document)))
 }
 
@@ -47,12 +52,18 @@ pub async fn inbox(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case(fedsx_wire::CONTENT_TYPE) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type must be {}, not {content_type:?}", fedsx_wire::CONTENT_TYPE),
+            format!(
+                "content type must be {}, not {content_type:?}",
+                fedsx_wire::CONTENT_TYPE
+            ),
         ));
     }
     // The cap holds while reading, whatever Content-Length says (or when it is absent).
@@ -70,7 +81,15 @@ pub async fn inbox(
             }
         })?
         .to_bytes();
-    let ingested = app.kernel.clone().ingest(IngestRequest { recipient: name, envelope }).await?.into_inner();
+    let ingested = app
+        .kernel
+        .clone()
+        .ingest(IngestRequest {
+            recipient: name,
+            envelope,
+        })
+        .await?
+        .into_inner();
     let answer = json!({ "seq": ingested.seq, "new": ingested.new, "id": hex::encode(&ingested.id) });
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
@@ -88,7 +107,12 @@ pub async fn outbox(
     Path(name): Path<String>,
     Query(query): Query<OutboxQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let request = ReadLogRequest { actor: name, kind: LogKind::Outbox.into(), after: query.after, limit: query.limit };
+    let request = ReadLogRequest {
+        actor: name,
+        kind: LogKind::Outbox.into(),
+        after: query.after,
+        limit: query.limit,
+    };
     let log = app.kernel.clone().read_log(request).await?.into_inner();
     let base64 = base64::engine::general_purpose::STANDARD;
     let entries: Vec<serde_json::Value> = log
@@ -105,7 +129,11 @@ pub async fn healthz() -> &'static str {
 
 /// Ready when the kernel reports SERVING.
 pub async fn readyz(State(app): Shared) -> Result<&'static str, ApiError> {
-    let answer = app.health.clone().check(HealthCheckRequest { service: String::new() }).await?;
+    let answer = app
+        .health
+        .clone()
+        .check(HealthCheckRequest { service: String::new() })
+        .await?;
     if answer.into_inner().status() == ServingStatus::Serving {
         Ok("ready\n")
     } else {
@@ -114,17 +142,27 @@ pub async fn readyz(State(app): Shared) -> Result<&'static str, ApiError> {
 }
 
 pub async fn metrics(State(app): Shared) -> impl IntoResponse {
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render())
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
 }
 
 /// Every request: a server span continuing the caller's trace, a time limit, and a count.
 pub async fn around(State(app): Shared, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
     let span = fedsx_runtime::trace_context::http_server_span(request.method(), &route, request.headers());
     let response = match tokio::time::timeout(app.request_timeout, next.run(request).instrument(span.clone())).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, format!("no answer within {:?}", app.request_timeout))
-            .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("no answer within {:?}", app.request_timeout),
+        )
+        .into_response(),
     };
     span.record("http.response.status_code", response.status().as_u16());
     app.metrics.record(&route, response.status().as_u16());

@@ -101,6 +101,10 @@ impl Service {
     /// Spawns `fedsx <args>` with stderr in `<log_dir>/<name>.log`, waits for its
     /// `fedsx-listening` line and for its gRPC health to report SERVING.
     pub async fn spawn(name: &str, args: &[&str], log_dir: &Path) -> anyhow::Result<Service> {
+        Service::start(name, args, log_dir, true).await
+    }
+
+    async fn start(name: &str, args: &[&str], log_dir: &Path, grpc: bool) -> anyhow::Result<Service> {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
@@ -132,8 +136,16 @@ impl Service {
             Ok(addr) => service.addr = addr.parse()?,
             Err(_) => bail!("{name} did not announce its address; log:\n{}", service.log_tail()),
         }
-        service.wait_serving().await?;
+        if grpc {
+            service.wait_serving().await?;
+        }
         Ok(service)
+    }
+
+    /// Like [`Service::spawn`] for a service without gRPC health (the gateway): ready once it
+    /// announces its address.
+    pub async fn spawn_http(name: &str, args: &[&str], log_dir: &Path) -> anyhow::Result<Service> {
+        Service::start(name, args, log_dir, false).await
     }
 
     pub fn url(&self) -> String {
@@ -242,14 +254,32 @@ impl Node {
     /// Starts `fedsx up` with its data in `data_dir`, the gateway on `http` (which is also the
     /// public URL), internal services on free ports, loopback peers allowed, and `schedule`
     /// as delivery's retry schedule.
-    pub async fn start(name: &str, data_dir: &Path, http: SocketAddr, schedule: &str, log_dir: &Path) -> anyhow::Result<Node> {
+    pub async fn start(
+        name: &str,
+        data_dir: &Path,
+        http: SocketAddr,
+        schedule: &str,
+        log_dir: &Path,
+    ) -> anyhow::Result<Node> {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
             .args(["up", "--data-dir"])
             .arg(data_dir)
-            .args(["--http-listen", &http.to_string(), "--public-url", &format!("http://{http}")])
-            .args(["--kernel-listen", "127.0.0.1:0", "--log-store-listen", "127.0.0.1:0", "--delivery-listen", "127.0.0.1:0"])
+            .args([
+                "--http-listen",
+                &http.to_string(),
+                "--public-url",
+                &format!("http://{http}"),
+            ])
+            .args([
+                "--kernel-listen",
+                "127.0.0.1:0",
+                "--log-store-listen",
+                "127.0.0.1:0",
+                "--delivery-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--allow-private-peers", "--retry-schedule", schedule])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -267,7 +297,13 @@ impl Node {
                 }
             }
         });
-        let mut node = Node { child, http, kernel: http, delivery: http, log };
+        let mut node = Node {
+            child,
+            http,
+            kernel: http,
+            delivery: http,
+            log,
+        };
         let mut seen = 0;
         while seen < 4 {
             let next = tokio::task::block_in_place(|| announced.recv_timeout(DEADLINE * 2));
@@ -330,5 +366,8 @@ impl Drop for Node {
 /// A loopback address with a port free right now (for a node whose public URL must stay the
 /// same across restarts).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }

@@ -127,7 +127,10 @@ impl Logs {
         kind: StreamKind,
         after_seq: u64,
     ) -> Result<tonic::Streaming<Entry>, KernelError> {
-        let request = SubscribeRequest { stream: stream(actor, kind), after_seq };
+        let request = SubscribeRequest {
+            stream: stream(actor, kind),
+            after_seq,
+        };
         Ok(self.client.clone().subscribe(request).await?.into_inner())
     }
 

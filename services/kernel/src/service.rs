@@ -27,12 +27,18 @@ fn log_kind(kind: i32) -> Result<StreamKind, Status> {
     match pb::LogKind::try_from(kind) {
         Ok(pb::LogKind::Inbox) => Ok(StreamKind::Inbox),
         Ok(pb::LogKind::Outbox) => Ok(StreamKind::Outbox),
-        _ => Err(status(KernelError::BadRequest(format!("unknown log kind {kind}: use inbox or outbox")))),
+        _ => Err(status(KernelError::BadRequest(format!(
+            "unknown log kind {kind}: use inbox or outbox"
+        )))),
     }
 }
 
 fn log_entry(entry: crate::LogEntry) -> pb::LogEntry {
-    pb::LogEntry { seq: entry.seq, id: entry.id.map(|id| id.0.to_vec().into()).unwrap_or_default(), envelope: entry.envelope }
+    pb::LogEntry {
+        seq: entry.seq,
+        id: entry.id.map(|id| id.0.to_vec().into()).unwrap_or_default(),
+        envelope: entry.envelope,
+    }
 }
 
 fn published(p: crate::publish::Published) -> pb::PublishResponse {
@@ -139,9 +145,15 @@ impl KernelApi for KernelService {
     async fn read_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<pb::ReadLogResponse>, Status> {
         let request = request.into_inner();
         let kind = log_kind(request.kind)?;
-        let (tip, entries) =
-            self.kernel.read_log(&request.actor, kind, request.after, request.limit).await.map_err(status)?;
-        Ok(Response::new(pb::ReadLogResponse { tip, entries: entries.into_iter().map(log_entry).collect() }))
+        let (tip, entries) = self
+            .kernel
+            .read_log(&request.actor, kind, request.after, request.limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReadLogResponse {
+            tip,
+            entries: entries.into_iter().map(log_entry).collect(),
+        }))
     }
 
     type TailLogStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
@@ -149,7 +161,11 @@ impl KernelApi for KernelService {
     async fn tail_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<Self::TailLogStream>, Status> {
         let request = request.into_inner();
         let kind = log_kind(request.kind)?;
-        let entries = self.kernel.tail_log(&request.actor, kind, request.after).await.map_err(status)?;
+        let entries = self
+            .kernel
+            .tail_log(&request.actor, kind, request.after)
+            .await
+            .map_err(status)?;
         let stream = futures::StreamExt::map(entries, |entry| entry.map(log_entry).map_err(status));
         Ok(Response::new(Box::pin(stream)))
     }

@@ -137,7 +137,7 @@ async fn federate(preregister: bool) {
     .await
     .unwrap();
     wait_tips(&kb, "bob", (1, 1)).await;
-    assert_eq!(list(&mut kb, "bob", false).await, [alice.id.clone()]);
+    assert_eq!(list(&mut kb, "bob", false).await, [alice.id.as_str()]);
     let following = eventually("alice follows bob", || {
         let mut ka = ka.clone();
         async move {
@@ -147,7 +147,7 @@ async fn federate(preregister: bool) {
     })
     .await
     .unwrap();
-    assert_eq!(following, [bob.id.clone()]);
+    assert_eq!(following, [bob.id.as_str()]);
     assert_eq!(
         tips(&mut ka, "alice").await,
         (1, 1),
@@ -209,8 +209,8 @@ async fn federate(preregister: bool) {
         (1, 3),
         "bob: the Follow in; the Accept and two notes out"
     );
-    assert_eq!(list(&mut kb, "bob", false).await, [alice.id.clone()]);
-    assert_eq!(list(&mut ka, "alice", true).await, [bob.id.clone()]);
+    assert_eq!(list(&mut kb, "bob", false).await, [alice.id.as_str()]);
+    assert_eq!(list(&mut ka, "alice", true).await, [bob.id.as_str()]);
     assert_eq!(outbox_contents(&b, "bob").await, ["", "first note", "second note"]);
     // Exactly once: after things settle, nothing more arrives.
     tokio::time::sleep(Duration::from_millis(500)).await;

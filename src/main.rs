@@ -2,6 +2,7 @@
 //! whole node, and the operator's tools.
 
 mod bench;
+mod cli;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Gateway(fedsx_gateway::Config),
     /// Run a whole node: log-store, delivery, kernel and gateway as child processes.
     Up(up::Args),
+    #[command(flatten)]
+    Operate(cli::Command),
     /// Measure a service's throughput against the machine's limits.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -80,6 +83,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let _telemetry = telemetry::init("fedsx-up")?;
             up::run(args).await
         }
+        Command::Operate(command) => cli::run(command).await,
         Command::Bench(bench) => bench.run().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,402 @@
+//! The operator's commands: talk to a node's kernel (and delivery) over gRPC and print what
+//! a person wants to read, or JSON with `--json`.
+
+use anyhow::Context;
+use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
+use fedsx_proto::delivery::v1::{ListDeadLettersRequest, ListPeersRequest, PeerStatus, RedriveRequest};
+use fedsx_proto::kernel::v1::kernel_client::KernelClient;
+use fedsx_proto::kernel::v1::{
+    ActorDocument, ActorRequest, CreateActorRequest, FollowRequest, GetActorRequest, LogEntry, LogKind, PublishRequest,
+    ReadLogRequest,
+};
+use fedsx_proto::wire::v1::ActivityType;
+use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
+use futures::StreamExt;
+use serde_json::json;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The node's kernel.
+    #[arg(long, env = "FEDSX_KERNEL", default_value = "http://127.0.0.1:8701")]
+    kernel: String,
+    /// The node's delivery service.
+    #[arg(long, env = "FEDSX_DELIVERY", default_value = "http://127.0.0.1:8703")]
+    delivery: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ActorCommand {
+    /// Create a local actor (and its key).
+    Create {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// An actor's document, inbox and outbox tips, followers and following.
+    Show {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Which {
+    Inbox,
+    Outbox,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    #[command(subcommand)]
+    Actor(ActorCommand),
+    /// LOCAL follows the actor at REMOTE_ACTOR_URL (recorded once its Accept arrives).
+    Follow {
+        local: String,
+        remote: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Publish a note (a Create) from ACTOR to its followers.
+    Publish {
+        actor: String,
+        #[arg(long)]
+        content: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print an actor's inbox or outbox, decoded; with --follow, keep printing new entries.
+    Log {
+        actor: String,
+        which: Which,
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delivery queues per peer.
+    Deliveries {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Dead letters of one peer, or of all.
+    DeadLetters {
+        peer: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move a peer's dead letters (all, or the given hex ids) back to pending.
+    Redrive {
+        peer: String,
+        ids: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn kernel(target: &Target) -> anyhow::Result<KernelClient<TracedChannel>> {
+    Ok(KernelClient::new(lazy_channel("--kernel", &target.kernel)?))
+}
+
+fn delivery(target: &Target) -> anyhow::Result<DeliveryClient<TracedChannel>> {
+    Ok(DeliveryClient::new(lazy_channel("--delivery", &target.delivery)?))
+}
+
+/// A gRPC failure as one line naming the service.
+fn failed(service: &str, url: &str) -> impl Fn(tonic::Status) -> anyhow::Error {
+    let (service, url) = (service.to_owned(), url.to_owned());
+    move |status| anyhow::anyhow!("{service} at {url}: {}", status.message())
+}
+
+impl Command {
+    fn target(&self) -> &Target {
+        match self {
+            Command::Actor(ActorCommand::Create { target, .. } | ActorCommand::Show { target, .. })
+            | Command::Follow { target, .. }
+            | Command::Publish { target, .. }
+            | Command::Log { target, .. }
+            | Command::Deliveries { target }
+            | Command::DeadLetters { target, .. }
+            | Command::Redrive { target, .. } => target,
+        }
+    }
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    let target = command.target().clone();
+    let k = || failed("kernel", &target.kernel);
+    let d = || failed("delivery", &target.delivery);
+    match command {
+        Command::Actor(ActorCommand::Create { name, .. }) => {
+            let document = kernel(&target)?
+                .create_actor(CreateActorRequest { name })
+                .await
+                .map_err(k())?
+                .into_inner();
+            print_document(&target, &document);
+        }
+        Command::Actor(ActorCommand::Show { name, .. }) => {
+            let mut client = kernel(&target)?;
+            let document = client
+                .get_actor(GetActorRequest { name: name.clone() })
+                .await
+                .map_err(k())?
+                .into_inner();
+            let tips = client
+                .tips(ActorRequest { name: name.clone() })
+                .await
+                .map_err(k())?
+                .into_inner();
+            let followers = client
+                .followers(ActorRequest { name: name.clone() })
+                .await
+                .map_err(k())?
+                .into_inner()
+                .actors;
+            let following = client
+                .following(ActorRequest { name })
+                .await
+                .map_err(k())?
+                .into_inner()
+                .actors;
+            if target.json {
+                let mut out = fedsx_wire::document::to_json(&document);
+                out["inbox_tip"] = json!(tips.inbox_tip);
+                out["outbox_tip"] = json!(tips.outbox_tip);
+                out["followers"] = json!(followers);
+                out["following"] = json!(following);
+                println!("{out}");
+            } else {
+                print_document(&target, &document);
+                println!("  inbox tip   {}\n  outbox tip  {}", tips.inbox_tip, tips.outbox_tip);
+                println!("  followers   {}", listing(&followers));
+                println!("  following   {}", listing(&following));
+            }
+        }
+        Command::Follow { local, remote, .. } => {
+            let request = FollowRequest {
+                actor: local.clone(),
+                remote: remote.clone(),
+            };
+            let sent = kernel(&target)?.follow(request).await.map_err(k())?.into_inner();
+            print_published(
+                &target,
+                &format!("{local} sent a Follow to {remote}"),
+                sent.seq,
+                &sent.id,
+            );
+        }
+        Command::Publish { actor, content, .. } => {
+            let request = PublishRequest {
+                actor: actor.clone(),
+                r#type: ActivityType::Create.into(),
+                object: String::new(),
+                to: vec!["followers".into()],
+                content,
+            };
+            let published = kernel(&target)?.publish(request).await.map_err(k())?.into_inner();
+            print_published(
+                &target,
+                &format!("{actor} published a note"),
+                published.seq,
+                &published.id,
+            );
+        }
+        Command::Log {
+            actor, which, follow, ..
+        } => {
+            let kind = match which {
+                Which::Inbox => LogKind::Inbox,
+                Which::Outbox => LogKind::Outbox,
+            };
+            let mut client = kernel(&target)?;
+            let request = ReadLogRequest {
+                actor,
+                kind: kind.into(),
+                after: 0,
+                limit: 0,
+            };
+            if follow {
+                let mut entries = client.tail_log(request).await.map_err(k())?.into_inner();
+                while let Some(entry) = entries.next().await {
+                    print_entry(&target, &entry.map_err(k())?);
+                }
+            } else {
+                let mut after = 0;
+                loop {
+                    let page = client
+                        .read_log(ReadLogRequest {
+                            after,
+                            ..request.clone()
+                        })
+                        .await
+                        .map_err(k())?
+                        .into_inner();
+                    let Some(last) = page.entries.last() else { break };
+                    after = last.seq;
+                    page.entries.iter().for_each(|e| print_entry(&target, e));
+                    if after >= page.tip {
+                        break;
+                    }
+                }
+            }
+        }
+        Command::Deliveries { .. } => {
+            let peers = delivery(&target)?
+                .list_peers(ListPeersRequest {})
+                .await
+                .map_err(d())?
+                .into_inner()
+                .peers;
+            if target.json {
+                println!("{}", json!(peers.iter().map(status_json).collect::<Vec<_>>()));
+            } else if peers.is_empty() {
+                println!("no deliveries yet");
+            } else {
+                println!(
+                    "{:<50} {:>8} {:>9} {:>5} {:>8}  last error",
+                    "peer", "pending", "delivered", "dead", "attempts"
+                );
+                for p in &peers {
+                    println!(
+                        "{:<50} {:>8} {:>9} {:>5} {:>8}  {}",
+                        p.peer, p.pending, p.delivered, p.dead_letters, p.head_attempts, p.last_error
+                    );
+                }
+            }
+        }
+        Command::DeadLetters { peer, .. } => {
+            let mut client = delivery(&target)?;
+            let peers = match peer {
+                Some(peer) => vec![peer],
+                None => client
+                    .list_peers(ListPeersRequest {})
+                    .await
+                    .map_err(d())?
+                    .into_inner()
+                    .peers
+                    .into_iter()
+                    .map(|p| p.peer)
+                    .collect(),
+            };
+            let mut all = Vec::new();
+            for peer in peers {
+                let dead = client
+                    .list_dead_letters(ListDeadLettersRequest { peer: peer.clone() })
+                    .await
+                    .map_err(d())?;
+                for letter in dead.into_inner().dead_letters {
+                    all.push(json!({ "peer": peer, "id": hex::encode(&letter.id), "attempts": letter.attempts, "last_error": letter.last_error }));
+                }
+            }
+            if target.json {
+                println!("{}", json!(all));
+            } else if all.is_empty() {
+                println!("no dead letters");
+            } else {
+                for letter in &all {
+                    println!(
+                        "{}  {}  attempts {}  {}",
+                        letter["peer"].as_str().unwrap_or_default(),
+                        letter["id"].as_str().unwrap_or_default(),
+                        letter["attempts"],
+                        letter["last_error"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Redrive { peer, ids, .. } => {
+            let ids = ids
+                .iter()
+                .map(|id| {
+                    fedsx_wire::ActivityId::from_hex(id)
+                        .map(|id| id.0.to_vec().into())
+                        .with_context(|| format!("{id} is not a 64-digit hex activity id"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let answer = delivery(&target)?
+                .redrive(RedriveRequest {
+                    peer: peer.clone(),
+                    ids,
+                })
+                .await
+                .map_err(d())?
+                .into_inner();
+            if target.json {
+                println!("{}", json!({ "peer": peer, "redriven": answer.redriven }));
+            } else {
+                println!("{} dead letter(s) of {peer} back to pending", answer.redriven);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn listing(actors: &[String]) -> String {
+    if actors.is_empty() {
+        "(none)".to_owned()
+    } else {
+        actors.join(", ")
+    }
+}
+
+fn print_document(target: &Target, document: &ActorDocument) {
+    if target.json {
+        println!("{}", fedsx_wire::document::to_json(document));
+    } else {
+        println!(
+            "{}\n  id          {}\n  inbox       {}\n  outbox      {}\n  key id      {}",
+            document.name, document.id, document.inbox, document.outbox, document.key_id
+        );
+    }
+}
+
+fn print_published(target: &Target, what: &str, seq: u64, id: &[u8]) {
+    if target.json {
+        println!("{}", json!({ "seq": seq, "id": hex::encode(id) }));
+    } else {
+        println!("{what}: outbox seq {seq}, id {}", hex::encode(id));
+    }
+}
+
+fn print_entry(target: &Target, entry: &LogEntry) {
+    let decoded = fedsx_wire::decode(&entry.envelope).ok();
+    if target.json {
+        let activity = decoded.as_ref().map(|r| {
+            json!({ "type": format!("{:?}", r.kind), "actor": r.activity.actor, "seq": r.activity.seq, "object": r.activity.object, "to": r.activity.to, "published_ms": r.activity.published_ms, "content": r.activity.content })
+        });
+        println!(
+            "{}",
+            json!({ "seq": entry.seq, "id": hex::encode(&entry.id), "activity": activity })
+        );
+        return;
+    }
+    match decoded {
+        Some(r) => {
+            let what = if r.activity.content.is_empty() {
+                r.activity.object.clone()
+            } else {
+                format!("{:?}", r.activity.content)
+            };
+            println!(
+                "#{:<5} {:<7} from {}  {}",
+                entry.seq,
+                format!("{:?}", r.kind),
+                r.activity.actor,
+                what
+            );
+        }
+        None => println!("#{:<5} (undecodable entry)", entry.seq),
+    }
+}
+
+fn status_json(p: &PeerStatus) -> serde_json::Value {
+    json!({
+        "peer": p.peer, "pending": p.pending, "in_flight": p.in_flight, "delivered": p.delivered,
+        "dead_letters": p.dead_letters, "head_attempts": p.head_attempts,
+        "head_next_retry_ms": p.head_next_retry_ms, "last_error": p.last_error,
+    })
+}

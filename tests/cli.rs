@@ -92,13 +92,8 @@ async fn operating_two_nodes_from_the_command_line() {
     );
     let following = json(&fedsx(&a, &["actor", "show", "alice", "--json"]));
     assert_eq!(following["following"][0].as_str(), Some(bob_url.as_str()));
-    let outbox = json(
-        &fedsx(&a, &["log", "alice", "outbox", "--json"])
-            .lines()
-            .next()
-            .unwrap()
-            .to_owned(),
-    );
+    let outbox_text = fedsx(&a, &["log", "alice", "outbox", "--json"]);
+    let outbox = json(outbox_text.lines().next().unwrap());
     assert_eq!(outbox["activity"]["type"].as_str(), Some("Follow"));
 
     let deliveries = json(&fedsx(&b, &["deliveries", "--json"]));

@@ -7,8 +7,7 @@ use super::{path, spawn_service};
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
-use fedsx_proto::kernel::v1::{ActorDocument, CreateActorRequest, IngestRequest};
-use fedsx_proto::wire::v1::{Activity, ActivityType};
+use fedsx_proto::kernel::v1::{CreateActorRequest, IngestRequest};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -65,27 +64,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "signing {} activities by {} remote actors…",
         args.activities, args.actors
     );
-    let peers: Vec<(SigningKey, String)> = (0..args.actors)
-        .map(|i| {
-            let seed: [u8; 32] = std::array::from_fn(|b| (i * 31 + b) as u8);
-            (
-                SigningKey::from_bytes(&seed),
-                format!("https://peer-{i}.bench.example/actors/p"),
-            )
-        })
-        .collect();
-    for (key, url) in &peers {
-        let document = ActorDocument {
-            id: url.clone(),
-            name: "p".into(),
-            inbox: format!("{url}/inbox"),
-            outbox: format!("{url}/outbox"),
-            public_key: key.verifying_key().as_bytes().to_vec().into(),
-            key_id: fedsx_wire::key_id(url, &key.verifying_key()),
-        };
-        client.register_peer(document).await?;
-    }
-    let envelopes = Arc::new(sign_all(&peers, args.activities));
+    let peers = super::remote_actors(args.actors);
+    super::register(&mut client, &peers).await?;
+    let envelopes = Arc::new(super::sign_all(&peers, args.activities));
 
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -135,32 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sign_all(peers: &[(SigningKey, String)], n: usize) -> Vec<Vec<u8>> {
-    let mut chains: Vec<(u64, Option<fedsx_wire::ActivityId>)> = vec![(0, None); peers.len()];
-    (0..n)
-        .map(|i| {
-            let p = i % peers.len();
-            let (key, url) = &peers[p];
-            let (seq, prev) = &mut chains[p];
-            *seq += 1;
-            let activity = Activity {
-                r#type: ActivityType::Create.into(),
-                actor: url.clone(),
-                seq: *seq,
-                to: vec!["https://bench.local/actors/bench".into()],
-                published_ms: 1_767_225_600_000 + i as i64,
-                content: format!("note {i} from {url}, about the length of a short post on a federated server"),
-                prev: prev.map(|id| id.0.to_vec().into()).unwrap_or_default(),
-                ..Activity::default()
-            };
-            let signed = fedsx_wire::sign(&activity, key, &fedsx_wire::key_id(url, &key.verifying_key()));
-            *prev = Some(signed.id);
-            signed.to_bytes()
-        })
-        .collect()
-}
-
-fn verifies_per_second(envelopes: &[Vec<u8>], peers: &[(SigningKey, String)]) -> f64 {
+pub fn verifies_per_second(envelopes: &[Vec<u8>], peers: &[(SigningKey, String)]) -> f64 {
     let keys: std::collections::HashMap<&str, ed25519_dalek::VerifyingKey> =
         peers.iter().map(|(k, u)| (u.as_str(), k.verifying_key())).collect();
     let started = Instant::now();
@@ -176,7 +132,7 @@ fn verifies_per_second(envelopes: &[Vec<u8>], peers: &[(SigningKey, String)]) ->
     done as f64 / started.elapsed().as_secs_f64()
 }
 
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
+pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted
         .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
         .copied()

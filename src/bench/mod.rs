@@ -2,13 +2,19 @@
 //! measured in the same run.
 
 mod delivery;
+mod inbound;
 mod kernel;
 mod log_store;
 
 use anyhow::Context;
+use ed25519_dalek::SigningKey;
+use fedsx_proto::kernel::v1::ActorDocument;
+use fedsx_proto::kernel::v1::kernel_client::KernelClient;
+use fedsx_proto::wire::v1::{Activity, ActivityType};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use tonic::transport::Channel;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Bench {
@@ -19,6 +25,9 @@ pub enum Bench {
     Kernel(kernel::Args),
     /// Deliveries/s to a fast peer, a 100 ms peer and 100 peers; memory with a deep queue.
     Delivery(delivery::Args),
+    /// Signed activities POSTed to a running node's inbox over HTTP, beside a one-process
+    /// verify-and-202 ceiling.
+    Inbound(inbound::Args),
 }
 
 impl Bench {
@@ -27,8 +36,64 @@ impl Bench {
             Bench::LogStore(args) => log_store::run(args).await,
             Bench::Kernel(args) => kernel::run(args).await,
             Bench::Delivery(args) => delivery::run(args).await,
+            Bench::Inbound(args) => inbound::run(args).await,
         }
     }
+}
+
+/// Remote actors for load: a key each and a URL on a made-up host.
+pub fn remote_actors(n: usize) -> Vec<(SigningKey, String)> {
+    (0..n)
+        .map(|i| {
+            let seed: [u8; 32] = std::array::from_fn(|b| (i * 31 + b) as u8);
+            (
+                SigningKey::from_bytes(&seed),
+                format!("https://peer-{i}.bench.example/actors/p"),
+            )
+        })
+        .collect()
+}
+
+/// Registers the remote actors' documents with a node's kernel.
+pub async fn register(kernel: &mut KernelClient<Channel>, peers: &[(SigningKey, String)]) -> anyhow::Result<()> {
+    for (key, url) in peers {
+        let document = ActorDocument {
+            id: url.clone(),
+            name: "p".into(),
+            inbox: format!("{url}/inbox"),
+            outbox: format!("{url}/outbox"),
+            public_key: key.verifying_key().as_bytes().to_vec().into(),
+            key_id: fedsx_wire::key_id(url, &key.verifying_key()),
+        };
+        kernel.register_peer(document).await?;
+    }
+    Ok(())
+}
+
+/// `n` signed Create envelopes, round-robin over the actors, each actor's chained by `prev`.
+pub fn sign_all(peers: &[(SigningKey, String)], n: usize) -> Vec<Vec<u8>> {
+    let mut chains: Vec<(u64, Option<fedsx_wire::ActivityId>)> = vec![(0, None); peers.len()];
+    (0..n)
+        .map(|i| {
+            let p = i % peers.len();
+            let (key, url) = &peers[p];
+            let (seq, prev) = &mut chains[p];
+            *seq += 1;
+            let activity = Activity {
+                r#type: ActivityType::Create.into(),
+                actor: url.clone(),
+                seq: *seq,
+                to: vec!["https://bench.local/actors/bench".into()],
+                published_ms: 1_767_225_600_000 + i as i64,
+                content: format!("note {i} from {url}, about the length of a short post on a federated server"),
+                prev: prev.map(|id| id.0.to_vec().into()).unwrap_or_default(),
+                ..Activity::default()
+            };
+            let signed = fedsx_wire::sign(&activity, key, &fedsx_wire::key_id(url, &key.verifying_key()));
+            *prev = Some(signed.id);
+            signed.to_bytes()
+        })
+        .collect()
 }
 
 /// A service process started by a benchmark; killed when dropped.

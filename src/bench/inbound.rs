@@ -1,0 +1,212 @@
+//! `fedsx bench inbound`: the load generator. Registers M remote actors with a node, signs N
+//! activities with their keys, POSTs them to the node's inbox over HTTP (keep-alive) at a
+//! given concurrency, and prints activities/s, p50/p99 latency and non-202 answers. In the
+//! same run it measures the ceiling: a minimal axum handler in this process that verifies
+//! the same envelopes and answers 202. Then the resident memory of the node's processes.
+
+use super::kernel::percentile;
+use axum::body::Bytes;
+use ed25519_dalek::VerifyingKey;
+use fedsx_proto::kernel::v1::CreateActorRequest;
+use fedsx_proto::kernel::v1::kernel_client::KernelClient;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The node's gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8700")]
+    target: String,
+    /// The node's kernel (to register the remote actors and create the recipient).
+    #[arg(long, env = "FEDSX_KERNEL", default_value = "http://127.0.0.1:8701")]
+    kernel: String,
+    /// The local actor receiving the activities (created when missing).
+    #[arg(long, default_value = "bench")]
+    recipient: String,
+    #[arg(long, default_value_t = 100)]
+    actors: usize,
+    #[arg(long, default_value_t = 20_000)]
+    activities: usize,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+/// Results of one load run.
+struct Run {
+    rate: f64,
+    ok: usize,
+    errors: usize,
+    p50: Duration,
+    p99: Duration,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut kernel = KernelClient::new(Channel::from_shared(args.kernel.clone())?.connect().await?);
+    if let Err(status) = kernel
+        .create_actor(CreateActorRequest {
+            name: args.recipient.clone(),
+        })
+        .await
+        && status.code() != tonic::Code::AlreadyExists
+    {
+        anyhow::bail!("creating {}: {}", args.recipient, status.message());
+    }
+    // Fresh actors each run, so every activity is new to the node.
+    let salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let peers: Vec<_> = super::remote_actors(args.actors)
+        .into_iter()
+        .map(|(key, url)| (key, url.replace("bench.example", &format!("bench-{salt}.example"))))
+        .collect();
+    super::register(&mut kernel, &peers).await?;
+    let envelopes = Arc::new(super::sign_all(&peers, args.activities));
+    println!(
+        "machine: {} cores; {} activities by {} actors, concurrency {}",
+        std::thread::available_parallelism()?,
+        args.activities,
+        args.actors,
+        args.concurrency
+    );
+
+    let inbox = format!("{}/actors/{}/inbox", args.target.trim_end_matches('/'), args.recipient);
+    let node = load(&inbox, &envelopes, args.concurrency).await?;
+    println!(
+        "node {inbox}: {:.0} activities/s durable, p50 {:?}, p99 {:?}, {} accepted, {} not 202",
+        node.rate, node.p50, node.p99, node.ok, node.errors
+    );
+
+    let keys: HashMap<String, VerifyingKey> = peers.iter().map(|(k, u)| (u.clone(), k.verifying_key())).collect();
+    let ceiling_url = ceiling(Arc::new(keys)).await?;
+    let ceiling = load(&ceiling_url, &envelopes, args.concurrency).await?;
+    println!(
+        "ceiling (one process: axum, decode + strict verify, 202): {:.0}/s, p50 {:?}, p99 {:?}, {} not 202",
+        ceiling.rate, ceiling.p50, ceiling.p99, ceiling.errors
+    );
+    println!("ratio node/ceiling: {:.2}", node.rate / ceiling.rate);
+    println!("resident memory after:");
+    for (pid, command, rss) in fedsx_processes() {
+        println!("  {pid:>7} {:>6} MB  {command}", rss / 1024);
+    }
+    Ok(())
+}
+
+async fn load(url: &str, envelopes: &Arc<Vec<Vec<u8>>>, concurrency: usize) -> anyhow::Result<Run> {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build_http();
+    let uri: http::Uri = url.parse()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, uri, next, envelopes) = (client.clone(), uri.clone(), next.clone(), envelopes.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(envelope) = envelopes.get(i) else {
+                    return (latencies, errors);
+                };
+                let request = http::Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, fedsx_wire::CONTENT_TYPE)
+                    .body(Full::new(Bytes::from(envelope.clone())))
+                    .expect("a valid request");
+                let sent = Instant::now();
+                match client.request(request).await {
+                    Ok(response) if response.status() == http::StatusCode::ACCEPTED => {
+                        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                        latencies.push(sent.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+            }
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for worker in workers {
+        let (l, e) = worker.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(Run {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        ok: latencies.len(),
+        errors,
+        p50: percentile(&latencies, 50),
+        p99: percentile(&latencies, 99),
+    })
+}
+
+/// The one-process ceiling: decode, strict verify against the known keys, answer 202.
+async fn ceiling(keys: Arc<HashMap<String, VerifyingKey>>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/inbox", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/inbox",
+        axum::routing::post(move |body: Bytes| {
+            let keys = keys.clone();
+            async move {
+                let verified = fedsx_wire::decode(&body)
+                    .ok()
+                    .and_then(|r| keys.get(&r.activity.actor).map(|key| r.verify(key).is_ok()))
+                    .unwrap_or(false);
+                if verified {
+                    http::StatusCode::ACCEPTED
+                } else {
+                    http::StatusCode::UNAUTHORIZED
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// (pid, command line, resident KB) of every running `fedsx` service process.
+fn fedsx_processes() -> Vec<(u32, String, u64)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_service = args.first().is_some_and(|a| a.ends_with("fedsx"))
+            && args
+                .get(1)
+                .is_some_and(|a| ["log-store", "kernel", "delivery", "gateway"].contains(&a.as_str()));
+        if !is_service {
+            continue;
+        }
+        let rss = std::fs::read_to_string(entry.path().join("status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        found.push((pid, args[..2.min(args.len())].join(" "), rss));
+    }
+    found
+}

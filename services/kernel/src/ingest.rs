@@ -52,7 +52,7 @@ impl Kernel {
             .first()
             .copied()
             .ok_or_else(|| KernelError::Internal("empty append answer".into()))?;
-        tracing::info!(
+        tracing::debug!(
             recipient,
             sender = %sender.id,
             id = %received.id,

@@ -167,6 +167,9 @@ async fn ceiling(keys: Arc<HashMap<String, VerifyingKey>>) -> anyhow::Result<Str
             }
         }),
     );
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
 }

@@ -14,7 +14,7 @@ const CF_ITEMS: &str = "items";
 const CF_ENVELOPES: &str = "envelopes";
 const CF_PEERS: &str = "peers";
 /// Memtable size per column family, and how many: bounds write-buffer memory.
-const WRITE_BUFFER_BYTES: usize = 4 << 20;
+const WRITE_BUFFER_BYTES: usize = 2 << 20;
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 pub const STATUS_PENDING: i32 = 0;

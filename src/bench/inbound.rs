@@ -4,7 +4,7 @@
 //! same run it measures the ceiling: a minimal axum handler in this process that verifies
 //! the same envelopes and answers 202. Then the resident memory of the node's processes.
 
-use super::kernel::percentile;
+use super::Run;
 use axum::body::Bytes;
 use ed25519_dalek::VerifyingKey;
 use fedsx_proto::kernel::v1::CreateActorRequest;
@@ -14,8 +14,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 #[derive(Debug, clap::Args)]
@@ -35,15 +33,6 @@ pub struct Args {
     activities: usize,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-}
-
-/// Results of one load run.
-struct Run {
-    rate: f64,
-    ok: usize,
-    errors: usize,
-    p50: Duration,
-    p99: Duration,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -98,52 +87,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn load(url: &str, envelopes: &Arc<Vec<Vec<u8>>>, concurrency: usize) -> anyhow::Result<Run> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
-        .build_http();
+        .build(connector);
     let uri: http::Uri = url.parse()?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (client, uri, next, envelopes) = (client.clone(), uri.clone(), next.clone(), envelopes.clone());
-        workers.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(envelope) = envelopes.get(i) else {
-                    return (latencies, errors);
-                };
-                let request = http::Request::post(uri.clone())
-                    .header(http::header::CONTENT_TYPE, fedsx_wire::CONTENT_TYPE)
-                    .body(Full::new(Bytes::from(envelope.clone())))
-                    .expect("a valid request");
-                let sent = Instant::now();
-                match client.request(request).await {
-                    Ok(response) if response.status() == http::StatusCode::ACCEPTED => {
-                        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
-                        latencies.push(sent.elapsed());
-                    }
-                    _ => errors += 1,
+    let envelopes = envelopes.clone();
+    super::drive(envelopes.len(), concurrency, move |i| {
+        let (client, uri) = (client.clone(), uri.clone());
+        let request = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, fedsx_wire::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(envelopes[i].clone())))
+            .expect("a valid request");
+        async move {
+            match client.request(request).await {
+                Ok(response) => {
+                    let accepted = response.status() == http::StatusCode::ACCEPTED;
+                    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                    accepted
                 }
+                Err(_) => false,
             }
-        }));
-    }
-    let (mut latencies, mut errors) = (Vec::new(), 0);
-    for worker in workers {
-        let (l, e) = worker.await?;
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Ok(Run {
-        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
-        ok: latencies.len(),
-        errors,
-        p50: percentile(&latencies, 50),
-        p99: percentile(&latencies, 99),
+        }
     })
+    .await
 }
 
 /// The one-process ceiling: decode, strict verify against the known keys, answer 202.

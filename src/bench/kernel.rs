@@ -9,7 +9,6 @@ use ed25519_dalek::SigningKey;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{CreateActorRequest, IngestRequest};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -66,51 +65,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let peers = super::remote_actors(args.actors);
     super::register(&mut client, &peers).await?;
-    let envelopes = Arc::new(super::sign_all(&peers, args.activities));
+    let signed = super::sign_all(&peers, args.activities);
+    let envelopes = Arc::new(signed.clone());
+    let connections = Arc::new(connections);
 
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for worker in 0..args.concurrency {
-        let mut client = connections[worker % CONNECTIONS].clone();
-        let (next, envelopes) = (next.clone(), envelopes.clone());
-        workers.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(envelope) = envelopes.get(i) else {
-                    return (latencies, errors);
-                };
-                let sent = Instant::now();
-                let request = IngestRequest {
-                    recipient: "bench".into(),
-                    envelope: envelope.clone().into(),
-                };
-                match client.ingest(request).await {
-                    Ok(answer) if answer.get_ref().new => latencies.push(sent.elapsed()),
-                    _ => errors += 1,
-                }
-            }
-        }));
-    }
-    let (mut latencies, mut errors) = (Vec::new(), 0);
-    for worker in workers {
-        let (l, e) = worker.await?;
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+    let run = super::drive(envelopes.len(), args.concurrency, move |i| {
+        let mut client = connections[i % CONNECTIONS].clone();
+        let envelope = envelopes[i].clone();
+        async move {
+            let request = IngestRequest {
+                recipient: "bench".into(),
+                envelope: envelope.into(),
+            };
+            client.ingest(request).await.is_ok_and(|answer| answer.get_ref().new)
+        }
+    })
+    .await?;
+    let rate = run.rate;
     println!(
-        "\ningest through kernel → log-store, concurrency {}: {rate:.0}/s durable ({} ok, {errors} errors, p50 {:?}, p99 {:?})",
-        args.concurrency,
-        latencies.len(),
-        percentile(&latencies, 50),
-        percentile(&latencies, 99)
+        "\ningest through kernel → log-store, concurrency {}: {rate:.0}/s durable ({} ok, {} errors, p50 {:?}, p99 {:?})",
+        args.concurrency, run.ok, run.errors, run.p50, run.p99
     );
 
-    let verify_rate = tokio::task::block_in_place(|| verifies_per_second(&envelopes, &peers));
+    let verify_rate = tokio::task::block_in_place(|| verifies_per_second(&signed, &peers));
     println!("ed25519 strict decode+verify of the same envelopes, one core: {verify_rate:.0}/s");
     println!("ratio ingest/verify: {:.2}", rate / verify_rate);
     Ok(())
@@ -130,11 +107,4 @@ pub fn verifies_per_second(envelopes: &[Vec<u8>], peers: &[(SigningKey, String)]
         done += 1;
     }
     done as f64 / started.elapsed().as_secs_f64()
-}
-
-pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    sorted
-        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default()
 }

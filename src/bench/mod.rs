@@ -96,6 +96,67 @@ pub fn sign_all(peers: &[(SigningKey, String)], n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// What a load run measured.
+pub struct Run {
+    pub rate: f64,
+    pub ok: usize,
+    pub errors: usize,
+    pub p50: std::time::Duration,
+    pub p99: std::time::Duration,
+}
+
+/// Calls `call(i)` for i in 0..n from `concurrency` tasks; a call answers whether it
+/// succeeded. Rate, latency percentiles (of successes) and the failures.
+pub async fn drive<F, Fut>(n: usize, concurrency: usize, call: F) -> anyhow::Result<Run>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, call) = (next.clone(), call.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return (latencies, errors);
+                }
+                let sent = std::time::Instant::now();
+                if call(i).await {
+                    latencies.push(sent.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for worker in workers {
+        let (l, e) = worker.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let percentile = |p: usize| {
+        latencies
+            .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok(Run {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        ok: latencies.len(),
+        errors,
+        p50: percentile(50),
+        p99: percentile(99),
+    })
+}
+
 /// A service process started by a benchmark; killed when dropped.
 pub struct KillOnDrop(std::process::Child);
 

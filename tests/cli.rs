@@ -54,9 +54,10 @@ async fn operating_two_nodes_from_the_command_line() {
         sent.starts_with(&format!("alice sent a Follow to {bob_url}: outbox seq 1")),
         "{sent}"
     );
-    let shown = eventually("bob followed by alice", || {
+    // The follower is recorded, then the Accept published: wait for both.
+    let shown = eventually("bob followed by alice, Accept published", || {
         let shown = json(&fedsx(&b, &["actor", "show", "bob", "--json"]));
-        async move { (shown["followers"].as_array()?.len() == 1).then_some(shown) }
+        async move { (shown["followers"].as_array()?.len() == 1 && shown["outbox_tip"] == 1).then_some(shown) }
     })
     .await
     .unwrap();

@@ -1,7 +1,8 @@
 //! The relay: hands every outbox entry to delivery, once per recipient inbox, after it is
 //! durably in the outbox. It reads the outbox from a cursor, so nothing published is lost
-//! when delivery is down (it retries with backoff) or the kernel restarts (it starts from
-//! the beginning; delivery treats a repeated (peer, id) as the same delivery).
+//! when delivery is down (it retries with backoff) or the kernel restarts (it resumes from
+//! the last journaled cursor, at most `CURSOR_EVERY` entries back; delivery treats a
+//! repeated (peer, id) as the same delivery).
 
 use crate::delivery::Handoff;
 use crate::error::KernelError;
@@ -17,6 +18,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// How far the relay gets past its last journaled cursor before journaling a new one: the
+/// most a restart hands off again per actor.
+const CURSOR_EVERY: u64 = 1000;
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
 pub(crate) fn spawn(kernel: Arc<Kernel>, kicks: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
@@ -24,7 +28,9 @@ pub(crate) fn spawn(kernel: Arc<Kernel>, kicks: mpsc::UnboundedReceiver<String>,
 }
 
 async fn run(kernel: Arc<Kernel>, mut kicks: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
-    let mut cursors: HashMap<String, u64> = HashMap::new();
+    // Where each actor's hand-off got to, as journaled: the restart point.
+    let mut journaled: HashMap<String, u64> = kernel.read_state().relay_cursors.clone();
+    let mut cursors = journaled.clone();
     let mut due: BTreeSet<String> = BTreeSet::new();
     let mut failing: BTreeSet<String> = BTreeSet::new();
     let mut retry = FIRST_RETRY;
@@ -47,7 +53,16 @@ async fn run(kernel: Arc<Kernel>, mut kicks: mpsc::UnboundedReceiver<String>, sh
             let cursor = cursors.entry(actor.clone()).or_default();
             if let Err(err) = kernel.hand_off(&actor, cursor).await {
                 tracing::warn!(actor = %actor, error = %err, "hand-off to delivery failed; will retry");
-                failing.insert(actor);
+                failing.insert(actor.clone());
+            }
+            let (done, saved) = (*cursor, journaled.get(&actor).copied().unwrap_or(0));
+            if done >= saved + CURSOR_EVERY {
+                match kernel.journal_relay_cursor(&actor, done).await {
+                    Ok(()) => {
+                        journaled.insert(actor, done);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "journaling the relay cursor failed; will retry"),
+                }
             }
         }
         if failing.is_empty() {
@@ -57,6 +72,16 @@ async fn run(kernel: Arc<Kernel>, mut kicks: mpsc::UnboundedReceiver<String>, sh
 }
 
 impl Kernel {
+    async fn journal_relay_cursor(&self, actor: &str, seq: u64) -> Result<(), KernelError> {
+        let record =
+            fedsx_proto::kernel::v1::journal_record::Record::RelayCursor(fedsx_proto::kernel::v1::RelayCursor {
+                actor: actor.to_owned(),
+                seq,
+            });
+        let id = crate::kernel::derived_id("relay-cursor", &[actor.as_bytes(), &seq.to_be_bytes()]);
+        self.journal(id, record).await.map(drop)
+    }
+
     /// Hands every outbox entry after `cursor` to delivery, advancing the cursor past each
     /// entry once all its recipients are handed off.
     async fn hand_off(&self, actor: &str, cursor: &mut u64) -> Result<(), KernelError> {

@@ -26,6 +26,8 @@ pub struct State {
     pub following: HashMap<String, BTreeSet<String>>,
     /// Follow id → (local actor, followed URL), for matching the Accept that answers it.
     pub follows_sent: HashMap<ActivityId, (String, String)>,
+    /// Local actor name → the outbox seq up to which the relay handed everything to delivery.
+    pub relay_cursors: HashMap<String, u64>,
 }
 
 /// The URL of local actor `name` on a node whose public base URL is `base`.
@@ -85,6 +87,10 @@ impl State {
             }
             Record::FollowingAdded(added) => {
                 self.following.entry(added.actor).or_default().insert(added.followed);
+            }
+            Record::RelayCursor(cursor) => {
+                let seq = self.relay_cursors.entry(cursor.actor).or_default();
+                *seq = (*seq).max(cursor.seq);
             }
         }
     }

@@ -516,3 +516,58 @@ async fn peer_documents_are_checked_before_they_are_kept() {
 fn code_of_peer(node: &Node) -> Code {
     code_of(node.kernel.peer(PEER).unwrap_err()).0
 }
+
+#[tokio::test]
+async fn after_a_restart_the_relay_resumes_from_its_journaled_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let logs_url = log_store(dir.path(), shutdown.clone()).await;
+    let first = CancellationToken::new();
+    let (kernel, delivery) = kernel_on(&logs_url, &first).await;
+    kernel.create_actor("bob").await.unwrap();
+    let mut alice = Peer::new(PEER, 1);
+    kernel.register_peer(alice.document()).await.unwrap();
+    let (_, follow) = alice.signed(ActivityType::Follow, &bob_url());
+    kernel.ingest("bob", &follow).await.unwrap();
+    let mut first_note = None;
+    for i in 0..1005 {
+        let note = kernel
+            .publish(draft("bob", ActivityType::Create, &["followers"], &i.to_string()))
+            .await
+            .unwrap();
+        first_note.get_or_insert(note.id);
+    }
+    for _ in 0..1000 {
+        if delivery.handoffs().len() >= 1006 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(delivery.handoffs().len(), 1006, "the Accept and every note handed off");
+    first.cancel();
+    drop(kernel);
+
+    let (kernel, delivery) = kernel_on(&logs_url, &shutdown).await;
+    let last = kernel
+        .publish(draft("bob", ActivityType::Create, &["followers"], "after"))
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if delivery.handoffs().iter().any(|h| h.id == last.id) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let handed: Vec<ActivityId> = delivery.handoffs().iter().map(|h| h.id).collect();
+    assert!(handed.contains(&last.id));
+    assert!(
+        !handed.contains(&first_note.unwrap()),
+        "old entries are not handed off again"
+    );
+    assert!(
+        handed.len() <= 1001,
+        "at most a cursor interval again: {}",
+        handed.len()
+    );
+    shutdown.cancel();
+}

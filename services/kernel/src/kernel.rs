@@ -41,6 +41,15 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A stored inbox or outbox entry with the id of the activity it holds.
+fn log_entry(entry: fedsx_proto::logstore::v1::Entry) -> crate::LogEntry {
+    crate::LogEntry {
+        seq: entry.seq,
+        id: fedsx_wire::decode(&entry.data).map(|r| r.id).ok(),
+        envelope: entry.data,
+    }
+}
+
 /// A journal or idempotency key: SHA-256 over a purpose tag and parts.
 pub(crate) fn derived_id(purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
     let mut hasher = Sha256::new().chain_update(purpose.as_bytes()).chain_update([0u8]);
@@ -172,14 +181,7 @@ impl Kernel {
     ) -> Result<(u64, Vec<crate::LogEntry>), KernelError> {
         self.actor(name)?;
         let (entries, tip) = self.logs.read(name, kind, after, limit.min(1024)).await?;
-        let entries = entries
-            .into_iter()
-            .map(|entry| crate::LogEntry {
-                seq: entry.seq,
-                id: fedsx_wire::decode(&entry.data).map(|r| r.id).ok(),
-                envelope: entry.data,
-            })
-            .collect();
+        let entries = entries.into_iter().map(log_entry).collect();
         Ok((tip, entries))
     }
 
@@ -192,14 +194,7 @@ impl Kernel {
     ) -> Result<impl futures::Stream<Item = Result<crate::LogEntry, KernelError>> + use<>, KernelError> {
         self.actor(name)?;
         let entries = self.logs.subscribe(name, kind, after).await?;
-        Ok(futures::StreamExt::map(entries, |entry| {
-            let entry = entry?;
-            Ok(crate::LogEntry {
-                seq: entry.seq,
-                id: fedsx_wire::decode(&entry.data).map(|r| r.id).ok(),
-                envelope: entry.data,
-            })
-        }))
+        Ok(futures::StreamExt::map(entries, |entry| Ok(log_entry(entry?))))
     }
 
     pub fn followers(&self, name: &str) -> Result<Vec<String>, KernelError> {

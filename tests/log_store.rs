@@ -191,6 +191,12 @@ async fn duplicate_ids_keep_their_seq_and_leave_the_tip() {
         2,
         "nothing appended twice"
     );
+    let lookup = |id: &str| fedsx_proto::logstore::v1::LookupRequest {
+        stream: stream("bob", StreamKind::Inbox),
+        id: Bytes::copy_from_slice(id.as_bytes()),
+    };
+    assert_eq!(client.lookup(lookup("n")).await.unwrap().into_inner().seq, 2);
+    assert_eq!(client.lookup(lookup("never")).await.unwrap().into_inner().seq, 0);
 
     // A pure retry succeeds even with the expected tip it had the first time.
     let retry = append(&mut client, "bob", StreamKind::Inbox, vec![entry("n", "x")], Some(1))

@@ -108,7 +108,11 @@ impl Kernel {
                 let Some(follow_id) = ActivityId::from_hex(&received.activity.object) else {
                     return Ok(());
                 };
-                let sent = self.read_state().follows_sent.get(&follow_id).cloned();
+                let known = self.read_state().follows_sent.get(&follow_id).cloned();
+                let sent = match known {
+                    Some(sent) => Some(sent),
+                    None => self.follow_in_outbox(recipient, follow_id).await?,
+                };
                 match sent {
                     Some((local, followed)) if local == recipient && followed == sender => {
                         let record = Record::FollowingAdded(FollowingAdded {
@@ -147,6 +151,34 @@ impl Kernel {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A Follow we published but never journaled as sent (the kernel stopped in between):
+    /// found by its id in the actor's outbox, and journaled now.
+    async fn follow_in_outbox(
+        &self,
+        actor: &str,
+        follow_id: ActivityId,
+    ) -> Result<Option<(String, String)>, KernelError> {
+        let id = Bytes::copy_from_slice(&follow_id.0);
+        let Some(seq) = self.logs.lookup(actor, StreamKind::Outbox, id).await? else {
+            return Ok(None);
+        };
+        let (entries, _) = self.logs.read(actor, StreamKind::Outbox, seq - 1, 1).await?;
+        let Some(entry) = entries.into_iter().next() else {
+            return Ok(None);
+        };
+        let (id, activity) = crate::publish::envelope_activity(&entry.data)?;
+        if id != follow_id || activity.r#type != i32::from(ActivityType::Follow) {
+            return Ok(None);
+        }
+        let record = Record::FollowSent(fedsx_proto::kernel::v1::FollowSent {
+            actor: actor.to_owned(),
+            followed: activity.object.clone(),
+            follow_id: follow_id.0.to_vec().into(),
+        });
+        self.journal(derived_id("follow-sent", &[&follow_id.0]), record).await?;
+        Ok(Some((actor.to_owned(), activity.object)))
     }
 
     /// Records the follower and publishes one Accept for this Follow, however often the

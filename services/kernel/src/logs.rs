@@ -5,7 +5,8 @@ use crate::error::KernelError;
 use bytes::Bytes;
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{
-    AppendRequest, AppendResponse, Entry, NewEntry, ReadRequest, StreamId, StreamKind, SubscribeRequest, TipRequest,
+    AppendRequest, AppendResponse, Entry, LookupRequest, NewEntry, ReadRequest, StreamId, StreamKind, SubscribeRequest,
+    TipRequest,
 };
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 
@@ -132,6 +133,16 @@ impl Logs {
             after_seq,
         };
         Ok(self.client.clone().subscribe(request).await?.into_inner())
+    }
+
+    /// The seq of the entry with `id` in a stream, if any.
+    pub async fn lookup(&self, actor: &str, kind: StreamKind, id: Bytes) -> Result<Option<u64>, KernelError> {
+        let request = LookupRequest {
+            stream: stream(actor, kind),
+            id,
+        };
+        let seq = self.client.clone().lookup(request).await?.into_inner().seq;
+        Ok((seq > 0).then_some(seq))
     }
 
     pub async fn tip(&self, actor: &str, kind: StreamKind) -> Result<u64, KernelError> {

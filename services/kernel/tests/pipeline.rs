@@ -571,3 +571,29 @@ async fn after_a_restart_the_relay_resumes_from_its_journaled_cursor() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn an_accept_of_a_follow_published_but_not_journaled_as_sent_still_counts() {
+    // The state a kernel stop between publishing a Follow and journaling it leaves behind.
+    let node = node().await;
+    let mut alice = Peer::new(PEER, 1);
+    node.kernel.register_peer(alice.document()).await.unwrap();
+    let follow = Draft {
+        actor: "bob".into(),
+        kind: ActivityType::Follow,
+        object: PEER.into(),
+        to: vec![PEER.into()],
+        content: String::new(),
+        once_key: None,
+    };
+    let follow = node.kernel.publish(follow).await.unwrap();
+
+    // An Accept naming some other activity does nothing.
+    let (_, stray) = alice.signed(ActivityType::Accept, &ActivityId([9; 32]).to_hex());
+    node.kernel.ingest("bob", &stray).await.unwrap();
+    assert!(node.kernel.following("bob").unwrap().is_empty());
+
+    let (_, accept) = alice.signed(ActivityType::Accept, &follow.id.to_hex());
+    node.kernel.ingest("bob", &accept).await.unwrap();
+    assert_eq!(node.kernel.following("bob").unwrap(), [PEER]);
+}

@@ -103,6 +103,13 @@ impl LogStore for LogStoreService {
         Ok(Response::new(pb::TipResponse { tip }))
     }
 
+    async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
+        let request = request.into_inner();
+        let stream = stream_id(request.stream).map_err(status)?;
+        let seq = self.store.lookup(stream, request.id).await.map_err(status)?;
+        Ok(Response::new(pb::LookupResponse { seq: seq.unwrap_or(0) }))
+    }
+
     type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::Entry, Status>> + Send>>;
 
     async fn subscribe(

@@ -126,6 +126,19 @@ impl Store {
         blocking(move || read_tip(&db, &keys::stream_key(&stream), None)).await
     }
 
+    /// The seq of the entry with `id` in `stream`, if it holds one.
+    pub async fn lookup(&self, stream: StreamId, id: bytes::Bytes) -> Result<Option<u64>, StoreError> {
+        let db = self.inner.db.clone();
+        blocking(move || {
+            let ids = db.cf_handle(CF_IDS).expect("ids column family opened");
+            let key = keys::id_key(&keys::stream_key(&stream), &id);
+            db.get_pinned_cf(ids, key)?
+                .map(|bytes| keys::decode_u64(&bytes))
+                .transpose()
+        })
+        .await
+    }
+
     /// Notices of appends: the stream key of every stream a committed group touched.
     pub(crate) fn appended(&self) -> broadcast::Receiver<Vec<u8>> {
         self.inner.appended.subscribe()

@@ -172,6 +172,29 @@ async fn every_inbound_error_has_its_status_and_appends_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(tips.inbox_tip, 1);
+
+    // Health, readiness and metrics for the cluster; the metrics counted the answers above.
+    let get = |path: &str| {
+        let request = http::Request::get(format!("{}{path}", node.url()))
+            .body(Bytes::new())
+            .unwrap();
+        async move {
+            PeerHttp::new(true, Duration::from_secs(10))
+                .send(request, 1 << 20)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get("/healthz").await.status, 200);
+    assert_eq!(get("/readyz").await.status, 200);
+    let metrics = String::from_utf8(get("/metrics").await.body.to_vec()).unwrap();
+    for line in [
+        r#"fedsx_gateway_requests_total{route="/actors/{name}/inbox",status="202"} 2"#,
+        r#"fedsx_gateway_requests_total{route="/actors/{name}/inbox",status="401"} 2"#,
+        r#"fedsx_gateway_requests_total{route="/actors/{name}/inbox",status="415"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -338,9 +338,29 @@ impl Node {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// The pids of `up`'s child processes, by subcommand (`kernel`, `log-store`, …).
+    pub fn children(&self) -> Vec<(String, u32)> {
+        let pid = self.child.id();
+        let listed = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        listed
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .filter_map(|p| {
+                let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+                let name = cmdline.split(|b| *b == 0).nth(1)?;
+                Some((String::from_utf8_lossy(name).into_owned(), p))
+            })
+            .collect()
+    }
+
     /// SIGTERM to `up`, which stops its four children; waits for the exit.
     pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
+        self.wait().await
+    }
+
+    /// Waits for `up` to exit by itself.
+    pub async fn wait(&mut self) -> anyhow::Result<ExitStatus> {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait()? {

@@ -1,5 +1,6 @@
 //! Outbound HTTP to peer nodes, the one way every service makes it: http and https
-//! (rustls, web PKI roots), a time limit for the whole exchange, a cap on the response body,
+//! (rustls, web PKI roots), kept-alive connections per peer, a time limit for the whole
+//! exchange, a cap on the response body,
 //! no redirects followed, and no connections to loopback, private, link-local or other
 //! non-global addresses unless the operator allowed them. The address checked is the address
 //! connected to, so a DNS answer cannot change between the check and the request.
@@ -49,12 +50,20 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// The client for peers; cheap to clone.
+/// An HTTP/1.1 connection ready to send a request.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// Which peer a connection goes to: (https, host, port).
+type PoolKey = (bool, String, u16);
+/// Idle kept-alive connections kept per peer.
+const MAX_IDLE_PER_PEER: usize = 32;
+
+/// The client for peers; cheap to clone (clones share the kept-alive connections).
 #[derive(Clone)]
 pub struct PeerHttp {
     allow_private: bool,
     timeout: Duration,
     tls: tokio_rustls::TlsConnector,
+    pool: Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Sender>>>>,
 }
 
 impl std::fmt::Debug for PeerHttp {
@@ -87,6 +96,7 @@ impl PeerHttp {
             allow_private,
             timeout,
             tls: tls_connector(roots),
+            pool: Arc::default(),
         }
     }
 
@@ -131,31 +141,6 @@ impl PeerHttp {
             .ok_or_else(|| HttpError::BadUrl(format!("{uri} has no host")))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let addr = self.resolve(&host, port).await?;
-
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|err| HttpError::Transport(format!("connect {addr}: {err}")))?;
-        let _ = tcp.set_nodelay(true);
-        let stream: Box<dyn Io> = if https {
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|_| HttpError::BadUrl(format!("{host} is not a valid TLS server name")))?;
-            let tls = self
-                .tls
-                .connect(name, tcp)
-                .await
-                .map_err(|err| HttpError::Transport(format!("tls with {host}: {err}")))?;
-            Box::new(tls)
-        } else {
-            Box::new(tcp)
-        };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| HttpError::Transport(format!("http handshake: {err}")))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-
         if let Some(authority) = uri.authority()
             && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
         {
@@ -168,13 +153,86 @@ impl PeerHttp {
                 "fedsx/",
                 env!("CARGO_PKG_VERSION")
             )));
-        parts.uri = uri
+        let path: http::Uri = uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .parse()
             .expect("a path is a valid URI");
+        let build = || {
+            let mut request = http::Request::new(Full::new(body.clone()));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = path.clone();
+            *request.headers_mut() = parts.headers.clone();
+            request
+        };
+
+        let key = (https, host, port);
+        if let Some(sender) = self.idle(&key) {
+            // A kept-alive connection the peer may have closed meanwhile: on a transport
+            // failure, try once more on a fresh one.
+            match self.send_on(sender, build(), max_body, &key).await {
+                Err(HttpError::Transport(_)) => {}
+                answer => return answer,
+            }
+        }
+        let sender = self.connect(&key).await?;
+        self.send_on(sender, build(), max_body, &key).await
+    }
+
+    /// An idle kept-alive connection to `key`, if one is still open.
+    fn idle(&self, key: &PoolKey) -> Option<Sender> {
+        let mut pool = self.pool.lock().expect("connection pool lock");
+        let idle = pool.get_mut(key)?;
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, (https, host, port): &PoolKey) -> Result<Sender, HttpError> {
+        let addr = self.resolve(host, *port).await?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|err| HttpError::Transport(format!("connect {addr}: {err}")))?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Io> = if *https {
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| HttpError::BadUrl(format!("{host} is not a valid TLS server name")))?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|err| HttpError::Transport(format!("tls with {host}: {err}")))?;
+            Box::new(tls)
+        } else {
+            Box::new(tcp)
+        };
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| HttpError::Transport(format!("http handshake: {err}")))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends on `sender`, reads the whole answer, and keeps the connection for the next
+    /// request to the same peer when it is still usable.
+    async fn send_on(
+        &self,
+        mut sender: Sender,
+        request: http::Request<Full<Bytes>>,
+        max_body: usize,
+        key: &PoolKey,
+    ) -> Result<Reply, HttpError> {
+        sender
+            .ready()
+            .await
+            .map_err(|err| HttpError::Transport(format!("connection: {err}")))?;
         let response = sender
-            .send_request(http::Request::from_parts(parts, Full::new(body)))
+            .send_request(request)
             .await
             .map_err(|err| HttpError::Transport(format!("request: {err}")))?;
         let (parts, body) = response.into_parts();
@@ -189,6 +247,13 @@ impl PeerHttp {
                 }
             })?
             .to_bytes();
+        if !sender.is_closed() {
+            let mut pool = self.pool.lock().expect("connection pool lock");
+            let idle = pool.entry(key.clone()).or_default();
+            if idle.len() < MAX_IDLE_PER_PEER {
+                idle.push(sender);
+            }
+        }
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,

@@ -160,3 +160,54 @@ fn only_public_unicast_addresses_are_global() {
         assert!(is_global(public.parse().unwrap()), "{public}");
     }
 }
+
+/// A keep-alive HTTP/1.1 server answering 200 "ok", counting the connections it accepted.
+async fn keep_alive_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let service = hyper::service::service_fn(|_request: hyper::Request<hyper::body::Incoming>| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn connections_to_a_peer_are_kept_alive_and_reused() {
+    let (port, accepted) = keep_alive_server().await;
+    let http = client();
+    for _ in 0..5 {
+        let reply = http
+            .send(get(&format!("http://127.0.0.1:{port}/x")), CAP)
+            .await
+            .unwrap();
+        assert_eq!(&reply.body[..], b"ok");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection for five requests"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_closing_its_connections_costs_nothing_but_new_ones() {
+    // The canned server answers once per connection and closes it.
+    let port = canned(None, Some(ok_with(b"once"))).await;
+    let http = client();
+    for _ in 0..3 {
+        let reply = http
+            .send(get(&format!("http://127.0.0.1:{port}/x")), CAP)
+            .await
+            .unwrap();
+        assert_eq!(&reply.body[..], b"once");
+    }
+}

@@ -1,6 +1,6 @@
 //! One send: POST the envelope to the peer's inbox and classify the answer. 2xx delivered;
 //! 408, 429, 5xx and transport errors are worth retrying (429 and 503 with the peer's
-//! Retry-After, in seconds); any other 4xx is a permanent refusal.
+//! Retry-After, in seconds or as an HTTP date); any other 4xx is a permanent refusal.
 
 use crate::queue::Failure;
 use bytes::Bytes;
@@ -36,6 +36,20 @@ pub async fn dispatch(http: &PeerHttp, inbox_url: &str, envelope: Bytes, tracepa
 
 /// What an HTTP answer means for the activity.
 pub fn classify(status: http::StatusCode, headers: &http::HeaderMap) -> Result<(), Failure> {
+    classify_at(status, headers, std::time::SystemTime::now())
+}
+
+/// A Retry-After value: delta-seconds, or an HTTP date (a wait from `now`, none if past).
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn classify_at(status: http::StatusCode, headers: &http::HeaderMap, now: std::time::SystemTime) -> Result<(), Failure> {
     let reason = format!("status {}", status.as_u16());
     if status.is_success() {
         return Ok(());
@@ -44,8 +58,8 @@ pub fn classify(status: http::StatusCode, headers: &http::HeaderMap) -> Result<(
     if code == 429 || code == 503 {
         let retry_after = headers
             .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, now));
         return Err(Failure::Transient { reason, retry_after });
     }
     if status.is_client_error() && code != 408 {
@@ -76,6 +90,39 @@ mod tests {
         assert!(
             matches!(status(302), Err(Failure::Transient { .. })),
             "a redirect is not followed"
+        );
+    }
+
+    #[test]
+    fn retry_after_may_be_an_http_date() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2026 07:28:00 GMT").unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::RETRY_AFTER,
+            "Wed, 21 Oct 2026 07:30:00 GMT".parse().unwrap(),
+        );
+        let answer = classify_at(http::StatusCode::SERVICE_UNAVAILABLE, &headers, now);
+        assert_eq!(
+            answer,
+            Err(Failure::Transient {
+                reason: "status 503".into(),
+                retry_after: Some(Duration::from_secs(120))
+            })
+        );
+        headers.insert(
+            http::header::RETRY_AFTER,
+            "Wed, 21 Oct 2026 07:00:00 GMT".parse().unwrap(),
+        );
+        let answer = classify_at(http::StatusCode::SERVICE_UNAVAILABLE, &headers, now);
+        assert!(
+            matches!(answer, Err(Failure::Transient { retry_after: Some(d), .. }) if d.is_zero()),
+            "a past date: no extra wait"
+        );
+        headers.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
+        let answer = classify_at(http::StatusCode::SERVICE_UNAVAILABLE, &headers, now);
+        assert!(
+            matches!(answer, Err(Failure::Transient { retry_after: None, .. })),
+            "unreadable: the schedule decides"
         );
     }
 

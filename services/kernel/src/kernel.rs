@@ -26,6 +26,8 @@ pub struct Kernel {
     pub(crate) logs: Logs,
     pub(crate) secret: NodeSecret,
     pub(crate) base_url: String,
+    /// `<base_url>/actors/`: local actor URLs start with it.
+    actors_prefix: String,
     pub(crate) state: RwLock<State>,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
     pub(crate) fetcher: PeerFetcher,
@@ -90,6 +92,7 @@ impl Kernel {
         let kernel = Arc::new(Kernel {
             logs,
             secret,
+            actors_prefix: format!("{base_url}/actors/"),
             base_url,
             state: RwLock::new(state),
             heads: Mutex::default(),
@@ -225,7 +228,11 @@ impl Kernel {
     pub async fn register_peer(&self, document: ActorDocument) -> Result<ActorDocument, KernelError> {
         fedsx_wire::document::check(&document)
             .map_err(|reason| KernelError::BadRequest(format!("bad actor document: {reason}")))?;
-        if document.id.starts_with(&format!("{}/", self.base_url)) {
+        if document
+            .id
+            .strip_prefix(&self.base_url)
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
             return Err(KernelError::BadRequest(format!(
                 "{} is a local actor, not a peer",
                 document.id
@@ -260,13 +267,21 @@ impl Kernel {
     }
 
     pub(crate) fn known_document(&self, url: &str) -> Option<ActorDocument> {
+        self.read_state().document(&self.actors_prefix, url).cloned()
+    }
+
+    /// The inbox URL of each actor in `urls` (empty when unknown), under one lock.
+    pub(crate) fn inboxes(&self, urls: Vec<String>) -> Vec<(String, String)> {
         let state = self.read_state();
-        if let Some(name) = url.strip_prefix(&format!("{}/actors/", self.base_url))
-            && let Some(actor) = state.actor(name)
-        {
-            return Some(actor.document.clone());
-        }
-        state.peers.get(url).cloned()
+        urls.into_iter()
+            .map(|url| {
+                let inbox = state
+                    .document(&self.actors_prefix, &url)
+                    .map(|d| d.inbox.clone())
+                    .unwrap_or_default();
+                (url, inbox)
+            })
+            .collect()
     }
 
     pub(crate) async fn fetch_and_keep(&self, url: &str) -> Result<ActorDocument, String> {

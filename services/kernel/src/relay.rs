@@ -88,7 +88,7 @@ impl Kernel {
         let entries = self.logs.read_all(actor, StreamKind::Outbox, *cursor).await?;
         for entry in entries {
             let (id, activity) = envelope_activity(&entry.data)?;
-            for (peer, inbox_url) in self.recipients(&activity.actor, &activity.to) {
+            for (peer, inbox_url) in self.recipients(actor, &activity.actor, &activity.to) {
                 let handoff = Handoff {
                     peer,
                     inbox_url,
@@ -102,17 +102,15 @@ impl Kernel {
         Ok(())
     }
 
-    /// (recipient actor URL, inbox URL) for every recipient of an activity by `sender`:
-    /// its followers collection expands to the current followers; inbox URLs come from the
-    /// recipients' documents (empty when unknown).
-    fn recipients(&self, sender: &str, to: &[String]) -> Vec<(String, String)> {
-        let state = self.read_state();
+    /// (recipient actor URL, inbox URL) for every recipient of an activity by local actor
+    /// `name` (at `sender`): its followers collection expands to the current followers;
+    /// inbox URLs come from the recipients' documents (empty when unknown).
+    fn recipients(&self, name: &str, sender: &str, to: &[String]) -> Vec<(String, String)> {
         let followers = followers_url(sender);
-        let sender_name = sender.rsplit('/').next().unwrap_or_default();
         let mut out: Vec<String> = Vec::new();
         for target in to {
             if *target == followers {
-                if let Some(list) = state.followers.get(sender_name) {
+                if let Some(list) = self.read_state().followers.get(name) {
                     out.extend(list.keys().cloned());
                 }
             } else if target != sender {
@@ -121,12 +119,6 @@ impl Kernel {
         }
         out.sort();
         out.dedup();
-        drop(state);
-        out.into_iter()
-            .map(|peer| {
-                let inbox = self.known_document(&peer).map(|d| d.inbox).unwrap_or_default();
-                (peer, inbox)
-            })
-            .collect()
+        self.inboxes(out)
     }
 }

@@ -98,4 +98,13 @@ impl State {
     pub fn actor(&self, name: &str) -> Option<&LocalActor> {
         self.actors.get(name)
     }
+
+    /// The document of the actor at `url`: a local actor (its URL starts with
+    /// `actors_prefix`, `<base>/actors/`) or a known peer.
+    pub fn document(&self, actors_prefix: &str, url: &str) -> Option<&ActorDocument> {
+        if let Some(actor) = url.strip_prefix(actors_prefix).and_then(|name| self.actor(name)) {
+            return Some(&actor.document);
+        }
+        self.peers.get(url)
+    }
 }

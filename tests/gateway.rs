@@ -6,7 +6,7 @@ mod support;
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
-use fedsx_proto::kernel::v1::{ActorDocument, ActorRequest, CreateActorRequest};
+use fedsx_proto::kernel::v1::{ActorRequest, CreateActorRequest};
 use fedsx_proto::wire::v1::{Activity, ActivityType, SignedEnvelope};
 use fedsx_runtime::http_client::{PeerHttp, Reply};
 use prost::Message;
@@ -69,14 +69,7 @@ async fn every_inbound_error_has_its_status_and_appends_nothing() {
         .unwrap();
     let key = SigningKey::from_bytes(&[3; 32]);
     let kid = fedsx_wire::key_id(PEER, &key.verifying_key());
-    let document = ActorDocument {
-        id: PEER.into(),
-        name: "pat".into(),
-        inbox: format!("{PEER}/inbox"),
-        outbox: format!("{PEER}/outbox"),
-        public_key: key.verifying_key().as_bytes().to_vec().into(),
-        key_id: kid.clone(),
-    };
+    let document = fedsx_wire::document::new(PEER, "pat", &key.verifying_key());
     kernel.register_peer(document).await.unwrap();
     let activity = Activity {
         r#type: ActivityType::Create.into(),

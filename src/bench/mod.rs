@@ -8,7 +8,6 @@ mod log_store;
 
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
-use fedsx_proto::kernel::v1::ActorDocument;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::wire::v1::{Activity, ActivityType};
 use std::io::{BufRead, BufReader};
@@ -57,15 +56,9 @@ pub fn remote_actors(n: usize) -> Vec<(SigningKey, String)> {
 /// Registers the remote actors' documents with a node's kernel.
 pub async fn register(kernel: &mut KernelClient<Channel>, peers: &[(SigningKey, String)]) -> anyhow::Result<()> {
     for (key, url) in peers {
-        let document = ActorDocument {
-            id: url.clone(),
-            name: "p".into(),
-            inbox: format!("{url}/inbox"),
-            outbox: format!("{url}/outbox"),
-            public_key: key.verifying_key().as_bytes().to_vec().into(),
-            key_id: fedsx_wire::key_id(url, &key.verifying_key()),
-        };
-        kernel.register_peer(document).await?;
+        kernel
+            .register_peer(fedsx_wire::document::new(url, "p", &key.verifying_key()))
+            .await?;
     }
     Ok(())
 }

@@ -17,6 +17,19 @@ struct Json {
     key_id: String,
 }
 
+/// The document of the actor at `url` named `name` with `key`, its inbox and outbox at
+/// `<url>/inbox` and `<url>/outbox` (the layout every fed-sx node uses).
+pub fn new(url: &str, name: &str, key: &VerifyingKey) -> ActorDocument {
+    ActorDocument {
+        id: url.to_owned(),
+        name: name.to_owned(),
+        inbox: format!("{url}/inbox"),
+        outbox: format!("{url}/outbox"),
+        public_key: key.as_bytes().to_vec().into(),
+        key_id: crate::key_id(url, key),
+    }
+}
+
 /// The JSON form of `document`.
 pub fn to_json(document: &ActorDocument) -> serde_json::Value {
     serde_json::to_value(Json {

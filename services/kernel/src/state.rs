@@ -41,16 +41,7 @@ pub fn followers_url(actor_url: &str) -> String {
 }
 
 pub fn local_document(base: &str, name: &str, key: &SigningKey) -> ActorDocument {
-    let id = actor_url(base, name);
-    let public = key.verifying_key();
-    ActorDocument {
-        key_id: fedsx_wire::key_id(&id, &public),
-        inbox: format!("{id}/inbox"),
-        outbox: format!("{id}/outbox"),
-        public_key: public.as_bytes().to_vec().into(),
-        name: name.to_owned(),
-        id,
-    }
+    fedsx_wire::document::new(&actor_url(base, name), name, &key.verifying_key())
 }
 
 impl State {

@@ -102,14 +102,7 @@ impl Peer {
     }
 
     fn document(&self) -> ActorDocument {
-        ActorDocument {
-            id: self.url.clone(),
-            name: String::new(),
-            inbox: format!("{}/inbox", self.url),
-            outbox: format!("{}/outbox", self.url),
-            public_key: self.key.verifying_key().as_bytes().to_vec().into(),
-            key_id: key_id(&self.url, &self.key.verifying_key()),
-        }
+        fedsx_wire::document::new(&self.url, "", &self.key.verifying_key())
     }
 
     fn activity(&mut self, kind: ActivityType, object: &str) -> Activity {

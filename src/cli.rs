@@ -18,13 +18,13 @@ use serde_json::json;
 pub struct Target {
     /// The node's kernel.
     #[arg(long, env = "FEDSX_KERNEL", default_value = "http://127.0.0.1:8701")]
-    kernel: String,
+    pub(crate) kernel: String,
     /// The node's delivery service.
     #[arg(long, env = "FEDSX_DELIVERY", default_value = "http://127.0.0.1:8703")]
     delivery: String,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -53,6 +53,9 @@ pub enum Which {
 pub enum Command {
     #[command(subcommand)]
     Actor(ActorCommand),
+    /// Durable flows: start, signal, show, list.
+    #[command(subcommand)]
+    Flow(crate::flow_cli::FlowCommand),
     /// LOCAL follows the actor at REMOTE_ACTOR_URL (recorded once its Accept arrives).
     Follow {
         local: String,
@@ -97,7 +100,7 @@ pub enum Command {
     },
 }
 
-fn kernel(target: &Target) -> anyhow::Result<KernelClient<TracedChannel>> {
+pub(crate) fn kernel(target: &Target) -> anyhow::Result<KernelClient<TracedChannel>> {
     Ok(KernelClient::new(lazy_channel("--kernel", &target.kernel)?))
 }
 
@@ -106,7 +109,7 @@ fn delivery(target: &Target) -> anyhow::Result<DeliveryClient<TracedChannel>> {
 }
 
 /// A gRPC failure as one line naming the service.
-fn failed(service: &str, url: &str) -> impl Fn(tonic::Status) -> anyhow::Error {
+pub(crate) fn failed(service: &str, url: &str) -> impl Fn(tonic::Status) -> anyhow::Error {
     let (service, url) = (service.to_owned(), url.to_owned());
     move |status| anyhow::anyhow!("{service} at {url}: {}", status.message())
 }
@@ -121,6 +124,7 @@ impl Command {
             | Command::Deliveries { target }
             | Command::DeadLetters { target, .. }
             | Command::Redrive { target, .. } => target,
+            Command::Flow(flow) => flow.target(),
         }
     }
 }
@@ -130,6 +134,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     let k = || failed("kernel", &target.kernel);
     let d = || failed("delivery", &target.delivery);
     match command {
+        Command::Flow(flow) => crate::flow_cli::run(flow).await?,
         Command::Actor(ActorCommand::Create { name, .. }) => {
             let document = kernel(&target)?
                 .create_actor(CreateActorRequest { name })

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod flow_cli;
 mod up;
 
 use clap::{Parser, Subcommand};

@@ -23,6 +23,11 @@ pub struct Config {
     /// Time allowed for one request, body included.
     #[arg(long, env = "FEDSX_GATEWAY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_seconds)]
     pub request_timeout: Duration,
+
+    /// Bearer token the flow routes (/flows…) require; without it they are open to anyone
+    /// who reaches the gateway.
+    #[arg(long, env = "FEDSX_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -1,9 +1,10 @@
 //! The fed-sx gateway: the node's only public face. HTTP routes (welcome, actor documents,
-//! inbox POST, outbox reads, health, readiness, metrics), each turned into a kernel gRPC
+//! inbox POST, outbox reads, flows, health, readiness, metrics), each turned into a kernel gRPC
 //! call; it holds no state. Errors come from the shared error-code table.
 
 mod config;
 mod error;
+pub mod flows;
 mod metrics;
 mod routes;
 
@@ -25,8 +26,19 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         public_url: config.public_url.trim_end_matches('/').to_owned(),
         metrics: metrics::Metrics::default(),
         request_timeout: config.request_timeout,
+        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
     });
+    if app.admin_token.is_none() {
+        tracing::warn!("no --admin-token: anyone who reaches the gateway may start and signal flows");
+    }
+    let flow_routes = Router::new()
+        .route("/flows", get(flows::list))
+        .route("/flows/{name}", post(flows::start).get(flows::get))
+        .route("/flows/{id}/signal/{signal}", post(flows::signal))
+        .layer(axum::extract::DefaultBodyLimit::max(flows::MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), flows::authorize));
     Ok(Router::new()
+        .merge(flow_routes)
         .route("/", get(routes::welcome))
         .route("/actors/{name}", get(routes::actor))
         .route("/actors/{name}/inbox", post(routes::inbox))

@@ -28,6 +28,8 @@ pub struct App {
     pub public_url: String,
     pub metrics: Metrics,
     pub request_timeout: Duration,
+    /// When set, the flow routes require it as a bearer token.
+    pub admin_token: Option<String>,
 }
 
 pub type Shared = State<Arc<App>>;

@@ -17,6 +17,12 @@ pub enum KernelError {
     NoSuchPeer(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("no flow named {0:?} is registered (known: {1})")]
+    NoSuchFlow(String, String),
+    #[error("no flow instance {0}")]
+    NoSuchFlowInstance(String),
+    #[error("{0}")]
+    FlowState(String),
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("sender {actor}: {reason}")]
@@ -38,7 +44,11 @@ impl ServiceError for KernelError {
         match self {
             KernelError::InvalidName(_) | KernelError::BadRequest(_) => ErrorCode::InvalidArgument,
             KernelError::ActorExists(_) => ErrorCode::AlreadyExists,
-            KernelError::NoSuchActor(_) | KernelError::NoSuchPeer(_) => ErrorCode::NotFound,
+            KernelError::NoSuchActor(_)
+            | KernelError::NoSuchPeer(_)
+            | KernelError::NoSuchFlow(..)
+            | KernelError::NoSuchFlowInstance(_) => ErrorCode::NotFound,
+            KernelError::FlowState(_) => ErrorCode::FailedPrecondition,
             KernelError::Wire(WireError::TooLarge(_)) => ErrorCode::TooLarge,
             KernelError::Wire(WireError::ForeignKeyId { .. } | WireError::BadSignature) => ErrorCode::Unauthenticated,
             KernelError::Wire(_) => ErrorCode::InvalidArgument,

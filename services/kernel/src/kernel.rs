@@ -3,6 +3,7 @@
 
 use crate::delivery::DeliveryPort;
 use crate::error::{KernelError, check_name};
+use crate::flows::{FLOWS_ACTOR, FlowTable};
 use crate::keys::NodeSecret;
 use crate::logs::{JOURNAL_ACTOR, Logs};
 use crate::peers::PeerFetcher;
@@ -34,6 +35,7 @@ pub struct Kernel {
     refetched: Mutex<HashMap<String, Instant>>,
     pub(crate) delivery: Arc<dyn DeliveryPort>,
     pub(crate) relay: mpsc::UnboundedSender<String>,
+    pub(crate) flows: FlowTable,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -87,6 +89,10 @@ impl Kernel {
             peers = state.peers.len(),
             "journal replayed"
         );
+        let flow_journal = logs.read_all(FLOWS_ACTOR, StreamKind::Flow, 0).await?;
+        let flows = FlowTable::replay(&flow_journal)?;
+        tracing::info!(records = flow_journal.len(), instances = ?flows.counts(), "flow journal replayed");
+        drop(flow_journal);
         let actors: Vec<String> = state.actors.keys().cloned().collect();
         let (relay, kicks) = mpsc::unbounded_channel();
         let kernel = Arc::new(Kernel {
@@ -100,8 +106,10 @@ impl Kernel {
             refetched: Mutex::default(),
             delivery,
             relay,
+            flows,
         });
-        crate::relay::spawn(kernel.clone(), kicks, shutdown);
+        crate::relay::spawn(kernel.clone(), kicks, shutdown.clone());
+        crate::flows::spawn_timers(kernel.clone(), shutdown);
         // Hand off anything published before a restart that delivery may not have taken.
         for actor in actors {
             kernel.kick_relay(&actor);

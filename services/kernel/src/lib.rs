@@ -7,6 +7,7 @@
 mod config;
 pub mod delivery;
 mod error;
+mod flows;
 mod ingest;
 mod kernel;
 mod keys;
@@ -19,6 +20,7 @@ mod state;
 
 pub use config::Config;
 pub use error::KernelError;
+pub use flows::FLOWS_ACTOR;
 pub use ingest::Ingested;
 pub use kernel::Kernel;
 pub use keys::NodeSecret;

@@ -174,4 +174,50 @@ impl KernelApi for KernelService {
         let (inbox_tip, outbox_tip) = self.kernel.tips(&request.into_inner().name).await.map_err(status)?;
         Ok(Response::new(pb::TipsResponse { inbox_tip, outbox_tip }))
     }
+
+    async fn start_flow(&self, request: Request<pb::StartFlowRequest>) -> Result<Response<pb::Flow>, Status> {
+        let request = request.into_inner();
+        self.kernel
+            .start_flow(&request.name, &request.input)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn signal(&self, request: Request<pb::SignalRequest>) -> Result<Response<pb::Flow>, Status> {
+        let request = request.into_inner();
+        self.kernel
+            .signal_flow(&request.id, &request.signal, &request.payload)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn get_flow(&self, request: Request<pb::GetFlowRequest>) -> Result<Response<pb::Flow>, Status> {
+        self.kernel
+            .flow(&request.into_inner().id)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_flows(
+        &self,
+        request: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        let request = request.into_inner();
+        let status_filter = match pb::FlowStatus::try_from(request.status) {
+            Ok(pb::FlowStatus::Unspecified) => None,
+            Ok(known) => Some(known),
+            Err(_) => {
+                return Err(status(KernelError::BadRequest(format!(
+                    "unknown flow status {}",
+                    request.status
+                ))));
+            }
+        };
+        let (flows, next) = self
+            .kernel
+            .list_flows(&request.name, status_filter, &request.after, request.limit);
+        Ok(Response::new(pb::ListFlowsResponse { flows, next }))
+    }
 }

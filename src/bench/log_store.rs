@@ -92,7 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn grpc_appends(
+pub async fn grpc_appends(
     connections: &[LogStoreClient<Channel>],
     run: usize,
     streams: usize,

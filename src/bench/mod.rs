@@ -2,6 +2,7 @@
 //! measured in the same run.
 
 mod delivery;
+mod flows;
 mod inbound;
 mod kernel;
 mod log_store;
@@ -27,6 +28,9 @@ pub enum Bench {
     /// Signed activities POSTed to a running node's inbox over HTTP, beside a one-process
     /// verify-and-202 ceiling.
     Inbound(inbound::Args),
+    /// Flow starts and signals per second through the kernel, and the time a kernel restart
+    /// takes to recover the suspended instances.
+    Flows(flows::Args),
 }
 
 impl Bench {
@@ -36,6 +40,7 @@ impl Bench {
             Bench::Kernel(args) => kernel::run(args).await,
             Bench::Delivery(args) => delivery::run(args).await,
             Bench::Inbound(args) => inbound::run(args).await,
+            Bench::Flows(args) => flows::run(args).await,
         }
     }
 }

@@ -101,14 +101,31 @@ impl Service {
     /// Spawns `fedsx <args>` with stderr in `<log_dir>/<name>.log`, waits for its
     /// `fedsx-listening` line and for its gRPC health to report SERVING.
     pub async fn spawn(name: &str, args: &[&str], log_dir: &Path) -> anyhow::Result<Service> {
-        Service::start(name, args, log_dir, true).await
+        Service::start(name, args, &[], log_dir, true).await
     }
 
-    async fn start(name: &str, args: &[&str], log_dir: &Path, grpc: bool) -> anyhow::Result<Service> {
+    /// Like [`Service::spawn`], with extra environment variables.
+    pub async fn spawn_with_env(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Service> {
+        Service::start(name, args, env, log_dir, true).await
+    }
+
+    async fn start(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+        grpc: bool,
+    ) -> anyhow::Result<Service> {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -145,7 +162,7 @@ impl Service {
     /// Like [`Service::spawn`] for a service without gRPC health (the gateway): ready once it
     /// announces its address.
     pub async fn spawn_http(name: &str, args: &[&str], log_dir: &Path) -> anyhow::Result<Service> {
-        Service::start(name, args, log_dir, false).await
+        Service::start(name, args, &[], log_dir, false).await
     }
 
     pub fn url(&self) -> String {
@@ -194,13 +211,18 @@ impl Service {
     /// SIGTERM, then waits for the exit.
     pub async fn sigterm(&mut self) -> anyhow::Result<ExitStatus> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
+        self.wait_exit().await
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self) -> anyhow::Result<ExitStatus> {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
             if started.elapsed() > DEADLINE {
-                bail!("no exit within {DEADLINE:?} of SIGTERM; log:\n{}", self.log_tail());
+                bail!("no exit within {DEADLINE:?}; log:\n{}", self.log_tail());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -466,3 +466,88 @@ fn retryable(err: &KernelError) -> bool {
         fedsx_runtime::ErrorCode::Unavailable | fedsx_runtime::ErrorCode::Internal
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, id: &str, version: u64, status: FlowStatus, wake_at_ms: i64) -> Entry {
+        let flow = Flow {
+            id: id.into(),
+            name: "wait-timer".into(),
+            status: status.into(),
+            version,
+            wake_at_ms,
+            ..Flow::default()
+        };
+        let data = FlowRecord {
+            flow: Some(flow),
+            step: version as u32,
+        };
+        Entry {
+            seq,
+            id: Bytes::from(format!("{id}-{version}")),
+            data: data.encode_to_vec().into(),
+        }
+    }
+
+    #[test]
+    fn replay_keeps_the_latest_version_and_schedules_what_must_run() {
+        let entries = [
+            record(1, "a", 1, FlowStatus::Running, 0),
+            record(2, "b", 1, FlowStatus::Running, 0),
+            record(3, "a", 2, FlowStatus::Suspended, 5_000),
+            record(4, "c", 1, FlowStatus::Running, 0),
+            record(5, "b", 3, FlowStatus::Done, 0),
+            // An older version journaled later (cannot happen, but must not win).
+            record(6, "b", 2, FlowStatus::Running, 0),
+        ];
+        let table = FlowTable::replay(&entries).unwrap();
+        let status = |id: &str| table.slot(id).unwrap().view().status();
+        assert_eq!(status("a"), FlowStatus::Suspended);
+        assert_eq!(status("b"), FlowStatus::Done);
+        assert_eq!(status("c"), FlowStatus::Running);
+        assert_eq!(*table.slot("b").unwrap().step.try_lock().unwrap(), 3);
+        let timers: Vec<(i64, String)> = table.timers.lock().unwrap().iter().cloned().collect();
+        assert_eq!(timers, [(0, "c".to_owned()), (5_000, "a".to_owned())]);
+        assert!(matches!(table.slot("d"), Err(KernelError::NoSuchFlowInstance(_))));
+    }
+
+    #[test]
+    fn a_corrupt_journal_entry_is_an_error_not_a_skip() {
+        let entry = Entry {
+            seq: 7,
+            id: Bytes::from_static(b"x"),
+            data: Bytes::from_static(&[0xff, 0xff, 0xff]),
+        };
+        let err = FlowTable::replay(&[entry]).err().unwrap();
+        assert!(err.to_string().contains("flow journal entry 7 is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn a_refusal_says_what_the_instance_awaits() {
+        let flow = Flow {
+            id: "f".into(),
+            status: FlowStatus::Suspended.into(),
+            awaiting: vec!["approve".into(), "reject".into()],
+            ..Flow::default()
+        };
+        assert_eq!(
+            refusal(&flow, "maybe"),
+            "flow instance f awaits approve or reject, not \"maybe\""
+        );
+        let ended = Flow {
+            status: FlowStatus::Done.into(),
+            ..flow
+        };
+        assert!(refusal(&ended, "approve").contains("has ended (done)"));
+    }
+
+    #[test]
+    fn instance_ids_sort_by_creation_time() {
+        let first = new_instance_id(1_000).unwrap();
+        let second = new_instance_id(1_001).unwrap();
+        assert_eq!(first.len(), 32);
+        assert!(first < second);
+    }
+}

@@ -1,7 +1,7 @@
 //! `fedsx flow …`: start, signal, show and list durable flow instances through the kernel.
 
 use crate::cli::{Target, failed, kernel};
-use fedsx_gateway::flows::{parse_status, to_json};
+use fedsx_gateway::flows::to_json;
 use fedsx_proto::kernel::v1::{Flow, FlowStatus, GetFlowRequest, ListFlowsRequest, SignalRequest, StartFlowRequest};
 
 #[derive(Debug, clap::Subcommand)]
@@ -51,7 +51,7 @@ pub enum FlowCommand {
 }
 
 fn status_arg(text: &str) -> Result<FlowStatus, String> {
-    parse_status(text).ok_or_else(|| format!("{text:?} is not one of running, suspended, done, failed"))
+    FlowStatus::from_label(text).ok_or_else(|| format!("{text:?} is not one of running, suspended, done, failed"))
 }
 
 impl FlowCommand {
@@ -123,7 +123,7 @@ fn summary(flow: &Flow) -> String {
         FlowStatus::Suspended => format!("suspended awaiting {}", flow.awaiting.join(" or ")),
         FlowStatus::Done => format!("done {}", json["output"]),
         FlowStatus::Failed => format!("failed: {}", flow.error),
-        _ => json["status"].as_str().unwrap_or_default().to_owned(),
+        status => status.label(),
     };
     format!("{}  {}  {state}", flow.id, flow.name)
 }

@@ -19,15 +19,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// A flow instance as JSON: its input, output and data embedded as JSON values.
 pub fn to_json(flow: &Flow) -> Value {
     let embedded = |text: &str| serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
-    let status = flow
-        .status()
-        .as_str_name()
-        .trim_start_matches("FLOW_STATUS_")
-        .to_ascii_lowercase();
     json!({
         "id": flow.id,
         "name": flow.name,
-        "status": status,
+        "status": flow.status().label(),
         "awaiting": flow.awaiting,
         "wake_at_ms": flow.wake_at_ms,
         "input": embedded(&flow.input),
@@ -38,12 +33,6 @@ pub fn to_json(flow: &Flow) -> Value {
         "updated_ms": flow.updated_ms,
         "version": flow.version,
     })
-}
-
-/// A flow status by its lower-case name (`running`, `suspended`, `done`, `failed`).
-pub fn parse_status(name: &str) -> Option<FlowStatus> {
-    FlowStatus::from_str_name(&format!("FLOW_STATUS_{}", name.to_ascii_uppercase()))
-        .filter(|s| *s != FlowStatus::Unspecified)
 }
 
 fn body_text(body: &Bytes) -> Result<String, ApiError> {
@@ -110,7 +99,7 @@ pub async fn list(State(app): Shared, Query(query): Query<ListQuery>) -> Result<
     let status = if query.status.is_empty() {
         FlowStatus::Unspecified
     } else {
-        parse_status(&query.status).ok_or_else(|| {
+        FlowStatus::from_label(&query.status).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!(

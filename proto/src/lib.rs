@@ -21,6 +21,21 @@ pub mod logstore {
 pub mod kernel {
     pub mod v1 {
         tonic::include_proto!("fedsx.kernel.v1");
+
+        impl FlowStatus {
+            /// `running`, `suspended`, `done`, `failed` (`unspecified`): the name people see.
+            pub fn label(self) -> String {
+                self.as_str_name()
+                    .trim_start_matches("FLOW_STATUS_")
+                    .to_ascii_lowercase()
+            }
+
+            /// The status with this label.
+            pub fn from_label(label: &str) -> Option<FlowStatus> {
+                FlowStatus::from_str_name(&format!("FLOW_STATUS_{}", label.to_ascii_uppercase()))
+                    .filter(|s| *s != FlowStatus::Unspecified)
+            }
+        }
     }
 }
 

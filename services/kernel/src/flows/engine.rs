@@ -189,7 +189,7 @@ fn refusal(flow: &Flow, signal: &str) -> String {
         FlowStatus::Done | FlowStatus::Failed | FlowStatus::Unspecified => {
             format!(
                 "flow instance {id} has ended ({}); it takes no signal",
-                flow.status().as_str_name()
+                flow.status().label()
             )
         }
     }

@@ -1,6 +1,7 @@
 //! Serving one fed-sx gRPC service the same way everywhere: the service itself plus
-//! `grpc.health.v1` health and server reflection, trace context taken from each call, and
-//! graceful shutdown (NOT_SERVING first, then in-flight calls finish).
+//! `grpc.health.v1` health and server reflection, trace context taken from each call, call
+//! metrics, Prometheus text at `GET /metrics` (HTTP/1.1 on the same port), and graceful
+//! shutdown (NOT_SERVING first, then in-flight calls finish).
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -39,7 +40,10 @@ pub async fn serve(
         .build_v1()
         .context("building the reflection service")?;
 
-    let routes = routes.add_service(health_service).add_service(reflection);
+    let mut routes = routes.add_service(health_service).add_service(reflection);
+    // Prometheus scrapes the same port over HTTP/1.1.
+    let router = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = router.route("/metrics", axum::routing::get(crate::metrics::handler));
 
     crate::listen::announce(service_name, &listener)?;
     let name = service_name.to_owned();
@@ -51,7 +55,9 @@ pub async fn serve(
     };
 
     tonic::transport::Server::builder()
+        .accept_http1(true)
         .trace_fn(crate::trace_context::grpc_server_span)
+        .layer(crate::rpc_metrics::RpcMetricsLayer::default())
         .add_routes(routes)
         .serve_with_incoming_shutdown(nodelay(listener), stopping)
         .await

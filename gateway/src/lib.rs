@@ -45,7 +45,7 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         .route("/actors/{name}/outbox", get(routes::outbox))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
+        .route("/metrics", get(fedsx_runtime::metrics::handler))
         .layer(axum::middleware::from_fn_with_state(app.clone(), routes::around))
         .with_state(app))
 }

@@ -1,35 +1,32 @@
-//! Request counts by route and status, served as Prometheus text at `/metrics`.
+//! `http.server.request.duration` (seconds) by method, route and status: its count is the
+//! request count. Served with every other instrument at `/metrics`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use fedsx_runtime::metrics::{Histogram, KeyValue, LATENCY_BUCKETS, meter};
+use std::time::Duration;
 
-#[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    duration: Histogram<f64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let duration = meter()
+            .f64_histogram("http.server.request.duration")
+            .with_unit("s")
+            .with_description("HTTP requests answered, by method, route and status, and how long they took")
+            .with_boundaries(LATENCY_BUCKETS.to_vec())
+            .build();
+        Metrics { duration }
+    }
 }
 
 impl Metrics {
-    pub fn record(&self, route: &str, status: u16) {
-        *self
-            .requests
-            .lock()
-            .expect("metrics lock")
-            .entry((route.to_owned(), status))
-            .or_default() += 1;
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP fedsx_gateway_requests_total HTTP requests answered, by route and status.\n\
-             # TYPE fedsx_gateway_requests_total counter\n",
-        );
-        for ((route, status), count) in self.requests.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "fedsx_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
-            );
-        }
-        out
+    pub fn record(&self, method: &http::Method, route: &str, status: u16, took: Duration) {
+        let attributes = [
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("http.route", route.to_owned()),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ];
+        self.duration.record(took.as_secs_f64(), &attributes);
     }
 }

@@ -143,13 +143,6 @@ pub async fn readyz(State(app): Shared) -> Result<&'static str, ApiError> {
     }
 }
 
-pub async fn metrics(State(app): Shared) -> impl IntoResponse {
-    (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-}
-
 /// Every request: a server span continuing the caller's trace, a time limit, and a count.
 pub async fn around(State(app): Shared, request: Request, next: Next) -> Response {
     let route = request
@@ -158,6 +151,7 @@ pub async fn around(State(app): Shared, request: Request, next: Next) -> Respons
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let span = fedsx_runtime::trace_context::http_server_span(request.method(), &route, request.headers());
+    let (method, started) = (request.method().clone(), std::time::Instant::now());
     let response = match tokio::time::timeout(app.request_timeout, next.run(request).instrument(span.clone())).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
@@ -167,6 +161,7 @@ pub async fn around(State(app): Shared, request: Request, next: Next) -> Respons
         .into_response(),
     };
     span.record("http.response.status_code", response.status().as_u16());
-    app.metrics.record(&route, response.status().as_u16());
+    app.metrics
+        .record(&method, &route, response.status().as_u16(), started.elapsed());
     response
 }

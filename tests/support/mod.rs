@@ -269,6 +269,7 @@ pub struct Node {
     pub http: SocketAddr,
     pub kernel: SocketAddr,
     pub delivery: SocketAddr,
+    pub log_store: SocketAddr,
     log: PathBuf,
 }
 
@@ -324,6 +325,7 @@ impl Node {
             http,
             kernel: http,
             delivery: http,
+            log_store: http,
             log,
         };
         let mut seen = 0;
@@ -335,6 +337,7 @@ impl Node {
             match service.as_str() {
                 "fedsx.kernel.v1.Kernel" => node.kernel = addr.parse()?,
                 "fedsx.delivery.v1.Delivery" => node.delivery = addr.parse()?,
+                "fedsx.logstore.v1.LogStore" => node.log_store = addr.parse()?,
                 _ => {}
             }
             seen += 1;
@@ -403,6 +406,17 @@ impl Drop for Node {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The value of the Prometheus sample `name` whose labels include `labels`, in the text
+/// `metrics` (None when there is no such sample).
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let wanted = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (metric == name && wanted).then(|| value.parse().ok())?
+    })
 }
 
 /// A loopback address with a port free right now (for a node whose public URL must stay the

@@ -3,8 +3,8 @@
 //! endpoint is configured (see `telemetry`). Names follow the OTel semantic conventions
 //! (`rpc.server.call.duration`, `http.server.request.duration`) or start with `fedsx.`.
 
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::Meter;
+pub use opentelemetry::KeyValue;
+pub use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge, UpDownCounter};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::reader::MetricReader;

@@ -6,6 +6,7 @@
 mod config;
 mod dispatch;
 mod error;
+mod metrics;
 mod peer;
 pub mod queue;
 mod service;
@@ -67,6 +68,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         shared,
         peers: std::sync::Mutex::new(peers),
     });
+    let _gauges = metrics::register(&queues);
     let routes = tonic::service::Routes::new(service::server(queues));
     fedsx_runtime::grpc::serve(SERVICE_NAME, routes, listener, shutdown).await
 }

@@ -161,6 +161,7 @@ impl PeerQueue {
                 status: STATUS_PENDING,
                 inbox_url,
                 traceparent,
+                enqueued_ms: now_ms(),
                 ..ItemRecord::default()
             };
             shared.store.put(&record, &id, &item, Some(&envelope), true)?;
@@ -181,6 +182,15 @@ impl PeerQueue {
             dead_letters: inner.state.dead_letter_len(),
             delivered: inner.record.delivered,
             in_flight: inner.in_flight.len(),
+        }
+    }
+
+    /// When the oldest pending activity was enqueued, if any is pending (read from the store).
+    pub fn oldest_pending_ms(&self, shared: &Shared) -> Option<u64> {
+        let head = self.lock().state.pending().next().copied()?;
+        match shared.store.item(&self.peer, &head) {
+            Ok(Some(item)) if item.enqueued_ms > 0 => Some(item.enqueued_ms),
+            _ => None,
         }
     }
 
@@ -280,6 +290,7 @@ impl PeerQueue {
         let hex_id = fedsx_wire::ActivityId(id);
         match result {
             Ok(()) => {
+                crate::metrics::sends().add(1, &[fedsx_runtime::metrics::KeyValue::new("outcome", "delivered")]);
                 inner.state.record_success(id);
                 inner.record.delivered += 1;
                 item.status = STATUS_DELIVERED;
@@ -296,10 +307,13 @@ impl PeerQueue {
                 inner.record.last_error = reason.clone();
                 match after {
                     Some(AfterFailure::RetryAt(at)) => {
+                        crate::metrics::sends().add(1, &[fedsx_runtime::metrics::KeyValue::new("outcome", "retry")]);
                         item.next_retry_ms = at;
                         tracing::warn!(peer = %self.peer, id = %hex_id, attempts = item.attempts, error = %reason, retry_at_ms = at, "delivery failed");
                     }
                     Some(AfterFailure::DeadLettered) | None => {
+                        crate::metrics::sends()
+                            .add(1, &[fedsx_runtime::metrics::KeyValue::new("outcome", "dead_letter")]);
                         item.status = STATUS_DEAD;
                         item.next_retry_ms = 0;
                         tracing::warn!(peer = %self.peer, id = %hex_id, attempts = item.attempts, error = %reason, "dead-lettered");

@@ -28,6 +28,28 @@ impl Queues {
         queue
     }
 
+    fn all(&self) -> Vec<Arc<PeerQueue>> {
+        self.peers
+            .lock()
+            .expect("peers lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Every peer's numbers.
+    pub fn statuses(&self) -> Vec<Status> {
+        self.all().iter().map(|q| q.status()).collect()
+    }
+
+    /// Every peer with when its oldest pending activity was enqueued.
+    pub fn oldest_pending(&self) -> Vec<(String, Option<u64>)> {
+        self.all()
+            .iter()
+            .map(|q| (q.status().peer, q.oldest_pending_ms(&self.shared)))
+            .collect()
+    }
+
     fn existing(&self, peer: &str) -> Result<Arc<PeerQueue>, DeliveryError> {
         self.peers
             .lock()
@@ -124,15 +146,7 @@ impl DeliveryApi for DeliveryService {
         &self,
         _: Request<pb::ListPeersRequest>,
     ) -> Result<Response<pb::ListPeersResponse>, GrpcStatus> {
-        let queues: Vec<Arc<PeerQueue>> = self
-            .queues
-            .peers
-            .lock()
-            .expect("peers lock poisoned")
-            .values()
-            .cloned()
-            .collect();
-        let mut peers: Vec<pb::PeerStatus> = queues.iter().map(|q| to_proto(q.status())).collect();
+        let mut peers: Vec<pb::PeerStatus> = self.queues.statuses().into_iter().map(to_proto).collect();
         peers.sort_by(|a, b| a.peer.cmp(&b.peer));
         Ok(Response::new(pb::ListPeersResponse { peers }))
     }

@@ -38,6 +38,9 @@ pub struct ItemRecord {
     pub next_retry_ms: u64,
     #[prost(string, tag = "8")]
     pub last_error: String,
+    /// When it was first enqueued (ms since the epoch; 0 in records from before it was kept).
+    #[prost(uint64, tag = "9")]
+    pub enqueued_ms: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -25,7 +25,14 @@ pub struct Ingested {
 }
 
 impl Kernel {
+    /// The inbound pipeline (docs/grpc-api.md), counted by outcome.
     pub async fn ingest(&self, recipient: &str, envelope: &[u8]) -> Result<Ingested, KernelError> {
+        let result = self.ingest_checked(recipient, envelope).await;
+        crate::metrics::record_ingest(&result);
+        result
+    }
+
+    async fn ingest_checked(&self, recipient: &str, envelope: &[u8]) -> Result<Ingested, KernelError> {
         let received = fedsx_wire::decode(envelope)?;
         let recipient_url = self.actor(recipient)?.id;
         let sender = self.sender_document(&received).await?;

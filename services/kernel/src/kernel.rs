@@ -36,6 +36,8 @@ pub struct Kernel {
     pub(crate) delivery: Arc<dyn DeliveryPort>,
     pub(crate) relay: mpsc::UnboundedSender<String>,
     pub(crate) flows: FlowTable,
+    /// Reports flows by status while the kernel lives.
+    flow_gauge: std::sync::OnceLock<fedsx_runtime::metrics::ObservableGauge<u64>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -107,7 +109,9 @@ impl Kernel {
             delivery,
             relay,
             flows,
+            flow_gauge: std::sync::OnceLock::new(),
         });
+        let _ = kernel.flow_gauge.set(crate::metrics::register_flows(&kernel));
         crate::relay::spawn(kernel.clone(), kicks, shutdown.clone());
         crate::flows::spawn_timers(kernel.clone(), shutdown);
         // Hand off anything published before a restart that delivery may not have taken.

@@ -12,6 +12,7 @@ mod ingest;
 mod kernel;
 mod keys;
 mod logs;
+mod metrics;
 pub mod peers;
 mod publish;
 mod relay;

@@ -53,6 +53,7 @@ pub(crate) fn spawn(db: Arc<DB>, appended: broadcast::Sender<Vec<u8>>) -> std::i
         .spawn(move || {
             Writer {
                 db,
+                metrics: WriterMetrics::new(),
                 tips: HashMap::new(),
                 appended,
             }
@@ -61,8 +62,45 @@ pub(crate) fn spawn(db: Arc<DB>, appended: broadcast::Sender<Vec<u8>>) -> std::i
     Ok(WriterHandle { sender, thread })
 }
 
+/// What the writer reports: appends and bytes durably written, group sizes, sync latency.
+struct WriterMetrics {
+    entries: fedsx_runtime::metrics::Counter<u64>,
+    bytes: fedsx_runtime::metrics::Counter<u64>,
+    group_size: fedsx_runtime::metrics::Histogram<u64>,
+    sync: fedsx_runtime::metrics::Histogram<f64>,
+}
+
+impl WriterMetrics {
+    fn new() -> WriterMetrics {
+        let meter = fedsx_runtime::metrics::meter();
+        WriterMetrics {
+            entries: meter
+                .u64_counter("fedsx.log_store.appends")
+                .with_description("Entries durably appended (retries of stored entries not counted)")
+                .build(),
+            bytes: meter
+                .u64_counter("fedsx.log_store.appended")
+                .with_unit("By")
+                .with_description("Entry bytes (id and data) durably appended")
+                .build(),
+            group_size: meter
+                .u64_histogram("fedsx.log_store.group_commit.size")
+                .with_description("Append requests committed together in one synced write batch")
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0])
+                .build(),
+            sync: meter
+                .f64_histogram("fedsx.log_store.sync.duration")
+                .with_unit("s")
+                .with_description("Time of one synced RocksDB write batch (a group commit)")
+                .with_boundaries(fedsx_runtime::metrics::LATENCY_BUCKETS.to_vec())
+                .build(),
+        }
+    }
+}
+
 struct Writer {
     db: Arc<DB>,
+    metrics: WriterMetrics,
     /// Committed tips of streams seen since start (loaded from disk on first use).
     tips: HashMap<Vec<u8>, u64>,
     appended: broadcast::Sender<Vec<u8>>,
@@ -75,6 +113,9 @@ struct Group {
     tips: HashMap<Vec<u8>, u64>,
     ids: HashMap<Vec<u8>, u64>,
     answers: Vec<(Reply, Result<AppendOutcome, StoreError>)>,
+    /// Entries and bytes staged.
+    entries: u64,
+    bytes: u64,
 }
 
 impl Writer {
@@ -96,10 +137,16 @@ impl Writer {
         } else {
             let mut options = WriteOptions::default();
             options.set_sync(true);
-            self.db.write_opt(group.batch, &options)
+            let started = std::time::Instant::now();
+            let written = self.db.write_opt(group.batch, &options);
+            self.metrics.sync.record(started.elapsed().as_secs_f64(), &[]);
+            self.metrics.group_size.record(group.answers.len() as u64, &[]);
+            written
         };
         match written {
             Ok(()) => {
+                self.metrics.entries.add(group.entries, &[]);
+                self.metrics.bytes.add(group.bytes, &[]);
                 for (stream_key, tip) in group.tips {
                     self.tips.insert(stream_key.clone(), tip);
                     // Nobody subscribed is fine.
@@ -161,6 +208,8 @@ impl Writer {
         let tips_cf = self.db.cf_handle(CF_TIPS).expect("tips column family opened");
         for (entry, result) in job.entries.iter().zip(&results) {
             if result.appended {
+                group.entries += 1;
+                group.bytes += (entry.id.len() + entry.data.len()) as u64;
                 group.batch.put_cf(
                     entries_cf,
                     keys::entry_key(stream, result.seq),

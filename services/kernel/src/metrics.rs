@@ -1,0 +1,72 @@
+//! What the kernel reports: ingests by outcome, signature failures, and flow instances by
+//! status (read from the flow table when scraped or exported).
+
+use crate::error::KernelError;
+use crate::kernel::Kernel;
+use fedsx_runtime::metrics::{Counter, KeyValue, ObservableGauge, meter};
+use fedsx_wire::WireError;
+use std::sync::{Arc, OnceLock};
+
+struct IngestMetrics {
+    ingests: Counter<u64>,
+    signature_failures: Counter<u64>,
+}
+
+fn ingest_metrics() -> &'static IngestMetrics {
+    static METRICS: OnceLock<IngestMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| IngestMetrics {
+        ingests: meter()
+            .u64_counter("fedsx.kernel.ingests")
+            .with_description("Inbound activities by outcome: new, duplicate, or why refused")
+            .build(),
+        signature_failures: meter()
+            .u64_counter("fedsx.kernel.signature_failures")
+            .with_description("Inbound envelopes whose signature did not verify")
+            .build(),
+    })
+}
+
+/// Why an ingest was refused, as a metric label.
+fn refusal(err: &KernelError) -> &'static str {
+    match err {
+        KernelError::Wire(WireError::BadSignature) => "bad_signature",
+        KernelError::Wire(WireError::ForeignKeyId { .. }) => "foreign_key_id",
+        KernelError::Wire(WireError::TooLarge(_)) => "too_large",
+        KernelError::Wire(_) | KernelError::BadRequest(_) => "malformed",
+        KernelError::UnknownSender { .. } => "unknown_sender",
+        KernelError::StaleKey { .. } => "stale_key",
+        KernelError::NoSuchActor(_) => "unknown_recipient",
+        KernelError::LogStoreUnavailable(_) => "unavailable",
+        _ => "internal",
+    }
+}
+
+/// Counts one ingest's outcome.
+pub(crate) fn record_ingest(result: &Result<crate::Ingested, KernelError>) {
+    let metrics = ingest_metrics();
+    let outcome = match result {
+        Ok(ingested) if ingested.new => "new",
+        Ok(_) => "duplicate",
+        Err(err) => refusal(err),
+    };
+    if outcome == "bad_signature" {
+        metrics.signature_failures.add(1, &[]);
+    }
+    metrics.ingests.add(1, &[KeyValue::new("outcome", outcome)]);
+}
+
+/// `fedsx.kernel.flows{status}`: flow instances by status. Keep the gauge as long as the
+/// kernel runs.
+pub(crate) fn register_flows(kernel: &Arc<Kernel>) -> ObservableGauge<u64> {
+    let kernel = Arc::downgrade(kernel);
+    meter()
+        .u64_observable_gauge("fedsx.kernel.flows")
+        .with_description("Flow instances by status (running, suspended, done, failed)")
+        .with_callback(move |observer| {
+            let Some(kernel) = kernel.upgrade() else { return };
+            for (status, count) in kernel.flow_counts() {
+                observer.observe(count as u64, &[KeyValue::new("status", status.label())]);
+            }
+        })
+        .build()
+}

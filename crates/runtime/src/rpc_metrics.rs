@@ -100,6 +100,12 @@ where
                     KeyValue::new("rpc.response.status_code", code_name(code)),
                 ];
                 duration.record(started.elapsed().as_secs_f64(), &attributes);
+                // This future runs inside the call's server span (tonic's trace_fn).
+                let span = tracing::Span::current();
+                span.record("rpc.grpc.status_code", code as i32);
+                if code != tonic::Code::Ok {
+                    span.record("otel.status_code", "ERROR");
+                }
             }
             result
         })

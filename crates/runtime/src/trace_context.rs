@@ -1,8 +1,9 @@
 //! W3C trace context across gRPC hops: extracted from incoming request headers into the
 //! server span, injected from the current span into outgoing request metadata.
 
+pub use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+pub use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
@@ -41,6 +42,8 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
         rpc.system = "grpc",
         rpc.service = %service,
         rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(request.headers()))
@@ -68,6 +71,46 @@ pub fn http_server_span(method: &http::Method, route: &str, headers: &http::Head
     span
 }
 
+/// The client span of one outbound HTTP request (delivery's POST to a peer's inbox), a child
+/// of the W3C `traceparent` given (empty: a new trace). Send [`traceparent_of`] this span.
+pub fn http_client_span(method: &http::Method, url: &str, traceparent: &str) -> tracing::Span {
+    let host = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_owned))
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "http.client",
+        otel.name = %method,
+        otel.kind = "client",
+        http.request.method = %method,
+        url.full = %url,
+        server.address = %host,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        fedsx.peer = tracing::field::Empty,
+        fedsx.activity_id = tracing::field::Empty,
+    );
+    if !traceparent.is_empty() {
+        let _ = span.set_parent(context_of(traceparent));
+    }
+    span
+}
+
+/// The trace context a W3C `traceparent` names.
+pub fn context_of(traceparent: &str) -> opentelemetry::Context {
+    let carrier = std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier))
+}
+
+/// The W3C `traceparent` that makes a callee a child of `span`.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent")
+}
+
 /// A tonic interceptor that injects the current span's trace context into the call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InjectTraceContext;
@@ -85,10 +128,7 @@ impl tonic::service::Interceptor for InjectTraceContext {
 /// The W3C `traceparent` of the current span, for work that continues it later (a queued
 /// delivery); None when no OpenTelemetry context is active.
 pub fn current_traceparent() -> Option<String> {
-    let context = tracing::Span::current().context();
-    let mut carrier = std::collections::HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut carrier));
-    carrier.remove("traceparent")
+    traceparent_of(&tracing::Span::current())
 }
 
 /// A channel to another fed-sx service whose calls carry the caller's trace context.

@@ -10,7 +10,10 @@ use std::time::Duration;
 /// Bytes of a peer's answer body read (and ignored) at most.
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
-pub async fn dispatch(http: &PeerHttp, inbox_url: &str, envelope: Bytes, traceparent: &str) -> Result<(), Failure> {
+/// POSTs an envelope to a peer's inbox. Run it inside the send's client span
+/// (`http_client_span`): the request carries that span as its `traceparent`, and the span
+/// gets the answer's status.
+pub async fn dispatch(http: &PeerHttp, inbox_url: &str, envelope: Bytes) -> Result<(), Failure> {
     if inbox_url.is_empty() {
         return Err(Failure::Transient {
             reason: "no peer url".into(),
@@ -18,19 +21,24 @@ pub async fn dispatch(http: &PeerHttp, inbox_url: &str, envelope: Bytes, tracepa
         });
     }
     let mut request = http::Request::post(inbox_url).header(http::header::CONTENT_TYPE, fedsx_wire::CONTENT_TYPE);
-    if !traceparent.is_empty() {
+    if let Some(traceparent) = fedsx_runtime::trace_context::current_traceparent() {
         request = request.header("traceparent", traceparent);
     }
     let request = request.body(envelope).map_err(|err| Failure::Permanent {
         reason: format!("bad inbox url {inbox_url:?}: {err}"),
     })?;
-    let reply = http
-        .send(request, MAX_ANSWER_BYTES)
-        .await
-        .map_err(|err| Failure::Transient {
+    let reply = http.send(request, MAX_ANSWER_BYTES).await.map_err(|err| {
+        tracing::Span::current().record("otel.status_code", "ERROR");
+        Failure::Transient {
             reason: err.to_string(),
             retry_after: None,
-        })?;
+        }
+    })?;
+    let span = tracing::Span::current();
+    span.record("http.response.status_code", reply.status.as_u16());
+    if !reply.status.is_success() {
+        span.record("otel.status_code", "ERROR");
+    }
     classify(reply.status, &reply.headers)
 }
 

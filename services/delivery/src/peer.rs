@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// What every queue shares.
 pub struct Shared {
@@ -276,7 +277,10 @@ impl PeerQueue {
             .get(&self.peer)
             .cloned()
             .unwrap_or_else(|| item.inbox_url.clone());
-        let result = dispatch(&shared.http, &url, envelope, &item.traceparent).await;
+        let span = fedsx_runtime::trace_context::http_client_span(&http::Method::POST, &url, &item.traceparent);
+        span.record("fedsx.peer", self.peer.as_str());
+        span.record("fedsx.activity_id", fedsx_wire::ActivityId(id).to_string());
+        let result = dispatch(&shared.http, &url, envelope).instrument(span).await;
         self.apply(&shared, id, &mut item, result);
         self.wake.notify_one();
     }

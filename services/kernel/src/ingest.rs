@@ -26,6 +26,7 @@ pub struct Ingested {
 
 impl Kernel {
     /// The inbound pipeline (docs/grpc-api.md), counted by outcome.
+    #[tracing::instrument(name = "ingest", skip_all, fields(fedsx.recipient = %recipient, fedsx.actor, fedsx.activity_id, fedsx.seq))]
     pub async fn ingest(&self, recipient: &str, envelope: &[u8]) -> Result<Ingested, KernelError> {
         let result = self.ingest_checked(recipient, envelope).await;
         crate::metrics::record_ingest(&result);
@@ -34,6 +35,9 @@ impl Kernel {
 
     async fn ingest_checked(&self, recipient: &str, envelope: &[u8]) -> Result<Ingested, KernelError> {
         let received = fedsx_wire::decode(envelope)?;
+        let span = tracing::Span::current();
+        span.record("fedsx.actor", received.activity.actor.as_str());
+        span.record("fedsx.activity_id", received.id.to_string());
         let recipient_url = self.actor(recipient)?.id;
         let sender = self.sender_document(&received).await?;
         let key = <[u8; 32]>::try_from(sender.public_key.as_ref())
@@ -59,6 +63,7 @@ impl Kernel {
             .first()
             .copied()
             .ok_or_else(|| KernelError::Internal("empty append answer".into()))?;
+        span.record("fedsx.seq", entry.seq);
         tracing::debug!(
             recipient,
             sender = %sender.id,

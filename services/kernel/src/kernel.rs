@@ -35,6 +35,8 @@ pub struct Kernel {
     refetched: Mutex<HashMap<String, Instant>>,
     pub(crate) delivery: Arc<dyn DeliveryPort>,
     pub(crate) relay: mpsc::UnboundedSender<String>,
+    /// Trace context of each activity published here and not yet handed off.
+    pub(crate) relay_traces: Mutex<HashMap<fedsx_wire::ActivityId, fedsx_runtime::trace_context::Context>>,
     pub(crate) flows: FlowTable,
     /// Reports flows by status while the kernel lives.
     flow_gauge: std::sync::OnceLock<fedsx_runtime::metrics::ObservableGauge<u64>>,
@@ -108,6 +110,7 @@ impl Kernel {
             refetched: Mutex::default(),
             delivery,
             relay,
+            relay_traces: Mutex::default(),
             flows,
             flow_gauge: std::sync::OnceLock::new(),
         });

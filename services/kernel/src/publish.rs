@@ -56,6 +56,7 @@ pub(crate) fn envelope_activity(data: &[u8]) -> Result<(ActivityId, Activity), K
 }
 
 impl Kernel {
+    #[tracing::instrument(name = "publish", skip_all, fields(fedsx.actor = %draft.actor, fedsx.activity_id, fedsx.seq))]
     pub async fn publish(&self, draft: Draft) -> Result<Published, KernelError> {
         if draft.kind == ActivityType::Unspecified {
             return Err(KernelError::BadRequest("activity type is missing".into()));
@@ -121,6 +122,10 @@ impl Kernel {
                             last: Some(signed.id),
                         };
                         drop(head);
+                        let span = tracing::Span::current();
+                        span.record("fedsx.activity_id", signed.id.to_string());
+                        span.record("fedsx.seq", result.seq);
+                        self.remember_trace(signed.id);
                         tracing::info!(actor = %draft.actor, seq = result.seq, id = %signed.id, kind = ?draft.kind, "published");
                         self.kick_relay(&draft.actor);
                         return Ok(Published {

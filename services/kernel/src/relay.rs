@@ -12,16 +12,21 @@ use crate::state::followers_url;
 use bytes::Bytes;
 use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_runtime::CancellationToken;
+use fedsx_runtime::trace_context::{Context, OpenTelemetrySpanExt};
+use fedsx_wire::ActivityId;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// How far the relay gets past its last journaled cursor before journaling a new one: the
 /// most a restart hands off again per actor.
 const CURSOR_EVERY: u64 = 1000;
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Trace contexts kept for activities published but not yet handed off.
+const MAX_REMEMBERED_TRACES: usize = 100_000;
 
 pub(crate) fn spawn(kernel: Arc<Kernel>, kicks: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
     tokio::spawn(run(kernel, kicks, shutdown));
@@ -88,6 +93,16 @@ impl Kernel {
         let entries = self.logs.read_all(actor, StreamKind::Outbox, *cursor).await?;
         for entry in entries {
             let (id, activity) = envelope_activity(&entry.data)?;
+            // Continues the trace of the request that published it (when this process did).
+            let span = tracing::info_span!(
+                "hand-off",
+                fedsx.actor = %actor,
+                fedsx.activity_id = %id,
+                fedsx.seq = entry.seq,
+            );
+            if let Some(parent) = self.published_trace(&id) {
+                let _ = span.set_parent(parent);
+            }
             for (peer, inbox_url) in self.recipients(actor, &activity.actor, &activity.to) {
                 let handoff = Handoff {
                     peer,
@@ -95,11 +110,38 @@ impl Kernel {
                     envelope: Bytes::clone(&entry.data),
                     id,
                 };
-                self.delivery.enqueue(handoff).await.map_err(KernelError::Internal)?;
+                self.delivery
+                    .enqueue(handoff)
+                    .instrument(span.clone())
+                    .await
+                    .map_err(KernelError::Internal)?;
             }
+            self.forget_trace(&id);
             *cursor = entry.seq;
         }
         Ok(())
+    }
+
+    /// Keeps the current trace context of a just-published activity for its hand-off.
+    pub(crate) fn remember_trace(&self, id: ActivityId) {
+        let mut traces = self.relay_traces.lock().expect("relay traces lock poisoned");
+        if traces.len() >= MAX_REMEMBERED_TRACES {
+            // The relay is far behind (delivery down): later hand-offs start new traces.
+            traces.clear();
+        }
+        traces.insert(id, tracing::Span::current().context());
+    }
+
+    fn published_trace(&self, id: &ActivityId) -> Option<Context> {
+        self.relay_traces
+            .lock()
+            .expect("relay traces lock poisoned")
+            .get(id)
+            .cloned()
+    }
+
+    fn forget_trace(&self, id: &ActivityId) {
+        self.relay_traces.lock().expect("relay traces lock poisoned").remove(id);
     }
 
     /// (recipient actor URL, inbox URL) for every recipient of an activity by local actor

@@ -284,6 +284,18 @@ impl Node {
         schedule: &str,
         log_dir: &Path,
     ) -> anyhow::Result<Node> {
+        Node::start_with_env(name, data_dir, http, schedule, log_dir, &[]).await
+    }
+
+    /// Like [`Node::start`], with extra environment variables for `up` and its children.
+    pub async fn start_with_env(
+        name: &str,
+        data_dir: &Path,
+        http: SocketAddr,
+        schedule: &str,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Node> {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
@@ -304,6 +316,7 @@ impl Node {
                 "127.0.0.1:0",
             ])
             .args(["--allow-private-peers", "--retry-schedule", schedule])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -7,8 +7,8 @@ mod support;
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{
-    ActorRequest, CreateActorRequest, Flow, FlowStatus, FollowRequest, GetFlowRequest, ListFlowsRequest, LogKind,
-    PublishRequest, ReadLogRequest, SignalRequest, StartFlowRequest,
+    ActorRequest, CreateActorRequest, Flow, FlowStatus, GetFlowRequest, ListFlowsRequest, LogKind, PublishRequest,
+    ReadLogRequest, SignalRequest, StartFlowRequest,
 };
 use fedsx_proto::wire::v1::{Activity, ActivityType, SignedEnvelope};
 use fedsx_runtime::http_client::{PeerHttp, Reply};
@@ -217,21 +217,7 @@ async fn a_digest_survives_a_kernel_sigkill_is_approved_once_and_reaches_a_follo
     let mut kb = b_client(&b).await;
     create(&mut ka, "alice").await;
     create(&mut kb, "bob").await;
-    let alice_url = format!("{}/actors/alice", a.url());
-    let follow = FollowRequest {
-        actor: "bob".into(),
-        remote: alice_url.clone(),
-    };
-    kb.follow(follow).await.unwrap();
-    eventually("bob follows alice", || {
-        let mut kb = kb.clone();
-        async move {
-            let following = kb.following(ActorRequest { name: "bob".into() }).await.ok()?;
-            (!following.into_inner().actors.is_empty()).then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    support::follow_and_wait(&kb, "bob", &format!("{}/actors/alice", a.url())).await;
     for text in ["first note", "second note", "third note"] {
         note(&mut ka, "alice", text).await;
     }

@@ -7,7 +7,7 @@
 mod support;
 
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
-use fedsx_proto::kernel::v1::{ActorRequest, CreateActorRequest, FollowRequest, PublishRequest};
+use fedsx_proto::kernel::v1::{ActorRequest, CreateActorRequest, PublishRequest};
 use fedsx_proto::wire::v1::ActivityType;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -217,20 +217,7 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
     kb.create_actor(CreateActorRequest { name: "bob".into() })
         .await
         .unwrap();
-    let follow = FollowRequest {
-        actor: "bob".into(),
-        remote: format!("{}/actors/alice", a.url()),
-    };
-    kb.follow(follow).await.unwrap();
-    eventually("bob follows alice", || {
-        let mut kb = kb.clone();
-        async move {
-            let following = kb.following(ActorRequest { name: "bob".into() }).await.ok()?;
-            (!following.into_inner().actors.is_empty()).then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    support::follow_and_wait(&kb, "bob", &format!("{}/actors/alice", a.url())).await;
 
     // A platform app publishes inside its own trace.
     let app_trace = "4bf92f3577b34da6a3ce929d0e0e4736";

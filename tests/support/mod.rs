@@ -421,6 +421,30 @@ impl Drop for Node {
     }
 }
 
+/// Local actor `local` (on the node `kernel` reaches) follows the actor at `remote`: sends
+/// the Follow and waits until the Accept came back.
+pub async fn follow_and_wait(
+    kernel: &fedsx_proto::kernel::v1::kernel_client::KernelClient<tonic::transport::Channel>,
+    local: &str,
+    remote: &str,
+) {
+    use fedsx_proto::kernel::v1::{ActorRequest, FollowRequest};
+    let follow = FollowRequest {
+        actor: local.into(),
+        remote: remote.into(),
+    };
+    kernel.clone().follow(follow).await.unwrap();
+    eventually(&format!("{local} follows {remote}"), || {
+        let mut kernel = kernel.clone();
+        async move {
+            let following = kernel.following(ActorRequest { name: local.into() }).await.ok()?;
+            following.into_inner().actors.iter().any(|a| a == remote).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}
+
 /// The value of the Prometheus sample `name` whose labels include `labels`, in the text
 /// `metrics` (None when there is no such sample).
 pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

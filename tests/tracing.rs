@@ -197,7 +197,8 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
                 "OTEL_RESOURCE_ATTRIBUTES".to_owned(),
                 format!("service.namespace={node}"),
             ),
-            ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned()),
+            // Spans leave only when a batch fills or at shutdown: the test relies on the flush.
+            ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "600000".to_owned()),
             ("OTEL_METRIC_EXPORT_INTERVAL".to_owned(), "500".to_owned()),
         ]
     };

@@ -330,7 +330,7 @@ impl Kernel {
         let mut found = Vec::new();
         let range = instances.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded));
         for (id, slot) in range {
-            let flow = slot.view();
+            let flow = slot.view.lock().expect("flow view lock poisoned");
             if (!name.is_empty() && flow.name != name) || status.is_some_and(|s| s != flow.status()) {
                 continue;
             }
@@ -338,7 +338,8 @@ impl Kernel {
                 let next = found.last().map(|f: &Flow| f.id.clone()).unwrap_or_else(|| id.clone());
                 return (found, next);
             }
-            found.push(flow);
+            // Only matching instances are copied.
+            found.push(flow.clone());
         }
         (found, String::new())
     }

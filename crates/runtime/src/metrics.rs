@@ -84,9 +84,11 @@ pub fn render() -> String {
 /// Media type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// `GET /metrics` for an axum router.
+/// `GET /metrics` for an axum router. Collecting runs the gauges' callbacks, which may read
+/// from disk (delivery's lag), so it runs off the async threads.
 pub async fn handler() -> impl axum::response::IntoResponse {
-    ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], render())
+    let text = tokio::task::spawn_blocking(render).await.unwrap_or_default();
+    ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], text)
 }
 
 trait AsF64: Copy {

@@ -39,7 +39,7 @@ pub struct Kernel {
     pub(crate) relay_traces: Mutex<HashMap<fedsx_wire::ActivityId, fedsx_runtime::trace_context::Context>>,
     pub(crate) flows: FlowTable,
     /// Reports flows by status while the kernel lives.
-    flow_gauge: std::sync::OnceLock<fedsx_runtime::metrics::ObservableGauge<u64>>,
+    _flow_gauge: fedsx_runtime::metrics::ObservableGauge<u64>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -99,7 +99,7 @@ impl Kernel {
         drop(flow_journal);
         let actors: Vec<String> = state.actors.keys().cloned().collect();
         let (relay, kicks) = mpsc::unbounded_channel();
-        let kernel = Arc::new(Kernel {
+        let kernel = Arc::new_cyclic(|this| Kernel {
             logs,
             secret,
             actors_prefix: format!("{base_url}/actors/"),
@@ -112,9 +112,8 @@ impl Kernel {
             relay,
             relay_traces: Mutex::default(),
             flows,
-            flow_gauge: std::sync::OnceLock::new(),
+            _flow_gauge: crate::metrics::register_flows(this.clone()),
         });
-        let _ = kernel.flow_gauge.set(crate::metrics::register_flows(&kernel));
         crate::relay::spawn(kernel.clone(), kicks, shutdown.clone());
         crate::flows::spawn_timers(kernel.clone(), shutdown);
         // Hand off anything published before a restart that delivery may not have taken.

@@ -5,7 +5,7 @@ use crate::error::KernelError;
 use crate::kernel::Kernel;
 use fedsx_runtime::metrics::{Counter, KeyValue, ObservableGauge, meter};
 use fedsx_wire::WireError;
-use std::sync::{Arc, OnceLock};
+use std::sync::{OnceLock, Weak};
 
 struct IngestMetrics {
     ingests: Counter<u64>,
@@ -57,8 +57,7 @@ pub(crate) fn record_ingest(result: &Result<crate::Ingested, KernelError>) {
 
 /// `fedsx.kernel.flows{status}`: flow instances by status. Keep the gauge as long as the
 /// kernel runs.
-pub(crate) fn register_flows(kernel: &Arc<Kernel>) -> ObservableGauge<u64> {
-    let kernel = Arc::downgrade(kernel);
+pub(crate) fn register_flows(kernel: Weak<Kernel>) -> ObservableGauge<u64> {
     meter()
         .u64_observable_gauge("fedsx.kernel.flows")
         .with_description("Flow instances by status (running, suspended, done, failed)")

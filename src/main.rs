@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the log-store service: per-actor append-only streams on RocksDB.
+    /// Run the log-store service: per-actor append-only streams on RocksDB or PostgreSQL.
     LogStore(fedsx_log_store::Config),
     /// Run the kernel: actors and keys, inbound pipeline, publishing, followers, peers.
     Kernel(fedsx_kernel::Config),
@@ -56,8 +56,11 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::LogStore(config) => {
+        Command::LogStore(mut config) => {
             let _telemetry = telemetry::init("fedsx-log-store")?;
+            if let Some(tool) = config.tool.take() {
+                return fedsx_log_store::run_tool(tool).await;
+            }
             let shutdown = shutdown::on_signal()?;
             let listener = listen::bind("--listen", config.listen).await?;
             fedsx_log_store::run(config, listener, shutdown).await

@@ -5,6 +5,7 @@
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -30,9 +31,47 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_readiness(service_name, routes, listener, shutdown, watch::channel(true).1).await
+}
+
+/// Like [`serve`], with the named service's health following `ready` (false while a
+/// dependency such as the database is unreachable: readiness), while `""` stays SERVING
+/// until shutdown (liveness: the process itself is fine).
+pub async fn serve_with_readiness(
+    service_name: &str,
+    routes: Routes,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    mut ready: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status(service_name, ServingStatus::Serving).await;
+    let status = |ready: bool| {
+        if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    let now = *ready.borrow_and_update();
+    health.set_service_status(service_name, status(now)).await;
     health.set_service_status("", ServingStatus::Serving).await;
+    let follow = {
+        let (health, name, shutdown) = (health.clone(), service_name.to_owned(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = ready.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let now = *ready.borrow_and_update();
+                        health.set_service_status(&name, status(now)).await;
+                    }
+                }
+            }
+        })
+    };
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fedsx_proto::FILE_DESCRIPTOR_SET)
@@ -54,12 +93,14 @@ pub async fn serve(
         tracing::info!(service = %name, "not serving; finishing in-flight calls");
     };
 
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .accept_http1(true)
         .trace_fn(crate::trace_context::grpc_server_span)
         .layer(crate::rpc_metrics::RpcMetricsLayer::default())
         .add_routes(routes)
         .serve_with_incoming_shutdown(nodelay(listener), stopping)
         .await
-        .context("gRPC server failed")
+        .context("gRPC server failed");
+    follow.abort();
+    served
 }

@@ -39,6 +39,9 @@ async fn log_store(dir: &std::path::Path, shutdown: CancellationToken) -> String
     let config = fedsx_log_store::Config {
         listen: listener.local_addr().unwrap(),
         data_dir: dir.join("log-store"),
+        store: None,
+        store_pool_size: 32,
+        tool: None,
     };
     tokio::spawn(fedsx_log_store::run(config, listener, shutdown));
     url

@@ -1,4 +1,6 @@
-//! Why a log-store call or opening the store failed.
+//! Why a log-store call or opening the store failed. The variants are the classes a caller
+//! acts on — invalid input, a tip conflict, retryable unavailability, an internal failure —
+//! and [`ServiceError::code`] maps them to gRPC codes in one place.
 
 use crate::stream::limits;
 use fedsx_runtime::ErrorCode;
@@ -12,6 +14,8 @@ pub enum StoreError {
     EmptyActor,
     #[error("stream actor is {len} bytes, over the limit of {}", limits::MAX_ACTOR_BYTES)]
     ActorTooLong { len: usize },
+    #[error("stream actor contains a NUL character")]
+    ActorHasNul,
     #[error("unknown stream kind {0}")]
     UnknownKind(i32),
     #[error("append has no entries")]
@@ -22,17 +26,52 @@ pub enum StoreError {
     BadId { index: usize, len: usize },
     #[error("entry {index}: data is {len} bytes, over the limit of {}", limits::MAX_ENTRY_BYTES)]
     EntryTooLarge { index: usize, len: usize },
+    /// Conflict: nothing was appended.
     #[error("expected tip {expected} but the stream's tip is {tip}")]
     TipMismatch { expected: u64, tip: u64 },
-    #[error("storage failure: {0}")]
-    Storage(String),
+    /// Retryable: the engine cannot be reached or cannot write right now. An append that
+    /// got this answer may or may not have been committed; retrying it is safe (ids).
+    #[error("storage unavailable: {reason}")]
+    Unavailable { reason: String },
     #[error("log-store is shutting down")]
     ShuttingDown,
+    /// Not retryable: a failing disk, damaged data, a bug.
+    #[error("storage failure: {reason}")]
+    Internal { reason: String },
+}
+
+impl StoreError {
+    pub(crate) fn internal(reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Internal {
+            reason: reason.to_string(),
+        }
+    }
 }
 
 impl From<rocksdb::Error> for StoreError {
     fn from(err: rocksdb::Error) -> Self {
-        StoreError::Storage(err.into_string())
+        StoreError::internal(err.into_string())
+    }
+}
+
+impl From<fedsx_pg::PgError> for StoreError {
+    fn from(err: fedsx_pg::PgError) -> Self {
+        match err {
+            fedsx_pg::PgError::Unavailable { reason } => StoreError::Unavailable { reason },
+            fedsx_pg::PgError::Refused { reason } => StoreError::Internal { reason },
+        }
+    }
+}
+
+impl From<fedsx_pg::tokio_postgres::Error> for StoreError {
+    fn from(err: fedsx_pg::tokio_postgres::Error) -> Self {
+        fedsx_pg::PgError::from(err).into()
+    }
+}
+
+impl From<fedsx_pg::PoolError> for StoreError {
+    fn from(err: fedsx_pg::PoolError) -> Self {
+        fedsx_pg::PgError::from(err).into()
     }
 }
 
@@ -40,9 +79,17 @@ impl ServiceError for StoreError {
     fn code(&self) -> ErrorCode {
         match self {
             StoreError::TipMismatch { .. } => ErrorCode::FailedPrecondition,
-            StoreError::Storage(_) => ErrorCode::Internal,
-            StoreError::ShuttingDown => ErrorCode::Unavailable,
-            _ => ErrorCode::InvalidArgument,
+            StoreError::Internal { .. } => ErrorCode::Internal,
+            StoreError::Unavailable { .. } | StoreError::ShuttingDown => ErrorCode::Unavailable,
+            StoreError::MissingStream
+            | StoreError::EmptyActor
+            | StoreError::ActorTooLong { .. }
+            | StoreError::ActorHasNul
+            | StoreError::UnknownKind(_)
+            | StoreError::NoEntries
+            | StoreError::TooManyEntries { .. }
+            | StoreError::BadId { .. }
+            | StoreError::EntryTooLarge { .. } => ErrorCode::InvalidArgument,
         }
     }
 
@@ -57,7 +104,7 @@ impl ServiceError for StoreError {
     }
 }
 
-/// Why the database could not be opened. The process must not start in any of these cases.
+/// Why the store could not be opened. The process must not start in any of these cases.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("{0} is not a directory")]
@@ -70,4 +117,8 @@ pub enum OpenError {
     FormatVersion { found: u32, expected: u32 },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Postgres(#[from] fedsx_pg::MigrateError),
+    #[error("{url}: {reason}")]
+    PostgresUrl { url: String, reason: String },
 }

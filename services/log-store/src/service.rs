@@ -1,9 +1,8 @@
-//! `fedsx.logstore.v1.LogStore` over the store: converts proto ↔ domain, maps errors, and
-//! runs subscriptions. No storage logic lives here.
+//! `fedsx.logstore.v1.LogStore` over any [`LogStorage`] engine: converts proto ↔ domain,
+//! maps errors, and runs subscriptions. No storage logic lives here.
 
 use crate::error::StoreError;
-use crate::keys;
-use crate::store::Store;
+use crate::storage::{LogStorage, Notice, Page};
 use crate::stream::{Entry, Kind, NewEntry, StreamId, limits};
 use fedsx_proto::logstore::v1 as pb;
 use fedsx_runtime::CancellationToken;
@@ -18,14 +17,14 @@ use tonic::{Request, Response, Status};
 /// Entries a subscription buffers for a slow client before it waits for it.
 const SUBSCRIBE_BUFFER: usize = 256;
 
-pub(crate) fn server(store: Store, shutdown: CancellationToken) -> LogStoreServer<LogStoreService> {
+pub(crate) fn server<S: LogStorage>(store: S, shutdown: CancellationToken) -> LogStoreServer<LogStoreService<S>> {
     LogStoreServer::new(LogStoreService { store, shutdown })
         .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
         .max_encoding_message_size(limits::MAX_REQUEST_BYTES)
 }
 
-pub(crate) struct LogStoreService {
-    store: Store,
+pub(crate) struct LogStoreService<S> {
+    store: S,
     shutdown: CancellationToken,
 }
 
@@ -56,7 +55,7 @@ fn status(err: StoreError) -> Status {
 }
 
 #[tonic::async_trait]
-impl LogStore for LogStoreService {
+impl<S: LogStorage> LogStore for LogStoreService<S> {
     async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let request = request.into_inner();
         let stream = stream_id(request.stream).map_err(status)?;
@@ -86,7 +85,7 @@ impl LogStore for LogStoreService {
     async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
         let request = request.into_inner();
         let stream = stream_id(request.stream).map_err(status)?;
-        let (entries, tip) = self
+        let Page { entries, tip } = self
             .store
             .read(stream, request.after_seq, request.limit as usize)
             .await
@@ -121,7 +120,6 @@ impl LogStore for LogStoreService {
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
         let subscription = Subscription {
             store: self.store.clone(),
-            stream_key: keys::stream_key(&stream),
             stream,
             cursor: request.after_seq,
             sender,
@@ -133,18 +131,17 @@ impl LogStore for LogStoreService {
 
 /// One `Subscribe` call: sends what the stream holds after the cursor, then waits for
 /// appends to the stream and sends those, until the client goes away or shutdown.
-struct Subscription {
-    store: Store,
+struct Subscription<S> {
+    store: S,
     stream: StreamId,
-    stream_key: Vec<u8>,
     cursor: u64,
     sender: mpsc::Sender<Result<pb::Entry, Status>>,
 }
 
-impl Subscription {
+impl<S: LogStorage> Subscription<S> {
     async fn run(mut self, shutdown: CancellationToken) {
         // Listen before the first read so no append between the read and the wait is missed.
-        let mut appended = self.store.appended();
+        let mut notices = self.store.notices();
         loop {
             match self.send_new_entries().await {
                 Ok(true) => {}
@@ -154,21 +151,27 @@ impl Subscription {
                     return;
                 }
             }
-            if !self.wait_for_append(&mut appended, &shutdown).await {
+            if !self.wait_for_append(&mut notices, &shutdown).await {
                 return;
             }
         }
     }
 
     /// Waits until this stream may have new entries; false when the subscription must end.
-    async fn wait_for_append(&self, appended: &mut broadcast::Receiver<Vec<u8>>, shutdown: &CancellationToken) -> bool {
+    /// Engines whose notices can be lost are read again every poll interval anyway.
+    async fn wait_for_append(&self, notices: &mut broadcast::Receiver<Notice>, shutdown: &CancellationToken) -> bool {
+        let poll = self.store.poll_interval();
+        let deadline = tokio::time::sleep(poll.unwrap_or_default());
+        tokio::pin!(deadline);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return false,
                 () = self.sender.closed() => return false,
-                notice = appended.recv() => match notice {
-                    Ok(key) if key == self.stream_key => return true,
-                    Ok(_) => {}
+                () = &mut deadline, if poll.is_some() => return true,
+                notice = notices.recv() => match notice {
+                    Ok(Notice::Appended(stream)) if stream == self.stream => return true,
+                    Ok(Notice::Appended(_)) => {}
+                    Ok(Notice::Unknown) => return true,
                     // We may have missed our stream's notice: read again to be sure.
                     Err(broadcast::error::RecvError::Lagged(_)) => return true,
                     Err(broadcast::error::RecvError::Closed) => return false,
@@ -180,7 +183,7 @@ impl Subscription {
     /// Sends every entry after the cursor; false when the client is gone.
     async fn send_new_entries(&mut self) -> Result<bool, StoreError> {
         loop {
-            let (entries, tip) = self
+            let Page { entries, tip } = self
                 .store
                 .read(self.stream.clone(), self.cursor, limits::MAX_READ_LIMIT)
                 .await?;

@@ -20,6 +20,17 @@ pub mod limits {
     pub const DEFAULT_READ_LIMIT: usize = 256;
     /// Most entries one read returns.
     pub const MAX_READ_LIMIT: usize = 1024;
+    /// Most entry bytes one read returns: a page ends before the entry that would pass it
+    /// (but always holds at least one entry), so a page of large entries stays bounded.
+    pub const MAX_READ_BYTES: usize = 4 << 20;
+
+    /// The number of entries a read asking for `limit` returns at most.
+    pub fn read_limit(limit: usize) -> usize {
+        match limit {
+            0 => DEFAULT_READ_LIMIT,
+            n => n.min(MAX_READ_LIMIT),
+        }
+    }
 }
 
 /// What a stream holds. Every actor has one stream of each kind.
@@ -32,7 +43,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The byte this kind is stored under. Never renumber: it is part of the on-disk keys.
+    /// The number this kind is stored under. Never renumber: it is part of the on-disk keys
+    /// of every engine.
     pub(crate) fn tag(self) -> u8 {
         match self {
             Kind::Inbox => 1,
@@ -40,6 +52,12 @@ impl Kind {
             Kind::Meta => 3,
             Kind::Flow => 4,
         }
+    }
+
+    pub(crate) fn from_tag(tag: u8) -> Option<Kind> {
+        [Kind::Inbox, Kind::Outbox, Kind::Meta, Kind::Flow]
+            .into_iter()
+            .find(|kind| kind.tag() == tag)
     }
 
     pub fn name(self) -> &'static str {
@@ -67,6 +85,10 @@ impl StreamId {
         }
         if actor.len() > limits::MAX_ACTOR_BYTES {
             return Err(StoreError::ActorTooLong { len: actor.len() });
+        }
+        // PostgreSQL text cannot hold NUL; no engine accepts what another would refuse.
+        if actor.contains('\0') {
+            return Err(StoreError::ActorHasNul);
         }
         Ok(StreamId { actor, kind })
     }

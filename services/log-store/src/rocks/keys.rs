@@ -8,7 +8,7 @@
 //! where `stream = kind tag (u8) ‖ actor length (u16 BE) ‖ actor bytes`.
 
 use crate::error::StoreError;
-use crate::stream::{Entry, StreamId};
+use crate::stream::{Entry, Kind, StreamId};
 use bytes::Bytes;
 
 pub(crate) const CF_ENTRIES: &str = "entries";
@@ -25,6 +25,17 @@ pub(crate) fn stream_key(stream: &StreamId) -> Vec<u8> {
     key.extend_from_slice(&(actor.len() as u16).to_be_bytes());
     key.extend_from_slice(actor);
     key
+}
+
+/// The stream a `stream_key` names (for export).
+pub(crate) fn decode_stream_key(key: &[u8]) -> Result<StreamId, StoreError> {
+    let corrupt = || StoreError::internal(format!("corrupt stream key of {} bytes", key.len()));
+    let (&tag, rest) = key.split_first().ok_or_else(corrupt)?;
+    let kind = Kind::from_tag(tag).ok_or_else(corrupt)?;
+    let len = u16::from_be_bytes(rest.get(..2).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?) as usize;
+    let actor = rest.get(2..2 + len).ok_or_else(corrupt)?;
+    let actor = String::from_utf8(actor.to_vec()).map_err(|_| corrupt())?;
+    StreamId::new(actor, kind)
 }
 
 pub(crate) fn entry_key(stream_key: &[u8], seq: u64) -> Vec<u8> {
@@ -48,7 +59,7 @@ pub(crate) fn encode_u64(n: u64) -> [u8; 8] {
 pub(crate) fn decode_u64(bytes: &[u8]) -> Result<u64, StoreError> {
     let array: [u8; 8] = bytes
         .try_into()
-        .map_err(|_| StoreError::Storage(format!("corrupt counter of {} bytes", bytes.len())))?;
+        .map_err(|_| StoreError::internal(format!("corrupt counter of {} bytes", bytes.len())))?;
     Ok(u64::from_be_bytes(array))
 }
 
@@ -66,9 +77,11 @@ pub(crate) fn decode_entry(stream_key: &[u8], key: &[u8], value: &[u8]) -> Resul
     let seq = decode_u64(&key[stream_key.len()..])?;
     let id_len = *value
         .first()
-        .ok_or_else(|| StoreError::Storage(format!("corrupt entry at seq {seq}: empty")))? as usize;
+        .ok_or_else(|| StoreError::internal(format!("corrupt entry at seq {seq}: empty")))? as usize;
     if value.len() < 1 + id_len {
-        return Err(StoreError::Storage(format!("corrupt entry at seq {seq}: truncated id")));
+        return Err(StoreError::internal(format!(
+            "corrupt entry at seq {seq}: truncated id"
+        )));
     }
     Ok(Entry {
         seq,
@@ -80,7 +93,13 @@ pub(crate) fn decode_entry(stream_key: &[u8], key: &[u8], value: &[u8]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::Kind;
+
+    #[test]
+    fn stream_keys_decode_to_their_stream() {
+        let stream = StreamId::new("zoë", Kind::Flow).unwrap();
+        assert_eq!(decode_stream_key(&stream_key(&stream)).unwrap(), stream);
+        assert!(decode_stream_key(&[9, 0]).is_err());
+    }
 
     #[test]
     fn no_actor_is_a_prefix_of_another() {

@@ -1,49 +1,43 @@
-//! The storage layer: a RocksDB database holding every stream, one writer thread that
-//! group-commits appends, and reads that run on the blocking pool.
+//! The embedded engine: a RocksDB database holding every stream, one writer thread that
+//! group-commits appends into one synced WriteBatch, and reads on the blocking pool.
+
+mod keys;
+mod writer;
 
 use crate::error::{OpenError, StoreError};
-use crate::keys::{self, CF_ENTRIES, CF_IDS, CF_META, CF_TIPS};
+use crate::storage::{AppendOutcome, LogStorage, Notice, Page};
 use crate::stream::{Entry, NewEntry, StreamId, limits, validate_entries};
-use crate::writer::{self, AppendJob, WriterHandle};
+use keys::{CF_ENTRIES, CF_IDS, CF_META, CF_TIPS};
 use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, oneshot};
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot, watch};
+use writer::{AppendJob, WriterHandle};
 
 /// The on-disk format this build writes and reads.
 const FORMAT_VERSION: u32 = 1;
-
-/// The seq one entry of an append got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    pub seq: u64,
-    /// False when the id was already in the stream and nothing was written for it.
-    pub appended: bool,
-}
-
-/// The answer to an append: one result per entry, in order, and the stream's tip after it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppendOutcome {
-    pub entries: Vec<Appended>,
-    pub tip: u64,
-}
+/// Wake-ups buffered for a slow subscriber (one that lags re-reads its stream).
+const NOTICE_BUFFER: usize = 1024;
 
 /// A handle on the open store; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct RocksStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     db: Arc<DB>,
     writer: Mutex<Option<WriterHandle>>,
-    appended: broadcast::Sender<Vec<u8>>,
+    notices: broadcast::Sender<Notice>,
+    /// Always ready: the disk is local.
+    ready: watch::Sender<bool>,
 }
 
-impl Store {
+impl RocksStore {
     /// Opens (or creates, when `dir` is missing or empty) the database. Blocks: call it from
     /// a blocking context.
-    pub fn open(dir: &Path) -> Result<Store, OpenError> {
+    pub fn open(dir: &Path) -> Result<RocksStore, OpenError> {
         let fresh = match std::fs::read_dir(dir) {
             Ok(mut entries) => entries.next().is_none(),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => true,
@@ -75,19 +69,54 @@ impl Store {
         check_format(&db, fresh)?;
 
         let db = Arc::new(db);
-        let (appended, _) = broadcast::channel(1024);
-        let writer = writer::spawn(db.clone(), appended.clone())?;
-        Ok(Store {
+        let (notices, _) = broadcast::channel(NOTICE_BUFFER);
+        let writer = writer::spawn(db.clone(), notices.clone())?;
+        Ok(RocksStore {
             inner: Arc::new(Inner {
                 db,
                 writer: Mutex::new(Some(writer)),
-                appended,
+                notices,
+                ready: watch::Sender::new(true),
             }),
         })
     }
 
-    /// Appends `entries` to `stream` atomically; answers once the write is synced.
-    pub async fn append(
+    /// Stops the writer after it committed what it already took, then flushes. Blocks.
+    pub fn close_blocking(&self) -> Result<(), StoreError> {
+        let writer = self.inner.writer.lock().expect("writer lock poisoned").take();
+        if let Some(writer) = writer {
+            writer.stop();
+        }
+        self.inner.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Every stream with its tip, in key order, `after` the given one (for export).
+    pub fn streams_after(&self, after: Option<&StreamId>, limit: usize) -> Result<Vec<(StreamId, u64)>, StoreError> {
+        let tips = self.inner.db.cf_handle(CF_TIPS).expect("tips column family opened");
+        let start = after.map(|s| {
+            let mut key = keys::stream_key(s);
+            key.push(0);
+            key
+        });
+        let mode = match &start {
+            Some(key) => IteratorMode::From(key, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.inner.db.iterator_cf(tips, mode) {
+            let (key, value) = item?;
+            if out.len() == limit {
+                break;
+            }
+            out.push((keys::decode_stream_key(&key)?, keys::decode_u64(&value)?));
+        }
+        Ok(out)
+    }
+}
+
+impl LogStorage for RocksStore {
+    async fn append(
         &self,
         stream: StreamId,
         entries: Vec<NewEntry>,
@@ -101,6 +130,7 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         let job = AppendJob {
             stream_key: keys::stream_key(&stream),
+            stream,
             entries,
             expected_tip,
             reply,
@@ -109,25 +139,18 @@ impl Store {
         answer.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
-    /// Entries of `stream` with seq > `after_seq`, at most `limit` (0 = default), and the tip,
-    /// read from one consistent snapshot.
-    pub async fn read(&self, stream: StreamId, after_seq: u64, limit: usize) -> Result<(Vec<Entry>, u64), StoreError> {
+    async fn read(&self, stream: StreamId, after_seq: u64, limit: usize) -> Result<Page, StoreError> {
         let db = self.inner.db.clone();
-        let limit = match limit {
-            0 => limits::DEFAULT_READ_LIMIT,
-            n => n.min(limits::MAX_READ_LIMIT),
-        };
+        let limit = limits::read_limit(limit);
         blocking(move || read_entries(&db, &keys::stream_key(&stream), after_seq, limit)).await
     }
 
-    /// The last seq of `stream`, 0 when it was never written.
-    pub async fn tip(&self, stream: StreamId) -> Result<u64, StoreError> {
+    async fn tip(&self, stream: StreamId) -> Result<u64, StoreError> {
         let db = self.inner.db.clone();
         blocking(move || read_tip(&db, &keys::stream_key(&stream), None)).await
     }
 
-    /// The seq of the entry with `id` in `stream`, if it holds one.
-    pub async fn lookup(&self, stream: StreamId, id: bytes::Bytes) -> Result<Option<u64>, StoreError> {
+    async fn lookup(&self, stream: StreamId, id: bytes::Bytes) -> Result<Option<u64>, StoreError> {
         let db = self.inner.db.clone();
         blocking(move || {
             let ids = db.cf_handle(CF_IDS).expect("ids column family opened");
@@ -139,19 +162,21 @@ impl Store {
         .await
     }
 
-    /// Notices of appends: the stream key of every stream a committed group touched.
-    pub(crate) fn appended(&self) -> broadcast::Receiver<Vec<u8>> {
-        self.inner.appended.subscribe()
+    fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.inner.notices.subscribe()
     }
 
-    /// Stops the writer after it committed what it already took, then flushes. Blocks.
-    pub fn close(&self) -> Result<(), StoreError> {
-        let writer = self.inner.writer.lock().expect("writer lock poisoned").take();
-        if let Some(writer) = writer {
-            writer.stop();
-        }
-        self.inner.db.flush_wal(true)?;
-        Ok(())
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    fn readiness(&self) -> watch::Receiver<bool> {
+        self.inner.ready.subscribe()
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        blocking(move || store.close_blocking()).await
     }
 }
 
@@ -170,7 +195,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|err| StoreError::Storage(format!("read task failed: {err}")))?
+        .map_err(|err| StoreError::internal(format!("storage task failed: {err}")))?
 }
 
 fn check_format(db: &DB, fresh: bool) -> Result<(), OpenError> {
@@ -212,30 +237,40 @@ pub(crate) fn read_tip(
     value.map_or(Ok(0), |bytes| keys::decode_u64(&bytes))
 }
 
-fn read_entries(db: &DB, stream_key: &[u8], after_seq: u64, limit: usize) -> Result<(Vec<Entry>, u64), StoreError> {
+fn read_entries(db: &DB, stream_key: &[u8], after_seq: u64, limit: usize) -> Result<Page, StoreError> {
     let snapshot = db.snapshot();
     let tip = read_tip(db, stream_key, Some(&snapshot))?;
     if after_seq >= tip {
-        return Ok((Vec::new(), tip));
+        return Ok(Page {
+            entries: Vec::new(),
+            tip,
+        });
     }
     let entries_cf = db.cf_handle(CF_ENTRIES).expect("entries column family opened");
     let mut options = ReadOptions::default();
     options.set_snapshot(&snapshot);
     options.set_iterate_upper_bound(keys::entry_key(stream_key, tip.saturating_add(1)));
     let start = keys::entry_key(stream_key, after_seq + 1);
-    let mut entries = Vec::with_capacity(limit.min((tip - after_seq) as usize));
+    let mut entries: Vec<Entry> = Vec::with_capacity(limit.min((tip - after_seq) as usize));
+    let mut bytes = 0;
     for item in db.iterator_cf_opt(entries_cf, options, IteratorMode::From(&start, Direction::Forward)) {
         let (key, value) = item?;
         if !key.starts_with(stream_key) || entries.len() == limit {
             break;
         }
-        entries.push(keys::decode_entry(stream_key, &key, &value)?);
+        let entry = keys::decode_entry(stream_key, &key, &value)?;
+        bytes += entry.data.len();
+        if bytes > limits::MAX_READ_BYTES && !entries.is_empty() {
+            break;
+        }
+        entries.push(entry);
     }
-    Ok((entries, tip))
+    Ok(Page { entries, tip })
 }
 
 #[cfg(test)]
 mod tests {
+    // What every engine promises is in `conformance.rs`; these are RocksDB's own.
     use super::*;
     use crate::stream::Kind;
     use bytes::Bytes;
@@ -252,48 +287,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn seqs_start_at_one_and_tips_are_per_stream() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.tip(outbox("a")).await.unwrap(), 0);
-        let outcome = store
-            .append(outbox("a"), vec![entry("x"), entry("y")], None)
-            .await
-            .unwrap();
-        assert_eq!(outcome.tip, 2);
-        assert_eq!(
-            outcome.entries,
-            [Appended { seq: 1, appended: true }, Appended { seq: 2, appended: true }]
-        );
-        assert_eq!(store.tip(StreamId::new("a", Kind::Inbox).unwrap()).await.unwrap(), 0);
-        assert_eq!(store.tip(outbox("b")).await.unwrap(), 0);
-        let (entries, tip) = store.read(outbox("a"), 0, 0).await.unwrap();
-        assert_eq!(tip, 2);
-        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(store.read(outbox("a"), 2, 0).await.unwrap().0, []);
-    }
-
-    #[tokio::test]
-    async fn an_append_is_all_or_nothing_on_tip_mismatch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.append(outbox("a"), vec![entry("x")], None).await.unwrap();
-        let err = store
-            .append(outbox("a"), vec![entry("y"), entry("z")], Some(0))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::TipMismatch { expected: 0, tip: 1 }));
-        assert_eq!(store.tip(outbox("a")).await.unwrap(), 1);
-        // The refused ids were not recorded either.
-        let outcome = store.append(outbox("a"), vec![entry("y")], Some(1)).await.unwrap();
-        assert_eq!(outcome.entries[0], Appended { seq: 2, appended: true });
-    }
-
-    #[tokio::test]
     async fn group_commit_keeps_jobs_in_one_group_consistent() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        // Many concurrent jobs, some repeating ids and some expecting tips, land in few groups.
+        let store = RocksStore::open(dir.path()).unwrap();
+        // Many concurrent jobs, some repeating ids, land in few groups.
         let mut tasks = Vec::new();
         for i in 0..200 {
             let store = store.clone();
@@ -319,48 +316,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reopening_keeps_entries_tips_and_ids() {
+    async fn streams_are_listed_in_key_order_after_a_cursor() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store
-                .append(outbox("a"), vec![entry("x"), entry("y")], None)
-                .await
-                .unwrap();
-            store.close().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        for actor in ["b", "a", "c"] {
+            store.append(outbox(actor), vec![entry("x")], None).await.unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.tip(outbox("a")).await.unwrap(), 2);
-        let again = store
-            .append(outbox("a"), vec![entry("x"), entry("w")], Some(2))
-            .await
-            .unwrap();
-        assert_eq!(
-            again.entries,
-            [
-                Appended {
-                    seq: 1,
-                    appended: false
-                },
-                Appended { seq: 3, appended: true }
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn closed_store_refuses_appends() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.close().unwrap();
-        let err = store.append(outbox("a"), vec![entry("x")], None).await.unwrap_err();
-        assert!(matches!(err, StoreError::ShuttingDown));
+        let all = store.streams_after(None, 10).unwrap();
+        assert_eq!(all.iter().map(|(s, _)| s.actor()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        let rest = store.streams_after(Some(&outbox("a")), 1).unwrap();
+        assert_eq!(rest, [(outbox("b"), 1)]);
     }
 
     #[test]
     fn refuses_a_directory_holding_something_else() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("precious"), "data").unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(OpenError::ForeignData(_))));
+        assert!(matches!(RocksStore::open(dir.path()), Err(OpenError::ForeignData(_))));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -369,25 +341,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, "x").unwrap();
-        assert!(matches!(Store::open(&file), Err(OpenError::NotADirectory(_))));
-    }
-
-    #[tokio::test]
-    async fn validation_names_the_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let long_id = NewEntry {
-            id: Bytes::from(vec![1u8; 65]),
-            data: Bytes::new(),
-        };
-        let err = store
-            .append(outbox("a"), vec![entry("ok"), long_id], None)
-            .await
-            .unwrap_err();
-        assert_eq!(err.to_string(), "entry 1: id is 65 bytes, must be 1 to 64");
-        let many: Vec<NewEntry> = (0..1025).map(|i| entry(&i.to_string())).collect();
-        let err = store.append(outbox("a"), many, None).await.unwrap_err();
-        assert_eq!(err.to_string(), "append has 1025 entries, over the limit of 1024");
-        assert_eq!(store.tip(outbox("a")).await.unwrap(), 0);
+        assert!(matches!(RocksStore::open(&file), Err(OpenError::NotADirectory(_))));
     }
 }

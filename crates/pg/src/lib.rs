@@ -1,0 +1,22 @@
+//! What the PostgreSQL engines of fed-sx (the log-store's and the delivery queue's) share,
+//! written once: a bounded connection pool from a libpq-style URL (multi-host with
+//! `target_session_attrs=read-write` follows a failover), the classes of PostgreSQL errors
+//! (retryable or not), versioned schema migrations that refuse a newer schema, a LISTEN
+//! connection that turns notifications into wake-ups, a readiness probe, and — with the
+//! `testing` feature — throwaway servers for tests and benchmarks.
+
+mod error;
+mod listen;
+mod migrate;
+mod pool;
+mod ready;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use deadpool_postgres::{Object as Client, Pool, PoolError};
+pub use error::{PgError, is_retryable};
+pub use listen::{Listener, Notice};
+pub use migrate::{MigrateError, Migration, migrate};
+pub use pool::{PoolOptions, connect, redact};
+pub use ready::Readiness;
+pub use tokio_postgres;

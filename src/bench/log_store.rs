@@ -1,7 +1,9 @@
-//! `fedsx bench log-store`: synced appends/s through gRPC to a running log-store (1 stream
-//! and 1,000 streams, at concurrency 1 and 64), then raw synced RocksDB writes on the same
-//! disk without gRPC (1 writer, 64 writers, batches of 64), and the ratio the target is
-//! stated in: gRPC at concurrency 64 ÷ raw 64-writer synced puts.
+//! `fedsx bench log-store`: synced appends/s through gRPC to a log-store (1, 10 and 1,000
+//! streams, at concurrency 1 and 64) on RocksDB and, with `--store` or `--pg-throwaway`,
+//! on PostgreSQL; then the machine's limits in the same run — raw synced RocksDB writes on
+//! the same disk (1 writer, 64 writers, batches of 64) and raw single-row committed INSERTs
+//! on the same PostgreSQL server (1 and 64 clients) — and the ratios the targets are stated
+//! in.
 
 use super::path;
 use anyhow::Context;
@@ -25,6 +27,17 @@ pub struct Args {
     /// started on a temp data dir under --dir.
     #[arg(long)]
     target: Option<String>,
+    /// Also measure the PostgreSQL engine on this database (a log-store is started on it),
+    /// beside raw single-row synced commits on the same server.
+    #[arg(long, value_parser = fedsx_log_store::parse_store_url, conflicts_with = "target")]
+    store: Option<String>,
+    /// Start a throwaway PostgreSQL server (fsync on, under --dir) and measure on it, as
+    /// with --store.
+    #[arg(long, conflicts_with_all = ["store", "target"])]
+    pg_throwaway: bool,
+    /// With --pg-throwaway: add a streaming standby and make it synchronous.
+    #[arg(long, requires = "pg_throwaway")]
+    pg_sync_standby: bool,
     /// Where the temp data dirs go; put it on the disk you want measured.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
@@ -32,6 +45,9 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     seconds: u64,
 }
+
+/// (streams, concurrency) of each measured scenario.
+const SCENARIOS: [(usize, usize); 5] = [(1, 1), (1, 64), (10, 64), (1000, 1), (1000, 64)];
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
@@ -44,32 +60,50 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         std::thread::available_parallelism()?,
         scratch.path().display()
     );
+    let (store, _servers) = throwaway_postgres(&args).await?;
+    let store = store.or(args.store.clone());
 
-    let (target, _server) = match args.target {
-        Some(target) => (target, None),
+    let mut engines: Vec<(&str, String, Option<std::process::Child>)> = Vec::new();
+    match &args.target {
+        Some(target) => engines.push(("running", target.clone(), None)),
         None => {
             let data = scratch.path().join("log-store");
             let (url, child) =
                 super::spawn_service(&["log-store", "--listen", "127.0.0.1:0", "--data-dir", path(&data)?])?;
-            (url, Some(child))
+            engines.push(("rocksdb", url, Some(child)));
         }
-    };
-    let mut connections = Vec::new();
-    for _ in 0..CONNECTIONS {
-        connections.push(
-            LogStoreClient::connect(target.clone())
-                .await
-                .with_context(|| format!("connecting to {target}"))?,
-        );
+    }
+    if let Some(store) = &store {
+        let (url, child) = super::spawn_service(&[
+            "log-store",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store,
+            "--store-pool-size",
+            "64",
+        ])?;
+        engines.push(("postgres", url, Some(child)));
     }
 
-    println!("\nsynced appends/s through gRPC ({target}), {PAYLOAD}-byte entries:");
-    let mut grpc = Vec::new();
-    for (run, streams) in [1usize, 1000].into_iter().enumerate() {
-        for concurrency in [1usize, 64] {
-            let rate = grpc_appends(&connections, run * 2 + concurrency, streams, concurrency, duration).await?;
+    // A tag per run keeps streams and ids apart from earlier runs on the same database.
+    let tag = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let mut results = Vec::new();
+    for (engine, target, _) in &engines {
+        let mut connections = Vec::new();
+        for _ in 0..CONNECTIONS {
+            connections.push(
+                LogStoreClient::connect(target.clone())
+                    .await
+                    .with_context(|| format!("connecting to {target}"))?,
+            );
+        }
+        println!("\n{engine} log-store: synced appends/s through gRPC ({target}), {PAYLOAD}-byte entries:");
+        for (run, (streams, concurrency)) in SCENARIOS.into_iter().enumerate() {
+            let prefix = format!("{tag}-{engine}-{run}");
+            let rate = grpc_appends(&connections, &prefix, streams, concurrency, duration).await?;
             println!("  {streams:>5} stream(s), concurrency {concurrency:>2}: {rate:>9.0}/s");
-            grpc.push((streams, concurrency, rate));
+            results.push((*engine, streams, concurrency, rate));
         }
     }
 
@@ -82,19 +116,107 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let raw_batched = tokio::task::block_in_place(|| raw_puts(&raw_dir, 1, 64, duration))?;
     println!("  1 writer, synced batches of 64:       {raw_batched:>9.0} records/s");
 
-    println!("\ntarget: gRPC at concurrency 64 >= 50% of raw 64-writer synced puts");
-    for (streams, concurrency, rate) in grpc.into_iter().filter(|(_, c, _)| *c == 64) {
+    let raw_pg_64 = match &store {
+        Some(store) => {
+            println!("\nraw PostgreSQL on the same server: single-row INSERT transactions, committed (synced):");
+            let one = raw_commits(store, 1, duration).await?;
+            println!("  1 client:                             {one:>9.0}/s");
+            let many = raw_commits(store, 64, duration).await?;
+            println!("  64 clients:                           {many:>9.0}/s");
+            Some(many)
+        }
+        None => None,
+    };
+
+    println!("\ntargets: rocksdb at concurrency 64 >= 50% of raw 64-writer synced puts; postgres at");
+    println!("concurrency 64 >= 50% (1,000 streams) and >= 30% (10 streams) of raw 64-client commits:");
+    for (engine, streams, concurrency, rate) in results.into_iter().filter(|r| r.2 == 64) {
+        let (raw, what) = match engine {
+            "postgres" => (raw_pg_64.unwrap_or(f64::NAN), "raw 64-client commits"),
+            _ => (raw_64, "raw 64-writer puts"),
+        };
         println!(
-            "  {streams:>5} stream(s), concurrency {concurrency}: {:.0}% of raw",
-            100.0 * rate / raw_64
+            "  {engine:>8} {streams:>5} stream(s), concurrency {concurrency}: {:>4.0}% of {what}",
+            100.0 * rate / raw
         );
+    }
+    for (_, _, child) in &mut engines {
+        if let Some(child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
     Ok(())
 }
 
+/// With `--pg-throwaway`: a durable server (and a synchronous standby when asked), and the
+/// URL of a fresh database on it.
+async fn throwaway_postgres(args: &Args) -> anyhow::Result<(Option<String>, Vec<fedsx_pg::testing::PgServer>)> {
+    use fedsx_pg::testing::{PgServer, ServerOptions};
+    if !args.pg_throwaway {
+        return Ok((None, Vec::new()));
+    }
+    let primary = PgServer::start_with(ServerOptions::durable()).map_err(anyhow::Error::msg)?;
+    let url = primary.create_database("bench").await.map_err(anyhow::Error::msg)?;
+    let mut servers = vec![];
+    if args.pg_sync_standby {
+        let standby =
+            PgServer::standby_of(&primary, "s1", ServerOptions::durable()).map_err(anyhow::Error::msg)?;
+        primary
+            .execute("ALTER SYSTEM SET synchronous_standby_names = 's1'")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        primary.execute("SELECT pg_reload_conf()").await.map_err(anyhow::Error::msg)?;
+        println!("postgres: primary :{} with synchronous standby :{}", primary.port(), standby.port());
+        servers.push(standby);
+    } else {
+        println!("postgres: throwaway server :{} (fsync on)", primary.port());
+    }
+    servers.insert(0, primary);
+    Ok((Some(url), servers))
+}
+
+/// `clients` connections each committing single-row INSERTs for `duration`: commits/s.
+async fn raw_commits(url: &str, clients: usize, duration: Duration) -> anyhow::Result<f64> {
+    use fedsx_pg::tokio_postgres::{NoTls, connect};
+    let (setup, connection) = connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    setup
+        .batch_execute("CREATE TABLE IF NOT EXISTS fedsx_bench_raw (id bigserial PRIMARY KEY, payload bytea NOT NULL)")
+        .await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let (client, connection) = connect(url, NoTls).await?;
+        tokio::spawn(connection);
+        let (done, stop) = (done.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let insert = client.prepare("INSERT INTO fedsx_bench_raw (payload) VALUES ($1)").await?;
+            let payload = vec![7u8; PAYLOAD];
+            while !stop.load(Ordering::Relaxed) {
+                client.execute(&insert, &[&payload]).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let started = Instant::now();
+    done.store(0, Ordering::Relaxed);
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let count = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for worker in workers {
+        worker.await??;
+    }
+    setup.batch_execute("DROP TABLE fedsx_bench_raw").await?;
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
 pub async fn grpc_appends(
     connections: &[LogStoreClient<Channel>],
-    run: usize,
+    run: &str,
     streams: usize,
     concurrency: usize,
     duration: Duration,
@@ -106,7 +228,7 @@ pub async fn grpc_appends(
     let mut workers = Vec::new();
     for worker in 0..concurrency {
         let mut client = connections[worker % connections.len()].clone();
-        let (done, stop, payload) = (done.clone(), stop.clone(), payload.clone());
+        let (done, stop, payload, run) = (done.clone(), stop.clone(), payload.clone(), run.to_owned());
         workers.push(tokio::spawn(async move {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {

@@ -179,7 +179,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Channel::from_shared(log_store.clone())?.connect().await?,
         ));
     }
-    let appends = super::log_store::grpc_appends(&appenders, "flows-9", 1000, args.concurrency, Duration::from_secs(5)).await?;
+    let appends =
+        super::log_store::grpc_appends(&appenders, "flows-9", 1000, args.concurrency, Duration::from_secs(5)).await?;
     println!(
         "same log-store, plain synced appends through gRPC, concurrency {}: {appends:.0}/s",
         args.concurrency

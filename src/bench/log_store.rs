@@ -29,7 +29,7 @@ pub struct Args {
     target: Option<String>,
     /// Also measure the PostgreSQL engine on this database (a log-store is started on it),
     /// beside raw single-row synced commits on the same server.
-    #[arg(long, value_parser = fedsx_log_store::parse_store_url, conflicts_with = "target")]
+    #[arg(long, value_parser = fedsx_pg::parse_store_url, conflicts_with = "target")]
     store: Option<String>,
     /// Start a throwaway PostgreSQL server (fsync on, under --dir) and measure on it, as
     /// with --store.
@@ -63,7 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (store, _servers) = throwaway_postgres(&args).await?;
     let store = store.or(args.store.clone());
 
-    let mut engines: Vec<(&str, String, Option<std::process::Child>)> = Vec::new();
+    let mut engines: Vec<(&str, String, Option<super::KillOnDrop>)> = Vec::new();
     match &args.target {
         Some(target) => engines.push(("running", target.clone(), None)),
         None => {
@@ -87,7 +87,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // A tag per run keeps streams and ids apart from earlier runs on the same database.
-    let tag = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let tag = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
     let mut results = Vec::new();
     for (engine, target, _) in &engines {
         let mut connections = Vec::new();
@@ -140,12 +142,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             100.0 * rate / raw
         );
     }
-    for (_, _, child) in &mut engines {
-        if let Some(child) = child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    drop(engines);
     Ok(())
 }
 
@@ -160,14 +157,20 @@ async fn throwaway_postgres(args: &Args) -> anyhow::Result<(Option<String>, Vec<
     let url = primary.create_database("bench").await.map_err(anyhow::Error::msg)?;
     let mut servers = vec![];
     if args.pg_sync_standby {
-        let standby =
-            PgServer::standby_of(&primary, "s1", ServerOptions::durable()).map_err(anyhow::Error::msg)?;
+        let standby = PgServer::standby_of(&primary, "s1", ServerOptions::durable()).map_err(anyhow::Error::msg)?;
         primary
             .execute("ALTER SYSTEM SET synchronous_standby_names = 's1'")
             .await
             .map_err(anyhow::Error::msg)?;
-        primary.execute("SELECT pg_reload_conf()").await.map_err(anyhow::Error::msg)?;
-        println!("postgres: primary :{} with synchronous standby :{}", primary.port(), standby.port());
+        primary
+            .execute("SELECT pg_reload_conf()")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!(
+            "postgres: primary :{} with synchronous standby :{}",
+            primary.port(),
+            standby.port()
+        );
         servers.push(standby);
     } else {
         println!("postgres: throwaway server :{} (fsync on)", primary.port());
@@ -192,7 +195,9 @@ async fn raw_commits(url: &str, clients: usize, duration: Duration) -> anyhow::R
         tokio::spawn(connection);
         let (done, stop) = (done.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
-            let insert = client.prepare("INSERT INTO fedsx_bench_raw (payload) VALUES ($1)").await?;
+            let insert = client
+                .prepare("INSERT INTO fedsx_bench_raw (payload) VALUES ($1)")
+                .await?;
             let payload = vec![7u8; PAYLOAD];
             while !stop.load(Ordering::Relaxed) {
                 client.execute(&insert, &[&payload]).await?;

@@ -17,6 +17,6 @@ pub use deadpool_postgres::{Object as Client, Pool, PoolError};
 pub use error::{PgError, is_retryable};
 pub use listen::{Listener, Notice};
 pub use migrate::{MigrateError, Migration, migrate};
-pub use pool::{PoolOptions, connect, redact};
+pub use pool::{PoolOptions, connect, parse_store_url, redact};
 pub use ready::Readiness;
 pub use tokio_postgres;

@@ -64,6 +64,16 @@ pub fn connect(url: &str, options: &PoolOptions) -> Result<(Pool, tokio_postgres
     Ok((pool, config))
 }
 
+/// The value of a `--store` flag: a `postgres://` or `postgresql://` URL (the only engine
+/// selected by URL; without the flag a service uses RocksDB).
+pub fn parse_store_url(text: &str) -> Result<String, String> {
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(text.to_owned())
+    } else {
+        Err("must be a postgres:// URL (leave it out to use RocksDB in --data-dir)".into())
+    }
+}
+
 /// `url` with its password replaced, for logs and error messages.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

@@ -15,9 +15,25 @@ pub struct Config {
     #[arg(long, env = "FEDSX_DELIVERY_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Directory of the queue's RocksDB database; created when missing.
+    /// Directory of the queue's RocksDB database (the embedded engine, used when --store
+    /// is not given); created when missing.
     #[arg(long, env = "FEDSX_DELIVERY_DATA_DIR", default_value = "fedsx-data/delivery")]
     pub data_dir: PathBuf,
+
+    /// A PostgreSQL URL (`postgres://user:pass@host1,host2/db?target_session_attrs=read-write`)
+    /// to keep the queue in PostgreSQL instead of RocksDB; any number of delivery replicas
+    /// may share one database (each destination is worked by one at a time, under a lease).
+    #[arg(long, env = "FEDSX_DELIVERY_STORE", value_parser = fedsx_pg::parse_store_url)]
+    pub store: Option<String>,
+
+    /// Connections to PostgreSQL at most (with --store).
+    #[arg(long, env = "FEDSX_DELIVERY_STORE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub store_pool_size: u32,
+
+    /// How long a destination's lease lasts; renewed every third of it. A replica that dies
+    /// holds its destinations this long at most before another takes them.
+    #[arg(long, env = "FEDSX_DELIVERY_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub lease: Duration,
 
     /// Waits after the 1st, 2nd, … failure; the failure after the last one dead-letters.
     #[arg(long, env = "FEDSX_DELIVERY_RETRY_SCHEDULE", default_value = "30s,5m,30m,2h,8h", value_parser = Schedule::parse)]

@@ -1,5 +1,6 @@
 //! Why a delivery call failed.
 
+use crate::storage::QueueError;
 use fedsx_runtime::ErrorCode;
 use fedsx_runtime::error::ServiceError;
 
@@ -9,8 +10,8 @@ pub enum DeliveryError {
     BadRequest(String),
     #[error("no queue for peer {0}")]
     NoSuchPeer(String),
-    #[error("storage failure: {0}")]
-    Storage(String),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 impl ServiceError for DeliveryError {
@@ -18,7 +19,7 @@ impl ServiceError for DeliveryError {
         match self {
             DeliveryError::BadRequest(_) => ErrorCode::InvalidArgument,
             DeliveryError::NoSuchPeer(_) => ErrorCode::NotFound,
-            DeliveryError::Storage(_) => ErrorCode::Internal,
+            DeliveryError::Queue(err) => err.code(),
         }
     }
 }

@@ -1,74 +1,117 @@
-//! The fed-sx delivery service: a durable retry queue per peer (recipient actor) on RocksDB,
-//! and one worker per peer that POSTs signed envelopes to the peer's inbox, retries on the
-//! configured schedule, dead-letters what cannot be delivered and lets operators redrive it.
-//! The decisions are the pure functions in [`queue`]; this crate persists and drives them.
+//! The fed-sx delivery service: a durable retry queue per peer (recipient actor), and one
+//! worker per leased peer that POSTs signed envelopes to the peer's inbox, retries on the
+//! configured schedule, dead-letters what cannot be delivered and lets operators redrive
+//! it. The decisions are the pure functions in [`queue`]; the queue's storage sits behind
+//! [`QueueStorage`] — RocksDB embedded (the default) or PostgreSQL, shared by any number of
+//! delivery replicas with per-destination leases.
 
 mod config;
+#[cfg(test)]
+mod conformance;
 mod dispatch;
+mod dispatcher;
 mod error;
 mod metrics;
-mod peer;
+mod postgres;
 pub mod queue;
+mod rocks;
 mod service;
-mod store;
+mod storage;
 
 pub use config::Config;
 pub use error::DeliveryError;
+pub use postgres::PgQueue;
+pub use rocks::RocksQueue;
+pub use storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
 
 use anyhow::Context;
+use dispatcher::{Dispatcher, Settings};
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::http_client::PeerHttp;
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The gRPC service name, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "fedsx.delivery.v1.Delivery";
 
-/// Opens the queue in `config.data_dir`, resumes every peer's worker where it stopped, and
-/// serves delivery on `listener` until `shutdown` is cancelled.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let data_dir = config.data_dir.clone();
-    let (store, loaded) = tokio::task::spawn_blocking(move || {
-        let store = store::Store::open(&data_dir)?;
-        let loaded = store.load()?;
-        Ok::<_, String>((store, loaded))
-    })
-    .await
-    .context("opening the queue panicked")?
-    .map_err(|err| anyhow::anyhow!("--data-dir {}: {err}", config.data_dir.display()))?;
+/// How long a start waits for an unreachable PostgreSQL before it gives up.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
-    let shared = Arc::new(peer::Shared {
-        order: AtomicU64::new(store::Store::max_order(&loaded) + 1),
-        store,
+/// Opens the queue `config` selects, resumes the work it holds, and serves delivery on
+/// `listener` until `shutdown` is cancelled.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match &config.store {
+        Some(url) => {
+            let queue = open_postgres(url, config.store_pool_size, &shutdown).await?;
+            tracing::info!(store = %fedsx_pg::redact(url), "delivery queue opened on postgres");
+            serve(queue, config, listener, shutdown).await
+        }
+        None => {
+            let data_dir = config.data_dir.clone();
+            let queue = tokio::task::spawn_blocking(move || RocksQueue::open(&data_dir))
+                .await
+                .context("opening the queue panicked")?
+                .map_err(|err| anyhow::anyhow!("--data-dir {}: {err}", config.data_dir.display()))?;
+            serve(queue, config, listener, shutdown).await
+        }
+    }
+}
+
+async fn open_postgres(url: &str, pool_size: u32, shutdown: &CancellationToken) -> anyhow::Result<PgQueue> {
+    let mut options = fedsx_pg::PoolOptions::new("fedsx-delivery");
+    options.max_size = pool_size as usize;
+    let started = std::time::Instant::now();
+    loop {
+        match PgQueue::open(url, &options).await {
+            Ok(queue) => return Ok(queue),
+            Err(postgres::PgOpenError::Migrate(fedsx_pg::MigrateError::Pg(err)))
+                if err.is_unavailable() && started.elapsed() < CONNECT_PATIENCE && !shutdown.is_cancelled() =>
+            {
+                tracing::warn!(store = %fedsx_pg::redact(url), error = %err, "waiting for postgres");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err).context(format!("--store {}", fedsx_pg::redact(url))),
+        }
+    }
+}
+
+/// This replica's name in leases: the host (the pod, in a cluster), the process and when
+/// it started, so a restarted process never inherits its predecessor's leases.
+fn owner_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!("{host}/{}/{}", std::process::id(), dispatcher::now_ms())
+}
+
+async fn serve<Q: QueueStorage>(
+    queue: Q,
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let statuses = queue.statuses().await?;
+    tracing::info!(
+        peers = statuses.len(),
+        pending = statuses.iter().map(|s| s.pending).sum::<u64>(),
+        dead_letters = statuses.iter().map(|s| s.dead_letters).sum::<u64>(),
+        "delivery queue resumed"
+    );
+    let settings = Settings {
         http: PeerHttp::new(config.allow_private_peers, config.send_timeout),
         schedule: config.retry_schedule.clone(),
         max_in_flight: config.max_in_flight as usize,
         inbox_overrides: config.peer_inboxes(),
+        owner: owner_name(),
+        lease: config.lease,
         shutdown: shutdown.clone(),
-    });
-    let mut peers = HashMap::new();
-    let (mut pending, mut dead) = (0, 0);
-    for loaded_peer in loaded {
-        let queue = Arc::new(peer::PeerQueue::restore(loaded_peer));
-        let status = queue.status();
-        pending += status.pending;
-        dead += status.dead_letters;
-        tokio::spawn(queue.clone().run(shared.clone()));
-        peers.insert(status.peer, queue);
-    }
-    tracing::info!(
-        peers = peers.len(),
-        pending,
-        dead_letters = dead,
-        "delivery queue resumed"
-    );
-    let queues = Arc::new(service::Queues {
-        shared,
-        peers: std::sync::Mutex::new(peers),
-    });
-    let _gauges = metrics::register(&queues);
-    let routes = tonic::service::Routes::new(service::server(queues));
-    fedsx_runtime::grpc::serve(SERVICE_NAME, routes, listener, shutdown).await
+    };
+    let dispatcher = Dispatcher::new(queue.clone(), settings);
+    tokio::spawn(dispatcher.clone().run());
+    let _gauges = metrics::register(&dispatcher);
+    let routes = tonic::service::Routes::new(service::server(dispatcher));
+    let served =
+        fedsx_runtime::grpc::serve_with_readiness(SERVICE_NAME, routes, listener, shutdown, queue.readiness()).await;
+    let closed = queue.close().await;
+    served?;
+    closed.context("closing the queue")?;
+    Ok(())
 }

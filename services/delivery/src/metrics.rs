@@ -1,11 +1,16 @@
-//! What delivery reports: send outcomes as counters, and per peer (read from the queues when
-//! scraped or exported) queue depth, sends in flight, dead letters and lag — the age of the
-//! oldest pending activity.
+//! What delivery reports: send outcomes as counters, and per peer queue depth, sends in
+//! flight, dead letters and lag — the age of the oldest pending activity. The per-peer
+//! numbers come from the queue (a database query for PostgreSQL), so they are read every
+//! [`REFRESH`] into a snapshot the gauges report, never on the scrape itself.
 
-use crate::peer::now_ms;
-use crate::service::Queues;
+use crate::dispatcher::{Dispatcher, now_ms};
+use crate::storage::{PeerStatus, QueueStorage};
 use fedsx_runtime::metrics::{Counter, KeyValue, ObservableGauge, meter};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// How often the per-peer snapshot is refreshed.
+const REFRESH: Duration = Duration::from_secs(2);
 
 /// Send outcomes: `delivered`, `retry` (failed, tried again later), `dead_letter`.
 pub(crate) fn sends() -> &'static Counter<u64> {
@@ -18,56 +23,92 @@ pub(crate) fn sends() -> &'static Counter<u64> {
     })
 }
 
-/// Kept alive for as long as the service runs; the gauges read the queues through a weak
-/// reference.
+type Snapshot = Arc<Mutex<Vec<(PeerStatus, usize)>>>;
+
+/// Kept alive for as long as the service runs.
 pub(crate) struct QueueGauges {
     _gauges: Vec<ObservableGauge<u64>>,
     _lag: ObservableGauge<f64>,
+    refresh: tokio::task::JoinHandle<()>,
 }
 
-/// Registers the per-peer gauges over `queues`.
-pub(crate) fn register(queues: &Arc<Queues>) -> QueueGauges {
+impl Drop for QueueGauges {
+    fn drop(&mut self) {
+        self.refresh.abort();
+    }
+}
+
+/// Registers the per-peer gauges over what `dispatcher`'s queue holds.
+pub(crate) fn register<Q: QueueStorage>(dispatcher: &Arc<Dispatcher<Q>>) -> QueueGauges {
+    let snapshot: Snapshot = Arc::default();
+    let refresh = {
+        let (dispatcher, snapshot) = (Arc::downgrade(dispatcher), snapshot.clone());
+        tokio::spawn(async move {
+            loop {
+                let Some(dispatcher) = dispatcher.upgrade() else { return };
+                if let Ok(statuses) = dispatcher.queue().statuses().await {
+                    let rows = statuses
+                        .into_iter()
+                        .map(|s| {
+                            let in_flight = dispatcher.in_flight(&s.peer);
+                            (s, in_flight)
+                        })
+                        .collect();
+                    *snapshot.lock().expect("snapshot lock poisoned") = rows;
+                }
+                drop(dispatcher);
+                tokio::time::sleep(REFRESH).await;
+            }
+        })
+    };
     let meter = meter();
-    let gauge = |name: &'static str, description: &'static str, read: fn(&crate::peer::Status) -> u64| {
-        let queues: Weak<Queues> = Arc::downgrade(queues);
+    let gauge = |name: &'static str, description: &'static str, read: fn(&(PeerStatus, usize)) -> u64| {
+        let snapshot = snapshot.clone();
         meter
             .u64_observable_gauge(name)
             .with_description(description)
             .with_callback(move |observer| {
-                let Some(queues) = queues.upgrade() else { return };
-                for status in queues.statuses() {
-                    observer.observe(read(&status), &[KeyValue::new("peer", status.peer.clone())]);
+                for row in snapshot.lock().expect("snapshot lock poisoned").iter() {
+                    observer.observe(read(row), &[KeyValue::new("peer", row.0.peer.clone())]);
                 }
             })
             .build()
     };
     let gauges = vec![
-        gauge("fedsx.delivery.queue.depth", "Activities pending for a peer", |s| {
-            s.pending as u64
-        }),
-        gauge("fedsx.delivery.in_flight", "Sends to a peer awaiting its answer", |s| {
-            s.in_flight as u64
-        }),
-        gauge("fedsx.delivery.dead_letters", "Dead letters held for a peer", |s| {
-            s.dead_letters as u64
-        }),
+        gauge(
+            "fedsx.delivery.queue.depth",
+            "Activities pending for a peer",
+            |(s, _)| s.pending,
+        ),
+        gauge(
+            "fedsx.delivery.in_flight",
+            "Sends to a peer awaiting its answer (from this replica)",
+            |(_, in_flight)| *in_flight as u64,
+        ),
+        gauge(
+            "fedsx.delivery.dead_letters",
+            "Dead letters held for a peer",
+            |(s, _)| s.dead_letters,
+        ),
     ];
-    let weak = Arc::downgrade(queues);
     let lag = meter
         .f64_observable_gauge("fedsx.delivery.lag")
         .with_unit("s")
         .with_description("Age of the oldest activity pending for a peer (0 when none)")
         .with_callback(move |observer| {
-            let Some(queues) = weak.upgrade() else { return };
             let now = now_ms();
-            for (peer, oldest) in queues.oldest_pending() {
-                let age = oldest.map_or(0, |at| now.saturating_sub(at));
-                observer.observe(age as f64 / 1000.0, &[KeyValue::new("peer", peer)]);
+            for (status, _) in snapshot.lock().expect("snapshot lock poisoned").iter() {
+                let age = match status.head_enqueued_ms {
+                    0 => 0,
+                    at => now.saturating_sub(at),
+                };
+                observer.observe(age as f64 / 1000.0, &[KeyValue::new("peer", status.peer.clone())]);
             }
         })
         .build();
     QueueGauges {
         _gauges: gauges,
         _lag: lag,
+        refresh,
     }
 }

@@ -1,71 +1,21 @@
-//! `fedsx.delivery.v1.Delivery`: validates and converts, then asks the peer queues.
+//! `fedsx.delivery.v1.Delivery` over any [`QueueStorage`]: validates and converts, then
+//! asks the queue (and the dispatcher, for the sends in flight from this replica).
 
+use crate::dispatcher::{Dispatcher, now_ms};
 use crate::error::DeliveryError;
-use crate::peer::{PeerQueue, Shared, Status};
+use crate::storage::{NewDelivery, PeerStatus, QueueStorage};
 use fedsx_proto::delivery::v1 as pb;
 use fedsx_runtime::error::ServiceError;
 use pb::delivery_server::{Delivery as DeliveryApi, DeliveryServer};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tonic::{Request, Response, Status as GrpcStatus};
 
-/// Every peer queue, by peer actor URL.
-pub struct Queues {
-    pub shared: Arc<Shared>,
-    pub peers: Mutex<HashMap<String, Arc<PeerQueue>>>,
+pub(crate) fn server<Q: QueueStorage>(dispatcher: Arc<Dispatcher<Q>>) -> DeliveryServer<DeliveryService<Q>> {
+    DeliveryServer::new(DeliveryService { dispatcher }).max_decoding_message_size(2 * fedsx_wire::MAX_ENVELOPE_BYTES)
 }
 
-impl Queues {
-    /// The queue of `peer`, created (with its worker) on first use.
-    pub fn queue(&self, peer: &str) -> Arc<PeerQueue> {
-        let mut peers = self.peers.lock().expect("peers lock poisoned");
-        if let Some(queue) = peers.get(peer) {
-            return queue.clone();
-        }
-        let queue = Arc::new(PeerQueue::new(peer));
-        peers.insert(peer.to_owned(), queue.clone());
-        tokio::spawn(queue.clone().run(self.shared.clone()));
-        queue
-    }
-
-    fn all(&self) -> Vec<Arc<PeerQueue>> {
-        self.peers
-            .lock()
-            .expect("peers lock poisoned")
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Every peer's numbers.
-    pub fn statuses(&self) -> Vec<Status> {
-        self.all().iter().map(|q| q.status()).collect()
-    }
-
-    /// Every peer with when its oldest pending activity was enqueued.
-    pub fn oldest_pending(&self) -> Vec<(String, Option<u64>)> {
-        self.all()
-            .iter()
-            .map(|q| (q.status().peer, q.oldest_pending_ms(&self.shared)))
-            .collect()
-    }
-
-    fn existing(&self, peer: &str) -> Result<Arc<PeerQueue>, DeliveryError> {
-        self.peers
-            .lock()
-            .expect("peers lock poisoned")
-            .get(peer)
-            .cloned()
-            .ok_or_else(|| DeliveryError::NoSuchPeer(peer.to_owned()))
-    }
-}
-
-pub(crate) fn server(queues: Arc<Queues>) -> DeliveryServer<DeliveryService> {
-    DeliveryServer::new(DeliveryService { queues }).max_decoding_message_size(2 * fedsx_wire::MAX_ENVELOPE_BYTES)
-}
-
-pub(crate) struct DeliveryService {
-    queues: Arc<Queues>,
+pub(crate) struct DeliveryService<Q> {
+    dispatcher: Arc<Dispatcher<Q>>,
 }
 
 fn status(err: DeliveryError) -> GrpcStatus {
@@ -82,21 +32,21 @@ fn id_of(bytes: &[u8]) -> Result<[u8; 32], DeliveryError> {
         .map_err(|_| DeliveryError::BadRequest(format!("id is {} bytes, must be 32", bytes.len())))
 }
 
-fn to_proto(status: Status) -> pb::PeerStatus {
+fn to_proto(status: PeerStatus, in_flight: usize) -> pb::PeerStatus {
     pb::PeerStatus {
         peer: status.peer,
-        pending: status.pending as u64,
+        pending: status.pending,
         head_attempts: status.head_attempts,
         head_next_retry_ms: status.head_next_retry_ms,
         last_error: status.last_error,
-        dead_letters: status.dead_letters as u64,
+        dead_letters: status.dead_letters,
         delivered: status.delivered,
-        in_flight: status.in_flight as u32,
+        in_flight: in_flight as u32,
     }
 }
 
 #[tonic::async_trait]
-impl DeliveryApi for DeliveryService {
+impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
     async fn enqueue(&self, request: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, GrpcStatus> {
         let traceparent = fedsx_runtime::trace_context::current_traceparent().unwrap_or_default();
         let request = request.into_inner();
@@ -120,17 +70,20 @@ impl DeliveryApi for DeliveryService {
                 fedsx_wire::MAX_ENVELOPE_BYTES
             ))));
         }
-        let queue = self.queues.queue(&request.peer);
-        let new = queue
-            .enqueue(
-                &self.queues.shared,
-                id,
-                request.inbox_url,
-                request.envelope,
-                traceparent,
-            )
+        let delivery = NewDelivery {
+            peer: request.peer,
+            id,
+            inbox_url: request.inbox_url,
+            envelope: request.envelope,
+            traceparent,
+            enqueued_ms: now_ms(),
+        };
+        let new = self
+            .dispatcher
+            .queue()
+            .enqueue(delivery)
             .await
-            .map_err(status)?;
+            .map_err(|err| status(err.into()))?;
         Ok(Response::new(pb::EnqueueResponse { new }))
     }
 
@@ -138,16 +91,34 @@ impl DeliveryApi for DeliveryService {
         &self,
         request: Request<pb::PeerStatusRequest>,
     ) -> Result<Response<pb::PeerStatus>, GrpcStatus> {
-        let queue = self.queues.existing(&request.into_inner().peer).map_err(status)?;
-        Ok(Response::new(to_proto(queue.status())))
+        let peer = request.into_inner().peer;
+        let found = self
+            .dispatcher
+            .queue()
+            .status(&peer)
+            .await
+            .map_err(|err| status(err.into()))?;
+        let found = found.ok_or_else(|| status(DeliveryError::NoSuchPeer(peer.clone())))?;
+        Ok(Response::new(to_proto(found, self.dispatcher.in_flight(&peer))))
     }
 
     async fn list_peers(
         &self,
         _: Request<pb::ListPeersRequest>,
     ) -> Result<Response<pb::ListPeersResponse>, GrpcStatus> {
-        let mut peers: Vec<pb::PeerStatus> = self.queues.statuses().into_iter().map(to_proto).collect();
-        peers.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let statuses = self
+            .dispatcher
+            .queue()
+            .statuses()
+            .await
+            .map_err(|err| status(err.into()))?;
+        let peers = statuses
+            .into_iter()
+            .map(|s| {
+                let in_flight = self.dispatcher.in_flight(&s.peer);
+                to_proto(s, in_flight)
+            })
+            .collect();
         Ok(Response::new(pb::ListPeersResponse { peers }))
     }
 
@@ -155,9 +126,15 @@ impl DeliveryApi for DeliveryService {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, GrpcStatus> {
-        let queue = self.queues.existing(&request.into_inner().peer).map_err(status)?;
-        let dead_letters = queue
-            .dead_letters()
+        let peer = request.into_inner().peer;
+        let dead = self
+            .dispatcher
+            .queue()
+            .dead_letters(&peer)
+            .await
+            .map_err(|err| status(err.into()))?;
+        let dead_letters = dead
+            .ok_or_else(|| status(DeliveryError::NoSuchPeer(peer)))?
             .into_iter()
             .map(|d| pb::DeadLetter {
                 id: d.id.to_vec().into(),
@@ -170,7 +147,6 @@ impl DeliveryApi for DeliveryService {
 
     async fn redrive(&self, request: Request<pb::RedriveRequest>) -> Result<Response<pb::RedriveResponse>, GrpcStatus> {
         let request = request.into_inner();
-        let queue = self.queues.existing(&request.peer).map_err(status)?;
         let ids = if request.ids.is_empty() {
             None
         } else {
@@ -183,7 +159,16 @@ impl DeliveryApi for DeliveryService {
                     .map_err(status)?,
             )
         };
-        let redriven = queue.redrive(&self.queues.shared, ids).await.map_err(status)?;
+        let redriven = self
+            .dispatcher
+            .queue()
+            .redrive(&request.peer, ids)
+            .await
+            .map_err(|err| status(err.into()))?
+            .ok_or_else(|| status(DeliveryError::NoSuchPeer(request.peer.clone())))?;
+        if redriven > 0 {
+            tracing::info!(peer = %request.peer, redriven, "dead letters redriven");
+        }
         Ok(Response::new(pb::RedriveResponse {
             redriven: redriven as u32,
         }))

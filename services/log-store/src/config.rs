@@ -20,7 +20,7 @@ pub struct Config {
     /// A PostgreSQL URL (`postgres://user:pass@host1,host2/db?target_session_attrs=read-write`)
     /// to keep the streams in PostgreSQL instead of RocksDB; any number of log-stores may
     /// share one database.
-    #[arg(long, env = "FEDSX_LOG_STORE_STORE", value_parser = parse_store_url)]
+    #[arg(long, env = "FEDSX_LOG_STORE_STORE", value_parser = fedsx_pg::parse_store_url)]
     pub store: Option<String>,
 
     /// Connections to PostgreSQL at most (with --store).
@@ -41,16 +41,7 @@ pub enum Tool {
         #[arg(long)]
         from: PathBuf,
         /// The PostgreSQL URL to copy into.
-        #[arg(long, value_parser = parse_store_url)]
+        #[arg(long, value_parser = fedsx_pg::parse_store_url)]
         to: String,
     },
-}
-
-/// Accepts `postgres://` and `postgresql://` URLs (the only engine selected by URL).
-pub fn parse_store_url(text: &str) -> Result<String, String> {
-    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        Ok(text.to_owned())
-    } else {
-        Err("must be a postgres:// URL (leave it out to use RocksDB in --data-dir)".into())
-    }
 }

@@ -18,7 +18,7 @@ mod stream;
 #[cfg(test)]
 mod conformance;
 
-pub use config::{Config, Tool, parse_store_url};
+pub use config::{Config, Tool};
 pub use error::{OpenError, StoreError};
 pub use migrate::{MigrateError, MigrateSummary, copy_streams};
 pub use postgres::PgStore;

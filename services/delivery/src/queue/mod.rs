@@ -98,6 +98,33 @@ pub enum Failure {
     Permanent { reason: String },
 }
 
+impl Failure {
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::Transient { reason, .. } | Failure::Permanent { reason } => reason,
+        }
+    }
+}
+
+/// What the `attempts`-th failed send at `now` means: past the schedule (or on a permanent
+/// failure) the activity is dead-lettered; otherwise it is retried after the schedule's
+/// wait (or the peer's Retry-After, kept within the schedule's first and last slot).
+pub fn decide(attempts: u32, now: u64, failure: &Failure, schedule: &Schedule) -> AfterFailure {
+    let wait = match failure {
+        Failure::Permanent { .. } => Backoff::DeadLetter,
+        Failure::Transient { retry_after, .. } => match (schedule.backoff(attempts), retry_after) {
+            (Backoff::RetryAfter(slot), Some(asked)) => {
+                Backoff::RetryAfter((*asked).clamp(schedule.first(), schedule.last()).max(slot))
+            }
+            (backoff, _) => backoff,
+        },
+    };
+    match wait {
+        Backoff::RetryAfter(wait) => AfterFailure::RetryAt(now.saturating_add(ms(wait))),
+        Backoff::DeadLetter => AfterFailure::DeadLettered,
+    }
+}
+
 /// A dead-lettered activity: how often it was tried and why it last failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -246,46 +273,37 @@ impl PeerState {
         self.entries.get(id).and_then(|e| e.next_retry)
     }
 
-    /// A failed send of `id` at `now`: one more attempt; past the schedule (or on a
-    /// permanent failure) the activity moves from pending to dead letters and its retry time
-    /// is cleared, otherwise it is retried after the schedule's wait (or the peer's
-    /// Retry-After, kept within the schedule's first and last slot). None when `id` is not
-    /// pending.
+    /// A failed send of `id` at `now`: one more attempt; what happens next is [`decide`]'s.
+    /// None when `id` is not pending.
     pub fn record_failure(&mut self, id: Id, now: u64, failure: &Failure, schedule: &Schedule) -> Option<AfterFailure> {
         if !self.is_pending(&id) {
             return None;
         }
         let attempts = self.attempts_for(&id) + 1;
+        let after = decide(attempts, now, failure, schedule);
+        match after {
+            AfterFailure::RetryAt(at) => self.retry_at(id, attempts, at),
+            AfterFailure::DeadLettered => self.dead_letter(id, attempts, failure.reason()),
+        }
+        Some(after)
+    }
+
+    /// Marks a pending `id` as failed `attempts` times, to be tried again at `at`.
+    pub fn retry_at(&mut self, id: Id, attempts: u32, at: u64) {
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.attempts = attempts;
+            self.wait_until(id, at);
         }
-        let (reason, wait) = match failure {
-            Failure::Permanent { reason } => (reason, Backoff::DeadLetter),
-            Failure::Transient { reason, retry_after } => {
-                let wait = match (schedule.backoff(attempts), retry_after) {
-                    (Backoff::RetryAfter(slot), Some(asked)) => {
-                        Backoff::RetryAfter((*asked).clamp(schedule.first(), schedule.last()).max(slot))
-                    }
-                    (backoff, _) => backoff,
-                };
-                (reason, wait)
-            }
-        };
-        match wait {
-            Backoff::RetryAfter(wait) => {
-                let at = now.saturating_add(ms(wait));
-                self.wait_until(id, at);
-                Some(AfterFailure::RetryAt(at))
-            }
-            Backoff::DeadLetter => {
-                self.remove_pending(&id);
-                self.restore_dead(DeadLetter {
-                    id,
-                    attempts,
-                    last_error: reason.clone(),
-                });
-                Some(AfterFailure::DeadLettered)
-            }
+    }
+
+    /// Moves a pending `id` to the dead letters; its retry time is cleared.
+    pub fn dead_letter(&mut self, id: Id, attempts: u32, reason: &str) {
+        if self.remove_pending(&id) {
+            self.restore_dead(DeadLetter {
+                id,
+                attempts,
+                last_error: reason.to_owned(),
+            });
         }
     }
 

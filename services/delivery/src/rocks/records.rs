@@ -1,4 +1,4 @@
-//! The queue on disk (RocksDB): one small record per (peer, activity id) — pending, dead or
+//! The RocksDB engine's records: one small record per (peer, activity id) — pending, dead or
 //! delivered — with the attempts, the retry time, the last error and the trace context of
 //! the enqueue; the envelope apart, so a failure rewrites a few bytes, and dropped once
 //! delivered. The delivered record stays, so a repeated hand-off is one delivery. Enqueues are synced before they are
@@ -53,7 +53,7 @@ pub struct PeerRecord {
     pub last_error: String,
 }
 
-pub struct Store {
+pub struct Records {
     db: DB,
 }
 
@@ -78,9 +78,9 @@ pub struct LoadedPeer {
     pub items: Vec<([u8; 32], ItemRecord)>,
 }
 
-impl Store {
+impl Records {
     /// Opens or creates the database. Blocks.
-    pub fn open(dir: &Path) -> Result<Store, String> {
+    pub fn open(dir: &Path) -> Result<Records, String> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -97,7 +97,7 @@ impl Store {
         };
         let cfs = [CF_ITEMS, CF_ENVELOPES, CF_PEERS].map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
         let db = DB::open_cf_descriptors(&options, dir, cfs).map_err(|err| format!("cannot open the queue: {err}"))?;
-        Ok(Store { db })
+        Ok(Records { db })
     }
 
     /// Every peer with its pending and dead items. Blocks.
@@ -154,6 +154,11 @@ impl Store {
         let cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
         let value = self.db.get_cf(cf, item_key(peer, id)).map_err(|err| err.to_string())?;
         Ok(value.map(bytes::Bytes::from))
+    }
+
+    /// Makes every write so far durable (the WAL synced).
+    pub fn sync(&self) -> Result<(), String> {
+        self.db.flush_wal(true).map_err(|err| err.to_string())
     }
 
     /// Writes an item and its peer's record in one batch, with the envelope when it is new

@@ -1,0 +1,368 @@
+//! The one conformance suite every [`QueueStorage`] engine passes, written once and run
+//! against each: idempotent enqueue, FIFO and retry times, outcomes, isolation, leases and
+//! fencing, redrive, unknown peers, restart. Add an engine with one `conformance!` line.
+
+use crate::queue::Id;
+use crate::storage::{NewDelivery, Outcome, QueueStorage};
+use bytes::Bytes;
+use std::future::Future;
+
+/// An engine under test: opens the queue called `name` (created empty on first use; the
+/// same name again is the same data, as after a restart).
+pub(crate) trait Engine: Sync {
+    type Queue: QueueStorage;
+    fn open(&self, name: &str) -> impl Future<Output = Self::Queue> + Send;
+}
+
+const PEER: &str = "https://b.example/actors/bob";
+const OTHER: &str = "https://c.example/actors/carol";
+const NOW: u64 = 1_000_000;
+const LEASE: u64 = NOW + 10_000;
+
+fn id(n: u8) -> Id {
+    [n; 32]
+}
+
+fn delivery(peer: &str, n: u8) -> NewDelivery {
+    NewDelivery {
+        peer: peer.into(),
+        id: id(n),
+        inbox_url: format!("{peer}/inbox"),
+        envelope: Bytes::from(format!("envelope {n}")),
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        enqueued_ms: NOW - 1000 + u64::from(n),
+    }
+}
+
+async fn due_ids<Q: QueueStorage>(queue: &Q, peer: &str, now: u64) -> Vec<u8> {
+    let due = queue.due(peer, now, 100, vec![]).await.unwrap();
+    due.iter().map(|d| d.id[0]).collect()
+}
+
+pub(crate) async fn enqueue_is_durable_once_per_peer_and_id<E: Engine>(engine: &E) {
+    let queue = engine.open("enqueue").await;
+    assert!(queue.enqueue(delivery(PEER, 1)).await.unwrap());
+    assert!(
+        !queue.enqueue(delivery(PEER, 1)).await.unwrap(),
+        "the same (peer, id) again"
+    );
+    assert!(
+        queue.enqueue(delivery(OTHER, 1)).await.unwrap(),
+        "the same id for another peer"
+    );
+    let due = queue.due(PEER, NOW, 10, vec![]).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].envelope, Bytes::from("envelope 1"));
+    assert_eq!(due[0].inbox_url, format!("{PEER}/inbox"));
+    assert_eq!(due[0].attempts, 0);
+    assert!(due[0].traceparent.starts_with("00-0af7"));
+    let status = queue.status(PEER).await.unwrap().unwrap();
+    assert_eq!((status.pending, status.dead_letters, status.delivered), (1, 0, 0));
+    assert_eq!(status.head_enqueued_ms, NOW - 999);
+}
+
+pub(crate) async fn concurrent_enqueues_of_one_id_queue_it_once<E: Engine>(engine: &E) {
+    let queue = engine.open("concurrent").await;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.enqueue(delivery(PEER, 7)).await.unwrap() })
+        })
+        .collect();
+    let mut new = 0;
+    for task in tasks {
+        new += usize::from(task.await.unwrap());
+    }
+    assert_eq!(new, 1, "exactly one enqueue is new");
+    assert_eq!(queue.status(PEER).await.unwrap().unwrap().pending, 1);
+}
+
+pub(crate) async fn due_work_is_fifo_skips_in_flight_and_waits_for_retry_times<E: Engine>(engine: &E) {
+    let queue = engine.open("fifo").await;
+    for n in 1..=5 {
+        queue.enqueue(delivery(PEER, n)).await.unwrap();
+    }
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [1, 2, 3, 4, 5]);
+    let limited = queue.due(PEER, NOW, 2, vec![id(1)]).await.unwrap();
+    assert_eq!(
+        limited.iter().map(|d| d.id[0]).collect::<Vec<_>>(),
+        [2, 3],
+        "limit, skipping in flight"
+    );
+    assert_eq!(queue.claim("a", NOW, LEASE, 10).await.unwrap(), [PEER]);
+    let retry = Outcome::Retry {
+        attempts: 1,
+        at: NOW + 500,
+        error: "status 503".into(),
+    };
+    assert!(queue.record("a", NOW, PEER, id(2), retry).await.unwrap());
+    assert_eq!(
+        due_ids(&queue, PEER, NOW).await,
+        [1, 3, 4, 5],
+        "waiting for its retry time"
+    );
+    assert_eq!(queue.next_retry(PEER, NOW).await.unwrap(), Some(NOW + 500));
+    assert_eq!(
+        due_ids(&queue, PEER, NOW + 500).await,
+        [1, 2, 3, 4, 5],
+        "due again, in its place"
+    );
+    let again = queue.due(PEER, NOW + 500, 10, vec![]).await.unwrap();
+    assert_eq!(again[1].attempts, 1);
+    let status = queue.status(PEER).await.unwrap().unwrap();
+    assert_eq!(status.last_error, "status 503");
+    assert_eq!(
+        queue.next_retry(OTHER, NOW).await.unwrap(),
+        None,
+        "an unknown peer waits for nothing"
+    );
+}
+
+pub(crate) async fn outcomes_move_one_delivery_and_never_another<E: Engine>(engine: &E) {
+    let queue = engine.open("outcomes").await;
+    for n in 1..=3 {
+        queue.enqueue(delivery(PEER, n)).await.unwrap();
+    }
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    assert!(queue.record("a", NOW, PEER, id(1), Outcome::Delivered).await.unwrap());
+    let dead = Outcome::Dead {
+        attempts: 6,
+        error: "status 410".into(),
+    };
+    assert!(queue.record("a", NOW, PEER, id(3), dead).await.unwrap());
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [2], "the others are untouched");
+    assert!(
+        !queue.record("a", NOW, PEER, id(1), Outcome::Delivered).await.unwrap(),
+        "a delivery is recorded once"
+    );
+    let status = queue.status(PEER).await.unwrap().unwrap();
+    assert_eq!((status.pending, status.dead_letters, status.delivered), (1, 1, 1));
+    let dead = queue.dead_letters(PEER).await.unwrap().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].id, dead[0].attempts, dead[0].last_error.as_str()),
+        (id(3), 6, "status 410")
+    );
+    assert!(
+        !queue.enqueue(delivery(PEER, 1)).await.unwrap(),
+        "delivered: not queued again"
+    );
+    assert!(
+        !queue.enqueue(delivery(PEER, 3)).await.unwrap(),
+        "dead: not queued again"
+    );
+    assert_eq!(
+        due_ids(&queue, PEER, NOW).await,
+        [2],
+        "a delivered one is never handed out again"
+    );
+}
+
+pub(crate) async fn a_lease_gives_a_peer_to_one_owner_and_fences_the_others<E: Engine>(engine: &E) {
+    let queue = engine.open("leases").await;
+    queue.enqueue(delivery(PEER, 1)).await.unwrap();
+    queue.enqueue(delivery(OTHER, 2)).await.unwrap();
+    let mut a = queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    a.sort();
+    assert_eq!(a, [PEER, OTHER], "peers with pending work");
+    assert!(
+        queue.claim("b", NOW + 1, NOW + 20_000, 10).await.unwrap().is_empty(),
+        "held by a"
+    );
+    assert!(
+        !queue
+            .record("b", NOW + 1, PEER, id(1), Outcome::Delivered)
+            .await
+            .unwrap(),
+        "b cannot record for a peer a holds"
+    );
+    assert_eq!(
+        queue.claim("a", NOW + 5, LEASE + 5, 10).await.unwrap().len(),
+        2,
+        "a renews"
+    );
+    // a stops renewing; once its lease lapsed b takes both, and a is fenced.
+    let mut b = queue.claim("b", LEASE + 6, LEASE + 10_000, 10).await.unwrap();
+    b.sort();
+    assert_eq!(b, [PEER, OTHER]);
+    assert!(
+        !queue
+            .record("a", LEASE + 7, PEER, id(1), Outcome::Delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        queue
+            .record("b", LEASE + 7, PEER, id(1), Outcome::Delivered)
+            .await
+            .unwrap()
+    );
+    queue.release("b", OTHER).await.unwrap();
+    assert_eq!(
+        queue.claim("a", LEASE + 8, LEASE + 20_000, 10).await.unwrap(),
+        [OTHER],
+        "released"
+    );
+    assert!(
+        queue
+            .claim("c", LEASE + 9, LEASE + 30_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing pending for the delivered peer, nothing to claim"
+    );
+}
+
+pub(crate) async fn redrive_moves_dead_letters_to_the_end_with_attempts_reset<E: Engine>(engine: &E) {
+    let queue = engine.open("redrive").await;
+    for n in 1..=3 {
+        queue.enqueue(delivery(PEER, n)).await.unwrap();
+    }
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    for n in [1, 2] {
+        let dead = Outcome::Dead {
+            attempts: 2,
+            error: "status 404".into(),
+        };
+        queue.record("a", NOW, PEER, id(n), dead).await.unwrap();
+    }
+    assert_eq!(queue.redrive(PEER, Some(vec![id(2)])).await.unwrap(), Some(1));
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [3, 2], "back at the end of pending");
+    assert_eq!(queue.due(PEER, NOW, 10, vec![]).await.unwrap()[1].attempts, 0);
+    assert_eq!(queue.redrive(PEER, None).await.unwrap(), Some(1), "the rest");
+    assert_eq!(queue.redrive(PEER, None).await.unwrap(), Some(0), "nothing left");
+    assert_eq!(queue.dead_letters(PEER).await.unwrap().unwrap().len(), 0);
+    assert_eq!(queue.redrive("https://nobody.example/a", None).await.unwrap(), None);
+    assert!(queue.dead_letters("https://nobody.example/a").await.unwrap().is_none());
+    assert!(queue.status("https://nobody.example/a").await.unwrap().is_none());
+}
+
+pub(crate) async fn work_wakes_the_dispatcher<E: Engine>(engine: &E) {
+    let queue = engine.open("notices").await;
+    let mut notices = queue.notices();
+    queue.enqueue(delivery(PEER, 1)).await.unwrap();
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if notices.recv().await.unwrap() == PEER {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(woken.is_ok(), "a notice names the peer with new work");
+}
+
+pub(crate) async fn a_reopened_queue_keeps_pending_attempts_dead_and_delivered<E: Engine>(engine: &E) {
+    {
+        let queue = engine.open("restart").await;
+        for n in 1..=4 {
+            queue.enqueue(delivery(PEER, n)).await.unwrap();
+        }
+        queue.claim("a", NOW, LEASE, 10).await.unwrap();
+        queue.record("a", NOW, PEER, id(1), Outcome::Delivered).await.unwrap();
+        let retry = Outcome::Retry {
+            attempts: 2,
+            at: NOW + 300,
+            error: "status 500".into(),
+        };
+        queue.record("a", NOW, PEER, id(2), retry).await.unwrap();
+        let dead = Outcome::Dead {
+            attempts: 1,
+            error: "status 410".into(),
+        };
+        queue.record("a", NOW, PEER, id(3), dead).await.unwrap();
+        queue.close().await.unwrap();
+        assert!(
+            queue.enqueue(delivery(PEER, 9)).await.is_err(),
+            "a closed queue refuses work"
+        );
+    }
+    let queue = engine.open("restart").await;
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [4]);
+    assert_eq!(due_ids(&queue, PEER, NOW + 300).await, [2, 4]);
+    let status = queue.status(PEER).await.unwrap().unwrap();
+    assert_eq!((status.pending, status.dead_letters, status.delivered), (2, 1, 1));
+    assert!(
+        !queue.enqueue(delivery(PEER, 1)).await.unwrap(),
+        "still known as delivered"
+    );
+    let all = queue.statuses().await.unwrap();
+    assert_eq!(all.iter().map(|s| s.peer.as_str()).collect::<Vec<_>>(), [PEER]);
+}
+
+/// One `#[tokio::test]` per case for one engine; `$engine` makes the engine for a case
+/// from the case's name.
+macro_rules! conformance {
+    ($module:ident, $engine:expr) => {
+        mod $module {
+            use super::*;
+            conformance!(@cases $engine;
+                enqueue_is_durable_once_per_peer_and_id,
+                concurrent_enqueues_of_one_id_queue_it_once,
+                due_work_is_fifo_skips_in_flight_and_waits_for_retry_times,
+                outcomes_move_one_delivery_and_never_another,
+                a_lease_gives_a_peer_to_one_owner_and_fences_the_others,
+                redrive_moves_dead_letters_to_the_end_with_attempts_reset,
+                work_wakes_the_dispatcher,
+                a_reopened_queue_keeps_pending_attempts_dead_and_delivered);
+        }
+    };
+    (@cases $engine:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                super::$case(&($engine)(stringify!($case))).await;
+            }
+        )*
+    };
+}
+
+/// RocksDB: each name is a directory under one temp dir.
+pub(crate) struct Rocks {
+    dir: tempfile::TempDir,
+}
+
+impl Engine for Rocks {
+    type Queue = crate::RocksQueue;
+
+    async fn open(&self, name: &str) -> crate::RocksQueue {
+        let path = self.dir.path().join(name);
+        tokio::task::spawn_blocking(move || crate::RocksQueue::open(&path).unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+/// PostgreSQL: each name is a database on one throwaway server per test process.
+pub(crate) struct Postgres {
+    server: &'static fedsx_pg::testing::PgServer,
+    prefix: String,
+}
+
+impl Postgres {
+    pub fn shared(case: &str) -> Postgres {
+        static SERVER: std::sync::OnceLock<fedsx_pg::testing::PgServer> = std::sync::OnceLock::new();
+        let server = SERVER.get_or_init(|| fedsx_pg::testing::PgServer::start().expect("starting postgres"));
+        Postgres {
+            server,
+            prefix: case.to_owned(),
+        }
+    }
+}
+
+impl Engine for Postgres {
+    type Queue = crate::PgQueue;
+
+    async fn open(&self, name: &str) -> crate::PgQueue {
+        let db = format!("{}_{name}", self.prefix);
+        let _ = self.server.create_database(&db).await;
+        crate::PgQueue::open(&self.server.url(&db), &fedsx_pg::PoolOptions::new("conformance"))
+            .await
+            .unwrap()
+    }
+}
+
+conformance!(rocksdb, |_| Rocks {
+    dir: tempfile::tempdir().unwrap()
+});
+conformance!(postgres, Postgres::shared);

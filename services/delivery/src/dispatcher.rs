@@ -1,0 +1,262 @@
+//! Drives any [`QueueStorage`]: leases destinations (renewing them every third of the lease
+//! time), runs one worker per leased destination with due work, and records each send's
+//! outcome. A worker wakes when work is queued, a send finishes, or the next retry falls
+//! due (never polling), keeps at most `max_in_flight` sends going, stops sending once its
+//! lease lapses, and ends when its destination has nothing left — idle destinations cost
+//! no task and no timer.
+
+use crate::dispatch::dispatch;
+use crate::queue::{AfterFailure, Id, Schedule, decide};
+use crate::storage::{Due, Outcome, QueueStorage};
+use fedsx_runtime::CancellationToken;
+use fedsx_runtime::http_client::PeerHttp;
+use fedsx_runtime::metrics::KeyValue;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, broadcast};
+use tracing::Instrument;
+
+/// Destinations one replica leases at most.
+const MAX_DESTINATIONS: usize = 4096;
+
+/// What every worker shares.
+pub struct Settings {
+    pub http: PeerHttp,
+    pub schedule: Schedule,
+    pub max_in_flight: usize,
+    /// The static map: actor URL → inbox URL, overriding the kernel's.
+    pub inbox_overrides: HashMap<String, String>,
+    /// This replica's name in leases.
+    pub owner: String,
+    pub lease: Duration,
+    pub shutdown: CancellationToken,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub struct Dispatcher<Q> {
+    queue: Q,
+    settings: Settings,
+    workers: Mutex<HashMap<String, Arc<Worker>>>,
+    /// Asks for a claim round now (a worker ended; work may be left).
+    reclaim: Notify,
+}
+
+struct Worker {
+    peer: String,
+    wake: Notify,
+    in_flight: Mutex<HashSet<Id>>,
+    /// Until when (ms since the epoch) this replica holds the destination.
+    lease_until: AtomicU64,
+}
+
+impl<Q: QueueStorage> Dispatcher<Q> {
+    pub fn new(queue: Q, settings: Settings) -> Arc<Dispatcher<Q>> {
+        Arc::new(Dispatcher {
+            queue,
+            settings,
+            workers: Mutex::new(HashMap::new()),
+            reclaim: Notify::new(),
+        })
+    }
+
+    pub fn queue(&self) -> &Q {
+        &self.queue
+    }
+
+    /// Sends to `peer` awaiting an answer, from this replica.
+    pub fn in_flight(&self, peer: &str) -> usize {
+        let workers = self.workers.lock().expect("workers lock poisoned");
+        workers
+            .get(peer)
+            .map_or(0, |w| w.in_flight.lock().expect("in-flight lock poisoned").len())
+    }
+
+    /// Claims and renews destinations until shutdown.
+    pub async fn run(self: Arc<Self>) {
+        let mut notices = self.queue.notices();
+        let renew_every = self.settings.lease / 3;
+        loop {
+            self.claim_round().await;
+            let renew = tokio::time::sleep(renew_every);
+            tokio::pin!(renew);
+            loop {
+                tokio::select! {
+                    () = self.settings.shutdown.cancelled() => return,
+                    () = &mut renew => break,
+                    () = self.reclaim.notified() => break,
+                    notice = notices.recv() => match notice {
+                        Ok(peer) if !peer.is_empty() => {
+                            let worker = self.workers.lock().expect("workers lock poisoned").get(&peer).cloned();
+                            match worker {
+                                Some(worker) => worker.wake.notify_one(),
+                                None => break,
+                            }
+                        }
+                        // Notices may have been missed: look at every destination.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {}
+                    },
+                }
+            }
+        }
+    }
+
+    async fn claim_round(self: &Arc<Self>) {
+        let now = now_ms();
+        let until = now + self.settings.lease.as_millis() as u64;
+        let claimed = match self
+            .queue
+            .claim(&self.settings.owner, now, until, MAX_DESTINATIONS)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming destinations failed");
+                return;
+            }
+        };
+        let mut workers = self.workers.lock().expect("workers lock poisoned");
+        for peer in claimed {
+            match workers.get(&peer) {
+                Some(worker) => worker.lease_until.store(until, Ordering::Relaxed),
+                None => {
+                    let worker = Arc::new(Worker {
+                        peer: peer.clone(),
+                        wake: Notify::new(),
+                        in_flight: Mutex::new(HashSet::new()),
+                        lease_until: AtomicU64::new(until),
+                    });
+                    workers.insert(peer, worker.clone());
+                    tokio::spawn(self.clone().work(worker));
+                }
+            }
+        }
+    }
+
+    /// One destination's worker.
+    async fn work(self: Arc<Self>, worker: Arc<Worker>) {
+        let peer = worker.peer.as_str();
+        let idle = loop {
+            let now = now_ms();
+            let lease_until = worker.lease_until.load(Ordering::Relaxed);
+            if self.settings.shutdown.is_cancelled() || now >= lease_until {
+                break false;
+            }
+            let (capacity, skip) = {
+                let in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
+                let capacity = self.settings.max_in_flight.saturating_sub(in_flight.len());
+                (capacity, in_flight.iter().copied().collect::<Vec<_>>())
+            };
+            let mut took = 0;
+            if capacity > 0 {
+                match self.queue.due(peer, now, capacity, skip).await {
+                    Ok(due) => {
+                        took = due.len();
+                        let mut in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
+                        for item in due {
+                            if in_flight.insert(item.id) {
+                                tokio::spawn(self.clone().send(worker.clone(), item));
+                            }
+                        }
+                    }
+                    Err(err) => tracing::warn!(peer, error = %err, "reading due deliveries failed"),
+                }
+            }
+            let next = match self.queue.next_retry(peer, now).await {
+                Ok(next) => next,
+                Err(_) => Some(now + 1000),
+            };
+            let sending = !worker.in_flight.lock().expect("in-flight lock poisoned").is_empty();
+            if took == 0 && !sending && next.is_none() {
+                break true;
+            }
+            let wake_at = next.map_or(lease_until, |at| at.min(lease_until));
+            let sleep = Duration::from_millis(wake_at.saturating_sub(now_ms()));
+            tokio::select! {
+                () = self.settings.shutdown.cancelled() => {}
+                () = worker.wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        };
+        {
+            let mut workers = self.workers.lock().expect("workers lock poisoned");
+            if workers.get(peer).is_some_and(|w| Arc::ptr_eq(w, &worker)) {
+                workers.remove(peer);
+            }
+        }
+        if idle && let Err(err) = self.queue.release(&self.settings.owner, peer).await {
+            tracing::debug!(peer, error = %err, "releasing a lease failed");
+        }
+        // Work may have been queued while this worker was ending.
+        self.reclaim.notify_one();
+    }
+
+    async fn send(self: Arc<Self>, worker: Arc<Worker>, due: Due) {
+        let peer = worker.peer.as_str();
+        let id = due.id;
+        if now_ms() < worker.lease_until.load(Ordering::Relaxed) {
+            let url = self
+                .settings
+                .inbox_overrides
+                .get(peer)
+                .cloned()
+                .unwrap_or_else(|| due.inbox_url.clone());
+            let span = fedsx_runtime::trace_context::http_client_span(&http::Method::POST, &url, &due.traceparent);
+            span.record("fedsx.peer", peer);
+            span.record("fedsx.activity_id", fedsx_wire::ActivityId(id).to_string());
+            let result = dispatch(&self.settings.http, &url, due.envelope.clone())
+                .instrument(span)
+                .await;
+            let outcome = self.outcome(peer, &due, result);
+            match self
+                .queue
+                .record(&self.settings.owner, now_ms(), peer, id, outcome)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(peer, id = %fedsx_wire::ActivityId(id), "outcome not recorded: another replica holds the destination now")
+                }
+                Err(err) => tracing::error!(peer, error = %err, "recording a send's outcome failed"),
+            }
+        }
+        worker.in_flight.lock().expect("in-flight lock poisoned").remove(&id);
+        worker.wake.notify_one();
+    }
+
+    /// What a send's result means, decided by the pure schedule; counted and logged.
+    fn outcome(&self, peer: &str, due: &Due, result: Result<(), crate::queue::Failure>) -> Outcome {
+        let hex_id = fedsx_wire::ActivityId(due.id);
+        let count = |outcome: &'static str| crate::metrics::sends().add(1, &[KeyValue::new("outcome", outcome)]);
+        match result {
+            Ok(()) => {
+                count("delivered");
+                tracing::info!(peer, id = %hex_id, attempts = due.attempts + 1, "delivered");
+                Outcome::Delivered
+            }
+            Err(failure) => {
+                let attempts = due.attempts + 1;
+                let error = failure.reason().to_owned();
+                match decide(attempts, now_ms(), &failure, &self.settings.schedule) {
+                    AfterFailure::RetryAt(at) => {
+                        count("retry");
+                        tracing::warn!(peer, id = %hex_id, attempts, error = %error, retry_at_ms = at, "delivery failed");
+                        Outcome::Retry { attempts, at, error }
+                    }
+                    AfterFailure::DeadLettered => {
+                        count("dead_letter");
+                        tracing::warn!(peer, id = %hex_id, attempts, error = %error, "dead-lettered");
+                        Outcome::Dead { attempts, error }
+                    }
+                }
+            }
+        }
+    }
+}

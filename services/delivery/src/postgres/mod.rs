@@ -1,0 +1,272 @@
+//! The replicated engine: the queue in PostgreSQL, selected with `--store postgres://…`.
+//! Any number of delivery processes share it: each destination is worked by one replica at
+//! a time under a lease row (`delivery_peers.owner`, `lease_until`); a replica that dies
+//! stops renewing, and another takes the destination once the lease lapses. Outcomes are
+//! recorded only under a held lease, and a delivered row is never handed out again.
+
+mod schema;
+
+use crate::queue::{DeadLetter, Id};
+use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
+use bytes::Bytes;
+use fedsx_pg::{Listener, Pool, PoolOptions, Readiness};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// Wake-ups buffered for the dispatcher.
+const NOTICE_BUFFER: usize = 1024;
+
+#[derive(Clone)]
+pub struct PgQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    notices: broadcast::Sender<String>,
+    readiness: Readiness,
+    closed: AtomicBool,
+    _listener: Listener,
+    forward: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.forward.abort();
+    }
+}
+
+/// Why the queue could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PgOpenError {
+    #[error("{0}")]
+    Url(String),
+    #[error(transparent)]
+    Migrate(#[from] fedsx_pg::MigrateError),
+}
+
+impl PgQueue {
+    /// Connects to `url`, brings the schema up to date (refusing a newer one) and listens
+    /// for work queued by other replicas.
+    pub async fn open(url: &str, options: &PoolOptions) -> Result<PgQueue, PgOpenError> {
+        let (pool, config) = fedsx_pg::connect(url, options).map_err(|err| PgOpenError::Url(err.to_string()))?;
+        fedsx_pg::migrate(&pool, schema::COMPONENT, schema::MIGRATIONS).await?;
+        let listener = Listener::start(config, schema::CHANNEL, options.timeout).await;
+        let (notices, _) = broadcast::channel(NOTICE_BUFFER);
+        let forward = tokio::spawn(forward(listener.subscribe(), notices.clone()));
+        Ok(PgQueue {
+            inner: Arc::new(Inner {
+                readiness: Readiness::spawn(pool.clone(), "delivery"),
+                pool,
+                notices,
+                closed: AtomicBool::new(false),
+                _listener: listener,
+                forward,
+            }),
+        })
+    }
+
+    async fn client(&self) -> Result<fedsx_pg::Client, QueueError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(QueueError::ShuttingDown);
+        }
+        Ok(self.inner.pool.get().await?)
+    }
+}
+
+async fn forward(mut from: broadcast::Receiver<fedsx_pg::Notice>, to: broadcast::Sender<String>) {
+    loop {
+        let peer = match from.recv().await {
+            Ok(fedsx_pg::Notice::Payload(peer)) => peer,
+            Ok(fedsx_pg::Notice::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => String::new(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let _ = to.send(peer);
+    }
+}
+
+fn ms(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn id_of(bytes: &[u8]) -> Result<Id, QueueError> {
+    bytes
+        .try_into()
+        .map_err(|_| QueueError::internal(format!("stored id of {} bytes", bytes.len())))
+}
+
+fn status_of(row: &fedsx_pg::tokio_postgres::Row) -> PeerStatus {
+    let pending: i64 = row.get(3);
+    PeerStatus {
+        peer: row.get(0),
+        delivered: row.get::<_, i64>(1) as u64,
+        last_error: row.get(2),
+        pending: pending as u64,
+        dead_letters: row.get::<_, i64>(4) as u64,
+        head_attempts: row.get::<_, Option<i32>>(5).unwrap_or(0) as u32,
+        head_next_retry_ms: row.get::<_, Option<i64>>(6).unwrap_or(0) as u64,
+        head_enqueued_ms: row.get::<_, Option<i64>>(7).unwrap_or(0) as u64,
+    }
+}
+
+impl QueueStorage for PgQueue {
+    async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, QueueError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(schema::ENQUEUE).await?;
+        let row = client
+            .query_one(
+                &statement,
+                &[
+                    &delivery.peer,
+                    &&delivery.id[..],
+                    &delivery.inbox_url,
+                    &delivery.traceparent,
+                    &ms(delivery.enqueued_ms),
+                    &&delivery.envelope[..],
+                ],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+
+    async fn claim(&self, owner: &str, now: u64, until: u64, limit: usize) -> Result<Vec<String>, QueueError> {
+        let client = self.client().await?;
+        let claimable = client.prepare_cached(schema::CLAIMABLE).await?;
+        let claim = client.prepare_cached(schema::CLAIM).await?;
+        let candidates = client.query(&claimable, &[&owner, &ms(now), &(limit as i64)]).await?;
+        let mut claimed = Vec::with_capacity(candidates.len());
+        // One destination per statement (and transaction): never two leases in one.
+        for candidate in candidates {
+            let peer: String = candidate.get(0);
+            if client
+                .query_opt(&claim, &[&owner, &peer, &ms(until), &ms(now)])
+                .await?
+                .is_some()
+            {
+                claimed.push(peer);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn release(&self, owner: &str, peer: &str) -> Result<(), QueueError> {
+        let client = self.client().await?;
+        client.execute(schema::RELEASE, &[&peer, &owner]).await?;
+        Ok(())
+    }
+
+    async fn due(&self, peer: &str, now: u64, limit: usize, skip: Vec<Id>) -> Result<Vec<Due>, QueueError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(schema::DUE).await?;
+        let skip: Vec<&[u8]> = skip.iter().map(|id| &id[..]).collect();
+        let rows = client
+            .query(&statement, &[&peer, &ms(now), &skip, &(limit as i64)])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Due {
+                    id: id_of(row.get(0))?,
+                    inbox_url: row.get(1),
+                    envelope: Bytes::from(row.get::<_, Option<Vec<u8>>>(2).unwrap_or_default()),
+                    traceparent: row.get(3),
+                    attempts: row.get::<_, i32>(4) as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn next_retry(&self, peer: &str, now: u64) -> Result<Option<u64>, QueueError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(schema::NEXT_RETRY).await?;
+        let row = client.query_one(&statement, &[&peer, &ms(now)]).await?;
+        Ok(row.get::<_, Option<i64>>(0).map(|at| at as u64))
+    }
+
+    async fn record(&self, owner: &str, now: u64, peer: &str, id: Id, outcome: Outcome) -> Result<bool, QueueError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(schema::RECORD).await?;
+        let (status, attempts, next_retry, error) = match &outcome {
+            Outcome::Delivered => (schema::DELIVERED, 0, 0, ""),
+            Outcome::Retry { attempts, at, error } => (schema::PENDING, *attempts, ms(*at), error.as_str()),
+            Outcome::Dead { attempts, error } => (schema::DEAD, *attempts, 0, error.as_str()),
+        };
+        let row = client
+            .query_one(
+                &statement,
+                &[
+                    &peer,
+                    &owner,
+                    &ms(now),
+                    &&id[..],
+                    &status,
+                    &(attempts as i32),
+                    &next_retry,
+                    &error,
+                ],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+
+    async fn redrive(&self, peer: &str, ids: Option<Vec<Id>>) -> Result<Option<usize>, QueueError> {
+        let client = self.client().await?;
+        if client.query_opt(schema::PEER_EXISTS, &[&peer]).await?.is_none() {
+            return Ok(None);
+        }
+        let ids: Option<Vec<&[u8]>> = ids.as_ref().map(|ids| ids.iter().map(|id| &id[..]).collect());
+        let moved: i64 = client.query_one(schema::REDRIVE, &[&peer, &ids]).await?.get(0);
+        if moved > 0 {
+            client.execute(schema::NOTIFY, &[&peer]).await?;
+        }
+        Ok(Some(moved as usize))
+    }
+
+    async fn status(&self, peer: &str) -> Result<Option<PeerStatus>, QueueError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(schema::STATUS).await?;
+        let row = client.query_opt(&statement, &[&Some(peer)]).await?;
+        Ok(row.as_ref().map(status_of))
+    }
+
+    async fn statuses(&self) -> Result<Vec<PeerStatus>, QueueError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(schema::STATUS).await?;
+        let rows = client.query(&statement, &[&None::<&str>]).await?;
+        Ok(rows.iter().map(status_of).collect())
+    }
+
+    async fn dead_letters(&self, peer: &str) -> Result<Option<Vec<DeadLetter>>, QueueError> {
+        let client = self.client().await?;
+        if client.query_opt(schema::PEER_EXISTS, &[&peer]).await?.is_none() {
+            return Ok(None);
+        }
+        let rows = client.query(schema::DEAD_LETTERS, &[&peer]).await?;
+        let dead = rows
+            .iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    id: id_of(row.get(0))?,
+                    attempts: row.get::<_, i32>(1) as u32,
+                    last_error: row.get(2),
+                })
+            })
+            .collect::<Result<_, QueueError>>()?;
+        Ok(Some(dead))
+    }
+
+    fn notices(&self) -> broadcast::Receiver<String> {
+        self.inner.notices.subscribe()
+    }
+
+    fn readiness(&self) -> watch::Receiver<bool> {
+        self.inner.readiness.watch()
+    }
+
+    async fn close(&self) -> Result<(), QueueError> {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        self.inner.pool.close();
+        Ok(())
+    }
+}

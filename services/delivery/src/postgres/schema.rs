@@ -1,0 +1,133 @@
+//! The delivery queue's tables and statements. Every key leads with the destination
+//! (`peer`), and each statement touches one destination, so the tables can be distributed
+//! by it when one primary is no longer enough.
+
+use fedsx_pg::Migration;
+
+/// The component name under which the queue's schema version is recorded.
+pub const COMPONENT: &str = "delivery";
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "peers, leases and deliveries",
+    sql: r#"
+        CREATE SEQUENCE delivery_order;
+        CREATE TABLE delivery_peers (
+            peer text COLLATE "C" PRIMARY KEY,
+            owner text NOT NULL DEFAULT '',
+            lease_until bigint NOT NULL DEFAULT 0,
+            delivered bigint NOT NULL DEFAULT 0,
+            last_error text NOT NULL DEFAULT ''
+        );
+        CREATE TABLE delivery_items (
+            peer text COLLATE "C" NOT NULL,
+            id bytea NOT NULL,
+            ord bigint NOT NULL,
+            status smallint NOT NULL,
+            inbox_url text NOT NULL,
+            traceparent text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            next_retry_ms bigint NOT NULL DEFAULT 0,
+            last_error text NOT NULL DEFAULT '',
+            enqueued_ms bigint NOT NULL,
+            envelope bytea,
+            PRIMARY KEY (peer, id)
+        );
+        CREATE INDEX delivery_items_pending ON delivery_items (peer, ord) WHERE status = 0;
+        CREATE INDEX delivery_items_dead ON delivery_items (peer, ord) WHERE status = 1;
+    "#,
+}];
+
+pub const PENDING: i16 = 0;
+pub const DEAD: i16 = 1;
+pub const DELIVERED: i16 = 2;
+
+/// Where new pending work is announced; the payload is the peer.
+pub const CHANNEL: &str = "fedsx_delivery_enqueued";
+
+/// Queues one delivery unless (peer, id) is known; announces it when new.
+pub const ENQUEUE: &str = "
+    WITH known AS (
+        INSERT INTO delivery_peers (peer) VALUES ($1) ON CONFLICT (peer) DO NOTHING
+    ), added AS (
+        INSERT INTO delivery_items (peer, id, ord, status, inbox_url, traceparent, enqueued_ms, envelope)
+        VALUES ($1, $2, nextval('delivery_order'), 0, $3, $4, $5, $6)
+        ON CONFLICT (peer, id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) FROM added CROSS JOIN LATERAL (SELECT pg_notify('fedsx_delivery_enqueued', $1)) AS announced";
+
+/// Peers with pending work whose lease is `$1`'s, or lapsed before `$2`.
+pub const CLAIMABLE: &str = "
+    SELECT p.peer FROM delivery_peers p
+    WHERE (p.owner = $1 OR p.lease_until < $2)
+      AND EXISTS (SELECT 1 FROM delivery_items i WHERE i.peer = p.peer AND i.status = 0)
+    ORDER BY p.lease_until, p.peer
+    LIMIT $3";
+
+/// Takes (or renews) one peer's lease, if it is still free, lapsed or ours.
+pub const CLAIM: &str = "
+    UPDATE delivery_peers SET owner = $1, lease_until = $3
+    WHERE peer = $2 AND (owner = $1 OR lease_until < $4)
+    RETURNING peer";
+
+pub const RELEASE: &str = "UPDATE delivery_peers SET lease_until = 0 WHERE peer = $1 AND owner = $2";
+
+pub const DUE: &str = "
+    SELECT id, inbox_url, envelope, traceparent, attempts FROM delivery_items
+    WHERE peer = $1 AND status = 0 AND next_retry_ms <= $2 AND NOT (id = ANY($3))
+    ORDER BY ord LIMIT $4";
+
+pub const NEXT_RETRY: &str =
+    "SELECT min(next_retry_ms) FROM delivery_items WHERE peer = $1 AND status = 0 AND next_retry_ms > $2";
+
+/// Records an outcome if `$2` holds the lease at `$3` (the lease row is locked, so a claim
+/// by another replica waits for this to commit) and the delivery is still pending.
+pub const RECORD: &str = "
+    WITH lease AS (
+        SELECT 1 FROM delivery_peers WHERE peer = $1 AND owner = $2 AND lease_until >= $3 FOR SHARE
+    ), changed AS (
+        UPDATE delivery_items SET
+            status = $5::smallint,
+            attempts = CASE WHEN $5::smallint = 2 THEN attempts ELSE $6::integer END,
+            next_retry_ms = $7::bigint,
+            last_error = CASE WHEN $5::smallint = 2 THEN last_error ELSE $8::text END,
+            envelope = CASE WHEN $5::smallint = 2 THEN NULL ELSE envelope END
+        WHERE peer = $1 AND id = $4 AND status = 0 AND EXISTS (SELECT 1 FROM lease)
+        RETURNING 1
+    ), counted AS (
+        UPDATE delivery_peers SET
+            delivered = delivered + CASE WHEN $5::smallint = 2 THEN 1 ELSE 0 END,
+            last_error = CASE WHEN $5::smallint = 2 THEN last_error ELSE $8::text END
+        WHERE peer = $1 AND EXISTS (SELECT 1 FROM changed)
+    )
+    SELECT count(*) FROM changed";
+
+pub const PEER_EXISTS: &str = "SELECT 1 FROM delivery_peers WHERE peer = $1";
+
+pub const REDRIVE: &str = "
+    WITH moved AS (
+        UPDATE delivery_items SET status = 0, attempts = 0, next_retry_ms = 0, ord = nextval('delivery_order')
+        WHERE peer = $1 AND status = 1 AND ($2::bytea[] IS NULL OR id = ANY($2))
+        RETURNING 1
+    )
+    SELECT count(*) FROM moved";
+
+pub const NOTIFY: &str = "SELECT pg_notify('fedsx_delivery_enqueued', $1)";
+
+/// A peer's numbers (`$1` NULL: every peer).
+pub const STATUS: &str = "
+    SELECT p.peer, p.delivered, p.last_error,
+        (SELECT count(*) FROM delivery_items i WHERE i.peer = p.peer AND i.status = 0),
+        (SELECT count(*) FROM delivery_items i WHERE i.peer = p.peer AND i.status = 1),
+        h.attempts, h.next_retry_ms, h.enqueued_ms
+    FROM delivery_peers p
+    LEFT JOIN LATERAL (
+        SELECT attempts, next_retry_ms, enqueued_ms FROM delivery_items i
+        WHERE i.peer = p.peer AND i.status = 0 ORDER BY ord LIMIT 1
+    ) AS h ON true
+    WHERE $1::text IS NULL OR p.peer = $1
+    ORDER BY p.peer";
+
+pub const DEAD_LETTERS: &str =
+    "SELECT id, attempts, last_error FROM delivery_items WHERE peer = $1 AND status = 1 ORDER BY ord";

@@ -1,0 +1,374 @@
+//! The embedded engine: one record per (peer, id) in RocksDB (see `records`), and in memory
+//! per peer the pure [`PeerState`] as the index of what is pending, waiting and dead, so
+//! handing out due work costs O(log n) however long the queue. One process owns the
+//! directory, so leases are kept in memory.
+
+mod records;
+
+use crate::queue::{DeadLetter, Id, PeerState};
+use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
+use records::{ItemRecord, LoadedPeer, PeerRecord, Records, STATUS_DEAD, STATUS_DELIVERED, STATUS_PENDING};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, watch};
+
+/// Wake-ups buffered for the dispatcher.
+const NOTICE_BUFFER: usize = 1024;
+
+#[derive(Clone)]
+pub struct RocksQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    records: Records,
+    peers: Mutex<HashMap<String, PeerEntry>>,
+    /// Global enqueue order: restores each peer's FIFO after a restart.
+    order: AtomicU64,
+    notices: broadcast::Sender<String>,
+    ready: watch::Sender<bool>,
+    closed: AtomicBool,
+}
+
+struct PeerEntry {
+    state: PeerState,
+    record: PeerRecord,
+    /// Ids being enqueued right now (written, not yet in `state`).
+    enqueuing: HashSet<Id>,
+    /// (owner, until ms).
+    lease: Option<(String, u64)>,
+}
+
+impl PeerEntry {
+    fn new(peer: &str) -> PeerEntry {
+        PeerEntry::restored(LoadedPeer {
+            record: PeerRecord {
+                peer: peer.to_owned(),
+                ..PeerRecord::default()
+            },
+            items: Vec::new(),
+        })
+    }
+
+    fn restored(loaded: LoadedPeer) -> PeerEntry {
+        let mut state = PeerState::default();
+        for (id, item) in loaded.items {
+            if item.status == STATUS_DEAD {
+                state.restore_dead(DeadLetter {
+                    id,
+                    attempts: item.attempts,
+                    last_error: item.last_error,
+                });
+            } else {
+                let retry = (item.next_retry_ms > 0).then_some(item.next_retry_ms);
+                state.restore(id, item.attempts, retry);
+            }
+        }
+        PeerEntry {
+            state,
+            record: loaded.record,
+            enqueuing: HashSet::new(),
+            lease: None,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| QueueError::internal(format!("storage task failed: {err}")))?
+}
+
+impl RocksQueue {
+    /// Opens or creates the queue in `dir` and loads every peer's pending and dead
+    /// deliveries. Blocks.
+    pub fn open(dir: &Path) -> Result<RocksQueue, String> {
+        let records = Records::open(dir)?;
+        let loaded = records.load()?;
+        let order = Records::max_order(&loaded) + 1;
+        let peers = loaded
+            .into_iter()
+            .map(|peer| (peer.record.peer.clone(), PeerEntry::restored(peer)))
+            .collect();
+        let (notices, _) = broadcast::channel(NOTICE_BUFFER);
+        Ok(RocksQueue {
+            inner: Arc::new(Inner {
+                records,
+                peers: Mutex::new(peers),
+                order: AtomicU64::new(order),
+                notices,
+                ready: watch::Sender::new(true),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn open_or_closed(&self) -> Result<(), QueueError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(QueueError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn status_of(inner: &Inner, entry: &PeerEntry) -> PeerStatus {
+        let head = entry.state.pending().next().copied();
+        let head_enqueued_ms = head
+            .and_then(|id| inner.records.item(&entry.record.peer, &id).ok().flatten())
+            .map_or(0, |item| item.enqueued_ms);
+        PeerStatus {
+            peer: entry.record.peer.clone(),
+            pending: entry.state.pending_len() as u64,
+            head_attempts: head.map_or(0, |id| entry.state.attempts_for(&id)),
+            head_next_retry_ms: head.and_then(|id| entry.state.next_retry_at(&id)).unwrap_or(0),
+            head_enqueued_ms,
+            last_error: entry.record.last_error.clone(),
+            dead_letters: entry.state.dead_letter_len() as u64,
+            delivered: entry.record.delivered,
+        }
+    }
+}
+
+impl QueueStorage for RocksQueue {
+    async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, QueueError> {
+        self.open_or_closed()?;
+        let (peer, id) = (delivery.peer.clone(), delivery.id);
+        let record = {
+            let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
+            let entry = peers.entry(peer.clone()).or_insert_with(|| PeerEntry::new(&peer));
+            if entry.state.is_pending(&id) || entry.state.is_dead(&id) || !entry.enqueuing.insert(id) {
+                return Ok(false);
+            }
+            entry.record.clone()
+        };
+        let inner = self.inner.clone();
+        let written = blocking(move || {
+            // Delivered before (a repeated hand-off after a kernel restart): one delivery.
+            if inner.records.item(&peer, &id).map_err(QueueError::internal)?.is_some() {
+                return Ok(false);
+            }
+            let item = ItemRecord {
+                order: inner.order.fetch_add(1, Ordering::Relaxed),
+                status: STATUS_PENDING,
+                inbox_url: delivery.inbox_url,
+                traceparent: delivery.traceparent,
+                enqueued_ms: delivery.enqueued_ms,
+                ..ItemRecord::default()
+            };
+            inner
+                .records
+                .put(&record, &id, &item, Some(&delivery.envelope), true)
+                .map_err(QueueError::internal)?;
+            Ok(true)
+        })
+        .await;
+        let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
+        let entry = peers.get_mut(&delivery.peer).expect("peer entries are never removed");
+        entry.enqueuing.remove(&id);
+        let new = written?;
+        if new {
+            entry.state.enqueue(id);
+            let _ = self.inner.notices.send(delivery.peer);
+        }
+        Ok(new)
+    }
+
+    async fn claim(&self, owner: &str, now: u64, until: u64, limit: usize) -> Result<Vec<String>, QueueError> {
+        self.open_or_closed()?;
+        let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
+        let mut claimed = Vec::new();
+        for (peer, entry) in peers.iter_mut() {
+            if claimed.len() == limit {
+                break;
+            }
+            let free = match &entry.lease {
+                None => true,
+                Some((holder, lapses)) => holder == owner || *lapses < now,
+            };
+            if free && entry.state.pending_len() > 0 {
+                entry.lease = Some((owner.to_owned(), until));
+                claimed.push(peer.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn release(&self, owner: &str, peer: &str) -> Result<(), QueueError> {
+        let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
+        if let Some(entry) = peers.get_mut(peer)
+            && entry.lease.as_ref().is_some_and(|(holder, _)| holder == owner)
+        {
+            entry.lease = None;
+        }
+        Ok(())
+    }
+
+    async fn due(&self, peer: &str, now: u64, limit: usize, skip: Vec<Id>) -> Result<Vec<Due>, QueueError> {
+        self.open_or_closed()?;
+        let ids = {
+            let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
+            let Some(entry) = peers.get_mut(peer) else {
+                return Ok(Vec::new());
+            };
+            entry.state.take_due(now, limit, |id| skip.contains(id))
+        };
+        let (inner, peer) = (self.inner.clone(), peer.to_owned());
+        blocking(move || {
+            let mut due = Vec::with_capacity(ids.len());
+            for id in ids {
+                let item = inner.records.item(&peer, &id).map_err(QueueError::internal)?;
+                let envelope = inner.records.envelope(&peer, &id).map_err(QueueError::internal)?;
+                if let (Some(item), Some(envelope)) = (item, envelope)
+                    && item.status == STATUS_PENDING
+                {
+                    due.push(Due {
+                        id,
+                        inbox_url: item.inbox_url,
+                        envelope,
+                        traceparent: item.traceparent,
+                        attempts: item.attempts,
+                    });
+                }
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn next_retry(&self, peer: &str, now: u64) -> Result<Option<u64>, QueueError> {
+        let peers = self.inner.peers.lock().expect("queue lock poisoned");
+        Ok(peers
+            .get(peer)
+            .and_then(|entry| entry.state.next_wake())
+            .map(|at| at.max(now)))
+    }
+
+    async fn record(&self, owner: &str, now: u64, peer: &str, id: Id, outcome: Outcome) -> Result<bool, QueueError> {
+        self.open_or_closed()?;
+        let (inner, owner, peer) = (self.inner.clone(), owner.to_owned(), peer.to_owned());
+        blocking(move || {
+            let mut peers = inner.peers.lock().expect("queue lock poisoned");
+            let Some(entry) = peers.get_mut(&peer) else {
+                return Ok(false);
+            };
+            let holds = entry
+                .lease
+                .as_ref()
+                .is_some_and(|(holder, until)| *holder == owner && *until >= now);
+            if !holds || !entry.state.is_pending(&id) {
+                return Ok(false);
+            }
+            let Some(mut item) = inner.records.item(&peer, &id).map_err(QueueError::internal)? else {
+                return Ok(false);
+            };
+            match &outcome {
+                Outcome::Delivered => {
+                    entry.state.record_success(id);
+                    entry.record.delivered += 1;
+                    item.status = STATUS_DELIVERED;
+                    item.next_retry_ms = 0;
+                }
+                Outcome::Retry { attempts, at, error } => {
+                    entry.state.retry_at(id, *attempts, *at);
+                    item.attempts = *attempts;
+                    item.next_retry_ms = *at;
+                    item.last_error.clone_from(error);
+                    entry.record.last_error.clone_from(error);
+                }
+                Outcome::Dead { attempts, error } => {
+                    entry.state.dead_letter(id, *attempts, error);
+                    item.status = STATUS_DEAD;
+                    item.attempts = *attempts;
+                    item.next_retry_ms = 0;
+                    item.last_error.clone_from(error);
+                    entry.record.last_error.clone_from(error);
+                }
+            }
+            // Written under the lock, so what `status` shows is what a restart finds. Not
+            // synced: a machine crash may lose it, and the send is then repeated once
+            // (receivers are idempotent).
+            inner
+                .records
+                .put(&entry.record, &id, &item, None, false)
+                .map_err(QueueError::internal)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn redrive(&self, peer: &str, ids: Option<Vec<Id>>) -> Result<Option<usize>, QueueError> {
+        self.open_or_closed()?;
+        let (inner, peer) = (self.inner.clone(), peer.to_owned());
+        let moved = blocking(move || {
+            let mut peers = inner.peers.lock().expect("queue lock poisoned");
+            let Some(entry) = peers.get_mut(&peer) else {
+                return Ok(None);
+            };
+            let moved = entry.state.redrive(ids.as_deref());
+            for id in &moved {
+                if let Some(mut item) = inner.records.item(&peer, id).map_err(QueueError::internal)? {
+                    item.status = STATUS_PENDING;
+                    item.attempts = 0;
+                    item.next_retry_ms = 0;
+                    inner
+                        .records
+                        .put(&entry.record, id, &item, None, true)
+                        .map_err(QueueError::internal)?;
+                }
+            }
+            if !moved.is_empty() {
+                let _ = inner.notices.send(peer);
+            }
+            Ok(Some(moved.len()))
+        })
+        .await?;
+        Ok(moved)
+    }
+
+    async fn status(&self, peer: &str) -> Result<Option<PeerStatus>, QueueError> {
+        let (inner, peer) = (self.inner.clone(), peer.to_owned());
+        blocking(move || {
+            let peers = inner.peers.lock().expect("queue lock poisoned");
+            Ok(peers.get(&peer).map(|entry| RocksQueue::status_of(&inner, entry)))
+        })
+        .await
+    }
+
+    async fn statuses(&self) -> Result<Vec<PeerStatus>, QueueError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let peers = inner.peers.lock().expect("queue lock poisoned");
+            let mut all: Vec<PeerStatus> = peers
+                .values()
+                .map(|entry| RocksQueue::status_of(&inner, entry))
+                .collect();
+            all.sort_by(|a, b| a.peer.cmp(&b.peer));
+            Ok(all)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, peer: &str) -> Result<Option<Vec<DeadLetter>>, QueueError> {
+        let peers = self.inner.peers.lock().expect("queue lock poisoned");
+        Ok(peers
+            .get(peer)
+            .map(|entry| entry.state.dead_letters().cloned().collect()))
+    }
+
+    fn notices(&self) -> broadcast::Receiver<String> {
+        self.inner.notices.subscribe()
+    }
+
+    fn readiness(&self) -> watch::Receiver<bool> {
+        self.inner.ready.subscribe()
+    }
+
+    async fn close(&self) -> Result<(), QueueError> {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        let inner = self.inner.clone();
+        blocking(move || inner.records.sync().map_err(QueueError::internal)).await
+    }
+}

@@ -1,0 +1,202 @@
+//! The seam between delivery and its queue's storage. The dispatcher and the gRPC handlers
+//! hold a [`QueueStorage`]; RocksDB ([`crate::RocksQueue`], embedded, the default) and
+//! PostgreSQL ([`crate::PgQueue`], shared by any number of delivery replicas) implement it,
+//! and one conformance suite (`conformance.rs`) holds both to the same promises:
+//!
+//! - an enqueue is durable when answered, and idempotent by (peer, id): the same pair
+//!   again — pending, dead-lettered or already delivered — is not queued twice;
+//! - a peer's pending deliveries come out in enqueue (FIFO) order, those waiting for a
+//!   retry time only once it has passed;
+//! - a peer is worked by one owner at a time, under a lease that lapses unless renewed;
+//!   outcomes are recorded only while the owner holds the lease (a replica that lost its
+//!   destination cannot overwrite the new owner's work);
+//! - a delivery recorded as delivered is never handed out again;
+//! - dead letters can be listed and redriven (back to the end of pending, attempts reset);
+//! - all of it survives closing and reopening.
+
+use crate::queue::{DeadLetter, Id};
+use bytes::Bytes;
+use fedsx_runtime::ErrorCode;
+use fedsx_runtime::error::ServiceError;
+use std::future::Future;
+use tokio::sync::{broadcast, watch};
+
+/// A delivery to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The destination's queue key (today the recipient's actor URL).
+    pub peer: String,
+    pub id: Id,
+    /// Where to POST it (empty: the static map or "no peer url").
+    pub inbox_url: String,
+    pub envelope: Bytes,
+    /// The enqueuing request's trace context, continued by the send.
+    pub traceparent: String,
+    pub enqueued_ms: u64,
+}
+
+/// A pending delivery handed out to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub id: Id,
+    pub inbox_url: String,
+    pub envelope: Bytes,
+    pub traceparent: String,
+    /// Failed sends so far.
+    pub attempts: u32,
+}
+
+/// What a send came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Failed `attempts` times in all; try again at `at` (ms since the epoch).
+    Retry {
+        attempts: u32,
+        at: u64,
+        error: String,
+    },
+    /// Failed `attempts` times in all, for good.
+    Dead {
+        attempts: u32,
+        error: String,
+    },
+}
+
+/// A peer's numbers, as `PeerStatus` reports them (without the sends in flight, which only
+/// the replica sending knows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub peer: String,
+    pub pending: u64,
+    pub head_attempts: u32,
+    pub head_next_retry_ms: u64,
+    /// When the oldest pending delivery was enqueued (0: none pending).
+    pub head_enqueued_ms: u64,
+    pub last_error: String,
+    pub dead_letters: u64,
+    pub delivered: u64,
+}
+
+/// Why a queue operation failed: the classes a caller acts on.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Retryable: the engine cannot be reached or cannot write right now; an enqueue that
+    /// got this may or may not be queued (retrying it is safe: ids).
+    #[error("queue storage unavailable: {reason}")]
+    Unavailable { reason: String },
+    #[error("delivery is shutting down")]
+    ShuttingDown,
+    /// Not retryable: a failing disk, damaged data, a bug.
+    #[error("queue storage failure: {reason}")]
+    Internal { reason: String },
+}
+
+impl QueueError {
+    pub(crate) fn internal(reason: impl std::fmt::Display) -> QueueError {
+        QueueError::Internal {
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<fedsx_pg::PgError> for QueueError {
+    fn from(err: fedsx_pg::PgError) -> Self {
+        match err {
+            fedsx_pg::PgError::Unavailable { reason } => QueueError::Unavailable { reason },
+            fedsx_pg::PgError::Refused { reason } => QueueError::Internal { reason },
+        }
+    }
+}
+
+impl From<fedsx_pg::tokio_postgres::Error> for QueueError {
+    fn from(err: fedsx_pg::tokio_postgres::Error) -> Self {
+        fedsx_pg::PgError::from(err).into()
+    }
+}
+
+impl From<fedsx_pg::PoolError> for QueueError {
+    fn from(err: fedsx_pg::PoolError) -> Self {
+        fedsx_pg::PgError::from(err).into()
+    }
+}
+
+impl ServiceError for QueueError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            QueueError::Unavailable { .. } | QueueError::ShuttingDown => ErrorCode::Unavailable,
+            QueueError::Internal { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+/// What delivery needs of its queue's storage.
+pub trait QueueStorage: Clone + Send + Sync + 'static {
+    /// Queues `delivery` durably; false when (peer, id) is already known.
+    fn enqueue(&self, delivery: NewDelivery) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Leases to `owner`, until `until`, up to `limit` peers that have pending deliveries
+    /// and whose lease is free, lapsed (before `now`) or already `owner`'s (renewed);
+    /// answers them.
+    fn claim(
+        &self,
+        owner: &str,
+        now: u64,
+        until: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, QueueError>> + Send;
+
+    /// Gives `owner`'s lease on `peer` up (nothing pending for it).
+    fn release(&self, owner: &str, peer: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Up to `limit` pending deliveries of `peer` due at `now`, in FIFO order, leaving out
+    /// the ids in `skip` (in flight).
+    fn due(
+        &self,
+        peer: &str,
+        now: u64,
+        limit: usize,
+        skip: Vec<Id>,
+    ) -> impl Future<Output = Result<Vec<Due>, QueueError>> + Send;
+
+    /// The earliest retry time after `now` among `peer`'s pending deliveries.
+    fn next_retry(&self, peer: &str, now: u64) -> impl Future<Output = Result<Option<u64>, QueueError>> + Send;
+
+    /// Records a send's outcome if `owner` holds `peer`'s lease at `now` and the delivery is
+    /// still pending; false (nothing changed) otherwise.
+    fn record(
+        &self,
+        owner: &str,
+        now: u64,
+        peer: &str,
+        id: Id,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Moves `peer`'s dead letters (all, or those in `ids`) back to the end of pending with
+    /// attempts reset; the number moved, None when the peer is unknown.
+    fn redrive(
+        &self,
+        peer: &str,
+        ids: Option<Vec<Id>>,
+    ) -> impl Future<Output = Result<Option<usize>, QueueError>> + Send;
+
+    /// One peer's numbers, None when the peer is unknown.
+    fn status(&self, peer: &str) -> impl Future<Output = Result<Option<PeerStatus>, QueueError>> + Send;
+
+    /// Every peer's numbers, by peer.
+    fn statuses(&self) -> impl Future<Output = Result<Vec<PeerStatus>, QueueError>> + Send;
+
+    /// A peer's dead letters, None when the peer is unknown.
+    fn dead_letters(&self, peer: &str) -> impl Future<Output = Result<Option<Vec<DeadLetter>>, QueueError>> + Send;
+
+    /// Peers that got new pending work (enqueue, redrive), from any replica; an empty
+    /// string means "any peer may have" (notices were missed).
+    fn notices(&self) -> broadcast::Receiver<String>;
+
+    /// Whether the engine can serve right now.
+    fn readiness(&self) -> watch::Receiver<bool>;
+
+    /// Releases the engine; later calls fail with `ShuttingDown`.
+    fn close(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
+}

@@ -158,6 +158,39 @@ pub(crate) async fn outcomes_move_one_delivery_and_never_another<E: Engine>(engi
     );
 }
 
+pub(crate) async fn concurrent_outcomes_of_one_peer_all_land<E: Engine>(engine: &E) {
+    let queue = engine.open("concurrent_outcomes").await;
+    for n in 1..=32 {
+        queue.enqueue(delivery(PEER, n)).await.unwrap();
+    }
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    let tasks: Vec<_> = (1..=32u8)
+        .map(|n| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let outcome = match n % 3 {
+                    0 => Outcome::Delivered,
+                    1 => Outcome::Retry {
+                        attempts: 1,
+                        at: NOW + 100,
+                        error: "status 500".into(),
+                    },
+                    _ => Outcome::Dead {
+                        attempts: 1,
+                        error: "status 410".into(),
+                    },
+                };
+                queue.record("a", NOW, PEER, id(n), outcome).await.unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert!(task.await.unwrap(), "every outcome is recorded");
+    }
+    let status = queue.status(PEER).await.unwrap().unwrap();
+    assert_eq!((status.delivered, status.dead_letters, status.pending), (10, 11, 11));
+}
+
 pub(crate) async fn a_lease_gives_a_peer_to_one_owner_and_fences_the_others<E: Engine>(engine: &E) {
     let queue = engine.open("leases").await;
     queue.enqueue(delivery(PEER, 1)).await.unwrap();
@@ -301,6 +334,7 @@ macro_rules! conformance {
                 concurrent_enqueues_of_one_id_queue_it_once,
                 due_work_is_fifo_skips_in_flight_and_waits_for_retry_times,
                 outcomes_move_one_delivery_and_never_another,
+                concurrent_outcomes_of_one_peer_all_land,
                 a_lease_gives_a_peer_to_one_owner_and_fences_the_others,
                 redrive_moves_dead_letters_to_the_end_with_attempts_reset,
                 work_wakes_the_dispatcher,

@@ -81,11 +81,13 @@ pub const DUE: &str = "
 pub const NEXT_RETRY: &str =
     "SELECT min(next_retry_ms) FROM delivery_items WHERE peer = $1 AND status = 0 AND next_retry_ms > $2";
 
-/// Records an outcome if `$2` holds the lease at `$3` (the lease row is locked, so a claim
-/// by another replica waits for this to commit) and the delivery is still pending.
+/// Records an outcome if `$2` holds the lease at `$3` and the delivery is still pending.
+/// The lease row is locked for update from the start (a claim by another replica waits for
+/// this to commit; concurrent records of one destination queue up rather than deadlock on
+/// upgrading a shared lock).
 pub const RECORD: &str = "
     WITH lease AS (
-        SELECT 1 FROM delivery_peers WHERE peer = $1 AND owner = $2 AND lease_until >= $3 FOR SHARE
+        SELECT 1 FROM delivery_peers WHERE peer = $1 AND owner = $2 AND lease_until >= $3 FOR NO KEY UPDATE
     ), changed AS (
         UPDATE delivery_items SET
             status = $5::smallint,

@@ -4,23 +4,28 @@
 //! the primary is killed with SIGKILL and the most advanced standby promoted (as failover
 //! tooling does). Every acknowledged append must be there exactly once, in order, without
 //! gaps; the log-stores resume on the new primary without a restart; appends that failed
-//! during the switch failed with a retryable error.
+//! during the switch failed with a retryable error. A delivery process on the same cluster
+//! keeps delivering: every enqueue it acknowledged reaches the (fake) peer.
 
 mod support;
 
 use bytes::Bytes;
 use fedsx_pg::testing::{PgServer, ServerOptions};
 use fedsx_pg::tokio_postgres::{self, NoTls};
+use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
+use fedsx_proto::delivery::v1::{EnqueueRequest, ListPeersRequest};
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{AppendRequest, NewEntry, ReadRequest, StreamId, StreamKind};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::fake_peer::FakePeer;
 use support::{Service, TestDir};
 use tonic::transport::Channel;
 
 const STREAMS: usize = 4;
+const DELIVERIES: usize = 300;
 
 async fn query_i64(server: &PgServer, sql: &str) -> Option<i64> {
     let (client, connection) = tokio_postgres::connect(&server.url("postgres"), NoTls).await.ok()?;
@@ -144,6 +149,50 @@ async fn acknowledged_appends_survive_a_primary_killed_mid_traffic() {
         LogStoreClient::connect(b.url()).await.unwrap(),
     ];
 
+    // Delivery on the same cluster, enqueueing across the failover.
+    let peer = FakePeer::start().await;
+    let delivery = Service::spawn(
+        "delivery",
+        &[
+            "delivery",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &url,
+            "--lease",
+            "3s",
+            "--allow-private-peers",
+        ],
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let mut deliveries = DeliveryClient::connect(delivery.url()).await.unwrap();
+    let (actor, inbox) = peer.actor("p");
+    let enqueuer = {
+        let (mut client, actor, inbox) = (deliveries.clone(), actor.clone(), inbox.clone());
+        tokio::spawn(async move {
+            let mut unavailable = 0;
+            for n in 0..DELIVERIES {
+                let request = EnqueueRequest {
+                    peer: actor.clone(),
+                    inbox_url: inbox.clone(),
+                    envelope: Bytes::from(format!("envelope {n}")),
+                    id: Bytes::copy_from_slice(&[n as u8, (n >> 8) as u8].repeat(16)),
+                };
+                // Retried until acknowledged; the retry of an enqueue whose answer was lost
+                // is recognised by its id.
+                while let Err(status) = client.enqueue(request.clone()).await {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    unavailable += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            unavailable
+        })
+    };
+
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let recovered = Arc::new(AtomicU64::new(0));
@@ -183,6 +232,37 @@ async fn acknowledged_appends_survive_a_primary_killed_mid_traffic() {
     }
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let unavailable_enqueues = enqueuer.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let arrived = loop {
+        let arrived: std::collections::BTreeSet<Bytes> =
+            peer.received("/actors/p/inbox").into_iter().map(|r| r.body).collect();
+        if arrived.len() == DELIVERIES {
+            break arrived;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {DELIVERIES} deliveries arrived; log:\n{}",
+            arrived.len(),
+            delivery.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(arrived.contains(&Bytes::from(format!("envelope {}", DELIVERIES - 1))));
+    let deadline = Instant::now() + support::DEADLINE;
+    loop {
+        let peers = deliveries
+            .list_peers(ListPeersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .peers;
+        if peers.len() == 1 && peers[0].pending == 0 && peers[0].delivered == DELIVERIES as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all recorded as delivered: {peers:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for code in seen.failures.keys() {
         assert!(
             code == "Unavailable" || code == "client timeout",
@@ -235,7 +315,8 @@ async fn acknowledged_appends_survive_a_primary_killed_mid_traffic() {
     assert!(total >= seen.acked.len());
     let failures: u32 = seen.failures.values().sum();
     eprintln!(
-        "failover: {} acknowledged ({} before the kill), {failures} retryable failures during the switch",
+        "failover: {} appends acknowledged ({} before the kill), {failures} retryable append failures; \
+         {DELIVERIES} deliveries arrived, {unavailable_enqueues} enqueues answered UNAVAILABLE during the switch",
         seen.acked.len(),
         before_kill
     );

@@ -1,7 +1,9 @@
 //! `fedsx bench delivery`: starts a delivery service and fake peers in this process, then
 //! measures deliveries/s to one fast peer, to one peer that answers after 100 ms, and spread
 //! over 100 peers; and the service's resident memory with 100,000 activities queued for an
-//! unreachable peer.
+//! unreachable peer. `--store` (or `--pg-throwaway`) runs it on the PostgreSQL queue;
+//! `--sustained SECONDS` instead enqueues and delivers to one fast peer for that long and
+//! prints the rate of every 30 s, to show whether it holds.
 
 use super::{path, spawn_service};
 use bytes::Bytes;
@@ -24,6 +26,16 @@ pub struct Args {
     /// Where the temp data dir goes.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: std::path::PathBuf,
+    /// Keep the queue in this PostgreSQL database instead of RocksDB.
+    #[arg(long, value_parser = fedsx_pg::parse_store_url)]
+    store: Option<String>,
+    /// Start a throwaway PostgreSQL server (fsync on) and keep the queue there.
+    #[arg(long, conflicts_with = "store")]
+    pg_throwaway: bool,
+    /// Instead of the scenarios: enqueue and deliver to one fast peer for this many seconds,
+    /// printing the rate of every 30 s.
+    #[arg(long)]
+    sustained: Option<u64>,
 }
 
 /// A peer answering 202 after `delay`, counting what it received.
@@ -53,27 +65,33 @@ async fn fake_peer(delay: Duration) -> anyhow::Result<(String, Arc<AtomicUsize>)
     Ok((base, received))
 }
 
-async fn start_delivery(data: &std::path::Path) -> anyhow::Result<(DeliveryClient<Channel>, super::KillOnDrop)> {
-    let args = [
-        "delivery",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        path(data)?,
-        "--allow-private-peers",
-    ];
+async fn start_delivery(
+    data: &std::path::Path,
+    store: Option<&str>,
+) -> anyhow::Result<(DeliveryClient<Channel>, super::KillOnDrop)> {
+    let mut args = vec!["delivery", "--listen", "127.0.0.1:0", "--allow-private-peers"];
+    match store {
+        Some(url) => args.extend(["--store", url]),
+        None => args.extend(["--data-dir", path(data)?]),
+    }
     let (url, child) = spawn_service(&args)?;
     Ok((DeliveryClient::new(Channel::from_shared(url)?.connect().await?), child))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("fedsx-bench-").tempdir_in(&args.dir)?;
+    let (store, servers) = super::throwaway_postgres(args.pg_throwaway, false).await?;
+    let store = store.or(args.store.clone());
     let data = scratch.path().join("delivery");
-    let (client, child) = start_delivery(&data).await?;
+    let (client, child) = start_delivery(&data, store.as_deref()).await?;
     println!(
-        "machine: {} cores; default 16 sends in flight per peer",
-        std::thread::available_parallelism()?
+        "machine: {} cores; default 16 sends in flight per peer; queue on {}",
+        std::thread::available_parallelism()?,
+        if store.is_some() { "postgres" } else { "rocksdb" }
     );
+    if let Some(seconds) = args.sustained {
+        return sustained(&client, Duration::from_secs(seconds)).await;
+    }
 
     let (fast, fast_count) = fake_peer(Duration::ZERO).await?;
     let rate = deliver(&client, &[fast], &fast_count, args.activities, 0).await?;
@@ -93,7 +111,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Memory: a fresh process with only the deep queue.
     let data = scratch.path().join("delivery-memory");
-    let (client, child) = start_delivery(&data).await?;
+    let store = match &store {
+        // A fresh queue: the database of the first run still holds its delivered records.
+        Some(_) if args.pg_throwaway => Some(servers[0].create_database("memory").await.map_err(anyhow::Error::msg)?),
+        other => other.clone(),
+    };
+    let (client, child) = start_delivery(&data, store.as_deref()).await?;
     let rss_before = rss_kb(child.pid())?;
     let unreachable = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let dead = format!("http://{unreachable}");
@@ -111,6 +134,61 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let status = client.clone().list_peers(ListPeersRequest {}).await?.into_inner();
     let pending: u64 = status.peers.iter().map(|p| p.pending).sum();
     println!("pending across peers at the end: {pending}");
+    Ok(())
+}
+
+/// Enqueues to one fast peer from 64 callers for `duration`; every 30 s prints what was
+/// delivered in that window, and at the end the first and last window's rates.
+async fn sustained(client: &DeliveryClient<Channel>, duration: Duration) -> anyhow::Result<()> {
+    let (fast, received) = fake_peer(Duration::ZERO).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..64 {
+        let (mut client, next, stop, actor) = (client.clone(), next.clone(), stop.clone(), format!("{fast}/actors/p0"));
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let mut id = [9u8; 32];
+                id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let request = EnqueueRequest {
+                    inbox_url: format!("{actor}/inbox"),
+                    peer: actor.clone(),
+                    envelope: Bytes::from_static(&[7u8; 300]),
+                    id: Bytes::copy_from_slice(&id),
+                };
+                client.enqueue(request).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let window = Duration::from_secs(30).min(duration);
+    let started = Instant::now();
+    let mut rates = Vec::new();
+    let mut last = 0;
+    while started.elapsed() < duration {
+        tokio::time::sleep(window).await;
+        let now = received.load(Ordering::Relaxed);
+        let rate = (now - last) as f64 / window.as_secs_f64();
+        last = now;
+        let backlog = next.load(Ordering::Relaxed).saturating_sub(now);
+        println!(
+            "  {:>4}s: {rate:>8.0} deliveries/s (backlog {backlog})",
+            started.elapsed().as_secs()
+        );
+        rates.push(rate);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await??;
+    }
+    if let (Some(first), Some(final_rate)) = (rates.first(), rates.last()) {
+        println!(
+            "sustained {}s to one fast peer: first window {first:.0}/s, last {final_rate:.0}/s ({:.0}% of the first)",
+            duration.as_secs(),
+            100.0 * final_rate / first
+        );
+    }
     Ok(())
 }
 

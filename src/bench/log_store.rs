@@ -60,7 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         std::thread::available_parallelism()?,
         scratch.path().display()
     );
-    let (store, _servers) = throwaway_postgres(&args).await?;
+    let (store, _servers) = super::throwaway_postgres(args.pg_throwaway, args.pg_sync_standby).await?;
     let store = store.or(args.store.clone());
 
     let mut engines: Vec<(&str, String, Option<super::KillOnDrop>)> = Vec::new();
@@ -144,39 +144,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(engines);
     Ok(())
-}
-
-/// With `--pg-throwaway`: a durable server (and a synchronous standby when asked), and the
-/// URL of a fresh database on it.
-async fn throwaway_postgres(args: &Args) -> anyhow::Result<(Option<String>, Vec<fedsx_pg::testing::PgServer>)> {
-    use fedsx_pg::testing::{PgServer, ServerOptions};
-    if !args.pg_throwaway {
-        return Ok((None, Vec::new()));
-    }
-    let primary = PgServer::start_with(ServerOptions::durable()).map_err(anyhow::Error::msg)?;
-    let url = primary.create_database("bench").await.map_err(anyhow::Error::msg)?;
-    let mut servers = vec![];
-    if args.pg_sync_standby {
-        let standby = PgServer::standby_of(&primary, "s1", ServerOptions::durable()).map_err(anyhow::Error::msg)?;
-        primary
-            .execute("ALTER SYSTEM SET synchronous_standby_names = 's1'")
-            .await
-            .map_err(anyhow::Error::msg)?;
-        primary
-            .execute("SELECT pg_reload_conf()")
-            .await
-            .map_err(anyhow::Error::msg)?;
-        println!(
-            "postgres: primary :{} with synchronous standby :{}",
-            primary.port(),
-            standby.port()
-        );
-        servers.push(standby);
-    } else {
-        println!("postgres: throwaway server :{} (fsync on)", primary.port());
-    }
-    servers.insert(0, primary);
-    Ok((Some(url), servers))
 }
 
 /// `clients` connections each committing single-row INSERTs for `duration`: commits/s.

@@ -45,6 +45,42 @@ impl Bench {
     }
 }
 
+/// With `--pg-throwaway`: a durable server (and a synchronous standby when asked), and the
+/// URL of a fresh database on it.
+pub async fn throwaway_postgres(
+    wanted: bool,
+    sync_standby: bool,
+) -> anyhow::Result<(Option<String>, Vec<fedsx_pg::testing::PgServer>)> {
+    use fedsx_pg::testing::{PgServer, ServerOptions};
+    if !wanted {
+        return Ok((None, Vec::new()));
+    }
+    let primary = PgServer::start_with(ServerOptions::durable()).map_err(anyhow::Error::msg)?;
+    let url = primary.create_database("bench").await.map_err(anyhow::Error::msg)?;
+    let mut servers = vec![];
+    if sync_standby {
+        let standby = PgServer::standby_of(&primary, "s1", ServerOptions::durable()).map_err(anyhow::Error::msg)?;
+        primary
+            .execute("ALTER SYSTEM SET synchronous_standby_names = 's1'")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        primary
+            .execute("SELECT pg_reload_conf()")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!(
+            "postgres: primary :{} with synchronous standby :{}",
+            primary.port(),
+            standby.port()
+        );
+        servers.push(standby);
+    } else {
+        println!("postgres: throwaway server :{} (fsync on)", primary.port());
+    }
+    servers.insert(0, primary);
+    Ok((Some(url), servers))
+}
+
 /// Remote actors for load: a key each and a URL on a made-up host.
 pub fn remote_actors(n: usize) -> Vec<(SigningKey, String)> {
     (0..n)

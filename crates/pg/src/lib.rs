@@ -2,12 +2,14 @@
 //! written once: a bounded connection pool from a libpq-style URL (multi-host with
 //! `target_session_attrs=read-write` follows a failover), the classes of PostgreSQL errors
 //! (retryable or not), versioned schema migrations that refuse a newer schema, a LISTEN
-//! connection that turns notifications into wake-ups, a readiness probe, and — with the
-//! `testing` feature — throwaway servers for tests and benchmarks.
+//! connection that turns notifications into wake-ups, batched NOTIFY off the commit path,
+//! a readiness probe, and — with the `testing` feature — throwaway servers for tests and
+//! benchmarks.
 
 mod error;
 mod listen;
 mod migrate;
+mod notify;
 mod pool;
 mod ready;
 #[cfg(feature = "testing")]
@@ -17,6 +19,7 @@ pub use deadpool_postgres::{Object as Client, Pool, PoolError};
 pub use error::{PgError, is_retryable};
 pub use listen::{Listener, Notice};
 pub use migrate::{MigrateError, Migration, migrate};
+pub use notify::Notifier;
 pub use pool::{PoolOptions, connect, parse_store_url, redact};
 pub use ready::Readiness;
 pub use tokio_postgres;

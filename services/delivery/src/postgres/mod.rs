@@ -9,7 +9,7 @@ mod schema;
 use crate::queue::{DeadLetter, Id};
 use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
 use bytes::Bytes;
-use fedsx_pg::{Listener, Pool, PoolOptions, Readiness};
+use fedsx_pg::{Listener, Notifier, Pool, PoolOptions, Readiness};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, watch};
@@ -26,6 +26,8 @@ pub struct PgQueue {
 struct Inner {
     pool: Pool,
     notices: broadcast::Sender<String>,
+    /// Tells other replicas about new work (this one hears `notices` at once).
+    notifier: Notifier,
     readiness: Readiness,
     closed: AtomicBool,
     _listener: Listener,
@@ -59,6 +61,7 @@ impl PgQueue {
         Ok(PgQueue {
             inner: Arc::new(Inner {
                 readiness: Readiness::spawn(pool.clone(), "delivery"),
+                notifier: Notifier::spawn(pool.clone(), schema::CHANNEL),
                 pool,
                 notices,
                 closed: AtomicBool::new(false),
@@ -66,6 +69,12 @@ impl PgQueue {
                 forward,
             }),
         })
+    }
+
+    /// New work for `peer`: this replica's dispatcher hears it at once, the others by NOTIFY.
+    fn announce(&self, peer: &str) {
+        let _ = self.inner.notices.send(peer.to_owned());
+        self.inner.notifier.notify(peer.to_owned());
     }
 
     async fn client(&self) -> Result<fedsx_pg::Client, QueueError> {
@@ -128,7 +137,11 @@ impl QueueStorage for PgQueue {
                 ],
             )
             .await?;
-        Ok(row.get::<_, i64>(0) > 0)
+        let new = row.get::<_, i64>(0) > 0;
+        if new {
+            self.announce(&delivery.peer);
+        }
+        Ok(new)
     }
 
     async fn claim(&self, owner: &str, now: u64, until: u64, limit: usize) -> Result<Vec<String>, QueueError> {
@@ -218,7 +231,7 @@ impl QueueStorage for PgQueue {
         let ids: Option<Vec<&[u8]>> = ids.as_ref().map(|ids| ids.iter().map(|id| &id[..]).collect());
         let moved: i64 = client.query_one(schema::REDRIVE, &[&peer, &ids]).await?.get(0);
         if moved > 0 {
-            client.execute(schema::NOTIFY, &[&peer]).await?;
+            self.announce(peer);
         }
         Ok(Some(moved as usize))
     }

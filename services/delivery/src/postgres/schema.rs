@@ -45,7 +45,8 @@ pub const DELIVERED: i16 = 2;
 /// Where new pending work is announced; the payload is the peer.
 pub const CHANNEL: &str = "fedsx_delivery_enqueued";
 
-/// Queues one delivery unless (peer, id) is known; announces it when new.
+/// Queues one delivery unless (peer, id) is known. (Announced afterwards, off the commit
+/// path: see `fedsx_pg::Notifier`.)
 pub const ENQUEUE: &str = "
     WITH known AS (
         INSERT INTO delivery_peers (peer) VALUES ($1) ON CONFLICT (peer) DO NOTHING
@@ -55,7 +56,7 @@ pub const ENQUEUE: &str = "
         ON CONFLICT (peer, id) DO NOTHING
         RETURNING 1
     )
-    SELECT count(*) FROM added CROSS JOIN LATERAL (SELECT pg_notify('fedsx_delivery_enqueued', $1)) AS announced";
+    SELECT count(*) FROM added";
 
 /// Peers with pending work whose lease is `$1`'s, or lapsed before `$2`.
 pub const CLAIMABLE: &str = "
@@ -114,8 +115,6 @@ pub const REDRIVE: &str = "
         RETURNING 1
     )
     SELECT count(*) FROM moved";
-
-pub const NOTIFY: &str = "SELECT pg_notify('fedsx_delivery_enqueued', $1)";
 
 /// A peer's numbers (`$1` NULL: every peer).
 pub const STATUS: &str = "

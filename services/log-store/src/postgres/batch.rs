@@ -6,13 +6,13 @@
 use super::schema;
 use crate::error::StoreError;
 use crate::plan::StreamPlan;
-use crate::storage::AppendOutcome;
+use crate::storage::{AppendOutcome, Notice};
 use crate::stream::{NewEntry, StreamId};
-use fedsx_pg::Pool;
 use fedsx_pg::tokio_postgres::types::ToSql;
+use fedsx_pg::{Notifier, Pool};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 
 /// Appends accepted but not yet answered, over all streams: callers past it wait.
 pub(super) const MAX_PENDING: usize = 4096;
@@ -28,14 +28,19 @@ struct Job {
 
 pub(super) struct Batcher {
     pool: Pool,
+    /// Wakes this process's subscribers at once, and other replicas through NOTIFY.
+    notices: broadcast::Sender<Notice>,
+    notifier: Notifier,
     queues: Mutex<HashMap<StreamId, Vec<Job>>>,
     permits: Arc<Semaphore>,
     metrics: crate::metrics::AppendMetrics,
 }
 
 impl Batcher {
-    pub fn new(pool: Pool) -> Arc<Batcher> {
+    pub fn new(pool: Pool, notices: broadcast::Sender<Notice>) -> Arc<Batcher> {
         Arc::new(Batcher {
+            notifier: Notifier::spawn(pool.clone(), schema::CHANNEL),
+            notices,
             pool,
             queues: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(MAX_PENDING)),
@@ -110,6 +115,9 @@ impl Batcher {
                     if entries > 0 {
                         self.metrics.committed(jobs.len(), started.elapsed());
                         self.metrics.appended(entries, bytes);
+                        let _ = self.notices.send(Notice::Appended(stream.clone()));
+                        self.notifier
+                            .notify(format!("{}:{}", stream.kind().tag(), stream.actor()));
                     }
                     for (job, answer) in jobs.into_iter().zip(answers) {
                         let _ = job.reply.send(answer);
@@ -125,20 +133,37 @@ impl Batcher {
         }
     }
 
-    /// One transaction for `jobs`; answers each job, and the entries and bytes written.
+    /// One transaction for `jobs`, in two round trips: `BEGIN`, creating the stream's row if
+    /// missing, locking it and reading which ids it holds go together; so do the write and
+    /// `COMMIT`. Answers each job, and the entries and bytes written.
     #[allow(clippy::type_complexity)]
     async fn commit(
         &self,
         stream: &StreamId,
         jobs: &[Job],
     ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64, u64), StoreError> {
+        let client = self.pool.get().await?;
+        let done = self.commit_on(&client, stream, jobs).await;
+        if done.is_err() {
+            // The transaction may be open or aborted: never hand the connection back.
+            drop(fedsx_pg::Client::take(client));
+        }
+        done
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn commit_on(
+        &self,
+        client: &fedsx_pg::Client,
+        stream: &StreamId,
+        jobs: &[Job],
+    ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64, u64), StoreError> {
         let actor = stream.actor();
         let kind = i16::from(stream.kind().tag());
-        let mut client = self.pool.get().await?;
+        let create = client.prepare_cached(schema::CREATE_STREAM).await?;
         let lock = client.prepare_cached(schema::LOCK_TIP).await?;
         let stored_ids = client.prepare_cached(schema::STORED_IDS).await?;
         let write = client.prepare_cached(schema::WRITE_GROUP).await?;
-        let tx = client.transaction().await?;
 
         let ids: Vec<&[u8]> = jobs
             .iter()
@@ -146,18 +171,17 @@ impl Batcher {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        // Pipelined: the ids are read after the lock is held (statements run in order), so
-        // no other replica can add one of them in between.
-        let lock_params: [&(dyn ToSql + Sync); 2] = [&actor, &kind];
+        // Pipelined, and run by the server in this order: the ids are read after the lock is
+        // held, so no other replica can add one of them in between.
+        let stream_params: [&(dyn ToSql + Sync); 2] = [&actor, &kind];
         let ids_params: [&(dyn ToSql + Sync); 3] = [&actor, &kind, &ids];
-        let (locked, rows) = futures::try_join!(tx.query_opt(&lock, &lock_params), tx.query(&stored_ids, &ids_params))?;
-        let tip: i64 = match locked {
-            Some(row) => row.get(0),
-            None => {
-                tx.execute(schema::CREATE_STREAM, &[&actor, &kind]).await?;
-                tx.query_one(&lock, &[&actor, &kind]).await?.get(0)
-            }
-        };
+        let (_, _, locked, rows) = futures::try_join!(
+            client.batch_execute("BEGIN"),
+            client.execute(&create, &stream_params),
+            client.query_one(&lock, &stream_params),
+            client.query(&stored_ids, &ids_params)
+        )?;
+        let tip: i64 = locked.get(0);
         let stored: HashMap<Vec<u8>, u64> = rows
             .iter()
             .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, i64>(1) as u64))
@@ -169,7 +193,7 @@ impl Batcher {
             .map(|job| plan.stage(&job.entries, job.expected_tip, |id| Ok(stored.get(id).copied())))
             .collect();
         if !plan.changed() {
-            tx.rollback().await?;
+            client.batch_execute("ROLLBACK").await?;
             return Ok((answers, 0, 0));
         }
         let seqs: Vec<i64> = plan.writes().iter().map(|(seq, _)| *seq as i64).collect();
@@ -181,13 +205,12 @@ impl Batcher {
             .map(|(_, e)| (e.id.len() + e.data.len()) as u64)
             .sum();
         let new_tip = plan.tip() as i64;
-        let payload = format!("{}:{actor}", stream.kind().tag());
-        tx.query_one(
-            &write,
-            &[&actor, &kind, &seqs, &ids, &data, &new_tip, &schema::CHANNEL, &payload],
-        )
-        .await?;
-        tx.commit().await?;
+        let write_params: [&(dyn ToSql + Sync); 6] = [&actor, &kind, &seqs, &ids, &data, &new_tip];
+        // A failed write aborts the transaction, and COMMIT then rolls it back.
+        let (written, committed) =
+            futures::join!(client.execute(&write, &write_params), client.batch_execute("COMMIT"));
+        written?;
+        committed?;
         Ok((answers, seqs.len() as u64, bytes))
     }
 }

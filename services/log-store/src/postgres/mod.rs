@@ -56,7 +56,7 @@ impl PgStore {
         let forward = tokio::spawn(forward(listener.subscribe(), notices.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
-                batcher: Batcher::new(pool.clone()),
+                batcher: Batcher::new(pool.clone(), notices.clone()),
                 readiness: Readiness::spawn(pool.clone(), "log-store"),
                 pool,
                 notices,

@@ -41,15 +41,14 @@ pub const CREATE_STREAM: &str =
 
 pub const STORED_IDS: &str = "SELECT id, seq FROM log_entries WHERE actor = $1 AND kind = $2 AND id = ANY($3)";
 
-/// Inserts the group's entries, moves the tip and announces it, in one round trip.
+/// Inserts the group's entries and moves the tip, in one statement. (No NOTIFY here: see
+/// `fedsx_pg::Notifier`.)
 pub const WRITE_GROUP: &str = "
     WITH inserted AS (
         INSERT INTO log_entries (actor, kind, seq, id, data)
         SELECT $1, $2, seq, id, data FROM unnest($3::bigint[], $4::bytea[], $5::bytea[]) AS t(seq, id, data)
-    ), moved AS (
-        UPDATE log_streams SET tip = $6 WHERE actor = $1 AND kind = $2
     )
-    SELECT pg_notify($7, $8)";
+    UPDATE log_streams SET tip = $6 WHERE actor = $1 AND kind = $2";
 
 /// The tip and a page after `$3`: at most `$4` entries, ending before the entry that
 /// would take the page's data past `$5` bytes (the first entry always included). One

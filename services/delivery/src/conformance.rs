@@ -34,6 +34,19 @@ fn delivery(peer: &str, n: u8) -> NewDelivery {
     }
 }
 
+/// Records one outcome: whether it was recorded.
+async fn record_one<Q: QueueStorage>(
+    queue: &Q,
+    owner: &str,
+    now: u64,
+    peer: &str,
+    id: Id,
+    outcome: Outcome,
+) -> Result<bool, crate::QueueError> {
+    let recorded = queue.record(owner, now, peer, vec![(id, outcome)]).await?;
+    Ok(recorded[0])
+}
+
 async fn due_ids<Q: QueueStorage>(queue: &Q, peer: &str, now: u64) -> Vec<u8> {
     let due = queue.due(peer, now, 100, vec![]).await.unwrap();
     due.iter().map(|d| d.id[0]).collect()
@@ -95,7 +108,7 @@ pub(crate) async fn due_work_is_fifo_skips_in_flight_and_waits_for_retry_times<E
         at: NOW + 500,
         error: "status 503".into(),
     };
-    assert!(queue.record("a", NOW, PEER, id(2), retry).await.unwrap());
+    assert!(record_one(&queue, "a", NOW, PEER, id(2), retry).await.unwrap());
     assert_eq!(
         due_ids(&queue, PEER, NOW).await,
         [1, 3, 4, 5],
@@ -124,15 +137,21 @@ pub(crate) async fn outcomes_move_one_delivery_and_never_another<E: Engine>(engi
         queue.enqueue(delivery(PEER, n)).await.unwrap();
     }
     queue.claim("a", NOW, LEASE, 10).await.unwrap();
-    assert!(queue.record("a", NOW, PEER, id(1), Outcome::Delivered).await.unwrap());
+    assert!(
+        record_one(&queue, "a", NOW, PEER, id(1), Outcome::Delivered)
+            .await
+            .unwrap()
+    );
     let dead = Outcome::Dead {
         attempts: 6,
         error: "status 410".into(),
     };
-    assert!(queue.record("a", NOW, PEER, id(3), dead).await.unwrap());
+    assert!(record_one(&queue, "a", NOW, PEER, id(3), dead).await.unwrap());
     assert_eq!(due_ids(&queue, PEER, NOW).await, [2], "the others are untouched");
     assert!(
-        !queue.record("a", NOW, PEER, id(1), Outcome::Delivered).await.unwrap(),
+        !record_one(&queue, "a", NOW, PEER, id(1), Outcome::Delivered)
+            .await
+            .unwrap(),
         "a delivery is recorded once"
     );
     let status = queue.status(PEER).await.unwrap().unwrap();
@@ -180,7 +199,7 @@ pub(crate) async fn concurrent_outcomes_of_one_peer_all_land<E: Engine>(engine: 
                         error: "status 410".into(),
                     },
                 };
-                queue.record("a", NOW, PEER, id(n), outcome).await.unwrap()
+                record_one(&queue, "a", NOW, PEER, id(n), outcome).await.unwrap()
             })
         })
         .collect();
@@ -189,6 +208,43 @@ pub(crate) async fn concurrent_outcomes_of_one_peer_all_land<E: Engine>(engine: 
     }
     let status = queue.status(PEER).await.unwrap().unwrap();
     assert_eq!((status.delivered, status.dead_letters, status.pending), (10, 11, 11));
+}
+
+pub(crate) async fn a_batch_of_outcomes_is_recorded_together<E: Engine>(engine: &E) {
+    let queue = engine.open("batch").await;
+    for n in 1..=4 {
+        queue.enqueue(delivery(PEER, n)).await.unwrap();
+    }
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    record_one(&queue, "a", NOW, PEER, id(4), Outcome::Delivered)
+        .await
+        .unwrap();
+    let batch = vec![
+        (id(1), Outcome::Delivered),
+        (
+            id(2),
+            Outcome::Retry {
+                attempts: 1,
+                at: NOW + 50,
+                error: "status 502".into(),
+            },
+        ),
+        (id(4), Outcome::Delivered),
+        (id(9), Outcome::Delivered),
+    ];
+    assert_eq!(
+        queue.record("a", NOW, PEER, batch.clone()).await.unwrap(),
+        [true, true, false, false],
+        "already delivered and unknown ids are not recorded"
+    );
+    assert_eq!(
+        queue.record("b", NOW, PEER, batch).await.unwrap(),
+        [false; 4],
+        "not the lease holder"
+    );
+    let status = queue.status(PEER).await.unwrap().unwrap();
+    assert_eq!((status.delivered, status.pending), (2, 2));
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [3]);
 }
 
 pub(crate) async fn a_lease_gives_a_peer_to_one_owner_and_fences_the_others<E: Engine>(engine: &E) {
@@ -203,8 +259,7 @@ pub(crate) async fn a_lease_gives_a_peer_to_one_owner_and_fences_the_others<E: E
         "held by a"
     );
     assert!(
-        !queue
-            .record("b", NOW + 1, PEER, id(1), Outcome::Delivered)
+        !record_one(&queue, "b", NOW + 1, PEER, id(1), Outcome::Delivered)
             .await
             .unwrap(),
         "b cannot record for a peer a holds"
@@ -219,14 +274,12 @@ pub(crate) async fn a_lease_gives_a_peer_to_one_owner_and_fences_the_others<E: E
     b.sort();
     assert_eq!(b, [PEER, OTHER]);
     assert!(
-        !queue
-            .record("a", LEASE + 7, PEER, id(1), Outcome::Delivered)
+        !record_one(&queue, "a", LEASE + 7, PEER, id(1), Outcome::Delivered)
             .await
             .unwrap()
     );
     assert!(
-        queue
-            .record("b", LEASE + 7, PEER, id(1), Outcome::Delivered)
+        record_one(&queue, "b", LEASE + 7, PEER, id(1), Outcome::Delivered)
             .await
             .unwrap()
     );
@@ -257,7 +310,7 @@ pub(crate) async fn redrive_moves_dead_letters_to_the_end_with_attempts_reset<E:
             attempts: 2,
             error: "status 404".into(),
         };
-        queue.record("a", NOW, PEER, id(n), dead).await.unwrap();
+        record_one(&queue, "a", NOW, PEER, id(n), dead).await.unwrap();
     }
     assert_eq!(queue.redrive(PEER, Some(vec![id(2)])).await.unwrap(), Some(1));
     assert_eq!(due_ids(&queue, PEER, NOW).await, [3, 2], "back at the end of pending");
@@ -292,18 +345,20 @@ pub(crate) async fn a_reopened_queue_keeps_pending_attempts_dead_and_delivered<E
             queue.enqueue(delivery(PEER, n)).await.unwrap();
         }
         queue.claim("a", NOW, LEASE, 10).await.unwrap();
-        queue.record("a", NOW, PEER, id(1), Outcome::Delivered).await.unwrap();
+        record_one(&queue, "a", NOW, PEER, id(1), Outcome::Delivered)
+            .await
+            .unwrap();
         let retry = Outcome::Retry {
             attempts: 2,
             at: NOW + 300,
             error: "status 500".into(),
         };
-        queue.record("a", NOW, PEER, id(2), retry).await.unwrap();
+        record_one(&queue, "a", NOW, PEER, id(2), retry).await.unwrap();
         let dead = Outcome::Dead {
             attempts: 1,
             error: "status 410".into(),
         };
-        queue.record("a", NOW, PEER, id(3), dead).await.unwrap();
+        record_one(&queue, "a", NOW, PEER, id(3), dead).await.unwrap();
         queue.close().await.unwrap();
         assert!(
             queue.enqueue(delivery(PEER, 9)).await.is_err(),
@@ -335,6 +390,7 @@ macro_rules! conformance {
                 due_work_is_fifo_skips_in_flight_and_waits_for_retry_times,
                 outcomes_move_one_delivery_and_never_another,
                 concurrent_outcomes_of_one_peer_all_land,
+                a_batch_of_outcomes_is_recorded_together,
                 a_lease_gives_a_peer_to_one_owner_and_fences_the_others,
                 redrive_moves_dead_letters_to_the_end_with_attempts_reset,
                 work_wakes_the_dispatcher,

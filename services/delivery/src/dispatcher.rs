@@ -1,9 +1,10 @@
 //! Drives any [`QueueStorage`]: leases destinations (renewing them every third of the lease
 //! time), runs one worker per leased destination with due work, and records each send's
 //! outcome. A worker wakes when work is queued, a send finishes, or the next retry falls
-//! due (never polling), keeps at most `max_in_flight` sends going, stops sending once its
-//! lease lapses, and ends when its destination has nothing left — idle destinations cost
-//! no task and no timer.
+//! due (never polling), keeps at most `max_in_flight` sends going, records the outcomes of
+//! sends that finish together in one durable write, stops sending once its lease lapses,
+//! and ends when its destination has nothing left — idle destinations cost no task and no
+//! timer.
 
 use crate::dispatch::dispatch;
 use crate::queue::{AfterFailure, Id, Schedule, decide};
@@ -51,7 +52,11 @@ pub struct Dispatcher<Q> {
 struct Worker {
     peer: String,
     wake: Notify,
+    /// Sent or being sent, until their outcome is recorded.
     in_flight: Mutex<HashSet<Id>>,
+    /// Outcomes waiting to be recorded; recorded together, one durable write per batch.
+    outcomes: Mutex<Vec<(Id, Outcome)>>,
+    recording: std::sync::atomic::AtomicBool,
     /// Until when (ms since the epoch) this replica holds the destination.
     lease_until: AtomicU64,
 }
@@ -131,6 +136,8 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                         peer: peer.clone(),
                         wake: Notify::new(),
                         in_flight: Mutex::new(HashSet::new()),
+                        outcomes: Mutex::new(Vec::new()),
+                        recording: std::sync::atomic::AtomicBool::new(false),
                         lease_until: AtomicU64::new(until),
                     });
                     workers.insert(peer, worker.clone());
@@ -215,20 +222,56 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 .instrument(span)
                 .await;
             let outcome = self.outcome(peer, &due, result);
-            match self
-                .queue
-                .record(&self.settings.owner, now_ms(), peer, id, outcome)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(peer, id = %fedsx_wire::ActivityId(id), "outcome not recorded: another replica holds the destination now")
-                }
-                Err(err) => tracing::error!(peer, error = %err, "recording a send's outcome failed"),
+            worker
+                .outcomes
+                .lock()
+                .expect("outcomes lock poisoned")
+                .push((id, outcome));
+            if !worker.recording.swap(true, Ordering::AcqRel) {
+                tokio::spawn(self.clone().record(worker.clone()));
             }
+            return;
         }
         worker.in_flight.lock().expect("in-flight lock poisoned").remove(&id);
         worker.wake.notify_one();
+    }
+
+    /// Records the worker's waiting outcomes, a batch at a time, until none are left; the
+    /// ids leave "in flight" only once recorded (or once recording failed, to be sent
+    /// again), so no delivery is handed out twice meanwhile.
+    async fn record(self: Arc<Self>, worker: Arc<Worker>) {
+        let peer = worker.peer.as_str();
+        loop {
+            let batch = std::mem::take(&mut *worker.outcomes.lock().expect("outcomes lock poisoned"));
+            if batch.is_empty() {
+                worker.recording.store(false, Ordering::Release);
+                // An outcome may have come in between the take and the store.
+                let more = !worker.outcomes.lock().expect("outcomes lock poisoned").is_empty();
+                if more && !worker.recording.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                return;
+            }
+            let ids: Vec<Id> = batch.iter().map(|(id, _)| *id).collect();
+            match self.queue.record(&self.settings.owner, now_ms(), peer, batch).await {
+                Ok(recorded) => {
+                    for (id, done) in ids.iter().zip(recorded) {
+                        if !done {
+                            tracing::warn!(peer, id = %fedsx_wire::ActivityId(*id), "outcome not recorded: another replica holds the destination now");
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(peer, error = %err, outcomes = ids.len(), "recording outcomes failed; they will be sent again");
+                }
+            }
+            let mut in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
+            for id in &ids {
+                in_flight.remove(id);
+            }
+            drop(in_flight);
+            worker.wake.notify_one();
+        }
     }
 
     /// What a send's result means, decided by the pure schedule; counted and logged.

@@ -162,16 +162,16 @@ pub trait QueueStorage: Clone + Send + Sync + 'static {
     /// The earliest retry time after `now` among `peer`'s pending deliveries.
     fn next_retry(&self, peer: &str, now: u64) -> impl Future<Output = Result<Option<u64>, QueueError>> + Send;
 
-    /// Records a send's outcome if `owner` holds `peer`'s lease at `now` and the delivery is
-    /// still pending; false (nothing changed) otherwise.
+    /// Records sends' outcomes for `peer` (atomically, one durable write for all), if
+    /// `owner` holds `peer`'s lease at `now`; per outcome whether it was recorded (false:
+    /// the lease is not held, or the delivery is no longer pending — nothing changed).
     fn record(
         &self,
         owner: &str,
         now: u64,
         peer: &str,
-        id: Id,
-        outcome: Outcome,
-    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+        outcomes: Vec<(Id, Outcome)>,
+    ) -> impl Future<Output = Result<Vec<bool>, QueueError>> + Send;
 
     /// Moves `peer`'s dead letters (all, or those in `ids`) back to the end of pending with
     /// attempts reset; the number moved, None when the peer is unknown.

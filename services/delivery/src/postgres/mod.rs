@@ -197,30 +197,37 @@ impl QueueStorage for PgQueue {
         Ok(row.get::<_, Option<i64>>(0).map(|at| at as u64))
     }
 
-    async fn record(&self, owner: &str, now: u64, peer: &str, id: Id, outcome: Outcome) -> Result<bool, QueueError> {
+    async fn record(
+        &self,
+        owner: &str,
+        now: u64,
+        peer: &str,
+        outcomes: Vec<(Id, Outcome)>,
+    ) -> Result<Vec<bool>, QueueError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(schema::RECORD).await?;
-        let (status, attempts, next_retry, error) = match &outcome {
-            Outcome::Delivered => (schema::DELIVERED, 0, 0, ""),
-            Outcome::Retry { attempts, at, error } => (schema::PENDING, *attempts, ms(*at), error.as_str()),
-            Outcome::Dead { attempts, error } => (schema::DEAD, *attempts, 0, error.as_str()),
-        };
-        let row = client
-            .query_one(
+        let mut ids: Vec<&[u8]> = Vec::with_capacity(outcomes.len());
+        let (mut statuses, mut attempts, mut retries, mut errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, outcome) in &outcomes {
+            let (status, tries, retry, error) = match outcome {
+                Outcome::Delivered => (schema::DELIVERED, 0, 0, ""),
+                Outcome::Retry { attempts, at, error } => (schema::PENDING, *attempts, ms(*at), error.as_str()),
+                Outcome::Dead { attempts, error } => (schema::DEAD, *attempts, 0, error.as_str()),
+            };
+            ids.push(&id[..]);
+            statuses.push(status);
+            attempts.push(tries as i32);
+            retries.push(retry);
+            errors.push(error);
+        }
+        let rows = client
+            .query(
                 &statement,
-                &[
-                    &peer,
-                    &owner,
-                    &ms(now),
-                    &&id[..],
-                    &status,
-                    &(attempts as i32),
-                    &next_retry,
-                    &error,
-                ],
+                &[&peer, &owner, &ms(now), &ids, &statuses, &attempts, &retries, &errors],
             )
             .await?;
-        Ok(row.get::<_, i64>(0) > 0)
+        let recorded: std::collections::HashSet<Vec<u8>> = rows.iter().map(|row| row.get(0)).collect();
+        Ok(outcomes.iter().map(|(id, _)| recorded.contains(&id[..])).collect())
     }
 
     async fn redrive(&self, peer: &str, ids: Option<Vec<Id>>) -> Result<Option<usize>, QueueError> {

@@ -82,29 +82,34 @@ pub const DUE: &str = "
 pub const NEXT_RETRY: &str =
     "SELECT min(next_retry_ms) FROM delivery_items WHERE peer = $1 AND status = 0 AND next_retry_ms > $2";
 
-/// Records an outcome if `$2` holds the lease at `$3` and the delivery is still pending.
-/// The lease row is locked for update from the start (a claim by another replica waits for
-/// this to commit; concurrent records of one destination queue up rather than deadlock on
-/// upgrading a shared lock).
+/// Records outcomes (`$4..$8`: ids, statuses, attempts, retry times, errors) if `$2` holds
+/// the lease at `$3`, for the deliveries still pending; answers the ids recorded. The lease
+/// row is locked for update from the start: a claim by another replica waits for this to
+/// commit, and concurrent records of one destination queue up rather than deadlock on
+/// upgrading a shared lock. One statement for a whole batch: one commit for all.
 pub const RECORD: &str = "
     WITH lease AS (
         SELECT 1 FROM delivery_peers WHERE peer = $1 AND owner = $2 AND lease_until >= $3 FOR NO KEY UPDATE
+    ), outcome AS (
+        SELECT * FROM unnest($4::bytea[], $5::smallint[], $6::integer[], $7::bigint[], $8::text[])
+            AS t(id, status, attempts, next_retry_ms, last_error)
     ), changed AS (
-        UPDATE delivery_items SET
-            status = $5::smallint,
-            attempts = CASE WHEN $5::smallint = 2 THEN attempts ELSE $6::integer END,
-            next_retry_ms = $7::bigint,
-            last_error = CASE WHEN $5::smallint = 2 THEN last_error ELSE $8::text END,
-            envelope = CASE WHEN $5::smallint = 2 THEN NULL ELSE envelope END
-        WHERE peer = $1 AND id = $4 AND status = 0 AND EXISTS (SELECT 1 FROM lease)
-        RETURNING 1
+        UPDATE delivery_items i SET
+            status = o.status,
+            attempts = CASE WHEN o.status = 2 THEN i.attempts ELSE o.attempts END,
+            next_retry_ms = o.next_retry_ms,
+            last_error = CASE WHEN o.status = 2 THEN i.last_error ELSE o.last_error END,
+            envelope = CASE WHEN o.status = 2 THEN NULL ELSE i.envelope END
+        FROM outcome o
+        WHERE i.peer = $1 AND i.id = o.id AND i.status = 0 AND EXISTS (SELECT 1 FROM lease)
+        RETURNING i.id, o.status, o.last_error
     ), counted AS (
         UPDATE delivery_peers SET
-            delivered = delivered + CASE WHEN $5::smallint = 2 THEN 1 ELSE 0 END,
-            last_error = CASE WHEN $5::smallint = 2 THEN last_error ELSE $8::text END
+            delivered = delivered + (SELECT count(*) FROM changed WHERE status = 2),
+            last_error = coalesce((SELECT last_error FROM changed WHERE status <> 2 LIMIT 1), last_error)
         WHERE peer = $1 AND EXISTS (SELECT 1 FROM changed)
     )
-    SELECT count(*) FROM changed";
+    SELECT id FROM changed";
 
 pub const PEER_EXISTS: &str = "SELECT 1 FROM delivery_peers WHERE peer = $1";
 

@@ -75,6 +75,47 @@ impl PeerEntry {
     }
 }
 
+/// Applies one outcome to a peer's state and record, if the delivery is pending. Written
+/// under the queue's lock, so what `status` shows is what a restart finds. Not synced: a
+/// machine crash may lose it, and the send is then repeated once (receivers are
+/// idempotent).
+fn record_one(records: &Records, entry: &mut PeerEntry, id: Id, outcome: &Outcome) -> Result<bool, QueueError> {
+    if !entry.state.is_pending(&id) {
+        return Ok(false);
+    }
+    let peer = entry.record.peer.clone();
+    let Some(mut item) = records.item(&peer, &id).map_err(QueueError::internal)? else {
+        return Ok(false);
+    };
+    match outcome {
+        Outcome::Delivered => {
+            entry.state.record_success(id);
+            entry.record.delivered += 1;
+            item.status = STATUS_DELIVERED;
+            item.next_retry_ms = 0;
+        }
+        Outcome::Retry { attempts, at, error } => {
+            entry.state.retry_at(id, *attempts, *at);
+            item.attempts = *attempts;
+            item.next_retry_ms = *at;
+            item.last_error.clone_from(error);
+            entry.record.last_error.clone_from(error);
+        }
+        Outcome::Dead { attempts, error } => {
+            entry.state.dead_letter(id, *attempts, error);
+            item.status = STATUS_DEAD;
+            item.attempts = *attempts;
+            item.next_retry_ms = 0;
+            item.last_error.clone_from(error);
+            entry.record.last_error.clone_from(error);
+        }
+    }
+    records
+        .put(&entry.record, &id, &item, None, false)
+        .map_err(QueueError::internal)?;
+    Ok(true)
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
 ) -> Result<T, QueueError> {
@@ -246,55 +287,29 @@ impl QueueStorage for RocksQueue {
             .map(|at| at.max(now)))
     }
 
-    async fn record(&self, owner: &str, now: u64, peer: &str, id: Id, outcome: Outcome) -> Result<bool, QueueError> {
+    async fn record(
+        &self,
+        owner: &str,
+        now: u64,
+        peer: &str,
+        outcomes: Vec<(Id, Outcome)>,
+    ) -> Result<Vec<bool>, QueueError> {
         self.open_or_closed()?;
         let (inner, owner, peer) = (self.inner.clone(), owner.to_owned(), peer.to_owned());
         blocking(move || {
             let mut peers = inner.peers.lock().expect("queue lock poisoned");
             let Some(entry) = peers.get_mut(&peer) else {
-                return Ok(false);
+                return Ok(vec![false; outcomes.len()]);
             };
             let holds = entry
                 .lease
                 .as_ref()
                 .is_some_and(|(holder, until)| *holder == owner && *until >= now);
-            if !holds || !entry.state.is_pending(&id) {
-                return Ok(false);
+            let mut recorded = Vec::with_capacity(outcomes.len());
+            for (id, outcome) in outcomes {
+                recorded.push(holds && record_one(&inner.records, entry, id, &outcome)?);
             }
-            let Some(mut item) = inner.records.item(&peer, &id).map_err(QueueError::internal)? else {
-                return Ok(false);
-            };
-            match &outcome {
-                Outcome::Delivered => {
-                    entry.state.record_success(id);
-                    entry.record.delivered += 1;
-                    item.status = STATUS_DELIVERED;
-                    item.next_retry_ms = 0;
-                }
-                Outcome::Retry { attempts, at, error } => {
-                    entry.state.retry_at(id, *attempts, *at);
-                    item.attempts = *attempts;
-                    item.next_retry_ms = *at;
-                    item.last_error.clone_from(error);
-                    entry.record.last_error.clone_from(error);
-                }
-                Outcome::Dead { attempts, error } => {
-                    entry.state.dead_letter(id, *attempts, error);
-                    item.status = STATUS_DEAD;
-                    item.attempts = *attempts;
-                    item.next_retry_ms = 0;
-                    item.last_error.clone_from(error);
-                    entry.record.last_error.clone_from(error);
-                }
-            }
-            // Written under the lock, so what `status` shows is what a restart finds. Not
-            // synced: a machine crash may lose it, and the send is then repeated once
-            // (receivers are idempotent).
-            inner
-                .records
-                .put(&entry.record, &id, &item, None, false)
-                .map_err(QueueError::internal)?;
-            Ok(true)
+            Ok(recorded)
         })
         .await
     }

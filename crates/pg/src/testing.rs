@@ -32,6 +32,22 @@ impl ServerOptions {
     }
 }
 
+/// One server shared by every test of this process, started on first use and stopped by
+/// its watchdog when the process ends.
+pub fn shared() -> &'static PgServer {
+    static SERVER: std::sync::OnceLock<PgServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| PgServer::start().expect("starting the shared postgres server"))
+}
+
+/// The URL of database `name` on the [`shared`] server, created on first use (the same name
+/// again is the same data, as after a restart).
+pub async fn shared_database(name: &str) -> String {
+    let server = shared();
+    // Already there is fine: a reopen.
+    let _ = server.create_database(name).await;
+    server.url(name)
+}
+
 /// One running (or stopped) server.
 #[derive(Debug)]
 pub struct PgServer {

@@ -423,18 +423,15 @@ impl Engine for Rocks {
     }
 }
 
-/// PostgreSQL: each name is a database on one throwaway server per test process.
+/// PostgreSQL: each name is a database on the test process's shared throwaway server.
 pub(crate) struct Postgres {
-    server: &'static fedsx_pg::testing::PgServer,
     prefix: String,
 }
 
 impl Postgres {
+    /// Database names unique to `case`.
     pub fn shared(case: &str) -> Postgres {
-        static SERVER: std::sync::OnceLock<fedsx_pg::testing::PgServer> = std::sync::OnceLock::new();
-        let server = SERVER.get_or_init(|| fedsx_pg::testing::PgServer::start().expect("starting postgres"));
         Postgres {
-            server,
             prefix: case.to_owned(),
         }
     }
@@ -444,9 +441,8 @@ impl Engine for Postgres {
     type Queue = crate::PgQueue;
 
     async fn open(&self, name: &str) -> crate::PgQueue {
-        let db = format!("{}_{name}", self.prefix);
-        let _ = self.server.create_database(&db).await;
-        crate::PgQueue::open(&self.server.url(&db), &fedsx_pg::PoolOptions::new("conformance"))
+        let url = fedsx_pg::testing::shared_database(&format!("{}_{name}", self.prefix)).await;
+        crate::PgQueue::open(&url, &fedsx_pg::PoolOptions::new("conformance"))
             .await
             .unwrap()
     }

@@ -7,10 +7,11 @@ use fedsx_pg::Migration;
 /// The component name under which the queue's schema version is recorded.
 pub const COMPONENT: &str = "delivery";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "peers, leases and deliveries",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "peers, leases and deliveries",
+        sql: r#"
         CREATE SEQUENCE delivery_order;
         CREATE TABLE delivery_peers (
             peer text COLLATE "C" PRIMARY KEY,
@@ -36,7 +37,15 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         CREATE INDEX delivery_items_pending ON delivery_items (peer, ord) WHERE status = 0;
         CREATE INDEX delivery_items_dead ON delivery_items (peer, ord) WHERE status = 1;
     "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "pending deliveries by retry time",
+        // The next retry of a destination is looked up after every batch of sends: without
+        // this it scanned every pending row of the destination.
+        sql: "CREATE INDEX delivery_items_retry ON delivery_items (peer, next_retry_ms) WHERE status = 0;",
+    },
+];
 
 pub const PENDING: i16 = 0;
 pub const DEAD: i16 = 1;

@@ -70,20 +70,7 @@ async fn tip(client: &mut LogStoreClient<Channel>, actor: &str, kind: StreamKind
 }
 
 async fn read_all(client: &mut LogStoreClient<Channel>, actor: &str, kind: StreamKind) -> Vec<(u64, Bytes)> {
-    let mut out = Vec::new();
-    loop {
-        let after_seq = out.last().map_or(0, |(seq, _)| *seq);
-        let read = ReadRequest {
-            stream: stream(actor, kind),
-            after_seq,
-            limit: 0,
-        };
-        let page = client.read(read).await.unwrap().into_inner();
-        if page.entries.is_empty() {
-            return out;
-        }
-        out.extend(page.entries.into_iter().map(|e| (e.seq, e.id)));
-    }
+    support::read_ids(client, stream(actor, kind).unwrap()).await
 }
 
 #[tokio::test]

@@ -7,9 +7,7 @@ mod support;
 use bytes::Bytes;
 use fedsx_pg::testing::PgServer;
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
-use fedsx_proto::logstore::v1::{
-    AppendRequest, NewEntry, ReadRequest, StreamId, StreamKind, SubscribeRequest, TipRequest,
-};
+use fedsx_proto::logstore::v1::{AppendRequest, NewEntry, StreamId, StreamKind, SubscribeRequest, TipRequest};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use support::{Service, TestDir, eventually};
@@ -51,24 +49,10 @@ async fn health(service: &Service, name: &str) -> ServingStatus {
 }
 
 async fn all_ids(client: &mut LogStoreClient<Channel>, actor: &str) -> Vec<(u64, String)> {
-    let mut out: Vec<(u64, String)> = Vec::new();
-    loop {
-        let after_seq = out.last().map_or(0, |(seq, _)| *seq);
-        let read = ReadRequest {
-            stream: stream(actor),
-            after_seq,
-            limit: 0,
-        };
-        let page = client.read(read).await.unwrap().into_inner();
-        if page.entries.is_empty() {
-            return out;
-        }
-        out.extend(
-            page.entries
-                .into_iter()
-                .map(|e| (e.seq, String::from_utf8(e.id.to_vec()).unwrap())),
-        );
-    }
+    let ids = support::read_ids(client, stream(actor).unwrap()).await;
+    ids.into_iter()
+        .map(|(seq, id)| (seq, String::from_utf8(id.to_vec()).unwrap()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

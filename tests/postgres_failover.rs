@@ -15,7 +15,7 @@ use fedsx_pg::tokio_postgres::{self, NoTls};
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
 use fedsx_proto::delivery::v1::{EnqueueRequest, ListPeersRequest};
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
-use fedsx_proto::logstore::v1::{AppendRequest, NewEntry, ReadRequest, StreamId, StreamKind};
+use fedsx_proto::logstore::v1::{AppendRequest, NewEntry, StreamId, StreamKind};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -275,24 +275,11 @@ async fn acknowledged_appends_survive_a_primary_killed_mid_traffic() {
     let mut reader = clients[1].clone();
     let mut total = 0;
     for n in 0..STREAMS {
-        let mut stored: Vec<(u64, String)> = Vec::new();
-        loop {
-            let after_seq = stored.last().map_or(0, |(seq, _)| *seq);
-            let request = ReadRequest {
-                stream: stream(n),
-                after_seq,
-                limit: 0,
-            };
-            let page = reader.read(request).await.unwrap().into_inner();
-            if page.entries.is_empty() {
-                break;
-            }
-            stored.extend(
-                page.entries
-                    .into_iter()
-                    .map(|e| (e.seq, String::from_utf8(e.id.to_vec()).unwrap())),
-            );
-        }
+        let stored: Vec<(u64, String)> = support::read_ids(&mut reader, stream(n).unwrap())
+            .await
+            .into_iter()
+            .map(|(seq, id)| (seq, String::from_utf8(id.to_vec()).unwrap()))
+            .collect();
         let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
         assert_eq!(
             seqs,

@@ -464,3 +464,23 @@ pub fn free_addr() -> SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// Every entry of `stream` as (seq, id), paging through `Read` until a page comes back empty.
+pub async fn read_ids(
+    client: &mut fedsx_proto::logstore::v1::log_store_client::LogStoreClient<tonic::transport::Channel>,
+    stream: fedsx_proto::logstore::v1::StreamId,
+) -> Vec<(u64, bytes::Bytes)> {
+    let mut out: Vec<(u64, bytes::Bytes)> = Vec::new();
+    loop {
+        let read = fedsx_proto::logstore::v1::ReadRequest {
+            stream: Some(stream.clone()),
+            after_seq: out.last().map_or(0, |(seq, _)| *seq),
+            limit: 0,
+        };
+        let page = client.read(read).await.unwrap().into_inner();
+        if page.entries.is_empty() {
+            return out;
+        }
+        out.extend(page.entries.into_iter().map(|e| (e.seq, e.id)));
+    }
+}

@@ -6,6 +6,7 @@
 //! a readiness probe, and — with the `testing` feature — throwaway servers for tests and
 //! benchmarks.
 
+mod database;
 mod error;
 mod listen;
 mod migrate;
@@ -15,6 +16,7 @@ mod ready;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use database::{Database, OpenError};
 pub use deadpool_postgres::{Object as Client, Pool, PoolError};
 pub use error::{PgError, is_retryable};
 pub use listen::{Listener, Notice};

@@ -18,6 +18,8 @@ pub struct PoolOptions {
     pub timeout: Duration,
     /// `application_name`, so `pg_stat_activity` tells which service a connection is.
     pub application_name: String,
+    /// How long opening waits for a database that is not reachable yet.
+    pub patience: Duration,
 }
 
 impl PoolOptions {
@@ -26,6 +28,7 @@ impl PoolOptions {
             max_size: 16,
             timeout: Duration::from_secs(3),
             application_name: application_name.to_owned(),
+            patience: Duration::from_secs(30),
         }
     }
 }

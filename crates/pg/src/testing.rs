@@ -166,16 +166,7 @@ impl PgServer {
             "--locale=C",
         ]);
         run(initdb, "initdb")?;
-        let mut server = PgServer {
-            dir,
-            root,
-            bin,
-            port: 0,
-            options,
-            watchdog: None,
-        };
-        server.launch_on_free_port()?;
-        Ok(server)
+        PgServer::launched(dir, root, bin, options)
     }
 
     /// A streaming standby of `primary` (`pg_basebackup -R`), known to the primary by
@@ -205,6 +196,16 @@ impl PgServer {
         let mut text = std::fs::read_to_string(&auto).map_err(|err| err.to_string())?;
         text.push_str(&conninfo);
         std::fs::write(&auto, text).map_err(|err| err.to_string())?;
+        PgServer::launched(dir, root, bin, options)
+    }
+
+    /// A server on the data under `root`, started on a free port.
+    fn launched(
+        dir: Option<tempfile::TempDir>,
+        root: PathBuf,
+        bin: PathBuf,
+        options: ServerOptions,
+    ) -> Result<PgServer, String> {
         let mut server = PgServer {
             dir,
             root,

@@ -28,14 +28,10 @@ use anyhow::Context;
 use dispatcher::{Dispatcher, Settings};
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::http_client::PeerHttp;
-use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The gRPC service name, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "fedsx.delivery.v1.Delivery";
-
-/// How long a start waits for an unreachable PostgreSQL before it gives up.
-const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Opens the queue `config` selects, resumes the work it holds, and serves delivery on
 /// `listener` until `shutdown` is cancelled.
@@ -57,21 +53,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     }
 }
 
+/// Opens the PostgreSQL queue (waiting a while for a database that is not reachable yet;
+/// a schema newer than this build fails at once), unless `shutdown` comes first.
 async fn open_postgres(url: &str, pool_size: u32, shutdown: &CancellationToken) -> anyhow::Result<PgQueue> {
     let mut options = fedsx_pg::PoolOptions::new("fedsx-delivery");
     options.max_size = pool_size as usize;
-    let started = std::time::Instant::now();
-    loop {
-        match PgQueue::open(url, &options).await {
-            Ok(queue) => return Ok(queue),
-            Err(postgres::PgOpenError::Migrate(fedsx_pg::MigrateError::Pg(err)))
-                if err.is_unavailable() && started.elapsed() < CONNECT_PATIENCE && !shutdown.is_cancelled() =>
-            {
-                tracing::warn!(store = %fedsx_pg::redact(url), error = %err, "waiting for postgres");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(err) => return Err(err).context(format!("--store {}", fedsx_pg::redact(url))),
-        }
+    tokio::select! {
+        opened = PgQueue::open(url, &options) => opened.with_context(|| format!("--store {}", fedsx_pg::redact(url))),
+        () = shutdown.cancelled() => anyhow::bail!("stopped while waiting for postgres"),
     }
 }
 

@@ -117,8 +117,6 @@ pub enum OpenError {
     FormatVersion { found: u32, expected: u32 },
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Postgres(#[from] fedsx_pg::MigrateError),
-    #[error("{url}: {reason}")]
-    PostgresUrl { url: String, reason: String },
+    #[error(transparent)]
+    Postgres(#[from] fedsx_pg::OpenError),
 }

@@ -28,14 +28,10 @@ pub use stream::{Entry, Kind, NewEntry, StreamId, limits};
 
 use anyhow::Context;
 use fedsx_runtime::CancellationToken;
-use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The gRPC service name, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "fedsx.logstore.v1.LogStore";
-
-/// How long a start waits for an unreachable PostgreSQL before it gives up.
-const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Opens the engine `config` selects and serves it on `listener` until `shutdown` is
 /// cancelled; then stops taking calls, lets in-flight appends finish and closes the engine.
@@ -58,23 +54,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     }
 }
 
-/// Opens the PostgreSQL engine, waiting up to [`CONNECT_PATIENCE`] for the database to be
-/// reachable; a schema newer than this build fails at once.
+/// Opens the PostgreSQL engine (waiting a while for a database that is not reachable yet;
+/// a schema newer than this build fails at once), unless `shutdown` comes first.
 pub async fn open_postgres(url: &str, pool_size: u32, shutdown: &CancellationToken) -> anyhow::Result<PgStore> {
     let mut options = fedsx_pg::PoolOptions::new("fedsx-log-store");
     options.max_size = pool_size as usize;
-    let started = std::time::Instant::now();
-    loop {
-        match PgStore::open(url, &options).await {
-            Ok(store) => return Ok(store),
-            Err(OpenError::Postgres(fedsx_pg::MigrateError::Pg(err)))
-                if err.is_unavailable() && started.elapsed() < CONNECT_PATIENCE && !shutdown.is_cancelled() =>
-            {
-                tracing::warn!(store = %fedsx_pg::redact(url), error = %err, "waiting for postgres");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(err) => return Err(err).context(format!("--store {}", fedsx_pg::redact(url))),
-        }
+    tokio::select! {
+        opened = PgStore::open(url, &options) => opened.with_context(|| format!("--store {}", fedsx_pg::redact(url))),
+        () = shutdown.cancelled() => anyhow::bail!("stopped while waiting for postgres"),
     }
 }
 

@@ -9,7 +9,7 @@ mod schema;
 use crate::queue::{DeadLetter, Id};
 use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
 use bytes::Bytes;
-use fedsx_pg::{Listener, Notifier, Pool, PoolOptions, Readiness};
+use fedsx_pg::{Database, OpenError, PoolOptions};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, watch};
@@ -24,13 +24,9 @@ pub struct PgQueue {
 }
 
 struct Inner {
-    pool: Pool,
+    database: Database,
     notices: broadcast::Sender<String>,
-    /// Tells other replicas about new work (this one hears `notices` at once).
-    notifier: Notifier,
-    readiness: Readiness,
     closed: AtomicBool,
-    _listener: Listener,
     forward: JoinHandle<()>,
 }
 
@@ -40,32 +36,26 @@ impl Drop for Inner {
     }
 }
 
-/// Why the queue could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum PgOpenError {
-    #[error("{0}")]
-    Url(String),
-    #[error(transparent)]
-    Migrate(#[from] fedsx_pg::MigrateError),
-}
-
 impl PgQueue {
     /// Connects to `url`, brings the schema up to date (refusing a newer one) and listens
     /// for work queued by other replicas.
-    pub async fn open(url: &str, options: &PoolOptions) -> Result<PgQueue, PgOpenError> {
-        let (pool, config) = fedsx_pg::connect(url, options).map_err(|err| PgOpenError::Url(err.to_string()))?;
-        fedsx_pg::migrate(&pool, schema::COMPONENT, schema::MIGRATIONS).await?;
-        let listener = Listener::start(config, schema::CHANNEL, options.timeout).await;
+    pub async fn open(url: &str, options: &PoolOptions) -> Result<PgQueue, OpenError> {
+        let database = Database::open(
+            url,
+            options,
+            "delivery",
+            schema::COMPONENT,
+            schema::MIGRATIONS,
+            schema::CHANNEL,
+        )
+        .await?;
         let (notices, _) = broadcast::channel(NOTICE_BUFFER);
-        let forward = tokio::spawn(forward(listener.subscribe(), notices.clone()));
+        let forward = tokio::spawn(forward(database.notices(), notices.clone()));
         Ok(PgQueue {
             inner: Arc::new(Inner {
-                readiness: Readiness::spawn(pool.clone(), "delivery"),
-                notifier: Notifier::spawn(pool.clone(), schema::CHANNEL),
-                pool,
+                database,
                 notices,
                 closed: AtomicBool::new(false),
-                _listener: listener,
                 forward,
             }),
         })
@@ -74,14 +64,14 @@ impl PgQueue {
     /// New work for `peer`: this replica's dispatcher hears it at once, the others by NOTIFY.
     fn announce(&self, peer: &str) {
         let _ = self.inner.notices.send(peer.to_owned());
-        self.inner.notifier.notify(peer.to_owned());
+        self.inner.database.notifier.notify(peer.to_owned());
     }
 
     async fn client(&self) -> Result<fedsx_pg::Client, QueueError> {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(QueueError::ShuttingDown);
         }
-        Ok(self.inner.pool.get().await?)
+        Ok(self.inner.database.client().await?)
     }
 }
 
@@ -281,12 +271,12 @@ impl QueueStorage for PgQueue {
     }
 
     fn readiness(&self) -> watch::Receiver<bool> {
-        self.inner.readiness.watch()
+        self.inner.database.readiness()
     }
 
     async fn close(&self) -> Result<(), QueueError> {
         self.inner.closed.store(true, Ordering::Relaxed);
-        self.inner.pool.close();
+        self.inner.database.pool.close();
         Ok(())
     }
 }

@@ -155,21 +155,45 @@ impl RocksQueue {
         Ok(())
     }
 
-    fn status_of(inner: &Inner, entry: &PeerEntry) -> PeerStatus {
-        let head = entry.state.pending().next().copied();
-        let head_enqueued_ms = head
-            .and_then(|id| inner.records.item(&entry.record.peer, &id).ok().flatten())
-            .map_or(0, |item| item.enqueued_ms);
-        PeerStatus {
-            peer: entry.record.peer.clone(),
-            pending: entry.state.pending_len() as u64,
-            head_attempts: head.map_or(0, |id| entry.state.attempts_for(&id)),
-            head_next_retry_ms: head.and_then(|id| entry.state.next_retry_at(&id)).unwrap_or(0),
-            head_enqueued_ms,
-            last_error: entry.record.last_error.clone(),
-            dead_letters: entry.state.dead_letter_len() as u64,
-            delivered: entry.record.delivered,
+    /// The numbers of some peers (all with `None`), by peer. What memory holds is copied
+    /// under the queue's lock; the head's enqueue time is read from disk after it, so
+    /// enqueues and sends never wait for that I/O.
+    fn statuses_of(&self, only: Option<&str>) -> Vec<PeerStatus> {
+        let mut heads = Vec::new();
+        {
+            let peers = self.inner.peers.lock().expect("queue lock poisoned");
+            let chosen: Vec<&PeerEntry> = match only {
+                Some(peer) => peers.get(peer).into_iter().collect(),
+                None => peers.values().collect(),
+            };
+            for entry in chosen {
+                let head = entry.state.pending().next().copied();
+                let status = PeerStatus {
+                    peer: entry.record.peer.clone(),
+                    pending: entry.state.pending_len() as u64,
+                    head_attempts: head.map_or(0, |id| entry.state.attempts_for(&id)),
+                    head_next_retry_ms: head.and_then(|id| entry.state.next_retry_at(&id)).unwrap_or(0),
+                    head_enqueued_ms: 0,
+                    last_error: entry.record.last_error.clone(),
+                    dead_letters: entry.state.dead_letter_len() as u64,
+                    delivered: entry.record.delivered,
+                };
+                heads.push((status, head));
+            }
         }
+        let mut all: Vec<PeerStatus> = heads
+            .into_iter()
+            .map(|(mut status, head)| {
+                if let Some(id) = head
+                    && let Ok(Some(item)) = self.inner.records.item(&status.peer, &id)
+                {
+                    status.head_enqueued_ms = item.enqueued_ms;
+                }
+                status
+            })
+            .collect();
+        all.sort_by(|a, b| a.peer.cmp(&b.peer));
+        all
     }
 }
 
@@ -344,26 +368,13 @@ impl QueueStorage for RocksQueue {
     }
 
     async fn status(&self, peer: &str) -> Result<Option<PeerStatus>, QueueError> {
-        let (inner, peer) = (self.inner.clone(), peer.to_owned());
-        blocking(move || {
-            let peers = inner.peers.lock().expect("queue lock poisoned");
-            Ok(peers.get(&peer).map(|entry| RocksQueue::status_of(&inner, entry)))
-        })
-        .await
+        let (queue, peer) = (self.clone(), peer.to_owned());
+        blocking(move || Ok(queue.statuses_of(Some(&peer)).pop())).await
     }
 
     async fn statuses(&self) -> Result<Vec<PeerStatus>, QueueError> {
-        let inner = self.inner.clone();
-        blocking(move || {
-            let peers = inner.peers.lock().expect("queue lock poisoned");
-            let mut all: Vec<PeerStatus> = peers
-                .values()
-                .map(|entry| RocksQueue::status_of(&inner, entry))
-                .collect();
-            all.sort_by(|a, b| a.peer.cmp(&b.peer));
-            Ok(all)
-        })
-        .await
+        let queue = self.clone();
+        blocking(move || Ok(queue.statuses_of(None))).await
     }
 
     async fn dead_letters(&self, peer: &str) -> Result<Option<Vec<DeadLetter>>, QueueError> {

@@ -8,8 +8,8 @@ use crate::error::StoreError;
 use crate::plan::StreamPlan;
 use crate::storage::{AppendOutcome, Notice};
 use crate::stream::{NewEntry, StreamId};
+use fedsx_pg::Database;
 use fedsx_pg::tokio_postgres::types::ToSql;
-use fedsx_pg::{Notifier, Pool};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
@@ -27,21 +27,19 @@ struct Job {
 }
 
 pub(super) struct Batcher {
-    pool: Pool,
-    /// Wakes this process's subscribers at once, and other replicas through NOTIFY.
+    database: Arc<Database>,
+    /// Wakes this process's subscribers at once (other replicas through the notifier).
     notices: broadcast::Sender<Notice>,
-    notifier: Notifier,
     queues: Mutex<HashMap<StreamId, Vec<Job>>>,
     permits: Arc<Semaphore>,
     metrics: crate::metrics::AppendMetrics,
 }
 
 impl Batcher {
-    pub fn new(pool: Pool, notices: broadcast::Sender<Notice>) -> Arc<Batcher> {
+    pub fn new(database: Arc<Database>, notices: broadcast::Sender<Notice>) -> Arc<Batcher> {
         Arc::new(Batcher {
-            notifier: Notifier::spawn(pool.clone(), schema::CHANNEL),
             notices,
-            pool,
+            database,
             queues: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(MAX_PENDING)),
             metrics: crate::metrics::AppendMetrics::new(),
@@ -116,7 +114,8 @@ impl Batcher {
                         self.metrics.committed(jobs.len(), started.elapsed());
                         self.metrics.appended(entries, bytes);
                         let _ = self.notices.send(Notice::Appended(stream.clone()));
-                        self.notifier
+                        self.database
+                            .notifier
                             .notify(format!("{}:{}", stream.kind().tag(), stream.actor()));
                     }
                     for (job, answer) in jobs.into_iter().zip(answers) {
@@ -142,7 +141,7 @@ impl Batcher {
         stream: &StreamId,
         jobs: &[Job],
     ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64, u64), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.database.client().await?;
         let done = self.commit_on(&client, stream, jobs).await;
         if done.is_err() {
             // The transaction may be open or aborted: never hand the connection back.

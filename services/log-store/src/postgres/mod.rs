@@ -11,7 +11,7 @@ use crate::storage::{AppendOutcome, LogStorage, Notice, Page};
 use crate::stream::{Entry, Kind, NewEntry, StreamId, limits, validate_entries};
 use batch::Batcher;
 use bytes::Bytes;
-use fedsx_pg::{Listener, Pool, PoolOptions, Readiness};
+use fedsx_pg::{Database, PoolOptions};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -28,11 +28,9 @@ pub struct PgStore {
 }
 
 struct Inner {
-    pool: Pool,
+    database: Arc<Database>,
     batcher: Arc<Batcher>,
     notices: broadcast::Sender<Notice>,
-    readiness: Readiness,
-    _listener: Listener,
     forward: JoinHandle<()>,
 }
 
@@ -46,59 +44,31 @@ impl PgStore {
     /// Connects to `url`, brings the schema up to date (refusing a newer one) and starts
     /// listening for appends of other replicas.
     pub async fn open(url: &str, options: &PoolOptions) -> Result<PgStore, OpenError> {
-        let (pool, config) = fedsx_pg::connect(url, options).map_err(|err| OpenError::PostgresUrl {
-            url: fedsx_pg::redact(url),
-            reason: err.to_string(),
-        })?;
-        fedsx_pg::migrate(&pool, schema::COMPONENT, schema::MIGRATIONS).await?;
-        let listener = Listener::start(config, schema::CHANNEL, options.timeout).await;
+        let database = Arc::new(
+            Database::open(
+                url,
+                options,
+                "log-store",
+                schema::COMPONENT,
+                schema::MIGRATIONS,
+                schema::CHANNEL,
+            )
+            .await?,
+        );
         let (notices, _) = broadcast::channel(NOTICE_BUFFER);
-        let forward = tokio::spawn(forward(listener.subscribe(), notices.clone()));
+        let forward = tokio::spawn(forward(database.notices(), notices.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
-                batcher: Batcher::new(pool.clone(), notices.clone()),
-                readiness: Readiness::spawn(pool.clone(), "log-store"),
-                pool,
+                batcher: Batcher::new(database.clone(), notices.clone()),
+                database,
                 notices,
-                _listener: listener,
                 forward,
             }),
         })
     }
 
     async fn client(&self) -> Result<fedsx_pg::Client, StoreError> {
-        Ok(self.inner.pool.get().await?)
-    }
-
-    /// Every stream with its tip, in (actor, kind) order, after the given one (for export
-    /// and import checks).
-    pub async fn streams_after(
-        &self,
-        after: Option<&StreamId>,
-        limit: usize,
-    ) -> Result<Vec<(StreamId, u64)>, StoreError> {
-        let client = self.client().await?;
-        let (actor, kind) = after.map_or((String::new(), 0i16), |s| {
-            (s.actor().to_owned(), i16::from(s.kind().tag()))
-        });
-        let rows = client
-            .query(
-                "SELECT actor, kind, tip FROM log_streams WHERE (actor, kind) > ($1, $2) ORDER BY actor, kind LIMIT $3",
-                &[&actor, &kind, &(limit as i64)],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let kind = u8::try_from(row.get::<_, i16>(1))
-                    .ok()
-                    .and_then(Kind::from_tag)
-                    .ok_or_else(|| StoreError::internal("log_streams holds an unknown kind"))?;
-                Ok((
-                    StreamId::new(row.get::<_, String>(0), kind)?,
-                    row.get::<_, i64>(2) as u64,
-                ))
-            })
-            .collect()
+        Ok(self.inner.database.client().await?)
     }
 }
 
@@ -189,7 +159,7 @@ impl LogStorage for PgStore {
     }
 
     fn readiness(&self) -> watch::Receiver<bool> {
-        self.inner.readiness.watch()
+        self.inner.database.readiness()
     }
 
     async fn close(&self) -> Result<(), StoreError> {
@@ -199,7 +169,7 @@ impl LogStorage for PgStore {
         while self.inner.batcher.pending() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.inner.pool.close();
+        self.inner.database.pool.close();
         Ok(())
     }
 }

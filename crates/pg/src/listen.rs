@@ -17,7 +17,8 @@ const NOTICE_BUFFER: usize = 1024;
 pub enum Notice {
     /// A notification's payload.
     Payload(String),
-    /// LISTEN is (again) in place; anything may have happened while it was not.
+    /// LISTEN is (again) in place, or a hint was too long to send: anything may have
+    /// happened.
     Reconnected,
 }
 
@@ -69,7 +70,9 @@ async fn listen(
                     while let Some(message) = messages.next().await {
                         match message {
                             Ok(AsyncMessage::Notification(n)) => {
-                                let _ = forward.send(Notice::Payload(n.payload().to_owned()));
+                                for hint in crate::notify::split(n.payload()) {
+                                    let _ = forward.send(hint.map_or(Notice::Reconnected, Notice::Payload));
+                                }
                             }
                             Ok(_) => {}
                             Err(err) => {

@@ -1,7 +1,12 @@
-//! Appends to one stream are committed in batches: while one transaction for a stream is
-//! in flight, the appends that arrive for it wait and go together into the next one (one
-//! commit, one fsync, for all of them) — the PostgreSQL counterpart of the RocksDB writer's
-//! group commit. Different streams commit in parallel, each in its own transaction.
+//! Appends to one stream are committed in batches: while one write to a stream is in
+//! flight, the appends that arrive for it wait and go together into the next one (one
+//! statement, one commit, one fsync, for all of them) — the PostgreSQL counterpart of the
+//! RocksDB writer's group commit. Different streams commit in parallel.
+//!
+//! A write is one INSERT in one round trip, planned on the tip this replica knows. The
+//! schema's keys keep it right when another replica wrote meanwhile: seqs are dense and
+//! unique per stream, ids unique per stream, so a stale plan collides, writes nothing, and
+//! is made again on what the stream holds now.
 
 use super::schema;
 use crate::error::StoreError;
@@ -9,6 +14,7 @@ use crate::plan::StreamPlan;
 use crate::storage::{AppendOutcome, Notice};
 use crate::stream::{NewEntry, StreamId};
 use fedsx_pg::Database;
+use fedsx_pg::tokio_postgres::error::SqlState;
 use fedsx_pg::tokio_postgres::types::ToSql;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,6 +24,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 pub(super) const MAX_PENDING: usize = 4096;
 /// Most appends committed in one transaction.
 const MAX_GROUP: usize = 256;
+/// Streams whose tip a replica keeps in memory.
+const MAX_TIPS: usize = 100_000;
+/// Writes of one group before it gives up on a stream other replicas keep writing.
+const MAX_ATTEMPTS: usize = 8;
 
 struct Job {
     entries: Vec<NewEntry>,
@@ -31,6 +41,7 @@ pub(super) struct Batcher {
     /// Wakes this process's subscribers at once (other replicas through the notifier).
     notices: broadcast::Sender<Notice>,
     queues: Mutex<HashMap<StreamId, Vec<Job>>>,
+    tips: Tips,
     permits: Arc<Semaphore>,
     metrics: crate::metrics::AppendMetrics,
 }
@@ -41,6 +52,7 @@ impl Batcher {
             notices,
             database,
             queues: Mutex::new(HashMap::new()),
+            tips: Tips::default(),
             permits: Arc::new(Semaphore::new(MAX_PENDING)),
             metrics: crate::metrics::AppendMetrics::new(),
         })
@@ -132,9 +144,10 @@ impl Batcher {
         }
     }
 
-    /// One transaction for `jobs`, in two round trips: `BEGIN`, creating the stream's row if
-    /// missing, locking it and reading which ids it holds go together; so do the write and
-    /// `COMMIT`. Answers each job, and the entries and bytes written.
+    /// Writes `jobs` in one statement, planned on the stream's tip as this replica last
+    /// knew it (one round trip), or as read now when it knows none, its plan collided with
+    /// what another replica wrote, or an expected tip disagreed with it. Answers each job,
+    /// and the entries and bytes written.
     #[allow(clippy::type_complexity)]
     async fn commit(
         &self,
@@ -142,75 +155,116 @@ impl Batcher {
         jobs: &[Job],
     ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64, u64), StoreError> {
         let client = self.database.client().await?;
-        let done = self.commit_on(&client, stream, jobs).await;
-        if done.is_err() {
-            // The transaction may be open or aborted: never hand the connection back.
-            drop(fedsx_pg::Client::take(client));
-        }
-        done
-    }
-
-    #[allow(clippy::type_complexity)]
-    async fn commit_on(
-        &self,
-        client: &fedsx_pg::Client,
-        stream: &StreamId,
-        jobs: &[Job],
-    ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64, u64), StoreError> {
         let actor = stream.actor();
         let kind = i16::from(stream.kind().tag());
-        let create = client.prepare_cached(schema::CREATE_STREAM).await?;
-        let lock = client.prepare_cached(schema::LOCK_TIP).await?;
-        let stored_ids = client.prepare_cached(schema::STORED_IDS).await?;
-        let write = client.prepare_cached(schema::WRITE_GROUP).await?;
-
-        let ids: Vec<&[u8]> = jobs
-            .iter()
-            .flat_map(|job| job.entries.iter().map(|e| &e.id[..]))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        // Pipelined, and run by the server in this order: the ids are read after the lock is
-        // held, so no other replica can add one of them in between.
-        let stream_params: [&(dyn ToSql + Sync); 2] = [&actor, &kind];
-        let ids_params: [&(dyn ToSql + Sync); 3] = [&actor, &kind, &ids];
-        let (_, _, locked, rows) = futures::try_join!(
-            client.batch_execute("BEGIN"),
-            client.execute(&create, &stream_params),
-            client.query_one(&lock, &stream_params),
-            client.query(&stored_ids, &ids_params)
-        )?;
-        let tip: i64 = locked.get(0);
-        let stored: HashMap<Vec<u8>, u64> = rows
-            .iter()
-            .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, i64>(1) as u64))
-            .collect();
-
-        let mut plan = StreamPlan::new(tip as u64);
-        let answers: Vec<_> = jobs
-            .iter()
-            .map(|job| plan.stage(&job.entries, job.expected_tip, |id| Ok(stored.get(id).copied())))
-            .collect();
-        if !plan.changed() {
-            client.batch_execute("ROLLBACK").await?;
-            return Ok((answers, 0, 0));
+        let mut known = self.tips.get(stream);
+        for _ in 0..MAX_ATTEMPTS {
+            let (tip, stored, fresh) = match known.take() {
+                Some(tip) => (tip, HashMap::new(), false),
+                None => {
+                    let (tip, stored) = read_state(&client, &actor, kind, jobs).await.inspect_err(|_| {
+                        self.tips.forget(stream);
+                    })?;
+                    (tip, stored, true)
+                }
+            };
+            let mut plan = StreamPlan::new(tip);
+            let answers: Vec<_> = jobs
+                .iter()
+                .map(|job| plan.stage(&job.entries, job.expected_tip, |id| Ok(stored.get(id).copied())))
+                .collect();
+            let mismatch = answers
+                .iter()
+                .any(|answer| matches!(answer, Err(StoreError::TipMismatch { .. })));
+            if !fresh && mismatch {
+                // Only a tip just read may refuse an expected tip.
+                continue;
+            }
+            if !plan.changed() {
+                self.tips.remember(stream, tip);
+                return Ok((answers, 0, 0));
+            }
+            let seqs: Vec<i64> = plan.writes().iter().map(|(seq, _)| *seq as i64).collect();
+            let ids: Vec<&[u8]> = plan.writes().iter().map(|(_, e)| &e.id[..]).collect();
+            let data: Vec<&[u8]> = plan.writes().iter().map(|(_, e)| &e.data[..]).collect();
+            let write = client.prepare_cached(schema::WRITE).await?;
+            let params: [&(dyn ToSql + Sync); 5] = [&actor, &kind, &seqs, &ids, &data];
+            match client.execute(&write, &params).await {
+                Ok(_) => {
+                    self.tips.remember(stream, plan.tip());
+                    let bytes = plan
+                        .writes()
+                        .iter()
+                        .map(|(_, e)| (e.id.len() + e.data.len()) as u64)
+                        .sum();
+                    return Ok((answers, seqs.len() as u64, bytes));
+                }
+                Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    tracing::debug!(stream = %stream, "append collided with a write of another replica; reading the stream again");
+                }
+                Err(err) => {
+                    // Perhaps committed after all: the tip is unknown until read again.
+                    self.tips.forget(stream);
+                    return Err(err.into());
+                }
+            }
         }
-        let seqs: Vec<i64> = plan.writes().iter().map(|(seq, _)| *seq as i64).collect();
-        let ids: Vec<&[u8]> = plan.writes().iter().map(|(_, e)| &e.id[..]).collect();
-        let data: Vec<&[u8]> = plan.writes().iter().map(|(_, e)| &e.data[..]).collect();
-        let bytes = plan
-            .writes()
-            .iter()
-            .map(|(_, e)| (e.id.len() + e.data.len()) as u64)
-            .sum();
-        let new_tip = plan.tip() as i64;
-        let write_params: [&(dyn ToSql + Sync); 6] = [&actor, &kind, &seqs, &ids, &data, &new_tip];
-        // A failed write aborts the transaction, and COMMIT then rolls it back.
-        let (written, committed) =
-            futures::join!(client.execute(&write, &write_params), client.batch_execute("COMMIT"));
-        written?;
-        committed?;
-        Ok((answers, seqs.len() as u64, bytes))
+        self.tips.forget(stream);
+        Err(StoreError::Unavailable {
+            reason: format!("stream {stream} is contended by other log-store replicas; try again"),
+        })
+    }
+}
+
+/// The stream's committed tip and the seqs of those ids of `jobs` it holds.
+async fn read_state(
+    client: &fedsx_pg::Client,
+    actor: &str,
+    kind: i16,
+    jobs: &[Job],
+) -> Result<(u64, HashMap<Vec<u8>, u64>), StoreError> {
+    let ids: Vec<&[u8]> = jobs
+        .iter()
+        .flat_map(|job| job.entries.iter().map(|e| &e.id[..]))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let statement = client.prepare_cached(schema::STATE).await?;
+    let rows = client.query(&statement, &[&actor, &kind, &ids]).await?;
+    let mut tip = 0;
+    let mut stored = HashMap::new();
+    for row in rows {
+        let seq = row.get::<_, i64>(0) as u64;
+        match row.get::<_, Option<Vec<u8>>>(1) {
+            Some(id) => {
+                stored.insert(id, seq);
+            }
+            None => tip = seq,
+        }
+    }
+    Ok((tip, stored))
+}
+
+/// The tip this replica last committed or read, per stream: what the next append to the
+/// stream is planned on without reading first. Bounded; a forgotten tip costs one read.
+#[derive(Default)]
+struct Tips(Mutex<HashMap<StreamId, u64>>);
+
+impl Tips {
+    fn get(&self, stream: &StreamId) -> Option<u64> {
+        self.0.lock().expect("tips lock poisoned").get(stream).copied()
+    }
+
+    fn remember(&self, stream: &StreamId, tip: u64) {
+        let mut tips = self.0.lock().expect("tips lock poisoned");
+        if tips.len() >= MAX_TIPS && !tips.contains_key(stream) {
+            tips.clear();
+        }
+        tips.insert(stream.clone(), tip);
+    }
+
+    fn forget(&self, stream: &StreamId) {
+        self.0.lock().expect("tips lock poisoned").remove(stream);
     }
 }
 

@@ -1,7 +1,8 @@
 //! The replicated engine: streams in PostgreSQL, selected with `--store postgres://…`.
-//! Any number of log-store processes may serve one database at once: writers of a stream
-//! serialise on its row lock, ids are unique per stream in the schema, and wake-ups cross
-//! processes through LISTEN/NOTIFY (a hint only: readers read from their last seq).
+//! Any number of log-store processes may serve one database at once: seqs and ids are
+//! unique per stream in the schema, so of two replicas writing one seq exactly one wins
+//! (see `batch`), and wake-ups cross processes through LISTEN/NOTIFY (a hint only: readers
+//! read from their last seq).
 
 mod batch;
 mod schema;
@@ -177,6 +178,97 @@ impl LogStorage for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Appended;
+    use std::collections::BTreeMap;
+
+    fn entry(id: &str) -> NewEntry {
+        NewEntry {
+            id: Bytes::from(id.to_owned()),
+            data: Bytes::from(format!("data of {id}")),
+        }
+    }
+
+    /// Two replicas (two stores on one database) each plan on the tip they last saw, so
+    /// their plans collide all the time: every collision must write nothing and be made
+    /// again, leaving one gap-free stream where each id has one seq, and expected tips
+    /// refused only against the real tip.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_writing_one_stream_collide_and_replan_without_gaps_or_duplicates() {
+        let url = fedsx_pg::testing::shared_database("pg_replicas_race").await;
+        let options = PoolOptions::new("race");
+        let stores = [
+            PgStore::open(&url, &options).await.unwrap(),
+            PgStore::open(&url, &options).await.unwrap(),
+        ];
+        let stream = StreamId::new("contended", Kind::Outbox).unwrap();
+        let mut tasks = Vec::new();
+        for writer in 0..8 {
+            let store = stores[writer % 2].clone();
+            let stream = stream.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..40 {
+                    // Ids shared by writers of both replicas: each must land once.
+                    let id = format!("id-{}-{i}", writer % 4);
+                    let expected = if i % 5 == 0 {
+                        Some(store.tip(stream.clone()).await.unwrap())
+                    } else {
+                        None
+                    };
+                    match store.append(stream.clone(), vec![entry(&id)], expected).await {
+                        Ok(outcome) => seqs.push((id, outcome.entries[0].seq)),
+                        Err(StoreError::TipMismatch { expected, tip }) => {
+                            assert!(tip > expected, "refused only by a tip that moved on")
+                        }
+                        Err(err) => panic!("unexpected error {err}"),
+                    }
+                }
+                seqs
+            }));
+        }
+        let mut seq_of: BTreeMap<String, u64> = BTreeMap::new();
+        for task in tasks {
+            for (id, seq) in task.await.unwrap() {
+                if let Some(before) = seq_of.insert(id.clone(), seq) {
+                    assert_eq!(before, seq, "{id} answered two seqs");
+                }
+            }
+        }
+        let page = stores[0].read(stream.clone(), 0, 1000).await.unwrap();
+        let stored: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(stored, (1..=page.tip).collect::<Vec<_>>(), "gap-free");
+        let mut ids: Vec<&[u8]> = page.entries.iter().map(|e| &e.id[..]).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), page.entries.len(), "no id stored twice");
+        for (id, seq) in &seq_of {
+            assert_eq!(
+                &page.entries[*seq as usize - 1].id[..],
+                id.as_bytes(),
+                "{id} is at its answered seq"
+            );
+        }
+        // Both replicas plan right on a stream the other moved.
+        let next = stores[1]
+            .append(stream.clone(), vec![entry("after")], Some(page.tip))
+            .await;
+        assert_eq!(
+            next.unwrap().entries,
+            [Appended {
+                seq: page.tip + 1,
+                appended: true
+            }]
+        );
+        let stale = stores[0]
+            .append(stream.clone(), vec![entry("stale")], Some(page.tip))
+            .await;
+        assert!(matches!(stale, Err(StoreError::TipMismatch { .. })), "{stale:?}");
+        let last = stores[0]
+            .append(stream.clone(), vec![entry("last")], None)
+            .await
+            .unwrap();
+        assert_eq!(last.entries[0].seq, page.tip + 2);
+    }
 
     #[test]
     fn notification_payloads_name_their_stream() {

@@ -21,6 +21,10 @@ use tracing::Instrument;
 
 /// Destinations one replica leases at most.
 const MAX_DESTINATIONS: usize = 4096;
+/// Sent deliveries of one destination whose outcomes wait to be recorded, at most, in
+/// multiples of `max_in_flight`: sending goes on while a batch is being recorded, but not
+/// unboundedly ahead of the records.
+const UNRECORDED_FACTOR: usize = 4;
 
 /// What every worker shares.
 pub struct Settings {
@@ -52,13 +56,49 @@ pub struct Dispatcher<Q> {
 struct Worker {
     peer: String,
     wake: Notify,
-    /// Sent or being sent, until their outcome is recorded.
-    in_flight: Mutex<HashSet<Id>>,
+    /// Sends awaiting an answer, and sent ones until their outcome is recorded: never
+    /// handed out again meanwhile.
+    in_flight: Mutex<InFlight>,
     /// Outcomes waiting to be recorded; recorded together, one durable write per batch.
     outcomes: Mutex<Vec<(Id, Outcome)>>,
     recording: std::sync::atomic::AtomicBool,
     /// Until when (ms since the epoch) this replica holds the destination.
     lease_until: AtomicU64,
+}
+
+/// A worker's deliveries between being handed out and having their outcome recorded.
+#[derive(Default)]
+struct InFlight {
+    /// Sent, awaiting the destination's answer.
+    sending: HashSet<Id>,
+    /// Answered, the outcome not yet recorded.
+    unrecorded: HashSet<Id>,
+}
+
+impl InFlight {
+    /// Whether `id` was new (and is now sending).
+    fn start(&mut self, id: Id) -> bool {
+        !self.unrecorded.contains(&id) && self.sending.insert(id)
+    }
+
+    fn answered(&mut self, id: Id) {
+        if self.sending.remove(&id) {
+            self.unrecorded.insert(id);
+        }
+    }
+
+    fn forget(&mut self, id: &Id) {
+        self.sending.remove(id);
+        self.unrecorded.remove(id);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sending.is_empty() && self.unrecorded.is_empty()
+    }
+
+    fn ids(&self) -> Vec<Id> {
+        self.sending.iter().chain(&self.unrecorded).copied().collect()
+    }
 }
 
 impl<Q: QueueStorage> Dispatcher<Q> {
@@ -80,7 +120,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
         let workers = self.workers.lock().expect("workers lock poisoned");
         workers
             .get(peer)
-            .map_or(0, |w| w.in_flight.lock().expect("in-flight lock poisoned").len())
+            .map_or(0, |w| w.in_flight.lock().expect("in-flight lock poisoned").sending.len())
     }
 
     /// Claims and renews destinations until shutdown.
@@ -135,7 +175,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                     let worker = Arc::new(Worker {
                         peer: peer.clone(),
                         wake: Notify::new(),
-                        in_flight: Mutex::new(HashSet::new()),
+                        in_flight: Mutex::new(InFlight::default()),
                         outcomes: Mutex::new(Vec::new()),
                         recording: std::sync::atomic::AtomicBool::new(false),
                         lease_until: AtomicU64::new(until),
@@ -158,8 +198,11 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             }
             let (capacity, skip) = {
                 let in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
-                let capacity = self.settings.max_in_flight.saturating_sub(in_flight.len());
-                (capacity, in_flight.iter().copied().collect::<Vec<_>>())
+                let max = self.settings.max_in_flight;
+                let capacity = max
+                    .saturating_sub(in_flight.sending.len())
+                    .min((max * UNRECORDED_FACTOR).saturating_sub(in_flight.unrecorded.len()));
+                (capacity, in_flight.ids())
             };
             let mut took = 0;
             if capacity > 0 {
@@ -168,7 +211,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                         took = due.len();
                         let mut in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
                         for item in due {
-                            if in_flight.insert(item.id) {
+                            if in_flight.start(item.id) {
                                 tokio::spawn(self.clone().send(worker.clone(), item));
                             }
                         }
@@ -180,6 +223,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 Ok(next) => next,
                 Err(_) => Some(now + 1000),
             };
+            // Unrecorded outcomes keep the worker (and its lease) until they are recorded.
             let sending = !worker.in_flight.lock().expect("in-flight lock poisoned").is_empty();
             if took == 0 && !sending && next.is_none() {
                 break true;
@@ -227,12 +271,15 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 .lock()
                 .expect("outcomes lock poisoned")
                 .push((id, outcome));
+            worker.in_flight.lock().expect("in-flight lock poisoned").answered(id);
+            // Room for another send while this outcome waits to be recorded.
+            worker.wake.notify_one();
             if !worker.recording.swap(true, Ordering::AcqRel) {
                 tokio::spawn(self.clone().record(worker.clone()));
             }
             return;
         }
-        worker.in_flight.lock().expect("in-flight lock poisoned").remove(&id);
+        worker.in_flight.lock().expect("in-flight lock poisoned").forget(&id);
         worker.wake.notify_one();
     }
 
@@ -267,7 +314,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             }
             let mut in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
             for id in &ids {
-                in_flight.remove(id);
+                in_flight.forget(id);
             }
             drop(in_flight);
             worker.wake.notify_one();

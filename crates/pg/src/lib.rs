@@ -3,11 +3,13 @@
 //! `target_session_attrs=read-write` follows a failover), the classes of PostgreSQL errors
 //! (retryable or not), versioned schema migrations that refuse a newer schema, a LISTEN
 //! connection that turns notifications into wake-ups, batched NOTIFY off the commit path,
+//! group commit per key (stream, destination),
 //! a readiness probe, and — with the `testing` feature — throwaway servers for tests and
 //! benchmarks.
 
 mod database;
 mod error;
+mod group;
 mod listen;
 mod migrate;
 mod notify;
@@ -19,6 +21,7 @@ pub mod testing;
 pub use database::{Database, OpenError};
 pub use deadpool_postgres::{Object as Client, Pool, PoolError};
 pub use error::{PgError, is_retryable};
+pub use group::{Closed, GroupCommit, GroupWriter};
 pub use listen::{Listener, Notice};
 pub use migrate::{MigrateError, Migration, migrate};
 pub use notify::Notifier;

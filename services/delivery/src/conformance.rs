@@ -88,6 +88,21 @@ pub(crate) async fn concurrent_enqueues_of_one_id_queue_it_once<E: Engine>(engin
     }
     assert_eq!(new, 1, "exactly one enqueue is new");
     assert_eq!(queue.status(PEER).await.unwrap().unwrap().pending, 1);
+
+    // Many at once (engines may write them in groups): each id new exactly once.
+    let tasks: Vec<_> = (0..96u8)
+        .map(|n| {
+            let queue = queue.clone();
+            tokio::spawn(async move { (n % 48, queue.enqueue(delivery(PEER, 100 + n % 48)).await.unwrap()) })
+        })
+        .collect();
+    let mut new_per_id = [0; 48];
+    for task in tasks {
+        let (n, new) = task.await.unwrap();
+        new_per_id[n as usize] += usize::from(new);
+    }
+    assert_eq!(new_per_id, [1; 48], "every id new exactly once");
+    assert_eq!(queue.status(PEER).await.unwrap().unwrap().pending, 49);
 }
 
 pub(crate) async fn due_work_is_fifo_skips_in_flight_and_waits_for_retry_times<E: Engine>(engine: &E) {

@@ -118,9 +118,9 @@ impl<Q: QueueStorage> Dispatcher<Q> {
     /// Sends to `peer` awaiting an answer, from this replica.
     pub fn in_flight(&self, peer: &str) -> usize {
         let workers = self.workers.lock().expect("workers lock poisoned");
-        workers
-            .get(peer)
-            .map_or(0, |w| w.in_flight.lock().expect("in-flight lock poisoned").sending.len())
+        workers.get(peer).map_or(0, |w| {
+            w.in_flight.lock().expect("in-flight lock poisoned").sending.len()
+        })
     }
 
     /// Claims and renews destinations until shutdown.

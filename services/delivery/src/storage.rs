@@ -79,7 +79,7 @@ pub struct PeerStatus {
 }
 
 /// Why a queue operation failed: the classes a caller acts on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     /// Retryable: the engine cannot be reached or cannot write right now; an enqueue that
     /// got this may or may not be queued (retrying it is safe: ids).

@@ -4,6 +4,7 @@
 //! stops renewing, and another takes the destination once the lease lapses. Outcomes are
 //! recorded only under a held lease, and a delivered row is never handed out again.
 
+mod enqueue;
 mod schema;
 
 use crate::queue::{DeadLetter, Id};
@@ -24,8 +25,9 @@ pub struct PgQueue {
 }
 
 struct Inner {
-    database: Database,
+    database: Arc<Database>,
     notices: broadcast::Sender<String>,
+    enqueues: Arc<enqueue::Enqueues>,
     closed: AtomicBool,
     forward: JoinHandle<()>,
 }
@@ -40,31 +42,32 @@ impl PgQueue {
     /// Connects to `url`, brings the schema up to date (refusing a newer one) and listens
     /// for work queued by other replicas.
     pub async fn open(url: &str, options: &PoolOptions) -> Result<PgQueue, OpenError> {
-        let database = Database::open(
-            url,
-            options,
-            "delivery",
-            schema::COMPONENT,
-            schema::MIGRATIONS,
-            schema::CHANNEL,
-        )
-        .await?;
+        let database = Arc::new(
+            Database::open(
+                url,
+                options,
+                "delivery",
+                schema::COMPONENT,
+                schema::MIGRATIONS,
+                schema::CHANNEL,
+            )
+            .await?,
+        );
         let (notices, _) = broadcast::channel(NOTICE_BUFFER);
         let forward = tokio::spawn(forward(database.notices(), notices.clone()));
+        let enqueues = enqueue::enqueues(enqueue::Enqueuer {
+            database: database.clone(),
+            notices: notices.clone(),
+        });
         Ok(PgQueue {
             inner: Arc::new(Inner {
                 database,
                 notices,
+                enqueues,
                 closed: AtomicBool::new(false),
                 forward,
             }),
         })
-    }
-
-    /// New work for `peer`: this replica's dispatcher hears it at once, the others by NOTIFY.
-    fn announce(&self, peer: &str) {
-        let _ = self.inner.notices.send(peer.to_owned());
-        self.inner.database.notifier.notify(peer.to_owned());
     }
 
     async fn client(&self) -> Result<fedsx_pg::Client, QueueError> {
@@ -86,11 +89,11 @@ async fn forward(mut from: broadcast::Receiver<fedsx_pg::Notice>, to: broadcast:
     }
 }
 
-fn ms(value: u64) -> i64 {
+pub(super) fn ms(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn id_of(bytes: &[u8]) -> Result<Id, QueueError> {
+pub(super) fn id_of(bytes: &[u8]) -> Result<Id, QueueError> {
     bytes
         .try_into()
         .map_err(|_| QueueError::internal(format!("stored id of {} bytes", bytes.len())))
@@ -112,26 +115,14 @@ fn status_of(row: &fedsx_pg::tokio_postgres::Row) -> PeerStatus {
 
 impl QueueStorage for PgQueue {
     async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, QueueError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(schema::ENQUEUE).await?;
-        let row = client
-            .query_one(
-                &statement,
-                &[
-                    &delivery.peer,
-                    &&delivery.id[..],
-                    &delivery.inbox_url,
-                    &delivery.traceparent,
-                    &ms(delivery.enqueued_ms),
-                    &&delivery.envelope[..],
-                ],
-            )
-            .await?;
-        let new = row.get::<_, i64>(0) > 0;
-        if new {
-            self.announce(&delivery.peer);
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(QueueError::ShuttingDown);
         }
-        Ok(new)
+        self.inner
+            .enqueues
+            .submit(delivery.peer.clone(), delivery)
+            .await
+            .map_err(|_| QueueError::ShuttingDown)?
     }
 
     async fn claim(&self, owner: &str, now: u64, until: u64, limit: usize) -> Result<Vec<String>, QueueError> {
@@ -228,7 +219,7 @@ impl QueueStorage for PgQueue {
         let ids: Option<Vec<&[u8]>> = ids.as_ref().map(|ids| ids.iter().map(|id| &id[..]).collect());
         let moved: i64 = client.query_one(schema::REDRIVE, &[&peer, &ids]).await?.get(0);
         if moved > 0 {
-            self.announce(peer);
+            self.inner.enqueues.writer().announce(peer);
         }
         Ok(Some(moved as usize))
     }
@@ -276,6 +267,8 @@ impl QueueStorage for PgQueue {
 
     async fn close(&self) -> Result<(), QueueError> {
         self.inner.closed.store(true, Ordering::Relaxed);
+        // Enqueues already taken finish (each is answered after its commit, or fails).
+        self.inner.enqueues.close(std::time::Duration::from_secs(10)).await;
         self.inner.database.pool.close();
         Ok(())
     }

@@ -45,6 +45,18 @@ pub const MIGRATIONS: &[Migration] = &[
         // this it scanned every pending row of the destination.
         sql: "CREATE INDEX delivery_items_retry ON delivery_items (peer, next_retry_ms) WHERE status = 0;",
     },
+    Migration {
+        version: 3,
+        name: "retry index over retries only",
+        // The index of version 2 covered every pending row, so the planner (on young
+        // statistics) answered "what is due" from it and sorted every pending row by order
+        // on each call. Over retries only, it cannot serve that query, which walks the
+        // pending rows in order and stops after the first few due.
+        sql: "
+            DROP INDEX delivery_items_retry;
+            CREATE INDEX delivery_items_retrying ON delivery_items (peer, next_retry_ms)
+                WHERE status = 0 AND next_retry_ms > 0;",
+    },
 ];
 
 pub const PENDING: i16 = 0;
@@ -54,18 +66,22 @@ pub const DELIVERED: i16 = 2;
 /// Where new pending work is announced; the payload is the peer.
 pub const CHANNEL: &str = "fedsx_delivery_enqueued";
 
-/// Queues one delivery unless (peer, id) is known. (Announced afterwards, off the commit
-/// path: see `fedsx_pg::Notifier`.)
+/// Queues a group of deliveries to one destination (`$2..$6`: ids, inbox URLs, trace
+/// contexts, enqueue times, envelopes), in the order given, skipping the (peer, id) pairs
+/// already known; answers the ids queued. (Announced afterwards, off the commit path: see
+/// `fedsx_pg::Notifier`.)
 pub const ENQUEUE: &str = "
     WITH known AS (
         INSERT INTO delivery_peers (peer) VALUES ($1) ON CONFLICT (peer) DO NOTHING
-    ), added AS (
-        INSERT INTO delivery_items (peer, id, ord, status, inbox_url, traceparent, enqueued_ms, envelope)
-        VALUES ($1, $2, nextval('delivery_order'), 0, $3, $4, $5, $6)
-        ON CONFLICT (peer, id) DO NOTHING
-        RETURNING 1
+    ), given AS (
+        SELECT * FROM unnest($2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
+            WITH ORDINALITY AS t(id, inbox_url, traceparent, enqueued_ms, envelope, n)
+        ORDER BY n
     )
-    SELECT count(*) FROM added";
+    INSERT INTO delivery_items (peer, id, ord, status, inbox_url, traceparent, enqueued_ms, envelope)
+    SELECT $1, id, nextval('delivery_order'), 0, inbox_url, traceparent, enqueued_ms, envelope FROM given
+    ON CONFLICT (peer, id) DO NOTHING
+    RETURNING id";
 
 /// Peers with pending work whose lease is `$1`'s, or lapsed before `$2`.
 pub const CLAIMABLE: &str = "
@@ -88,8 +104,9 @@ pub const DUE: &str = "
     WHERE peer = $1 AND status = 0 AND next_retry_ms <= $2 AND NOT (id = ANY($3))
     ORDER BY ord LIMIT $4";
 
-pub const NEXT_RETRY: &str =
-    "SELECT min(next_retry_ms) FROM delivery_items WHERE peer = $1 AND status = 0 AND next_retry_ms > $2";
+/// (`next_retry_ms > 0` lets it use the retry index; fresh rows have 0.)
+pub const NEXT_RETRY: &str = "SELECT min(next_retry_ms) FROM delivery_items
+    WHERE peer = $1 AND status = 0 AND next_retry_ms > 0 AND next_retry_ms > $2";
 
 /// Records outcomes (`$4..$8`: ids, statuses, attempts, retry times, errors) if `$2` holds
 /// the lease at `$3`, for the deliveries still pending; answers the ids recorded. The lease

@@ -13,15 +13,15 @@ use crate::error::StoreError;
 use crate::plan::StreamPlan;
 use crate::storage::{AppendOutcome, Notice};
 use crate::stream::{NewEntry, StreamId};
-use fedsx_pg::Database;
 use fedsx_pg::tokio_postgres::error::SqlState;
 use fedsx_pg::tokio_postgres::types::ToSql;
+use fedsx_pg::{Database, GroupCommit, GroupWriter};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
+use tokio::sync::broadcast;
 
 /// Appends accepted but not yet answered, over all streams: callers past it wait.
-pub(super) const MAX_PENDING: usize = 4096;
+const MAX_PENDING: usize = 4096;
 /// Most appends committed in one transaction.
 const MAX_GROUP: usize = 256;
 /// Streams whose tip a replica keeps in memory.
@@ -29,121 +29,57 @@ const MAX_TIPS: usize = 100_000;
 /// Writes of one group before it gives up on a stream other replicas keep writing.
 const MAX_ATTEMPTS: usize = 8;
 
-struct Job {
-    entries: Vec<NewEntry>,
-    expected_tip: Option<u64>,
-    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
-    _permit: OwnedSemaphorePermit,
+pub(super) struct Job {
+    pub entries: Vec<NewEntry>,
+    pub expected_tip: Option<u64>,
 }
 
-pub(super) struct Batcher {
+pub(super) type Batcher = GroupCommit<StreamId, Job, StreamWriter>;
+
+pub(super) fn batcher(database: Arc<Database>, notices: broadcast::Sender<Notice>) -> Arc<Batcher> {
+    let writer = StreamWriter {
+        database,
+        notices,
+        tips: Tips::default(),
+        metrics: crate::metrics::AppendMetrics::new(),
+    };
+    GroupCommit::new(writer, MAX_PENDING, MAX_GROUP)
+}
+
+pub(super) struct StreamWriter {
     database: Arc<Database>,
     /// Wakes this process's subscribers at once (other replicas through the notifier).
     notices: broadcast::Sender<Notice>,
-    queues: Mutex<HashMap<StreamId, Vec<Job>>>,
     tips: Tips,
-    permits: Arc<Semaphore>,
     metrics: crate::metrics::AppendMetrics,
 }
 
-impl Batcher {
-    pub fn new(database: Arc<Database>, notices: broadcast::Sender<Notice>) -> Arc<Batcher> {
-        Arc::new(Batcher {
-            notices,
-            database,
-            queues: Mutex::new(HashMap::new()),
-            tips: Tips::default(),
-            permits: Arc::new(Semaphore::new(MAX_PENDING)),
-            metrics: crate::metrics::AppendMetrics::new(),
-        })
-    }
+impl GroupWriter<StreamId, Job> for StreamWriter {
+    type Answer = Result<AppendOutcome, StoreError>;
 
-    pub async fn append(
-        self: &Arc<Self>,
-        stream: StreamId,
-        entries: Vec<NewEntry>,
-        expected_tip: Option<u64>,
-    ) -> Result<AppendOutcome, StoreError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            entries,
-            expected_tip,
-            reply,
-            _permit: permit,
-        };
-        let first = {
-            let mut queues = self.queues.lock().expect("batch lock poisoned");
-            match queues.get_mut(&stream) {
-                Some(waiting) => {
-                    waiting.push(job);
-                    false
+    async fn write(&self, stream: &StreamId, jobs: Vec<Job>) -> Vec<Self::Answer> {
+        let started = std::time::Instant::now();
+        match self.commit(stream, &jobs).await {
+            Ok((answers, entries, bytes)) => {
+                if entries > 0 {
+                    self.metrics.committed(jobs.len(), started.elapsed());
+                    self.metrics.appended(entries, bytes);
+                    let _ = self.notices.send(Notice::Appended(stream.clone()));
+                    self.database
+                        .notifier
+                        .notify(format!("{}:{}", stream.kind().tag(), stream.actor()));
                 }
-                None => {
-                    queues.insert(stream.clone(), vec![job]);
-                    true
-                }
+                answers
             }
-        };
-        if first {
-            tokio::spawn(self.clone().drain(stream));
-        }
-        answer.await.map_err(|_| StoreError::ShuttingDown)?
-    }
-
-    /// Appends waiting or in flight.
-    pub fn pending(&self) -> usize {
-        MAX_PENDING - self.permits.available_permits()
-    }
-
-    /// Refuses appends from now on.
-    pub fn close(&self) {
-        self.permits.close();
-    }
-
-    /// Commits the stream's waiting appends, a group at a time, until none are left.
-    async fn drain(self: Arc<Self>, stream: StreamId) {
-        loop {
-            let jobs: Vec<Job> = {
-                let mut queues = self.queues.lock().expect("batch lock poisoned");
-                let Some(waiting) = queues.get_mut(&stream) else { return };
-                if waiting.is_empty() {
-                    queues.remove(&stream);
-                    return;
-                }
-                let n = waiting.len().min(MAX_GROUP);
-                waiting.drain(..n).collect()
-            };
-            let started = std::time::Instant::now();
-            match self.commit(&stream, &jobs).await {
-                Ok((answers, entries, bytes)) => {
-                    if entries > 0 {
-                        self.metrics.committed(jobs.len(), started.elapsed());
-                        self.metrics.appended(entries, bytes);
-                        let _ = self.notices.send(Notice::Appended(stream.clone()));
-                        self.database
-                            .notifier
-                            .notify(format!("{}:{}", stream.kind().tag(), stream.actor()));
-                    }
-                    for (job, answer) in jobs.into_iter().zip(answers) {
-                        let _ = job.reply.send(answer);
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(stream = %stream, error = %err, appends = jobs.len(), "append transaction failed");
-                    for job in jobs {
-                        let _ = job.reply.send(Err(copy(&err)));
-                    }
-                }
+            Err(err) => {
+                tracing::warn!(stream = %stream, error = %err, appends = jobs.len(), "append failed");
+                jobs.iter().map(|_| Err(copy(&err))).collect()
             }
         }
     }
+}
 
+impl StreamWriter {
     /// Writes `jobs` in one statement, planned on the stream's tip as this replica last
     /// knew it (one round trip), or as read now when it knows none, its plan collided with
     /// what another replica wrote, or an expected tip disagreed with it. Answers each job,
@@ -162,7 +98,7 @@ impl Batcher {
             let (tip, stored, fresh) = match known.take() {
                 Some(tip) => (tip, HashMap::new(), false),
                 None => {
-                    let (tip, stored) = read_state(&client, &actor, kind, jobs).await.inspect_err(|_| {
+                    let (tip, stored) = read_state(&client, actor, kind, jobs).await.inspect_err(|_| {
                         self.tips.forget(stream);
                     })?;
                     (tip, stored, true)

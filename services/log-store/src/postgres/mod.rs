@@ -10,7 +10,7 @@ mod schema;
 use crate::error::{OpenError, StoreError};
 use crate::storage::{AppendOutcome, LogStorage, Notice, Page};
 use crate::stream::{Entry, Kind, NewEntry, StreamId, limits, validate_entries};
-use batch::Batcher;
+use batch::{Batcher, Job};
 use bytes::Bytes;
 use fedsx_pg::{Database, PoolOptions};
 use std::sync::Arc;
@@ -60,7 +60,7 @@ impl PgStore {
         let forward = tokio::spawn(forward(database.notices(), notices.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
-                batcher: Batcher::new(database.clone(), notices.clone()),
+                batcher: batch::batcher(database.clone(), notices.clone()),
                 database,
                 notices,
                 forward,
@@ -102,7 +102,11 @@ impl LogStorage for PgStore {
         expected_tip: Option<u64>,
     ) -> Result<AppendOutcome, StoreError> {
         validate_entries(&entries)?;
-        self.inner.batcher.append(stream, entries, expected_tip).await
+        self.inner
+            .batcher
+            .submit(stream, Job { entries, expected_tip })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?
     }
 
     async fn read(&self, stream: StreamId, after_seq: u64, limit: usize) -> Result<Page, StoreError> {
@@ -164,12 +168,8 @@ impl LogStorage for PgStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        self.inner.batcher.close();
         // Appends already taken finish (each is answered after its commit, or fails).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.inner.batcher.pending() > 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.inner.batcher.close(Duration::from_secs(10)).await;
         self.inner.database.pool.close();
         Ok(())
     }

@@ -20,6 +20,8 @@ pub struct PoolOptions {
     pub application_name: String,
     /// How long opening waits for a database that is not reachable yet.
     pub patience: Duration,
+    /// Settings of every session (`-c name=value` at connect), after the URL's `options`.
+    pub settings: Vec<(&'static str, &'static str)>,
 }
 
 impl PoolOptions {
@@ -29,6 +31,7 @@ impl PoolOptions {
             timeout: Duration::from_secs(3),
             application_name: application_name.to_owned(),
             patience: Duration::from_secs(30),
+            settings: Vec::new(),
         }
     }
 }
@@ -43,6 +46,13 @@ pub fn connect(url: &str, options: &PoolOptions) -> Result<(Pool, tokio_postgres
     }
     if config.get_application_name().is_none() {
         config.application_name(&options.application_name);
+    }
+    if !options.settings.is_empty() {
+        let mut line = config.get_options().unwrap_or_default().to_owned();
+        for (name, value) in &options.settings {
+            line.push_str(&format!(" -c {name}={value}"));
+        }
+        config.options(line.trim_start());
     }
     // A primary that vanished without closing its sockets is noticed within seconds.
     config.keepalives(true);

@@ -42,10 +42,12 @@ impl PgQueue {
     /// Connects to `url`, brings the schema up to date (refusing a newer one) and listens
     /// for work queued by other replicas.
     pub async fn open(url: &str, options: &PoolOptions) -> Result<PgQueue, OpenError> {
+        let mut options = options.clone();
+        options.settings.extend(schema::SESSION_SETTINGS);
         let database = Arc::new(
             Database::open(
                 url,
-                options,
+                &options,
                 "delivery",
                 schema::COMPONENT,
                 schema::MIGRATIONS,

@@ -154,7 +154,11 @@ async fn sustained(client: &DeliveryClient<Channel>, duration: Duration) -> anyh
         let received = received.clone();
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                if next.load(Ordering::Relaxed).saturating_sub(received.load(Ordering::Relaxed)) > SUSTAINED_BACKLOG {
+                if next
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(received.load(Ordering::Relaxed))
+                    > SUSTAINED_BACKLOG
+                {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 }

@@ -4,6 +4,7 @@
 //! stops renewing, and another takes the destination once the lease lapses. Outcomes are
 //! recorded only under a held lease, and a delivered row is never handed out again.
 
+mod cursor;
 mod enqueue;
 mod schema;
 
@@ -28,6 +29,7 @@ struct Inner {
     database: Arc<Database>,
     notices: broadcast::Sender<String>,
     enqueues: Arc<enqueue::Enqueues>,
+    cursors: cursor::Cursors,
     closed: AtomicBool,
     forward: JoinHandle<()>,
 }
@@ -66,6 +68,7 @@ impl PgQueue {
                 database,
                 notices,
                 enqueues,
+                cursors: cursor::Cursors::default(),
                 closed: AtomicBool::new(false),
                 forward,
             }),
@@ -148,6 +151,7 @@ impl QueueStorage for PgQueue {
     }
 
     async fn release(&self, owner: &str, peer: &str) -> Result<(), QueueError> {
+        self.inner.cursors.reset(peer);
         let client = self.client().await?;
         client.execute(schema::RELEASE, &[&peer, &owner]).await?;
         Ok(())
@@ -156,21 +160,28 @@ impl QueueStorage for PgQueue {
     async fn due(&self, peer: &str, now: u64, limit: usize, skip: Vec<Id>) -> Result<Vec<Due>, QueueError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(schema::DUE).await?;
+        let start = self.inner.cursors.start(peer, &skip);
         let skip: Vec<&[u8]> = skip.iter().map(|id| &id[..]).collect();
         let rows = client
-            .query(&statement, &[&peer, &ms(now), &skip, &(limit as i64)])
+            .query(&statement, &[&peer, &ms(now), &skip, &(limit as i64), &start])
             .await?;
-        rows.iter()
+        let mut handed = Vec::with_capacity(rows.len());
+        let due = rows
+            .iter()
             .map(|row| {
+                let id = id_of(row.get(0))?;
+                handed.push((id, row.get::<_, i64>(5)));
                 Ok(Due {
-                    id: id_of(row.get(0))?,
+                    id,
                     inbox_url: row.get(1),
                     envelope: Bytes::from(row.get::<_, Option<Vec<u8>>>(2).unwrap_or_default()),
                     traceparent: row.get(3),
                     attempts: row.get::<_, i32>(4) as u32,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, QueueError>>()?;
+        self.inner.cursors.handed_out(peer, start, &handed);
+        Ok(due)
     }
 
     async fn next_retry(&self, peer: &str, now: u64) -> Result<Option<u64>, QueueError> {
@@ -208,9 +219,15 @@ impl QueueStorage for PgQueue {
                 &statement,
                 &[&peer, &owner, &ms(now), &ids, &statuses, &attempts, &retries, &errors],
             )
-            .await?;
+            .await
+            .inspect_err(|_| self.inner.cursors.reset(peer))?;
         let recorded: std::collections::HashSet<Vec<u8>> = rows.iter().map(|row| row.get(0)).collect();
-        Ok(outcomes.iter().map(|(id, _)| recorded.contains(&id[..])).collect())
+        let answers: Vec<bool> = outcomes.iter().map(|(id, _)| recorded.contains(&id[..])).collect();
+        let handled: Vec<Id> = outcomes.iter().map(|(id, _)| *id).collect();
+        self.inner
+            .cursors
+            .recorded(peer, &handled, answers.iter().all(|done| *done));
+        Ok(answers)
     }
 
     async fn redrive(&self, peer: &str, ids: Option<Vec<Id>>) -> Result<Option<usize>, QueueError> {

@@ -62,10 +62,10 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Every statement here walks one destination's rows through an index, mostly in queue
-/// order, stopping after the first few; a bitmap scan never wins that, yet on young
-/// statistics (a queue filled faster than autovacuum analyses it) the planner picks one and
-/// sorts every pending row of the destination on each call.
+/// Every statement here walks one destination's rows through an index, in queue order or
+/// by id, and stops after the first few. On young statistics (a queue filled faster than
+/// autovacuum analyses it) the planner prefers a bitmap scan for "what is due", which must
+/// then sort every pending row of the destination on each call.
 pub const SESSION_SETTINGS: [(&str, &str); 1] = [("enable_bitmapscan", "off")];
 
 pub const PENDING: i16 = 0;
@@ -111,9 +111,18 @@ pub const CLAIM: &str = "
 
 pub const RELEASE: &str = "UPDATE delivery_peers SET lease_until = 0 WHERE peer = $1 AND owner = $2";
 
+/// Up to `$4` due rows in queue order, leaving out `$3`: retries whose time has come, and
+/// fresh rows (never tried, or redriven) after order `$5` (see `cursor`).
 pub const DUE: &str = "
-    SELECT id, inbox_url, envelope, traceparent, attempts FROM delivery_items
-    WHERE peer = $1 AND status = 0 AND next_retry_ms <= $2 AND NOT (id = ANY($3))
+    SELECT id, inbox_url, envelope, traceparent, attempts, ord FROM (
+        (SELECT id, inbox_url, envelope, traceparent, attempts, ord FROM delivery_items
+         WHERE peer = $1 AND status = 0 AND next_retry_ms > 0 AND next_retry_ms <= $2 AND NOT (id = ANY($3))
+         ORDER BY ord LIMIT $4)
+        UNION ALL
+        (SELECT id, inbox_url, envelope, traceparent, attempts, ord FROM delivery_items
+         WHERE peer = $1 AND status = 0 AND next_retry_ms = 0 AND ord > $5 AND NOT (id = ANY($3))
+         ORDER BY ord LIMIT $4)
+    ) AS due
     ORDER BY ord LIMIT $4";
 
 /// (`next_retry_ms > 0` lets it use the retry index; fresh rows have 0.)
@@ -124,7 +133,10 @@ pub const NEXT_RETRY: &str = "SELECT min(next_retry_ms) FROM delivery_items
 /// the lease at `$3`, for the deliveries still pending; answers the ids recorded. The lease
 /// row is locked for update from the start: a claim by another replica waits for this to
 /// commit, and concurrent records of one destination queue up rather than deadlock on
-/// upgrading a shared lock. One statement for a whole batch: one commit for all.
+/// upgrading a shared lock. One statement for a whole batch: one commit for all. (`status
+/// < 1` is `status = 0`, written so the planner cannot answer it from the pending index —
+/// on young statistics it read every pending row of the destination that way — and looks
+/// each id up by the primary key.)
 pub const RECORD: &str = "
     WITH lease AS (
         SELECT 1 FROM delivery_peers WHERE peer = $1 AND owner = $2 AND lease_until >= $3 FOR NO KEY UPDATE
@@ -139,7 +151,7 @@ pub const RECORD: &str = "
             last_error = CASE WHEN o.status = 2 THEN i.last_error ELSE o.last_error END,
             envelope = CASE WHEN o.status = 2 THEN NULL ELSE i.envelope END
         FROM outcome o
-        WHERE i.peer = $1 AND i.id = o.id AND i.status = 0 AND EXISTS (SELECT 1 FROM lease)
+        WHERE i.peer = $1 AND i.id = o.id AND i.status < 1 AND EXISTS (SELECT 1 FROM lease)
         RETURNING i.id, o.status, o.last_error
     ), counted AS (
         UPDATE delivery_peers SET

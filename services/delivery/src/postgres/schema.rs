@@ -65,8 +65,12 @@ pub const MIGRATIONS: &[Migration] = &[
 /// Every statement here walks one destination's rows through an index, in queue order or
 /// by id, and stops after the first few. On young statistics (a queue filled faster than
 /// autovacuum analyses it) the planner prefers a bitmap scan for "what is due", which must
-/// then sort every pending row of the destination on each call.
-pub const SESSION_SETTINGS: [(&str, &str); 1] = [("enable_bitmapscan", "off")];
+/// then sort every pending row of the destination on each call; and a generic plan made
+/// while the table was nearly empty (a scan of all of it) is kept until autovacuum first
+/// analyses the table. So: no bitmap scans, and each execution planned for the table as it
+/// is (planning these statements costs far less than a scan of a large queue).
+pub const SESSION_SETTINGS: [(&str, &str); 2] =
+    [("enable_bitmapscan", "off"), ("plan_cache_mode", "force_custom_plan")];
 
 pub const PENDING: i16 = 0;
 pub const DEAD: i16 = 1;

@@ -175,6 +175,20 @@ async fn raw_commits(url: &str, clients: usize, duration: Duration) -> anyhow::R
     }
     let started = Instant::now();
     done.store(0, Ordering::Relaxed);
+    let rate = rate_over(started, duration, &done, &stop, workers).await?;
+    setup.batch_execute("DROP TABLE fedsx_bench_raw").await?;
+    Ok(rate)
+}
+
+/// Lets `workers` count into `done` for `duration`, stops them, and answers what they
+/// counted per second since `started`.
+async fn rate_over(
+    started: Instant,
+    duration: Duration,
+    done: &AtomicU64,
+    stop: &AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<f64> {
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let count = done.load(Ordering::Relaxed);
@@ -182,7 +196,6 @@ async fn raw_commits(url: &str, clients: usize, duration: Duration) -> anyhow::R
     for worker in workers {
         worker.await??;
     }
-    setup.batch_execute("DROP TABLE fedsx_bench_raw").await?;
     Ok(count as f64 / elapsed.as_secs_f64())
 }
 
@@ -224,14 +237,7 @@ pub async fn grpc_appends(
             anyhow::Ok(())
         }));
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let count = done.load(Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    for worker in workers {
-        worker.await??;
-    }
-    Ok(count as f64 / elapsed.as_secs_f64())
+    rate_over(started, duration, &done, &stop, workers).await
 }
 
 /// `writers` threads each doing synced writes of `batch` puts, for `duration`: records/s.

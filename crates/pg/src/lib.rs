@@ -22,7 +22,7 @@ pub use database::{Database, OpenError};
 pub use deadpool_postgres::{Object as Client, Pool, PoolError};
 pub use error::{PgError, is_retryable};
 pub use group::{Closed, GroupCommit, GroupWriter};
-pub use listen::{Listener, Notice};
+pub use listen::{Listener, Notice, Wakeups};
 pub use migrate::{MigrateError, Migration, migrate};
 pub use notify::Notifier;
 pub use pool::{PoolOptions, connect, parse_store_url, redact};

@@ -6,8 +6,8 @@
 use futures::StreamExt;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Wake-ups buffered for a slow reader; one that lags past it is told to re-read
 /// everything (`RecvError::Lagged`).
@@ -26,7 +26,7 @@ pub enum Notice {
 #[derive(Debug)]
 pub struct Listener {
     sender: broadcast::Sender<Notice>,
-    task: JoinHandle<()>,
+    _task: AbortOnDropHandle<()>,
 }
 
 impl Listener {
@@ -36,11 +36,11 @@ impl Listener {
     pub async fn start(config: tokio_postgres::Config, channel: &'static str, patience: Duration) -> Listener {
         let (sender, _) = broadcast::channel(NOTICE_BUFFER);
         let (listening, mut heard) = watch::channel(false);
-        let task = tokio::spawn(listen(config, channel, sender.clone(), listening));
+        let task = AbortOnDropHandle::new(tokio::spawn(listen(config, channel, sender.clone(), listening)));
         if tokio::time::timeout(patience, heard.wait_for(|on| *on)).await.is_err() {
             tracing::warn!(channel, "LISTEN not in place yet; readers poll until it is");
         }
-        Listener { sender, task }
+        Listener { sender, _task: task }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
@@ -48,9 +48,51 @@ impl Listener {
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.task.abort();
+/// An engine's own wake-ups, made from notices by a task that stops when this is dropped.
+#[derive(Debug)]
+pub struct Wakeups<T> {
+    sender: broadcast::Sender<T>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl<T: Clone + Send + 'static> Wakeups<T> {
+    /// Sends `hint(payload)` for each notification (nothing when it answers `None`), and
+    /// `missed` whenever some may have been missed (a reconnect, or this task lagging);
+    /// keeps `capacity` for slow readers.
+    pub fn forward(
+        mut from: broadcast::Receiver<Notice>,
+        capacity: usize,
+        missed: T,
+        hint: impl Fn(&str) -> Option<T> + Send + 'static,
+    ) -> Wakeups<T> {
+        let (sender, _) = broadcast::channel(capacity);
+        let to = sender.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let wakeup = match from.recv().await {
+                    Ok(Notice::Payload(payload)) => match hint(&payload) {
+                        Some(wakeup) => wakeup,
+                        None => continue,
+                    },
+                    Ok(Notice::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => missed.clone(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let _ = to.send(wakeup);
+            }
+        });
+        Wakeups {
+            sender,
+            _task: AbortOnDropHandle::new(task),
+        }
+    }
+
+    /// Where this replica's own work is announced at once (other replicas hear it by NOTIFY).
+    pub fn sender(&self) -> &broadcast::Sender<T> {
+        &self.sender
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<T> {
+        self.sender.subscribe()
     }
 }
 

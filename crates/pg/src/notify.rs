@@ -7,7 +7,7 @@
 
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Hints waiting to be sent; past it they are dropped.
 const QUEUE: usize = 8192;
@@ -21,26 +21,20 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 #[derive(Debug)]
 pub struct Notifier {
     sender: mpsc::Sender<String>,
-    task: JoinHandle<()>,
+    _task: AbortOnDropHandle<()>,
 }
 
 impl Notifier {
     /// Sends the payloads given to [`Notifier::notify`] on `channel`, through `pool`.
     pub fn spawn(pool: Pool, channel: &'static str) -> Notifier {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(send(pool, channel, receiver));
-        Notifier { sender, task }
+        let task = AbortOnDropHandle::new(tokio::spawn(send(pool, channel, receiver)));
+        Notifier { sender, _task: task }
     }
 
     /// Queues one notification (dropped when the queue is full).
     pub fn notify(&self, payload: String) {
         let _ = self.sender.try_send(payload);
-    }
-}
-
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

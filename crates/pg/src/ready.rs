@@ -5,7 +5,7 @@
 use deadpool_postgres::Pool;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -13,14 +13,14 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Readiness {
     receiver: watch::Receiver<bool>,
-    task: JoinHandle<()>,
+    _task: AbortOnDropHandle<()>,
 }
 
 impl Readiness {
     /// Starts probing `pool`; `what` names the service in the logs.
     pub fn spawn(pool: Pool, what: &'static str) -> Readiness {
         let (sender, receiver) = watch::channel(true);
-        let task = tokio::spawn(async move {
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 let ok = probe(&pool).await;
                 let was = *sender.borrow();
@@ -34,18 +34,12 @@ impl Readiness {
                 }
                 tokio::time::sleep(PROBE_EVERY).await;
             }
-        });
-        Readiness { receiver, task }
+        }));
+        Readiness { receiver, _task: task }
     }
 
     pub fn watch(&self) -> watch::Receiver<bool> {
         self.receiver.clone()
-    }
-}
-
-impl Drop for Readiness {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

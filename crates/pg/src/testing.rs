@@ -48,6 +48,23 @@ pub async fn shared_database(name: &str) -> String {
     server.url(name)
 }
 
+/// The databases of one conformance case on the [`shared`] server: each name is a database
+/// of its own, prefixed by the case, so cases running at once never meet.
+pub struct CaseDatabases {
+    case: String,
+}
+
+impl CaseDatabases {
+    pub fn new(case: &str) -> CaseDatabases {
+        CaseDatabases { case: case.to_owned() }
+    }
+
+    /// The URL of the case's database `name` (the same name again: the same data).
+    pub async fn url(&self, name: &str) -> String {
+        shared_database(&format!("{}_{name}", self.case)).await
+    }
+}
+
 /// One running (or stopped) server.
 #[derive(Debug)]
 pub struct PgServer {

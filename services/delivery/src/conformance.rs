@@ -439,24 +439,13 @@ impl Engine for Rocks {
 }
 
 /// PostgreSQL: each name is a database on the test process's shared throwaway server.
-pub(crate) struct Postgres {
-    prefix: String,
-}
-
-impl Postgres {
-    /// Database names unique to `case`.
-    pub fn shared(case: &str) -> Postgres {
-        Postgres {
-            prefix: case.to_owned(),
-        }
-    }
-}
+pub(crate) struct Postgres(pub(crate) fedsx_pg::testing::CaseDatabases);
 
 impl Engine for Postgres {
     type Queue = crate::PgQueue;
 
     async fn open(&self, name: &str) -> crate::PgQueue {
-        let url = fedsx_pg::testing::shared_database(&format!("{}_{name}", self.prefix)).await;
+        let url = self.0.url(name).await;
         crate::PgQueue::open(&url, &fedsx_pg::PoolOptions::new("conformance"))
             .await
             .unwrap()
@@ -466,4 +455,4 @@ impl Engine for Postgres {
 conformance!(rocksdb, |_| Rocks {
     dir: tempfile::tempdir().unwrap()
 });
-conformance!(postgres, Postgres::shared);
+conformance!(postgres, |case| Postgres(fedsx_pg::testing::CaseDatabases::new(case)));

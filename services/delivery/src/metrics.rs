@@ -29,13 +29,7 @@ type Snapshot = Arc<Mutex<Vec<(PeerStatus, usize)>>>;
 pub(crate) struct QueueGauges {
     _gauges: Vec<ObservableGauge<u64>>,
     _lag: ObservableGauge<f64>,
-    refresh: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for QueueGauges {
-    fn drop(&mut self) {
-        self.refresh.abort();
-    }
+    _refresh: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 /// Registers the per-peer gauges over what `dispatcher`'s queue holds.
@@ -109,6 +103,6 @@ pub(crate) fn register<Q: QueueStorage>(dispatcher: &Arc<Dispatcher<Q>>) -> Queu
     QueueGauges {
         _gauges: gauges,
         _lag: lag,
-        refresh,
+        _refresh: tokio_util::task::AbortOnDropHandle::new(refresh),
     }
 }

@@ -426,24 +426,13 @@ impl Engine for Rocks {
 }
 
 /// PostgreSQL: each name is a database on the test process's shared throwaway server.
-pub(crate) struct Postgres {
-    prefix: String,
-}
-
-impl Postgres {
-    /// Database names unique to `case`.
-    pub fn shared(case: &str) -> Postgres {
-        Postgres {
-            prefix: case.to_owned(),
-        }
-    }
-}
+pub(crate) struct Postgres(pub(crate) fedsx_pg::testing::CaseDatabases);
 
 impl Engine for Postgres {
     type Store = crate::PgStore;
 
     async fn open(&self, name: &str) -> crate::PgStore {
-        let url = fedsx_pg::testing::shared_database(&format!("{}_{name}", self.prefix)).await;
+        let url = self.0.url(name).await;
         crate::PgStore::open(&url, &fedsx_pg::PoolOptions::new("conformance"))
             .await
             .unwrap()
@@ -451,4 +440,4 @@ impl Engine for Postgres {
 }
 
 conformance!(rocksdb, |_| Rocks::new());
-conformance!(postgres, Postgres::shared);
+conformance!(postgres, |case| Postgres(fedsx_pg::testing::CaseDatabases::new(case)));

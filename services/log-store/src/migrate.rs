@@ -167,7 +167,7 @@ mod tests {
         source.append(streams[1].clone(), entries("b", 3), None).await.unwrap();
         source.append(streams[2].clone(), entries("f", 2), None).await.unwrap();
 
-        let pg = Postgres::shared("migrate");
+        let pg = Postgres(fedsx_pg::testing::CaseDatabases::new("migrate"));
         let target = pg.open("target").await;
         let mut seen = Vec::new();
         let summary = copy_streams(&source, &target, |s, tip| seen.push((s.clone(), tip)))

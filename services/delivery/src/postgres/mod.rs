@@ -11,11 +11,10 @@ mod schema;
 use crate::queue::{DeadLetter, Id};
 use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
 use bytes::Bytes;
-use fedsx_pg::{Database, OpenError, PoolOptions};
+use fedsx_pg::{Database, OpenError, PoolOptions, Wakeups};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
 
 /// Wake-ups buffered for the dispatcher.
 const NOTICE_BUFFER: usize = 1024;
@@ -27,17 +26,11 @@ pub struct PgQueue {
 
 struct Inner {
     database: Arc<Database>,
-    notices: broadcast::Sender<String>,
+    /// Destinations with new work; empty: look at every destination.
+    wakeups: Wakeups<String>,
     enqueues: Arc<enqueue::Enqueues>,
     cursors: cursor::Cursors,
     closed: AtomicBool,
-    forward: JoinHandle<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.forward.abort();
-    }
 }
 
 impl PgQueue {
@@ -57,20 +50,20 @@ impl PgQueue {
             )
             .await?,
         );
-        let (notices, _) = broadcast::channel(NOTICE_BUFFER);
-        let forward = tokio::spawn(forward(database.notices(), notices.clone()));
+        let wakeups = Wakeups::forward(database.notices(), NOTICE_BUFFER, String::new(), |peer| {
+            Some(peer.to_owned())
+        });
         let enqueues = enqueue::enqueues(enqueue::Enqueuer {
             database: database.clone(),
-            notices: notices.clone(),
+            notices: wakeups.sender().clone(),
         });
         Ok(PgQueue {
             inner: Arc::new(Inner {
                 database,
-                notices,
+                wakeups,
                 enqueues,
                 cursors: cursor::Cursors::default(),
                 closed: AtomicBool::new(false),
-                forward,
             }),
         })
     }
@@ -80,17 +73,6 @@ impl PgQueue {
             return Err(QueueError::ShuttingDown);
         }
         Ok(self.inner.database.client().await?)
-    }
-}
-
-async fn forward(mut from: broadcast::Receiver<fedsx_pg::Notice>, to: broadcast::Sender<String>) {
-    loop {
-        let peer = match from.recv().await {
-            Ok(fedsx_pg::Notice::Payload(peer)) => peer,
-            Ok(fedsx_pg::Notice::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => String::new(),
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let _ = to.send(peer);
     }
 }
 
@@ -120,9 +102,6 @@ fn status_of(row: &fedsx_pg::tokio_postgres::Row) -> PeerStatus {
 
 impl QueueStorage for PgQueue {
     async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, QueueError> {
-        if self.inner.closed.load(Ordering::Relaxed) {
-            return Err(QueueError::ShuttingDown);
-        }
         self.inner
             .enqueues
             .submit(delivery.peer.clone(), delivery)
@@ -277,7 +256,7 @@ impl QueueStorage for PgQueue {
     }
 
     fn notices(&self) -> broadcast::Receiver<String> {
-        self.inner.notices.subscribe()
+        self.inner.wakeups.subscribe()
     }
 
     fn readiness(&self) -> watch::Receiver<bool> {

@@ -12,11 +12,10 @@ use crate::storage::{AppendOutcome, LogStorage, Notice, Page};
 use crate::stream::{Entry, Kind, NewEntry, StreamId, limits, validate_entries};
 use batch::{Batcher, Job};
 use bytes::Bytes;
-use fedsx_pg::{Database, PoolOptions};
+use fedsx_pg::{Database, PoolOptions, Wakeups};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
 
 /// How long a waiting subscriber goes without a wake-up before it reads anyway.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -31,14 +30,7 @@ pub struct PgStore {
 struct Inner {
     database: Arc<Database>,
     batcher: Arc<Batcher>,
-    notices: broadcast::Sender<Notice>,
-    forward: JoinHandle<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.forward.abort();
-    }
+    wakeups: Wakeups<Notice>,
 }
 
 impl PgStore {
@@ -56,36 +48,21 @@ impl PgStore {
             )
             .await?,
         );
-        let (notices, _) = broadcast::channel(NOTICE_BUFFER);
-        let forward = tokio::spawn(forward(database.notices(), notices.clone()));
+        // After a reconnect, readers are told they may have missed some.
+        let wakeups = Wakeups::forward(database.notices(), NOTICE_BUFFER, Notice::Unknown, |payload| {
+            parse_payload(payload).map(Notice::Appended)
+        });
         Ok(PgStore {
             inner: Arc::new(Inner {
-                batcher: batch::batcher(database.clone(), notices.clone()),
+                batcher: batch::batcher(database.clone(), wakeups.sender().clone()),
                 database,
-                notices,
-                forward,
+                wakeups,
             }),
         })
     }
 
     async fn client(&self) -> Result<fedsx_pg::Client, StoreError> {
         Ok(self.inner.database.client().await?)
-    }
-}
-
-/// Turns notifications into wake-ups; after a reconnect, tells readers they may have
-/// missed some.
-async fn forward(mut from: broadcast::Receiver<fedsx_pg::Notice>, to: broadcast::Sender<Notice>) {
-    loop {
-        let notice = match from.recv().await {
-            Ok(fedsx_pg::Notice::Payload(payload)) => match parse_payload(&payload) {
-                Some(stream) => Notice::Appended(stream),
-                None => continue,
-            },
-            Ok(fedsx_pg::Notice::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => Notice::Unknown,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let _ = to.send(notice);
     }
 }
 
@@ -156,7 +133,7 @@ impl LogStorage for PgStore {
     }
 
     fn notices(&self) -> broadcast::Receiver<Notice> {
-        self.inner.notices.subscribe()
+        self.inner.wakeups.subscribe()
     }
 
     fn poll_interval(&self) -> Option<Duration> {

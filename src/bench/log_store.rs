@@ -44,6 +44,20 @@ pub struct Args {
     /// Seconds each scenario runs.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Only this scenario, as STREAMS:CONCURRENCY (e.g. 1000:64); repeatable.
+    #[arg(long, value_parser = parse_scenario)]
+    scenario: Vec<(usize, usize)>,
+}
+
+fn parse_scenario(text: &str) -> Result<(usize, usize), String> {
+    let (streams, concurrency) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected STREAMS:CONCURRENCY, e.g. 1000:64"))?;
+    let number = |part: &str| match part.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?}: {part:?} is not a positive number")),
+    };
+    Ok((number(streams)?, number(concurrency)?))
 }
 
 /// (streams, concurrency) of each measured scenario.
@@ -101,7 +115,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         println!("\n{engine} log-store: synced appends/s through gRPC ({target}), {PAYLOAD}-byte entries:");
-        for (run, (streams, concurrency)) in SCENARIOS.into_iter().enumerate() {
+        let scenarios = if args.scenario.is_empty() {
+            SCENARIOS.to_vec()
+        } else {
+            args.scenario.clone()
+        };
+        for (run, (streams, concurrency)) in scenarios.into_iter().enumerate() {
             let prefix = format!("{tag}-{engine}-{run}");
             let rate = grpc_appends(&connections, &prefix, streams, concurrency, duration).await?;
             println!("  {streams:>5} stream(s), concurrency {concurrency:>2}: {rate:>9.0}/s");

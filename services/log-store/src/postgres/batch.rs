@@ -120,20 +120,15 @@ impl StreamWriter {
                 self.tips.remember(stream, tip);
                 return Ok((answers, 0, 0));
             }
-            let seqs: Vec<i64> = plan.writes().iter().map(|(seq, _)| *seq as i64).collect();
-            let ids: Vec<&[u8]> = plan.writes().iter().map(|(_, e)| &e.id[..]).collect();
-            let data: Vec<&[u8]> = plan.writes().iter().map(|(_, e)| &e.data[..]).collect();
-            let write = client.prepare_cached(schema::WRITE).await?;
-            let params: [&(dyn ToSql + Sync); 5] = [&actor, &kind, &seqs, &ids, &data];
-            match client.execute(&write, &params).await {
-                Ok(_) => {
+            match write(&client, actor, kind, plan.writes()).await {
+                Ok(()) => {
                     self.tips.remember(stream, plan.tip());
                     let bytes = plan
                         .writes()
                         .iter()
                         .map(|(_, e)| (e.id.len() + e.data.len()) as u64)
                         .sum();
-                    return Ok((answers, seqs.len() as u64, bytes));
+                    return Ok((answers, plan.writes().len() as u64, bytes));
                 }
                 Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                     tracing::debug!(stream = %stream, "append collided with a write of another replica; reading the stream again");
@@ -150,6 +145,28 @@ impl StreamWriter {
             reason: format!("stream {stream} is contended by other log-store replicas; try again"),
         })
     }
+}
+
+/// Inserts `writes` (seq, entry) into the stream in one statement, committed on its own.
+async fn write(
+    client: &fedsx_pg::Client,
+    actor: &str,
+    kind: i16,
+    writes: &[(u64, NewEntry)],
+) -> Result<(), fedsx_pg::tokio_postgres::Error> {
+    if let [(seq, entry)] = writes {
+        let statement = client.prepare_cached(schema::WRITE_ONE).await?;
+        let params: [&(dyn ToSql + Sync); 5] = [&actor, &kind, &(*seq as i64), &&entry.id[..], &&entry.data[..]];
+        client.execute(&statement, &params).await?;
+        return Ok(());
+    }
+    let seqs: Vec<i64> = writes.iter().map(|(seq, _)| *seq as i64).collect();
+    let ids: Vec<&[u8]> = writes.iter().map(|(_, e)| &e.id[..]).collect();
+    let data: Vec<&[u8]> = writes.iter().map(|(_, e)| &e.data[..]).collect();
+    let statement = client.prepare_cached(schema::WRITE).await?;
+    let params: [&(dyn ToSql + Sync); 5] = [&actor, &kind, &seqs, &ids, &data];
+    client.execute(&statement, &params).await?;
+    Ok(())
 }
 
 /// The stream's committed tip and the seqs of those ids of `jobs` it holds.

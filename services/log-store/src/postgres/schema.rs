@@ -57,6 +57,10 @@ pub const WRITE: &str = "
     INSERT INTO log_entries (actor, kind, seq, id, data)
     SELECT $1, $2, seq, id, data FROM unnest($3::bigint[], $4::bytea[], $5::bytea[]) AS t(seq, id, data)";
 
+/// [`WRITE`] for a group of one entry, the common case over many quiet streams: a plain
+/// row costs the server less than arrays to unpack.
+pub const WRITE_ONE: &str = "INSERT INTO log_entries (actor, kind, seq, id, data) VALUES ($1, $2, $3, $4, $5)";
+
 /// The tip and a page after `$3`: at most `$4` entries, ending before the entry that
 /// would take the page's data past `$5` bytes (the first entry always included). One
 /// statement, so tip and entries come from one snapshot.

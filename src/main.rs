@@ -43,6 +43,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts: a service `fedsx up` started stops when `up` goes.
+    if let Err(err) = fedsx_runtime::parent::die_with_parent() {
+        eprintln!("fedsx: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

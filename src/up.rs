@@ -2,10 +2,12 @@
 //! child processes of this binary, started in dependency order, each waited for until it
 //! serves. If one dies, `up` says which and how, stops the others and exits 1 (it does not
 //! restart it: a crash loop should be seen, not hidden). SIGTERM or Ctrl-C stops them all,
-//! gateway first, and exits 0.
+//! gateway first, and exits 0. Should `up` itself be killed (kill -9), its children get
+//! SIGTERM from the kernel and stop as if it had asked (see `fedsx_runtime::parent`).
 
 use anyhow::{Context, bail};
 use fedsx_runtime::listen::READY_PREFIX;
+use fedsx_runtime::parent::PARENT_PID_ENV;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::net::SocketAddr;
@@ -72,6 +74,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         &[]
     };
+
+    // Every port free before anything starts, or one line naming the flag, the port and who
+    // holds it (a node left running, another program) instead of half a node.
+    for (flag, addr) in [
+        ("--http-listen", args.http_listen),
+        ("--kernel-listen", args.kernel_listen),
+        ("--log-store-listen", args.log_store_listen),
+        ("--delivery-listen", args.delivery_listen),
+    ] {
+        if addr.port() != 0 {
+            drop(fedsx_runtime::listen::bind(flag, addr).await?);
+        }
+    }
 
     let mut running: Vec<Running> = Vec::new();
     let started = async {
@@ -180,6 +195,8 @@ async fn start(name: &'static str, args: &[&str]) -> anyhow::Result<Running> {
         .stdout(Stdio::piped())
         // Its own process group: Ctrl-C reaches `up` alone, which stops the node in order.
         .process_group(0)
+        // And it stops by itself when `up` dies without stopping it (kill -9).
+        .env(PARENT_PID_ENV, std::process::id().to_string())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {name}"))?;

@@ -397,6 +397,13 @@ impl Node {
         self.wait().await
     }
 
+    /// SIGKILL to `up` alone: it can do nothing about its children.
+    pub fn sigkill(&mut self) -> anyhow::Result<()> {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL)?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Waits for `up` to exit by itself.
     pub async fn wait(&mut self) -> anyhow::Result<ExitStatus> {
         let started = Instant::now();

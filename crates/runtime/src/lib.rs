@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http_client;
 pub mod listen;
 pub mod metrics;
+pub mod parent;
 pub mod rpc_metrics;
 pub mod shutdown;
 pub mod telemetry;

@@ -400,3 +400,54 @@ async fn bad_enqueues_are_refused_with_a_reason() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "nothing was queued");
 }
+
+/// A damaged write-ahead log or table file makes delivery refuse to start (exit 1, a line
+/// naming the damaged file) instead of forgetting queued or delivered activities.
+#[tokio::test]
+async fn damaged_wal_or_table_refuses_to_start() {
+    let dir = TestDir::new();
+    let data = dir.join("delivery");
+    let mut service = start(&dir, "1h,1h,1h,1h,1h", &[]).await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let (actor, inbox) = peer.actor("down");
+    peer.answer("/actors/down/inbox", Answer::Status(500));
+    for n in 1..=20 {
+        client.enqueue(enqueue(&actor, &inbox, n)).await.unwrap();
+    }
+    service.sigkill().unwrap();
+    let intact = dir.join("intact");
+    std::fs::create_dir(&intact).unwrap();
+    for entry in std::fs::read_dir(&data).unwrap().flatten() {
+        std::fs::copy(entry.path(), intact.join(entry.file_name())).unwrap();
+    }
+
+    let refused = |damaged: &std::path::Path| {
+        let (status, stderr) = support::run_to_exit(&[
+            "delivery",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        let file = damaged.file_name().unwrap().to_str().unwrap();
+        assert!(
+            last.contains(&format!("the delivery queue data in {} is damaged", data.display())) && last.contains(file),
+            "{stderr}"
+        );
+    };
+    let wal = support::files_ending(&data, ".log").remove(0);
+    support::flip_byte(&wal, 0.6);
+    refused(&wal);
+
+    for entry in std::fs::read_dir(&intact).unwrap().flatten() {
+        std::fs::copy(entry.path(), data.join(entry.file_name())).unwrap();
+    }
+    support::flush_to_tables(&data);
+    let table = support::files_ending(&data, ".sst").remove(0);
+    support::flip_byte(&table, 0.3);
+    refused(&table);
+}

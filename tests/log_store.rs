@@ -610,7 +610,11 @@ async fn a_data_dir_it_cannot_own_stops_the_process_with_one_line() {
     .unwrap();
     assert_eq!(status.code(), Some(1));
     assert!(
-        stderr.lines().last().unwrap().contains("cannot open the database"),
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("cannot open the log-store database in"),
         "{stderr}"
     );
 
@@ -618,4 +622,82 @@ async fn a_data_dir_it_cannot_own_stops_the_process_with_one_line() {
     let (status, stderr) = support::run_to_exit(&["log-store", "--listen", "nowhere"]).unwrap();
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("--listen"), "{stderr}");
+}
+
+/// A damaged write-ahead log or table file makes the log-store refuse to start (exit 1, a
+/// line naming the damaged file and the way out) instead of serving a shorter log whose seqs
+/// it would hand out again.
+#[tokio::test]
+async fn damaged_wal_or_table_refuses_to_start() {
+    let dir = TestDir::new();
+    let data = dir.join("log-store");
+    let mut service = start(&dir).await;
+    let mut client = client(&service).await;
+    for n in 1..=20 {
+        let id = format!("{n}");
+        append(
+            &mut client,
+            "erin",
+            StreamKind::Outbox,
+            vec![entry(&id, "acknowledged")],
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // Acknowledged means synced: the entries are in the write-ahead log only.
+    service.sigkill().unwrap();
+    let intact = dir.join("intact");
+    copy_dir(&data, &intact);
+
+    let refused = |what: &str| {
+        let (status, stderr) = support::run_to_exit(&[
+            "log-store",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(status.code(), Some(1), "{what}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default().to_owned();
+        assert!(
+            last.contains(&format!("the log-store data in {} is damaged", data.display())) && last.contains("Restore"),
+            "{what}: {stderr}"
+        );
+        last
+    };
+
+    let wal = support::files_ending(&data, ".log").remove(0);
+    support::flip_byte(&wal, 0.6);
+    let said = refused("flipped WAL byte");
+    assert!(
+        said.contains(wal.file_name().unwrap().to_str().unwrap()),
+        "names the file: {said}"
+    );
+
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&intact, &data);
+    support::flush_to_tables(&data);
+    let table = support::files_ending(&data, ".sst").remove(0);
+    support::flip_byte(&table, 0.3);
+    let said = refused("flipped table byte");
+    assert!(
+        said.contains(table.file_name().unwrap().to_str().unwrap()),
+        "names the file: {said}"
+    );
+
+    // The intact copy serves every acknowledged entry.
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&intact, &data);
+    let service = start(&dir).await;
+    let mut client = self::client(&service).await;
+    assert_eq!(read_all(&mut client, "erin", StreamKind::Outbox).await.len(), 20);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }

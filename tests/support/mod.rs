@@ -491,3 +491,35 @@ pub async fn read_ids(
         out.extend(page.entries.into_iter().map(|e| (e.seq, e.id)));
     }
 }
+
+/// The files in `dir` whose names end with `suffix` (e.g. ".log", ".sst"), largest first.
+pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .map(|e| (e.metadata().unwrap().len(), e.path()))
+        .filter(|(len, _)| *len > 0)
+        .collect();
+    files.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    files.into_iter().map(|(_, path)| path).collect()
+}
+
+/// Damages a stopped store's file as a failing disk would: inverts the byte at `at` (a
+/// fraction of the file's length).
+pub fn flip_byte(file: &Path, at: f64) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let offset = ((bytes.len() as f64 * at) as usize).min(bytes.len() - 1);
+    bytes[offset] ^= 0xff;
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// Moves everything a stopped RocksDB store at `dir` holds from its write-ahead log into
+/// table files (opening it with the crate directly, as `fedsx` does).
+pub fn flush_to_tables(dir: &Path) {
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, &names).unwrap();
+    for name in &names {
+        db.flush_cf(db.cf_handle(name).unwrap()).unwrap();
+    }
+}

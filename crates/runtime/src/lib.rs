@@ -10,6 +10,7 @@ pub mod http_client;
 pub mod listen;
 pub mod metrics;
 pub mod parent;
+pub mod rocks;
 pub mod rpc_metrics;
 pub mod shutdown;
 pub mod telemetry;

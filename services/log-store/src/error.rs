@@ -111,6 +111,8 @@ pub enum OpenError {
     NotADirectory(String),
     #[error("{0} is not empty but holds no log-store database; refusing to start over it")]
     ForeignData(String),
+    #[error(transparent)]
+    Open(#[from] fedsx_runtime::rocks::RocksOpenError),
     #[error("cannot open the database: {0}")]
     RocksDb(String),
     #[error("the database has format version {found}, this build reads version {expected}")]

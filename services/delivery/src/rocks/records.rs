@@ -84,7 +84,6 @@ impl Records {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        options.set_paranoid_checks(true);
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cf_options = || {
             let mut cf = Options::default();
@@ -96,7 +95,8 @@ impl Records {
             cf
         };
         let cfs = [CF_ITEMS, CF_ENVELOPES, CF_PEERS].map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
-        let db = DB::open_cf_descriptors(&options, dir, cfs).map_err(|err| format!("cannot open the queue: {err}"))?;
+        let db = fedsx_runtime::rocks::open_verified(options, dir, cfs.into(), "delivery queue")
+            .map_err(|err| err.to_string())?;
         Ok(Records { db })
     }
 

@@ -53,7 +53,6 @@ impl RocksStore {
         let mut options = Options::default();
         options.create_if_missing(fresh);
         options.create_missing_column_families(fresh);
-        options.set_paranoid_checks(true);
         let mut ids_table = BlockBasedOptions::default();
         // Most id lookups are for ids the stream does not hold yet.
         ids_table.set_bloom_filter(10.0, false);
@@ -65,7 +64,7 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_TIPS, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
-        let db = DB::open_cf_descriptors(&options, dir, cfs).map_err(|err| OpenError::RocksDb(err.into_string()))?;
+        let db = fedsx_runtime::rocks::open_verified(options, dir, cfs, "log-store")?;
         check_format(&db, fresh)?;
 
         let db = Arc::new(db);

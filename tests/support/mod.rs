@@ -501,7 +501,7 @@ pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
         .map(|e| (e.metadata().unwrap().len(), e.path()))
         .filter(|(len, _)| *len > 0)
         .collect();
-    files.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    files.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
     files.into_iter().map(|(_, path)| path).collect()
 }
 

@@ -20,9 +20,20 @@ pub struct Config {
     #[arg(long, env = "FEDSX_PUBLIC_URL", default_value = "http://127.0.0.1:8700")]
     pub public_url: String,
 
-    /// Time allowed for one request, body included.
+    /// Time allowed for one request's body to arrive (past it: 408) and again for the
+    /// answer (past it: 504).
     #[arg(long, env = "FEDSX_GATEWAY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_seconds)]
     pub request_timeout: Duration,
+
+    /// Time allowed for a request's headers, counted from the connection's opening or the
+    /// end of the previous response: a connection that sends nothing, half its headers, or
+    /// stays idle between requests this long is closed.
+    #[arg(long, env = "FEDSX_GATEWAY_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_seconds)]
+    pub header_timeout: Duration,
+
+    /// Connections open at once; further ones wait in the listen backlog.
+    #[arg(long, env = "FEDSX_GATEWAY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 
     /// Bearer token the flow routes (/flows…) require; without it they are open to anyone
     /// who reaches the gateway.
@@ -33,6 +44,7 @@ pub struct Config {
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     text.strip_suffix('s')
         .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| *n > 0)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is not a number of seconds like 10s"))
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds like 10s"))
 }

@@ -7,6 +7,7 @@ mod error;
 pub mod flows;
 mod metrics;
 mod routes;
+mod server;
 
 pub use config::Config;
 
@@ -46,6 +47,8 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(fedsx_runtime::metrics::handler))
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), routes::around))
         .with_state(app))
 }
@@ -55,9 +58,11 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let router = router(&config)?;
     fedsx_runtime::listen::announce("gateway", &listener)?;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let limits = server::Limits {
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections as usize,
+    };
+    server::serve(listener, router, limits, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
 }

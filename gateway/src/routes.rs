@@ -143,7 +143,29 @@ pub async fn readyz(State(app): Shared) -> Result<&'static str, ApiError> {
     }
 }
 
-/// Every request: a server span continuing the caller's trace, a time limit, and a count.
+/// Any path no route serves: 404 with one line, whatever the path holds.
+pub async fn no_route(method: http::Method, uri: http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {method} {}", uri.path()))
+}
+
+/// A route that exists, asked with a method it does not serve.
+pub async fn wrong_method(method: http::Method, uri: http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+/// The most any route takes as a body; each route caps its own below it.
+const MAX_BODY_BYTES: usize = if fedsx_wire::MAX_ENVELOPE_BYTES > crate::flows::MAX_BODY_BYTES {
+    fedsx_wire::MAX_ENVELOPE_BYTES
+} else {
+    crate::flows::MAX_BODY_BYTES
+};
+
+/// Every request: a server span continuing the caller's trace, the body received within
+/// the time limit (408 if it trickles in slower), the answer within it again (504), and a
+/// count.
 pub async fn around(State(app): Shared, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -152,16 +174,53 @@ pub async fn around(State(app): Shared, request: Request, next: Next) -> Respons
         .to_owned();
     let span = fedsx_runtime::trace_context::http_server_span(request.method(), &route, request.headers());
     let (method, started) = (request.method().clone(), std::time::Instant::now());
-    let response = match tokio::time::timeout(app.request_timeout, next.run(request).instrument(span.clone())).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("no answer within {:?}", app.request_timeout),
-        )
-        .into_response(),
+    let response = match receive_body(request, app.request_timeout)
+        .instrument(span.clone())
+        .await
+    {
+        Err(refused) => refused.into_response(),
+        Ok(request) => {
+            match tokio::time::timeout(app.request_timeout, next.run(request).instrument(span.clone())).await {
+                Ok(response) => response,
+                Err(_) => ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("no answer within {:?}", app.request_timeout),
+                )
+                .into_response(),
+            }
+        }
     };
     span.record("http.response.status_code", response.status().as_u16());
     app.metrics
         .record(&method, &route, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Reads the whole body (at most [`MAX_BODY_BYTES`]) within `limit`, so a client that
+/// sends it too slowly is told so (408) instead of holding a kernel call open.
+async fn receive_body(request: Request, limit: std::time::Duration) -> Result<Request, ApiError> {
+    let (parts, body) = request.into_parts();
+    let read = Limited::new(body, MAX_BODY_BYTES).collect();
+    let body = match tokio::time::timeout(limit, read).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {limit:?}"),
+            ));
+        }
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over {MAX_BODY_BYTES} bytes"),
+            ));
+        }
+        Ok(Err(err)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {err}"),
+            ));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    Ok(Request::from_parts(parts, Body::from(body)))
 }

@@ -6,8 +6,8 @@ use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
 use fedsx_proto::delivery::v1::{ListDeadLettersRequest, ListPeersRequest, PeerStatus, RedriveRequest};
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{
-    ActorDocument, ActorRequest, CreateActorRequest, FollowRequest, GetActorRequest, LogEntry, LogKind, PublishRequest,
-    ReadLogRequest,
+    ActorDocument, ActorListRequest, ActorRequest, CreateActorRequest, FollowRequest, GetActorRequest, LogEntry,
+    LogKind, PublishRequest, ReadLogRequest,
 };
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
@@ -129,6 +129,40 @@ impl Command {
     }
 }
 
+/// Every item of a list RPC, page by page: `fetch(page_token)` answers one page and the
+/// next page's token (empty after the last).
+async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, tonic::Status>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let (items, next) = fetch(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
+}
+
+/// Every peer's delivery status.
+async fn list_peers(client: &DeliveryClient<TracedChannel>) -> Result<Vec<PeerStatus>, tonic::Status> {
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        async move {
+            let request = ListPeersRequest {
+                page_size: 0,
+                page_token,
+            };
+            let page = client.list_peers(request).await?.into_inner();
+            Ok((page.peers, page.next_page_token))
+        }
+    })
+    .await
+}
+
 pub async fn run(command: Command) -> anyhow::Result<()> {
     let target = command.target().clone();
     let k = || failed("kernel", &target.kernel);
@@ -155,18 +189,29 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(k())?
                 .into_inner();
-            let followers = client
-                .followers(ActorRequest { name: name.clone() })
-                .await
-                .map_err(k())?
-                .into_inner()
-                .actors;
-            let following = client
-                .following(ActorRequest { name })
-                .await
-                .map_err(k())?
-                .into_inner()
-                .actors;
+            let list = |page_token: String| ActorListRequest {
+                name: name.clone(),
+                page_size: 0,
+                page_token,
+            };
+            let followers = all_pages(|token| {
+                let (mut client, request) = (client.clone(), list(token));
+                async move {
+                    let page = client.followers(request).await?.into_inner();
+                    Ok((page.actors, page.next_page_token))
+                }
+            })
+            .await
+            .map_err(k())?;
+            let following = all_pages(|token| {
+                let (mut client, request) = (client.clone(), list(token));
+                async move {
+                    let page = client.following(request).await?.into_inner();
+                    Ok((page.actors, page.next_page_token))
+                }
+            })
+            .await
+            .map_err(k())?;
             if target.json {
                 let mut out = fedsx_wire::document::to_json(&document);
                 out["inbox_tip"] = json!(tips.inbox_tip);
@@ -250,12 +295,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Deliveries { .. } => {
-            let peers = delivery(&target)?
-                .list_peers(ListPeersRequest {})
-                .await
-                .map_err(d())?
-                .into_inner()
-                .peers;
+            let peers = list_peers(&delivery(&target)?).await.map_err(d())?;
             if target.json {
                 println!("{}", json!(peers.iter().map(status_json).collect::<Vec<_>>()));
             } else if peers.is_empty() {
@@ -274,26 +314,33 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::DeadLetters { peer, .. } => {
-            let mut client = delivery(&target)?;
+            let client = delivery(&target)?;
             let peers = match peer {
                 Some(peer) => vec![peer],
-                None => client
-                    .list_peers(ListPeersRequest {})
+                None => list_peers(&client)
                     .await
                     .map_err(d())?
-                    .into_inner()
-                    .peers
                     .into_iter()
                     .map(|p| p.peer)
                     .collect(),
             };
             let mut all = Vec::new();
             for peer in peers {
-                let dead = client
-                    .list_dead_letters(ListDeadLettersRequest { peer: peer.clone() })
-                    .await
-                    .map_err(d())?;
-                for letter in dead.into_inner().dead_letters {
+                let dead = all_pages(|page_token| {
+                    let mut client = client.clone();
+                    let request = ListDeadLettersRequest {
+                        peer: peer.clone(),
+                        page_size: 0,
+                        page_token,
+                    };
+                    async move {
+                        let page = client.list_dead_letters(request).await?.into_inner();
+                        Ok((page.dead_letters, page.next_page_token))
+                    }
+                })
+                .await
+                .map_err(d())?;
+                for letter in dead {
                     all.push(json!({ "peer": peer, "id": hex::encode(&letter.id), "attempts": letter.attempts, "last_error": letter.last_error }));
                 }
             }

@@ -97,6 +97,7 @@ pub async fn run(command: FlowCommand) -> anyhow::Result<()> {
                 status: status.unwrap_or_default().into(),
                 after,
                 limit,
+                ..ListFlowsRequest::default()
             };
             let answer = client.list_flows(request).await.map_err(k())?.into_inner();
             if target.json {

@@ -139,7 +139,10 @@ async fn retries_on_the_schedule_then_dead_letters_on_the_sixth_failure() {
     assert_eq!(status.last_error, "status 500");
     assert_eq!(peer.received("/actors/down/inbox").len(), 6, "tried six times");
     let dead = client
-        .list_dead_letters(ListDeadLettersRequest { peer: actor.clone() })
+        .list_dead_letters(ListDeadLettersRequest {
+            peer: actor.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -163,7 +166,10 @@ async fn a_permanent_refusal_is_dead_lettered_at_once_and_redrive_delivers_later
     wait_status(&client, &actor, "dead letter", |s| s.dead_letters == 1).await;
     assert_eq!(peer.received("/actors/gone/inbox").len(), 1, "not retried");
     let dead = client
-        .list_dead_letters(ListDeadLettersRequest { peer: actor.clone() })
+        .list_dead_letters(ListDeadLettersRequest {
+            peer: actor.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -148,7 +148,7 @@ async fn a_replica_killed_mid_traffic_loses_nothing_and_repeats_no_recorded_succ
     let deadline = Instant::now() + support::DEADLINE;
     loop {
         let peers = survivor
-            .list_peers(ListPeersRequest {})
+            .list_peers(ListPeersRequest::default())
             .await
             .unwrap()
             .into_inner()

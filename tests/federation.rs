@@ -8,7 +8,7 @@ use bytes::Bytes;
 use fedsx_proto::delivery::v1::PeerStatusRequest;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
-use fedsx_proto::kernel::v1::{ActorRequest, CreateActorRequest, FollowRequest, PublishRequest};
+use fedsx_proto::kernel::v1::{ActorListRequest, ActorRequest, CreateActorRequest, FollowRequest, PublishRequest};
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_runtime::http_client::{PeerHttp, Reply};
 use std::time::Duration;
@@ -54,7 +54,10 @@ async fn wait_tips(client: &KernelClient<Channel>, name: &str, want: (u64, u64))
 }
 
 async fn list(client: &mut KernelClient<Channel>, name: &str, following: bool) -> Vec<String> {
-    let request = ActorRequest { name: name.into() };
+    let request = ActorListRequest {
+        name: name.into(),
+        ..Default::default()
+    };
     let answer = if following {
         client.following(request).await
     } else {

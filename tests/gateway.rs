@@ -88,6 +88,15 @@ async fn every_inbound_error_has_its_status_and_appends_nothing() {
     .into();
     let forged = fedsx_wire::sign(&activity, &SigningKey::from_bytes(&[4; 32]), &kid).to_bytes();
     let inbox = format!("{}/actors/bob/inbox", node.url());
+    let with_object = |kind: ActivityType, object: &str| {
+        let activity = Activity {
+            r#type: kind.into(),
+            object: object.into(),
+            ..activity.clone()
+        };
+        fedsx_wire::sign(&activity, &key, &kid).to_bytes()
+    };
+    let upper = "AB".repeat(32);
 
     let cases: Vec<(&str, String, &str, Vec<u8>, u16)> = vec![
         (
@@ -105,6 +114,27 @@ async fn every_inbound_error_has_its_status_and_appends_nothing() {
             401,
         ),
         ("forged actor", inbox.clone(), CONTENT_TYPE, forged, 401),
+        (
+            "Accept of no activity id",
+            inbox.clone(),
+            CONTENT_TYPE,
+            with_object(ActivityType::Accept, "https://p.example/follow/1"),
+            400,
+        ),
+        (
+            "Undo of an uppercase id",
+            inbox.clone(),
+            CONTENT_TYPE,
+            with_object(ActivityType::Undo, &upper),
+            400,
+        ),
+        (
+            "Undo of a short id",
+            inbox.clone(),
+            CONTENT_TYPE,
+            with_object(ActivityType::Undo, "abcd"),
+            400,
+        ),
         (
             "unknown actor",
             format!("{}/actors/nobody/inbox", node.url()),

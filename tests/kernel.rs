@@ -6,7 +6,8 @@ mod support;
 use ed25519_dalek::SigningKey;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{
-    ActorDocument, ActorRequest, CreateActorRequest, GetActorRequest, GetPeerRequest, IngestRequest, PublishRequest,
+    ActorDocument, ActorListRequest, ActorRequest, CreateActorRequest, GetActorRequest, GetPeerRequest, IngestRequest,
+    PublishRequest,
 };
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{ReadRequest, StreamId, StreamKind};
@@ -162,7 +163,10 @@ async fn tips(client: &mut KernelClient<Channel>, name: &str) -> (u64, u64) {
 
 async fn followers(client: &mut KernelClient<Channel>, name: &str) -> Vec<String> {
     client
-        .followers(ActorRequest { name: name.into() })
+        .followers(ActorListRequest {
+            name: name.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -462,4 +466,94 @@ async fn the_accept_and_notes_reach_the_follower_through_delivery() {
         .into_inner();
     assert_eq!((status.delivered, status.pending), (2, 0));
     assert_eq!(peer.received("/actors/carol/inbox").len(), 2, "each exactly once");
+}
+
+/// RegisterPeer refuses a document whose key is of small order (it would verify forged
+/// signatures) or not canonically encoded, naming why; nothing is kept.
+#[tokio::test]
+async fn peers_with_weak_or_non_canonical_keys_are_refused() {
+    let dir = TestDir::new();
+    let log_store = start_log_store(&dir).await;
+    let kernel = start_kernel(&dir, &log_store).await;
+    let mut client = kernel_client(&kernel).await;
+    let url = "https://w.example/actors/weak";
+    let mut identity = vec![0u8; 32];
+    identity[0] = 1;
+    let mut non_canonical = vec![0xffu8; 32];
+    non_canonical[31] = 0x7f;
+    let on_curve = (2u8..=18)
+        .map(|y| {
+            non_canonical[0] = 0xed + y;
+            non_canonical.clone()
+        })
+        .find(|bytes| ed25519_dalek::VerifyingKey::from_bytes(&bytes[..].try_into().unwrap()).is_ok())
+        .unwrap();
+    for (key, why) in [
+        (identity, "public key is of small order"),
+        (on_curve, "public key is not canonically encoded"),
+    ] {
+        let document = ActorDocument {
+            id: url.into(),
+            inbox: format!("{url}/inbox"),
+            key_id: format!("{url}#key"),
+            public_key: key.into(),
+            ..ActorDocument::default()
+        };
+        let status = client.register_peer(document).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(why), "{status:?}");
+    }
+}
+
+/// ListActors pages as AIP-158 describes: every actor once, in name order, pages no larger
+/// than asked (1000 at most), and a bad page token or size is INVALID_ARGUMENT.
+#[tokio::test]
+async fn list_actors_pages_through_every_actor_once() {
+    use fedsx_proto::kernel::v1::ListActorsRequest;
+    let dir = TestDir::new();
+    let log_store = start_log_store(&dir).await;
+    let kernel = start_kernel(&dir, &log_store).await;
+    let mut client = kernel_client(&kernel).await;
+    let mut names: Vec<String> = (0..45).map(|i| format!("actor-{i:03}")).collect();
+    for name in &names {
+        client
+            .create_actor(CreateActorRequest { name: name.clone() })
+            .await
+            .unwrap();
+    }
+    names.sort();
+
+    let (mut listed, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let request = ListActorsRequest {
+            page_size: 20,
+            page_token: token,
+        };
+        let page = client.list_actors(request).await.unwrap().into_inner();
+        assert!(page.actors.len() <= 20);
+        listed.extend(page.actors.into_iter().map(|a| a.name));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!((listed, pages), (names.clone(), 3));
+
+    let everything = client
+        .list_actors(ListActorsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(everything.actors.len(), 45, "the default page (100) holds them all");
+    assert!(everything.next_page_token.is_empty());
+
+    for (page_size, page_token) in [(-1, ""), (10, "not-a-token")] {
+        let request = ListActorsRequest {
+            page_size,
+            page_token: page_token.into(),
+        };
+        let status = client.list_actors(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
 }

@@ -701,3 +701,24 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// A request over the 16 MiB message limit is RESOURCE_EXHAUSTED (not tonic's OUT_OF_RANGE),
+/// as docs/grpc-api.md says, and appends nothing.
+#[tokio::test]
+async fn a_request_over_the_message_limit_is_resource_exhausted() {
+    let dir = TestDir::new();
+    let service = start(&dir).await;
+    let mut client = client(&service).await.max_encoding_message_size(64 << 20);
+    let entries: Vec<NewEntry> = (0..17)
+        .map(|n| NewEntry {
+            id: Bytes::from(format!("big-{n}")),
+            data: Bytes::from(vec![7u8; 1 << 20]),
+        })
+        .collect();
+    let status = append(&mut client, "gus", StreamKind::Outbox, entries, None)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    assert_eq!(tip(&mut client, "gus", StreamKind::Outbox).await, 0);
+}

@@ -210,3 +210,37 @@ async fn every_process_serves_metrics_that_move() {
     })
     .await;
 }
+
+/// Counters exist from the start, at zero, before anything happened: a dashboard's rate of
+/// refusals or dead letters has a series to show from the first scrape.
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_are_reported_at_zero_before_any_traffic() {
+    let dir = TestDir::new();
+    let node = Node::start("fresh", &dir.join("data"), free_addr(), "1s", dir.path())
+        .await
+        .unwrap();
+    let kernel = scrape(node.kernel).await;
+    for outcome in ["new", "duplicate", "bad_signature", "unknown_sender", "malformed"] {
+        let labels = [("outcome", outcome)];
+        assert_eq!(
+            sample(&kernel, "fedsx_kernel_ingests_total", &labels),
+            Some(0.0),
+            "{outcome} in:\n{kernel}"
+        );
+    }
+    assert_eq!(sample(&kernel, "fedsx_kernel_signature_failures_total", &[]), Some(0.0));
+    let delivery = scrape(node.delivery).await;
+    for outcome in ["delivered", "retry", "dead_letter"] {
+        let labels = [("outcome", outcome)];
+        assert_eq!(
+            sample(&delivery, "fedsx_delivery_sends_total", &labels),
+            Some(0.0),
+            "{outcome} in:\n{delivery}"
+        );
+    }
+    let log_store = scrape(node.log_store).await;
+    assert!(
+        sample(&log_store, "fedsx_log_store_appends_total", &[]).is_some(),
+        "in:\n{log_store}"
+    );
+}

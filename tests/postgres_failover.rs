@@ -252,7 +252,7 @@ async fn acknowledged_appends_survive_a_primary_killed_mid_traffic() {
     let deadline = Instant::now() + support::DEADLINE;
     loop {
         let peers = deliveries
-            .list_peers(ListPeersRequest {})
+            .list_peers(ListPeersRequest::default())
             .await
             .unwrap()
             .into_inner()

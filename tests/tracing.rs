@@ -257,10 +257,28 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
     .await
     .unwrap();
 
+    // Prometheus scrapes of the gateway and of a gRPC service's port are not traced.
+    for url in [a.url(), a.kernel_url()] {
+        let scrape = http::Request::get(format!("{url}/metrics"))
+            .body(bytes::Bytes::new())
+            .unwrap();
+        let reply = fedsx_runtime::http_client::PeerHttp::new(true, std::time::Duration::from_secs(10))
+            .send(scrape, 1 << 22)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{url}/metrics");
+    }
+
     // Stopping flushes what is batched.
     assert!(a.stop().await.unwrap().success());
     assert!(b.stop().await.unwrap().success());
     let all = collector.spans.lock().unwrap().clone();
+    let scrapes: Vec<&str> = all
+        .iter()
+        .map(|r| r.span.name.as_str())
+        .filter(|name| name.contains("metrics"))
+        .collect();
+    assert!(scrapes.is_empty(), "scrapes traced: {scrapes:?}");
 
     // The Follow arriving at node A: its inbound POST starts the part of the trace we follow.
     let inbound_a = all
@@ -273,8 +291,12 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
     assert_eq!(attribute(inbound_a, "http.request.method"), "POST");
     assert_eq!(attribute(inbound_a, "http.response.status_code"), "202");
 
+    // Each gRPC hop is a client span in the caller and a server span in the callee.
+    let call_a = trace.find("node-a", "fedsx-gateway", "fedsx.kernel.v1.Kernel/Ingest");
+    assert_eq!(call_a.span.kind, SpanKind::Client as i32);
+    assert_child(call_a, inbound_a);
     let ingest_a = trace.find("node-a", "fedsx-kernel", "fedsx.kernel.v1.Kernel/Ingest");
-    assert_child(ingest_a, inbound_a);
+    assert_child(ingest_a, call_a);
     assert_eq!(ingest_a.span.kind, SpanKind::Server as i32);
     assert_eq!(attribute(ingest_a, "rpc.system"), "grpc");
     assert_eq!(attribute(ingest_a, "rpc.service"), "fedsx.kernel.v1.Kernel");
@@ -289,6 +311,10 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
 
     let append_a = trace.find("node-a", "fedsx-log-store", "fedsx.logstore.v1.LogStore/Append");
     assert!(trace.descends(append_a, ingest_a), "log-store append under the ingest");
+    let append_call = trace.find("node-a", "fedsx-kernel", "fedsx.logstore.v1.LogStore/Append");
+    assert_eq!(append_call.span.kind, SpanKind::Client as i32);
+    assert_eq!(attribute(append_call, "rpc.system"), "grpc");
+    assert_child(append_a, append_call);
     let accept = trace.find("node-a", "fedsx-kernel", "publish");
     assert!(
         trace.descends(accept, ingest_a),
@@ -299,6 +325,9 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
         trace.descends(enqueue_a, accept),
         "the Accept's enqueue continues the trace"
     );
+    let enqueue_call = trace.find("node-a", "fedsx-kernel", "fedsx.delivery.v1.Delivery/Enqueue");
+    assert_eq!(enqueue_call.span.kind, SpanKind::Client as i32);
+    assert_child(enqueue_a, enqueue_call);
     let post_a = trace.find("node-a", "fedsx-delivery", "POST");
     assert_eq!(post_a.span.kind, SpanKind::Client as i32);
     assert!(trace.descends(post_a, enqueue_a));
@@ -309,7 +338,7 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
     let inbound_b = trace.find("node-b", "fedsx-gateway", INBOX_ROUTE);
     assert_child(inbound_b, post_a);
     let ingest_b = trace.find("node-b", "fedsx-kernel", "fedsx.kernel.v1.Kernel/Ingest");
-    assert_child(ingest_b, inbound_b);
+    assert!(trace.descends(ingest_b, inbound_b));
     assert!(
         trace.descends(ingest_b, inbound_a),
         "one trace from A's inbound POST to B's kernel"

@@ -114,6 +114,7 @@ pub async fn list(State(app): Shared, Query(query): Query<ListQuery>) -> Result<
         status: status.into(),
         after: query.after,
         limit: query.limit,
+        ..ListFlowsRequest::default()
     };
     let answer = app.kernel.clone().list_flows(request).await?.into_inner();
     let flows: Vec<Value> = answer.flows.iter().map(to_json).collect();

@@ -131,7 +131,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rss_kb(child.pid())? / 1024,
         rss_before / 1024
     );
-    let status = client.clone().list_peers(ListPeersRequest {}).await?.into_inner();
+    let status = client
+        .clone()
+        .list_peers(ListPeersRequest::default())
+        .await?
+        .into_inner();
     let pending: u64 = status.peers.iter().map(|p| p.pending).sum();
     println!("pending across peers at the end: {pending}");
     Ok(())

@@ -435,7 +435,7 @@ pub async fn follow_and_wait(
     local: &str,
     remote: &str,
 ) {
-    use fedsx_proto::kernel::v1::{ActorRequest, FollowRequest};
+    use fedsx_proto::kernel::v1::{ActorListRequest, FollowRequest};
     let follow = FollowRequest {
         actor: local.into(),
         remote: remote.into(),
@@ -444,7 +444,13 @@ pub async fn follow_and_wait(
     eventually(&format!("{local} follows {remote}"), || {
         let mut kernel = kernel.clone();
         async move {
-            let following = kernel.following(ActorRequest { name: local.into() }).await.ok()?;
+            let following = kernel
+                .following(ActorListRequest {
+                    name: local.into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
             following.into_inner().actors.iter().any(|a| a == remote).then_some(())
         }
     })

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http_client;
 pub mod listen;
 pub mod metrics;
+pub mod paging;
 pub mod parent;
 pub mod rocks;
 pub mod rpc_metrics;

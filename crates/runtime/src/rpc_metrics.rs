@@ -54,6 +54,20 @@ pub fn code_name(code: tonic::Code) -> String {
     name
 }
 
+/// tonic refuses a request over the service's message limit with OUT_OF_RANGE; the gRPC
+/// code for "too large" is RESOURCE_EXHAUSTED (what grpc-go answers, and what our error
+/// table and docs promise), so the answer is rewritten to it, message kept.
+fn oversize_is_resource_exhausted(headers: &mut http::HeaderMap) {
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    let oversize = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    if out_of_range && oversize {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+}
+
 impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
@@ -81,7 +95,10 @@ where
         let answer = self.inner.call(request);
         let duration = self.duration.clone();
         Box::pin(async move {
-            let result = answer.await;
+            let mut result = answer.await;
+            if let Ok(response) = &mut result {
+                oversize_is_resource_exhausted(response.headers_mut());
+            }
             if let Some((service, method)) = method {
                 // Errors are trailers-only (grpc-status in the headers); a success carries
                 // its status in the trailers.

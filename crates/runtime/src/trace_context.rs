@@ -1,5 +1,5 @@
 //! W3C trace context across gRPC hops: extracted from incoming request headers into the
-//! server span, injected from the current span into outgoing request metadata.
+//! server span; each outgoing call gets a client span whose context it carries.
 
 pub use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
@@ -17,13 +17,13 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
-impl Injector for MetadataInjector<'_> {
+impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         if let (Ok(key), Ok(value)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            tonic::metadata::MetadataValue::try_from(value.as_str()),
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
         ) {
             self.0.insert(key, value);
         }
@@ -34,6 +34,9 @@ impl Injector for MetadataInjector<'_> {
 /// a `traceparent`. Used as tonic's `trace_fn`.
 pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
+    if !is_traced(path) {
+        return tracing::Span::none();
+    }
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
     let span = tracing::info_span!(
         "grpc.server",
@@ -53,9 +56,18 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
+/// Whether requests to `path` get a server span: not Prometheus's scrapes of `/metrics`,
+/// which come every few seconds and would bury the traces worth reading.
+fn is_traced(path: &str) -> bool {
+    path != "/metrics"
+}
+
 /// The server span of one HTTP request, a child of the caller's span when the request carries
 /// a `traceparent` (a peer node's delivery, or a client).
 pub fn http_server_span(method: &http::Method, route: &str, headers: &http::HeaderMap) -> tracing::Span {
+    if !is_traced(route) {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "http.server",
         otel.name = %format_args!("{method} {route}"),
@@ -111,28 +123,84 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     carrier.remove("traceparent")
 }
 
-/// A tonic interceptor that injects the current span's trace context into the call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct InjectTraceContext;
-
-impl tonic::service::Interceptor for InjectTraceContext {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let context = tracing::Span::current().context();
-        opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
-        });
-        Ok(request)
-    }
-}
-
 /// The W3C `traceparent` of the current span, for work that continues it later (a queued
 /// delivery); None when no OpenTelemetry context is active.
 pub fn current_traceparent() -> Option<String> {
     traceparent_of(&tracing::Span::current())
 }
 
-/// A channel to another fed-sx service whose calls carry the caller's trace context.
-pub type TracedChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, InjectTraceContext>;
+/// A channel to another fed-sx service: every call gets a client span (a child of the
+/// caller's current span) whose trace context it carries to the callee.
+#[derive(Debug, Clone)]
+pub struct TracedChannel {
+    inner: tonic::transport::Channel,
+}
+
+type CallFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<http::Response<tonic::body::Body>, tonic::transport::Error>> + Send>,
+>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for TracedChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        use tracing::Instrument;
+        let span = start_client_call(&mut request);
+        let call = self.inner.call(request);
+        let recorder = span.clone();
+        Box::pin(
+            async move {
+                let answer = call.await;
+                // A failed call answers its status in the headers ("trailers only"); a
+                // successful one in trailers, which this span does not wait for.
+                match &answer {
+                    Ok(response) => {
+                        let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+                        if let Some(code) = code.and_then(|c| c.parse::<i32>().ok()) {
+                            recorder.record("rpc.grpc.status_code", code);
+                            if code != 0 {
+                                recorder.record("otel.status_code", "ERROR");
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        recorder.record("otel.status_code", "ERROR");
+                    }
+                }
+                answer
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The client span of the gRPC call `request` makes, a child of the current span, with its
+/// trace context put into the request's headers.
+fn start_client_call<B>(request: &mut http::Request<B>) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
+    let span = tracing::info_span!(
+        "grpc.client",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()));
+    });
+    span
+}
 
 /// A traced channel to the service at `url` (named by `flag` in errors) that connects on
 /// first use and reconnects, so a service starts even when the one it calls is not up yet.
@@ -143,16 +211,15 @@ pub fn lazy_channel(flag: &str, url: &str) -> anyhow::Result<TracedChannel> {
     Ok(traced(endpoint.connect_lazy()))
 }
 
-/// Wraps `channel` so every call made over it carries the current trace context.
+/// Wraps `channel` so every call made over it has a client span and carries its context.
 pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
-    tonic::service::interceptor::InterceptedService::new(channel, InjectTraceContext)
+    TracedChannel { inner: channel }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-    use tonic::service::Interceptor;
     use tracing_subscriber::layer::SubscriberExt;
 
     const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -180,12 +247,28 @@ mod tests {
             assert_eq!(server.trace_id().to_string(), TRACE_ID);
             assert_ne!(server.span_id().to_string(), PARENT, "the server span is a new span");
 
-            let outgoing = span.in_scope(|| InjectTraceContext.call(tonic::Request::new(())).unwrap());
-            let traceparent = outgoing.metadata().get("traceparent").unwrap().to_str().unwrap();
+            let mut outgoing = http::Request::builder()
+                .uri("/fedsx.delivery.v1.Delivery/Enqueue")
+                .body(())
+                .unwrap();
+            let client = span.in_scope(|| start_client_call(&mut outgoing));
+            let client_context = client.context();
+            let client_span = client_context.span().span_context().clone();
+            assert_eq!(
+                client_span.trace_id().to_string(),
+                TRACE_ID,
+                "the call continues the trace"
+            );
+            assert_ne!(
+                client_span.span_id(),
+                server.span_id(),
+                "the call has a span of its own"
+            );
+            let traceparent = outgoing.headers().get("traceparent").unwrap().to_str().unwrap();
             assert_eq!(
                 traceparent,
-                format!("00-{TRACE_ID}-{}-01", server.span_id()),
-                "the next hop's parent is this server span"
+                format!("00-{TRACE_ID}-{}-01", client_span.span_id()),
+                "the next hop's parent is the client span"
             );
         });
     }

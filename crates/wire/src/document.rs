@@ -80,10 +80,5 @@ pub fn check(document: &ActorDocument) -> Result<VerifyingKey, String> {
     {
         return Err(format!("key id {} does not belong to {}", document.key_id, document.id));
     }
-    let key: [u8; 32] = document
-        .public_key
-        .as_ref()
-        .try_into()
-        .map_err(|_| format!("public key is {} bytes, must be 32", document.public_key.len()))?;
-    VerifyingKey::from_bytes(&key).map_err(|_| "public key is not a valid ed25519 key".to_owned())
+    crate::public_key(&document.public_key)
 }

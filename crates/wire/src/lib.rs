@@ -42,7 +42,11 @@ impl ActivityId {
         hex::encode(self.0)
     }
 
+    /// Exactly 64 lowercase hex digits (the form ids are written in); anything else is none.
     pub fn from_hex(text: &str) -> Option<ActivityId> {
+        if text.len() != 2 * ID_BYTES || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
         let mut id = [0u8; ID_BYTES];
         hex::decode_to_slice(text, &mut id).ok()?;
         Some(ActivityId(id))
@@ -104,6 +108,22 @@ pub fn sign(activity: &Activity, key: &SigningKey, key_id: &str) -> Signed {
     }
 }
 
+/// An actor's ed25519 public key as documents carry it: 32 bytes, the canonical encoding
+/// of a point, and not of small order (such a key verifies forged signatures).
+pub fn public_key(bytes: &[u8]) -> Result<VerifyingKey, String> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| format!("public key is {} bytes, must be 32", bytes.len()))?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| "public key is not a point of ed25519".to_owned())?;
+    if key.to_edwards().compress().to_bytes() != bytes {
+        return Err("public key is not canonically encoded".into());
+    }
+    if key.is_weak() {
+        return Err("public key is of small order".into());
+    }
+    Ok(key)
+}
+
 /// Why an envelope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -158,6 +178,13 @@ pub fn decode(envelope_bytes: &[u8]) -> Result<Received, WireError> {
             )));
         }
     };
+    if matches!(kind, ActivityType::Accept | ActivityType::Undo) && ActivityId::from_hex(&activity.object).is_none() {
+        return Err(WireError::BadField(format!(
+            "the object of {} must be an activity id, 64 lowercase hex digits, not {:?}",
+            kind.as_str_name(),
+            activity.object
+        )));
+    }
     if activity.actor.is_empty() {
         return Err(WireError::MissingField("actor"));
     }

@@ -285,3 +285,67 @@ fn ids_round_trip_through_hex() {
     assert_eq!(ActivityId::from_hex(&id.to_hex()), Some(id));
     assert_eq!(ActivityId::from_hex("zz"), None);
 }
+
+#[test]
+fn small_order_and_non_canonical_keys_are_refused() {
+    let good = SigningKey::from_bytes(&[5; 32]).verifying_key();
+    assert_eq!(public_key(good.as_bytes()).unwrap(), good);
+    assert!(public_key(&[1; 31]).unwrap_err().contains("31 bytes"));
+
+    // The identity (y = 1) and a point of order 4 (y = 0): small order.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    assert_eq!(public_key(&identity).unwrap_err(), "public key is of small order");
+    assert_eq!(public_key(&[0; 32]).unwrap_err(), "public key is of small order");
+
+    // y + p for small y: the same point as y, written non-canonically.
+    let mut refused = 0;
+    for y in 2u8..=18 {
+        let mut bytes = [0xffu8; 32];
+        bytes[0] = 0xed + y;
+        bytes[31] = 0x7f;
+        if VerifyingKey::from_bytes(&bytes).is_ok() {
+            assert_eq!(
+                public_key(&bytes).unwrap_err(),
+                "public key is not canonically encoded",
+                "y = {y}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "some y below 19 is on the curve");
+}
+
+#[test]
+fn accept_and_undo_name_an_activity_id_in_lowercase_hex() {
+    let key = SigningKey::from_bytes(&[6; 32]);
+    let actor = "https://a.example/actors/a";
+    let kid = key_id(actor, &key.verifying_key());
+    let envelope = |kind: ActivityType, object: &str| {
+        let activity = Activity {
+            r#type: kind.into(),
+            actor: actor.into(),
+            seq: 1,
+            object: object.into(),
+            ..Activity::default()
+        };
+        sign(&activity, &key, &kid).to_bytes()
+    };
+    let id = "0123456789abcdef".repeat(4);
+    for kind in [ActivityType::Accept, ActivityType::Undo] {
+        assert!(decode(&envelope(kind, &id)).is_ok());
+        for bad in [
+            id.to_uppercase(),
+            id[..62].to_owned(),
+            format!("{id}00"),
+            String::new(),
+            "x".repeat(64),
+        ] {
+            let err = decode(&envelope(kind, &bad)).unwrap_err();
+            assert!(
+                matches!(&err, WireError::BadField(why) if why.contains("64 lowercase hex digits")),
+                "{kind:?} {bad:?}: {err}"
+            );
+        }
+    }
+}

@@ -12,14 +12,19 @@ use std::time::Duration;
 /// How often the per-peer snapshot is refreshed.
 const REFRESH: Duration = Duration::from_secs(2);
 
-/// Send outcomes: `delivered`, `retry` (failed, tried again later), `dead_letter`.
+/// Send outcomes: `delivered`, `retry` (failed, tried again later), `dead_letter`; each
+/// reported from the start, at zero until it happens.
 pub(crate) fn sends() -> &'static Counter<u64> {
     static SENDS: OnceLock<Counter<u64>> = OnceLock::new();
     SENDS.get_or_init(|| {
-        meter()
+        let sends = meter()
             .u64_counter("fedsx.delivery.sends")
             .with_description("Sends to peers by outcome: delivered, retry (will be tried again), dead_letter")
-            .build()
+            .build();
+        for outcome in ["delivered", "retry", "dead_letter"] {
+            sends.add(0, &[KeyValue::new("outcome", outcome)]);
+        }
+        sends
     })
 }
 
@@ -34,6 +39,7 @@ pub(crate) struct QueueGauges {
 
 /// Registers the per-peer gauges over what `dispatcher`'s queue holds.
 pub(crate) fn register<Q: QueueStorage>(dispatcher: &Arc<Dispatcher<Q>>) -> QueueGauges {
+    sends();
     let snapshot: Snapshot = Arc::default();
     let refresh = {
         let (dispatcher, snapshot) = (Arc::downgrade(dispatcher), snapshot.clone());

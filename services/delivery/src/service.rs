@@ -6,6 +6,7 @@ use crate::error::DeliveryError;
 use crate::storage::{NewDelivery, PeerStatus, QueueStorage};
 use fedsx_proto::delivery::v1 as pb;
 use fedsx_runtime::error::ServiceError;
+use fedsx_runtime::paging::PageRequest;
 use pb::delivery_server::{Delivery as DeliveryApi, DeliveryServer};
 use std::sync::Arc;
 use tonic::{Request, Response, Status as GrpcStatus};
@@ -20,6 +21,10 @@ pub(crate) struct DeliveryService<Q> {
 
 fn status(err: DeliveryError) -> GrpcStatus {
     err.to_status()
+}
+
+fn page(page_size: i32, page_token: &str) -> Result<PageRequest, GrpcStatus> {
+    PageRequest::parse(page_size, page_token).map_err(|err| status(DeliveryError::BadRequest(err.to_string())))
 }
 
 fn is_url(text: &str) -> bool {
@@ -104,14 +109,19 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
 
     async fn list_peers(
         &self,
-        _: Request<pb::ListPeersRequest>,
+        request: Request<pb::ListPeersRequest>,
     ) -> Result<Response<pb::ListPeersResponse>, GrpcStatus> {
-        let statuses = self
+        let request = request.into_inner();
+        let page = page(request.page_size, &request.page_token)?;
+        let mut statuses = self
             .dispatcher
             .queue()
             .statuses()
             .await
             .map_err(|err| status(err.into()))?;
+        statuses.retain(|s| page.wants(&s.peer));
+        statuses.sort_unstable_by(|a, b| a.peer.cmp(&b.peer));
+        let (statuses, next_page_token) = page.take(statuses, |s| s.peer.as_str());
         let peers = statuses
             .into_iter()
             .map(|s| {
@@ -119,30 +129,41 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
                 to_proto(s, in_flight)
             })
             .collect();
-        Ok(Response::new(pb::ListPeersResponse { peers }))
+        Ok(Response::new(pb::ListPeersResponse { peers, next_page_token }))
     }
 
     async fn list_dead_letters(
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, GrpcStatus> {
-        let peer = request.into_inner().peer;
+        let request = request.into_inner();
+        let page = page(request.page_size, &request.page_token)?;
         let dead = self
             .dispatcher
             .queue()
-            .dead_letters(&peer)
+            .dead_letters(&request.peer)
             .await
             .map_err(|err| status(err.into()))?;
-        let dead_letters = dead
-            .ok_or_else(|| status(DeliveryError::NoSuchPeer(peer)))?
+        let mut dead: Vec<(String, _)> = dead
+            .ok_or_else(|| status(DeliveryError::NoSuchPeer(request.peer)))?
             .into_iter()
-            .map(|d| pb::DeadLetter {
+            .map(|d| (hex::encode(d.id), d))
+            .filter(|(key, _)| page.wants(key))
+            .collect();
+        dead.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let (dead, next_page_token) = page.take(dead, |(key, _)| key.as_str());
+        let dead_letters = dead
+            .into_iter()
+            .map(|(_, d)| pb::DeadLetter {
                 id: d.id.to_vec().into(),
                 attempts: d.attempts,
                 last_error: d.last_error,
             })
             .collect();
-        Ok(Response::new(pb::ListDeadLettersResponse { dead_letters }))
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters,
+            next_page_token,
+        }))
     }
 
     async fn redrive(&self, request: Request<pb::RedriveRequest>) -> Result<Response<pb::RedriveResponse>, GrpcStatus> {

@@ -8,7 +8,6 @@ use crate::error::KernelError;
 use crate::kernel::{Kernel, derived_id};
 use crate::publish::Draft;
 use bytes::Bytes;
-use ed25519_dalek::VerifyingKey;
 use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::kernel::v1::{ActorDocument, FollowerAdded, FollowerRemoved, FollowingAdded};
 use fedsx_proto::logstore::v1::StreamKind;
@@ -40,13 +39,10 @@ impl Kernel {
         span.record("fedsx.activity_id", received.id.to_string());
         let recipient_url = self.actor(recipient)?.id;
         let sender = self.sender_document(&received).await?;
-        let key = <[u8; 32]>::try_from(sender.public_key.as_ref())
-            .ok()
-            .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
-            .ok_or_else(|| KernelError::UnknownSender {
-                actor: sender.id.clone(),
-                reason: "document has no valid key".into(),
-            })?;
+        let key = fedsx_wire::public_key(&sender.public_key).map_err(|reason| KernelError::UnknownSender {
+            actor: sender.id.clone(),
+            reason: format!("document has no usable key: {reason}"),
+        })?;
         received.verify(&key)?;
 
         let answer = self

@@ -13,9 +13,11 @@ use bytes::Bytes;
 use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, JournalRecord, PeerRegistered};
 use fedsx_proto::logstore::v1::StreamKind;
+use fedsx_runtime::paging::PageRequest;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -112,7 +114,10 @@ impl Kernel {
             relay,
             relay_traces: Mutex::default(),
             flows,
-            _flow_gauge: crate::metrics::register_flows(this.clone()),
+            _flow_gauge: {
+                crate::metrics::init();
+                crate::metrics::register_flows(this.clone())
+            },
         });
         crate::relay::spawn(kernel.clone(), kicks, shutdown.clone());
         crate::flows::spawn_timers(kernel.clone(), shutdown);
@@ -173,8 +178,14 @@ impl Kernel {
             .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))
     }
 
-    pub fn actors(&self) -> Vec<ActorDocument> {
-        self.read_state().actors.values().map(|a| a.document.clone()).collect()
+    /// A page of the local actors' documents, in name order, and the next page's token.
+    pub fn actors(&self, page: &PageRequest) -> (Vec<ActorDocument>, String) {
+        let state = self.read_state();
+        let after = page.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let (names, next) = page.take(state.actors.range::<str, _>((after, Bound::Unbounded)), |(name, _)| {
+            name
+        });
+        (names.into_iter().map(|(_, a)| a.document.clone()).collect(), next)
     }
 
     /// Inbox and outbox tips of a local actor.
@@ -214,28 +225,26 @@ impl Kernel {
         Ok(futures::StreamExt::map(entries, |entry| Ok(log_entry(entry?))))
     }
 
-    pub fn followers(&self, name: &str) -> Result<Vec<String>, KernelError> {
+    /// A page of a local actor's followers (actor URLs in order), and the next page's token.
+    pub fn followers(&self, name: &str, page: &PageRequest) -> Result<(Vec<String>, String), KernelError> {
         let state = self.read_state();
         state
             .actor(name)
             .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))?;
-        Ok(state
-            .followers
-            .get(name)
-            .map(|f| f.keys().cloned().collect())
-            .unwrap_or_default())
+        let followers = state.followers.get(name).into_iter().flat_map(|f| f.keys());
+        let (page, next) = page.take(followers.filter(|url| page.wants(url)), |url| url.as_str());
+        Ok((page.into_iter().cloned().collect(), next))
     }
 
-    pub fn following(&self, name: &str) -> Result<Vec<String>, KernelError> {
+    /// A page of the actors a local actor follows (URLs in order), and the next page's token.
+    pub fn following(&self, name: &str, page: &PageRequest) -> Result<(Vec<String>, String), KernelError> {
         let state = self.read_state();
         state
             .actor(name)
             .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))?;
-        Ok(state
-            .following
-            .get(name)
-            .map(|f| f.iter().cloned().collect())
-            .unwrap_or_default())
+        let following = state.following.get(name).into_iter().flatten();
+        let (page, next) = page.take(following.filter(|url| page.wants(url)), |url| url.as_str());
+        Ok((page.into_iter().cloned().collect(), next))
     }
 
     /// Records a peer's document (checked first) so it need not be fetched.

@@ -26,7 +26,32 @@ fn ingest_metrics() -> &'static IngestMetrics {
     })
 }
 
-/// Why an ingest was refused, as a metric label.
+/// Every `outcome` label of `fedsx.kernel.ingests`.
+const OUTCOMES: [&str; 11] = [
+    "new",
+    "duplicate",
+    "bad_signature",
+    "foreign_key_id",
+    "too_large",
+    "malformed",
+    "unknown_sender",
+    "stale_key",
+    "unknown_recipient",
+    "unavailable",
+    "internal",
+];
+
+/// Reports every ingest counter at zero from the start, so a dashboard's rate of refusals
+/// has a series before the first one happens.
+pub(crate) fn init() {
+    let metrics = ingest_metrics();
+    metrics.signature_failures.add(0, &[]);
+    for outcome in OUTCOMES {
+        metrics.ingests.add(0, &[KeyValue::new("outcome", outcome)]);
+    }
+}
+
+/// Why an ingest was refused, as a metric label (one of [`OUTCOMES`]).
 fn refusal(err: &KernelError) -> &'static str {
     match err {
         KernelError::Wire(WireError::BadSignature) => "bad_signature",

@@ -7,6 +7,7 @@ use fedsx_proto::kernel::v1 as pb;
 use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_runtime::error::ServiceError;
+use fedsx_runtime::paging::{self, PageRequest};
 use pb::kernel_server::{Kernel as KernelApi, KernelServer};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -21,6 +22,10 @@ pub(crate) struct KernelService {
 
 fn status(err: KernelError) -> Status {
     err.to_status()
+}
+
+fn page(page_size: i32, page_token: &str) -> Result<PageRequest, Status> {
+    PageRequest::parse(page_size, page_token).map_err(|err| status(KernelError::BadRequest(err.to_string())))
 }
 
 fn log_kind(kind: i32) -> Result<StreamKind, Status> {
@@ -65,9 +70,15 @@ impl KernelApi for KernelService {
             .map_err(status)
     }
 
-    async fn list_actors(&self, _: Request<pb::ListActorsRequest>) -> Result<Response<pb::ListActorsResponse>, Status> {
+    async fn list_actors(
+        &self,
+        request: Request<pb::ListActorsRequest>,
+    ) -> Result<Response<pb::ListActorsResponse>, Status> {
+        let request = request.into_inner();
+        let (actors, next_page_token) = self.kernel.actors(&page(request.page_size, &request.page_token)?);
         Ok(Response::new(pb::ListActorsResponse {
-            actors: self.kernel.actors(),
+            actors,
+            next_page_token,
         }))
     }
 
@@ -132,14 +143,24 @@ impl KernelApi for KernelService {
             .map_err(status)
     }
 
-    async fn followers(&self, request: Request<pb::ActorRequest>) -> Result<Response<pb::ActorList>, Status> {
-        let actors = self.kernel.followers(&request.into_inner().name).map_err(status)?;
-        Ok(Response::new(pb::ActorList { actors }))
+    async fn followers(&self, request: Request<pb::ActorListRequest>) -> Result<Response<pb::ActorList>, Status> {
+        let request = request.into_inner();
+        let page = page(request.page_size, &request.page_token)?;
+        let (actors, next_page_token) = self.kernel.followers(&request.name, &page).map_err(status)?;
+        Ok(Response::new(pb::ActorList {
+            actors,
+            next_page_token,
+        }))
     }
 
-    async fn following(&self, request: Request<pb::ActorRequest>) -> Result<Response<pb::ActorList>, Status> {
-        let actors = self.kernel.following(&request.into_inner().name).map_err(status)?;
-        Ok(Response::new(pb::ActorList { actors }))
+    async fn following(&self, request: Request<pb::ActorListRequest>) -> Result<Response<pb::ActorList>, Status> {
+        let request = request.into_inner();
+        let page = page(request.page_size, &request.page_token)?;
+        let (actors, next_page_token) = self.kernel.following(&request.name, &page).map_err(status)?;
+        Ok(Response::new(pb::ActorList {
+            actors,
+            next_page_token,
+        }))
     }
 
     async fn read_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<pb::ReadLogResponse>, Status> {
@@ -215,9 +236,25 @@ impl KernelApi for KernelService {
                 ))));
             }
         };
-        let (flows, next) = self
-            .kernel
-            .list_flows(&request.name, status_filter, &request.after, request.limit);
-        Ok(Response::new(pb::ListFlowsResponse { flows, next }))
+        // page_token and page_size when set, else after and limit.
+        let after = page(request.page_size, &request.page_token)?
+            .after
+            .unwrap_or(request.after);
+        let limit = if request.page_size > 0 {
+            request.page_size as u32
+        } else {
+            request.limit
+        };
+        let (flows, next) = self.kernel.list_flows(&request.name, status_filter, &after, limit);
+        let next_page_token = if next.is_empty() {
+            String::new()
+        } else {
+            paging::token(&next)
+        };
+        Ok(Response::new(pb::ListFlowsResponse {
+            flows,
+            next,
+            next_page_token,
+        }))
     }
 }

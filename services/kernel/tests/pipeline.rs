@@ -221,7 +221,7 @@ async fn a_follow_is_recorded_and_auto_accepted_once() {
     let first = node.kernel.ingest("bob", &envelope).await.unwrap();
     assert_eq!((first.seq, first.new, first.id), (1, true, follow_id));
     assert_eq!(tips(&node).await, (1, 1), "inbox has the Follow, outbox the Accept");
-    assert_eq!(node.kernel.followers("bob").unwrap(), [PEER]);
+    assert_eq!(node.kernel.followers("bob", &first_page()).unwrap().0, [PEER]);
 
     // The Accept goes to alice's inbox, naming the Follow.
     let handoffs = wait_for_handoffs(&node, 1).await;
@@ -238,7 +238,7 @@ async fn a_follow_is_recorded_and_auto_accepted_once() {
     // Undo of that Follow removes the follower.
     let (_, undo) = alice.signed(ActivityType::Undo, &follow_id.to_hex());
     node.kernel.ingest("bob", &undo).await.unwrap();
-    assert!(node.kernel.followers("bob").unwrap().is_empty());
+    assert!(node.kernel.followers("bob", &first_page()).unwrap().0.is_empty());
 }
 
 async fn wait_for_handoffs(node: &Node, n: usize) -> Vec<fedsx_kernel::delivery::Handoff> {
@@ -277,7 +277,7 @@ async fn an_accept_of_our_follow_records_the_following() {
     node.kernel.register_peer(alice.document()).await.unwrap();
     let follow = node.kernel.follow("bob", PEER).await.unwrap();
     assert!(
-        node.kernel.following("bob").unwrap().is_empty(),
+        node.kernel.following("bob", &first_page()).unwrap().0.is_empty(),
         "not before the Accept"
     );
     let handoffs = wait_for_handoffs(&node, 1).await;
@@ -285,7 +285,7 @@ async fn an_accept_of_our_follow_records_the_following() {
 
     let (_, accept) = alice.signed(ActivityType::Accept, &follow.id.to_hex());
     node.kernel.ingest("bob", &accept).await.unwrap();
-    assert_eq!(node.kernel.following("bob").unwrap(), [PEER]);
+    assert_eq!(node.kernel.following("bob", &first_page()).unwrap().0, [PEER]);
 }
 
 fn code_of(err: fedsx_kernel::KernelError) -> (Code, String) {
@@ -452,7 +452,7 @@ async fn a_restart_keeps_actors_keys_followers_and_the_chain() {
 
     let (kernel, delivery) = kernel_on(&logs_url, &shutdown).await;
     assert_eq!(kernel.actor("bob").unwrap(), bob, "same document, same public key");
-    assert_eq!(kernel.followers("bob").unwrap(), [PEER]);
+    assert_eq!(kernel.followers("bob", &first_page()).unwrap().0, [PEER]);
     assert_eq!(kernel.peer(PEER).unwrap(), alice.document());
     assert_eq!(kernel.tips("bob").await.unwrap(), (1, 2));
     let after = kernel
@@ -587,9 +587,13 @@ async fn an_accept_of_a_follow_published_but_not_journaled_as_sent_still_counts(
     // An Accept naming some other activity does nothing.
     let (_, stray) = alice.signed(ActivityType::Accept, &ActivityId([9; 32]).to_hex());
     node.kernel.ingest("bob", &stray).await.unwrap();
-    assert!(node.kernel.following("bob").unwrap().is_empty());
+    assert!(node.kernel.following("bob", &first_page()).unwrap().0.is_empty());
 
     let (_, accept) = alice.signed(ActivityType::Accept, &follow.id.to_hex());
     node.kernel.ingest("bob", &accept).await.unwrap();
-    assert_eq!(node.kernel.following("bob").unwrap(), [PEER]);
+    assert_eq!(node.kernel.following("bob", &first_page()).unwrap().0, [PEER]);
+}
+
+fn first_page() -> fedsx_runtime::paging::PageRequest {
+    fedsx_runtime::paging::PageRequest::parse(0, "").unwrap()
 }

@@ -15,7 +15,7 @@ pub(crate) struct AppendMetrics {
 impl AppendMetrics {
     pub fn new() -> AppendMetrics {
         let meter = fedsx_runtime::metrics::meter();
-        AppendMetrics {
+        let metrics = AppendMetrics {
             entries: meter
                 .u64_counter("fedsx.log_store.appends")
                 .with_description("Entries durably appended (retries of stored entries not counted)")
@@ -36,7 +36,10 @@ impl AppendMetrics {
                 .with_description("Time of one durable write (a synced RocksDB batch or a PostgreSQL commit)")
                 .with_boundaries(fedsx_runtime::metrics::LATENCY_BUCKETS.to_vec())
                 .build(),
-        }
+        };
+        // Reported from the start, at zero until the first append.
+        metrics.appended(0, 0);
+        metrics
     }
 
     /// One durable write of `requests` appends took `elapsed`.

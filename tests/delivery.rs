@@ -457,3 +457,70 @@ async fn damaged_wal_or_table_refuses_to_start() {
     support::flip_byte(&table, 0.3);
     refused(&table);
 }
+
+/// ListPeers and ListDeadLetters page (AIP-158): every peer and every dead letter once, in
+/// key order, no page larger than asked.
+#[tokio::test]
+async fn peers_and_dead_letters_page() {
+    use fedsx_proto::delivery::v1::ListPeersRequest;
+    let dir = TestDir::new();
+    let service = start(&dir, FAST, &[]).await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let mut actors = Vec::new();
+    for name in ["p1", "p2", "p3", "p4", "p5"] {
+        let (actor, inbox) = peer.actor(name);
+        peer.answer(&format!("/actors/{name}/inbox"), Answer::Status(410));
+        client.enqueue(enqueue(&actor, &inbox, 1)).await.unwrap();
+        actors.push((actor, inbox));
+    }
+    let (gone, gone_inbox) = &actors[0];
+    for n in 2..=7 {
+        client.enqueue(enqueue(gone, gone_inbox, n)).await.unwrap();
+    }
+    wait_status(&client, gone, "seven dead letters", |s| s.dead_letters == 7).await;
+
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request = ListPeersRequest {
+            page_size: 2,
+            page_token: token,
+        };
+        let page = client.list_peers(request).await.unwrap().into_inner();
+        assert!(page.peers.len() <= 2);
+        listed.extend(page.peers.into_iter().map(|p| p.peer));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut expected: Vec<String> = actors.iter().map(|(a, _)| a.clone()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request = ListDeadLettersRequest {
+            peer: gone.clone(),
+            page_size: 3,
+            page_token: token,
+        };
+        let page = client.list_dead_letters(request).await.unwrap().into_inner();
+        assert!(page.dead_letters.len() <= 3);
+        ids.extend(page.dead_letters.into_iter().map(|d| d.id[0]));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(ids, (1..=7).collect::<Vec<u8>>());
+
+    let bad = ListPeersRequest {
+        page_size: 2,
+        page_token: "zz".into(),
+    };
+    let status = client.list_peers(bad).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+}

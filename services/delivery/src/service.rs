@@ -121,7 +121,7 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
             .map_err(|err| status(err.into()))?;
         statuses.retain(|s| page.wants(&s.peer));
         statuses.sort_unstable_by(|a, b| a.peer.cmp(&b.peer));
-        let (statuses, next_page_token) = page.take(statuses, |s| s.peer.as_str());
+        let (statuses, next_page_token) = page.take(statuses, |s| s.peer.clone());
         let peers = statuses
             .into_iter()
             .map(|s| {
@@ -151,7 +151,7 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
             .filter(|(key, _)| page.wants(key))
             .collect();
         dead.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let (dead, next_page_token) = page.take(dead, |(key, _)| key.as_str());
+        let (dead, next_page_token) = page.take(dead, |(key, _)| key.clone());
         let dead_letters = dead
             .into_iter()
             .map(|(_, d)| pb::DeadLetter {

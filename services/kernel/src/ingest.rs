@@ -70,6 +70,7 @@ impl Kernel {
             "ingested"
         );
         self.side_effects(recipient, &recipient_url, &received).await?;
+        self.sequence_seen(&sender, received.activity.seq);
         Ok(Ingested {
             seq: entry.seq,
             new: entry.appended,

@@ -40,6 +40,10 @@ pub struct Kernel {
     /// Trace context of each activity published here and not yet handed off.
     pub(crate) relay_traces: Mutex<HashMap<fedsx_wire::ActivityId, fedsx_runtime::trace_context::Context>>,
     pub(crate) flows: FlowTable,
+    /// Per sender, how far its sequence arrived without gaps, and the gaps not filled.
+    pub(crate) gaps: crate::gaps::Gaps,
+    /// This kernel, for the tasks it starts (a gap's fill).
+    me: std::sync::Weak<Kernel>,
     /// Reports flows by status while the kernel lives.
     _flow_gauge: fedsx_runtime::metrics::ObservableGauge<u64>,
 }
@@ -114,6 +118,8 @@ impl Kernel {
             relay,
             relay_traces: Mutex::default(),
             flows,
+            gaps: crate::gaps::Gaps::default(),
+            me: this.clone(),
             _flow_gauge: {
                 crate::metrics::init();
                 crate::metrics::register_flows(this.clone())
@@ -126,6 +132,22 @@ impl Kernel {
             kernel.kick_relay(&actor);
         }
         Ok(kernel)
+    }
+
+    /// The local actor name in `url`, when it is a local actor's URL (the actor may not
+    /// exist).
+    pub(crate) fn local_name<'a>(&self, url: &'a str) -> Option<&'a str> {
+        url.strip_prefix(self.actors_prefix.as_str())
+    }
+
+    /// Seq `seq` of remote `sender` was taken: a gap it opens is filled in the background.
+    pub(crate) fn sequence_seen(&self, sender: &ActorDocument, seq: u64) {
+        if self.local_name(&sender.id).is_some() {
+            return;
+        }
+        if let (Some(fill), Some(me)) = (self.gaps.seen(&sender.id, seq), self.me.upgrade()) {
+            crate::backfill::spawn(me, sender.clone(), fill);
+        }
     }
 
     pub(crate) fn kick_relay(&self, actor: &str) {
@@ -183,7 +205,7 @@ impl Kernel {
         let state = self.read_state();
         let after = page.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let (names, next) = page.take(state.actors.range::<str, _>((after, Bound::Unbounded)), |(name, _)| {
-            name
+            name.to_string()
         });
         (names.into_iter().map(|(_, a)| a.document.clone()).collect(), next)
     }
@@ -232,7 +254,7 @@ impl Kernel {
             .actor(name)
             .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))?;
         let followers = state.followers.get(name).into_iter().flat_map(|f| f.keys());
-        let (page, next) = page.take(followers.filter(|url| page.wants(url)), |url| url.as_str());
+        let (page, next) = page.take(followers.filter(|url| page.wants(url)), |url| url.to_string());
         Ok((page.into_iter().cloned().collect(), next))
     }
 
@@ -243,7 +265,7 @@ impl Kernel {
             .actor(name)
             .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))?;
         let following = state.following.get(name).into_iter().flatten();
-        let (page, next) = page.take(following.filter(|url| page.wants(url)), |url| url.as_str());
+        let (page, next) = page.take(following.filter(|url| page.wants(url)), |url| url.to_string());
         Ok((page.into_iter().cloned().collect(), next))
     }
 

@@ -4,10 +4,12 @@
 //! activities to delivery. Everything that must survive a restart is journaled in the
 //! log-store; the only other state is the node secret keys are derived from.
 
+mod backfill;
 mod config;
 pub mod delivery;
 mod error;
 mod flows;
+mod gaps;
 mod ingest;
 mod kernel;
 mod keys;

@@ -10,6 +10,7 @@ use std::sync::{OnceLock, Weak};
 struct IngestMetrics {
     ingests: Counter<u64>,
     signature_failures: Counter<u64>,
+    gap_activities: Counter<u64>,
 }
 
 fn ingest_metrics() -> &'static IngestMetrics {
@@ -22,6 +23,10 @@ fn ingest_metrics() -> &'static IngestMetrics {
         signature_failures: meter()
             .u64_counter("fedsx.kernel.signature_failures")
             .with_description("Inbound envelopes whose signature did not verify")
+            .build(),
+        gap_activities: meter()
+            .u64_counter("fedsx.kernel.gap_activities")
+            .with_description("Activities missing from a sender's sequence: filled from its outbox, or unfilled")
             .build(),
     })
 }
@@ -46,6 +51,9 @@ const OUTCOMES: [&str; 11] = [
 pub(crate) fn init() {
     let metrics = ingest_metrics();
     metrics.signature_failures.add(0, &[]);
+    for outcome in ["filled", "unfilled"] {
+        metrics.gap_activities.add(0, &[KeyValue::new("outcome", outcome)]);
+    }
     for outcome in OUTCOMES {
         metrics.ingests.add(0, &[KeyValue::new("outcome", outcome)]);
     }
@@ -64,6 +72,13 @@ fn refusal(err: &KernelError) -> &'static str {
         KernelError::LogStoreUnavailable(_) => "unavailable",
         _ => "internal",
     }
+}
+
+/// `count` activities of a gap were filled or given up on (`outcome`).
+pub(crate) fn gap_activities(outcome: &'static str, count: u64) {
+    ingest_metrics()
+        .gap_activities
+        .add(count, &[KeyValue::new("outcome", outcome)]);
 }
 
 /// Counts one ingest's outcome.

@@ -221,6 +221,23 @@ impl KernelApi for KernelService {
             .map_err(status)
     }
 
+    async fn list_gaps(&self, request: Request<pb::ListGapsRequest>) -> Result<Response<pb::ListGapsResponse>, Status> {
+        let request = request.into_inner();
+        let page = page(request.page_size, &request.page_token)?;
+        let unfilled = self.kernel.gaps.unfilled();
+        let (gaps, next_page_token) = page.take(unfilled.into_iter().filter(|g| page.wants(&g.key())), |g| g.key());
+        let gaps = gaps
+            .into_iter()
+            .map(|g| pb::Gap {
+                sender: g.sender,
+                first_seq: g.first,
+                last_seq: g.last,
+                reason: g.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::ListGapsResponse { gaps, next_page_token }))
+    }
+
     async fn list_flows(
         &self,
         request: Request<pb::ListFlowsRequest>,

@@ -1,0 +1,123 @@
+//! Filling a gap in what a sender sent us (see [`crate::gaps`]): its outbox is read page
+//! by page from the first missing seq, and each activity is taken exactly like an inbound
+//! POST by every local actor it is addressed to (one it is not addressed to only counts as
+//! seen). What cannot be had is given up on, with the reason.
+
+use crate::gaps::{Fill, MAX_GAP};
+use crate::kernel::Kernel;
+use crate::state::followers_url;
+use bytes::Bytes;
+use fedsx_proto::kernel::v1::ActorDocument;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// Fills `fill` for `sender`, then any gap that opened meanwhile, in a task of its own.
+pub(crate) fn spawn(kernel: Arc<Kernel>, sender: ActorDocument, fill: Fill) {
+    let span = tracing::info_span!("gap.fill", fedsx.actor = %sender.id);
+    tokio::spawn(
+        async move {
+            let mut fill = fill;
+            loop {
+                kernel.fill(&sender, fill).await;
+                match kernel.gaps.fill_done(&sender.id) {
+                    Some(next) => fill = next,
+                    None => return,
+                }
+            }
+        }
+        .instrument(span),
+    );
+}
+
+impl Kernel {
+    async fn fill(&self, sender: &ActorDocument, fill: Fill) {
+        let (first, last) = (fill.after + 1, fill.before.saturating_sub(1));
+        if last < first {
+            return;
+        }
+        let missing = last - first + 1;
+        if missing > MAX_GAP {
+            let reason = format!("{missing} activities missing, more than the {MAX_GAP} one gap is filled up to");
+            self.gaps.give_up(&sender.id, first, last, reason);
+            return;
+        }
+        tracing::info!(sender = %sender.id, first, last, "filling a gap from the sender's outbox");
+        let mut after = fill.after;
+        while after < last {
+            let page = match self.fetcher.fetch_outbox(&sender.outbox, after, last - after).await {
+                Ok(page) => page,
+                Err(reason) => return self.gaps.give_up(&sender.id, after + 1, last, reason),
+            };
+            let mut progressed = false;
+            for (seq, envelope) in page {
+                if seq <= after || seq > last {
+                    continue;
+                }
+                if seq != after + 1 {
+                    let reason = format!("the outbox answered seq {seq} after {after}");
+                    self.gaps.give_up(&sender.id, after + 1, seq - 1, reason);
+                }
+                match self.take_fetched(sender, seq, envelope).await {
+                    Ok(()) => crate::metrics::gap_activities("filled", 1),
+                    Err(reason) => self.gaps.give_up(&sender.id, seq, seq, reason),
+                }
+                after = seq;
+                progressed = true;
+            }
+            if !progressed {
+                let reason = "the sender's outbox does not serve them".to_owned();
+                return self.gaps.give_up(&sender.id, after + 1, last, reason);
+            }
+        }
+    }
+
+    /// Takes the fetched activity `seq` of `sender` as an inbound POST to each local actor
+    /// it is addressed to.
+    async fn take_fetched(&self, sender: &ActorDocument, seq: u64, envelope: Bytes) -> Result<(), String> {
+        let received = fedsx_wire::decode(&envelope).map_err(|err| format!("outbox entry {seq}: {err}"))?;
+        let activity = &received.activity;
+        if activity.actor != sender.id || activity.seq != seq {
+            return Err(format!(
+                "outbox entry {seq} is activity {} of {}, not the sender's {seq}",
+                activity.seq, activity.actor
+            ));
+        }
+        let recipients = self.local_recipients(&sender.id, &activity.to);
+        for recipient in &recipients {
+            Box::pin(self.ingest(recipient, &envelope))
+                .await
+                .map_err(|err| format!("outbox entry {seq} for {recipient}: {err}"))?;
+        }
+        if recipients.is_empty() {
+            // Not for anyone here: it only closes the gap.
+            self.gaps.seen(&sender.id, seq);
+        }
+        Ok(())
+    }
+
+    /// Local actors an activity of `sender` addressed to `to` is for: those named, and
+    /// those following the sender when its followers are addressed.
+    fn local_recipients(&self, sender: &str, to: &[String]) -> Vec<String> {
+        let followers = followers_url(sender);
+        let state = self.read_state();
+        let mut names: Vec<String> = Vec::new();
+        for target in to {
+            if *target == followers {
+                names.extend(
+                    state
+                        .following
+                        .iter()
+                        .filter(|(_, followed)| followed.contains(sender))
+                        .map(|(name, _)| name.clone()),
+                );
+            } else if let Some(name) = self.local_name(target)
+                && state.actor(name).is_some()
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+}

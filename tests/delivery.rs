@@ -423,10 +423,7 @@ async fn damaged_wal_or_table_refuses_to_start() {
     }
     service.sigkill().unwrap();
     let intact = dir.join("intact");
-    std::fs::create_dir(&intact).unwrap();
-    for entry in std::fs::read_dir(&data).unwrap().flatten() {
-        std::fs::copy(entry.path(), intact.join(entry.file_name())).unwrap();
-    }
+    support::copy_dir(&data, &intact);
 
     let refused = |damaged: &std::path::Path| {
         let (status, stderr) = support::run_to_exit(&[
@@ -449,9 +446,7 @@ async fn damaged_wal_or_table_refuses_to_start() {
     support::flip_byte(&wal, 0.6);
     refused(&wal);
 
-    for entry in std::fs::read_dir(&intact).unwrap().flatten() {
-        std::fs::copy(entry.path(), data.join(entry.file_name())).unwrap();
-    }
+    support::copy_dir(&intact, &data);
     support::flush_to_tables(&data);
     let table = support::files_ending(&data, ".sst").remove(0);
     support::flip_byte(&table, 0.3);

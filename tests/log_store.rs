@@ -648,7 +648,7 @@ async fn damaged_wal_or_table_refuses_to_start() {
     // Acknowledged means synced: the entries are in the write-ahead log only.
     service.sigkill().unwrap();
     let intact = dir.join("intact");
-    copy_dir(&data, &intact);
+    support::copy_dir(&data, &intact);
 
     let refused = |what: &str| {
         let (status, stderr) = support::run_to_exit(&[
@@ -677,7 +677,7 @@ async fn damaged_wal_or_table_refuses_to_start() {
     );
 
     std::fs::remove_dir_all(&data).unwrap();
-    copy_dir(&intact, &data);
+    support::copy_dir(&intact, &data);
     support::flush_to_tables(&data);
     let table = support::files_ending(&data, ".sst").remove(0);
     support::flip_byte(&table, 0.3);
@@ -689,17 +689,10 @@ async fn damaged_wal_or_table_refuses_to_start() {
 
     // The intact copy serves every acknowledged entry.
     std::fs::remove_dir_all(&data).unwrap();
-    copy_dir(&intact, &data);
+    support::copy_dir(&intact, &data);
     let service = start(&dir).await;
     let mut client = self::client(&service).await;
     assert_eq!(read_all(&mut client, "erin", StreamKind::Outbox).await.len(), 20);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
 }
 
 /// A request over the 16 MiB message limit is RESOURCE_EXHAUSTED (not tonic's OUT_OF_RANGE),

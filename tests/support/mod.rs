@@ -511,6 +511,14 @@ pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     files.into_iter().map(|(_, path)| path).collect()
 }
 
+/// Copies the files of directory `from` into `to` (created), e.g. a stopped store's data.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 /// Damages a stopped store's file as a failing disk would: inverts the byte at `at` (a
 /// fraction of the file's length).
 pub fn flip_byte(file: &Path, at: f64) {

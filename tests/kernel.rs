@@ -557,3 +557,23 @@ async fn list_actors_pages_through_every_actor_once() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     }
 }
+
+/// A Publish whose signed envelope no inbox would accept is refused with the limit named,
+/// and nothing is appended (it would otherwise sit at the head of the outbox for good).
+#[tokio::test]
+async fn a_publish_over_the_inbox_limit_is_refused_and_appends_nothing() {
+    let dir = TestDir::new();
+    let log_store = start_log_store(&dir).await;
+    let kernel = start_kernel(&dir, &log_store).await;
+    let mut client = kernel_client(&kernel).await;
+    client
+        .create_actor(CreateActorRequest { name: "alice".into() })
+        .await
+        .unwrap();
+    let status = client.publish(note("alice", &"x".repeat(300_000))).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("over the 262144 bytes"), "{status:?}");
+    assert_eq!(tips(&mut client, "alice").await, (0, 0));
+    let fits = client.publish(note("alice", &"x".repeat(200_000))).await.unwrap();
+    assert_eq!(fits.into_inner().seq, 1);
+}

@@ -97,6 +97,15 @@ impl Kernel {
                 prev: head.last.map(|id| Bytes::copy_from_slice(&id.0)).unwrap_or_default(),
             };
             let signed = fedsx_wire::sign(&activity, &key, &document.key_id);
+            let envelope = signed.to_bytes();
+            if envelope.len() > fedsx_wire::MAX_ENVELOPE_BYTES {
+                // No inbox would take it: refused here, before it could block the outbox.
+                return Err(KernelError::BadRequest(format!(
+                    "the signed activity would be {} bytes, over the {} bytes an inbox accepts; shorten the content",
+                    envelope.len(),
+                    fedsx_wire::MAX_ENVELOPE_BYTES
+                )));
+            }
             let entry_id = draft.once_key.unwrap_or(signed.id.0);
             let appended = self
                 .logs
@@ -104,7 +113,7 @@ impl Kernel {
                     &draft.actor,
                     StreamKind::Outbox,
                     Bytes::copy_from_slice(&entry_id),
-                    signed.to_bytes().into(),
+                    envelope.into(),
                     Some(head.tip),
                 )
                 .await;

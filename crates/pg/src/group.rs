@@ -85,7 +85,16 @@ where
             }
         };
         if first {
-            tokio::spawn(self.clone().drain(key));
+            // The first job of an idle key is written by its own caller, alone: no task to
+            // start and no wake-up to wait for in the common case of a quiet stream. Jobs
+            // that queued meanwhile are drained by a task, which also takes over should
+            // this caller go away mid-write (only its own job is in that write).
+            let takeover = Takeover {
+                group: Some(self.clone()),
+                key: key.clone(),
+            };
+            self.write_group(&key, 1).await;
+            takeover.finish();
         }
         answer.await.map_err(|_| Closed)
     }
@@ -107,30 +116,82 @@ where
 
     /// Writes the key's waiting jobs, a group at a time, until none are left.
     async fn drain(self: Arc<Self>, key: K) {
-        loop {
-            let group: Vec<Waiting<J, W::Answer>> = {
-                let mut queues = self.queues.lock().expect("group lock poisoned");
-                let Some(queue) = queues.get_mut(&key) else { return };
-                if queue.is_empty() {
-                    queues.remove(&key);
-                    return;
-                }
-                let n = queue.len().min(self.max_group);
-                queue.drain(..n).collect()
-            };
-            let mut replies = Vec::with_capacity(group.len());
-            let mut jobs = Vec::with_capacity(group.len());
-            for waiting in group {
-                jobs.push(waiting.job);
-                replies.push((waiting.reply, waiting._permit));
+        while self.write_group(&key, self.max_group).await {}
+    }
+
+    /// Writes up to `max` of the key's waiting jobs as one group and answers them; false
+    /// (and the key forgotten) when none wait.
+    async fn write_group(&self, key: &K, max: usize) -> bool {
+        let group: Vec<Waiting<J, W::Answer>> = {
+            let mut queues = self.queues.lock().expect("group lock poisoned");
+            let Some(queue) = queues.get_mut(key) else { return false };
+            if queue.is_empty() {
+                queues.remove(key);
+                return false;
             }
-            let expected = jobs.len();
-            let answers = self.writer.write(&key, jobs).await;
-            debug_assert_eq!(answers.len(), expected, "a writer answers every job");
-            // A job left without an answer sees its sender dropped: `Closed`.
-            for ((reply, _permit), answer) in replies.into_iter().zip(answers) {
-                let _ = reply.send(answer);
+            let n = queue.len().min(max);
+            queue.drain(..n).collect()
+        };
+        let mut replies = Vec::with_capacity(group.len());
+        let mut jobs = Vec::with_capacity(group.len());
+        for waiting in group {
+            jobs.push(waiting.job);
+            replies.push((waiting.reply, waiting._permit));
+        }
+        let expected = jobs.len();
+        let answers = self.writer.write(key, jobs).await;
+        debug_assert_eq!(answers.len(), expected, "a writer answers every job");
+        // A job left without an answer sees its sender dropped: `Closed`.
+        for ((reply, _permit), answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer);
+        }
+        true
+    }
+}
+
+/// After a key's first job was written by its caller: the key is forgotten when nothing
+/// else queued, else its drain goes on in a task — also when the caller was dropped before
+/// its write finished.
+struct Takeover<K, J, W>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    J: Send + 'static,
+    W: GroupWriter<K, J>,
+{
+    group: Option<Arc<GroupCommit<K, J, W>>>,
+    key: K,
+}
+
+impl<K, J, W> Takeover<K, J, W>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    J: Send + 'static,
+    W: GroupWriter<K, J>,
+{
+    fn finish(mut self) {
+        let Some(group) = self.group.take() else { return };
+        {
+            let mut queues = group.queues.lock().expect("group lock poisoned");
+            if queues.get(&self.key).is_none_or(Vec::is_empty) {
+                queues.remove(&self.key);
+                return;
             }
+        }
+        tokio::spawn(group.drain(self.key.clone()));
+    }
+}
+
+impl<K, J, W> Drop for Takeover<K, J, W>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    J: Send + 'static,
+    W: GroupWriter<K, J>,
+{
+    fn drop(&mut self) {
+        if let Some(group) = self.group.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(group.drain(self.key.clone()));
         }
     }
 }
@@ -157,8 +218,16 @@ mod tests {
                 0,
                 "one write at a time here"
             );
+            // Also when the write is dropped (its caller cancelled).
+            struct Done<'a>(&'a AtomicUsize);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let done = Done(&self.writing);
             tokio::time::sleep(Duration::from_millis(20)).await;
-            self.writing.fetch_sub(1, Ordering::SeqCst);
+            drop(done);
             let mut groups = self.groups.lock().unwrap();
             groups.push((*key, jobs.clone()));
             let n = groups.len();
@@ -193,5 +262,30 @@ mod tests {
         assert_eq!(group.pending(), 0);
         group.close(Duration::from_secs(1)).await;
         assert_eq!(group.submit(1, 9).await, Err(Closed));
+    }
+
+    #[tokio::test]
+    async fn jobs_queued_behind_a_cancelled_caller_are_still_written() {
+        let group = GroupCommit::new(Recorder::default(), 100, 8);
+        let first = {
+            let group = group.clone();
+            tokio::spawn(async move { group.submit(1, 0).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let queued: Vec<_> = (1..4u32)
+            .map(|job| {
+                let group = group.clone();
+                tokio::spawn(async move { group.submit(1, job).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        first.abort();
+        for answer in queued {
+            let (_, job) = answer.await.unwrap().unwrap();
+            assert!((1..4).contains(&job));
+        }
+        let groups = group.writer().groups.lock().unwrap().clone();
+        assert_eq!(groups, [(1, vec![1, 2, 3])], "the cancelled write never finished");
+        assert_eq!(group.pending(), 0);
     }
 }

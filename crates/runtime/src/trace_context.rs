@@ -37,23 +37,29 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     if !is_traced(path) {
         return tracing::Span::none();
     }
-    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
-    let span = tracing::info_span!(
-        "grpc.server",
-        otel.name = %format_args!("{service}/{method}"),
-        otel.kind = "server",
-        rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
-        rpc.grpc.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
+    let span = grpc_span("server", path);
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(request.headers()))
     });
     // Fails only when no OpenTelemetry layer is installed; the span is then local only.
     let _ = span.set_parent(parent);
     span
+}
+
+/// The span of one gRPC call to `path` (`/package.Service/Method`), as its `kind`
+/// ("server" or "client") sees it, named `Service/Method` with the RPC semantic conventions.
+fn grpc_span(kind: &'static str, path: &str) -> tracing::Span {
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
+    tracing::info_span!(
+        "grpc",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = kind,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 /// Whether requests to `path` get a server span: not Prometheus's scrapes of `/metrics`,
@@ -183,18 +189,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for TracedChannel {
 /// The client span of the gRPC call `request` makes, a child of the current span, with its
 /// trace context put into the request's headers.
 fn start_client_call<B>(request: &mut http::Request<B>) -> tracing::Span {
-    let path = request.uri().path();
-    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
-    let span = tracing::info_span!(
-        "grpc.client",
-        otel.name = %format_args!("{service}/{method}"),
-        otel.kind = "client",
-        rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
-        rpc.grpc.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
+    let span = grpc_span("client", request.uri().path());
     let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()));

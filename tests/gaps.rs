@@ -241,3 +241,82 @@ async fn a_sender_claiming_a_far_seq_costs_one_record_and_no_fetch() {
         "nothing fetched from the sender"
     );
 }
+
+/// A delivery lost just before the receiving node restarts is noticed after the restart:
+/// gap tracking resumes from its snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loss_just_before_a_restart_is_filled_after_it() {
+    let dir = TestDir::new();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    // POSTs to bob: 1 the Accept, 2 note 1, 3 note 2 (lost), 4 note 3.
+    let (proxy, posts) = lossy_proxy(b_addr, &[3]).await;
+    let route = format!("http://{b_addr}/actors/bob=http://{proxy}");
+    let a = Node::start_with_env(
+        "node-a",
+        &dir.join("a"),
+        a_addr,
+        SCHEDULE,
+        dir.path(),
+        &[("FEDSX_DELIVERY_PEER_URLS", route.as_str())],
+    )
+    .await
+    .unwrap();
+    let mut b = Node::start("node-b", &dir.join("b"), b_addr, SCHEDULE, dir.path())
+        .await
+        .unwrap();
+    let mut ka = kernel(&a).await;
+    let kb = kernel(&b).await;
+    let alice = ka
+        .create_actor(CreateActorRequest { name: "alice".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    kb.clone()
+        .create_actor(CreateActorRequest { name: "bob".into() })
+        .await
+        .unwrap();
+    support::follow_and_wait(&kb, "bob", &alice.id).await;
+    let publish = |n: u32| PublishRequest {
+        actor: "alice".into(),
+        r#type: ActivityType::Create.into(),
+        to: vec!["followers".into()],
+        content: format!("note {n}"),
+        ..PublishRequest::default()
+    };
+    let inbox_tip = |kb: KernelClient<Channel>, want: u64| async move {
+        let what = format!("bob's inbox at {want}");
+        eventually(&what, || {
+            let mut kb = kb.clone();
+            async move {
+                let tips = kb.tips(ActorRequest { name: "bob".into() }).await.ok()?.into_inner();
+                (tips.inbox_tip == want).then_some(())
+            }
+        })
+        .await
+        .unwrap();
+    };
+    ka.publish(publish(1)).await.unwrap();
+    inbox_tip(kb.clone(), 2).await;
+    ka.publish(publish(2)).await.unwrap();
+    eventually("note 2 lost on the way", || {
+        let posts = posts.clone();
+        async move { (posts.load(Ordering::SeqCst) >= 3).then_some(()) }
+    })
+    .await
+    .unwrap();
+
+    assert!(b.stop().await.unwrap().success());
+    let b = Node::start("node-b-again", &dir.join("b"), b_addr, SCHEDULE, dir.path())
+        .await
+        .unwrap();
+    let kb = kernel(&b).await;
+    ka.publish(publish(3)).await.unwrap();
+    inbox_tip(kb.clone(), 4).await;
+    let gaps = kb
+        .clone()
+        .list_gaps(ListGapsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gaps.gaps.is_empty(), "{gaps:?}");
+}

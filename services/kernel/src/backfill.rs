@@ -1,15 +1,39 @@
 //! Filling a gap in what a sender sent us (see [`crate::gaps`]): its outbox is read page
 //! by page from the first missing seq, and each activity is taken exactly like an inbound
 //! POST by every local actor it is addressed to (one it is not addressed to only counts as
-//! seen). What cannot be had is given up on, with the reason.
+//! seen). What cannot be had is given up on, with the reason. And the tracking's snapshots:
+//! saved to the log-store every [`SAVE_INTERVAL`] and at shutdown, the newest loaded at
+//! start.
 
 use crate::gaps::{Fill, MAX_GAP};
 use crate::kernel::Kernel;
 use crate::state::followers_url;
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::ActorDocument;
+use fedsx_proto::logstore::v1::StreamKind;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
+
+/// The kernel-owned stream of gap-tracking snapshots (reserved name, no local actor).
+pub const GAPS_ACTOR: &str = "~gaps";
+/// How often the tracking is saved when it moved.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Saves the tracking every [`SAVE_INTERVAL`] until `shutdown` (the last save is the
+/// caller's, after the server stopped).
+pub(crate) fn spawn_saver(kernel: std::sync::Weak<Kernel>, shutdown: fedsx_runtime::CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(SAVE_INTERVAL) => {}
+            }
+            let Some(kernel) = kernel.upgrade() else { return };
+            kernel.save_gaps().await;
+        }
+    });
+}
 
 /// Fills `fill` for `sender`, then any gap that opened meanwhile, in a task of its own.
 pub(crate) fn spawn(kernel: Arc<Kernel>, sender: ActorDocument, fill: Fill) {
@@ -30,6 +54,42 @@ pub(crate) fn spawn(kernel: Arc<Kernel>, sender: ActorDocument, fill: Fill) {
 }
 
 impl Kernel {
+    /// Saves how far each sender arrived, when it moved since the last save.
+    pub async fn save_gaps(&self) {
+        let Some(snapshot) = self.gaps.snapshot() else { return };
+        let data = match serde_json::to_vec(&snapshot) {
+            Ok(data) => data,
+            Err(err) => return tracing::warn!(error = %err, "gap tracking not saved"),
+        };
+        let id = format!("snapshot-{}-{}", crate::kernel::now_ms(), snapshot.len());
+        let saved = self
+            .logs
+            .append_any(GAPS_ACTOR, StreamKind::Meta, Bytes::from(id), Bytes::from(data))
+            .await;
+        if let Err(err) = saved {
+            self.gaps.unsaved();
+            tracing::warn!(error = %err, "gap tracking not saved; trying again later");
+        }
+    }
+
+    /// Resumes gap tracking from the newest snapshot, if any.
+    pub(crate) async fn restore_gaps(&self) -> Result<(), crate::error::KernelError> {
+        let tip = self.logs.tip(GAPS_ACTOR, StreamKind::Meta).await?;
+        if tip == 0 {
+            return Ok(());
+        }
+        let (entries, _) = self.logs.read(GAPS_ACTOR, StreamKind::Meta, tip - 1, 1).await?;
+        let Some(newest) = entries.first() else { return Ok(()) };
+        match serde_json::from_slice::<Vec<(String, u64)>>(&newest.data) {
+            Ok(snapshot) => {
+                tracing::info!(senders = snapshot.len(), "gap tracking resumed");
+                self.gaps.restore(snapshot);
+            }
+            Err(err) => tracing::warn!(error = %err, "gap tracking snapshot unreadable; starting afresh"),
+        }
+        Ok(())
+    }
+
     async fn fill(&self, sender: &ActorDocument, fill: Fill) {
         let (first, last) = (fill.after + 1, fill.before.saturating_sub(1));
         if last < first {

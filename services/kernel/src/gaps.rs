@@ -8,8 +8,11 @@
 //!
 //! Bounded: a gap wider than [`MAX_GAP`] is recorded, not fetched (a sender claiming seq
 //! 10⁹ costs one record), one fill runs per sender at a time, and at most [`MAX_RECORDS`]
-//! unfilled gaps are kept (the oldest go first). Tracking lives in memory: after a restart it
-//! starts again at the next activity each sender sends.
+//! unfilled gaps are kept (the oldest go first). How far each sender arrived is kept in
+//! memory and snapshotted to the log-store now and then and at shutdown (the
+//! [`MAX_SNAPSHOT`] most recently active senders); after a restart, tracking resumes from
+//! the newest snapshot, so a loss just before the restart is noticed too (what arrived after
+//! the snapshot is fetched again, which appends nothing twice).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -20,6 +23,9 @@ pub const MAX_GAP: u64 = 1000;
 pub const MAX_RECORDS: usize = 10_000;
 /// Senders tracked; past it, the least recently updated one is forgotten.
 const MAX_SENDERS: usize = 100_000;
+/// Senders in one snapshot: the most recently active (~100 bytes each, under the 1 MiB a
+/// log-store entry may hold).
+pub const MAX_SNAPSHOT: usize = 8_000;
 
 /// Seqs `first..=last` of `sender` that could not be filled, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +75,43 @@ pub struct Fill {
 pub struct Gaps {
     senders: Mutex<(HashMap<String, Progress>, u64)>,
     unfilled: Mutex<VecDeque<Unfilled>>,
+    /// Something moved since the last snapshot.
+    changed: std::sync::atomic::AtomicBool,
 }
 
 impl Gaps {
+    /// (sender, highest contiguous seq) of the most recently active senders, when anything
+    /// moved since the last call.
+    pub fn snapshot(&self) -> Option<Vec<(String, u64)>> {
+        if !self.changed.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return None;
+        }
+        let guard = self.senders.lock().expect("gaps lock poisoned");
+        let mut recent: Vec<(&String, &Progress)> = guard.0.iter().collect();
+        recent.sort_unstable_by_key(|(_, p)| std::cmp::Reverse(p.touched));
+        recent.truncate(MAX_SNAPSHOT);
+        Some(recent.into_iter().map(|(s, p)| (s.clone(), p.contiguous)).collect())
+    }
+
+    /// A snapshot could not be kept: the next one must be taken again.
+    pub fn unsaved(&self) {
+        self.changed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Resumes tracking from a snapshot (at start, before any activity arrives).
+    pub fn restore(&self, snapshot: Vec<(String, u64)>) {
+        let mut guard = self.senders.lock().expect("gaps lock poisoned");
+        for (sender, contiguous) in snapshot {
+            guard.0.insert(
+                sender,
+                Progress {
+                    contiguous,
+                    ..Progress::default()
+                },
+            );
+        }
+    }
+
     /// Seq `seq` of `sender` was taken. The first seq seen of a sender starts its tracking
     /// (earlier ones were not for us, or came before a restart). Answers the seqs to fetch
     /// when this opens a gap and no fill for the sender runs; the caller then fills them
@@ -94,6 +134,7 @@ impl Gaps {
         if seq <= progress.contiguous {
             return None;
         }
+        self.changed.store(true, std::sync::atomic::Ordering::Release);
         progress.held.insert(seq);
         progress.advance();
         let first_missing = progress.contiguous + 1;
@@ -123,6 +164,7 @@ impl Gaps {
                 progress.advance();
             }
         }
+        self.changed.store(true, std::sync::atomic::Ordering::Release);
         tracing::warn!(sender, first, last, reason = %reason, "gap not filled");
         crate::metrics::gap_activities("unfilled", last - first + 1);
         let mut unfilled = self.unfilled.lock().expect("gaps lock poisoned");
@@ -190,6 +232,19 @@ mod tests {
         gaps.seen(S, 5);
         assert_eq!(gaps.fill_done(S), None);
         assert_eq!(gaps.seen(S, 7), None, "contiguous again");
+    }
+
+    #[test]
+    fn a_restored_snapshot_notices_what_was_lost_before_the_restart() {
+        let before = Gaps::default();
+        before.seen(S, 10);
+        before.seen(S, 11);
+        let snapshot = before.snapshot().unwrap();
+        assert_eq!(snapshot, [(S.to_owned(), 11)]);
+        assert_eq!(before.snapshot(), None, "nothing moved since");
+        let after = Gaps::default();
+        after.restore(snapshot);
+        assert_eq!(after.seen(S, 13), Some(Fill { after: 11, before: 13 }), "12 was lost");
     }
 
     #[test]

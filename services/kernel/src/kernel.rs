@@ -125,6 +125,8 @@ impl Kernel {
                 crate::metrics::register_flows(this.clone())
             },
         });
+        kernel.restore_gaps().await?;
+        crate::backfill::spawn_saver(Arc::downgrade(&kernel), shutdown.clone());
         crate::relay::spawn(kernel.clone(), kicks, shutdown.clone());
         crate::flows::spawn_timers(kernel.clone(), shutdown);
         // Hand off anything published before a restart that delivery may not have taken.

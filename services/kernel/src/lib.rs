@@ -77,6 +77,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             Err(err) => return Err(err).context("replaying the kernel journal"),
         }
     };
-    let routes = tonic::service::Routes::new(service::server(kernel));
-    fedsx_runtime::grpc::serve(SERVICE_NAME, routes, listener, shutdown).await
+    let routes = tonic::service::Routes::new(service::server(kernel.clone()));
+    let served = fedsx_runtime::grpc::serve(SERVICE_NAME, routes, listener, shutdown).await;
+    // After the last call: how far each sender arrived, for the next start.
+    kernel.save_gaps().await;
+    served
 }

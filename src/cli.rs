@@ -6,8 +6,8 @@ use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
 use fedsx_proto::delivery::v1::{ListDeadLettersRequest, ListPeersRequest, PeerStatus, RedriveRequest};
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{
-    ActorDocument, ActorListRequest, ActorRequest, CreateActorRequest, FollowRequest, GetActorRequest, LogEntry,
-    LogKind, PublishRequest, ReadLogRequest,
+    ActorDocument, ActorListRequest, ActorRequest, CreateActorRequest, FollowRequest, GetActorRequest, ListGapsRequest,
+    LogEntry, LogKind, PublishRequest, ReadLogRequest,
 };
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
@@ -91,6 +91,11 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Gaps in senders' sequences this node could not fill from their outboxes.
+    Gaps {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Move a peer's dead letters (all, or the given hex ids) back to pending.
     Redrive {
         peer: String,
@@ -122,6 +127,7 @@ impl Command {
             | Command::Publish { target, .. }
             | Command::Log { target, .. }
             | Command::Deliveries { target }
+            | Command::Gaps { target }
             | Command::DeadLetters { target, .. }
             | Command::Redrive { target, .. } => target,
             Command::Flow(flow) => flow.target(),
@@ -310,6 +316,35 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         "{:<50} {:>8} {:>9} {:>5} {:>8}  {}",
                         p.peer, p.pending, p.delivered, p.dead_letters, p.head_attempts, p.last_error
                     );
+                }
+            }
+        }
+        Command::Gaps { .. } => {
+            let client = kernel(&target)?;
+            let gaps = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let request = ListGapsRequest {
+                        page_size: 0,
+                        page_token,
+                    };
+                    let page = client.list_gaps(request).await?.into_inner();
+                    Ok((page.gaps, page.next_page_token))
+                }
+            })
+            .await
+            .map_err(k())?;
+            if target.json {
+                let gaps: Vec<_> = gaps
+                    .iter()
+                    .map(|g| json!({ "sender": g.sender, "first_seq": g.first_seq, "last_seq": g.last_seq, "reason": g.reason }))
+                    .collect();
+                println!("{}", json!(gaps));
+            } else if gaps.is_empty() {
+                println!("no unfilled gaps");
+            } else {
+                for g in &gaps {
+                    println!("{}  seq {}..={}  {}", g.sender, g.first_seq, g.last_seq, g.reason);
                 }
             }
         }

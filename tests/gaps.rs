@@ -235,6 +235,15 @@ async fn a_sender_claiming_a_far_seq_costs_one_record_and_no_fetch() {
         (mallory.as_str(), 2, 999_999_999)
     );
     assert!(gaps[0].reason.contains("more than the 1000"), "{gaps:?}");
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_fedsx"))
+        .args(["gaps", "--kernel", &node.kernel_url()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&format!("{mallory}  seq 2..=999999999  ")),
+        "fedsx gaps: {listed}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         peer.received("/actors/mallory/outbox").is_empty(),

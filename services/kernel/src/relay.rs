@@ -25,6 +25,8 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// most a restart hands off again per actor.
 const CURSOR_EVERY: u64 = 1000;
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Outbox entries read per page while handing off.
+const RELAY_PAGE: u32 = 256;
 /// Trace contexts kept for activities published but not yet handed off.
 const MAX_REMEMBERED_TRACES: usize = 100_000;
 
@@ -87,10 +89,28 @@ impl Kernel {
         self.journal(id, record).await.map(drop)
     }
 
-    /// Hands every outbox entry after `cursor` to delivery, advancing the cursor past each
-    /// entry once all its recipients are handed off.
+    /// Hands every outbox entry after `cursor` to delivery, a page at a time (memory stays
+    /// bounded however far behind it is), advancing the cursor past each entry once all its
+    /// recipients are handed off.
     async fn hand_off(&self, actor: &str, cursor: &mut u64) -> Result<(), KernelError> {
-        let entries = self.logs.read_all(actor, StreamKind::Outbox, *cursor).await?;
+        loop {
+            let (entries, tip) = self.logs.read(actor, StreamKind::Outbox, *cursor, RELAY_PAGE).await?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            self.hand_off_page(actor, entries, cursor).await?;
+            if *cursor >= tip {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn hand_off_page(
+        &self,
+        actor: &str,
+        entries: Vec<fedsx_proto::logstore::v1::Entry>,
+        cursor: &mut u64,
+    ) -> Result<(), KernelError> {
         for entry in entries {
             let (id, activity) = envelope_activity(&entry.data)?;
             // Continues the trace of the request that published it (when this process did).

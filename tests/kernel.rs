@@ -577,3 +577,77 @@ async fn a_publish_over_the_inbox_limit_is_refused_and_appends_nothing() {
     let fits = client.publish(note("alice", &"x".repeat(200_000))).await.unwrap();
     assert_eq!(fits.into_inner().seq, 1);
 }
+
+/// An activity delivery refuses for good (here: a recipient that is no URL) is skipped and
+/// counted; it never holds up the followers' copy nor what the actor publishes next.
+#[tokio::test]
+async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
+    use support::fake_peer::FakePeer;
+
+    let dir = TestDir::new();
+    let log_store = start_log_store(&dir).await;
+    let data = dir.join("delivery");
+    let delivery_args = [
+        "delivery",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--retry-schedule",
+        "10ms,10ms,10ms,10ms,10ms",
+        "--allow-private-peers",
+    ];
+    let delivery = Service::spawn("delivery", &delivery_args, dir.path()).await.unwrap();
+    let kernel = start_kernel_with(&dir, &log_store, &delivery.url()).await;
+    let mut client = kernel_client(&kernel).await;
+    let bob = client
+        .create_actor(CreateActorRequest { name: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let peer = FakePeer::start().await;
+    let (carol_url, _) = peer.actor("carol");
+    let mut carol = Peer::new(carol_url.clone(), 7);
+    client.register_peer(carol.document()).await.unwrap();
+    client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: carol.follow(&bob.id).into(),
+        })
+        .await
+        .unwrap();
+
+    let poisoned = PublishRequest {
+        to: vec!["not-a-url".into(), "followers".into()],
+        ..note("bob", "one")
+    };
+    client.publish(poisoned).await.unwrap();
+    client.publish(note("bob", "two")).await.unwrap();
+    let received = support::eventually("both notes at carol's inbox", || {
+        let got = peer.received("/actors/carol/inbox");
+        async move { (got.len() >= 3).then_some(got) }
+    })
+    .await
+    .unwrap();
+    let contents: Vec<String> = received[1..]
+        .iter()
+        .map(|r| fedsx_wire::decode(&r.body).unwrap().activity.content)
+        .collect();
+    assert_eq!(contents, ["one", "two"]);
+
+    let scrape = fedsx_runtime::http_client::PeerHttp::new(true, std::time::Duration::from_secs(10))
+        .send(
+            http::Request::get(format!("{}/metrics", kernel.url()))
+                .body(Bytes::new())
+                .unwrap(),
+            1 << 22,
+        )
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&scrape.body).into_owned();
+    assert_eq!(
+        support::sample(&metrics, "fedsx_kernel_handoffs_refused_total", &[]),
+        Some(1.0),
+        "{metrics}"
+    );
+}

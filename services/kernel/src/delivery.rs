@@ -21,10 +21,22 @@ pub struct Handoff {
     pub id: ActivityId,
 }
 
+/// Why a hand-off did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoffError {
+    /// Delivery will never take this one (a recipient that is no URL, an envelope over its
+    /// limit): trying again cannot help.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Delivery cannot take it right now; trying again later may.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// Where deliveries go. Enqueueing the same (peer, id) twice must be one delivery: the
 /// kernel hands off at least once.
 pub trait DeliveryPort: Send + Sync + 'static {
-    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), String>>;
+    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), HandoffError>>;
 }
 
 /// The delivery service over gRPC.
@@ -42,7 +54,7 @@ impl GrpcDelivery {
 }
 
 impl DeliveryPort for GrpcDelivery {
-    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), String>> {
+    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), HandoffError>> {
         let mut client = self.client.clone();
         Box::pin(async move {
             let request = EnqueueRequest {
@@ -51,11 +63,13 @@ impl DeliveryPort for GrpcDelivery {
                 envelope: handoff.envelope,
                 id: handoff.id.0.to_vec().into(),
             };
-            client
-                .enqueue(request)
-                .await
-                .map(drop)
-                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+            client.enqueue(request).await.map(drop).map_err(|status| {
+                let why = format!("{:?}: {}", status.code(), status.message());
+                match status.code() {
+                    tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => HandoffError::Refused(why),
+                    _ => HandoffError::Unavailable(why),
+                }
+            })
         })
     }
 }
@@ -79,7 +93,7 @@ impl MemoryDelivery {
 }
 
 impl DeliveryPort for MemoryDelivery {
-    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), String>> {
+    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), HandoffError>> {
         self.handoffs.lock().expect("handoffs lock").push(handoff);
         Box::pin(async { Ok(()) })
     }

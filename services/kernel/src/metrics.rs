@@ -11,6 +11,7 @@ struct IngestMetrics {
     ingests: Counter<u64>,
     signature_failures: Counter<u64>,
     gap_activities: Counter<u64>,
+    handoffs_refused: Counter<u64>,
 }
 
 fn ingest_metrics() -> &'static IngestMetrics {
@@ -23,6 +24,10 @@ fn ingest_metrics() -> &'static IngestMetrics {
         signature_failures: meter()
             .u64_counter("fedsx.kernel.signature_failures")
             .with_description("Inbound envelopes whose signature did not verify")
+            .build(),
+        handoffs_refused: meter()
+            .u64_counter("fedsx.kernel.handoffs_refused")
+            .with_description("Activities for a recipient that delivery refused for good (skipped, not retried)")
             .build(),
         gap_activities: meter()
             .u64_counter("fedsx.kernel.gap_activities")
@@ -51,6 +56,7 @@ const OUTCOMES: [&str; 11] = [
 pub(crate) fn init() {
     let metrics = ingest_metrics();
     metrics.signature_failures.add(0, &[]);
+    metrics.handoffs_refused.add(0, &[]);
     for outcome in ["filled", "unfilled"] {
         metrics.gap_activities.add(0, &[KeyValue::new("outcome", outcome)]);
     }
@@ -79,6 +85,11 @@ pub(crate) fn gap_activities(outcome: &'static str, count: u64) {
     ingest_metrics()
         .gap_activities
         .add(count, &[KeyValue::new("outcome", outcome)]);
+}
+
+/// One hand-off refused for good by delivery.
+pub(crate) fn handoff_refused() {
+    ingest_metrics().handoffs_refused.add(1, &[]);
 }
 
 /// Counts one ingest's outcome.

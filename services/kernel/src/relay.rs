@@ -4,7 +4,7 @@
 //! the last journaled cursor, at most `CURSOR_EVERY` entries back; delivery treats a
 //! repeated (peer, id) as the same delivery).
 
-use crate::delivery::Handoff;
+use crate::delivery::{Handoff, HandoffError};
 use crate::error::KernelError;
 use crate::kernel::Kernel;
 use crate::publish::envelope_activity;
@@ -130,11 +130,16 @@ impl Kernel {
                     envelope: Bytes::clone(&entry.data),
                     id,
                 };
-                self.delivery
-                    .enqueue(handoff)
-                    .instrument(span.clone())
-                    .await
-                    .map_err(KernelError::Internal)?;
+                let recipient = handoff.peer.clone();
+                match self.delivery.enqueue(handoff).instrument(span.clone()).await {
+                    Ok(()) => {}
+                    // Never deliverable: it must not hold up what the actor publishes next.
+                    Err(HandoffError::Refused(reason)) => {
+                        crate::metrics::handoff_refused();
+                        tracing::error!(parent: &span, recipient = %recipient, %reason, "delivery refuses this hand-off for good; skipped");
+                    }
+                    Err(HandoffError::Unavailable(reason)) => return Err(KernelError::Internal(reason)),
+                }
             }
             self.forget_trace(&id);
             *cursor = entry.seq;

@@ -617,11 +617,44 @@ async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
         .await
         .unwrap();
 
-    let poisoned = PublishRequest {
-        to: vec!["not-a-url".into(), "followers".into()],
-        ..note("bob", "one")
+    // Publish refuses such a recipient now; an outbox may still hold one from before.
+    let refused = client
+        .publish(PublishRequest {
+            to: vec!["not-a-url".into()],
+            ..note("bob", "zero")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let legacy = Activity {
+        r#type: ActivityType::Create.into(),
+        actor: bob.id.clone(),
+        seq: 2,
+        to: vec!["not-a-url".into(), format!("{}/followers", bob.id)],
+        content: "one".into(),
+        prev: vec![0u8; 32].into(),
+        ..Activity::default()
     };
-    client.publish(poisoned).await.unwrap();
+    let signed = sign(
+        &legacy,
+        &SigningKey::from_bytes(&[1; 32]),
+        &format!("{}#legacy", bob.id),
+    );
+    let mut logs = LogStoreClient::new(support::channel(&log_store.url()).await.unwrap());
+    logs.append(fedsx_proto::logstore::v1::AppendRequest {
+        stream: Some(StreamId {
+            actor: "bob".into(),
+            kind: StreamKind::Outbox.into(),
+        }),
+        entries: vec![fedsx_proto::logstore::v1::NewEntry {
+            id: signed.id.0.to_vec().into(),
+            data: signed.to_bytes().into(),
+        }],
+        // After the auto-Accept of carol's Follow.
+        expected_tip: Some(1),
+    })
+    .await
+    .unwrap();
     client.publish(note("bob", "two")).await.unwrap();
     let received = support::eventually("both notes at carol's inbox", || {
         let got = peer.received("/actors/carol/inbox");

@@ -68,6 +68,15 @@ impl Kernel {
                 .ok_or_else(|| KernelError::NoSuchActor(draft.actor.clone()))?;
             (actor.key.clone(), actor.document.clone())
         };
+        if let Some(bad) = draft
+            .to
+            .iter()
+            .find(|t| *t != "followers" && !(t.starts_with("https://") || t.starts_with("http://")))
+        {
+            return Err(KernelError::BadRequest(format!(
+                "recipient {bad:?} is neither an actor's http(s) URL nor \"followers\""
+            )));
+        }
         let to: Vec<String> = draft
             .to
             .iter()

@@ -80,12 +80,21 @@ async fn lossy_proxy(target: SocketAddr, drop: &'static [usize]) -> (SocketAddr,
     (addr, posts)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn deliveries_lost_on_the_way_are_fetched_from_the_senders_outbox() {
-    let dir = TestDir::new();
+/// Two nodes: alice on A, bob on B following her; A's deliveries to bob pass a proxy that
+/// loses the POSTs numbered in `drop` (1 is the Accept of bob's Follow).
+struct LossyPair {
+    a: Node,
+    b: Node,
+    b_addr: SocketAddr,
+    ka: KernelClient<Channel>,
+    kb: KernelClient<Channel>,
+    /// POSTs that reached the proxy.
+    posts: Arc<AtomicUsize>,
+}
+
+async fn lossy_pair(dir: &TestDir, drop: &'static [usize]) -> LossyPair {
     let (a_addr, b_addr) = (free_addr(), free_addr());
-    // POSTs to bob, in order: 1 the Accept, 2..=6 notes 1..=5; notes 2 and 4 are lost.
-    let (proxy, posts) = lossy_proxy(b_addr, &[3, 5]).await;
+    let (proxy, posts) = lossy_proxy(b_addr, drop).await;
     let route = format!("http://{b_addr}/actors/bob=http://{proxy}");
     let a = Node::start_with_env(
         "node-a",
@@ -111,30 +120,53 @@ async fn deliveries_lost_on_the_way_are_fetched_from_the_senders_outbox() {
         .await
         .unwrap();
     support::follow_and_wait(&kb, "bob", &alice.id).await;
-
-    for n in 1..=5 {
-        ka.publish(PublishRequest {
-            actor: "alice".into(),
-            r#type: ActivityType::Create.into(),
-            to: vec!["followers".into()],
-            content: format!("note {n}"),
-            ..PublishRequest::default()
-        })
-        .await
-        .unwrap();
+    LossyPair {
+        a,
+        b,
+        b_addr,
+        ka,
+        kb,
+        posts,
     }
-    // bob's inbox: the Accept and five notes, two of them fetched by B itself.
-    eventually("bob's inbox to hold the Accept and all five notes", || {
+}
+
+/// alice's note number `n`, to her followers.
+fn note(n: u32) -> PublishRequest {
+    PublishRequest {
+        actor: "alice".into(),
+        r#type: ActivityType::Create.into(),
+        to: vec!["followers".into()],
+        content: format!("note {n}"),
+        ..PublishRequest::default()
+    }
+}
+
+/// Waits until bob's inbox holds `want` entries.
+async fn wait_inbox_tip(kb: &KernelClient<Channel>, want: u64) {
+    eventually(&format!("bob's inbox at {want}"), || {
         let mut kb = kb.clone();
         async move {
             let tips = kb.tips(ActorRequest { name: "bob".into() }).await.ok()?.into_inner();
-            (tips.inbox_tip == 6).then_some(())
+            (tips.inbox_tip == want).then_some(())
         }
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_lost_on_the_way_are_fetched_from_the_senders_outbox() {
+    let dir = TestDir::new();
+    // POSTs to bob, in order: 1 the Accept, 2..=6 notes 1..=5; notes 2 and 4 are lost.
+    let pair = lossy_pair(&dir, &[3, 5]).await;
+    let (mut ka, mut kb) = (pair.ka.clone(), pair.kb.clone());
+    for n in 1..=5 {
+        ka.publish(note(n)).await.unwrap();
+    }
+    // bob's inbox: the Accept and five notes, two of them fetched by B itself.
+    wait_inbox_tip(&kb, 6).await;
     assert_eq!(
-        posts.load(Ordering::SeqCst),
+        pair.posts.load(Ordering::SeqCst),
         6,
         "every delivery went through the proxy once"
     );
@@ -162,16 +194,7 @@ async fn deliveries_lost_on_the_way_are_fetched_from_the_senders_outbox() {
 
     let gaps = kb.list_gaps(ListGapsRequest::default()).await.unwrap().into_inner();
     assert!(gaps.gaps.is_empty(), "every gap filled: {gaps:?}");
-    let metrics = PeerHttp::new(true, Duration::from_secs(10))
-        .send(
-            http::Request::get(format!("{}/metrics", b.kernel_url()))
-                .body(Bytes::new())
-                .unwrap(),
-            1 << 22,
-        )
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let metrics = support::scrape(&pair.b.kernel_url()).await;
     let filled = support::sample(&metrics, "fedsx_kernel_gap_activities_total", &[("outcome", "filled")]);
     assert_eq!(filled, Some(2.0), "{metrics}");
 }
@@ -256,57 +279,18 @@ async fn a_sender_claiming_a_far_seq_costs_one_record_and_no_fetch() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_loss_just_before_a_restart_is_filled_after_it() {
     let dir = TestDir::new();
-    let (a_addr, b_addr) = (free_addr(), free_addr());
     // POSTs to bob: 1 the Accept, 2 note 1, 3 note 2 (lost), 4 note 3.
-    let (proxy, posts) = lossy_proxy(b_addr, &[3]).await;
-    let route = format!("http://{b_addr}/actors/bob=http://{proxy}");
-    let a = Node::start_with_env(
-        "node-a",
-        &dir.join("a"),
-        a_addr,
-        SCHEDULE,
-        dir.path(),
-        &[("FEDSX_DELIVERY_PEER_URLS", route.as_str())],
-    )
-    .await
-    .unwrap();
-    let mut b = Node::start("node-b", &dir.join("b"), b_addr, SCHEDULE, dir.path())
-        .await
-        .unwrap();
-    let mut ka = kernel(&a).await;
-    let kb = kernel(&b).await;
-    let alice = ka
-        .create_actor(CreateActorRequest { name: "alice".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    kb.clone()
-        .create_actor(CreateActorRequest { name: "bob".into() })
-        .await
-        .unwrap();
-    support::follow_and_wait(&kb, "bob", &alice.id).await;
-    let publish = |n: u32| PublishRequest {
-        actor: "alice".into(),
-        r#type: ActivityType::Create.into(),
-        to: vec!["followers".into()],
-        content: format!("note {n}"),
-        ..PublishRequest::default()
-    };
-    let inbox_tip = |kb: KernelClient<Channel>, want: u64| async move {
-        let what = format!("bob's inbox at {want}");
-        eventually(&what, || {
-            let mut kb = kb.clone();
-            async move {
-                let tips = kb.tips(ActorRequest { name: "bob".into() }).await.ok()?.into_inner();
-                (tips.inbox_tip == want).then_some(())
-            }
-        })
-        .await
-        .unwrap();
-    };
-    ka.publish(publish(1)).await.unwrap();
-    inbox_tip(kb.clone(), 2).await;
-    ka.publish(publish(2)).await.unwrap();
+    let LossyPair {
+        a: _a,
+        mut b,
+        b_addr,
+        mut ka,
+        kb,
+        posts,
+    } = lossy_pair(&dir, &[3]).await;
+    ka.publish(note(1)).await.unwrap();
+    wait_inbox_tip(&kb, 2).await;
+    ka.publish(note(2)).await.unwrap();
     eventually("note 2 lost on the way", || {
         let posts = posts.clone();
         async move { (posts.load(Ordering::SeqCst) >= 3).then_some(()) }
@@ -319,8 +303,8 @@ async fn a_loss_just_before_a_restart_is_filled_after_it() {
         .await
         .unwrap();
     let kb = kernel(&b).await;
-    ka.publish(publish(3)).await.unwrap();
-    inbox_tip(kb.clone(), 4).await;
+    ka.publish(note(3)).await.unwrap();
+    wait_inbox_tip(&kb, 4).await;
     let gaps = kb
         .clone()
         .list_gaps(ListGapsRequest::default())

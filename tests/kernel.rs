@@ -58,6 +58,23 @@ async fn start_log_store(dir: &TestDir) -> Service {
     Service::spawn("log-store", &args, dir.path()).await.unwrap()
 }
 
+/// A delivery service on a temp data dir, retrying every 10 ms, allowed to reach loopback
+/// peers.
+async fn start_delivery(dir: &TestDir) -> Service {
+    let data = dir.join("delivery");
+    let args = [
+        "delivery",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--retry-schedule",
+        "10ms,10ms,10ms,10ms,10ms",
+        "--allow-private-peers",
+    ];
+    Service::spawn("delivery", &args, dir.path()).await.unwrap()
+}
+
 async fn kernel_client(kernel: &Service) -> KernelClient<Channel> {
     KernelClient::new(support::channel(&kernel.url()).await.unwrap())
 }
@@ -397,18 +414,7 @@ async fn the_accept_and_notes_reach_the_follower_through_delivery() {
 
     let dir = TestDir::new();
     let log_store = start_log_store(&dir).await;
-    let data = dir.join("delivery");
-    let delivery_args = [
-        "delivery",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--retry-schedule",
-        "10ms,10ms,10ms,10ms,10ms",
-        "--allow-private-peers",
-    ];
-    let delivery = Service::spawn("delivery", &delivery_args, dir.path()).await.unwrap();
+    let delivery = start_delivery(&dir).await;
     let kernel = start_kernel_with(&dir, &log_store, &delivery.url()).await;
     let mut client = kernel_client(&kernel).await;
     let bob = client
@@ -586,18 +592,7 @@ async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
 
     let dir = TestDir::new();
     let log_store = start_log_store(&dir).await;
-    let data = dir.join("delivery");
-    let delivery_args = [
-        "delivery",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--retry-schedule",
-        "10ms,10ms,10ms,10ms,10ms",
-        "--allow-private-peers",
-    ];
-    let delivery = Service::spawn("delivery", &delivery_args, dir.path()).await.unwrap();
+    let delivery = start_delivery(&dir).await;
     let kernel = start_kernel_with(&dir, &log_store, &delivery.url()).await;
     let mut client = kernel_client(&kernel).await;
     let bob = client
@@ -668,16 +663,7 @@ async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
         .collect();
     assert_eq!(contents, ["one", "two"]);
 
-    let scrape = fedsx_runtime::http_client::PeerHttp::new(true, std::time::Duration::from_secs(10))
-        .send(
-            http::Request::get(format!("{}/metrics", kernel.url()))
-                .body(Bytes::new())
-                .unwrap(),
-            1 << 22,
-        )
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&scrape.body).into_owned();
+    let metrics = support::scrape(&kernel.url()).await;
     assert_eq!(
         support::sample(&metrics, "fedsx_kernel_handoffs_refused_total", &[]),
         Some(1.0),

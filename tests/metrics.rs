@@ -21,12 +21,7 @@ fn http() -> PeerHttp {
 }
 
 async fn scrape(addr: SocketAddr) -> String {
-    let request = http::Request::get(format!("http://{addr}/metrics"))
-        .body(Bytes::new())
-        .unwrap();
-    let reply = http().send(request, 16 << 20).await.unwrap();
-    assert_eq!(reply.status, 200);
-    String::from_utf8(reply.body.to_vec()).unwrap()
+    support::scrape(&format!("http://{addr}")).await
 }
 
 /// Waits until the sample `name{labels}` on `addr` satisfies `check`, and returns it.

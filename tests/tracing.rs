@@ -259,14 +259,7 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
 
     // Prometheus scrapes of the gateway and of a gRPC service's port are not traced.
     for url in [a.url(), a.kernel_url()] {
-        let scrape = http::Request::get(format!("{url}/metrics"))
-            .body(bytes::Bytes::new())
-            .unwrap();
-        let reply = fedsx_runtime::http_client::PeerHttp::new(true, std::time::Duration::from_secs(10))
-            .send(scrape, 1 << 22)
-            .await
-            .unwrap();
-        assert_eq!(reply.status, 200, "{url}/metrics");
+        support::scrape(&url).await;
     }
 
     // Stopping flushes what is batched.

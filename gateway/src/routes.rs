@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{GetActorRequest, IngestRequest, LogKind, ReadLogRequest};
 use fedsx_runtime::trace_context::TracedChannel;
@@ -116,13 +115,8 @@ pub async fn outbox(
         limit: query.limit,
     };
     let log = app.kernel.clone().read_log(request).await?.into_inner();
-    let base64 = base64::engine::general_purpose::STANDARD;
-    let entries: Vec<serde_json::Value> = log
-        .entries
-        .iter()
-        .map(|e| json!({ "seq": e.seq, "id": hex::encode(&e.id), "envelope": base64.encode(&e.envelope) }))
-        .collect();
-    Ok(Json(json!({ "tip": log.tip, "entries": entries })))
+    let entries = log.entries.iter().map(|e| (e.seq, &e.id[..], &e.envelope[..]));
+    Ok(Json(fedsx_wire::outbox::to_json(log.tip, entries)))
 }
 
 pub async fn healthz() -> &'static str {

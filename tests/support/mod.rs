@@ -458,6 +458,19 @@ pub async fn follow_and_wait(
     .unwrap();
 }
 
+/// The Prometheus text a process serves at `<base_url>/metrics` (asserting a 200).
+pub async fn scrape(base_url: &str) -> String {
+    let request = http::Request::get(format!("{base_url}/metrics"))
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let reply = fedsx_runtime::http_client::PeerHttp::new(true, DEADLINE)
+        .send(request, 16 << 20)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{base_url}/metrics");
+    String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
 /// The value of the Prometheus sample `name` whose labels include `labels`, in the text
 /// `metrics` (None when there is no such sample).
 pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

@@ -44,6 +44,16 @@ impl PageRequest {
         Ok(PageRequest { size, after })
     }
 
+    /// The key range from this page on, for a `BTreeMap` or `BTreeSet` keyed in list order
+    /// (`range::<str, _>(page.rest())`): the page starts there without a scan.
+    pub fn rest(&self) -> (std::ops::Bound<&str>, std::ops::Bound<&str>) {
+        use std::ops::Bound;
+        (
+            self.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+            Bound::Unbounded,
+        )
+    }
+
     /// Whether an item keyed `key` comes after the previous page.
     pub fn wants(&self, key: &str) -> bool {
         self.after.as_deref().is_none_or(|after| key > after)

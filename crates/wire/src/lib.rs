@@ -4,6 +4,7 @@
 //! `docs/test-vectors.json` pins them and `tests` here reproduce the vectors.
 
 pub mod document;
+pub mod outbox;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use fedsx_proto::wire::v1::{Activity, ActivityType, SignedEnvelope};

@@ -17,7 +17,6 @@ use fedsx_runtime::paging::PageRequest;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -205,10 +204,7 @@ impl Kernel {
     /// A page of the local actors' documents, in name order, and the next page's token.
     pub fn actors(&self, page: &PageRequest) -> (Vec<ActorDocument>, String) {
         let state = self.read_state();
-        let after = page.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let (names, next) = page.take(state.actors.range::<str, _>((after, Bound::Unbounded)), |(name, _)| {
-            name.to_string()
-        });
+        let (names, next) = page.take(state.actors.range::<str, _>(page.rest()), |(name, _)| name.to_string());
         (names.into_iter().map(|(_, a)| a.document.clone()).collect(), next)
     }
 
@@ -255,8 +251,12 @@ impl Kernel {
         state
             .actor(name)
             .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))?;
-        let followers = state.followers.get(name).into_iter().flat_map(|f| f.keys());
-        let (page, next) = page.take(followers.filter(|url| page.wants(url)), |url| url.to_string());
+        let followers = state
+            .followers
+            .get(name)
+            .into_iter()
+            .flat_map(|f| f.range::<str, _>(page.rest()).map(|(url, _)| url));
+        let (page, next) = page.take(followers, |url| url.to_string());
         Ok((page.into_iter().cloned().collect(), next))
     }
 
@@ -266,8 +266,12 @@ impl Kernel {
         state
             .actor(name)
             .ok_or_else(|| KernelError::NoSuchActor(name.to_owned()))?;
-        let following = state.following.get(name).into_iter().flatten();
-        let (page, next) = page.take(following.filter(|url| page.wants(url)), |url| url.to_string());
+        let following = state
+            .following
+            .get(name)
+            .into_iter()
+            .flat_map(|f| f.range::<str, _>(page.rest()));
+        let (page, next) = page.take(following, |url| url.to_string());
         Ok((page.into_iter().cloned().collect(), next))
     }
 

@@ -54,22 +54,10 @@ pub const MAX_OUTBOX_PAGE_BYTES: usize = OUTBOX_PAGE as usize * fedsx_wire::MAX_
 /// Entries asked for per outbox page.
 pub const OUTBOX_PAGE: u64 = 16;
 
-#[derive(serde::Deserialize)]
-struct OutboxPage {
-    entries: Vec<OutboxEntry>,
-}
-
-#[derive(serde::Deserialize)]
-struct OutboxEntry {
-    seq: u64,
-    envelope: String,
-}
-
 impl PeerFetcher {
     /// GETs `<outbox>?after=N&limit=M` (at most [`OUTBOX_PAGE`]): the signed envelopes
     /// with their seqs, in order, as the sender serves them (unverified).
     pub async fn fetch_outbox(&self, outbox: &str, after: u64, limit: u64) -> Result<Vec<(u64, Bytes)>, String> {
-        use base64::Engine;
         let limit = limit.clamp(1, OUTBOX_PAGE);
         let url = format!("{outbox}?after={after}&limit={limit}");
         let request = http::Request::get(&url)
@@ -84,17 +72,7 @@ impl PeerFetcher {
         if reply.status != http::StatusCode::OK {
             return Err(format!("GET {url} answered {}", reply.status));
         }
-        let page: OutboxPage =
-            serde_json::from_slice(&reply.body).map_err(|err| format!("GET {url}: not an outbox page: {err}"))?;
-        page.entries
-            .into_iter()
-            .map(|entry| {
-                let envelope = base64::engine::general_purpose::STANDARD
-                    .decode(&entry.envelope)
-                    .map_err(|err| format!("GET {url}: entry {}: envelope is not base64: {err}", entry.seq))?;
-                Ok((entry.seq, Bytes::from(envelope)))
-            })
-            .collect()
+        fedsx_wire::outbox::from_json(&reply.body).map_err(|err| format!("GET {url}: {err}"))
     }
 }
 

@@ -1,5 +1,5 @@
-//! The gateway against broken or hostile HTTP clients, over raw TCP connections: silent,
-//! half-sent and idle connections are closed, the connection cap holds, a trickling body
+//! The gateway against broken or hostile HTTP clients, over raw TCP connections: silent and
+//! half-sent connections are closed after the header timeout, idle ones after the idle one, the connection cap holds, a trickling body
 //! gets 408, and every path outside the routes gets a one-line 404 or 405.
 
 mod support;
@@ -48,33 +48,72 @@ async fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
     (status, body)
 }
 
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+
+/// Reads one answer to GET /healthz from a kept-alive connection.
+async fn read_healthz_answer(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"ok\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before answering: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 #[tokio::test]
-async fn silent_half_sent_and_idle_connections_are_closed() {
+async fn silent_and_half_sent_connections_are_closed_after_the_header_timeout() {
     let dir = TestDir::new();
-    let service = gateway(&dir, &["--header-timeout", "1s"]).await;
+    let service = gateway(&dir, &["--header-timeout", "1s", "--idle-timeout", "30s"]).await;
     let started = Instant::now();
 
     let mut silent = TcpStream::connect(service.addr).await.unwrap();
     let mut half = TcpStream::connect(service.addr).await.unwrap();
     half.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
-    let mut idle = TcpStream::connect(service.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    // A kept-alive connection whose second request stops halfway: the header deadline,
+    // not the idle one, applies from its first byte.
+    let mut second_half = TcpStream::connect(service.addr).await.unwrap();
+    second_half.write_all(HEALTHZ).await.unwrap();
+    assert!(read_healthz_answer(&mut second_half).await.starts_with("HTTP/1.1 200 OK"));
+    second_half.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
 
     let (said, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
     assert!(closed && said.is_empty(), "silent connection: {said:?}");
     let (said, closed) = read_until_closed(&mut half, Duration::from_secs(5)).await;
     assert!(closed && !said.contains("200 OK"), "half-sent headers: {said:?}");
-    let (said, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
-    assert!(
-        closed && said.starts_with("HTTP/1.1 200 OK"),
-        "idle after an answer: {said:?}"
-    );
+    let (said, closed) = read_until_closed(&mut second_half, Duration::from_secs(5)).await;
+    assert!(closed && !said.contains("200 OK"), "half-sent second request: {said:?}");
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(4),
         "closed after the 1 s header timeout, not {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_is_closed_after_the_idle_timeout_not_the_header_timeout() {
+    let dir = TestDir::new();
+    let service = gateway(&dir, &["--header-timeout", "1s", "--idle-timeout", "3s"]).await;
+    let mut stream = TcpStream::connect(service.addr).await.unwrap();
+    stream.write_all(HEALTHZ).await.unwrap();
+    assert!(read_healthz_answer(&mut stream).await.starts_with("HTTP/1.1 200 OK"));
+
+    // Idle longer than the header timeout: still open, and serves the next request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream.write_all(HEALTHZ).await.unwrap();
+    assert!(read_healthz_answer(&mut stream).await.starts_with("HTTP/1.1 200 OK"));
+
+    let idle_from = Instant::now();
+    let (said, closed) = read_until_closed(&mut stream, Duration::from_secs(8)).await;
+    let idled = idle_from.elapsed();
+    assert!(closed && said.is_empty(), "idle connection: {said:?}");
+    assert!(
+        idled >= Duration::from_millis(2_500) && idled < Duration::from_secs(6),
+        "closed after the 3 s idle timeout, not {idled:?}"
     );
 }
 

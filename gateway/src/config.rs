@@ -25,11 +25,16 @@ pub struct Config {
     #[arg(long, env = "FEDSX_GATEWAY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_seconds)]
     pub request_timeout: Duration,
 
-    /// Time allowed for a request's headers, counted from the connection's opening or the
-    /// end of the previous response: a connection that sends nothing, half its headers, or
-    /// stays idle between requests this long is closed.
+    /// Time allowed for a request's headers, counted from the connection's opening or from
+    /// the first byte of a later request: a connection that sends nothing or half its
+    /// headers this long is closed.
     #[arg(long, env = "FEDSX_GATEWAY_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_seconds)]
     pub header_timeout: Duration,
+
+    /// Time a kept-alive connection may stay idle between the end of a response and the
+    /// next request's first byte before it is closed.
+    #[arg(long, env = "FEDSX_GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
 
     /// Connections open at once; further ones wait in the listen backlog.
     #[arg(long, env = "FEDSX_GATEWAY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]

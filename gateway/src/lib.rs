@@ -60,6 +60,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     fedsx_runtime::listen::announce("gateway", &listener)?;
     let limits = server::Limits {
         header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
         max_connections: config.max_connections as usize,
     };
     server::serve(listener, router, limits, shutdown).await;

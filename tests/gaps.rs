@@ -215,7 +215,7 @@ async fn a_sender_claiming_a_far_seq_costs_one_record_and_no_fetch() {
     let (mallory, _) = peer.actor("mallory");
     let key = SigningKey::from_bytes(&[42; 32]);
     client
-        .register_peer(fedsx_wire::document::new(&mallory, "mallory", &key.verifying_key()))
+        .register_peer(fedsx_wire::document::new(&mallory, "mallory", &key.verifying_key(), ""))
         .await
         .unwrap();
     let kid = fedsx_wire::key_id(&mallory, &key.verifying_key());

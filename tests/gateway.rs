@@ -69,7 +69,7 @@ async fn every_inbound_error_has_its_status_and_appends_nothing() {
         .unwrap();
     let key = SigningKey::from_bytes(&[3; 32]);
     let kid = fedsx_wire::key_id(PEER, &key.verifying_key());
-    let document = fedsx_wire::document::new(PEER, "pat", &key.verifying_key());
+    let document = fedsx_wire::document::new(PEER, "pat", &key.verifying_key(), "");
     kernel.register_peer(document).await.unwrap();
     let activity = Activity {
         r#type: ActivityType::Create.into(),

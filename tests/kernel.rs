@@ -97,7 +97,7 @@ impl Peer {
     }
 
     fn document(&self) -> ActorDocument {
-        fedsx_wire::document::new(&self.url, "", &self.key.verifying_key())
+        fedsx_wire::document::new(&self.url, "", &self.key.verifying_key(), "")
     }
 
     /// The peer's next activity: a signed Follow of `target`.

@@ -63,7 +63,7 @@ async fn every_process_serves_metrics_that_move() {
     let inbox_path = carol_inbox.strip_prefix(&peer.base()).unwrap().to_owned();
     peer.answer(&inbox_path, Answer::Status(500));
     let carol_key = SigningKey::from_bytes(&[9; 32]);
-    let document = fedsx_wire::document::new(&carol, "carol", &carol_key.verifying_key());
+    let document = fedsx_wire::document::new(&carol, "carol", &carol_key.verifying_key(), "");
     kernel.register_peer(document.clone()).await.unwrap();
     let note = PublishRequest {
         actor: "alice".into(),

@@ -42,7 +42,7 @@ async fn every_vector_gets_its_status_from_a_running_node() {
     for v in all["vectors"].as_array().unwrap() {
         let seed: [u8; 32] = hex::decode(v["seed"].as_str().unwrap()).unwrap().try_into().unwrap();
         let actor = v["activity"]["actor"].as_str().unwrap();
-        let document = fedsx_wire::document::new(actor, "", &SigningKey::from_bytes(&seed).verifying_key());
+        let document = fedsx_wire::document::new(actor, "", &SigningKey::from_bytes(&seed).verifying_key(), "");
         kernel.register_peer(document).await.unwrap();
     }
     let inbox = format!("{}/actors/carol/inbox", node.url());

@@ -43,6 +43,7 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         .route("/", get(routes::welcome))
         .route("/actors/{name}", get(routes::actor))
         .route("/actors/{name}/inbox", post(routes::inbox))
+        .route("/inbox", post(routes::node_inbox))
         .route("/actors/{name}/outbox", get(routes::outbox))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))

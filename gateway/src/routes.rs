@@ -53,6 +53,40 @@ pub async fn inbox(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let envelope = read_envelope(&headers, body).await?;
+    let request = IngestRequest {
+        recipient: name,
+        envelope,
+    };
+    let ingested = app.kernel.clone().ingest(request).await?.into_inner();
+    let answer = json!({ "seq": ingested.seq, "new": ingested.new, "id": hex::encode(&ingested.id) });
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// The node inbox: one envelope for every local actor it is for; 202 once it is in all
+/// their inboxes (none is fine: verified, then nothing to keep).
+pub async fn node_inbox(
+    State(app): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let envelope = read_envelope(&headers, body).await?;
+    let request = IngestRequest {
+        recipient: String::new(),
+        envelope,
+    };
+    let ingested = app.kernel.clone().ingest(request).await?.into_inner();
+    let recipients: Vec<_> = ingested
+        .landed
+        .iter()
+        .map(|l| json!({ "recipient": l.recipient, "seq": l.seq, "new": l.new }))
+        .collect();
+    let answer = json!({ "id": hex::encode(&ingested.id), "recipients": recipients });
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// An inbound envelope: the content type checked, the body read under the envelope cap.
+async fn read_envelope(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -82,17 +116,7 @@ pub async fn inbox(
             }
         })?
         .to_bytes();
-    let ingested = app
-        .kernel
-        .clone()
-        .ingest(IngestRequest {
-            recipient: name,
-            envelope,
-        })
-        .await?
-        .into_inner();
-    let answer = json!({ "seq": ingested.seq, "new": ingested.new, "id": hex::encode(&ingested.id) });
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    Ok(envelope)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -98,7 +98,7 @@ pub fn remote_actors(n: usize) -> Vec<(SigningKey, String)> {
 pub async fn register(kernel: &mut KernelClient<Channel>, peers: &[(SigningKey, String)]) -> anyhow::Result<()> {
     for (key, url) in peers {
         kernel
-            .register_peer(fedsx_wire::document::new(url, "p", &key.verifying_key()))
+            .register_peer(fedsx_wire::document::new(url, "p", &key.verifying_key(), ""))
             .await?;
     }
     Ok(())

@@ -15,12 +15,30 @@ struct Json {
     /// 64 hex digits.
     public_key: String,
     key_id: String,
+    #[serde(default, skip_serializing_if = "Endpoints::is_empty")]
+    endpoints: Endpoints,
+}
+
+/// Node-wide URLs of the actor's node.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Endpoints {
+    /// The node inbox: one envelope for several of the node's actors.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    shared_inbox: String,
+}
+
+impl Endpoints {
+    fn is_empty(&self) -> bool {
+        self.shared_inbox.is_empty()
+    }
 }
 
 /// The document of the actor at `url` named `name` with `key`, its inbox and outbox at
-/// `<url>/inbox` and `<url>/outbox` (the layout every fed-sx node uses).
-pub fn new(url: &str, name: &str, key: &VerifyingKey) -> ActorDocument {
+/// `<url>/inbox` and `<url>/outbox` (the layout every fed-sx node uses), advertising
+/// `shared_inbox` (empty: none).
+pub fn new(url: &str, name: &str, key: &VerifyingKey, shared_inbox: &str) -> ActorDocument {
     ActorDocument {
+        shared_inbox: shared_inbox.to_owned(),
         id: url.to_owned(),
         name: name.to_owned(),
         inbox: format!("{url}/inbox"),
@@ -39,6 +57,9 @@ pub fn to_json(document: &ActorDocument) -> serde_json::Value {
         outbox: document.outbox.clone(),
         public_key: hex::encode(&document.public_key),
         key_id: document.key_id.clone(),
+        endpoints: Endpoints {
+            shared_inbox: document.shared_inbox.clone(),
+        },
     })
     .expect("an actor document serializes")
 }
@@ -56,6 +77,7 @@ pub fn from_json(url: &str, body: &[u8]) -> Result<ActorDocument, String> {
         inbox: json.inbox,
         outbox: json.outbox,
         key_id: json.key_id,
+        shared_inbox: json.endpoints.shared_inbox,
     };
     check(&document)?;
     if document.id != url {
@@ -64,7 +86,8 @@ pub fn from_json(url: &str, body: &[u8]) -> Result<ActorDocument, String> {
     Ok(document)
 }
 
-/// The checks every peer document passes before the kernel keeps it.
+/// The checks every peer document passes before the kernel keeps it: among them, a shared
+/// inbox is on the same node (scheme, host and port) as the actor's own inbox.
 pub fn check(document: &ActorDocument) -> Result<VerifyingKey, String> {
     let is_url = |u: &str| u.starts_with("https://") || u.starts_with("http://");
     if !is_url(&document.id) {
@@ -72,6 +95,12 @@ pub fn check(document: &ActorDocument) -> Result<VerifyingKey, String> {
     }
     if !is_url(&document.inbox) {
         return Err(format!("inbox {:?} is not an http(s) URL", document.inbox));
+    }
+    if !document.shared_inbox.is_empty() && origin(&document.shared_inbox) != origin(&document.inbox) {
+        return Err(format!(
+            "shared inbox {:?} is not on the node of inbox {:?}",
+            document.shared_inbox, document.inbox
+        ));
     }
     if !document
         .key_id
@@ -81,4 +110,20 @@ pub fn check(document: &ActorDocument) -> Result<VerifyingKey, String> {
         return Err(format!("key id {} does not belong to {}", document.key_id, document.id));
     }
     crate::public_key(&document.public_key)
+}
+
+/// The node part of an http(s) URL, `scheme://host[:port]` (lowercased), which names a
+/// destination node; None for anything else.
+pub fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.is_empty() {
+        return None;
+    }
+    Some(format!("{scheme}://{}", host_port.to_ascii_lowercase()))
 }

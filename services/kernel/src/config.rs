@@ -34,6 +34,11 @@ pub struct Config {
     )]
     pub node_secret_file: PathBuf,
 
+    /// Do not advertise the node inbox (`<public-url>/inbox`) in actor documents: peers then
+    /// POST to each actor's inbox, as nodes before it did.
+    #[arg(long, env = "FEDSX_KERNEL_NO_NODE_INBOX")]
+    pub no_node_inbox: bool,
+
     /// Allow fetching peer documents from loopback, private and link-local addresses
     /// (tests and single-machine setups only).
     #[arg(long, env = "FEDSX_ALLOW_PRIVATE_PEERS")]

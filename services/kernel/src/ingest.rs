@@ -1,7 +1,7 @@
 //! The inbound pipeline: decode → recipient exists → the sender's document (known, or
 //! fetched) → the key id is the sender's current key → strict verify → idempotent append to
 //! the recipient's inbox → side effects (auto-accept of Follow, following on Accept,
-//! unfollow on Undo). Side effects are idempotent and re-run when a retried envelope finds
+//! unfollow on Undo). The node inbox runs the same pipeline once for several recipients. Side effects are idempotent and re-run when a retried envelope finds
 //! them unfinished, so a crash between the append and them loses nothing.
 
 use crate::error::KernelError;
@@ -14,6 +14,15 @@ use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_wire::{ActivityId, Received};
 
+/// Decodes an inbound envelope, naming it on the current span.
+fn decoded(envelope: &[u8]) -> Result<Received, KernelError> {
+    let received = fedsx_wire::decode(envelope)?;
+    let span = tracing::Span::current();
+    span.record("fedsx.actor", received.activity.actor.as_str());
+    span.record("fedsx.activity_id", received.id.to_string());
+    Ok(received)
+}
+
 /// Where an ingested activity landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
@@ -23,28 +32,111 @@ pub struct Ingested {
     pub id: ActivityId,
 }
 
+/// Where a node-inbox activity landed: one inbox per local recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIngested {
+    pub id: ActivityId,
+    /// (recipient name, where it landed), by name.
+    pub landed: Vec<(String, Ingested)>,
+}
+
 impl Kernel {
     /// The inbound pipeline (docs/grpc-api.md), counted by outcome.
     #[tracing::instrument(name = "ingest", skip_all, fields(fedsx.recipient = %recipient, fedsx.actor, fedsx.activity_id, fedsx.seq))]
     pub async fn ingest(&self, recipient: &str, envelope: &[u8]) -> Result<Ingested, KernelError> {
         let result = self.ingest_checked(recipient, envelope).await;
-        crate::metrics::record_ingest(&result);
+        crate::metrics::record_ingest(result.as_ref().map(std::slice::from_ref));
+        result
+    }
+
+    /// The node inbox: the same pipeline, verified once, then landing in the inbox of every
+    /// local actor the activity is for ([`Kernel::node_recipients`]).
+    #[tracing::instrument(name = "ingest", skip_all, fields(fedsx.recipient = "(node inbox)", fedsx.actor, fedsx.activity_id, fedsx.recipients))]
+    pub async fn ingest_node(&self, envelope: &[u8]) -> Result<NodeIngested, KernelError> {
+        let result = self.ingest_node_checked(envelope).await;
+        match &result {
+            Ok(node) => {
+                let landed: Vec<Ingested> = node.landed.iter().map(|(_, landed)| *landed).collect();
+                crate::metrics::record_ingest(Ok(&landed));
+            }
+            Err(err) => crate::metrics::record_ingest(Err(err)),
+        }
         result
     }
 
     async fn ingest_checked(&self, recipient: &str, envelope: &[u8]) -> Result<Ingested, KernelError> {
-        let received = fedsx_wire::decode(envelope)?;
-        let span = tracing::Span::current();
-        span.record("fedsx.actor", received.activity.actor.as_str());
-        span.record("fedsx.activity_id", received.id.to_string());
+        let received = decoded(envelope)?;
         let recipient_url = self.actor(recipient)?.id;
-        let sender = self.sender_document(&received).await?;
+        let sender = self.verified_sender(&received).await?;
+        let ingested = self.land(recipient, &recipient_url, &received, envelope).await?;
+        tracing::Span::current().record("fedsx.seq", ingested.seq);
+        self.sequence_seen(&sender, received.activity.seq);
+        Ok(ingested)
+    }
+
+    async fn ingest_node_checked(&self, envelope: &[u8]) -> Result<NodeIngested, KernelError> {
+        let received = decoded(envelope)?;
+        let sender = self.verified_sender(&received).await?;
+        let recipients = self.node_recipients(&received.activity.actor, &received.activity.to);
+        tracing::Span::current().record("fedsx.recipients", recipients.len());
+        let mut landed = Vec::with_capacity(recipients.len());
+        for (name, url) in recipients {
+            let ingested = self.land(&name, &url, &received, envelope).await?;
+            landed.push((name, ingested));
+        }
+        if landed.is_empty() {
+            tracing::info!(sender = %sender.id, id = %received.id, "node inbox: the activity is for none of this node's actors");
+        }
+        self.sequence_seen(&sender, received.activity.seq);
+        Ok(NodeIngested {
+            id: received.id,
+            landed,
+        })
+    }
+
+    /// The local actors (name, URL) an activity from `sender` addressed `to` is for: those
+    /// named in `to`, and, when `to` holds the sender's followers collection, every local
+    /// actor following the sender.
+    pub(crate) fn node_recipients(&self, sender: &str, to: &[String]) -> Vec<(String, String)> {
+        let state = self.read_state();
+        let followers = crate::state::followers_url(sender);
+        let mut names = std::collections::BTreeSet::new();
+        for target in to {
+            if *target == followers {
+                names.extend(state.followed_by.get(sender).into_iter().flatten().cloned());
+            } else if let Some(name) = self.local_name(target) {
+                names.insert(name.to_owned());
+            }
+        }
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let url = state.actor(&name)?.document.id.clone();
+                Some((name, url))
+            })
+            .collect()
+    }
+
+    /// The sender's document, once the envelope's signature verified against its key.
+    async fn verified_sender(&self, received: &Received) -> Result<ActorDocument, KernelError> {
+        let sender = self.sender_document(received).await?;
         let key = fedsx_wire::public_key(&sender.public_key).map_err(|reason| KernelError::UnknownSender {
             actor: sender.id.clone(),
             reason: format!("document has no usable key: {reason}"),
         })?;
         received.verify(&key)?;
+        Ok(sender)
+    }
 
+    /// Appends a verified activity to `recipient`'s inbox (idempotently) and runs its side
+    /// effects there.
+    async fn land(
+        &self,
+        recipient: &str,
+        recipient_url: &str,
+        received: &Received,
+        envelope: &[u8],
+    ) -> Result<Ingested, KernelError> {
         let answer = self
             .logs
             .append_any(
@@ -59,18 +151,16 @@ impl Kernel {
             .first()
             .copied()
             .ok_or_else(|| KernelError::Internal("empty append answer".into()))?;
-        span.record("fedsx.seq", entry.seq);
         tracing::debug!(
             recipient,
-            sender = %sender.id,
+            sender = %received.activity.actor,
             id = %received.id,
             kind = ?received.kind,
             seq = entry.seq,
             new = entry.appended,
             "ingested"
         );
-        self.side_effects(recipient, &recipient_url, &received).await?;
-        self.sequence_seen(&sender, received.activity.seq);
+        self.side_effects(recipient, recipient_url, received).await?;
         Ok(Ingested {
             seq: entry.seq,
             new: entry.appended,

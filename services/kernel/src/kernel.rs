@@ -8,7 +8,7 @@ use crate::keys::NodeSecret;
 use crate::logs::{JOURNAL_ACTOR, Logs};
 use crate::peers::PeerFetcher;
 use crate::publish::Head;
-use crate::state::State;
+use crate::state::{NodeUrls, State};
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, JournalRecord, PeerRegistered};
@@ -27,8 +27,8 @@ const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Kernel {
     pub(crate) logs: Logs,
     pub(crate) secret: NodeSecret,
-    pub(crate) base_url: String,
-    /// `<base_url>/actors/`: local actor URLs start with it.
+    pub(crate) node: NodeUrls,
+    /// `<base>/actors/`: local actor URLs start with it.
     actors_prefix: String,
     pub(crate) state: RwLock<State>,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
@@ -79,18 +79,17 @@ impl Kernel {
     pub async fn start(
         logs: Logs,
         secret: NodeSecret,
-        base_url: String,
+        node: NodeUrls,
         fetcher: PeerFetcher,
         delivery: Arc<dyn DeliveryPort>,
         shutdown: fedsx_runtime::CancellationToken,
     ) -> Result<Arc<Kernel>, KernelError> {
-        let base_url = base_url.trim_end_matches('/').to_owned();
         let mut state = State::default();
         let journal = logs.read_all(JOURNAL_ACTOR, StreamKind::Meta, 0).await?;
         for entry in &journal {
             let record = JournalRecord::decode(entry.data.as_ref())
                 .map_err(|err| KernelError::Internal(format!("journal entry {} is corrupt: {err}", entry.seq)))?;
-            state.apply(record, &secret, &base_url);
+            state.apply(record, &secret, &node);
         }
         tracing::info!(
             records = journal.len(),
@@ -107,8 +106,8 @@ impl Kernel {
         let kernel = Arc::new_cyclic(|this| Kernel {
             logs,
             secret,
-            actors_prefix: format!("{base_url}/actors/"),
-            base_url,
+            actors_prefix: format!("{}/actors/", node.base),
+            node,
             state: RwLock::new(state),
             heads: Mutex::default(),
             fetcher,
@@ -174,7 +173,7 @@ impl Kernel {
         self.state
             .write()
             .expect("state lock poisoned")
-            .apply(record, &self.secret, &self.base_url);
+            .apply(record, &self.secret, &self.node);
         Ok(answer.entries.first().is_some_and(|e| e.appended))
     }
 
@@ -281,7 +280,7 @@ impl Kernel {
             .map_err(|reason| KernelError::BadRequest(format!("bad actor document: {reason}")))?;
         if document
             .id
-            .strip_prefix(&self.base_url)
+            .strip_prefix(&self.node.base)
             .is_some_and(|rest| rest.starts_with('/'))
         {
             return Err(KernelError::BadRequest(format!(

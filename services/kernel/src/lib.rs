@@ -29,6 +29,7 @@ pub use kernel::Kernel;
 pub use keys::NodeSecret;
 pub use logs::Logs;
 pub use publish::{Draft, Published};
+pub use state::NodeUrls;
 
 use anyhow::Context;
 use fedsx_runtime::CancellationToken;
@@ -59,7 +60,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         let started = Kernel::start(
             logs.clone(),
             NodeSecret::from_bytes(secret.to_bytes()),
-            config.public_url.clone(),
+            state::NodeUrls::new(&config.public_url, !config.no_node_inbox),
             fetcher.clone(),
             delivery.clone(),
             shutdown.clone(),

@@ -2,6 +2,7 @@
 //! status (read from the flow table when scraped or exported).
 
 use crate::error::KernelError;
+use crate::Ingested;
 use crate::kernel::Kernel;
 use fedsx_runtime::metrics::{Counter, KeyValue, ObservableGauge, meter};
 use fedsx_wire::WireError;
@@ -37,9 +38,11 @@ fn ingest_metrics() -> &'static IngestMetrics {
 }
 
 /// Every `outcome` label of `fedsx.kernel.ingests`.
-const OUTCOMES: [&str; 11] = [
+const OUTCOMES: [&str; 12] = [
     "new",
     "duplicate",
+    // A node-inbox activity for none of the node's actors (verified, then dropped).
+    "no_recipient",
     "bad_signature",
     "foreign_key_id",
     "too_large",
@@ -93,10 +96,11 @@ pub(crate) fn handoff_refused() {
 }
 
 /// Counts one ingest's outcome.
-pub(crate) fn record_ingest(result: &Result<crate::Ingested, KernelError>) {
+pub(crate) fn record_ingest(result: Result<&[Ingested], &KernelError>) {
     let metrics = ingest_metrics();
     let outcome = match result {
-        Ok(ingested) if ingested.new => "new",
+        Ok([]) => "no_recipient",
+        Ok(landed) if landed.iter().any(|l| l.new) => "new",
         Ok(_) => "duplicate",
         Err(err) => refusal(err),
     };

@@ -135,7 +135,7 @@ mod tests {
     async fn a_document_for_another_actor_is_refused() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
         let other = "http://elsewhere.example/actors/y";
-        let document = fedsx_wire::document::new(other, "y", &key);
+        let document = fedsx_wire::document::new(other, "y", &key, "");
         let body = serde_json::to_vec(&fedsx_wire::document::to_json(&document)).unwrap();
         let url = canned(Some(ok_with(&body))).await;
         let err = PeerFetcher::new(true).fetch(&url).await.unwrap_err();

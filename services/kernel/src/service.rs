@@ -107,15 +107,30 @@ impl KernelApi for KernelService {
 
     async fn ingest(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
         let request = request.into_inner();
-        let ingested = self
-            .kernel
-            .ingest(&request.recipient, &request.envelope)
-            .await
-            .map_err(status)?;
+        let (id, landed) = if request.recipient.is_empty() {
+            let node = self.kernel.ingest_node(&request.envelope).await.map_err(status)?;
+            (node.id, node.landed)
+        } else {
+            let ingested = self
+                .kernel
+                .ingest(&request.recipient, &request.envelope)
+                .await
+                .map_err(status)?;
+            (ingested.id, vec![(request.recipient, ingested)])
+        };
+        let first = landed.first().map(|(_, l)| *l);
         Ok(Response::new(pb::IngestResponse {
-            seq: ingested.seq,
-            new: ingested.new,
-            id: ingested.id.0.to_vec().into(),
+            seq: first.map_or(0, |l| l.seq),
+            new: first.is_some_and(|l| l.new),
+            id: id.0.to_vec().into(),
+            landed: landed
+                .into_iter()
+                .map(|(recipient, l)| pb::IngestLanded {
+                    recipient,
+                    seq: l.seq,
+                    new: l.new,
+                })
+                .collect(),
         }))
     }
 

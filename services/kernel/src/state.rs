@@ -24,6 +24,9 @@ pub struct State {
     pub followers: HashMap<String, BTreeMap<String, ActivityId>>,
     /// Local actor name → URLs it follows (their Accept came back).
     pub following: HashMap<String, BTreeSet<String>>,
+    /// The same the other way round: followed URL → local actor names following it (the
+    /// recipients on this node of what it sends to its followers).
+    pub followed_by: HashMap<String, BTreeSet<String>>,
     /// Follow id → (local actor, followed URL), for matching the Accept that answers it.
     pub follows_sent: HashMap<ActivityId, (String, String)>,
     /// Local actor name → the outbox seq up to which the relay handed everything to delivery.
@@ -40,17 +43,39 @@ pub fn followers_url(actor_url: &str) -> String {
     format!("{actor_url}/followers")
 }
 
-pub fn local_document(base: &str, name: &str, key: &SigningKey) -> ActorDocument {
-    fedsx_wire::document::new(&actor_url(base, name), name, &key.verifying_key())
+/// The node's own URLs, as peers reach its gateway.
+#[derive(Debug, Clone)]
+pub struct NodeUrls {
+    /// The public base URL, without a trailing slash.
+    pub base: String,
+    /// The node inbox its actor documents advertise, `<base>/inbox`; empty when the node
+    /// advertises none (peers then POST to each actor's inbox).
+    pub shared_inbox: String,
+}
+
+impl NodeUrls {
+    pub fn new(public_url: &str, advertise_node_inbox: bool) -> NodeUrls {
+        let base = public_url.trim_end_matches('/').to_owned();
+        let shared_inbox = if advertise_node_inbox {
+            format!("{base}/inbox")
+        } else {
+            String::new()
+        };
+        NodeUrls { base, shared_inbox }
+    }
+}
+
+pub fn local_document(node: &NodeUrls, name: &str, key: &SigningKey) -> ActorDocument {
+    fedsx_wire::document::new(&actor_url(&node.base, name), name, &key.verifying_key(), &node.shared_inbox)
 }
 
 impl State {
-    pub fn apply(&mut self, record: JournalRecord, secret: &NodeSecret, base: &str) {
+    pub fn apply(&mut self, record: JournalRecord, secret: &NodeSecret, node: &NodeUrls) {
         let Some(record) = record.record else { return };
         match record {
             Record::ActorCreated(created) => {
                 let key = secret.actor_key(&created.name);
-                let document = local_document(base, &created.name, &key);
+                let document = local_document(node, &created.name, &key);
                 self.actors.insert(created.name, LocalActor { document, key });
             }
             Record::PeerRegistered(registered) => {
@@ -77,6 +102,10 @@ impl State {
                 }
             }
             Record::FollowingAdded(added) => {
+                self.followed_by
+                    .entry(added.followed.clone())
+                    .or_default()
+                    .insert(added.actor.clone());
                 self.following.entry(added.actor).or_default().insert(added.followed);
             }
             Record::RelayCursor(cursor) => {

@@ -54,7 +54,7 @@ async fn kernel_on(logs_url: &str, shutdown: &CancellationToken) -> (Arc<Kernel>
         match Kernel::start(
             logs.clone(),
             NodeSecret::from_bytes([5; 32]),
-            BASE.into(),
+            fedsx_kernel::NodeUrls::new(BASE, true),
             PeerFetcher::new(true),
             delivery.clone(),
             shutdown.child_token(),
@@ -105,7 +105,7 @@ impl Peer {
     }
 
     fn document(&self) -> ActorDocument {
-        fedsx_wire::document::new(&self.url, "", &self.key.verifying_key())
+        fedsx_wire::document::new(&self.url, "", &self.key.verifying_key(), "")
     }
 
     fn activity(&mut self, kind: ActivityType, object: &str) -> Activity {

@@ -47,6 +47,7 @@ fn enqueue(peer: &str, inbox: &str, n: u8) -> EnqueueRequest {
         inbox_url: inbox.into(),
         envelope: Bytes::from(format!("envelope {n}")),
         id: id(n),
+        ..EnqueueRequest::default()
     }
 }
 

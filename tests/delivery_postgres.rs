@@ -49,6 +49,7 @@ fn request(peer: &FakePeer, destination: usize, n: usize) -> EnqueueRequest {
         inbox_url: inbox,
         envelope: Bytes::from(format!("envelope {destination}/{n}")),
         id: Bytes::copy_from_slice(&id),
+        ..EnqueueRequest::default()
     }
 }
 

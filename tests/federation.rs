@@ -168,7 +168,7 @@ async fn federate(preregister: bool) {
     let delivery_b = DeliveryClient::new(support::channel(&b.delivery_url()).await.unwrap());
     let retried = eventually("B retrying alice", || {
         let mut delivery_b = delivery_b.clone();
-        let peer = alice.id.clone();
+        let peer = fedsx_wire::document::origin(&alice.id).unwrap();
         async move {
             let status = delivery_b
                 .peer_status(PeerStatusRequest { peer })
@@ -190,7 +190,7 @@ async fn federate(preregister: bool) {
     wait_tips(&ka, "alice", (3, 1)).await;
     let settled = eventually("B's queue for alice drained", || {
         let mut delivery_b = delivery_b.clone();
-        let peer = alice.id.clone();
+        let peer = fedsx_wire::document::origin(&alice.id).unwrap();
         async move {
             let status = delivery_b
                 .peer_status(PeerStatusRequest { peer })

@@ -78,7 +78,11 @@ async fn silent_and_half_sent_connections_are_closed_after_the_header_timeout() 
     // not the idle one, applies from its first byte.
     let mut second_half = TcpStream::connect(service.addr).await.unwrap();
     second_half.write_all(HEALTHZ).await.unwrap();
-    assert!(read_healthz_answer(&mut second_half).await.starts_with("HTTP/1.1 200 OK"));
+    assert!(
+        read_healthz_answer(&mut second_half)
+            .await
+            .starts_with("HTTP/1.1 200 OK")
+    );
     second_half.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
 
     let (said, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;

@@ -466,7 +466,9 @@ async fn the_accept_and_notes_reach_the_follower_through_delivery() {
 
     let mut delivery_client = DeliveryClient::new(support::channel(&delivery.url()).await.unwrap());
     let status = delivery_client
-        .peer_status(PeerStatusRequest { peer: carol_url })
+        .peer_status(PeerStatusRequest {
+            peer: fedsx_wire::document::origin(&carol_url).unwrap(),
+        })
         .await
         .unwrap()
         .into_inner();

@@ -74,7 +74,8 @@ async fn every_process_serves_metrics_that_move() {
     };
     kernel.publish(note).await.unwrap();
 
-    let peer_label = [("peer", carol.as_str())];
+    let destination = fedsx_wire::document::origin(&carol).unwrap();
+    let peer_label = [("peer", destination.as_str())];
     wait_sample(
         node.delivery,
         "fedsx_delivery_sends_total",

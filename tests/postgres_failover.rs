@@ -179,6 +179,7 @@ async fn acknowledged_appends_survive_a_primary_killed_mid_traffic() {
                     inbox_url: inbox.clone(),
                     envelope: Bytes::from(format!("envelope {n}")),
                     id: Bytes::copy_from_slice(&[n as u8, (n >> 8) as u8].repeat(16)),
+                    ..EnqueueRequest::default()
                 };
                 // Retried until acknowledged; the retry of an enqueue whose answer was lost
                 // is recognised by its id.

@@ -180,7 +180,7 @@ fn attribute(span: &Received, key: &str) -> String {
     })
 }
 
-const INBOX_ROUTE: &str = "POST /actors/{name}/inbox";
+const INBOX_ROUTE: &str = "POST /inbox";
 
 fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
@@ -280,7 +280,7 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
         .expect("node A's gateway span for the inbound Follow");
     let trace = Trace::of(&all, &inbound_a.span.trace_id);
     assert_eq!(inbound_a.span.kind, SpanKind::Server as i32);
-    assert_eq!(attribute(inbound_a, "http.route"), "/actors/{name}/inbox");
+    assert_eq!(attribute(inbound_a, "http.route"), "/inbox", "the node inbox");
     assert_eq!(attribute(inbound_a, "http.request.method"), "POST");
     assert_eq!(attribute(inbound_a, "http.response.status_code"), "202");
 
@@ -297,7 +297,8 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
     assert_eq!(attribute(ingest_a, "rpc.grpc.status_code"), "0");
     let pipeline_a = trace.find("node-a", "fedsx-kernel", "ingest");
     assert_child(pipeline_a, ingest_a);
-    assert_eq!(attribute(pipeline_a, "fedsx.recipient"), "alice");
+    assert_eq!(attribute(pipeline_a, "fedsx.recipient"), "(node inbox)");
+    assert_eq!(attribute(pipeline_a, "fedsx.recipients"), "1");
     assert_eq!(attribute(pipeline_a, "fedsx.actor"), format!("{}/actors/bob", b.url()));
     assert_eq!(attribute(pipeline_a, "fedsx.seq"), "1");
     assert_eq!(attribute(pipeline_a, "fedsx.activity_id").len(), 64);
@@ -324,7 +325,7 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
     let post_a = trace.find("node-a", "fedsx-delivery", "POST");
     assert_eq!(post_a.span.kind, SpanKind::Client as i32);
     assert!(trace.descends(post_a, enqueue_a));
-    assert_eq!(attribute(post_a, "fedsx.peer"), format!("{}/actors/bob", b.url()));
+    assert_eq!(attribute(post_a, "fedsx.peer"), b.url(), "the destination node");
     assert_eq!(attribute(post_a, "http.response.status_code"), "202");
 
     // Across the network, into node B.

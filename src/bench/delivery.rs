@@ -174,6 +174,7 @@ async fn sustained(client: &DeliveryClient<Channel>, duration: Duration) -> anyh
                     peer: actor.clone(),
                     envelope: Bytes::from_static(&[7u8; 300]),
                     id: Bytes::copy_from_slice(&id),
+                    ..EnqueueRequest::default()
                 };
                 client.enqueue(request).await?;
             }
@@ -241,6 +242,7 @@ async fn enqueue_all(client: &DeliveryClient<Channel>, peers: &[String], n: usiz
                     peer: actor,
                     envelope: Bytes::from_static(&[7u8; 300]),
                     id: Bytes::copy_from_slice(&id),
+                    ..EnqueueRequest::default()
                 };
                 client.enqueue(request).await?;
             }

@@ -10,8 +10,8 @@
 //! read that would wait past the deadline fails with `TimedOut`, and hyper closes the
 //! connection.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -85,7 +85,10 @@ impl Clock {
     fn deadline(&self, reader: &Waker) -> Option<(Instant, &'static str)> {
         let mut state = self.state();
         match state.phase {
-            Phase::Head(since) => Some((since + self.header, "request headers not complete within the header timeout")),
+            Phase::Head(since) => Some((
+                since + self.header,
+                "request headers not complete within the header timeout",
+            )),
             Phase::Idle(since) => Some((since + self.idle, "connection idle past the idle timeout")),
             Phase::Busy(_) => {
                 state.reader = Some(reader.clone());
@@ -111,7 +114,6 @@ impl Drop for Busy {
         if let (Phase::Idle(_), Some(reader)) = (state.phase, state.reader.take()) {
             reader.wake();
         }
-
     }
 }
 

@@ -1,9 +1,9 @@
 //! The one conformance suite every [`QueueStorage`] engine passes, written once and run
-//! against each: idempotent enqueue, FIFO and retry times, outcomes, isolation, leases and
+//! against each: idempotent enqueue, FIFO and retry times, one sender at a time, recipients, outcomes, isolation, leases and
 //! fencing, redrive, unknown peers, restart. Add an engine with one `conformance!` line.
 
 use crate::queue::Id;
-use crate::storage::{NewDelivery, Outcome, QueueStorage};
+use crate::storage::{NewDelivery, Outcome, QueueStorage, Recipient};
 use bytes::Bytes;
 use std::future::Future;
 
@@ -23,14 +23,25 @@ fn id(n: u8) -> Id {
     [n; 32]
 }
 
+/// Delivery `n` to `peer`, from a sender of its own (each is the head of its lane).
 fn delivery(peer: &str, n: u8) -> NewDelivery {
     NewDelivery {
         peer: peer.into(),
         id: id(n),
+        sender: format!("https://a.example/actors/s{n}"),
         inbox_url: format!("{peer}/inbox"),
+        recipients: Vec::new(),
         envelope: Bytes::from(format!("envelope {n}")),
         traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         enqueued_ms: NOW - 1000 + u64::from(n),
+    }
+}
+
+/// Delivery `n` to `peer` from `sender`.
+fn from(sender: &str, peer: &str, n: u8) -> NewDelivery {
+    NewDelivery {
+        sender: sender.into(),
+        ..delivery(peer, n)
     }
 }
 
@@ -338,6 +349,83 @@ pub(crate) async fn redrive_moves_dead_letters_to_the_end_with_attempts_reset<E:
     assert!(queue.status("https://nobody.example/a").await.unwrap().is_none());
 }
 
+pub(crate) async fn one_senders_deliveries_go_one_at_a_time_in_order<E: Engine>(engine: &E) {
+    let queue = engine.open("lanes").await;
+    let (alice, carol) = ("https://a.example/actors/alice", "https://a.example/actors/carol");
+    for n in 1..=3 {
+        queue.enqueue(from(alice, PEER, n)).await.unwrap();
+    }
+    queue.enqueue(from(carol, PEER, 4)).await.unwrap();
+    queue.enqueue(from(alice, PEER, 5)).await.unwrap();
+    queue.enqueue(from(carol, PEER, 6)).await.unwrap();
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [1, 4], "each sender's oldest");
+    let skip = vec![id(1), id(4)];
+    assert!(
+        queue.due(PEER, NOW, 10, skip).await.unwrap().is_empty(),
+        "in flight: nothing after them"
+    );
+
+    // A retry holds its sender's later deliveries back until it is due again.
+    let retry = Outcome::Retry {
+        attempts: 1,
+        at: NOW + 500,
+        error: "status 503".into(),
+    };
+    record_one(&queue, "a", NOW, PEER, id(1), retry).await.unwrap();
+    record_one(&queue, "a", NOW, PEER, id(4), Outcome::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [6], "alice waits; carol goes on");
+    assert_eq!(due_ids(&queue, PEER, NOW + 500).await, [1, 6]);
+
+    // Delivered or dead-lettered, the next of the sender follows.
+    record_one(&queue, "a", NOW + 500, PEER, id(1), Outcome::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(due_ids(&queue, PEER, NOW + 500).await, [2, 6]);
+    let dead = Outcome::Dead {
+        attempts: 1,
+        error: "status 400".into(),
+    };
+    record_one(&queue, "a", NOW + 500, PEER, id(2), dead).await.unwrap();
+    assert_eq!(due_ids(&queue, PEER, NOW + 500).await, [3, 6]);
+
+    // A redriven delivery goes back at the end of its sender's lane.
+    assert_eq!(queue.redrive(PEER, None).await.unwrap(), Some(1));
+    for n in [3, 5] {
+        record_one(&queue, "a", NOW + 500, PEER, id(n), Outcome::Delivered)
+            .await
+            .unwrap();
+    }
+    assert_eq!(due_ids(&queue, PEER, NOW + 500).await, [6, 2]);
+}
+
+pub(crate) async fn recipients_come_back_as_queued<E: Engine>(engine: &E) {
+    let queue = engine.open("recipients").await;
+    let recipients = vec![
+        Recipient {
+            actor: "https://b.example/actors/bob".into(),
+            inbox_url: "https://b.example/actors/bob/inbox".into(),
+        },
+        Recipient {
+            actor: "https://b.example/actors/dan".into(),
+            inbox_url: String::new(),
+        },
+    ];
+    let node = "https://b.example";
+    let delivery = NewDelivery {
+        inbox_url: String::new(),
+        recipients: recipients.clone(),
+        ..delivery(node, 1)
+    };
+    queue.enqueue(delivery).await.unwrap();
+    let due = queue.due(node, NOW, 10, vec![]).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].recipients, recipients);
+    assert_eq!(due[0].inbox_url, "");
+}
+
 pub(crate) async fn work_wakes_the_dispatcher<E: Engine>(engine: &E) {
     let queue = engine.open("notices").await;
     let mut notices = queue.notices();
@@ -408,6 +496,8 @@ macro_rules! conformance {
                 a_batch_of_outcomes_is_recorded_together,
                 a_lease_gives_a_peer_to_one_owner_and_fences_the_others,
                 redrive_moves_dead_letters_to_the_end_with_attempts_reset,
+                one_senders_deliveries_go_one_at_a_time_in_order,
+                recipients_come_back_as_queued,
                 work_wakes_the_dispatcher,
                 a_reopened_queue_keeps_pending_attempts_dead_and_delivered);
         }

@@ -7,7 +7,7 @@
 //! timer.
 
 use crate::dispatch::dispatch;
-use crate::queue::{AfterFailure, Id, Schedule, decide};
+use crate::queue::{AfterFailure, Failure, Id, Schedule, decide};
 use crate::storage::{Due, Outcome, QueueStorage};
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::http_client::PeerHttp;
@@ -37,6 +37,18 @@ pub struct Settings {
     pub owner: String,
     pub lease: Duration,
     pub shutdown: CancellationToken,
+}
+
+/// Of two sends' results, the one that decides a delivery to several inboxes: any failure
+/// fails it, and a failure worth retrying wins over a permanent one (all are sent again).
+fn worse(a: Result<(), Failure>, b: Result<(), Failure>) -> Result<(), Failure> {
+    match (a, b) {
+        (Ok(()), other) | (other, Ok(())) => other,
+        (Err(transient @ Failure::Transient { .. }), _) | (_, Err(transient @ Failure::Transient { .. })) => {
+            Err(transient)
+        }
+        (permanent, _) => permanent,
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -253,18 +265,16 @@ impl<Q: QueueStorage> Dispatcher<Q> {
         let peer = worker.peer.as_str();
         let id = due.id;
         if now_ms() < worker.lease_until.load(Ordering::Relaxed) {
-            let url = self
-                .settings
-                .inbox_overrides
-                .get(peer)
-                .cloned()
-                .unwrap_or_else(|| due.inbox_url.clone());
-            let span = fedsx_runtime::trace_context::http_client_span(&http::Method::POST, &url, &due.traceparent);
-            span.record("fedsx.peer", peer);
-            span.record("fedsx.activity_id", fedsx_wire::ActivityId(id).to_string());
-            let result = dispatch(&self.settings.http, &url, due.envelope.clone())
-                .instrument(span)
-                .await;
+            let mut result = Ok(());
+            for url in due.targets(peer, &self.settings.inbox_overrides) {
+                let span = fedsx_runtime::trace_context::http_client_span(&http::Method::POST, &url, &due.traceparent);
+                span.record("fedsx.peer", peer);
+                span.record("fedsx.activity_id", fedsx_wire::ActivityId(id).to_string());
+                let sent = dispatch(&self.settings.http, &url, due.envelope.clone())
+                    .instrument(span)
+                    .await;
+                result = worse(result, sent);
+            }
             let outcome = self.outcome(peer, &due, result);
             worker
                 .outcomes

@@ -3,7 +3,7 @@
 
 use crate::dispatcher::{Dispatcher, now_ms};
 use crate::error::DeliveryError;
-use crate::storage::{NewDelivery, PeerStatus, QueueStorage};
+use crate::storage::{NewDelivery, PeerStatus, QueueStorage, Recipient};
 use fedsx_proto::delivery::v1 as pb;
 use fedsx_runtime::error::ServiceError;
 use fedsx_runtime::paging::PageRequest;
@@ -61,10 +61,16 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
                 request.peer
             ))));
         }
-        if !request.inbox_url.is_empty() && !is_url(&request.inbox_url) {
+        let urls = std::iter::once(&request.inbox_url).chain(request.recipients.iter().map(|r| &r.inbox_url));
+        if let Some(bad) = urls.filter(|url| !url.is_empty()).find(|url| !is_url(url)) {
             return Err(status(DeliveryError::BadRequest(format!(
-                "inbox url {:?} is not an http(s) URL",
-                request.inbox_url
+                "inbox url {bad:?} is not an http(s) URL"
+            ))));
+        }
+        if let Some(bad) = request.recipients.iter().find(|r| !is_url(&r.actor)) {
+            return Err(status(DeliveryError::BadRequest(format!(
+                "recipient {:?} is not an http(s) URL",
+                bad.actor
             ))));
         }
         let id = id_of(&request.id).map_err(status)?;
@@ -78,7 +84,16 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
         let delivery = NewDelivery {
             peer: request.peer,
             id,
+            sender: request.sender,
             inbox_url: request.inbox_url,
+            recipients: request
+                .recipients
+                .into_iter()
+                .map(|r| Recipient {
+                    actor: r.actor,
+                    inbox_url: r.inbox_url,
+                })
+                .collect(),
             envelope: request.envelope,
             traceparent,
             enqueued_ms: now_ms(),

@@ -5,8 +5,9 @@
 //!
 //! - an enqueue is durable when answered, and idempotent by (peer, id): the same pair
 //!   again — pending, dead-lettered or already delivered — is not queued twice;
-//! - a peer's pending deliveries come out in enqueue (FIFO) order, those waiting for a
-//!   retry time only once it has passed;
+//! - a peer's pending deliveries come out in enqueue (FIFO) order per sender, one at a time:
+//!   only the oldest pending delivery of each sender is handed out, and only once its retry
+//!   time (if any) has passed — different senders proceed in parallel;
 //! - a peer is worked by one owner at a time, under a lease that lapses unless renewed;
 //!   outcomes are recorded only while the owner holds the lease (a replica that lost its
 //!   destination cannot overwrite the new owner's work);
@@ -21,14 +22,37 @@ use fedsx_runtime::error::ServiceError;
 use std::future::Future;
 use tokio::sync::{broadcast, watch};
 
+/// One recipient on a delivery's destination node (a protobuf message: engines store it so).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Recipient {
+    /// Its actor URL.
+    #[prost(string, tag = "1")]
+    pub actor: String,
+    /// Its inbox URL (empty: unknown).
+    #[prost(string, tag = "2")]
+    pub inbox_url: String,
+}
+
+/// A delivery's recipients as one stored value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Recipients {
+    #[prost(message, repeated, tag = "1")]
+    pub list: Vec<Recipient>,
+}
+
 /// A delivery to queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewDelivery {
-    /// The destination's queue key (today the recipient's actor URL).
+    /// The destination's queue key: its node, `scheme://host[:port]` (queues of older
+    /// kernels: a recipient's actor URL).
     pub peer: String,
     pub id: Id,
-    /// Where to POST it (empty: the static map or "no peer url").
+    /// The local actor that sent it: a sender's deliveries to one destination go out one
+    /// at a time, in enqueue order.
+    pub sender: String,
+    /// Where to POST it once (empty: to each recipient's inbox; see [`Due::targets`]).
     pub inbox_url: String,
+    pub recipients: Vec<Recipient>,
     pub envelope: Bytes,
     /// The enqueuing request's trace context, continued by the send.
     pub traceparent: String,
@@ -36,14 +60,37 @@ pub struct NewDelivery {
 }
 
 /// A pending delivery handed out to be sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Due {
     pub id: Id,
     pub inbox_url: String,
+    pub recipients: Vec<Recipient>,
     pub envelope: Bytes,
     pub traceparent: String,
     /// Failed sends so far.
     pub attempts: u32,
+}
+
+impl Due {
+    /// Where it is POSTed, each once: its `inbox_url` (a node inbox, or the one
+    /// recipient's inbox); without one, each recipient's inbox; without recipients, the
+    /// destination `peer` itself. `overrides` (the static map, actor URL → inbox URL) wins
+    /// for the recipient or peer it names — a recipient it names is sent on its own, not
+    /// through the node inbox. An empty target fails the send with "no peer url".
+    pub fn targets(&self, peer: &str, overrides: &std::collections::HashMap<String, String>) -> Vec<String> {
+        let pick = |actor: &str, known: &str| overrides.get(actor).cloned().unwrap_or_else(|| known.to_owned());
+        if self.recipients.is_empty() {
+            return vec![pick(peer, &self.inbox_url)];
+        }
+        let overridden = self.recipients.iter().any(|r| overrides.contains_key(&r.actor));
+        if !self.inbox_url.is_empty() && !overridden {
+            return vec![self.inbox_url.clone()];
+        }
+        let mut targets: Vec<String> = self.recipients.iter().map(|r| pick(&r.actor, &r.inbox_url)).collect();
+        targets.sort();
+        targets.dedup();
+        targets
+    }
 }
 
 /// What a send came to.
@@ -149,8 +196,9 @@ pub trait QueueStorage: Clone + Send + Sync + 'static {
     /// Gives `owner`'s lease on `peer` up (nothing pending for it).
     fn release(&self, owner: &str, peer: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Up to `limit` pending deliveries of `peer` due at `now`, in FIFO order, leaving out
-    /// the ids in `skip` (in flight).
+    /// Up to `limit` pending deliveries of `peer`, each the oldest pending one of its sender,
+    /// due at `now`, in FIFO order, leaving out the ids in `skip` (in flight — whose
+    /// senders' later deliveries wait behind them).
     fn due(
         &self,
         peer: &str,

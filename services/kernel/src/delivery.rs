@@ -1,22 +1,27 @@
-//! The delivery port: how the kernel hands a signed activity for one recipient to the
-//! delivery service. The gRPC implementation talks to `fedsx delivery`; the in-memory one
+//! The delivery port: how the kernel hands a signed activity for its recipients on one
+//! destination node to the delivery service. The gRPC implementation talks to `fedsx delivery`; the in-memory one
 //! records hand-offs for tests of the kernel alone.
 
 use bytes::Bytes;
-use fedsx_proto::delivery::v1::EnqueueRequest;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
+use fedsx_proto::delivery::v1::{EnqueueRequest, Recipient};
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 use fedsx_wire::ActivityId;
 use futures::future::BoxFuture;
 use std::sync::Mutex;
 
-/// One activity for one recipient.
+/// One activity for its recipients on one destination node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handoff {
-    /// The recipient's actor URL.
+    /// The destination node, `scheme://host[:port]`.
     pub peer: String,
-    /// Its inbox URL, empty when unknown.
+    /// Where it is POSTed once: the node inbox all its recipients' documents advertise;
+    /// empty: to each recipient's inbox.
     pub inbox_url: String,
+    /// The local actor URL that sent it.
+    pub sender: String,
+    /// (actor URL, inbox URL — empty when unknown) of each recipient on the node, sorted.
+    pub recipients: Vec<(String, String)>,
     pub envelope: Bytes,
     pub id: ActivityId,
 }
@@ -62,6 +67,12 @@ impl DeliveryPort for GrpcDelivery {
                 inbox_url: handoff.inbox_url,
                 envelope: handoff.envelope,
                 id: handoff.id.0.to_vec().into(),
+                sender: handoff.sender,
+                recipients: handoff
+                    .recipients
+                    .into_iter()
+                    .map(|(actor, inbox_url)| Recipient { actor, inbox_url })
+                    .collect(),
             };
             client.enqueue(request).await.map(drop).map_err(|status| {
                 let why = format!("{:?}: {}", status.code(), status.message());

@@ -51,7 +51,7 @@ impl Kernel {
 
     /// The node inbox: the same pipeline, verified once, then landing in the inbox of every
     /// local actor the activity is for ([`Kernel::node_recipients`]).
-    #[tracing::instrument(name = "ingest", skip_all, fields(fedsx.recipient = "(node inbox)", fedsx.actor, fedsx.activity_id, fedsx.recipients))]
+    #[tracing::instrument(name = "ingest", skip_all, fields(fedsx.recipient = "(node inbox)", fedsx.actor, fedsx.activity_id, fedsx.recipients, fedsx.seq))]
     pub async fn ingest_node(&self, envelope: &[u8]) -> Result<NodeIngested, KernelError> {
         let result = self.ingest_node_checked(envelope).await;
         match &result {
@@ -83,6 +83,10 @@ impl Kernel {
         for (name, url) in recipients {
             let ingested = self.land(&name, &url, &received, envelope).await?;
             landed.push((name, ingested));
+        }
+        if let Some((_, first)) = landed.first() {
+            // The seq in the first recipient's inbox, as an actor inbox's span has it.
+            tracing::Span::current().record("fedsx.seq", first.seq);
         }
         if landed.is_empty() {
             tracing::info!(sender = %sender.id, id = %received.id, "node inbox: the activity is for none of this node's actors");

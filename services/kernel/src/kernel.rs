@@ -29,7 +29,7 @@ pub struct Kernel {
     pub(crate) secret: NodeSecret,
     pub(crate) node: NodeUrls,
     /// `<base>/actors/`: local actor URLs start with it.
-    actors_prefix: String,
+    pub(crate) actors_prefix: String,
     pub(crate) state: RwLock<State>,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
     pub(crate) fetcher: PeerFetcher,
@@ -318,20 +318,6 @@ impl Kernel {
 
     pub(crate) fn known_document(&self, url: &str) -> Option<ActorDocument> {
         self.read_state().document(&self.actors_prefix, url).cloned()
-    }
-
-    /// The inbox URL of each actor in `urls` (empty when unknown), under one lock.
-    pub(crate) fn inboxes(&self, urls: Vec<String>) -> Vec<(String, String)> {
-        let state = self.read_state();
-        urls.into_iter()
-            .map(|url| {
-                let inbox = state
-                    .document(&self.actors_prefix, &url)
-                    .map(|d| d.inbox.clone())
-                    .unwrap_or_default();
-                (url, inbox)
-            })
-            .collect()
     }
 
     pub(crate) async fn fetch_and_keep(&self, url: &str) -> Result<ActorDocument, String> {

@@ -1,8 +1,8 @@
 //! What the kernel reports: ingests by outcome, signature failures, and flow instances by
 //! status (read from the flow table when scraped or exported).
 
-use crate::error::KernelError;
 use crate::Ingested;
+use crate::error::KernelError;
 use crate::kernel::Kernel;
 use fedsx_runtime::metrics::{Counter, KeyValue, ObservableGauge, meter};
 use fedsx_wire::WireError;

@@ -1,4 +1,4 @@
-//! The relay: hands every outbox entry to delivery, once per recipient inbox, after it is
+//! The relay: hands every outbox entry to delivery, once per destination node, after it is
 //! durably in the outbox. It reads the outbox from a cursor, so nothing published is lost
 //! when delivery is down (it retries with backoff) or the kernel restarts (it resumes from
 //! the last journaled cursor, at most `CURSOR_EVERY` entries back; delivery treats a
@@ -14,7 +14,7 @@ use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::trace_context::{Context, OpenTelemetrySpanExt};
 use fedsx_wire::ActivityId;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -123,20 +123,19 @@ impl Kernel {
             if let Some(parent) = self.published_trace(&id) {
                 let _ = span.set_parent(parent);
             }
-            for (peer, inbox_url) in self.recipients(actor, &activity.actor, &activity.to) {
-                let handoff = Handoff {
-                    peer,
-                    inbox_url,
-                    envelope: Bytes::clone(&entry.data),
-                    id,
-                };
-                let recipient = handoff.peer.clone();
+            let (handoffs, unroutable) = self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id);
+            for recipient in unroutable {
+                crate::metrics::handoff_refused();
+                tracing::error!(parent: &span, %recipient, "recipient is not an http(s) URL; skipped");
+            }
+            for handoff in handoffs {
+                let destination = handoff.peer.clone();
                 match self.delivery.enqueue(handoff).instrument(span.clone()).await {
                     Ok(()) => {}
                     // Never deliverable: it must not hold up what the actor publishes next.
                     Err(HandoffError::Refused(reason)) => {
                         crate::metrics::handoff_refused();
-                        tracing::error!(parent: &span, recipient = %recipient, %reason, "delivery refuses this hand-off for good; skipped");
+                        tracing::error!(parent: &span, destination = %destination, %reason, "delivery refuses this hand-off for good; skipped");
                     }
                     Err(HandoffError::Unavailable(reason)) => return Err(KernelError::Internal(reason)),
                 }
@@ -169,10 +168,58 @@ impl Kernel {
         self.relay_traces.lock().expect("relay traces lock poisoned").remove(id);
     }
 
-    /// (recipient actor URL, inbox URL) for every recipient of an activity by local actor
-    /// `name` (at `sender`): its followers collection expands to the current followers;
-    /// inbox URLs come from the recipients' documents (empty when unknown).
-    fn recipients(&self, name: &str, sender: &str, to: &[String]) -> Vec<(String, String)> {
+    /// One hand-off per destination node for the recipients of an activity by local actor
+    /// `name` (at `sender`): its followers collection expands to the current followers.
+    /// Where every recipient on a node advertises the same node inbox, it goes there once;
+    /// otherwise to each recipient's inbox (from its document; empty when unknown). Also
+    /// answers the recipients that name no node (not http(s) URLs).
+    fn handoffs(
+        &self,
+        name: &str,
+        sender: &str,
+        to: &[String],
+        envelope: &Bytes,
+        id: ActivityId,
+    ) -> (Vec<Handoff>, Vec<String>) {
+        // Per destination node: the node inbox all its recipients share (None: they do not),
+        // and (actor, inbox) of each.
+        type Node = (Option<String>, Vec<(String, String)>);
+        let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+        let actors = self.recipients(name, sender, to);
+        let mut unroutable = Vec::new();
+        let state = self.read_state();
+        for actor in actors {
+            let document = state.document(&self.actors_prefix, &actor);
+            let inbox = document.map(|d| d.inbox.clone()).unwrap_or_default();
+            let shared = document.map(|d| d.shared_inbox.clone()).unwrap_or_default();
+            let where_to = if inbox.is_empty() { &actor } else { &inbox };
+            let Some(node) = fedsx_wire::document::origin(where_to) else {
+                unroutable.push(actor);
+                continue;
+            };
+            let (common, recipients) = nodes.entry(node).or_insert_with(|| (Some(shared.clone()), Vec::new()));
+            if common.as_deref() != Some(shared.as_str()) {
+                *common = None;
+            }
+            recipients.push((actor, inbox));
+        }
+        let handoffs = nodes
+            .into_iter()
+            .map(|(peer, (common, recipients))| Handoff {
+                peer,
+                inbox_url: common.unwrap_or_default(),
+                sender: sender.to_owned(),
+                recipients,
+                envelope: Bytes::clone(envelope),
+                id,
+            })
+            .collect();
+        (handoffs, unroutable)
+    }
+
+    /// The actor URLs an activity by local actor `name` (at `sender`) addressed `to` goes
+    /// to, sorted: its followers collection expands to the current followers.
+    fn recipients(&self, name: &str, sender: &str, to: &[String]) -> Vec<String> {
         let followers = followers_url(sender);
         let mut out: Vec<String> = Vec::new();
         for target in to {
@@ -186,6 +233,6 @@ impl Kernel {
         }
         out.sort();
         out.dedup();
-        self.inboxes(out)
+        out
     }
 }

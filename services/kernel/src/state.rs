@@ -66,7 +66,12 @@ impl NodeUrls {
 }
 
 pub fn local_document(node: &NodeUrls, name: &str, key: &SigningKey) -> ActorDocument {
-    fedsx_wire::document::new(&actor_url(&node.base, name), name, &key.verifying_key(), &node.shared_inbox)
+    fedsx_wire::document::new(
+        &actor_url(&node.base, name),
+        name,
+        &key.verifying_key(),
+        &node.shared_inbox,
+    )
 }
 
 impl State {

@@ -18,6 +18,8 @@ use tonic::Code;
 
 const BASE: &str = "https://b.example";
 const PEER: &str = "https://a.example/actors/alice";
+/// The node `PEER` lives on: its deliveries' queue.
+const PEER_NODE: &str = "https://a.example";
 
 struct Node {
     kernel: Arc<Kernel>,
@@ -225,8 +227,10 @@ async fn a_follow_is_recorded_and_auto_accepted_once() {
 
     // The Accept goes to alice's inbox, naming the Follow.
     let handoffs = wait_for_handoffs(&node, 1).await;
-    assert_eq!(handoffs[0].peer, PEER);
-    assert_eq!(handoffs[0].inbox_url, format!("{PEER}/inbox"));
+    assert_eq!(handoffs[0].peer, PEER_NODE);
+    assert_eq!(handoffs[0].inbox_url, "", "alice's document advertises no node inbox");
+    assert_eq!(handoffs[0].recipients, [(PEER.to_owned(), format!("{PEER}/inbox"))]);
+    assert_eq!(handoffs[0].sender, bob_url());
     let accept = fedsx_wire::decode(&handoffs[0].envelope).unwrap();
     assert_eq!(accept.kind, ActivityType::Accept);
     assert_eq!(accept.activity.object, follow_id.to_hex());
@@ -267,7 +271,7 @@ async fn followers_receive_what_is_published_to_them() {
     let handoffs = wait_for_handoffs(&node, 2).await;
     let to_alice: Vec<_> = handoffs.iter().filter(|h| h.id == note.id).collect();
     assert_eq!(to_alice.len(), 1);
-    assert_eq!(to_alice[0].inbox_url, format!("{PEER}/inbox"));
+    assert_eq!(to_alice[0].recipients, [(PEER.to_owned(), format!("{PEER}/inbox"))]);
 }
 
 #[tokio::test]
@@ -474,7 +478,12 @@ async fn a_restart_keeps_actors_keys_followers_and_the_chain() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(delivery.handoffs().iter().any(|h| h.id == after.id && h.peer == PEER));
+    assert!(
+        delivery
+            .handoffs()
+            .iter()
+            .any(|h| h.id == after.id && h.peer == PEER_NODE)
+    );
     shutdown.cancel();
 }
 

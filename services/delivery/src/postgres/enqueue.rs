@@ -4,9 +4,10 @@
 
 use super::{ms, schema};
 use crate::queue::Id;
-use crate::storage::{NewDelivery, QueueError};
+use crate::storage::{NewDelivery, QueueError, Recipients};
 use fedsx_pg::tokio_postgres::types::ToSql;
 use fedsx_pg::{Database, GroupCommit, GroupWriter};
+use prost::Message;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -44,7 +45,26 @@ impl Enqueuer {
         let traces: Vec<&str> = deliveries.iter().map(|d| d.traceparent.as_str()).collect();
         let enqueued: Vec<i64> = deliveries.iter().map(|d| ms(d.enqueued_ms)).collect();
         let envelopes: Vec<&[u8]> = deliveries.iter().map(|d| &d.envelope[..]).collect();
-        let params: [&(dyn ToSql + Sync); 6] = [&peer, &ids, &inboxes, &traces, &enqueued, &envelopes];
+        let senders: Vec<&str> = deliveries.iter().map(|d| d.sender.as_str()).collect();
+        let recipients: Vec<Option<Vec<u8>>> = deliveries
+            .iter()
+            .map(|d| {
+                let list = Recipients {
+                    list: d.recipients.clone(),
+                };
+                (!list.list.is_empty()).then(|| list.encode_to_vec())
+            })
+            .collect();
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &peer,
+            &ids,
+            &inboxes,
+            &traces,
+            &enqueued,
+            &envelopes,
+            &senders,
+            &recipients,
+        ];
         let rows = client.query(&statement, &params).await?;
         let mut added: HashSet<Id> = HashSet::with_capacity(rows.len());
         for row in &rows {

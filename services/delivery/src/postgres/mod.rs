@@ -4,14 +4,14 @@
 //! stops renewing, and another takes the destination once the lease lapses. Outcomes are
 //! recorded only under a held lease, and a delivered row is never handed out again.
 
-mod cursor;
 mod enqueue;
 mod schema;
 
 use crate::queue::{DeadLetter, Id};
-use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
+use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, Recipients};
 use bytes::Bytes;
 use fedsx_pg::{Database, OpenError, PoolOptions, Wakeups};
+use prost::Message;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, watch};
@@ -29,7 +29,6 @@ struct Inner {
     /// Destinations with new work; empty: look at every destination.
     wakeups: Wakeups<String>,
     enqueues: Arc<enqueue::Enqueues>,
-    cursors: cursor::Cursors,
     closed: AtomicBool,
 }
 
@@ -62,7 +61,6 @@ impl PgQueue {
                 database,
                 wakeups,
                 enqueues,
-                cursors: cursor::Cursors::default(),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -130,7 +128,6 @@ impl QueueStorage for PgQueue {
     }
 
     async fn release(&self, owner: &str, peer: &str) -> Result<(), QueueError> {
-        self.inner.cursors.reset(peer);
         let client = self.client().await?;
         client.execute(schema::RELEASE, &[&peer, &owner]).await?;
         Ok(())
@@ -139,28 +136,25 @@ impl QueueStorage for PgQueue {
     async fn due(&self, peer: &str, now: u64, limit: usize, skip: Vec<Id>) -> Result<Vec<Due>, QueueError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(schema::DUE).await?;
-        let start = self.inner.cursors.start(peer, &skip);
         let skip: Vec<&[u8]> = skip.iter().map(|id| &id[..]).collect();
         let rows = client
-            .query(&statement, &[&peer, &ms(now), &skip, &(limit as i64), &start])
+            .query(&statement, &[&peer, &ms(now), &skip, &(limit as i64)])
             .await?;
-        let mut handed = Vec::with_capacity(rows.len());
-        let due = rows
-            .iter()
+        rows.iter()
             .map(|row| {
-                let id = id_of(row.get(0))?;
-                handed.push((id, row.get::<_, i64>(5)));
+                let recipients: Option<Vec<u8>> = row.get(5);
+                let recipients = Recipients::decode(recipients.unwrap_or_default().as_slice())
+                    .map_err(|err| QueueError::internal(format!("corrupt recipients: {err}")))?;
                 Ok(Due {
-                    id,
+                    id: id_of(row.get(0))?,
                     inbox_url: row.get(1),
+                    recipients: recipients.list,
                     envelope: Bytes::from(row.get::<_, Option<Vec<u8>>>(2).unwrap_or_default()),
                     traceparent: row.get(3),
                     attempts: row.get::<_, i32>(4) as u32,
                 })
             })
-            .collect::<Result<Vec<_>, QueueError>>()?;
-        self.inner.cursors.handed_out(peer, start, &handed);
-        Ok(due)
+            .collect()
     }
 
     async fn next_retry(&self, peer: &str, now: u64) -> Result<Option<u64>, QueueError> {
@@ -198,15 +192,9 @@ impl QueueStorage for PgQueue {
                 &statement,
                 &[&peer, &owner, &ms(now), &ids, &statuses, &attempts, &retries, &errors],
             )
-            .await
-            .inspect_err(|_| self.inner.cursors.reset(peer))?;
+            .await?;
         let recorded: std::collections::HashSet<Vec<u8>> = rows.iter().map(|row| row.get(0)).collect();
-        let answers: Vec<bool> = outcomes.iter().map(|(id, _)| recorded.contains(&id[..])).collect();
-        let handled: Vec<Id> = outcomes.iter().map(|(id, _)| *id).collect();
-        self.inner
-            .cursors
-            .recorded(peer, &handled, answers.iter().all(|done| *done));
-        Ok(answers)
+        Ok(outcomes.iter().map(|(id, _)| recorded.contains(&id[..])).collect())
     }
 
     async fn redrive(&self, peer: &str, ids: Option<Vec<Id>>) -> Result<Option<usize>, QueueError> {

@@ -60,6 +60,18 @@ pub const MIGRATIONS: &[Migration] = &[
                 WHERE status = 0 AND next_retry_ms > 0;
             ALTER TABLE delivery_items SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);",
     },
+    Migration {
+        version: 4,
+        name: "senders' lanes and recipients",
+        // Queues are per destination node: each row carries its sender (one at a time per
+        // sender, in order: the lanes index finds each sender's oldest pending row) and its
+        // recipients there (a protobuf list). Rows from before are the unnamed sender's.
+        sql: r#"
+            ALTER TABLE delivery_items
+                ADD COLUMN sender text COLLATE "C" NOT NULL DEFAULT '',
+                ADD COLUMN recipients bytea;
+            CREATE INDEX delivery_items_lanes ON delivery_items (peer, sender, ord) WHERE status = 0;"#,
+    },
 ];
 
 /// Every statement here walks one destination's rows through an index, in queue order or
@@ -79,8 +91,8 @@ pub const DELIVERED: i16 = 2;
 /// Where new pending work is announced; the payload is the peer.
 pub const CHANNEL: &str = "fedsx_delivery_enqueued";
 
-/// Queues a group of deliveries to one destination (`$2..$6`: ids, inbox URLs, trace
-/// contexts, enqueue times, envelopes), in the order given, skipping the (peer, id) pairs
+/// Queues a group of deliveries to one destination (`$2..$8`: ids, inbox URLs, trace
+/// contexts, enqueue times, envelopes, senders, recipients), in the order given, skipping the (peer, id) pairs
 /// already known; answers the ids queued. The destination's row is only read when it
 /// exists: `ON CONFLICT` alone would wait for every outcome being recorded on it. (Announced
 /// afterwards, off the commit path: see `fedsx_pg::Notifier`.)
@@ -90,12 +102,13 @@ pub const ENQUEUE: &str = "
         SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM delivery_peers WHERE peer = $1)
         ON CONFLICT (peer) DO NOTHING
     ), given AS (
-        SELECT * FROM unnest($2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
-            WITH ORDINALITY AS t(id, inbox_url, traceparent, enqueued_ms, envelope, n)
+        SELECT * FROM unnest($2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::bytea[])
+            WITH ORDINALITY AS t(id, inbox_url, traceparent, enqueued_ms, envelope, sender, recipients, n)
         ORDER BY n
     )
-    INSERT INTO delivery_items (peer, id, ord, status, inbox_url, traceparent, enqueued_ms, envelope)
-    SELECT $1, id, nextval('delivery_order'), 0, inbox_url, traceparent, enqueued_ms, envelope FROM given
+    INSERT INTO delivery_items (peer, id, ord, status, inbox_url, traceparent, enqueued_ms, envelope, sender, recipients)
+    SELECT $1, id, nextval('delivery_order'), 0, inbox_url, traceparent, enqueued_ms, envelope, sender, recipients
+    FROM given
     ON CONFLICT (peer, id) DO NOTHING
     RETURNING id";
 
@@ -115,19 +128,26 @@ pub const CLAIM: &str = "
 
 pub const RELEASE: &str = "UPDATE delivery_peers SET lease_until = 0 WHERE peer = $1 AND owner = $2";
 
-/// Up to `$4` due rows in queue order, leaving out `$3`: retries whose time has come, and
-/// fresh rows (never tried, or redriven) after order `$5` (see `cursor`).
+/// Up to `$4` due rows in queue order, leaving out `$3`: of each sender's pending rows only
+/// the oldest (a lane's head), if never tried (or redriven) or its retry time `$2` has come.
+/// The senders are walked through the lanes index one after another (a loose index scan:
+/// one probe per sender with pending rows, however many rows each has queued).
 pub const DUE: &str = "
-    SELECT id, inbox_url, envelope, traceparent, attempts, ord FROM (
-        (SELECT id, inbox_url, envelope, traceparent, attempts, ord FROM delivery_items
-         WHERE peer = $1 AND status = 0 AND next_retry_ms > 0 AND next_retry_ms <= $2 AND NOT (id = ANY($3))
-         ORDER BY ord LIMIT $4)
+    WITH RECURSIVE lanes(sender) AS (
+        (SELECT sender FROM delivery_items WHERE peer = $1 AND status = 0 ORDER BY sender LIMIT 1)
         UNION ALL
-        (SELECT id, inbox_url, envelope, traceparent, attempts, ord FROM delivery_items
-         WHERE peer = $1 AND status = 0 AND next_retry_ms = 0 AND ord > $5 AND NOT (id = ANY($3))
-         ORDER BY ord LIMIT $4)
-    ) AS due
-    ORDER BY ord LIMIT $4";
+        SELECT (SELECT i.sender FROM delivery_items i
+                WHERE i.peer = $1 AND i.status = 0 AND i.sender > l.sender ORDER BY i.sender LIMIT 1)
+        FROM lanes l WHERE l.sender IS NOT NULL
+    )
+    SELECT h.id, h.inbox_url, h.envelope, h.traceparent, h.attempts, h.recipients
+    FROM lanes l
+    CROSS JOIN LATERAL (
+        SELECT id, inbox_url, envelope, traceparent, attempts, recipients, next_retry_ms, ord FROM delivery_items
+        WHERE peer = $1 AND status = 0 AND sender = l.sender ORDER BY ord LIMIT 1
+    ) AS h
+    WHERE l.sender IS NOT NULL AND h.next_retry_ms <= $2 AND NOT (h.id = ANY($3))
+    ORDER BY h.ord LIMIT $4";
 
 /// (`next_retry_ms > 0` lets it use the retry index; fresh rows have 0.)
 pub const NEXT_RETRY: &str = "SELECT min(next_retry_ms) FROM delivery_items

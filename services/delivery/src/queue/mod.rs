@@ -3,6 +3,7 @@
 //! persists and drives it; these functions decide.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An activity id (32 bytes).
@@ -135,7 +136,9 @@ pub struct DeadLetter {
 
 /// One peer's queue. Every operation is O(log n) in the queue's length, so a peer with
 /// 100,000 queued activities costs no more per send than one with ten; per queued id it
-/// holds about 150 bytes (the envelopes live on disk).
+/// holds about 150 bytes (the envelopes live on disk). Pending ids are in lanes, one per
+/// sender: only a lane's oldest id (its head) is ever handed out, so a sender's deliveries
+/// reach the destination in order while different senders proceed side by side.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerState {
     next_order: u64,
@@ -150,13 +153,20 @@ pub struct PeerState {
     timers: BTreeSet<(u64, u64)>,
     dead_letter: BTreeMap<u64, DeadLetter>,
     dead_order: HashMap<Id, u64>,
+    /// Per sender, the orders of its pending ids.
+    lanes: HashMap<Arc<str>, BTreeSet<u64>>,
+    /// The oldest pending order of each lane.
+    heads: BTreeSet<u64>,
+    /// The sender of each dead letter (a redrive puts it back in its lane).
+    dead_senders: HashMap<Id, Arc<str>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     order: u64,
     attempts: u32,
     next_retry: Option<u64>,
+    lane: Arc<str>,
 }
 
 /// What a failure did to an activity.
@@ -171,30 +181,45 @@ fn ms(duration: Duration) -> u64 {
 }
 
 impl PeerState {
-    /// Adds an activity at the back; false (and nothing changes) when it is already pending
-    /// or dead-lettered.
+    /// Adds an activity of the unnamed sender at the back; see [`PeerState::enqueue_from`].
     pub fn enqueue(&mut self, id: Id) -> bool {
+        self.enqueue_from("", id)
+    }
+
+    /// Adds an activity at the back of `sender`'s lane; false (and nothing changes) when it
+    /// is already pending or dead-lettered.
+    pub fn enqueue_from(&mut self, sender: &str, id: Id) -> bool {
         if self.entries.contains_key(&id) || self.dead_order.contains_key(&id) {
             return false;
         }
         let order = self.next_order;
         self.next_order += 1;
         self.pending.insert(order, id);
+        let lane = match self.lanes.get_key_value(sender) {
+            Some((lane, _)) => lane.clone(),
+            None => Arc::from(sender),
+        };
+        let orders = self.lanes.entry(lane.clone()).or_default();
+        orders.insert(order);
+        if orders.len() == 1 {
+            self.heads.insert(order);
+        }
         self.entries.insert(
             id,
             Entry {
                 order,
                 attempts: 0,
                 next_retry: None,
+                lane,
             },
         );
         self.ready.insert(order);
         true
     }
 
-    /// Puts back a pending activity as it was persisted (attempts, retry time).
-    pub fn restore(&mut self, id: Id, attempts: u32, next_retry: Option<u64>) {
-        if !self.enqueue(id) {
+    /// Puts back a pending activity as it was persisted (sender, attempts, retry time).
+    pub fn restore(&mut self, sender: &str, id: Id, attempts: u32, next_retry: Option<u64>) {
+        if !self.enqueue_from(sender, id) {
             return;
         }
         if let Some(entry) = self.entries.get_mut(&id) {
@@ -205,11 +230,14 @@ impl PeerState {
         }
     }
 
-    /// Puts back a dead letter as it was persisted.
-    pub fn restore_dead(&mut self, dead: DeadLetter) {
+    /// Puts back a dead letter of `sender` as it was persisted.
+    pub fn restore_dead(&mut self, sender: &str, dead: DeadLetter) {
         let order = self.next_order;
         self.next_order += 1;
         self.dead_order.insert(dead.id, order);
+        if !sender.is_empty() {
+            self.dead_senders.insert(dead.id, Arc::from(sender));
+        }
         self.dead_letter.insert(order, dead);
     }
 
@@ -227,16 +255,26 @@ impl PeerState {
         self.next_retry_at(id).is_none_or(|at| at <= now)
     }
 
-    fn remove_pending(&mut self, id: &Id) -> bool {
-        let Some(entry) = self.entries.remove(id) else {
-            return false;
-        };
+    /// Takes `id` out of pending; the sender of what was removed.
+    fn remove_pending(&mut self, id: &Id) -> Option<Arc<str>> {
+        let entry = self.entries.remove(id)?;
         self.pending.remove(&entry.order);
         self.ready.remove(&entry.order);
         if let Some(at) = entry.next_retry {
             self.timers.remove(&(at, entry.order));
         }
-        true
+        if let Some(orders) = self.lanes.get_mut(&entry.lane) {
+            orders.remove(&entry.order);
+            if self.heads.remove(&entry.order)
+                && let Some(next) = orders.first()
+            {
+                self.heads.insert(*next);
+            }
+            if orders.is_empty() {
+                self.lanes.remove(&entry.lane);
+            }
+        }
+        Some(entry.lane)
     }
 
     pub fn is_pending(&self, id: &Id) -> bool {
@@ -298,42 +336,36 @@ impl PeerState {
 
     /// Moves a pending `id` to the dead letters; its retry time is cleared.
     pub fn dead_letter(&mut self, id: Id, attempts: u32, reason: &str) {
-        if self.remove_pending(&id) {
-            self.restore_dead(DeadLetter {
+        if let Some(sender) = self.remove_pending(&id) {
+            let dead = DeadLetter {
                 id,
                 attempts,
                 last_error: reason.to_owned(),
-            });
+            };
+            self.restore_dead(&sender, dead);
         }
     }
 
-    /// A delivered activity: its attempts and retry time are cleared and it leaves the queue.
-    /// False when it was not pending.
+    /// A delivered activity: its attempts and retry time are cleared and it leaves the queue
+    /// (the next of its sender becomes due). False when it was not pending.
     pub fn record_success(&mut self, id: Id) -> bool {
-        self.remove_pending(&id)
+        self.remove_pending(&id).is_some()
     }
 
-    /// Pending ids that may be sent at `now` — never tried, or their retry time has passed —
-    /// in insertion (FIFO) order.
+    /// Pending ids that may be sent at `now` — each the oldest of its sender, never tried
+    /// or its retry time passed — in insertion (FIFO) order.
     pub fn next_due(&self, now: u64) -> Vec<Id> {
-        self.due(now, usize::MAX, |_| false)
-    }
-
-    fn due(&self, now: u64, limit: usize, skip: impl Fn(&Id) -> bool) -> Vec<Id> {
-        let expired = self.timers.range(..(now.saturating_add(1), 0)).map(|(_, order)| *order);
-        let mut orders: Vec<u64> = self.ready.iter().copied().chain(expired).collect();
-        orders.sort_unstable();
-        orders
-            .into_iter()
-            .map(|order| self.pending[&order])
-            .filter(|id| !skip(id))
-            .take(limit)
+        self.heads
+            .iter()
+            .map(|order| self.pending[order])
+            .filter(|id| self.is_due(id, now))
             .collect()
     }
 
-    /// What a worker sends next: at most `limit` due ids in FIFO order, leaving out those
-    /// `skip` says (in flight). Moves ids whose retry time passed among the ready ones first,
-    /// so each id costs O(log n) once, however long the queue.
+    /// What a worker sends next: at most `limit` due lane heads in FIFO order, leaving out
+    /// those `skip` says (in flight). Moves ids whose retry time passed among the ready ones
+    /// first, so each id costs O(log n) once, however long the queue; a call costs
+    /// O(senders with pending work).
     pub fn take_due(&mut self, now: u64, limit: usize, skip: impl Fn(&Id) -> bool) -> Vec<Id> {
         while let Some(&(at, order)) = self.timers.first() {
             if at > now {
@@ -342,8 +374,9 @@ impl PeerState {
             self.timers.pop_first();
             self.ready.insert(order);
         }
-        self.ready
+        self.heads
             .iter()
+            .filter(|order| self.ready.contains(order))
             .map(|order| self.pending[order])
             .filter(|id| !skip(id))
             .take(limit)
@@ -368,7 +401,8 @@ impl PeerState {
         for order in chosen {
             if let Some(dead) = self.dead_letter.remove(&order) {
                 self.dead_order.remove(&dead.id);
-                self.enqueue(dead.id);
+                let sender = self.dead_senders.remove(&dead.id);
+                self.enqueue_from(sender.as_deref().unwrap_or_default(), dead.id);
                 moved.push(dead.id);
             }
         }

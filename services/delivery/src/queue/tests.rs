@@ -15,12 +15,33 @@ fn transient() -> Failure {
     }
 }
 
+/// A queue holding `ids`, each from a sender of its own.
 fn state_with(ids: &[u8]) -> PeerState {
     let mut state = PeerState::default();
     for n in ids {
-        assert!(state.enqueue(id(*n)));
+        assert!(state.enqueue_from(&format!("s{n}"), id(*n)));
     }
     state
+}
+
+#[test]
+fn one_senders_ids_are_due_one_at_a_time_in_order() {
+    let schedule = Schedule::default();
+    let mut state = PeerState::default();
+    for n in [1, 2, 3] {
+        state.enqueue_from("alice", id(n));
+    }
+    state.enqueue_from("carol", id(4));
+    assert_eq!(state.next_due(NOW), [id(1), id(4)]);
+    state.record_failure(id(1), NOW, &transient(), &schedule);
+    assert_eq!(state.next_due(NOW), [id(4)], "alice's next waits behind her retry");
+    assert!(state.record_success(id(1)));
+    assert_eq!(state.next_due(NOW), [id(2), id(4)]);
+    state.dead_letter(id(2), 1, "status 400");
+    assert_eq!(state.take_due(NOW, 8, |i| *i == id(4)), [id(3)]);
+    assert_eq!(state.redrive(None), [id(2)]);
+    assert!(state.record_success(id(3)));
+    assert_eq!(state.next_due(NOW), [id(4), id(2)], "redriven: back in alice's lane");
 }
 
 #[test]
@@ -209,7 +230,7 @@ fn a_large_queue_stays_cheap() {
     for n in 0..100_000u32 {
         let mut i = [0u8; 32];
         i[..4].copy_from_slice(&n.to_be_bytes());
-        state.enqueue(i);
+        state.enqueue_from(&format!("s{}", n % 1000), i);
     }
     // Fail them all, then deliver them all: quadratic structures would take minutes here.
     let ids: Vec<Id> = state.pending().copied().collect();

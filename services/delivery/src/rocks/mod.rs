@@ -56,14 +56,15 @@ impl PeerEntry {
         let mut state = PeerState::default();
         for (id, item) in loaded.items {
             if item.status == STATUS_DEAD {
-                state.restore_dead(DeadLetter {
+                let dead = DeadLetter {
                     id,
                     attempts: item.attempts,
                     last_error: item.last_error,
-                });
+                };
+                state.restore_dead(&item.sender, dead);
             } else {
                 let retry = (item.next_retry_ms > 0).then_some(item.next_retry_ms);
-                state.restore(id, item.attempts, retry);
+                state.restore(&item.sender, id, item.attempts, retry);
             }
         }
         PeerEntry {
@@ -200,7 +201,7 @@ impl RocksQueue {
 impl QueueStorage for RocksQueue {
     async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, QueueError> {
         self.open_or_closed()?;
-        let (peer, id) = (delivery.peer.clone(), delivery.id);
+        let (peer, id, sender) = (delivery.peer.clone(), delivery.id, delivery.sender.clone());
         let record = {
             let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
             let entry = peers.entry(peer.clone()).or_insert_with(|| PeerEntry::new(&peer));
@@ -221,6 +222,8 @@ impl QueueStorage for RocksQueue {
                 inbox_url: delivery.inbox_url,
                 traceparent: delivery.traceparent,
                 enqueued_ms: delivery.enqueued_ms,
+                sender: delivery.sender,
+                recipients: delivery.recipients,
                 ..ItemRecord::default()
             };
             inner
@@ -235,7 +238,7 @@ impl QueueStorage for RocksQueue {
         entry.enqueuing.remove(&id);
         let new = written?;
         if new {
-            entry.state.enqueue(id);
+            entry.state.enqueue_from(&sender, id);
             let _ = self.inner.notices.send(delivery.peer);
         }
         Ok(new)
@@ -292,6 +295,7 @@ impl QueueStorage for RocksQueue {
                     due.push(Due {
                         id,
                         inbox_url: item.inbox_url,
+                        recipients: item.recipients,
                         envelope,
                         traceparent: item.traceparent,
                         attempts: item.attempts,

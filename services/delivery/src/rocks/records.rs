@@ -41,6 +41,11 @@ pub struct ItemRecord {
     /// When it was first enqueued (ms since the epoch; 0 in records from before it was kept).
     #[prost(uint64, tag = "9")]
     pub enqueued_ms: u64,
+    /// The sending actor (empty in records from before senders were kept).
+    #[prost(string, tag = "10")]
+    pub sender: String,
+    #[prost(message, repeated, tag = "11")]
+    pub recipients: Vec<crate::storage::Recipient>,
 }
 
 #[derive(Clone, PartialEq, Message)]

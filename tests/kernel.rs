@@ -623,30 +623,40 @@ async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    let legacy = Activity {
-        r#type: ActivityType::Create.into(),
-        actor: bob.id.clone(),
-        seq: 2,
-        to: vec!["not-a-url".into(), format!("{}/followers", bob.id)],
-        content: "one".into(),
-        prev: vec![0u8; 32].into(),
-        ..Activity::default()
+    // From before: a recipient that is no URL, and a note too large for any inbox.
+    let legacy = |seq: u64, to: Vec<String>, content: String| {
+        let activity = Activity {
+            r#type: ActivityType::Create.into(),
+            actor: bob.id.clone(),
+            seq,
+            to,
+            content,
+            prev: vec![0u8; 32].into(),
+            ..Activity::default()
+        };
+        let signed = sign(
+            &activity,
+            &SigningKey::from_bytes(&[1; 32]),
+            &format!("{}#legacy", bob.id),
+        );
+        fedsx_proto::logstore::v1::NewEntry {
+            id: signed.id.0.to_vec().into(),
+            data: signed.to_bytes().into(),
+        }
     };
-    let signed = sign(
-        &legacy,
-        &SigningKey::from_bytes(&[1; 32]),
-        &format!("{}#legacy", bob.id),
-    );
+    let followers = format!("{}/followers", bob.id);
+    let entries = vec![
+        legacy(2, vec!["not-a-url".into(), followers.clone()], "one".into()),
+        legacy(3, vec![followers], "x".repeat(300 * 1024)),
+    ];
+    let oversized = ActivityId::from_slice(&entries[1].id).unwrap();
     let mut logs = LogStoreClient::new(support::channel(&log_store.url()).await.unwrap());
     logs.append(fedsx_proto::logstore::v1::AppendRequest {
         stream: Some(StreamId {
             actor: "bob".into(),
             kind: StreamKind::Outbox.into(),
         }),
-        entries: vec![fedsx_proto::logstore::v1::NewEntry {
-            id: signed.id.0.to_vec().into(),
-            data: signed.to_bytes().into(),
-        }],
+        entries,
         // After the auto-Accept of carol's Follow.
         expected_tip: Some(1),
     })
@@ -668,7 +678,46 @@ async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
     let metrics = support::scrape(&kernel.url()).await;
     assert_eq!(
         support::sample(&metrics, "fedsx_kernel_handoffs_refused_total", &[]),
-        Some(1.0),
+        Some(2.0),
         "{metrics}"
     );
+    // Both are dead letters with their reasons, where an operator looks.
+    let mut deliveries = fedsx_proto::delivery::v1::delivery_client::DeliveryClient::new(
+        support::channel(&delivery.url()).await.unwrap(),
+    );
+    let dead_letters = |peer: String| {
+        let mut deliveries = deliveries.clone();
+        async move {
+            let request = fedsx_proto::delivery::v1::ListDeadLettersRequest {
+                peer,
+                ..Default::default()
+            };
+            deliveries
+                .list_dead_letters(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .dead_letters
+        }
+    };
+    let unroutable = dead_letters("not-a-url".into()).await;
+    assert_eq!(unroutable.len(), 1);
+    assert_eq!(unroutable[0].last_error, "recipient is not an http(s) URL");
+    let at_carol = dead_letters(fedsx_wire::document::origin(&carol_url).unwrap()).await;
+    assert_eq!(at_carol.len(), 1, "{at_carol:?}");
+    assert_eq!(at_carol[0].id, oversized.0.to_vec());
+    assert!(
+        at_carol[0].last_error.starts_with("refused by delivery: ")
+            && at_carol[0].last_error.contains("envelope is 30"),
+        "{:?}",
+        at_carol[0].last_error
+    );
+    let peers = deliveries
+        .list_peers(fedsx_proto::delivery::v1::ListPeersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    let dead: u64 = peers.iter().map(|p| p.dead_letters).sum();
+    assert_eq!(dead, 2, "{peers:?}");
 }

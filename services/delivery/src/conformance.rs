@@ -32,6 +32,7 @@ fn delivery(peer: &str, n: u8) -> NewDelivery {
         inbox_url: format!("{peer}/inbox"),
         recipients: Vec::new(),
         envelope: Bytes::from(format!("envelope {n}")),
+        undeliverable: None,
         traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         enqueued_ms: NOW - 1000 + u64::from(n),
     }
@@ -426,6 +427,26 @@ pub(crate) async fn recipients_come_back_as_queued<E: Engine>(engine: &E) {
     assert_eq!(due[0].inbox_url, "");
 }
 
+pub(crate) async fn an_undeliverable_delivery_is_a_dead_letter_at_once<E: Engine>(engine: &E) {
+    let queue = engine.open("undeliverable").await;
+    let refused = NewDelivery {
+        envelope: Bytes::new(),
+        undeliverable: Some("refused by delivery: envelope too large".into()),
+        ..delivery(PEER, 1)
+    };
+    assert!(queue.enqueue(refused.clone()).await.unwrap());
+    assert!(!queue.enqueue(refused).await.unwrap(), "once per (peer, id)");
+    queue.enqueue(delivery(PEER, 2)).await.unwrap();
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [2], "never handed out to be sent");
+    let status = queue.status(PEER).await.unwrap().unwrap();
+    assert_eq!((status.pending, status.dead_letters), (1, 1));
+    let dead = queue.dead_letters(PEER).await.unwrap().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, id(1));
+    assert_eq!(dead[0].last_error, "refused by delivery: envelope too large");
+}
+
 pub(crate) async fn work_wakes_the_dispatcher<E: Engine>(engine: &E) {
     let queue = engine.open("notices").await;
     let mut notices = queue.notices();
@@ -498,6 +519,7 @@ macro_rules! conformance {
                 redrive_moves_dead_letters_to_the_end_with_attempts_reset,
                 one_senders_deliveries_go_one_at_a_time_in_order,
                 recipients_come_back_as_queued,
+                an_undeliverable_delivery_is_a_dead_letter_at_once,
                 work_wakes_the_dispatcher,
                 a_reopened_queue_keeps_pending_attempts_dead_and_delivered);
         }

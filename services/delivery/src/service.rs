@@ -27,6 +27,9 @@ fn page(page_size: i32, page_token: &str) -> Result<PageRequest, GrpcStatus> {
     PageRequest::parse(page_size, page_token).map_err(|err| status(DeliveryError::BadRequest(err.to_string())))
 }
 
+/// Bytes of a peer name or a reason given with an undeliverable enqueue, at most.
+const MAX_NAME: usize = 2048;
+
 fn is_url(text: &str) -> bool {
     text.starts_with("https://") || text.starts_with("http://")
 }
@@ -50,54 +53,59 @@ fn to_proto(status: PeerStatus, in_flight: usize) -> pb::PeerStatus {
     }
 }
 
+/// A checked `Enqueue` request.
+fn new_delivery(request: pb::EnqueueRequest, traceparent: String) -> Result<NewDelivery, DeliveryError> {
+    let bad = |why: String| Err(DeliveryError::BadRequest(why));
+    let undeliverable = (!request.undeliverable.is_empty()).then_some(request.undeliverable);
+    match &undeliverable {
+        Some(_) if request.peer.is_empty() || request.peer.len() > MAX_NAME => {
+            return bad(format!("peer must be 1 to {MAX_NAME} bytes"));
+        }
+        Some(reason) if reason.len() > MAX_NAME => return bad(format!("undeliverable is over {MAX_NAME} bytes")),
+        Some(_) => {}
+        None if !is_url(&request.peer) => return bad(format!("peer {:?} is not an http(s) URL", request.peer)),
+        None => {}
+    }
+    let urls = std::iter::once(&request.inbox_url).chain(request.recipients.iter().map(|r| &r.inbox_url));
+    if let Some(url) = urls.filter(|url| !url.is_empty()).find(|url| !is_url(url)) {
+        return bad(format!("inbox url {url:?} is not an http(s) URL"));
+    }
+    if let Some(recipient) = request.recipients.iter().find(|r| !is_url(&r.actor)) {
+        return bad(format!("recipient {:?} is not an http(s) URL", recipient.actor));
+    }
+    let id = id_of(&request.id)?;
+    let size = request.envelope.len();
+    if (size == 0 && undeliverable.is_none()) || size > fedsx_wire::MAX_ENVELOPE_BYTES {
+        return bad(format!(
+            "envelope is {size} bytes, must be 1 to {}",
+            fedsx_wire::MAX_ENVELOPE_BYTES
+        ));
+    }
+    Ok(NewDelivery {
+        peer: request.peer,
+        id,
+        sender: request.sender,
+        inbox_url: request.inbox_url,
+        recipients: request
+            .recipients
+            .into_iter()
+            .map(|r| Recipient {
+                actor: r.actor,
+                inbox_url: r.inbox_url,
+            })
+            .collect(),
+        envelope: request.envelope,
+        undeliverable,
+        traceparent,
+        enqueued_ms: now_ms(),
+    })
+}
+
 #[tonic::async_trait]
 impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
     async fn enqueue(&self, request: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, GrpcStatus> {
         let traceparent = fedsx_runtime::trace_context::current_traceparent().unwrap_or_default();
-        let request = request.into_inner();
-        if !is_url(&request.peer) {
-            return Err(status(DeliveryError::BadRequest(format!(
-                "peer {:?} is not an http(s) URL",
-                request.peer
-            ))));
-        }
-        let urls = std::iter::once(&request.inbox_url).chain(request.recipients.iter().map(|r| &r.inbox_url));
-        if let Some(bad) = urls.filter(|url| !url.is_empty()).find(|url| !is_url(url)) {
-            return Err(status(DeliveryError::BadRequest(format!(
-                "inbox url {bad:?} is not an http(s) URL"
-            ))));
-        }
-        if let Some(bad) = request.recipients.iter().find(|r| !is_url(&r.actor)) {
-            return Err(status(DeliveryError::BadRequest(format!(
-                "recipient {:?} is not an http(s) URL",
-                bad.actor
-            ))));
-        }
-        let id = id_of(&request.id).map_err(status)?;
-        if request.envelope.is_empty() || request.envelope.len() > fedsx_wire::MAX_ENVELOPE_BYTES {
-            return Err(status(DeliveryError::BadRequest(format!(
-                "envelope is {} bytes, must be 1 to {}",
-                request.envelope.len(),
-                fedsx_wire::MAX_ENVELOPE_BYTES
-            ))));
-        }
-        let delivery = NewDelivery {
-            peer: request.peer,
-            id,
-            sender: request.sender,
-            inbox_url: request.inbox_url,
-            recipients: request
-                .recipients
-                .into_iter()
-                .map(|r| Recipient {
-                    actor: r.actor,
-                    inbox_url: r.inbox_url,
-                })
-                .collect(),
-            envelope: request.envelope,
-            traceparent,
-            enqueued_ms: now_ms(),
-        };
+        let delivery = new_delivery(request.into_inner(), traceparent).map_err(status)?;
         let new = self
             .dispatcher
             .queue()

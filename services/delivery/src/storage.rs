@@ -4,7 +4,8 @@
 //! and one conformance suite (`conformance.rs`) holds both to the same promises:
 //!
 //! - an enqueue is durable when answered, and idempotent by (peer, id): the same pair
-//!   again — pending, dead-lettered or already delivered — is not queued twice;
+//!   again — pending, dead-lettered or already delivered — is not queued twice; an
+//!   undeliverable one is queued as a dead letter with its reason;
 //! - a peer's pending deliveries come out in enqueue (FIFO) order per sender, one at a time:
 //!   only the oldest pending delivery of each sender is handed out, and only once its retry
 //!   time (if any) has passed — different senders proceed in parallel;
@@ -54,6 +55,8 @@ pub struct NewDelivery {
     pub inbox_url: String,
     pub recipients: Vec<Recipient>,
     pub envelope: Bytes,
+    /// Some(why): it can never be handed on; queued straight as a dead letter, never sent.
+    pub undeliverable: Option<String>,
     /// The enqueuing request's trace context, continued by the send.
     pub traceparent: String,
     pub enqueued_ms: u64,

@@ -24,6 +24,20 @@ pub struct Handoff {
     pub recipients: Vec<(String, String)>,
     pub envelope: Bytes,
     pub id: ActivityId,
+    /// Some(why): it can never be handed on; delivery keeps it as a dead letter with this
+    /// reason (visible to operators), never sending it.
+    pub undeliverable: Option<String>,
+}
+
+impl Handoff {
+    /// The record of this hand-off as undeliverable for `reason`, without its envelope.
+    pub fn undeliverable(self, reason: String) -> Handoff {
+        Handoff {
+            envelope: Bytes::new(),
+            undeliverable: Some(reason),
+            ..self
+        }
+    }
 }
 
 /// Why a hand-off did not happen.
@@ -73,6 +87,7 @@ impl DeliveryPort for GrpcDelivery {
                     .into_iter()
                     .map(|(actor, inbox_url)| Recipient { actor, inbox_url })
                     .collect(),
+                undeliverable: handoff.undeliverable.unwrap_or_default(),
             };
             client.enqueue(request).await.map(drop).map_err(|status| {
                 let why = format!("{:?}: {}", status.code(), status.message());

@@ -123,25 +123,39 @@ impl Kernel {
             if let Some(parent) = self.published_trace(&id) {
                 let _ = span.set_parent(parent);
             }
-            let (handoffs, unroutable) = self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id);
-            for recipient in unroutable {
-                crate::metrics::handoff_refused();
-                tracing::error!(parent: &span, %recipient, "recipient is not an http(s) URL; skipped");
-            }
-            for handoff in handoffs {
-                let destination = handoff.peer.clone();
-                match self.delivery.enqueue(handoff).instrument(span.clone()).await {
-                    Ok(()) => {}
-                    // Never deliverable: it must not hold up what the actor publishes next.
-                    Err(HandoffError::Refused(reason)) => {
-                        crate::metrics::handoff_refused();
-                        tracing::error!(parent: &span, destination = %destination, %reason, "delivery refuses this hand-off for good; skipped");
-                    }
-                    Err(HandoffError::Unavailable(reason)) => return Err(KernelError::Internal(reason)),
-                }
+            for handoff in self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id) {
+                self.hand_over(handoff).instrument(span.clone()).await?;
             }
             self.forget_trace(&id);
             *cursor = entry.seq;
+        }
+        Ok(())
+    }
+
+    /// Enqueues one hand-off. One delivery refuses for good (or that is undeliverable from
+    /// the start) is enqueued again as a dead letter with the reason — visible in
+    /// `fedsx deliveries` — and never holds up what the actor publishes next.
+    async fn hand_over(&self, handoff: Handoff) -> Result<(), KernelError> {
+        let (destination, mut undeliverable) = (handoff.peer.clone(), handoff.undeliverable.is_some());
+        let mut handoff = Some(handoff);
+        while let Some(next) = handoff.take() {
+            match self.delivery.enqueue(next.clone()).await {
+                Ok(()) if undeliverable => {
+                    crate::metrics::handoff_refused();
+                    let reason = next.undeliverable.unwrap_or_default();
+                    tracing::error!(%destination, %reason, "cannot be handed on; kept as a dead letter");
+                }
+                Ok(()) => {}
+                Err(HandoffError::Refused(reason)) if !undeliverable => {
+                    undeliverable = true;
+                    handoff = Some(next.undeliverable(format!("refused by delivery: {reason}")));
+                }
+                Err(HandoffError::Refused(reason)) => {
+                    crate::metrics::handoff_refused();
+                    tracing::error!(%destination, %reason, "delivery refuses even the dead letter; skipped");
+                }
+                Err(HandoffError::Unavailable(reason)) => return Err(KernelError::Internal(reason)),
+            }
         }
         Ok(())
     }
@@ -171,16 +185,10 @@ impl Kernel {
     /// One hand-off per destination node for the recipients of an activity by local actor
     /// `name` (at `sender`): its followers collection expands to the current followers.
     /// Where every recipient on a node advertises the same node inbox, it goes there once;
-    /// otherwise to each recipient's inbox (from its document; empty when unknown). Also
-    /// answers the recipients that name no node (not http(s) URLs).
-    fn handoffs(
-        &self,
-        name: &str,
-        sender: &str,
-        to: &[String],
-        envelope: &Bytes,
-        id: ActivityId,
-    ) -> (Vec<Handoff>, Vec<String>) {
+    /// otherwise to each recipient's inbox (from its document; empty when unknown). A
+    /// recipient that names no node (not an http(s) URL) is an undeliverable hand-off under
+    /// its own name.
+    fn handoffs(&self, name: &str, sender: &str, to: &[String], envelope: &Bytes, id: ActivityId) -> Vec<Handoff> {
         // Per destination node: the node inbox all its recipients share (None: they do not),
         // and (actor, inbox) of each.
         type Node = (Option<String>, Vec<(String, String)>);
@@ -203,18 +211,23 @@ impl Kernel {
             }
             recipients.push((actor, inbox));
         }
-        let handoffs = nodes
+        let handoff = |peer: String, inbox_url: String, recipients: Vec<(String, String)>| Handoff {
+            peer,
+            inbox_url,
+            sender: sender.to_owned(),
+            recipients,
+            envelope: Bytes::clone(envelope),
+            id,
+            undeliverable: None,
+        };
+        let unroutable = unroutable.into_iter().map(|recipient| {
+            handoff(recipient, String::new(), Vec::new()).undeliverable("recipient is not an http(s) URL".into())
+        });
+        nodes
             .into_iter()
-            .map(|(peer, (common, recipients))| Handoff {
-                peer,
-                inbox_url: common.unwrap_or_default(),
-                sender: sender.to_owned(),
-                recipients,
-                envelope: Bytes::clone(envelope),
-                id,
-            })
-            .collect();
-        (handoffs, unroutable)
+            .map(|(peer, (common, recipients))| handoff(peer, common.unwrap_or_default(), recipients))
+            .chain(unroutable)
+            .collect()
     }
 
     /// The actor URLs an activity by local actor `name` (at `sender`) addressed `to` goes

@@ -55,7 +55,21 @@ impl Enqueuer {
                 (!list.list.is_empty()).then(|| list.encode_to_vec())
             })
             .collect();
-        let params: [&(dyn ToSql + Sync); 8] = [
+        let statuses: Vec<i16> = deliveries
+            .iter()
+            .map(|d| {
+                if d.undeliverable.is_some() {
+                    schema::DEAD
+                } else {
+                    schema::PENDING
+                }
+            })
+            .collect();
+        let errors: Vec<&str> = deliveries
+            .iter()
+            .map(|d| d.undeliverable.as_deref().unwrap_or_default())
+            .collect();
+        let params: [&(dyn ToSql + Sync); 10] = [
             &peer,
             &ids,
             &inboxes,
@@ -64,6 +78,8 @@ impl Enqueuer {
             &envelopes,
             &senders,
             &recipients,
+            &statuses,
+            &errors,
         ];
         let rows = client.query(&statement, &params).await?;
         let mut added: HashSet<Id> = HashSet::with_capacity(rows.len());
@@ -81,7 +97,11 @@ impl GroupWriter<String, NewDelivery> for Enqueuer {
     async fn write(&self, peer: &String, deliveries: Vec<NewDelivery>) -> Vec<Self::Answer> {
         match self.insert(peer, &deliveries).await {
             Ok(new) => {
-                if new.iter().any(|n| *n) {
+                let sendable = new
+                    .iter()
+                    .zip(&deliveries)
+                    .any(|(n, d)| *n && d.undeliverable.is_none());
+                if sendable {
                     self.announce(peer);
                 }
                 new.into_iter().map(Ok).collect()

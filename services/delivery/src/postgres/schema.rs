@@ -91,8 +91,9 @@ pub const DELIVERED: i16 = 2;
 /// Where new pending work is announced; the payload is the peer.
 pub const CHANNEL: &str = "fedsx_delivery_enqueued";
 
-/// Queues a group of deliveries to one destination (`$2..$8`: ids, inbox URLs, trace
-/// contexts, enqueue times, envelopes, senders, recipients), in the order given, skipping the (peer, id) pairs
+/// Queues a group of deliveries to one destination (`$2..$10`: ids, inbox URLs, trace
+/// contexts, enqueue times, envelopes, senders, recipients, statuses — pending, or dead
+/// when undeliverable — and errors), in the order given, skipping the (peer, id) pairs
 /// already known; answers the ids queued. The destination's row is only read when it
 /// exists: `ON CONFLICT` alone would wait for every outcome being recorded on it. (Announced
 /// afterwards, off the commit path: see `fedsx_pg::Notifier`.)
@@ -102,12 +103,16 @@ pub const ENQUEUE: &str = "
         SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM delivery_peers WHERE peer = $1)
         ON CONFLICT (peer) DO NOTHING
     ), given AS (
-        SELECT * FROM unnest($2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::bytea[])
-            WITH ORDINALITY AS t(id, inbox_url, traceparent, enqueued_ms, envelope, sender, recipients, n)
+        SELECT * FROM unnest(
+            $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::bytea[],
+            $9::smallint[], $10::text[]
+        ) WITH ORDINALITY AS t(id, inbox_url, traceparent, enqueued_ms, envelope, sender, recipients, status, last_error, n)
         ORDER BY n
     )
-    INSERT INTO delivery_items (peer, id, ord, status, inbox_url, traceparent, enqueued_ms, envelope, sender, recipients)
-    SELECT $1, id, nextval('delivery_order'), 0, inbox_url, traceparent, enqueued_ms, envelope, sender, recipients
+    INSERT INTO delivery_items
+        (peer, id, ord, status, inbox_url, traceparent, enqueued_ms, envelope, sender, recipients, last_error)
+    SELECT $1, id, nextval('delivery_order'), status, inbox_url, traceparent, enqueued_ms, envelope, sender,
+        recipients, last_error
     FROM given
     ON CONFLICT (peer, id) DO NOTHING
     RETURNING id";

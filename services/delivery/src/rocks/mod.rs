@@ -202,6 +202,7 @@ impl QueueStorage for RocksQueue {
     async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, QueueError> {
         self.open_or_closed()?;
         let (peer, id, sender) = (delivery.peer.clone(), delivery.id, delivery.sender.clone());
+        let undeliverable = delivery.undeliverable.clone();
         let record = {
             let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
             let entry = peers.entry(peer.clone()).or_insert_with(|| PeerEntry::new(&peer));
@@ -210,15 +211,21 @@ impl QueueStorage for RocksQueue {
             }
             entry.record.clone()
         };
-        let inner = self.inner.clone();
+        let (inner, peer_key) = (self.inner.clone(), peer.clone());
         let written = blocking(move || {
+            let peer = peer_key;
             // Delivered before (a repeated hand-off after a kernel restart): one delivery.
             if inner.records.item(&peer, &id).map_err(QueueError::internal)?.is_some() {
                 return Ok(false);
             }
             let item = ItemRecord {
                 order: inner.order.fetch_add(1, Ordering::Relaxed),
-                status: STATUS_PENDING,
+                status: if delivery.undeliverable.is_some() {
+                    STATUS_DEAD
+                } else {
+                    STATUS_PENDING
+                },
+                last_error: delivery.undeliverable.clone().unwrap_or_default(),
                 inbox_url: delivery.inbox_url,
                 traceparent: delivery.traceparent,
                 enqueued_ms: delivery.enqueued_ms,
@@ -234,12 +241,19 @@ impl QueueStorage for RocksQueue {
         })
         .await;
         let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
-        let entry = peers.get_mut(&delivery.peer).expect("peer entries are never removed");
+        let entry = peers.get_mut(&peer).expect("peer entries are never removed");
         entry.enqueuing.remove(&id);
         let new = written?;
-        if new {
+        if new && let Some(reason) = undeliverable {
+            let dead = DeadLetter {
+                id,
+                attempts: 0,
+                last_error: reason,
+            };
+            entry.state.restore_dead(&sender, dead);
+        } else if new {
             entry.state.enqueue_from(&sender, id);
-            let _ = self.inner.notices.send(delivery.peer);
+            let _ = self.inner.notices.send(peer);
         }
         Ok(new)
     }

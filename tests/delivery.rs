@@ -25,10 +25,11 @@ async fn start(dir: &TestDir, schedule: &str, extra: &[&str]) -> Service {
         data.to_str().unwrap(),
         "--retry-schedule",
         schedule,
-        "--send-timeout",
-        "300ms",
         "--allow-private-peers",
     ];
+    if !extra.contains(&"--send-timeout") {
+        args.extend_from_slice(&["--send-timeout", "300ms"]);
+    }
     args.extend_from_slice(extra);
     Service::spawn("delivery", &args, dir.path()).await.unwrap()
 }
@@ -519,4 +520,39 @@ async fn peers_and_dead_letters_page() {
     };
     let status = client.list_peers(bad).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_in_flight_over_all_destinations_stay_under_the_global_cap() {
+    let dir = TestDir::new();
+    let service = start(
+        &dir,
+        "10s,10s,10s,10s,10s",
+        &["--max-requests", "2", "--send-timeout", "3s"],
+    )
+    .await;
+    let mut client = client(&service).await;
+    let mut peers = Vec::new();
+    for n in 0..4u8 {
+        let peer = FakePeer::start().await;
+        let (_, inbox) = peer.actor("bob");
+        peer.answer("/actors/bob/inbox", Answer::Hang);
+        client.enqueue(enqueue(&peer.base(), &inbox, n)).await.unwrap();
+        peers.push(peer);
+    }
+    let arrived = || {
+        peers
+            .iter()
+            .map(|p| p.received("/actors/bob/inbox").len())
+            .sum::<usize>()
+    };
+    eventually("two sends arriving", || async { (arrived() >= 2).then_some(()) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(arrived(), 2, "four destinations, two requests at a time");
+    // Once those time out, the other two go.
+    eventually("the other two sends", || async { (arrived() >= 4).then_some(()) })
+        .await
+        .unwrap();
 }

@@ -39,9 +39,19 @@ pub struct Config {
     #[arg(long, env = "FEDSX_DELIVERY_RETRY_SCHEDULE", default_value = "30s,5m,30m,2h,8h", value_parser = Schedule::parse)]
     pub retry_schedule: Schedule,
 
-    /// Sends in flight at once per peer.
+    /// Sends in flight at once per destination node (each the oldest of its sender).
     #[arg(long, env = "FEDSX_DELIVERY_MAX_IN_FLIGHT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_in_flight: u32,
+
+    /// Sends in flight at once over all destinations (a send holds one connection, so this
+    /// also bounds the connections open for sending); further sends wait their turn.
+    #[arg(long, env = "FEDSX_DELIVERY_MAX_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_requests: u32,
+
+    /// Destinations reported under their own `peer` label in the per-peer metrics: the
+    /// busiest (pending, in flight and dead letters); the others are summed under `other`.
+    #[arg(long, env = "FEDSX_DELIVERY_METRICS_PEERS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub metrics_peers: u32,
 
     /// Time allowed for one POST to a peer (connect, TLS, request, answer).
     #[arg(long, env = "FEDSX_DELIVERY_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

@@ -1,7 +1,8 @@
 //! Drives any [`QueueStorage`]: leases destinations (renewing them every third of the lease
 //! time), runs one worker per leased destination with due work, and records each send's
 //! outcome. A worker wakes when work is queued, a send finishes, or the next retry falls
-//! due (never polling), keeps at most `max_in_flight` sends going, records the outcomes of
+//! due (never polling), keeps at most `max_in_flight` sends going (and all workers together
+//! at most the `requests` permits), records the outcomes of
 //! sends that finish together in one durable write, stops sending once its lease lapses,
 //! and ends when its destination has nothing left — idle destinations cost no task and no
 //! timer.
@@ -31,6 +32,8 @@ pub struct Settings {
     pub http: PeerHttp,
     pub schedule: Schedule,
     pub max_in_flight: usize,
+    /// Sends in flight over all destinations: each send holds a permit while it runs.
+    pub requests: Arc<tokio::sync::Semaphore>,
     /// The static map: actor URL → inbox URL, overriding the kernel's.
     pub inbox_overrides: HashMap<String, String>,
     /// This replica's name in leases.
@@ -264,6 +267,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
     async fn send(self: Arc<Self>, worker: Arc<Worker>, due: Due) {
         let peer = worker.peer.as_str();
         let id = due.id;
+        let _permit = self.settings.requests.acquire().await.expect("never closed");
         if now_ms() < worker.lease_until.load(Ordering::Relaxed) {
             let mut result = Ok(());
             for url in due.targets(peer, &self.settings.inbox_overrides) {

@@ -88,6 +88,7 @@ async fn serve<Q: QueueStorage>(
         http: PeerHttp::new(config.allow_private_peers, config.send_timeout),
         schedule: config.retry_schedule.clone(),
         max_in_flight: config.max_in_flight as usize,
+        requests: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_requests as usize)),
         inbox_overrides: config.peer_inboxes(),
         owner: owner_name(),
         lease: config.lease,
@@ -95,7 +96,7 @@ async fn serve<Q: QueueStorage>(
     };
     let dispatcher = Dispatcher::new(queue.clone(), settings);
     tokio::spawn(dispatcher.clone().run());
-    let _gauges = metrics::register(&dispatcher);
+    let _gauges = metrics::register(&dispatcher, config.metrics_peers as usize);
     let routes = tonic::service::Routes::new(service::server(dispatcher));
     let served =
         fedsx_runtime::grpc::serve_with_readiness(SERVICE_NAME, routes, listener, shutdown, queue.readiness()).await;

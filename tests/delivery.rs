@@ -556,3 +556,46 @@ async fn sends_in_flight_over_all_destinations_stay_under_the_global_cap() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_delivered_record_is_forgotten_after_the_retention() {
+    let dir = TestDir::new();
+    let service = start(&dir, FAST, &["--retention", "1s"]).await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let (_, inbox) = peer.actor("bob");
+    assert!(
+        client
+            .enqueue(enqueue(&peer.base(), &inbox, 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .new
+    );
+    eventually("the first delivery", || async {
+        (peer.received("/actors/bob/inbox").len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        !client
+            .enqueue(enqueue(&peer.base(), &inbox, 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .new,
+        "within the retention: the same delivery"
+    );
+    let again = eventually("the record expired", || {
+        let mut client = client.clone();
+        let request = enqueue(&peer.base(), &inbox, 1);
+        async move { client.enqueue(request).await.unwrap().into_inner().new.then_some(()) }
+    })
+    .await;
+    assert!(again.is_ok());
+    eventually("the second delivery", || async {
+        (peer.received("/actors/bob/inbox").len() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+}

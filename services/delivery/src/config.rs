@@ -48,6 +48,12 @@ pub struct Config {
     #[arg(long, env = "FEDSX_DELIVERY_MAX_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_requests: u32,
 
+    /// How long the record of a delivered activity is kept (counted from its enqueue): within
+    /// it, the same (peer, id) enqueued again is recognised and not sent twice; after it,
+    /// the record is gone.
+    #[arg(long, env = "FEDSX_DELIVERY_RETENTION", default_value = "168h", value_parser = parse_duration)]
+    pub retention: Duration,
+
     /// Destinations reported under their own `peer` label in the per-peer metrics: the
     /// busiest (pending, in flight and dead letters); the others are summed under `other`.
     #[arg(long, env = "FEDSX_DELIVERY_METRICS_PEERS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]

@@ -447,6 +447,34 @@ pub(crate) async fn an_undeliverable_delivery_is_a_dead_letter_at_once<E: Engine
     assert_eq!(dead[0].last_error, "refused by delivery: envelope too large");
 }
 
+pub(crate) async fn delivered_records_expire_after_the_retention<E: Engine>(engine: &E) {
+    let queue = engine.open("expire").await;
+    for n in 1..=3 {
+        queue.enqueue(delivery(PEER, n)).await.unwrap();
+    }
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    record_one(&queue, "a", NOW, PEER, id(1), Outcome::Delivered)
+        .await
+        .unwrap();
+    let dead = Outcome::Dead {
+        attempts: 1,
+        error: "status 410".into(),
+    };
+    record_one(&queue, "a", NOW, PEER, id(2), dead).await.unwrap();
+    // Enqueued at NOW - 999 .. NOW - 997: a cut-off before them forgets nothing.
+    assert_eq!(queue.expire(NOW - 999).await.unwrap(), 0);
+    assert!(!queue.enqueue(delivery(PEER, 1)).await.unwrap(), "still remembered");
+    assert_eq!(queue.expire(NOW).await.unwrap(), 1, "only the delivered one");
+    assert!(
+        queue.enqueue(delivery(PEER, 1)).await.unwrap(),
+        "forgotten: a new delivery"
+    );
+    assert!(!queue.enqueue(delivery(PEER, 2)).await.unwrap(), "dead letters stay");
+    assert!(!queue.enqueue(delivery(PEER, 3)).await.unwrap(), "pending stays");
+    let status = queue.status(PEER).await.unwrap().unwrap();
+    assert_eq!((status.pending, status.dead_letters), (2, 1));
+}
+
 pub(crate) async fn work_wakes_the_dispatcher<E: Engine>(engine: &E) {
     let queue = engine.open("notices").await;
     let mut notices = queue.notices();
@@ -520,6 +548,7 @@ macro_rules! conformance {
                 one_senders_deliveries_go_one_at_a_time_in_order,
                 recipients_come_back_as_queued,
                 an_undeliverable_delivery_is_a_dead_letter_at_once,
+                delivered_records_expire_after_the_retention,
                 work_wakes_the_dispatcher,
                 a_reopened_queue_keeps_pending_attempts_dead_and_delivered);
         }

@@ -71,6 +71,23 @@ fn owner_name() -> String {
     format!("{host}/{}/{}", std::process::id(), dispatcher::now_ms())
 }
 
+/// Forgets delivered records past `retention`, every quarter of it (between 1 s and 10 min).
+async fn expire_delivered<Q: QueueStorage>(queue: Q, retention: std::time::Duration, shutdown: CancellationToken) {
+    let every = (retention / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(600));
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match queue.expire(dispatcher::now_ms().saturating_sub(retention_ms)).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::info!(expired, ?retention, "records of delivered activities expired"),
+            Err(err) => tracing::warn!(error = %err, "expiring delivered records failed; will retry"),
+        }
+    }
+}
+
 async fn serve<Q: QueueStorage>(
     queue: Q,
     config: Config,
@@ -96,6 +113,7 @@ async fn serve<Q: QueueStorage>(
     };
     let dispatcher = Dispatcher::new(queue.clone(), settings);
     tokio::spawn(dispatcher.clone().run());
+    tokio::spawn(expire_delivered(queue.clone(), config.retention, shutdown.clone()));
     let _gauges = metrics::register(&dispatcher, config.metrics_peers as usize);
     let routes = tonic::service::Routes::new(service::server(dispatcher));
     let served =

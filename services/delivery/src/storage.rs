@@ -14,6 +14,8 @@
 //!   destination cannot overwrite the new owner's work);
 //! - a delivery recorded as delivered is never handed out again;
 //! - dead letters can be listed and redriven (back to the end of pending, attempts reset);
+//! - records of delivered ones are kept for the retention period (their idempotence), then
+//!   expired;
 //! - all of it survives closing and reopening.
 
 use crate::queue::{DeadLetter, Id};
@@ -244,6 +246,11 @@ pub trait QueueStorage: Clone + Send + Sync + 'static {
     /// Peers that got new pending work (enqueue, redrive), from any replica; an empty
     /// string means "any peer may have" (notices were missed).
     fn notices(&self) -> broadcast::Receiver<String>;
+
+    /// Forgets the records of deliveries delivered that were enqueued before `before` (ms
+    /// since the epoch): the same (peer, id) enqueued again after that is a new delivery.
+    /// Pending and dead-lettered ones are kept. Answers how many were forgotten.
+    fn expire(&self, before: u64) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
     /// Whether the engine can serve right now.
     fn readiness(&self) -> watch::Receiver<bool>;

@@ -243,6 +243,23 @@ impl QueueStorage for PgQueue {
         Ok(Some(dead))
     }
 
+    async fn expire(&self, before: u64) -> Result<u64, QueueError> {
+        let client = self.client().await?;
+        let peers: Vec<String> = client
+            .query(schema::PEERS, &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let statement = client.prepare_cached(schema::EXPIRE).await?;
+        let mut expired = 0;
+        // One destination per statement, as every statement here.
+        for peer in peers {
+            expired += client.execute(&statement, &[&peer, &ms(before)]).await?;
+        }
+        Ok(expired)
+    }
+
     fn notices(&self) -> broadcast::Receiver<String> {
         self.inner.wakeups.subscribe()
     }

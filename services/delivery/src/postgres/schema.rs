@@ -70,7 +70,8 @@ pub const MIGRATIONS: &[Migration] = &[
             ALTER TABLE delivery_items
                 ADD COLUMN sender text COLLATE "C" NOT NULL DEFAULT '',
                 ADD COLUMN recipients bytea;
-            CREATE INDEX delivery_items_lanes ON delivery_items (peer, sender, ord) WHERE status = 0;"#,
+            CREATE INDEX delivery_items_lanes ON delivery_items (peer, sender, ord) WHERE status = 0;
+            CREATE INDEX delivery_items_delivered ON delivery_items (peer, enqueued_ms) WHERE status = 2;"#,
     },
 ];
 
@@ -189,6 +190,11 @@ pub const RECORD: &str = "
         WHERE peer = $1 AND EXISTS (SELECT 1 FROM changed)
     )
     SELECT id FROM changed";
+
+pub const PEERS: &str = "SELECT peer FROM delivery_peers ORDER BY peer";
+
+/// Forgets one destination's delivered rows enqueued before `$2`.
+pub const EXPIRE: &str = "DELETE FROM delivery_items WHERE peer = $1 AND status = 2 AND enqueued_ms < $2";
 
 pub const PEER_EXISTS: &str = "SELECT 1 FROM delivery_peers WHERE peer = $1";
 

@@ -402,6 +402,12 @@ impl QueueStorage for RocksQueue {
             .map(|entry| entry.state.dead_letters().cloned().collect()))
     }
 
+    async fn expire(&self, before: u64) -> Result<u64, QueueError> {
+        self.open_or_closed()?;
+        let inner = self.inner.clone();
+        blocking(move || inner.records.expire(before).map_err(QueueError::internal)).await
+    }
+
     fn notices(&self) -> broadcast::Receiver<String> {
         self.inner.notices.subscribe()
     }

@@ -161,6 +161,29 @@ impl Records {
         Ok(value.map(bytes::Bytes::from))
     }
 
+    /// Deletes delivered items enqueued before `before`; how many. Blocks (a scan of every
+    /// item record; envelopes of delivered items are gone already).
+    pub fn expire(&self, before: u64) -> Result<u64, String> {
+        let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
+        let mut batch = WriteBatch::default();
+        let mut expired = 0;
+        for entry in self.db.iterator_cf(items_cf, IteratorMode::Start) {
+            let (key, value) = entry.map_err(|err| err.to_string())?;
+            let item = ItemRecord::decode(value.as_ref()).map_err(|err| format!("corrupt queue item: {err}"))?;
+            if item.status == STATUS_DELIVERED && item.enqueued_ms < before {
+                batch.delete_cf(items_cf, key);
+                expired += 1;
+            }
+            if batch.len() >= 10_000 {
+                self.db
+                    .write(std::mem::take(&mut batch))
+                    .map_err(|err| err.to_string())?;
+            }
+        }
+        self.db.write(batch).map_err(|err| err.to_string())?;
+        Ok(expired)
+    }
+
     /// Makes every write so far durable (the WAL synced).
     pub fn sync(&self) -> Result<(), String> {
         self.db.flush_wal(true).map_err(|err| err.to_string())

@@ -10,11 +10,6 @@ use clap::{Parser, Subcommand};
 use fedsx_runtime::{listen, shutdown, telemetry};
 use std::process::ExitCode;
 
-/// Every service allocates per request (gRPC frames, rows, spans); mimalloc does that with
-/// less CPU and fragmentation than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "fedsx", version, about = "fed-sx federation server")]
 struct Cli {

@@ -1,7 +1,8 @@
-//! `fedsx bench delivery`: starts a delivery service and fake peers in this process, then
-//! measures deliveries/s to one fast peer, to one peer that answers after 100 ms, and spread
-//! over 100 peers; and the service's resident memory with 100,000 activities queued for an
-//! unreachable peer. `--store` (or `--pg-throwaway`) runs it on the PostgreSQL queue;
+//! `fedsx bench delivery`: starts a delivery service and fake destination nodes in this
+//! process, then measures deliveries/s to one fast node, to one node that answers after
+//! 100 ms, and spread over 100 nodes — each activity from one of `--senders` actors (a
+//! sender's deliveries to a node go one at a time, so concurrency comes from many senders);
+//! and the service's resident memory with 100,000 activities queued for an unreachable node. `--store` (or `--pg-throwaway`) runs it on the PostgreSQL queue;
 //! `--sustained SECONDS` instead enqueues and delivers to one fast peer for that long and
 //! prints the rate of every 30 s, to show whether it holds.
 
@@ -36,13 +37,17 @@ pub struct Args {
     /// printing the rate of every 30 s.
     #[arg(long)]
     sustained: Option<u64>,
+    /// Local actors the activities come from, round-robin.
+    #[arg(long, default_value_t = 1000)]
+    senders: usize,
 }
 
-/// A peer answering 202 after `delay`, counting what it received.
-async fn fake_peer(delay: Duration) -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+/// A node answering 202 after `delay`, counting what it received (into `counter` when
+/// given, shared by several nodes).
+async fn fake_peer(delay: Duration, counter: Option<Arc<AtomicUsize>>) -> anyhow::Result<(String, Arc<AtomicUsize>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let received = Arc::new(AtomicUsize::new(0));
+    let received = counter.unwrap_or_default();
     let counter = received.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -85,27 +90,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let data = scratch.path().join("delivery");
     let (client, child) = start_delivery(&data, store.as_deref()).await?;
     println!(
-        "machine: {} cores; default 16 sends in flight per peer; queue on {}",
+        "machine: {} cores; default 128 sends in flight per destination; {} senders; queue on {}",
         std::thread::available_parallelism()?,
+        args.senders,
         if store.is_some() { "postgres" } else { "rocksdb" }
     );
     if let Some(seconds) = args.sustained {
         return sustained(&client, Duration::from_secs(seconds)).await;
     }
 
-    let (fast, fast_count) = fake_peer(Duration::ZERO).await?;
-    let rate = deliver(&client, &[fast], &fast_count, args.activities, 0).await?;
-    println!("one fast peer:              {rate:>8.0} deliveries/s");
+    let senders = args.senders;
+    let (fast, fast_count) = fake_peer(Duration::ZERO, None).await?;
+    let rate = deliver(&client, &[fast], &fast_count, args.activities, 0, senders).await?;
+    println!("one fast node:               {rate:>8.0} deliveries/s");
 
-    let (slow, slow_count) = fake_peer(Duration::from_millis(100)).await?;
-    let n = (args.activities / 10).max(100);
-    let rate = deliver(&client, &[slow], &slow_count, n, 1).await?;
-    println!("one peer answering in 100ms: {rate:>7.0} deliveries/s");
+    let (slow, slow_count) = fake_peer(Duration::from_millis(100), None).await?;
+    let n = (args.activities / 4).max(100);
+    let rate = deliver(&client, &[slow], &slow_count, n, 1, senders).await?;
+    println!("one node answering in 100ms: {rate:>8.0} deliveries/s");
 
-    let (many, many_count) = fake_peer(Duration::ZERO).await?;
-    let peers: Vec<String> = (0..100).map(|_| many.clone()).collect();
-    let rate = deliver(&client, &peers, &many_count, args.activities, 2).await?;
-    println!("100 peers:                  {rate:>8.0} deliveries/s");
+    let many_count = Arc::new(AtomicUsize::new(0));
+    let mut nodes = Vec::new();
+    for _ in 0..100 {
+        nodes.push(fake_peer(Duration::ZERO, Some(many_count.clone())).await?.0);
+    }
+    let rate = deliver(&client, &nodes, &many_count, args.activities, 2, senders).await?;
+    println!("100 nodes:                   {rate:>8.0} deliveries/s");
 
     drop(child);
 
@@ -121,7 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let unreachable = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let dead = format!("http://{unreachable}");
     let started = Instant::now();
-    enqueue_all(&client, &[dead], args.queued, 3).await?;
+    enqueue_all(&client, &[dead], args.queued, 3, senders).await?;
     let enqueue_rate = args.queued as f64 / started.elapsed().as_secs_f64();
     // Let the first attempts fail and settle into their 30 s backoff.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -149,12 +159,12 @@ const SUSTAINED_BACKLOG: usize = 20_000;
 /// `SUSTAINED_BACKLOG` queued; every 30 s prints what was delivered in that window, and at
 /// the end the first and last window's rates.
 async fn sustained(client: &DeliveryClient<Channel>, duration: Duration) -> anyhow::Result<()> {
-    let (fast, received) = fake_peer(Duration::ZERO).await?;
+    let (fast, received) = fake_peer(Duration::ZERO, None).await?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..64 {
-        let (mut client, next, stop, actor) = (client.clone(), next.clone(), stop.clone(), format!("{fast}/actors/p0"));
+        let (mut client, next, stop, node) = (client.clone(), next.clone(), stop.clone(), fast.clone());
         let received = received.clone();
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -169,14 +179,7 @@ async fn sustained(client: &DeliveryClient<Channel>, duration: Duration) -> anyh
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let mut id = [9u8; 32];
                 id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                let request = EnqueueRequest {
-                    inbox_url: format!("{actor}/inbox"),
-                    peer: actor.clone(),
-                    envelope: Bytes::from_static(&[7u8; 300]),
-                    id: Bytes::copy_from_slice(&id),
-                    ..EnqueueRequest::default()
-                };
-                client.enqueue(request).await?;
+                client.enqueue(request(&node, i, id, 1000)).await?;
             }
             anyhow::Ok(())
         }));
@@ -220,8 +223,32 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
-/// Enqueues `n` activities round-robin over `peers` (base URLs) from 64 concurrent callers.
-async fn enqueue_all(client: &DeliveryClient<Channel>, peers: &[String], n: usize, run: u8) -> anyhow::Result<()> {
+/// Activity `i` with `id` for a recipient on `node`, from one of `senders` senders.
+fn request(node: &str, i: usize, id: [u8; 32], senders: usize) -> EnqueueRequest {
+    let recipient = format!("{node}/actors/p{}", i % 100);
+    EnqueueRequest {
+        inbox_url: format!("{recipient}/inbox"),
+        peer: node.to_owned(),
+        envelope: Bytes::from_static(&[7u8; 300]),
+        id: Bytes::copy_from_slice(&id),
+        sender: format!("https://bench.local/actors/s{}", i % senders),
+        recipients: vec![fedsx_proto::delivery::v1::Recipient {
+            actor: recipient,
+            inbox_url: String::new(),
+        }],
+        ..EnqueueRequest::default()
+    }
+}
+
+/// Enqueues `n` activities round-robin over `peers` (nodes' base URLs), from `senders`
+/// senders, through 64 concurrent callers.
+async fn enqueue_all(
+    client: &DeliveryClient<Channel>,
+    peers: &[String],
+    n: usize,
+    run: u8,
+    senders: usize,
+) -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let peers = Arc::new(peers.to_vec());
     let mut workers = Vec::new();
@@ -233,18 +260,9 @@ async fn enqueue_all(client: &DeliveryClient<Channel>, peers: &[String], n: usiz
                 if i >= n {
                     return anyhow::Ok(());
                 }
-                let p = i % peers.len();
-                let actor = format!("{}/actors/p{p}", peers[p]);
                 let mut id = [run; 32];
                 id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                let request = EnqueueRequest {
-                    inbox_url: format!("{actor}/inbox"),
-                    peer: actor,
-                    envelope: Bytes::from_static(&[7u8; 300]),
-                    id: Bytes::copy_from_slice(&id),
-                    ..EnqueueRequest::default()
-                };
-                client.enqueue(request).await?;
+                client.enqueue(request(&peers[i % peers.len()], i, id, senders)).await?;
             }
         }));
     }
@@ -261,9 +279,10 @@ async fn deliver(
     received: &AtomicUsize,
     n: usize,
     run: u8,
+    senders: usize,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
-    enqueue_all(client, peers, n, run).await?;
+    enqueue_all(client, peers, n, run, senders).await?;
     while received.load(Ordering::Relaxed) < n {
         if started.elapsed() > Duration::from_secs(600) {
             anyhow::bail!(

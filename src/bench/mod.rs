@@ -2,6 +2,7 @@
 //! measured in the same run.
 
 mod delivery;
+mod fanout;
 mod flows;
 mod inbound;
 mod kernel;
@@ -25,6 +26,9 @@ pub enum Bench {
     Kernel(kernel::Args),
     /// Deliveries/s to a fast peer, a 100 ms peer and 100 peers; memory with a deep queue.
     Delivery(delivery::Args),
+    /// One actor's publishes to 10,000 followers on 100 destination nodes: requests per
+    /// destination, time until delivered everywhere, delivery's memory and CPU.
+    Fanout(fanout::Args),
     /// Signed activities POSTed to a running node's inbox over HTTP, beside a one-process
     /// verify-and-202 ceiling.
     Inbound(inbound::Args),
@@ -39,6 +43,7 @@ impl Bench {
             Bench::LogStore(args) => log_store::run(args).await,
             Bench::Kernel(args) => kernel::run(args).await,
             Bench::Delivery(args) => delivery::run(args).await,
+            Bench::Fanout(args) => fanout::run(args).await,
             Bench::Inbound(args) => inbound::run(args).await,
             Bench::Flows(args) => flows::run(args).await,
         }

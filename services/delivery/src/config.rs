@@ -40,7 +40,7 @@ pub struct Config {
     pub retry_schedule: Schedule,
 
     /// Sends in flight at once per destination node (each the oldest of its sender).
-    #[arg(long, env = "FEDSX_DELIVERY_MAX_IN_FLIGHT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "FEDSX_DELIVERY_MAX_IN_FLIGHT", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_in_flight: u32,
 
     /// Sends in flight at once over all destinations (a send holds one connection, so this

@@ -10,6 +10,7 @@ use crate::kernel::Kernel;
 use crate::publish::envelope_activity;
 use crate::state::followers_url;
 use bytes::Bytes;
+use futures::StreamExt;
 use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::trace_context::{Context, OpenTelemetrySpanExt};
@@ -27,6 +28,8 @@ const CURSOR_EVERY: u64 = 1000;
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Outbox entries read per page while handing off.
 const RELAY_PAGE: u32 = 256;
+/// Enqueues of one outbox entry (one per destination node) in flight at once.
+const HANDOFFS_AT_ONCE: usize = 64;
 /// Trace contexts kept for activities published but not yet handed off.
 const MAX_REMEMBERED_TRACES: usize = 100_000;
 
@@ -123,8 +126,15 @@ impl Kernel {
             if let Some(parent) = self.published_trace(&id) {
                 let _ = span.set_parent(parent);
             }
-            for handoff in self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id) {
-                self.hand_over(handoff).instrument(span.clone()).await?;
+            // One hand-off per destination, enqueued side by side (delivery commits concurrent
+            // enqueues together); the next entry's only once all of these are in, so each
+            // destination gets an actor's activities in order.
+            let handoffs = self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id);
+            let mut enqueued = futures::stream::iter(handoffs)
+                .map(|handoff| self.hand_over(handoff).instrument(span.clone()))
+                .buffer_unordered(HANDOFFS_AT_ONCE);
+            while let Some(result) = enqueued.next().await {
+                result?;
             }
             self.forget_trace(&id);
             *cursor = entry.seq;

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
-use fedsx_proto::delivery::v1::{ListDeadLettersRequest, ListPeersRequest, PeerStatus, RedriveRequest};
+use fedsx_proto::delivery::v1::{ListDeadLettersRequest, ListPeersRequest, PeerStatus, RedriveRequest, ReviveRequest};
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{
     ActorDocument, ActorListRequest, ActorRequest, CreateActorRequest, FollowRequest, GetActorRequest, ListGapsRequest,
@@ -103,6 +103,12 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Make an unavailable destination available again: new deliveries to it are sent.
+    Revive {
+        peer: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 pub(crate) fn kernel(target: &Target) -> anyhow::Result<KernelClient<TracedChannel>> {
@@ -129,7 +135,8 @@ impl Command {
             | Command::Deliveries { target }
             | Command::Gaps { target }
             | Command::DeadLetters { target, .. }
-            | Command::Redrive { target, .. } => target,
+            | Command::Redrive { target, .. }
+            | Command::Revive { target, .. } => target,
             Command::Flow(flow) => flow.target(),
         }
     }
@@ -312,8 +319,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     "peer", "pending", "delivered", "dead", "attempts"
                 );
                 for p in &peers {
+                    let unavailable = if p.unavailable { "UNAVAILABLE; " } else { "" };
                     println!(
-                        "{:<50} {:>8} {:>9} {:>5} {:>8}  {}",
+                        "{:<50} {:>8} {:>9} {:>5} {:>8}  {unavailable}{}",
                         p.peer, p.pending, p.delivered, p.dead_letters, p.head_attempts, p.last_error
                     );
                 }
@@ -418,6 +426,15 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 println!("{} dead letter(s) of {peer} back to pending", answer.redriven);
             }
         }
+        Command::Revive { peer, .. } => {
+            let request = ReviveRequest { peer: peer.clone() };
+            delivery(&target)?.revive(request).await.map_err(d())?;
+            if target.json {
+                println!("{}", json!({ "peer": peer, "revived": true }));
+            } else {
+                println!("{peer} is available again");
+            }
+        }
     }
     Ok(())
 }
@@ -485,5 +502,6 @@ fn status_json(p: &PeerStatus) -> serde_json::Value {
         "peer": p.peer, "pending": p.pending, "in_flight": p.in_flight, "delivered": p.delivered,
         "dead_letters": p.dead_letters, "head_attempts": p.head_attempts,
         "head_next_retry_ms": p.head_next_retry_ms, "last_error": p.last_error,
+        "failing_since_ms": p.failing_since_ms, "unavailable": p.unavailable,
     })
 }

@@ -61,8 +61,13 @@ async fn start_log_store(dir: &TestDir) -> Service {
 /// A delivery service on a temp data dir, retrying every 10 ms, allowed to reach loopback
 /// peers.
 async fn start_delivery(dir: &TestDir) -> Service {
+    start_delivery_with(dir, &[]).await
+}
+
+/// Like [`start_delivery`], with `extra` flags.
+async fn start_delivery_with(dir: &TestDir, extra: &[&str]) -> Service {
     let data = dir.join("delivery");
-    let args = [
+    let mut args = vec![
         "delivery",
         "--listen",
         "127.0.0.1:0",
@@ -72,6 +77,7 @@ async fn start_delivery(dir: &TestDir) -> Service {
         "10ms,10ms,10ms,10ms,10ms",
         "--allow-private-peers",
     ];
+    args.extend_from_slice(extra);
     Service::spawn("delivery", &args, dir.path()).await.unwrap()
 }
 
@@ -102,9 +108,14 @@ impl Peer {
 
     /// The peer's next activity: a signed Follow of `target`.
     fn follow(&mut self, target: &str) -> Vec<u8> {
+        self.next(ActivityType::Follow, target)
+    }
+
+    /// The peer's next activity: a signed `kind` about `target`, to it.
+    fn next(&mut self, kind: ActivityType, target: &str) -> Vec<u8> {
         self.seq += 1;
         let activity = Activity {
-            r#type: ActivityType::Follow.into(),
+            r#type: kind.into(),
             actor: self.url.clone(),
             seq: self.seq,
             object: target.into(),
@@ -720,4 +731,103 @@ async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
         .peers;
     let dead: u64 = peers.iter().map(|p| p.dead_letters).sum();
     assert_eq!(dead, 2, "{peers:?}");
+}
+
+/// A destination every send failed to for longer than `--unavailable-after` takes no new
+/// deliveries (dead letters, visible), until a request from it shows it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_failing_too_long_is_unavailable_until_it_is_heard_from() {
+    use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
+    use fedsx_proto::delivery::v1::{ListDeadLettersRequest, PeerStatusRequest};
+    use support::fake_peer::{Answer, FakePeer};
+
+    let dir = TestDir::new();
+    let log_store = start_log_store(&dir).await;
+    let delivery = start_delivery_with(&dir, &["--unavailable-after", "1s"]).await;
+    let kernel = start_kernel_with(&dir, &log_store, &delivery.url()).await;
+    let mut client = kernel_client(&kernel).await;
+    let bob = client
+        .create_actor(CreateActorRequest { name: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let peer = FakePeer::start().await;
+    let (carol_url, carol_inbox) = peer.actor("carol");
+    let inbox_path = carol_inbox.strip_prefix(&peer.base()).unwrap().to_owned();
+    peer.answer(&inbox_path, Answer::Status(500));
+    let mut carol = Peer::new(carol_url.clone(), 7);
+    client.register_peer(carol.document()).await.unwrap();
+    client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: carol.follow(&bob.id).into(),
+        })
+        .await
+        .unwrap();
+
+    // The Accept keeps failing: past a second the destination is unavailable.
+    let node = fedsx_wire::document::origin(&carol_url).unwrap();
+    let deliveries = DeliveryClient::new(support::channel(&delivery.url()).await.unwrap());
+    let status = |deliveries: &DeliveryClient<Channel>| {
+        let (mut deliveries, node) = (deliveries.clone(), node.clone());
+        async move {
+            let request = PeerStatusRequest { peer: node };
+            deliveries.peer_status(request).await.ok().map(|s| s.into_inner())
+        }
+    };
+    support::eventually("carol's node unavailable", || async {
+        status(&deliveries).await.filter(|s| s.unavailable)
+    })
+    .await
+    .unwrap();
+    client.publish(note("bob", "while away")).await.unwrap();
+    support::eventually("the note dead-lettered at once", || {
+        let (mut deliveries, node) = (deliveries.clone(), node.clone());
+        async move {
+            let request = ListDeadLettersRequest {
+                peer: node,
+                ..Default::default()
+            };
+            let dead = deliveries
+                .list_dead_letters(request)
+                .await
+                .ok()?
+                .into_inner()
+                .dead_letters;
+            dead.iter()
+                .any(|d| {
+                    d.attempts == 0
+                        && d.last_error
+                            .starts_with("destination unavailable: every send has failed since ")
+                })
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+
+    // carol's node answers again, and a request from it arrives: it is available again.
+    peer.answer(&inbox_path, Answer::Status(202));
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    client
+        .ingest(IngestRequest {
+            recipient: "bob".into(),
+            envelope: carol.next(ActivityType::Create, &bob.id).into(),
+        })
+        .await
+        .unwrap();
+    support::eventually("carol's node available again", || async {
+        status(&deliveries).await.filter(|s| !s.unavailable)
+    })
+    .await
+    .unwrap();
+    client.publish(note("bob", "back again")).await.unwrap();
+    support::eventually("the next note at carol's inbox", || async {
+        let got = peer.received(&inbox_path);
+        got.iter()
+            .any(|r| fedsx_wire::decode(&r.body).is_ok_and(|d| d.activity.content == "back again"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
 }

@@ -54,6 +54,12 @@ pub struct Config {
     #[arg(long, env = "FEDSX_DELIVERY_RETENTION", default_value = "168h", value_parser = parse_duration)]
     pub retention: Duration,
 
+    /// A destination whose every send has failed for this long is unavailable: deliveries
+    /// to it become dead letters at once, until it is revived (`fedsx revive`, or an inbound
+    /// request from it).
+    #[arg(long, env = "FEDSX_DELIVERY_UNAVAILABLE_AFTER", default_value = "168h", value_parser = parse_duration)]
+    pub unavailable_after: Duration,
+
     /// Destinations reported under their own `peer` label in the per-peer metrics: the
     /// busiest (pending, in flight and dead letters); the others are summed under `other`.
     #[arg(long, env = "FEDSX_DELIVERY_METRICS_PEERS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]

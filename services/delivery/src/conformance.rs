@@ -3,7 +3,7 @@
 //! fencing, redrive, unknown peers, restart. Add an engine with one `conformance!` line.
 
 use crate::queue::Id;
-use crate::storage::{NewDelivery, Outcome, QueueStorage, Recipient};
+use crate::storage::{NewDelivery, Outcome, QueueStorage, Recipient, unavailable_reason};
 use bytes::Bytes;
 use std::future::Future;
 
@@ -33,6 +33,7 @@ fn delivery(peer: &str, n: u8) -> NewDelivery {
         recipients: Vec::new(),
         envelope: Bytes::from(format!("envelope {n}")),
         undeliverable: None,
+        unavailable_before: 0,
         traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         enqueued_ms: NOW - 1000 + u64::from(n),
     }
@@ -475,6 +476,59 @@ pub(crate) async fn delivered_records_expire_after_the_retention<E: Engine>(engi
     assert_eq!((status.pending, status.dead_letters), (2, 1));
 }
 
+pub(crate) async fn a_failing_destination_takes_no_new_deliveries_until_revived<E: Engine>(engine: &E) {
+    let queue = engine.open("unavailable").await;
+    let cut_off = |n: u8, before: u64| NewDelivery {
+        unavailable_before: before,
+        ..delivery(PEER, n)
+    };
+    queue.enqueue(delivery(PEER, 1)).await.unwrap();
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    let retry = Outcome::Retry {
+        attempts: 1,
+        at: NOW + 100,
+        error: "status 500".into(),
+    };
+    record_one(&queue, "a", NOW, PEER, id(1), retry).await.unwrap();
+    assert_eq!(queue.status(PEER).await.unwrap().unwrap().failing_since_ms, NOW);
+
+    queue.enqueue(cut_off(2, NOW)).await.unwrap();
+    assert_eq!(
+        queue.dead_letters(PEER).await.unwrap().unwrap().len(),
+        0,
+        "failing, not yet for long"
+    );
+    queue.enqueue(cut_off(3, NOW + 1)).await.unwrap();
+    let dead = queue.dead_letters(PEER).await.unwrap().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].id, dead[0].last_error.clone()),
+        (id(3), unavailable_reason(NOW))
+    );
+
+    assert_eq!(queue.revive(PEER).await.unwrap(), Some(()));
+    assert_eq!(queue.status(PEER).await.unwrap().unwrap().failing_since_ms, 0);
+    queue.enqueue(cut_off(4, NOW + 1)).await.unwrap();
+    assert_eq!(queue.status(PEER).await.unwrap().unwrap().pending, 3, "1, 2 and 4");
+
+    let retry = Outcome::Retry {
+        attempts: 2,
+        at: NOW + 200,
+        error: "status 500".into(),
+    };
+    record_one(&queue, "a", NOW + 100, PEER, id(1), retry).await.unwrap();
+    assert_eq!(queue.status(PEER).await.unwrap().unwrap().failing_since_ms, NOW + 100);
+    record_one(&queue, "a", NOW + 200, PEER, id(2), Outcome::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.status(PEER).await.unwrap().unwrap().failing_since_ms,
+        0,
+        "a delivery ends the failing"
+    );
+    assert_eq!(queue.revive("https://nobody.example").await.unwrap(), None);
+}
+
 pub(crate) async fn work_wakes_the_dispatcher<E: Engine>(engine: &E) {
     let queue = engine.open("notices").await;
     let mut notices = queue.notices();
@@ -549,6 +603,7 @@ macro_rules! conformance {
                 recipients_come_back_as_queued,
                 an_undeliverable_delivery_is_a_dead_letter_at_once,
                 delivered_records_expire_after_the_retention,
+                a_failing_destination_takes_no_new_deliveries_until_revived,
                 work_wakes_the_dispatcher,
                 a_reopened_queue_keeps_pending_attempts_dead_and_delivered);
         }

@@ -115,7 +115,7 @@ async fn serve<Q: QueueStorage>(
     tokio::spawn(dispatcher.clone().run());
     tokio::spawn(expire_delivered(queue.clone(), config.retention, shutdown.clone()));
     let _gauges = metrics::register(&dispatcher, config.metrics_peers as usize);
-    let routes = tonic::service::Routes::new(service::server(dispatcher));
+    let routes = tonic::service::Routes::new(service::server(dispatcher, config.unavailable_after));
     let served =
         fedsx_runtime::grpc::serve_with_readiness(SERVICE_NAME, routes, listener, shutdown, queue.readiness()).await;
     let closed = queue.close().await;

@@ -9,14 +9,25 @@ use fedsx_runtime::error::ServiceError;
 use fedsx_runtime::paging::PageRequest;
 use pb::delivery_server::{Delivery as DeliveryApi, DeliveryServer};
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Request, Response, Status as GrpcStatus};
 
-pub(crate) fn server<Q: QueueStorage>(dispatcher: Arc<Dispatcher<Q>>) -> DeliveryServer<DeliveryService<Q>> {
-    DeliveryServer::new(DeliveryService { dispatcher }).max_decoding_message_size(2 * fedsx_wire::MAX_ENVELOPE_BYTES)
+pub(crate) fn server<Q: QueueStorage>(
+    dispatcher: Arc<Dispatcher<Q>>,
+    unavailable_after: Duration,
+) -> DeliveryServer<DeliveryService<Q>> {
+    let unavailable_after_ms = u64::try_from(unavailable_after.as_millis()).unwrap_or(u64::MAX);
+    DeliveryServer::new(DeliveryService {
+        dispatcher,
+        unavailable_after_ms,
+    })
+    .max_decoding_message_size(2 * fedsx_wire::MAX_ENVELOPE_BYTES)
 }
 
 pub(crate) struct DeliveryService<Q> {
     dispatcher: Arc<Dispatcher<Q>>,
+    /// A peer failing this long is unavailable.
+    unavailable_after_ms: u64,
 }
 
 fn status(err: DeliveryError) -> GrpcStatus {
@@ -40,8 +51,11 @@ fn id_of(bytes: &[u8]) -> Result<[u8; 32], DeliveryError> {
         .map_err(|_| DeliveryError::BadRequest(format!("id is {} bytes, must be 32", bytes.len())))
 }
 
-fn to_proto(status: PeerStatus, in_flight: usize) -> pb::PeerStatus {
+fn to_proto(status: PeerStatus, in_flight: usize, unavailable_after_ms: u64) -> pb::PeerStatus {
+    let since = status.failing_since_ms;
     pb::PeerStatus {
+        failing_since_ms: since,
+        unavailable: since != 0 && now_ms().saturating_sub(since) >= unavailable_after_ms,
         peer: status.peer,
         pending: status.pending,
         head_attempts: status.head_attempts,
@@ -54,7 +68,11 @@ fn to_proto(status: PeerStatus, in_flight: usize) -> pb::PeerStatus {
 }
 
 /// A checked `Enqueue` request.
-fn new_delivery(request: pb::EnqueueRequest, traceparent: String) -> Result<NewDelivery, DeliveryError> {
+fn new_delivery(
+    request: pb::EnqueueRequest,
+    traceparent: String,
+    unavailable_after_ms: u64,
+) -> Result<NewDelivery, DeliveryError> {
     let bad = |why: String| Err(DeliveryError::BadRequest(why));
     let undeliverable = (!request.undeliverable.is_empty()).then_some(request.undeliverable);
     match &undeliverable {
@@ -96,6 +114,7 @@ fn new_delivery(request: pb::EnqueueRequest, traceparent: String) -> Result<NewD
             .collect(),
         envelope: request.envelope,
         undeliverable,
+        unavailable_before: now_ms().saturating_sub(unavailable_after_ms),
         traceparent,
         enqueued_ms: now_ms(),
     })
@@ -105,7 +124,7 @@ fn new_delivery(request: pb::EnqueueRequest, traceparent: String) -> Result<NewD
 impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
     async fn enqueue(&self, request: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, GrpcStatus> {
         let traceparent = fedsx_runtime::trace_context::current_traceparent().unwrap_or_default();
-        let delivery = new_delivery(request.into_inner(), traceparent).map_err(status)?;
+        let delivery = new_delivery(request.into_inner(), traceparent, self.unavailable_after_ms).map_err(status)?;
         let new = self
             .dispatcher
             .queue()
@@ -127,7 +146,11 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
             .await
             .map_err(|err| status(err.into()))?;
         let found = found.ok_or_else(|| status(DeliveryError::NoSuchPeer(peer.clone())))?;
-        Ok(Response::new(to_proto(found, self.dispatcher.in_flight(&peer))))
+        Ok(Response::new(to_proto(
+            found,
+            self.dispatcher.in_flight(&peer),
+            self.unavailable_after_ms,
+        )))
     }
 
     async fn list_peers(
@@ -149,7 +172,7 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
             .into_iter()
             .map(|s| {
                 let in_flight = self.dispatcher.in_flight(&s.peer);
-                to_proto(s, in_flight)
+                to_proto(s, in_flight, self.unavailable_after_ms)
             })
             .collect();
         Ok(Response::new(pb::ListPeersResponse { peers, next_page_token }))
@@ -216,5 +239,17 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
         Ok(Response::new(pb::RedriveResponse {
             redriven: redriven as u32,
         }))
+    }
+
+    async fn revive(&self, request: Request<pb::ReviveRequest>) -> Result<Response<pb::ReviveResponse>, GrpcStatus> {
+        let peer = request.into_inner().peer;
+        self.dispatcher
+            .queue()
+            .revive(&peer)
+            .await
+            .map_err(|err| status(err.into()))?
+            .ok_or_else(|| status(DeliveryError::NoSuchPeer(peer.clone())))?;
+        tracing::debug!(%peer, "destination revived");
+        Ok(Response::new(pb::ReviveResponse {}))
     }
 }

@@ -14,6 +14,8 @@
 //!   destination cannot overwrite the new owner's work);
 //! - a delivery recorded as delivered is never handed out again;
 //! - dead letters can be listed and redriven (back to the end of pending, attempts reset);
+//! - a peer whose every send failed since before a cut-off takes no new deliveries (they
+//!   become dead letters) until it is revived;
 //! - records of delivered ones are kept for the retention period (their idempotence), then
 //!   expired;
 //! - all of it survives closing and reopening.
@@ -59,6 +61,10 @@ pub struct NewDelivery {
     pub envelope: Bytes,
     /// Some(why): it can never be handed on; queued straight as a dead letter, never sent.
     pub undeliverable: Option<String>,
+    /// A destination whose every send has failed since before this (ms since the epoch; 0:
+    /// never) is unavailable: the delivery is queued as a dead letter
+    /// ([`unavailable_reason`]) instead of being sent.
+    pub unavailable_before: u64,
     /// The enqueuing request's trace context, continued by the send.
     pub traceparent: String,
     pub enqueued_ms: u64,
@@ -128,6 +134,18 @@ pub struct PeerStatus {
     pub last_error: String,
     pub dead_letters: u64,
     pub delivered: u64,
+    /// Since when every send to the peer has failed (ms since the epoch; 0: the last one
+    /// succeeded, or none failed).
+    pub failing_since_ms: u64,
+}
+
+/// The dead letter's reason of a delivery to a destination failing since `since_ms`.
+pub fn unavailable_reason(since_ms: u64) -> String {
+    let since = std::time::UNIX_EPOCH + std::time::Duration::from_millis(since_ms);
+    format!(
+        "destination unavailable: every send has failed since {}",
+        httpdate::fmt_http_date(since)
+    )
 }
 
 /// Why a queue operation failed: the classes a caller acts on.
@@ -246,6 +264,10 @@ pub trait QueueStorage: Clone + Send + Sync + 'static {
     /// Peers that got new pending work (enqueue, redrive), from any replica; an empty
     /// string means "any peer may have" (notices were missed).
     fn notices(&self) -> broadcast::Receiver<String>;
+
+    /// Marks `peer` as not failing (an operator's word, or a request from it arrived), so
+    /// that it is available again; None when the peer is unknown.
+    fn revive(&self, peer: &str) -> impl Future<Output = Result<Option<()>, QueueError>> + Send;
 
     /// Forgets the records of deliveries delivered that were enqueued before `before` (ms
     /// since the epoch): the same (peer, id) enqueued again after that is a new delivery.

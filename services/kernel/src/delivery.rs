@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
-use fedsx_proto::delivery::v1::{EnqueueRequest, Recipient};
+use fedsx_proto::delivery::v1::{EnqueueRequest, Recipient, ReviveRequest};
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 use fedsx_wire::ActivityId;
 use futures::future::BoxFuture;
@@ -56,6 +56,10 @@ pub enum HandoffError {
 /// kernel hands off at least once.
 pub trait DeliveryPort: Send + Sync + 'static {
     fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), HandoffError>>;
+
+    /// A request from destination node `peer` arrived: it is up, so make it available again
+    /// if delivery gave up on it. Whether delivery knew the destination.
+    fn revive(&self, peer: String) -> BoxFuture<'_, Result<bool, HandoffError>>;
 }
 
 /// The delivery service over gRPC.
@@ -89,14 +93,27 @@ impl DeliveryPort for GrpcDelivery {
                     .collect(),
                 undeliverable: handoff.undeliverable.unwrap_or_default(),
             };
-            client.enqueue(request).await.map(drop).map_err(|status| {
-                let why = format!("{:?}: {}", status.code(), status.message());
-                match status.code() {
-                    tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => HandoffError::Refused(why),
-                    _ => HandoffError::Unavailable(why),
-                }
-            })
+            client.enqueue(request).await.map(drop).map_err(handoff_error)
         })
+    }
+
+    fn revive(&self, peer: String) -> BoxFuture<'_, Result<bool, HandoffError>> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            match client.revive(ReviveRequest { peer }).await {
+                Ok(_) => Ok(true),
+                Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+                Err(status) => Err(handoff_error(status)),
+            }
+        })
+    }
+}
+
+fn handoff_error(status: tonic::Status) -> HandoffError {
+    let why = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => HandoffError::Refused(why),
+        _ => HandoffError::Unavailable(why),
     }
 }
 
@@ -122,5 +139,9 @@ impl DeliveryPort for MemoryDelivery {
     fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), HandoffError>> {
         self.handoffs.lock().expect("handoffs lock").push(handoff);
         Box::pin(async { Ok(()) })
+    }
+
+    fn revive(&self, _peer: String) -> BoxFuture<'_, Result<bool, HandoffError>> {
+        Box::pin(async { Ok(false) })
     }
 }

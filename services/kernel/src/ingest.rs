@@ -14,6 +14,11 @@ use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_wire::{ActivityId, Received};
 
+/// How often delivery is told, at most, that a node it knows is up.
+const REVIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Nodes remembered as told; past it the memory starts over.
+const MAX_REVIVED: usize = 100_000;
+
 /// Decodes an inbound envelope, naming it on the current span.
 fn decoded(envelope: &[u8]) -> Result<Received, KernelError> {
     let received = fedsx_wire::decode(envelope)?;
@@ -71,6 +76,7 @@ impl Kernel {
         let ingested = self.land(recipient, &recipient_url, &received, envelope).await?;
         tracing::Span::current().record("fedsx.seq", ingested.seq);
         self.sequence_seen(&sender, received.activity.seq);
+        self.revive_node_of(&sender.id);
         Ok(ingested)
     }
 
@@ -92,10 +98,40 @@ impl Kernel {
             tracing::info!(sender = %sender.id, id = %received.id, "node inbox: the activity is for none of this node's actors");
         }
         self.sequence_seen(&sender, received.activity.seq);
+        self.revive_node_of(&sender.id);
         Ok(NodeIngested {
             id: received.id,
             landed,
         })
+    }
+
+    /// A verified request from `sender`'s node arrived, so the node is up: tells delivery,
+    /// which stops treating it as unavailable — in the background, and at most once per
+    /// [`REVIVE_EVERY`] per node once delivery knew it.
+    fn revive_node_of(&self, sender: &str) {
+        let Some(node) = fedsx_wire::document::origin(sender) else {
+            return;
+        };
+        {
+            let mut revived = self.revived.lock().expect("revived lock poisoned");
+            if revived.get(&node).is_some_and(|at| at.elapsed() < REVIVE_EVERY) {
+                return;
+            }
+            if revived.len() >= MAX_REVIVED {
+                revived.clear();
+            }
+        }
+        let Some(kernel) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            match kernel.delivery.revive(node.clone()).await {
+                Ok(true) => {
+                    let mut revived = kernel.revived.lock().expect("revived lock poisoned");
+                    revived.insert(node, std::time::Instant::now());
+                }
+                Ok(false) => {}
+                Err(err) => tracing::debug!(%node, error = %err, "telling delivery the node is up failed"),
+            }
+        });
     }
 
     /// The local actors (name, URL) an activity from `sender` addressed `to` is for: those

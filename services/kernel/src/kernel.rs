@@ -34,6 +34,8 @@ pub struct Kernel {
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
     pub(crate) fetcher: PeerFetcher,
     refetched: Mutex<HashMap<String, Instant>>,
+    /// When delivery was last told each node is up (a request from it arrived).
+    pub(crate) revived: Mutex<HashMap<String, Instant>>,
     pub(crate) delivery: Arc<dyn DeliveryPort>,
     pub(crate) relay: mpsc::UnboundedSender<String>,
     /// Trace context of each activity published here and not yet handed off.
@@ -42,7 +44,7 @@ pub struct Kernel {
     /// Per sender, how far its sequence arrived without gaps, and the gaps not filled.
     pub(crate) gaps: crate::gaps::Gaps,
     /// This kernel, for the tasks it starts (a gap's fill).
-    me: std::sync::Weak<Kernel>,
+    pub(crate) me: std::sync::Weak<Kernel>,
     /// Reports flows by status while the kernel lives.
     _flow_gauge: fedsx_runtime::metrics::ObservableGauge<u64>,
 }
@@ -112,6 +114,7 @@ impl Kernel {
             heads: Mutex::default(),
             fetcher,
             refetched: Mutex::default(),
+            revived: Mutex::default(),
             delivery,
             relay,
             relay_traces: Mutex::default(),

@@ -69,7 +69,9 @@ impl Enqueuer {
             .iter()
             .map(|d| d.undeliverable.as_deref().unwrap_or_default())
             .collect();
-        let params: [&(dyn ToSql + Sync); 10] = [
+        // One group goes to one destination; any of its deliveries says the cut-off.
+        let unavailable_before = deliveries.iter().map(|d| ms(d.unavailable_before)).max().unwrap_or(0);
+        let params: [&(dyn ToSql + Sync); 11] = [
             &peer,
             &ids,
             &inboxes,
@@ -80,6 +82,7 @@ impl Enqueuer {
             &recipients,
             &statuses,
             &errors,
+            &unavailable_before,
         ];
         let rows = client.query(&statement, &params).await?;
         let mut added: HashSet<Id> = HashSet::with_capacity(rows.len());

@@ -85,16 +85,17 @@ pub(super) fn id_of(bytes: &[u8]) -> Result<Id, QueueError> {
 }
 
 fn status_of(row: &fedsx_pg::tokio_postgres::Row) -> PeerStatus {
-    let pending: i64 = row.get(3);
+    let pending: i64 = row.get(4);
     PeerStatus {
         peer: row.get(0),
         delivered: row.get::<_, i64>(1) as u64,
         last_error: row.get(2),
+        failing_since_ms: row.get::<_, i64>(3) as u64,
         pending: pending as u64,
-        dead_letters: row.get::<_, i64>(4) as u64,
-        head_attempts: row.get::<_, Option<i32>>(5).unwrap_or(0) as u32,
-        head_next_retry_ms: row.get::<_, Option<i64>>(6).unwrap_or(0) as u64,
-        head_enqueued_ms: row.get::<_, Option<i64>>(7).unwrap_or(0) as u64,
+        dead_letters: row.get::<_, i64>(5) as u64,
+        head_attempts: row.get::<_, Option<i32>>(6).unwrap_or(0) as u32,
+        head_next_retry_ms: row.get::<_, Option<i64>>(7).unwrap_or(0) as u64,
+        head_enqueued_ms: row.get::<_, Option<i64>>(8).unwrap_or(0) as u64,
     }
 }
 
@@ -241,6 +242,15 @@ impl QueueStorage for PgQueue {
             })
             .collect::<Result<_, QueueError>>()?;
         Ok(Some(dead))
+    }
+
+    async fn revive(&self, peer: &str) -> Result<Option<()>, QueueError> {
+        let client = self.client().await?;
+        if client.query_opt(schema::PEER_EXISTS, &[&peer]).await?.is_none() {
+            return Ok(None);
+        }
+        client.execute(schema::REVIVE, &[&peer]).await?;
+        Ok(Some(()))
     }
 
     async fn expire(&self, before: u64) -> Result<u64, QueueError> {

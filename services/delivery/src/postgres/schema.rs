@@ -73,6 +73,13 @@ pub const MIGRATIONS: &[Migration] = &[
             CREATE INDEX delivery_items_lanes ON delivery_items (peer, sender, ord) WHERE status = 0;
             CREATE INDEX delivery_items_delivered ON delivery_items (peer, enqueued_ms) WHERE status = 2;"#,
     },
+    Migration {
+        version: 5,
+        name: "failing destinations",
+        // Since when every send to the destination failed (ms since the epoch; 0: not
+        // failing): past the unavailable period it takes no new deliveries until revived.
+        sql: "ALTER TABLE delivery_peers ADD COLUMN failing_since bigint NOT NULL DEFAULT 0;",
+    },
 ];
 
 /// Every statement here walks one destination's rows through an index, in queue order or
@@ -94,15 +101,21 @@ pub const CHANNEL: &str = "fedsx_delivery_enqueued";
 
 /// Queues a group of deliveries to one destination (`$2..$10`: ids, inbox URLs, trace
 /// contexts, enqueue times, envelopes, senders, recipients, statuses — pending, or dead
-/// when undeliverable — and errors), in the order given, skipping the (peer, id) pairs
+/// when undeliverable — and errors), in the order given; all as dead letters when the
+/// destination has been failing since before `$11` (unavailable), skipping the (peer, id) pairs
 /// already known; answers the ids queued. The destination's row is only read when it
 /// exists: `ON CONFLICT` alone would wait for every outcome being recorded on it. (Announced
 /// afterwards, off the commit path: see `fedsx_pg::Notifier`.)
-pub const ENQUEUE: &str = "
+pub const ENQUEUE: &str = r#"
     WITH known AS (
         INSERT INTO delivery_peers (peer)
         SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM delivery_peers WHERE peer = $1)
         ON CONFLICT (peer) DO NOTHING
+    ), unavailable AS (
+        SELECT 'destination unavailable: every send has failed since '
+            || to_char(to_timestamp(failing_since / 1000.0) AT TIME ZONE 'UTC', 'Dy, DD Mon YYYY HH24:MI:SS "GMT"')
+            AS reason
+        FROM delivery_peers WHERE peer = $1 AND failing_since > 0 AND failing_since < $11
     ), given AS (
         SELECT * FROM unnest(
             $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::bytea[],
@@ -112,11 +125,14 @@ pub const ENQUEUE: &str = "
     )
     INSERT INTO delivery_items
         (peer, id, ord, status, inbox_url, traceparent, enqueued_ms, envelope, sender, recipients, last_error)
-    SELECT $1, id, nextval('delivery_order'), status, inbox_url, traceparent, enqueued_ms, envelope, sender,
-        recipients, last_error
-    FROM given
+    SELECT $1, id, nextval('delivery_order'),
+        CASE WHEN u.reason IS NULL THEN status ELSE 1 END,
+        inbox_url, traceparent, enqueued_ms, envelope, sender, recipients,
+        CASE WHEN u.reason IS NULL OR status = 1 THEN last_error ELSE u.reason END
+    FROM given LEFT JOIN unavailable u ON true
+    ORDER BY given.n
     ON CONFLICT (peer, id) DO NOTHING
-    RETURNING id";
+    RETURNING id"#;
 
 /// Peers with pending work whose lease is `$1`'s, or lapsed before `$2`.
 pub const CLAIMABLE: &str = "
@@ -186,6 +202,10 @@ pub const RECORD: &str = "
     ), counted AS (
         UPDATE delivery_peers SET
             delivered = delivered + (SELECT count(*) FROM changed WHERE status = 2),
+            failing_since = CASE
+                WHEN EXISTS (SELECT 1 FROM changed WHERE status = 2) THEN 0
+                WHEN failing_since = 0 THEN $3
+                ELSE failing_since END,
             last_error = coalesce((SELECT last_error FROM changed WHERE status <> 2 LIMIT 1), last_error)
         WHERE peer = $1 AND EXISTS (SELECT 1 FROM changed)
     )
@@ -195,6 +215,8 @@ pub const PEERS: &str = "SELECT peer FROM delivery_peers ORDER BY peer";
 
 /// Forgets one destination's delivered rows enqueued before `$2`.
 pub const EXPIRE: &str = "DELETE FROM delivery_items WHERE peer = $1 AND status = 2 AND enqueued_ms < $2";
+
+pub const REVIVE: &str = "UPDATE delivery_peers SET failing_since = 0 WHERE peer = $1 RETURNING 1";
 
 pub const PEER_EXISTS: &str = "SELECT 1 FROM delivery_peers WHERE peer = $1";
 
@@ -208,7 +230,7 @@ pub const REDRIVE: &str = "
 
 /// A peer's numbers (`$1` NULL: every peer).
 pub const STATUS: &str = "
-    SELECT p.peer, p.delivered, p.last_error,
+    SELECT p.peer, p.delivered, p.last_error, p.failing_since,
         (SELECT count(*) FROM delivery_items i WHERE i.peer = p.peer AND i.status = 0),
         (SELECT count(*) FROM delivery_items i WHERE i.peer = p.peer AND i.status = 1),
         h.attempts, h.next_retry_ms, h.enqueued_ms

@@ -6,7 +6,7 @@
 mod records;
 
 use crate::queue::{DeadLetter, Id, PeerState};
-use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
+use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, unavailable_reason};
 use records::{ItemRecord, LoadedPeer, PeerRecord, Records, STATUS_DEAD, STATUS_DELIVERED, STATUS_PENDING};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -80,7 +80,13 @@ impl PeerEntry {
 /// under the queue's lock, so what `status` shows is what a restart finds. Not synced: a
 /// machine crash may lose it, and the send is then repeated once (receivers are
 /// idempotent).
-fn record_one(records: &Records, entry: &mut PeerEntry, id: Id, outcome: &Outcome) -> Result<bool, QueueError> {
+fn record_one(
+    records: &Records,
+    entry: &mut PeerEntry,
+    now: u64,
+    id: Id,
+    outcome: &Outcome,
+) -> Result<bool, QueueError> {
     if !entry.state.is_pending(&id) {
         return Ok(false);
     }
@@ -92,6 +98,7 @@ fn record_one(records: &Records, entry: &mut PeerEntry, id: Id, outcome: &Outcom
         Outcome::Delivered => {
             entry.state.record_success(id);
             entry.record.delivered += 1;
+            entry.record.failing_since_ms = 0;
             item.status = STATUS_DELIVERED;
             item.next_retry_ms = 0;
         }
@@ -101,8 +108,14 @@ fn record_one(records: &Records, entry: &mut PeerEntry, id: Id, outcome: &Outcom
             item.next_retry_ms = *at;
             item.last_error.clone_from(error);
             entry.record.last_error.clone_from(error);
+            if entry.record.failing_since_ms == 0 {
+                entry.record.failing_since_ms = now;
+            }
         }
         Outcome::Dead { attempts, error } => {
+            if entry.record.failing_since_ms == 0 {
+                entry.record.failing_since_ms = now;
+            }
             entry.state.dead_letter(id, *attempts, error);
             item.status = STATUS_DEAD;
             item.attempts = *attempts;
@@ -178,6 +191,7 @@ impl RocksQueue {
                     last_error: entry.record.last_error.clone(),
                     dead_letters: entry.state.dead_letter_len() as u64,
                     delivered: entry.record.delivered,
+                    failing_since_ms: entry.record.failing_since_ms,
                 };
                 heads.push((status, head));
             }
@@ -202,16 +216,20 @@ impl QueueStorage for RocksQueue {
     async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, QueueError> {
         self.open_or_closed()?;
         let (peer, id, sender) = (delivery.peer.clone(), delivery.id, delivery.sender.clone());
-        let undeliverable = delivery.undeliverable.clone();
+        let mut undeliverable = delivery.undeliverable.clone();
         let record = {
             let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
             let entry = peers.entry(peer.clone()).or_insert_with(|| PeerEntry::new(&peer));
             if entry.state.is_pending(&id) || entry.state.is_dead(&id) || !entry.enqueuing.insert(id) {
                 return Ok(false);
             }
+            let since = entry.record.failing_since_ms;
+            if undeliverable.is_none() && since != 0 && since < delivery.unavailable_before {
+                undeliverable = Some(unavailable_reason(since));
+            }
             entry.record.clone()
         };
-        let (inner, peer_key) = (self.inner.clone(), peer.clone());
+        let (inner, peer_key, dead_reason) = (self.inner.clone(), peer.clone(), undeliverable.clone());
         let written = blocking(move || {
             let peer = peer_key;
             // Delivered before (a repeated hand-off after a kernel restart): one delivery.
@@ -220,12 +238,12 @@ impl QueueStorage for RocksQueue {
             }
             let item = ItemRecord {
                 order: inner.order.fetch_add(1, Ordering::Relaxed),
-                status: if delivery.undeliverable.is_some() {
+                status: if dead_reason.is_some() {
                     STATUS_DEAD
                 } else {
                     STATUS_PENDING
                 },
-                last_error: delivery.undeliverable.clone().unwrap_or_default(),
+                last_error: dead_reason.unwrap_or_default(),
                 inbox_url: delivery.inbox_url,
                 traceparent: delivery.traceparent,
                 enqueued_ms: delivery.enqueued_ms,
@@ -349,7 +367,7 @@ impl QueueStorage for RocksQueue {
                 .is_some_and(|(holder, until)| *holder == owner && *until >= now);
             let mut recorded = Vec::with_capacity(outcomes.len());
             for (id, outcome) in outcomes {
-                recorded.push(holds && record_one(&inner.records, entry, id, &outcome)?);
+                recorded.push(holds && record_one(&inner.records, entry, now, id, &outcome)?);
             }
             Ok(recorded)
         })
@@ -400,6 +418,23 @@ impl QueueStorage for RocksQueue {
         Ok(peers
             .get(peer)
             .map(|entry| entry.state.dead_letters().cloned().collect()))
+    }
+
+    async fn revive(&self, peer: &str) -> Result<Option<()>, QueueError> {
+        self.open_or_closed()?;
+        let (inner, peer) = (self.inner.clone(), peer.to_owned());
+        blocking(move || {
+            let mut peers = inner.peers.lock().expect("queue lock poisoned");
+            let Some(entry) = peers.get_mut(&peer) else {
+                return Ok(None);
+            };
+            if entry.record.failing_since_ms != 0 {
+                entry.record.failing_since_ms = 0;
+                inner.records.put_peer(&entry.record).map_err(QueueError::internal)?;
+            }
+            Ok(Some(()))
+        })
+        .await
     }
 
     async fn expire(&self, before: u64) -> Result<u64, QueueError> {

@@ -56,6 +56,9 @@ pub struct PeerRecord {
     pub delivered: u64,
     #[prost(string, tag = "3")]
     pub last_error: String,
+    /// Since when every send failed (ms since the epoch; 0: not failing).
+    #[prost(uint64, tag = "4")]
+    pub failing_since_ms: u64,
 }
 
 pub struct Records {
@@ -182,6 +185,16 @@ impl Records {
         }
         self.db.write(batch).map_err(|err| err.to_string())?;
         Ok(expired)
+    }
+
+    /// Writes a peer's record alone, synced.
+    pub fn put_peer(&self, peer: &PeerRecord) -> Result<(), String> {
+        let peers_cf = self.db.cf_handle(CF_PEERS).expect("peers cf");
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .put_cf_opt(peers_cf, peer_key(&peer.peer), peer.encode_to_vec(), &options)
+            .map_err(|err| err.to_string())
     }
 
     /// Makes every write so far durable (the WAL synced).

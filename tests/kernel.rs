@@ -597,33 +597,74 @@ async fn a_publish_over_the_inbox_limit_is_refused_and_appends_nothing() {
     assert_eq!(fits.into_inner().seq, 1);
 }
 
+/// Log-store, delivery (with `delivery_flags`) and kernel; local actor bob, and carol on a
+/// fake peer node (answering `carol_answers` at her inbox, else 202) following him.
+struct BobAndCarol {
+    _dir: TestDir,
+    log_store: Service,
+    delivery: Service,
+    kernel: Service,
+    client: KernelClient<Channel>,
+    bob: ActorDocument,
+    peer: support::fake_peer::FakePeer,
+    carol_url: String,
+    carol: Peer,
+}
+
+impl BobAndCarol {
+    async fn start(delivery_flags: &[&str], carol_answers: Option<support::fake_peer::Answer>) -> BobAndCarol {
+        let dir = TestDir::new();
+        let log_store = start_log_store(&dir).await;
+        let delivery = start_delivery_with(&dir, delivery_flags).await;
+        let kernel = start_kernel_with(&dir, &log_store, &delivery.url()).await;
+        let mut client = kernel_client(&kernel).await;
+        let bob = client
+            .create_actor(CreateActorRequest { name: "bob".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let peer = support::fake_peer::FakePeer::start().await;
+        let (carol_url, carol_inbox) = peer.actor("carol");
+        if let Some(answer) = carol_answers {
+            peer.answer(carol_inbox.strip_prefix(&peer.base()).unwrap(), answer);
+        }
+        let mut carol = Peer::new(carol_url.clone(), 7);
+        client.register_peer(carol.document()).await.unwrap();
+        let follow = IngestRequest {
+            recipient: "bob".into(),
+            envelope: carol.follow(&bob.id).into(),
+        };
+        client.ingest(follow).await.unwrap();
+        BobAndCarol {
+            _dir: dir,
+            log_store,
+            delivery,
+            kernel,
+            client,
+            bob,
+            peer,
+            carol_url,
+            carol,
+        }
+    }
+}
+
 /// An activity delivery refuses for good (here: a recipient that is no URL) is skipped and
 /// counted; it never holds up the followers' copy nor what the actor publishes next.
 #[tokio::test]
 async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
-    use support::fake_peer::FakePeer;
-
-    let dir = TestDir::new();
-    let log_store = start_log_store(&dir).await;
-    let delivery = start_delivery(&dir).await;
-    let kernel = start_kernel_with(&dir, &log_store, &delivery.url()).await;
-    let mut client = kernel_client(&kernel).await;
-    let bob = client
-        .create_actor(CreateActorRequest { name: "bob".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    let peer = FakePeer::start().await;
-    let (carol_url, _) = peer.actor("carol");
-    let mut carol = Peer::new(carol_url.clone(), 7);
-    client.register_peer(carol.document()).await.unwrap();
-    client
-        .ingest(IngestRequest {
-            recipient: "bob".into(),
-            envelope: carol.follow(&bob.id).into(),
-        })
-        .await
-        .unwrap();
+    // Every field bound: the services and their directory live until the test ends.
+    let BobAndCarol {
+        _dir,
+        log_store,
+        delivery,
+        kernel,
+        mut client,
+        bob,
+        peer,
+        carol_url,
+        carol: _,
+    } = BobAndCarol::start(&[], None).await;
 
     // Publish refuses such a recipient now; an outbox may still hold one from before.
     let refused = client
@@ -739,31 +780,20 @@ async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
 async fn a_destination_failing_too_long_is_unavailable_until_it_is_heard_from() {
     use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
     use fedsx_proto::delivery::v1::{ListDeadLettersRequest, PeerStatusRequest};
-    use support::fake_peer::{Answer, FakePeer};
+    use support::fake_peer::Answer;
 
-    let dir = TestDir::new();
-    let log_store = start_log_store(&dir).await;
-    let delivery = start_delivery_with(&dir, &["--unavailable-after", "1s"]).await;
-    let kernel = start_kernel_with(&dir, &log_store, &delivery.url()).await;
-    let mut client = kernel_client(&kernel).await;
-    let bob = client
-        .create_actor(CreateActorRequest { name: "bob".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    let peer = FakePeer::start().await;
-    let (carol_url, carol_inbox) = peer.actor("carol");
-    let inbox_path = carol_inbox.strip_prefix(&peer.base()).unwrap().to_owned();
-    peer.answer(&inbox_path, Answer::Status(500));
-    let mut carol = Peer::new(carol_url.clone(), 7);
-    client.register_peer(carol.document()).await.unwrap();
-    client
-        .ingest(IngestRequest {
-            recipient: "bob".into(),
-            envelope: carol.follow(&bob.id).into(),
-        })
-        .await
-        .unwrap();
+    let BobAndCarol {
+        _dir,
+        log_store: _log_store,
+        delivery,
+        kernel: _kernel,
+        mut client,
+        bob,
+        peer,
+        carol_url,
+        mut carol,
+    } = BobAndCarol::start(&["--unavailable-after", "1s"], Some(Answer::Status(500))).await;
+    let inbox_path = format!("{}/inbox", carol_url.strip_prefix(&peer.base()).unwrap());
 
     // The Accept keeps failing: past a second the destination is unavailable.
     let node = fedsx_wire::document::origin(&carol_url).unwrap();

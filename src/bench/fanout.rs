@@ -134,20 +134,8 @@ async fn start_node(dir: &std::path::Path) -> anyhow::Result<Node> {
         "--allow-private-peers",
     ])?;
     let secret = dir.join("node-secret");
-    let (kernel, kernel_child) = spawn_service(&[
-        "kernel",
-        "--listen",
-        "127.0.0.1:0",
-        "--log-store",
-        &log_store,
-        "--delivery",
-        &delivery,
-        "--public-url",
-        PUBLIC_URL,
-        "--node-secret-file",
-        path(&secret)?,
-        "--allow-private-peers",
-    ])?;
+    let flags = ["--public-url", PUBLIC_URL, "--allow-private-peers"];
+    let (kernel, kernel_child) = super::spawn_kernel(&log_store, &delivery, path(&secret)?, &flags)?;
     Ok(Node {
         kernel: KernelClient::new(Channel::from_shared(kernel)?.connect().await?),
         delivery_pid: delivery_child.pid(),

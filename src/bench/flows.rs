@@ -36,17 +36,7 @@ struct Kernel {
 }
 
 fn start_kernel(log_store: &str, secret: &str) -> anyhow::Result<Kernel> {
-    let (url, process) = spawn_service(&[
-        "kernel",
-        "--listen",
-        "127.0.0.1:0",
-        "--log-store",
-        log_store,
-        "--delivery",
-        "http://127.0.0.1:1",
-        "--node-secret-file",
-        secret,
-    ])?;
+    let (url, process) = super::spawn_kernel(log_store, super::NO_DELIVERY, secret, &[])?;
     Ok(Kernel { url, process })
 }
 

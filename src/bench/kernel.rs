@@ -35,17 +35,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let data = scratch.path().join("log-store");
     let secret = scratch.path().join("node-secret");
     let (log_store, _log_store) = spawn_service(&["log-store", "--listen", "127.0.0.1:0", "--data-dir", path(&data)?])?;
-    let (kernel, _kernel) = spawn_service(&[
-        "kernel",
-        "--listen",
-        "127.0.0.1:0",
-        "--log-store",
-        &log_store,
-        "--delivery",
-        "http://127.0.0.1:1",
-        "--node-secret-file",
-        path(&secret)?,
-    ])?;
+    let (kernel, _kernel) = super::spawn_kernel(&log_store, super::NO_DELIVERY, path(&secret)?, &[])?;
     let mut connections = Vec::new();
     for _ in 0..CONNECTIONS {
         connections.push(KernelClient::new(

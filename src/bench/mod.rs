@@ -238,6 +238,32 @@ pub fn spawn_service(args: &[&str]) -> anyhow::Result<(String, KillOnDrop)> {
     anyhow::bail!("fedsx {} exited before listening", args[0])
 }
 
+/// No delivery service: hand-offs fail and are retried, which the kernel benchmarks ignore.
+pub const NO_DELIVERY: &str = "http://127.0.0.1:1";
+
+/// Starts a kernel on `log_store`, handing off to `delivery`, its node secret in `secret`,
+/// with `extra` flags.
+pub fn spawn_kernel(
+    log_store: &str,
+    delivery: &str,
+    secret: &str,
+    extra: &[&str],
+) -> anyhow::Result<(String, KillOnDrop)> {
+    let mut args = vec![
+        "kernel",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-store",
+        log_store,
+        "--delivery",
+        delivery,
+        "--node-secret-file",
+        secret,
+    ];
+    args.extend_from_slice(extra);
+    spawn_service(&args)
+}
+
 pub fn path(path: &Path) -> anyhow::Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))

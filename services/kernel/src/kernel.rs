@@ -19,7 +19,6 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// How often a peer's document may be refetched because a key id did not match.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
@@ -37,7 +36,7 @@ pub struct Kernel {
     /// When delivery was last told each node is up (a request from it arrived).
     pub(crate) revived: Mutex<HashMap<String, Instant>>,
     pub(crate) delivery: Arc<dyn DeliveryPort>,
-    pub(crate) relay: mpsc::UnboundedSender<String>,
+    pub(crate) kicks: crate::relay::Kicks,
     /// Trace context of each activity published here and not yet handed off.
     pub(crate) relay_traces: Mutex<HashMap<fedsx_wire::ActivityId, fedsx_runtime::trace_context::Context>>,
     pub(crate) flows: FlowTable,
@@ -104,7 +103,6 @@ impl Kernel {
         tracing::info!(records = flow_journal.len(), instances = ?flows.counts(), "flow journal replayed");
         drop(flow_journal);
         let actors: Vec<String> = state.actors.keys().cloned().collect();
-        let (relay, kicks) = mpsc::unbounded_channel();
         let kernel = Arc::new_cyclic(|this| Kernel {
             logs,
             secret,
@@ -116,7 +114,7 @@ impl Kernel {
             refetched: Mutex::default(),
             revived: Mutex::default(),
             delivery,
-            relay,
+            kicks: crate::relay::Kicks::default(),
             relay_traces: Mutex::default(),
             flows,
             gaps: crate::gaps::Gaps::default(),
@@ -128,7 +126,7 @@ impl Kernel {
         });
         kernel.restore_gaps().await?;
         crate::backfill::spawn_saver(Arc::downgrade(&kernel), shutdown.clone());
-        crate::relay::spawn(kernel.clone(), kicks, shutdown.clone());
+        crate::relay::spawn(kernel.clone(), shutdown.clone());
         crate::flows::spawn_timers(kernel.clone(), shutdown);
         // Hand off anything published before a restart that delivery may not have taken.
         for actor in actors {
@@ -154,7 +152,7 @@ impl Kernel {
     }
 
     pub(crate) fn kick_relay(&self, actor: &str) {
-        let _ = self.relay.send(actor.to_owned());
+        self.kicks.kick(actor);
     }
 
     pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {

@@ -18,7 +18,6 @@ use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -33,11 +32,32 @@ const HANDOFFS_AT_ONCE: usize = 64;
 /// Trace contexts kept for activities published but not yet handed off.
 const MAX_REMEMBERED_TRACES: usize = 100_000;
 
-pub(crate) fn spawn(kernel: Arc<Kernel>, kicks: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
-    tokio::spawn(run(kernel, kicks, shutdown));
+/// Actors with outbox entries the relay may not have handed off yet: a set, so it holds
+/// each actor once however often it is kicked (bounded by the actors there are).
+#[derive(Default)]
+pub(crate) struct Kicks {
+    actors: std::sync::Mutex<BTreeSet<String>>,
+    notify: tokio::sync::Notify,
 }
 
-async fn run(kernel: Arc<Kernel>, mut kicks: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
+impl Kicks {
+    pub(crate) fn kick(&self, actor: &str) {
+        let fresh = self.actors.lock().expect("kicks lock poisoned").insert(actor.to_owned());
+        if fresh {
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.actors.lock().expect("kicks lock poisoned"))
+    }
+}
+
+pub(crate) fn spawn(kernel: Arc<Kernel>, shutdown: CancellationToken) {
+    tokio::spawn(run(kernel, shutdown));
+}
+
+async fn run(kernel: Arc<Kernel>, shutdown: CancellationToken) {
     // Where each actor's hand-off got to, as journaled: the restart point.
     let mut journaled: HashMap<String, u64> = kernel.read_state().relay_cursors.clone();
     let mut cursors = journaled.clone();
@@ -47,18 +67,13 @@ async fn run(kernel: Arc<Kernel>, mut kicks: mpsc::UnboundedReceiver<String>, sh
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            kick = kicks.recv() => match kick {
-                Some(actor) => { due.insert(actor); }
-                None => return,
-            },
+            () = kernel.kicks.notify.notified() => {}
             () = tokio::time::sleep(retry), if !failing.is_empty() => {
                 due.append(&mut failing);
                 retry = (retry * 2).min(MAX_RETRY);
             }
         }
-        while let Ok(actor) = kicks.try_recv() {
-            due.insert(actor);
-        }
+        due.append(&mut kernel.kicks.take());
         for actor in std::mem::take(&mut due) {
             let cursor = cursors.entry(actor.clone()).or_default();
             if let Err(err) = kernel.hand_off(&actor, cursor).await {

@@ -1,6 +1,6 @@
-//! The published test vectors against a running node: every positive vector is accepted
-//! (202) and every negative one answered with the status `docs/test-vectors.json` gives,
-//! appending nothing.
+//! The published test vectors against a running node, at an actor inbox and at the node
+//! inbox: every positive vector is accepted (202) and every negative one answered with the
+//! status `docs/test-vectors.json` gives, appending nothing.
 
 mod support;
 
@@ -46,15 +46,19 @@ async fn every_vector_gets_its_status_from_a_running_node() {
         kernel.register_peer(document).await.unwrap();
     }
     let inbox = format!("{}/actors/carol/inbox", node.url());
+    let node_inbox = format!("{}/inbox", node.url());
 
+    // The node inbox makes the same checks and gives the same answers.
     for v in all["negative"].as_array().unwrap() {
         let name = v["name"].as_str().unwrap();
-        let (status, why) = post(&inbox, hex::decode(v["envelope"].as_str().unwrap()).unwrap()).await;
-        assert_eq!(status as u64, v["status"].as_u64().unwrap(), "{name}: {why}");
-        assert!(
-            why.ends_with('\n') && why.trim().lines().count() == 1,
-            "{name}: one line: {why:?}"
-        );
+        for url in [&inbox, &node_inbox] {
+            let (status, why) = post(url, hex::decode(v["envelope"].as_str().unwrap()).unwrap()).await;
+            assert_eq!(status as u64, v["status"].as_u64().unwrap(), "{name} at {url}: {why}");
+            assert!(
+                why.ends_with('\n') && why.trim().lines().count() == 1,
+                "{name}: one line: {why:?}"
+            );
+        }
     }
     let tips = kernel
         .tips(ActorRequest { name: "carol".into() })
@@ -68,6 +72,11 @@ async fn every_vector_gets_its_status_from_a_running_node() {
         let name = v["name"].as_str().unwrap();
         let (status, why) = post(&inbox, hex::decode(v["envelope"].as_str().unwrap()).unwrap()).await;
         assert_eq!(status, 202, "{name}: {why}");
+        // Addressed to actors of another node: verified, then kept for none of this node's.
+        let (status, why) = post(&node_inbox, hex::decode(v["envelope"].as_str().unwrap()).unwrap()).await;
+        assert_eq!(status, 202, "{name} at the node inbox: {why}");
+        let answer: serde_json::Value = serde_json::from_str(&why).unwrap();
+        assert_eq!(answer["recipients"], serde_json::json!([]), "{name}: {why}");
     }
     let tips = kernel
         .tips(ActorRequest { name: "carol".into() })

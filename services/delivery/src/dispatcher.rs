@@ -42,16 +42,38 @@ pub struct Settings {
     pub shutdown: CancellationToken,
 }
 
-/// Of two sends' results, the one that decides a delivery to several inboxes: any failure
-/// fails it, and a failure worth retrying wins over a permanent one (all are sent again).
-fn worse(a: Result<(), Failure>, b: Result<(), Failure>) -> Result<(), Failure> {
-    match (a, b) {
-        (Ok(()), other) | (other, Ok(())) => other,
-        (Err(transient @ Failure::Transient { .. }), _) | (_, Err(transient @ Failure::Transient { .. })) => {
-            Err(transient)
-        }
-        (permanent, _) => permanent,
+/// What the failed sends of one delivery (each with its inbox) make of it: none, delivered;
+/// any worth retrying, all are tried again (after the longest Retry-After asked); else
+/// refused for good. To several inboxes, the reason names each failure's inbox
+/// ("status 410 from <inbox>, …"), so the recipients that refused are known.
+fn combine(failures: Vec<(String, Failure)>, several: bool) -> Result<(), Failure> {
+    if failures.is_empty() {
+        return Ok(());
     }
+    let reason = failures
+        .iter()
+        .map(|(url, f)| {
+            if several {
+                format!("{} from {url}", f.reason())
+            } else {
+                f.reason().to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut transient = false;
+    let mut retry_after = None;
+    for (_, failure) in &failures {
+        if let Failure::Transient { retry_after: asked, .. } = failure {
+            transient = true;
+            retry_after = retry_after.max(*asked);
+        }
+    }
+    Err(if transient {
+        Failure::Transient { reason, retry_after }
+    } else {
+        Failure::Permanent { reason }
+    })
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -269,16 +291,21 @@ impl<Q: QueueStorage> Dispatcher<Q> {
         let id = due.id;
         let _permit = self.settings.requests.acquire().await.expect("never closed");
         if now_ms() < worker.lease_until.load(Ordering::Relaxed) {
-            let mut result = Ok(());
-            for url in due.targets(peer, &self.settings.inbox_overrides) {
+            let targets = due.targets(peer, &self.settings.inbox_overrides);
+            let several = targets.len() > 1;
+            let mut failures = Vec::new();
+            for url in targets {
                 let span = fedsx_runtime::trace_context::http_client_span(&http::Method::POST, &url, &due.traceparent);
                 span.record("fedsx.peer", peer);
                 span.record("fedsx.activity_id", fedsx_wire::ActivityId(id).to_string());
                 let sent = dispatch(&self.settings.http, &url, due.envelope.clone())
                     .instrument(span)
                     .await;
-                result = worse(result, sent);
+                if let Err(failure) = sent {
+                    failures.push((url, failure));
+                }
             }
+            let result = combine(failures, several);
             let outcome = self.outcome(peer, &due, result);
             worker
                 .outcomes
@@ -362,5 +389,46 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permanent(code: u16) -> Failure {
+        Failure::Permanent {
+            reason: format!("status {code}"),
+        }
+    }
+
+    #[test]
+    fn a_delivery_to_several_inboxes_fails_as_its_worst_send_and_names_the_inboxes() {
+        assert_eq!(combine(vec![], true), Ok(()));
+        assert_eq!(combine(vec![("a".into(), permanent(410))], false), Err(permanent(410)));
+        let mixed = vec![
+            ("https://n/actors/a/inbox".to_owned(), permanent(410)),
+            (
+                "https://n/actors/b/inbox".to_owned(),
+                Failure::Transient {
+                    reason: "status 503".into(),
+                    retry_after: Some(std::time::Duration::from_secs(5)),
+                },
+            ),
+        ];
+        assert_eq!(
+            combine(mixed, true),
+            Err(Failure::Transient {
+                reason: "status 410 from https://n/actors/a/inbox, status 503 from https://n/actors/b/inbox".into(),
+                retry_after: Some(std::time::Duration::from_secs(5)),
+            })
+        );
+        let refused = vec![("https://n/actors/a/inbox".to_owned(), permanent(410))];
+        assert_eq!(
+            combine(refused, true),
+            Err(Failure::Permanent {
+                reason: "status 410 from https://n/actors/a/inbox".into()
+            })
+        );
     }
 }

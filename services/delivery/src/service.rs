@@ -204,6 +204,15 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
                 id: d.id.to_vec().into(),
                 attempts: d.attempts,
                 last_error: d.last_error,
+                sender: d.sender,
+                recipients: d
+                    .recipients
+                    .into_iter()
+                    .map(|r| pb::Recipient {
+                        actor: r.actor,
+                        inbox_url: r.inbox_url,
+                    })
+                    .collect(),
             })
             .collect();
         Ok(Response::new(pb::ListDeadLettersResponse {

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
-use fedsx_proto::delivery::v1::{EnqueueRequest, Recipient, ReviveRequest};
+use fedsx_proto::delivery::v1::{EnqueueRequest, ListDeadLettersRequest, ListPeersRequest, Recipient, ReviveRequest};
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 use fedsx_wire::ActivityId;
 use futures::future::BoxFuture;
@@ -52,6 +52,16 @@ pub enum HandoffError {
     Unavailable(String),
 }
 
+/// A dead letter, as the kernel reads it to find followers that are gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub last_error: String,
+    /// The local actor URL that sent it.
+    pub sender: String,
+    /// (actor URL, inbox URL) of each recipient.
+    pub recipients: Vec<(String, String)>,
+}
+
 /// Where deliveries go. Enqueueing the same (peer, id) twice must be one delivery: the
 /// kernel hands off at least once.
 pub trait DeliveryPort: Send + Sync + 'static {
@@ -60,6 +70,12 @@ pub trait DeliveryPort: Send + Sync + 'static {
     /// A request from destination node `peer` arrived: it is up, so make it available again
     /// if delivery gave up on it. Whether delivery knew the destination.
     fn revive(&self, peer: String) -> BoxFuture<'_, Result<bool, HandoffError>>;
+
+    /// Every destination with dead letters, and how many.
+    fn dead_letter_counts(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, HandoffError>>;
+
+    /// A destination's dead letters.
+    fn dead_letters(&self, peer: String) -> BoxFuture<'_, Result<Vec<DeadLetter>, HandoffError>>;
 }
 
 /// The delivery service over gRPC.
@@ -97,6 +113,56 @@ impl DeliveryPort for GrpcDelivery {
         })
     }
 
+    fn dead_letter_counts(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, HandoffError>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let peers = every_page(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let request = ListPeersRequest {
+                        page_size: 1000,
+                        page_token,
+                    };
+                    let page = client.list_peers(request).await?.into_inner();
+                    Ok((page.peers, page.next_page_token))
+                }
+            })
+            .await?;
+            Ok(peers
+                .into_iter()
+                .filter(|p| p.dead_letters > 0)
+                .map(|p| (p.peer, p.dead_letters))
+                .collect())
+        })
+    }
+
+    fn dead_letters(&self, peer: String) -> BoxFuture<'_, Result<Vec<DeadLetter>, HandoffError>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let listed = every_page(|page_token| {
+                let (mut client, peer) = (client.clone(), peer.clone());
+                async move {
+                    let request = ListDeadLettersRequest {
+                        peer,
+                        page_size: 1000,
+                        page_token,
+                    };
+                    let page = client.list_dead_letters(request).await?.into_inner();
+                    Ok((page.dead_letters, page.next_page_token))
+                }
+            })
+            .await?;
+            Ok(listed
+                .into_iter()
+                .map(|d| DeadLetter {
+                    last_error: d.last_error,
+                    sender: d.sender,
+                    recipients: d.recipients.into_iter().map(|r| (r.actor, r.inbox_url)).collect(),
+                })
+                .collect())
+        })
+    }
+
     fn revive(&self, peer: String) -> BoxFuture<'_, Result<bool, HandoffError>> {
         let mut client = self.client.clone();
         Box::pin(async move {
@@ -106,6 +172,23 @@ impl DeliveryPort for GrpcDelivery {
                 Err(status) => Err(handoff_error(status)),
             }
         })
+    }
+}
+
+/// Pages a list RPC through: `fetch(token)` answers one page and the next token.
+async fn every_page<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, HandoffError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let (page, next) = fetch(token).await.map_err(handoff_error)?;
+        all.extend(page);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
     }
 }
 
@@ -143,5 +226,13 @@ impl DeliveryPort for MemoryDelivery {
 
     fn revive(&self, _peer: String) -> BoxFuture<'_, Result<bool, HandoffError>> {
         Box::pin(async { Ok(false) })
+    }
+
+    fn dead_letter_counts(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, HandoffError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn dead_letters(&self, _peer: String) -> BoxFuture<'_, Result<Vec<DeadLetter>, HandoffError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }

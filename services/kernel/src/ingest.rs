@@ -282,6 +282,7 @@ impl Kernel {
                         actor: recipient.to_owned(),
                         follower: sender.clone(),
                         undo_id: received.id.0.to_vec().into(),
+                        reason: "undone by the follower".into(),
                     });
                     self.journal(derived_id("unfollow", &[&received.id.0]), record).await?;
                     tracing::info!(actor = recipient, follower = %sender, "follower removed");

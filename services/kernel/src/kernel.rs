@@ -127,6 +127,7 @@ impl Kernel {
         kernel.restore_gaps().await?;
         crate::backfill::spawn_saver(Arc::downgrade(&kernel), shutdown.clone());
         crate::relay::spawn(kernel.clone(), shutdown.clone());
+        crate::gone::spawn(kernel.clone(), shutdown.clone());
         crate::flows::spawn_timers(kernel.clone(), shutdown);
         // Hand off anything published before a restart that delivery may not have taken.
         for actor in actors {

@@ -10,6 +10,7 @@ pub mod delivery;
 mod error;
 mod flows;
 mod gaps;
+mod gone;
 mod ingest;
 mod kernel;
 mod keys;

@@ -13,6 +13,7 @@ struct IngestMetrics {
     signature_failures: Counter<u64>,
     gap_activities: Counter<u64>,
     handoffs_refused: Counter<u64>,
+    followers_gone: Counter<u64>,
 }
 
 fn ingest_metrics() -> &'static IngestMetrics {
@@ -29,6 +30,10 @@ fn ingest_metrics() -> &'static IngestMetrics {
         handoffs_refused: meter()
             .u64_counter("fedsx.kernel.handoffs_refused")
             .with_description("Activities for a recipient that delivery refused for good (skipped, not retried)")
+            .build(),
+        followers_gone: meter()
+            .u64_counter("fedsx.kernel.followers_gone")
+            .with_description("Followers removed because their node answered 410 Gone for them")
             .build(),
         gap_activities: meter()
             .u64_counter("fedsx.kernel.gap_activities")
@@ -60,6 +65,7 @@ pub(crate) fn init() {
     let metrics = ingest_metrics();
     metrics.signature_failures.add(0, &[]);
     metrics.handoffs_refused.add(0, &[]);
+    metrics.followers_gone.add(0, &[]);
     for outcome in ["filled", "unfilled"] {
         metrics.gap_activities.add(0, &[KeyValue::new("outcome", outcome)]);
     }
@@ -91,6 +97,11 @@ pub(crate) fn gap_activities(outcome: &'static str, count: u64) {
 }
 
 /// One hand-off refused for good by delivery.
+/// One follower removed: gone at its node.
+pub(crate) fn follower_gone() {
+    ingest_metrics().followers_gone.add(1, &[]);
+}
+
 pub(crate) fn handoff_refused() {
     ingest_metrics().handoffs_refused.add(1, &[]);
 }

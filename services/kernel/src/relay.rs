@@ -42,7 +42,11 @@ pub(crate) struct Kicks {
 
 impl Kicks {
     pub(crate) fn kick(&self, actor: &str) {
-        let fresh = self.actors.lock().expect("kicks lock poisoned").insert(actor.to_owned());
+        let fresh = self
+            .actors
+            .lock()
+            .expect("kicks lock poisoned")
+            .insert(actor.to_owned());
         if fresh {
             self.notify.notify_one();
         }

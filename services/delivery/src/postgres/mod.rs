@@ -84,6 +84,13 @@ pub(super) fn id_of(bytes: &[u8]) -> Result<Id, QueueError> {
         .map_err(|_| QueueError::internal(format!("stored id of {} bytes", bytes.len())))
 }
 
+/// A row's stored recipients (NULL: none).
+fn recipients_of(stored: Option<Vec<u8>>) -> Result<Vec<crate::storage::Recipient>, QueueError> {
+    let list = Recipients::decode(stored.unwrap_or_default().as_slice())
+        .map_err(|err| QueueError::internal(format!("corrupt recipients: {err}")))?;
+    Ok(list.list)
+}
+
 fn status_of(row: &fedsx_pg::tokio_postgres::Row) -> PeerStatus {
     let pending: i64 = row.get(4);
     PeerStatus {
@@ -143,13 +150,10 @@ impl QueueStorage for PgQueue {
             .await?;
         rows.iter()
             .map(|row| {
-                let recipients: Option<Vec<u8>> = row.get(5);
-                let recipients = Recipients::decode(recipients.unwrap_or_default().as_slice())
-                    .map_err(|err| QueueError::internal(format!("corrupt recipients: {err}")))?;
                 Ok(Due {
                     id: id_of(row.get(0))?,
                     inbox_url: row.get(1),
-                    recipients: recipients.list,
+                    recipients: recipients_of(row.get(5))?,
                     envelope: Bytes::from(row.get::<_, Option<Vec<u8>>>(2).unwrap_or_default()),
                     traceparent: row.get(3),
                     attempts: row.get::<_, i32>(4) as u32,
@@ -234,10 +238,13 @@ impl QueueStorage for PgQueue {
         let dead = rows
             .iter()
             .map(|row| {
+                let recipients: Option<Vec<u8>> = row.get(4);
                 Ok(DeadLetter {
                     id: id_of(row.get(0))?,
                     attempts: row.get::<_, i32>(1) as u32,
                     last_error: row.get(2),
+                    sender: row.get(3),
+                    recipients: recipients_of(recipients)?,
                 })
             })
             .collect::<Result<_, QueueError>>()?;

@@ -126,12 +126,15 @@ pub fn decide(attempts: u32, now: u64, failure: &Failure, schedule: &Schedule) -
     }
 }
 
-/// A dead-lettered activity: how often it was tried and why it last failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A dead-lettered activity: how often it was tried and why it last failed; as listed, also
+/// whose it was and for whom (kept on disk, not in the queue's memory).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetter {
     pub id: Id,
     pub attempts: u32,
     pub last_error: String,
+    pub sender: String,
+    pub recipients: Vec<crate::storage::Recipient>,
 }
 
 /// One peer's queue. Every operation is O(log n) in the queue's length, so a peer with
@@ -341,6 +344,7 @@ impl PeerState {
                 id,
                 attempts,
                 last_error: reason.to_owned(),
+                ..DeadLetter::default()
             };
             self.restore_dead(&sender, dead);
         }

@@ -60,6 +60,7 @@ impl PeerEntry {
                     id,
                     attempts: item.attempts,
                     last_error: item.last_error,
+                    ..DeadLetter::default()
                 };
                 state.restore_dead(&item.sender, dead);
             } else {
@@ -267,6 +268,7 @@ impl QueueStorage for RocksQueue {
                 id,
                 attempts: 0,
                 last_error: reason,
+                ..DeadLetter::default()
             };
             entry.state.restore_dead(&sender, dead);
         } else if new {
@@ -414,10 +416,25 @@ impl QueueStorage for RocksQueue {
     }
 
     async fn dead_letters(&self, peer: &str) -> Result<Option<Vec<DeadLetter>>, QueueError> {
-        let peers = self.inner.peers.lock().expect("queue lock poisoned");
-        Ok(peers
-            .get(peer)
-            .map(|entry| entry.state.dead_letters().cloned().collect()))
+        let listed: Option<Vec<DeadLetter>> = {
+            let peers = self.inner.peers.lock().expect("queue lock poisoned");
+            peers
+                .get(peer)
+                .map(|entry| entry.state.dead_letters().cloned().collect())
+        };
+        let Some(mut listed) = listed else { return Ok(None) };
+        // Whose and for whom: from the records on disk.
+        let (inner, peer) = (self.inner.clone(), peer.to_owned());
+        blocking(move || {
+            for dead in &mut listed {
+                if let Some(item) = inner.records.item(&peer, &dead.id).map_err(QueueError::internal)? {
+                    dead.sender = item.sender;
+                    dead.recipients = item.recipients;
+                }
+            }
+            Ok(Some(listed))
+        })
+        .await
     }
 
     async fn revive(&self, peer: &str) -> Result<Option<()>, QueueError> {

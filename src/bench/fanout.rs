@@ -112,6 +112,7 @@ fn usage(pid: u32) -> anyhow::Result<(u64, u64)> {
 
 struct Node {
     kernel: KernelClient<Channel>,
+    delivery: fedsx_proto::delivery::v1::delivery_client::DeliveryClient<Channel>,
     delivery_pid: u32,
     kernel_pid: u32,
     _children: Vec<KillOnDrop>,
@@ -138,6 +139,9 @@ async fn start_node(dir: &std::path::Path) -> anyhow::Result<Node> {
     let (kernel, kernel_child) = super::spawn_kernel(&log_store, &delivery, path(&secret)?, &flags)?;
     Ok(Node {
         kernel: KernelClient::new(Channel::from_shared(kernel)?.connect().await?),
+        delivery: fedsx_proto::delivery::v1::delivery_client::DeliveryClient::new(
+            Channel::from_shared(delivery)?.connect().await?,
+        ),
         delivery_pid: delivery_child.pid(),
         kernel_pid: kernel_child.pid(),
         _children: vec![kernel_child, delivery_child, log_child],
@@ -239,10 +243,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let peak_rss = Arc::new(AtomicUsize::new(rss_before as usize));
     let sampler = {
         let (peak, pid) = (peak_rss.clone(), node.delivery_pid);
+        let (mut delivery, arrivals) = (node.delivery.clone(), arrivals.clone());
         tokio::spawn(async move {
+            let mut tick = 0u64;
             loop {
                 if let Ok((_, rss)) = usage(pid) {
                     peak.fetch_max(rss as usize, Ordering::Relaxed);
+                }
+                tick += 1;
+                if tick.is_multiple_of(50) {
+                    // Where the work is: still queued at delivery, or already received.
+                    let request = fedsx_proto::delivery::v1::ListPeersRequest {
+                        page_size: 1000,
+                        page_token: String::new(),
+                    };
+                    if let Ok(peers) = delivery.list_peers(request).await {
+                        let pending: u64 = peers.into_inner().peers.iter().map(|p| p.pending).sum();
+                        let received = arrivals.requests.load(Ordering::Relaxed) - requests_before;
+                        println!("  {:>4}s: {received} requests received, {pending} queued at delivery", tick / 10);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -260,7 +260,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     if let Ok(peers) = delivery.list_peers(request).await {
                         let pending: u64 = peers.into_inner().peers.iter().map(|p| p.pending).sum();
                         let received = arrivals.requests.load(Ordering::Relaxed) - requests_before;
-                        println!("  {:>4}s: {received} requests received, {pending} queued at delivery", tick / 10);
+                        println!(
+                            "  {:>4}s: {received} requests received, {pending} queued at delivery",
+                            tick / 10
+                        );
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

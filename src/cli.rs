@@ -142,27 +142,9 @@ impl Command {
     }
 }
 
-/// Every item of a list RPC, page by page: `fetch(page_token)` answers one page and the
-/// next page's token (empty after the last).
-async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, tonic::Status>
-where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
-{
-    let (mut all, mut token) = (Vec::new(), String::new());
-    loop {
-        let (items, next) = fetch(token).await?;
-        all.extend(items);
-        if next.is_empty() {
-            return Ok(all);
-        }
-        token = next;
-    }
-}
-
 /// Every peer's delivery status.
 async fn list_peers(client: &DeliveryClient<TracedChannel>) -> Result<Vec<PeerStatus>, tonic::Status> {
-    all_pages(|page_token| {
+    fedsx_runtime::paging::all_pages(|page_token| {
         let mut client = client.clone();
         async move {
             let request = ListPeersRequest {
@@ -207,7 +189,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 page_size: 0,
                 page_token,
             };
-            let followers = all_pages(|token| {
+            let followers = fedsx_runtime::paging::all_pages(|token| {
                 let (mut client, request) = (client.clone(), list(token));
                 async move {
                     let page = client.followers(request).await?.into_inner();
@@ -216,7 +198,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await
             .map_err(k())?;
-            let following = all_pages(|token| {
+            let following = fedsx_runtime::paging::all_pages(|token| {
                 let (mut client, request) = (client.clone(), list(token));
                 async move {
                     let page = client.following(request).await?.into_inner();
@@ -329,7 +311,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Gaps { .. } => {
             let client = kernel(&target)?;
-            let gaps = all_pages(|page_token| {
+            let gaps = fedsx_runtime::paging::all_pages(|page_token| {
                 let mut client = client.clone();
                 async move {
                     let request = ListGapsRequest {
@@ -369,7 +351,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             };
             let mut all = Vec::new();
             for peer in peers {
-                let dead = all_pages(|page_token| {
+                let dead = fedsx_runtime::paging::all_pages(|page_token| {
                     let mut client = client.clone();
                     let request = ListDeadLettersRequest {
                         peer: peer.clone(),

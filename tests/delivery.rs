@@ -15,23 +15,13 @@ use tonic::transport::Channel;
 
 const FAST: &str = "10ms,10ms,10ms,10ms,10ms";
 
+/// Delivery with a 300 ms send timeout unless `extra` sets one.
 async fn start(dir: &TestDir, schedule: &str, extra: &[&str]) -> Service {
-    let data = dir.join("delivery");
-    let mut args = vec![
-        "delivery",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--retry-schedule",
-        schedule,
-        "--allow-private-peers",
-    ];
+    let mut flags = extra.to_vec();
     if !extra.contains(&"--send-timeout") {
-        args.extend_from_slice(&["--send-timeout", "300ms"]);
+        flags.extend_from_slice(&["--send-timeout", "300ms"]);
     }
-    args.extend_from_slice(extra);
-    Service::spawn("delivery", &args, dir.path()).await.unwrap()
+    support::spawn_delivery(dir, schedule, &flags).await
 }
 
 async fn client(service: &Service) -> DeliveryClient<Channel> {

@@ -37,27 +37,8 @@ struct NodeA {
 impl NodeA {
     async fn start() -> NodeA {
         let dir = TestDir::new();
-        let data = dir.join("log-store");
-        let log_store_args = [
-            "log-store",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
-        let log_store = Service::spawn("log-store", &log_store_args, dir.path()).await.unwrap();
-        let data = dir.join("delivery");
-        let delivery_args = [
-            "delivery",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--retry-schedule",
-            "50ms,100ms,200ms,400ms,800ms",
-            "--allow-private-peers",
-        ];
-        let delivery = Service::spawn("delivery", &delivery_args, dir.path()).await.unwrap();
+        let log_store = support::spawn_log_store(&dir).await;
+        let delivery = support::spawn_delivery(&dir, "50ms,100ms,200ms,400ms,800ms", &[]).await;
         let (kernel_addr, http) = (free_addr(), free_addr());
         let gateway_args = [
             "gateway",

@@ -47,15 +47,7 @@ async fn start_kernel_with(dir: &TestDir, log_store: &Service, delivery: &str) -
 }
 
 async fn start_log_store(dir: &TestDir) -> Service {
-    let data = dir.join("log-store");
-    let args = [
-        "log-store",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    Service::spawn("log-store", &args, dir.path()).await.unwrap()
+    support::spawn_log_store(dir).await
 }
 
 /// A delivery service on a temp data dir, retrying every 10 ms, allowed to reach loopback
@@ -66,19 +58,7 @@ async fn start_delivery(dir: &TestDir) -> Service {
 
 /// Like [`start_delivery`], with `extra` flags.
 async fn start_delivery_with(dir: &TestDir, extra: &[&str]) -> Service {
-    let data = dir.join("delivery");
-    let mut args = vec![
-        "delivery",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--retry-schedule",
-        "10ms,10ms,10ms,10ms,10ms",
-        "--allow-private-peers",
-    ];
-    args.extend_from_slice(extra);
-    Service::spawn("delivery", &args, dir.path()).await.unwrap()
+    support::spawn_delivery(dir, "10ms,10ms,10ms,10ms,10ms", extra).await
 }
 
 async fn kernel_client(kernel: &Service) -> KernelClient<Channel> {

@@ -245,6 +245,37 @@ pub async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
         .await?)
 }
 
+/// A log-store on `<dir>/log-store`.
+pub async fn spawn_log_store(dir: &TestDir) -> Service {
+    let data = dir.join("log-store");
+    let args = [
+        "log-store",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    Service::spawn("log-store", &args, dir.path()).await.unwrap()
+}
+
+/// A delivery service on `<dir>/delivery`, retrying on `schedule`, allowed to reach
+/// loopback peers, with `extra` flags.
+pub async fn spawn_delivery(dir: &TestDir, schedule: &str, extra: &[&str]) -> Service {
+    let data = dir.join("delivery");
+    let mut args = vec![
+        "delivery",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--retry-schedule",
+        schedule,
+        "--allow-private-peers",
+    ];
+    args.extend_from_slice(extra);
+    Service::spawn("delivery", &args, dir.path()).await.unwrap()
+}
+
 /// Polls `check` until it returns `Some`, or fails after [`DEADLINE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
 where

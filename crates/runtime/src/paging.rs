@@ -5,6 +5,24 @@
 //! key; a token is the key of the last item of its page, so a page after an insertion or a
 //! removal neither repeats nor skips what stayed.
 
+/// Every item of a list RPC, as a client pages through it: `fetch(page_token)` answers one
+/// page and the next page's token (empty after the last).
+pub async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, tonic::Status>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let (items, next) = fetch(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
+}
+
 /// Items per page when the request does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Most items per page, whatever the request says.

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
 use fedsx_proto::delivery::v1::{EnqueueRequest, ListDeadLettersRequest, ListPeersRequest, Recipient, ReviveRequest};
+use fedsx_runtime::paging::all_pages;
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 use fedsx_wire::ActivityId;
 use futures::future::BoxFuture;
@@ -116,7 +117,7 @@ impl DeliveryPort for GrpcDelivery {
     fn dead_letter_counts(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, HandoffError>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let peers = every_page(|page_token| {
+            let peers = all_pages(|page_token| {
                 let mut client = client.clone();
                 async move {
                     let request = ListPeersRequest {
@@ -127,7 +128,8 @@ impl DeliveryPort for GrpcDelivery {
                     Ok((page.peers, page.next_page_token))
                 }
             })
-            .await?;
+            .await
+            .map_err(handoff_error)?;
             Ok(peers
                 .into_iter()
                 .filter(|p| p.dead_letters > 0)
@@ -139,7 +141,7 @@ impl DeliveryPort for GrpcDelivery {
     fn dead_letters(&self, peer: String) -> BoxFuture<'_, Result<Vec<DeadLetter>, HandoffError>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let listed = every_page(|page_token| {
+            let listed = all_pages(|page_token| {
                 let (mut client, peer) = (client.clone(), peer.clone());
                 async move {
                     let request = ListDeadLettersRequest {
@@ -151,7 +153,8 @@ impl DeliveryPort for GrpcDelivery {
                     Ok((page.dead_letters, page.next_page_token))
                 }
             })
-            .await?;
+            .await
+            .map_err(handoff_error)?;
             Ok(listed
                 .into_iter()
                 .map(|d| DeadLetter {
@@ -172,23 +175,6 @@ impl DeliveryPort for GrpcDelivery {
                 Err(status) => Err(handoff_error(status)),
             }
         })
-    }
-}
-
-/// Pages a list RPC through: `fetch(token)` answers one page and the next token.
-async fn every_page<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, HandoffError>
-where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
-{
-    let (mut all, mut token) = (Vec::new(), String::new());
-    loop {
-        let (page, next) = fetch(token).await.map_err(handoff_error)?;
-        all.extend(page);
-        if next.is_empty() {
-            return Ok(all);
-        }
-        token = next;
     }
 }
 

@@ -107,7 +107,8 @@ impl Kernel {
 
     /// A verified request from `sender`'s node arrived, so the node is up: tells delivery,
     /// which stops treating it as unavailable — in the background, and at most once per
-    /// [`REVIVE_EVERY`] per node once delivery knew it.
+    /// [`REVIVE_EVERY`] per node (a node delivery does not know included), so a busy peer
+    /// costs no call per request.
     fn revive_node_of(&self, sender: &str) {
         let Some(node) = fedsx_wire::document::origin(sender) else {
             return;
@@ -120,16 +121,14 @@ impl Kernel {
             if revived.len() >= MAX_REVIVED {
                 revived.clear();
             }
+            revived.insert(node.clone(), std::time::Instant::now());
         }
         let Some(kernel) = self.me.upgrade() else { return };
         tokio::spawn(async move {
-            match kernel.delivery.revive(node.clone()).await {
-                Ok(true) => {
-                    let mut revived = kernel.revived.lock().expect("revived lock poisoned");
-                    revived.insert(node, std::time::Instant::now());
-                }
-                Ok(false) => {}
-                Err(err) => tracing::debug!(%node, error = %err, "telling delivery the node is up failed"),
+            if let Err(err) = kernel.delivery.revive(node.clone()).await {
+                tracing::debug!(%node, error = %err, "telling delivery the node is up failed");
+                // Told nothing: the next request from it tries again.
+                kernel.revived.lock().expect("revived lock poisoned").remove(&node);
             }
         });
     }

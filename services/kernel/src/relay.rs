@@ -165,27 +165,31 @@ impl Kernel {
     /// the start) is enqueued again as a dead letter with the reason — visible in
     /// `fedsx deliveries` — and never holds up what the actor publishes next.
     async fn hand_over(&self, handoff: Handoff) -> Result<(), KernelError> {
-        let (destination, mut undeliverable) = (handoff.peer.clone(), handoff.undeliverable.is_some());
-        let mut handoff = Some(handoff);
-        while let Some(next) = handoff.take() {
-            match self.delivery.enqueue(next.clone()).await {
-                Ok(()) if undeliverable => {
-                    crate::metrics::handoff_refused();
-                    let reason = next.undeliverable.unwrap_or_default();
-                    tracing::error!(%destination, %reason, "cannot be handed on; kept as a dead letter");
-                }
-                Ok(()) => {}
-                Err(HandoffError::Refused(reason)) if !undeliverable => {
-                    undeliverable = true;
-                    handoff = Some(next.undeliverable(format!("refused by delivery: {reason}")));
-                }
-                Err(HandoffError::Refused(reason)) => {
-                    crate::metrics::handoff_refused();
-                    tracing::error!(%destination, %reason, "delivery refuses even the dead letter; skipped");
-                }
-                Err(HandoffError::Unavailable(reason)) => return Err(KernelError::Internal(reason)),
-            }
+        if handoff.undeliverable.is_some() {
+            return self.keep_as_dead_letter(handoff).await;
         }
+        match self.delivery.enqueue(handoff.clone()).await {
+            Ok(()) => Ok(()),
+            Err(HandoffError::Refused(reason)) => {
+                let refused = handoff.undeliverable(format!("refused by delivery: {reason}"));
+                self.keep_as_dead_letter(refused).await
+            }
+            Err(HandoffError::Unavailable(reason)) => Err(KernelError::Internal(reason)),
+        }
+    }
+
+    /// Enqueues an undeliverable hand-off, which delivery keeps as a dead letter; counted.
+    async fn keep_as_dead_letter(&self, handoff: Handoff) -> Result<(), KernelError> {
+        let destination = handoff.peer.clone();
+        let reason = handoff.undeliverable.clone().unwrap_or_default();
+        match self.delivery.enqueue(handoff).await {
+            Ok(()) => tracing::error!(%destination, %reason, "cannot be handed on; kept as a dead letter"),
+            Err(HandoffError::Refused(why)) => {
+                tracing::error!(%destination, %reason, refused = %why, "delivery refuses even the dead letter; skipped");
+            }
+            Err(HandoffError::Unavailable(why)) => return Err(KernelError::Internal(why)),
+        }
+        crate::metrics::handoff_refused();
         Ok(())
     }
 

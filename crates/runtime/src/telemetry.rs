@@ -55,15 +55,18 @@ pub fn init(default_service: &'static str) -> anyhow::Result<TelemetryGuard> {
         .with_writer(std::io::stderr)
         .with_target(false);
 
-    // Spans always carry OpenTelemetry contexts, so trace context propagates through this
-    // process (and into queued deliveries) even when nothing is exported here.
+    // Spans carry OpenTelemetry contexts, so a caller's trace context propagates through
+    // this process (and into queued deliveries) even when nothing is exported here; without
+    // export, only calls that continue a trace get spans (`trace_context`).
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(default_service);
     }
     let resource = resource.build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
-    if otlp_configured("TRACES") {
+    let exporting = otlp_configured("TRACES");
+    crate::trace_context::set_exporting(exporting);
+    if exporting {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()

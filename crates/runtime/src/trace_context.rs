@@ -3,7 +3,23 @@
 
 pub use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
+use std::sync::atomic::{AtomicBool, Ordering};
 pub use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Whether this process exports traces (an OTLP endpoint is configured); set once at start.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Records whether this process exports traces (see [`crate::telemetry::init`]).
+pub fn set_exporting(exporting: bool) {
+    EXPORTING.store(exporting, Ordering::Relaxed);
+}
+
+/// Whether a request gets a span: always when this process exports traces; otherwise only
+/// to continue a caller's trace (its `traceparent`), so the context still reaches the next
+/// hop. A root span that nobody exports would cost every call its building and nothing else.
+fn wanted(exporting: bool, headers: &http::HeaderMap) -> bool {
+    exporting || headers.contains_key("traceparent")
+}
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
@@ -34,7 +50,7 @@ impl Injector for HeaderInjector<'_> {
 /// a `traceparent`. Used as tonic's `trace_fn`.
 pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
-    if !is_traced(path) {
+    if !is_traced(path) || !wanted(EXPORTING.load(Ordering::Relaxed), request.headers()) {
         return tracing::Span::none();
     }
     let span = grpc_span("server", path);
@@ -71,7 +87,7 @@ fn is_traced(path: &str) -> bool {
 /// The server span of one HTTP request, a child of the caller's span when the request carries
 /// a `traceparent` (a peer node's delivery, or a client).
 pub fn http_server_span(method: &http::Method, route: &str, headers: &http::HeaderMap) -> tracing::Span {
-    if !is_traced(route) {
+    if !is_traced(route) || !wanted(EXPORTING.load(Ordering::Relaxed), headers) {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -157,6 +173,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for TracedChannel {
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         use tracing::Instrument;
+        if !EXPORTING.load(Ordering::Relaxed) && tracing::Span::current().is_none() {
+            // Nothing to continue and nothing exported here: no span to build.
+            return Box::pin(self.inner.call(request));
+        }
         let span = start_client_call(&mut request);
         let call = self.inner.call(request);
         let recorder = span.clone();
@@ -269,7 +289,20 @@ mod tests {
     }
 
     #[test]
+    fn without_export_only_a_callers_trace_is_continued() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!wanted(false, &headers), "no export, no caller's trace: no span");
+        assert!(wanted(true, &headers), "exported here: every call has a span");
+        headers.insert("traceparent", format!("00-{TRACE_ID}-{PARENT}-01").parse().unwrap());
+        assert!(
+            wanted(false, &headers),
+            "a caller's trace is continued also when not exported here"
+        );
+    }
+
+    #[test]
     fn a_call_without_traceparent_starts_a_new_trace() {
+        set_exporting(true);
         with_otel(|| {
             let request = http::Request::builder()
                 .uri("/fedsx.logstore.v1.LogStore/Tip")

@@ -5,13 +5,12 @@ use crate::delivery::DeliveryPort;
 use crate::error::{KernelError, check_name};
 use crate::flows::{FLOWS_ACTOR, FlowTable};
 use crate::keys::NodeSecret;
-use crate::logs::{JOURNAL_ACTOR, Logs};
+use crate::logs::Logs;
 use crate::peers::PeerFetcher;
 use crate::publish::Head;
 use crate::state::{NodeUrls, State};
-use bytes::Bytes;
 use fedsx_proto::kernel::v1::journal_record::Record;
-use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, JournalRecord, PeerRegistered};
+use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, PeerRegistered};
 use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_runtime::paging::PageRequest;
 use prost::Message;
@@ -29,7 +28,9 @@ pub struct Kernel {
     pub(crate) node: NodeUrls,
     /// `<base>/actors/`: local actor URLs start with it.
     pub(crate) actors_prefix: String,
+    /// Changed only by the journal follower, in journal order (`journal.rs`).
     pub(crate) state: RwLock<State>,
+    pub(crate) applied: crate::journal::Applied,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
     pub(crate) fetcher: PeerFetcher,
     refetched: Mutex<HashMap<String, Instant>>,
@@ -85,15 +86,9 @@ impl Kernel {
         delivery: Arc<dyn DeliveryPort>,
         shutdown: fedsx_runtime::CancellationToken,
     ) -> Result<Arc<Kernel>, KernelError> {
-        let mut state = State::default();
-        let journal = logs.read_all(JOURNAL_ACTOR, StreamKind::Meta, 0).await?;
-        for entry in &journal {
-            let record = JournalRecord::decode(entry.data.as_ref())
-                .map_err(|err| KernelError::Internal(format!("journal entry {} is corrupt: {err}", entry.seq)))?;
-            state.apply(record, &secret, &node);
-        }
+        let (state, applied) = crate::journal::replay(&logs, &secret, &node).await?;
         tracing::info!(
-            records = journal.len(),
+            records = applied,
             actors = state.actors.len(),
             peers = state.peers.len(),
             "journal replayed"
@@ -109,6 +104,7 @@ impl Kernel {
             actors_prefix: format!("{}/actors/", node.base),
             node,
             state: RwLock::new(state),
+            applied: crate::journal::Applied::new(applied),
             heads: Mutex::default(),
             fetcher,
             refetched: Mutex::default(),
@@ -124,6 +120,7 @@ impl Kernel {
                 crate::metrics::register_flows(this.clone())
             },
         });
+        crate::journal::spawn_follower(Arc::downgrade(&kernel), shutdown.clone());
         kernel.restore_gaps().await?;
         crate::backfill::spawn_saver(Arc::downgrade(&kernel), shutdown.clone());
         crate::relay::spawn(kernel.clone(), shutdown.clone());
@@ -160,23 +157,18 @@ impl Kernel {
         self.state.read().expect("state lock poisoned")
     }
 
-    /// Appends a record to the journal (idempotent by `id`), then applies it.
-    pub(crate) async fn journal(&self, id: [u8; 32], record: Record) -> Result<bool, KernelError> {
-        let record = JournalRecord { record: Some(record) };
-        let answer = self
-            .logs
-            .append_any(
-                JOURNAL_ACTOR,
-                StreamKind::Meta,
-                Bytes::copy_from_slice(&id),
-                record.encode_to_vec().into(),
-            )
-            .await?;
-        self.state
-            .write()
-            .expect("state lock poisoned")
-            .apply(record, &self.secret, &self.node);
-        Ok(answer.entries.first().is_some_and(|e| e.appended))
+    /// Whether the state in memory is what replaying the journal builds (the check a
+    /// restart would pass); when not, the first difference. Meaningful while nothing is
+    /// being journaled.
+    pub async fn matches_journal(&self) -> Result<Result<(), String>, KernelError> {
+        let (replayed, last) = crate::journal::replay(&self.logs, &self.secret, &self.node).await?;
+        let applied = self.applied.seq();
+        if applied != last {
+            return Ok(Err(format!(
+                "applied up to record {applied}, the journal ends at {last}"
+            )));
+        }
+        Ok(self.read_state().difference(&replayed))
     }
 
     pub async fn create_actor(&self, name: &str) -> Result<ActorDocument, KernelError> {

@@ -12,6 +12,7 @@ mod flows;
 mod gaps;
 mod gone;
 mod ingest;
+mod journal;
 mod kernel;
 mod keys;
 mod logs;

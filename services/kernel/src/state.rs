@@ -10,12 +10,13 @@ use fedsx_wire::ActivityId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A local actor: its document and its (derived) signing key.
+#[derive(Debug, PartialEq)]
 pub struct LocalActor {
     pub document: ActorDocument,
     pub key: SigningKey,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct State {
     pub actors: BTreeMap<String, LocalActor>,
     /// Peer documents by actor URL.
@@ -118,6 +119,23 @@ impl State {
                 *seq = (*seq).max(cursor.seq);
             }
         }
+    }
+
+    /// The first part in which `other` differs from this state, named with both values.
+    pub fn difference(&self, other: &State) -> Result<(), String> {
+        fn part<T: PartialEq + std::fmt::Debug>(name: &str, mine: &T, theirs: &T) -> Result<(), String> {
+            if mine == theirs {
+                return Ok(());
+            }
+            Err(format!("{name} differ:\n  live:     {mine:?}\n  replayed: {theirs:?}"))
+        }
+        part("actors", &self.actors, &other.actors)?;
+        part("peers", &self.peers, &other.peers)?;
+        part("followers", &self.followers, &other.followers)?;
+        part("following", &self.following, &other.following)?;
+        part("followed_by", &self.followed_by, &other.followed_by)?;
+        part("follows_sent", &self.follows_sent, &other.follows_sent)?;
+        part("relay_cursors", &self.relay_cursors, &other.relay_cursors)
     }
 
     pub fn actor(&self, name: &str) -> Option<&LocalActor> {

@@ -1,0 +1,154 @@
+//! The kernel's journal and the state machine it drives. A handler appends its record to
+//! the journal stream and waits until that record has been applied; one task applies the
+//! records in journal (seq) order, as the log-store hands them out. So the state in memory
+//! is always the journal folded in order — the same state a restart rebuilds — however
+//! concurrent appends completed, and also when an append's answer was lost.
+
+use crate::error::KernelError;
+use crate::kernel::Kernel;
+use crate::keys::NodeSecret;
+use crate::logs::{JOURNAL_ACTOR, Logs};
+use crate::state::{NodeUrls, State};
+use bytes::Bytes;
+use fedsx_proto::kernel::v1::JournalRecord;
+use fedsx_proto::kernel::v1::journal_record::Record;
+use fedsx_proto::logstore::v1::{Entry, StreamKind};
+use futures::StreamExt;
+use prost::Message;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a handler waits for its durable record to be applied before it answers
+/// UNAVAILABLE (the record stays in the journal and is applied once the log-store serves).
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+/// Pause before following the journal again after the log-store failed.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Decodes one journal entry.
+pub(crate) fn decode(entry: &Entry) -> Result<JournalRecord, KernelError> {
+    JournalRecord::decode(entry.data.as_ref())
+        .map_err(|err| KernelError::Internal(format!("journal entry {} is corrupt: {err}", entry.seq)))
+}
+
+/// The state as the whole journal leaves it, and the seq of its last record. The start of
+/// every kernel, and what a test compares the live state with.
+pub async fn replay(logs: &Logs, secret: &NodeSecret, node: &NodeUrls) -> Result<(State, u64), KernelError> {
+    let mut state = State::default();
+    let mut last = 0;
+    for entry in logs.read_all(JOURNAL_ACTOR, StreamKind::Meta, 0).await? {
+        state.apply(decode(&entry)?, secret, node);
+        last = entry.seq;
+    }
+    Ok((state, last))
+}
+
+/// The seq of the last journal record applied to the state.
+pub(crate) struct Applied {
+    seq: watch::Sender<u64>,
+}
+
+impl Applied {
+    pub(crate) fn new(seq: u64) -> Applied {
+        Applied {
+            seq: watch::Sender::new(seq),
+        }
+    }
+
+    pub(crate) fn seq(&self) -> u64 {
+        *self.seq.borrow()
+    }
+
+    /// Waits until record `seq` is applied.
+    async fn reached(&self, seq: u64) -> Result<(), KernelError> {
+        let mut applied = self.seq.subscribe();
+        let waited = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|at| *at >= seq))
+            .await
+            .map(|reached| reached.is_ok());
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(KernelError::Internal("the journal follower stopped".into())),
+            Err(_) => Err(KernelError::LogStoreUnavailable(format!(
+                "journal record {seq} is durable but not applied after {APPLY_WAIT:?} (applied up to {}); \
+                 it will be — retry the call",
+                self.seq()
+            ))),
+        }
+    }
+}
+
+impl Kernel {
+    /// Appends a record to the journal (idempotent by `id`) and waits until it is applied;
+    /// whether it was new.
+    pub(crate) async fn journal(&self, id: [u8; 32], record: Record) -> Result<bool, KernelError> {
+        let record = JournalRecord { record: Some(record) };
+        let answer = self
+            .logs
+            .append_any(
+                JOURNAL_ACTOR,
+                StreamKind::Meta,
+                Bytes::copy_from_slice(&id),
+                record.encode_to_vec().into(),
+            )
+            .await?;
+        let entry = answer
+            .entries
+            .first()
+            .ok_or_else(|| KernelError::Internal("the log-store answered an append with no entry".into()))?;
+        self.applied.reached(entry.seq).await?;
+        Ok(entry.appended)
+    }
+}
+
+/// Follows the journal from the last applied record and applies each record in seq order
+/// until `shutdown`; after a log-store failure, follows it again from where it stopped.
+pub(crate) fn spawn_follower(kernel: Weak<Kernel>, shutdown: fedsx_runtime::CancellationToken) {
+    tokio::spawn(async move {
+        let mut pause = RETRY_FIRST;
+        loop {
+            let Some(me) = kernel.upgrade() else { return };
+            let followed = tokio::select! {
+                () = shutdown.cancelled() => return,
+                followed = follow(&me) => followed,
+            };
+            drop(me);
+            match followed {
+                Ok(()) => pause = RETRY_FIRST,
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?pause, "following the journal failed");
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    });
+}
+
+/// Applies the journal's records after the last applied one as the log-store hands them
+/// out, until the subscription ends or fails.
+async fn follow(kernel: &Arc<Kernel>) -> Result<(), KernelError> {
+    let from = kernel.applied.seq();
+    let mut entries = kernel.logs.subscribe(JOURNAL_ACTOR, StreamKind::Meta, from).await?;
+    while let Some(entry) = entries.next().await {
+        let entry = entry?;
+        let expected = kernel.applied.seq() + 1;
+        if entry.seq != expected {
+            return Err(KernelError::Internal(format!(
+                "the journal gave record {} where {expected} was next",
+                entry.seq
+            )));
+        }
+        let record = decode(&entry)?;
+        apply(&kernel.state, record, &kernel.secret, &kernel.node);
+        kernel.applied.seq.send_replace(entry.seq);
+    }
+    Ok(())
+}
+
+fn apply(state: &RwLock<State>, record: JournalRecord, secret: &NodeSecret, node: &NodeUrls) {
+    state.write().expect("state lock poisoned").apply(record, secret, node);
+}

@@ -1,0 +1,156 @@
+//! The kernel library's test harness: a real log-store in-process (real RocksDB), a kernel
+//! on it with the in-memory delivery port, and remote actors that sign what they send.
+#![allow(dead_code)]
+
+use ed25519_dalek::SigningKey;
+use fedsx_kernel::delivery::MemoryDelivery;
+use fedsx_kernel::peers::PeerFetcher;
+use fedsx_kernel::{Draft, Kernel, Logs, NodeSecret};
+use fedsx_proto::kernel::v1::ActorDocument;
+use fedsx_proto::wire::v1::{Activity, ActivityType};
+use fedsx_runtime::CancellationToken;
+use fedsx_wire::{ActivityId, key_id, sign};
+use std::sync::Arc;
+
+pub const BASE: &str = "https://b.example";
+pub const PEER: &str = "https://a.example/actors/alice";
+/// The node `PEER` lives on: its deliveries' queue.
+pub const PEER_NODE: &str = "https://a.example";
+
+pub struct Node {
+    pub kernel: Arc<Kernel>,
+    pub delivery: Arc<MemoryDelivery>,
+    pub logs_url: String,
+    pub _dir: tempfile::TempDir,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn log_store(dir: &std::path::Path, shutdown: CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = fedsx_log_store::Config {
+        listen: listener.local_addr().unwrap(),
+        data_dir: dir.join("log-store"),
+        store: None,
+        store_pool_size: 32,
+        tool: None,
+    };
+    tokio::spawn(fedsx_log_store::run(config, listener, shutdown));
+    url
+}
+
+pub async fn kernel_on(logs_url: &str, shutdown: &CancellationToken) -> (Arc<Kernel>, Arc<MemoryDelivery>) {
+    let delivery = Arc::new(MemoryDelivery::default());
+    let logs = Logs::connect_lazy(logs_url).unwrap();
+    let kernel = loop {
+        match Kernel::start(
+            logs.clone(),
+            NodeSecret::from_bytes([5; 32]),
+            fedsx_kernel::NodeUrls::new(BASE, true),
+            PeerFetcher::new(true),
+            delivery.clone(),
+            shutdown.child_token(),
+        )
+        .await
+        {
+            Ok(kernel) => break kernel,
+            Err(fedsx_kernel::KernelError::LogStoreUnavailable(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(err) => panic!("{err}"),
+        }
+    };
+    (kernel, delivery)
+}
+
+pub async fn node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let logs_url = log_store(dir.path(), shutdown.clone()).await;
+    let (kernel, delivery) = kernel_on(&logs_url, &shutdown).await;
+    kernel.create_actor("bob").await.unwrap();
+    Node {
+        kernel,
+        delivery,
+        logs_url,
+        _dir: dir,
+        shutdown,
+    }
+}
+
+/// A remote actor made in the test: its key, and its document registered with the node.
+pub struct Peer {
+    pub key: SigningKey,
+    pub url: String,
+    pub seq: u64,
+    pub prev: Option<ActivityId>,
+}
+
+impl Peer {
+    pub fn new(url: &str, seed: u8) -> Peer {
+        Peer {
+            key: SigningKey::from_bytes(&[seed; 32]),
+            url: url.into(),
+            seq: 0,
+            prev: None,
+        }
+    }
+
+    pub fn document(&self) -> ActorDocument {
+        fedsx_wire::document::new(&self.url, "", &self.key.verifying_key(), "")
+    }
+
+    pub fn activity(&mut self, kind: ActivityType, object: &str) -> Activity {
+        self.seq += 1;
+        Activity {
+            r#type: kind.into(),
+            actor: self.url.clone(),
+            seq: self.seq,
+            object: object.into(),
+            to: vec![format!("{BASE}/actors/bob")],
+            published_ms: 1_767_225_600_000 + self.seq as i64,
+            content: String::new(),
+            prev: self.prev.map(|id| id.0.to_vec().into()).unwrap_or_default(),
+        }
+    }
+
+    pub fn sign(&mut self, activity: &Activity) -> (ActivityId, Vec<u8>) {
+        let signed = sign(activity, &self.key, &key_id(&self.url, &self.key.verifying_key()));
+        self.prev = Some(signed.id);
+        (signed.id, signed.to_bytes())
+    }
+
+    pub fn signed(&mut self, kind: ActivityType, object: &str) -> (ActivityId, Vec<u8>) {
+        let activity = self.activity(kind, object);
+        self.sign(&activity)
+    }
+}
+
+pub fn bob_url() -> String {
+    format!("{BASE}/actors/bob")
+}
+
+pub async fn tips(node: &Node) -> (u64, u64) {
+    node.kernel.tips("bob").await.unwrap()
+}
+
+pub fn draft(actor: &str, kind: ActivityType, to: &[&str], content: &str) -> Draft {
+    Draft {
+        actor: actor.into(),
+        kind,
+        object: String::new(),
+        to: to.iter().map(|t| t.to_string()).collect(),
+        content: content.into(),
+        once_key: None,
+    }
+}
+
+pub fn first_page() -> fedsx_runtime::paging::PageRequest {
+    fedsx_runtime::paging::PageRequest::parse(0, "").unwrap()
+}

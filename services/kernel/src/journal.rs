@@ -15,7 +15,7 @@ use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::logstore::v1::{Entry, StreamKind};
 use futures::StreamExt;
 use prost::Message;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -143,12 +143,16 @@ async fn follow(kernel: &Arc<Kernel>) -> Result<(), KernelError> {
             )));
         }
         let record = decode(&entry)?;
-        apply(&kernel.state, record, &kernel.secret, &kernel.node);
-        kernel.applied.seq.send_replace(entry.seq);
+        let snapshot = {
+            let mut state = kernel.state.write().expect("state lock poisoned");
+            state.apply(record, &kernel.secret, &kernel.node);
+            // Under the state's lock: whoever reads the state reads the seq it covers.
+            kernel.applied.seq.send_replace(entry.seq);
+            kernel.snapshots.due(entry.seq).then(|| state.as_records())
+        };
+        if let Some(records) = snapshot {
+            crate::snapshot::spawn_write(kernel.clone(), entry.seq, records);
+        }
     }
     Ok(())
-}
-
-fn apply(state: &RwLock<State>, record: JournalRecord, secret: &NodeSecret, node: &NodeUrls) {
-    state.write().expect("state lock poisoned").apply(record, secret, node);
 }

@@ -31,6 +31,9 @@ pub struct Kernel {
     /// Changed only by the journal follower, in journal order (`journal.rs`).
     pub(crate) state: RwLock<State>,
     pub(crate) applied: crate::journal::Applied,
+    pub(crate) snapshots: crate::snapshot::Snapshots,
+    /// The journal seq of the snapshot this kernel started from (0: none).
+    restored_from: u64,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
     pub(crate) fetcher: PeerFetcher,
     refetched: Mutex<HashMap<String, Instant>>,
@@ -86,12 +89,17 @@ impl Kernel {
         delivery: Arc<dyn DeliveryPort>,
         shutdown: fedsx_runtime::CancellationToken,
     ) -> Result<Arc<Kernel>, KernelError> {
-        let (state, applied) = crate::journal::replay(&logs, &secret, &node).await?;
+        let started = Instant::now();
+        let (state, applied, replayed) = crate::snapshot::restore(&logs, &secret, &node).await?;
+        let covered = applied - replayed;
         tracing::info!(
-            records = applied,
+            snapshot = covered,
+            replayed,
+            applied,
             actors = state.actors.len(),
             peers = state.peers.len(),
-            "journal replayed"
+            took = ?started.elapsed(),
+            "state restored from the newest snapshot and the journal after it"
         );
         let flow_journal = logs.read_all(FLOWS_ACTOR, StreamKind::Flow, 0).await?;
         let flows = FlowTable::replay(&flow_journal)?;
@@ -105,6 +113,8 @@ impl Kernel {
             node,
             state: RwLock::new(state),
             applied: crate::journal::Applied::new(applied),
+            snapshots: crate::snapshot::Snapshots::new(covered),
+            restored_from: covered,
             heads: Mutex::default(),
             fetcher,
             refetched: Mutex::default(),
@@ -155,6 +165,25 @@ impl Kernel {
 
     pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().expect("state lock poisoned")
+    }
+
+    /// The journal seq covered by the snapshot this kernel started from (0: it replayed the
+    /// whole journal).
+    pub fn restored_from(&self) -> u64 {
+        self.restored_from
+    }
+
+    /// Writes a snapshot of the state now (besides the one every
+    /// `snapshot::EVERY` records); the journal seq it covers.
+    pub async fn snapshot(&self) -> Result<u64, KernelError> {
+        self.snapshots.turn().await;
+        let (seq, records) = {
+            let state = self.read_state();
+            (self.applied.seq(), state.as_records())
+        };
+        let written = crate::snapshot::write(&self.logs, crate::snapshot::parts(seq, records)).await;
+        self.snapshots.written(written.as_ref().ok().map(|()| seq));
+        written.map(|()| seq)
     }
 
     /// Whether the state in memory is what replaying the journal builds (the check a

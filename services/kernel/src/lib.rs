@@ -21,6 +21,7 @@ pub mod peers;
 mod publish;
 mod relay;
 mod service;
+mod snapshot;
 mod state;
 
 pub use config::Config;

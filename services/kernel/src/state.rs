@@ -100,6 +100,9 @@ impl State {
             Record::FollowerRemoved(removed) => {
                 if let Some(followers) = self.followers.get_mut(&removed.actor) {
                     followers.remove(&removed.follower);
+                    if followers.is_empty() {
+                        self.followers.remove(&removed.actor);
+                    }
                 }
             }
             Record::FollowSent(sent) => {
@@ -119,6 +122,58 @@ impl State {
                 *seq = (*seq).max(cursor.seq);
             }
         }
+    }
+
+    /// The journal records that rebuild this state from an empty one (a snapshot's content).
+    pub fn as_records(&self) -> Vec<JournalRecord> {
+        use fedsx_proto::kernel::v1::{
+            ActorCreated, FollowSent, FollowerAdded, FollowingAdded, PeerRegistered, RelayCursor,
+        };
+        let mut records = Vec::new();
+        let mut push = |record: Record| records.push(JournalRecord { record: Some(record) });
+        for name in self.actors.keys() {
+            push(Record::ActorCreated(ActorCreated {
+                name: name.clone(),
+                created_ms: 0,
+            }));
+        }
+        for document in self.peers.values() {
+            push(Record::PeerRegistered(PeerRegistered {
+                document: Some(document.clone()),
+            }));
+        }
+        for (actor, followers) in &self.followers {
+            for (follower, follow_id) in followers {
+                push(Record::FollowerAdded(FollowerAdded {
+                    actor: actor.clone(),
+                    follower: follower.clone(),
+                    follow_id: follow_id.0.to_vec().into(),
+                }));
+            }
+        }
+        for (follow_id, (actor, followed)) in &self.follows_sent {
+            push(Record::FollowSent(FollowSent {
+                actor: actor.clone(),
+                followed: followed.clone(),
+                follow_id: follow_id.0.to_vec().into(),
+            }));
+        }
+        for (actor, following) in &self.following {
+            for followed in following {
+                push(Record::FollowingAdded(FollowingAdded {
+                    actor: actor.clone(),
+                    followed: followed.clone(),
+                    accept_id: Default::default(),
+                }));
+            }
+        }
+        for (actor, seq) in &self.relay_cursors {
+            push(Record::RelayCursor(RelayCursor {
+                actor: actor.clone(),
+                seq: *seq,
+            }));
+        }
+        records
     }
 
     /// The first part in which `other` differs from this state, named with both values.

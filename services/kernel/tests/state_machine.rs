@@ -119,3 +119,43 @@ async fn the_live_state_is_the_journal_replayed() {
         assert_eq!(following.len(), 3, "seed {seed}: every accepted follow is recorded");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_from_a_snapshot_and_the_journal_after_it_is_the_whole_journal_replayed() {
+    let node = node().await;
+    random_operations(node.kernel.clone(), 7).await;
+    let covered = node.kernel.snapshot().await.unwrap();
+    assert!(covered > 0);
+    // More after the snapshot, and a snapshot cut short after that (only its first part).
+    random_operations(node.kernel.clone(), 8).await;
+    assert_matches_journal(&node.kernel, 8).await;
+    let logs = fedsx_kernel::Logs::connect_lazy(&node.logs_url).unwrap();
+    let cut_short = fedsx_proto::kernel::v1::StateSnapshot {
+        journal_seq: covered + 1,
+        part: 0,
+        parts: 2,
+        records: Vec::new(),
+    };
+    logs.append_any(
+        "~kernel-snapshots",
+        fedsx_proto::logstore::v1::StreamKind::Meta,
+        bytes::Bytes::from_static(b"cut-short"),
+        prost::Message::encode_to_vec(&cut_short).into(),
+    )
+    .await
+    .unwrap();
+
+    let restarted = node.shutdown.child_token();
+    let (kernel, _) = kernel_on(&node.logs_url, &restarted).await;
+    assert_eq!(
+        kernel.restored_from(),
+        covered,
+        "started from the complete snapshot, passing over the one cut short"
+    );
+    assert_matches_journal(&kernel, 8).await;
+    assert_eq!(
+        kernel.followers("bob", &first_page()).unwrap(),
+        node.kernel.followers("bob", &first_page()).unwrap()
+    );
+    restarted.cancel();
+}

@@ -6,6 +6,7 @@ mod fanout;
 mod flows;
 mod inbound;
 mod kernel;
+mod kernel_start;
 mod log_store;
 
 use anyhow::Context;
@@ -32,6 +33,9 @@ pub enum Bench {
     /// Signed activities POSTed to a running node's inbox over HTTP, beside a one-process
     /// verify-and-202 ceiling.
     Inbound(inbound::Args),
+    /// Kernel start time and memory with 1,000,000 journal records: the whole journal
+    /// replayed, then from a snapshot and the journal after it.
+    KernelStart(kernel_start::Args),
     /// Flow starts and signals per second through the kernel, and the time a kernel restart
     /// takes to recover the suspended instances.
     Flows(flows::Args),
@@ -42,6 +46,7 @@ impl Bench {
         match self {
             Bench::LogStore(args) => log_store::run(args).await,
             Bench::Kernel(args) => kernel::run(args).await,
+            Bench::KernelStart(args) => kernel_start::run(args).await,
             Bench::Delivery(args) => delivery::run(args).await,
             Bench::Fanout(args) => fanout::run(args).await,
             Bench::Inbound(args) => inbound::run(args).await,

@@ -191,8 +191,8 @@ impl Kernel {
         written.map(|()| seq)
     }
 
-    /// Whether the state in memory is what replaying the journal builds (the check a
-    /// restart would pass); when not, the first difference. Meaningful while nothing is
+    /// Whether the state in memory — and every flow instance — is what replaying the
+    /// journals builds (the check a restart would pass); when not, the first difference. Meaningful while nothing is
     /// being journaled.
     pub async fn matches_journal(&self) -> Result<Result<(), String>, KernelError> {
         let (replayed, last) = crate::journal::replay(&self.logs, &self.secret, &self.node).await?;
@@ -202,7 +202,21 @@ impl Kernel {
                 "applied up to record {applied}, the journal ends at {last}"
             )));
         }
-        Ok(self.read_state().difference(&replayed))
+        if let Err(difference) = self.read_state().difference(&replayed) {
+            return Ok(Err(difference));
+        }
+        let journal = self.logs.read_all(FLOWS_ACTOR, StreamKind::Flow, 0).await?;
+        let replayed: std::collections::BTreeMap<_, _> = crate::flows::latest_versions(&journal)?
+            .into_iter()
+            .map(|(id, (flow, _))| (id, flow))
+            .collect();
+        let live = self.flows.views();
+        if live != replayed {
+            return Ok(Err(format!(
+                "flow instances differ:\n  live:     {live:?}\n  replayed: {replayed:?}"
+            )));
+        }
+        Ok(Ok(()))
     }
 
     pub async fn create_actor(&self, name: &str) -> Result<ActorDocument, KernelError> {

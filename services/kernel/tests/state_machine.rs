@@ -1,7 +1,8 @@
 //! The kernel's state is the journal folded in order: random concurrent operations through
 //! the kernel's API (actors created twice at once, peers following again and again and
-//! undoing, follows sent and accepted, publishes), then the state in memory must equal the
-//! state replaying the journal builds — what a restart would find.
+//! undoing, follows sent and accepted, publishes, flows started and signalled twice at
+//! once), then the state in memory must equal the
+//! state replaying the journals builds — what a restart would find.
 
 mod support;
 
@@ -88,6 +89,21 @@ async fn random_operations(kernel: Arc<Kernel>, seed: u64) {
         tasks.spawn(async move {
             let note = draft("bob", ActivityType::Create, &["followers"], &format!("note {n}"));
             publisher.publish(note).await.map(drop)
+        });
+    }
+    for n in 0..4 {
+        // A digest of bob's notes, started and then approved or rejected (twice at once).
+        let kernel = kernel.clone();
+        let signal = if rng.below(2) == 0 { "approve" } else { "reject" };
+        tasks.spawn(async move {
+            let input = format!(r#"{{"actor": "bob", "notes": {}}}"#, 1 + n);
+            let flow = kernel.start_flow("publish-digest", &input).await?;
+            let (a, b) = tokio::join!(
+                kernel.signal_flow(&flow.id, signal, ""),
+                kernel.signal_flow(&flow.id, signal, "")
+            );
+            // One of the two wins; the other finds the instance no longer waiting.
+            a.or(b).map(drop)
         });
     }
     while let Some(done) = tasks.join_next().await {

@@ -45,6 +45,20 @@ impl Slot {
     }
 }
 
+/// The latest journaled version of every instance, with its next step.
+pub(crate) fn latest_versions(entries: &[Entry]) -> Result<BTreeMap<String, (Flow, u32)>, KernelError> {
+    let mut latest: BTreeMap<String, (Flow, u32)> = BTreeMap::new();
+    for entry in entries {
+        let record = FlowRecord::decode(entry.data.as_ref())
+            .map_err(|err| KernelError::Internal(format!("flow journal entry {} is corrupt: {err}", entry.seq)))?;
+        let Some(flow) = record.flow else { continue };
+        if latest.get(&flow.id).is_none_or(|(seen, _)| seen.version < flow.version) {
+            latest.insert(flow.id.clone(), (flow, record.step));
+        }
+    }
+    Ok(latest)
+}
+
 /// Registered definitions, every instance, and pending wake-ups.
 pub(crate) struct FlowTable {
     definitions: BTreeMap<&'static str, Box<dyn FlowDefinition>>,
@@ -55,18 +69,16 @@ pub(crate) struct FlowTable {
 }
 
 impl FlowTable {
+    /// Every instance as it stands in memory.
+    pub fn views(&self) -> BTreeMap<String, Flow> {
+        let instances = self.instances.read().expect("flow table lock poisoned");
+        instances.iter().map(|(id, slot)| (id.clone(), slot.view())).collect()
+    }
+
     /// The table as the journal left it: the latest version of every instance. Running
     /// instances are due at once (their step runs again); sleeping ones at their time.
     pub fn replay(entries: &[Entry]) -> Result<FlowTable, KernelError> {
-        let mut latest: BTreeMap<String, (Flow, u32)> = BTreeMap::new();
-        for entry in entries {
-            let record = FlowRecord::decode(entry.data.as_ref())
-                .map_err(|err| KernelError::Internal(format!("flow journal entry {} is corrupt: {err}", entry.seq)))?;
-            let Some(flow) = record.flow else { continue };
-            if latest.get(&flow.id).is_none_or(|(seen, _)| seen.version < flow.version) {
-                latest.insert(flow.id.clone(), (flow, record.step));
-            }
-        }
+        let latest = latest_versions(entries)?;
         let table = FlowTable {
             definitions: registry().into_iter().map(|d| (d.name(), d)).collect(),
             instances: RwLock::default(),

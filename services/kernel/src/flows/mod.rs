@@ -8,7 +8,7 @@ mod engine;
 mod publish_digest;
 mod wait_timer;
 
-pub(crate) use engine::{FlowTable, spawn_timers};
+pub(crate) use engine::{FlowTable, latest_versions, spawn_timers};
 
 use crate::error::KernelError;
 use crate::kernel::{Kernel, derived_id};

@@ -50,13 +50,8 @@ async fn start_log_store(dir: &TestDir) -> Service {
     support::spawn_log_store(dir).await
 }
 
-/// A delivery service on a temp data dir, retrying every 10 ms, allowed to reach loopback
-/// peers.
-async fn start_delivery(dir: &TestDir) -> Service {
-    start_delivery_with(dir, &[]).await
-}
-
-/// Like [`start_delivery`], with `extra` flags.
+/// A delivery service on a temp data dir with `extra` flags, retrying every 10 ms, allowed
+/// to reach loopback peers.
 async fn start_delivery_with(dir: &TestDir, extra: &[&str]) -> Service {
     support::spawn_delivery(dir, "10ms,10ms,10ms,10ms,10ms", extra).await
 }
@@ -401,33 +396,21 @@ async fn a_rotated_key_is_refetched_at_most_once() {
 async fn the_accept_and_notes_reach_the_follower_through_delivery() {
     use fedsx_proto::delivery::v1::PeerStatusRequest;
     use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
-    use support::fake_peer::FakePeer;
 
-    let dir = TestDir::new();
-    let log_store = start_log_store(&dir).await;
-    let delivery = start_delivery(&dir).await;
-    let kernel = start_kernel_with(&dir, &log_store, &delivery.url()).await;
-    let mut client = kernel_client(&kernel).await;
-    let bob = client
-        .create_actor(CreateActorRequest { name: "bob".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    // Every field bound: the services and their directory live until the test ends.
+    let BobAndCarol {
+        _dir,
+        log_store: _log_store,
+        kernel: _kernel,
+        mut client,
+        bob,
+        peer,
+        carol_url,
+        follow_id,
+        delivery,
+        carol: _,
+    } = BobAndCarol::start(&[], None).await;
     let bob_key = ed25519_dalek::VerifyingKey::from_bytes(&bob.public_key[..].try_into().unwrap()).unwrap();
-
-    let peer = FakePeer::start().await;
-    let (carol_url, _) = peer.actor("carol");
-    let mut carol = Peer::new(carol_url.clone(), 7);
-    client.register_peer(carol.document()).await.unwrap();
-    let follow = carol.follow(&bob.id);
-    let follow_id = fedsx_wire::decode(&follow).unwrap().id;
-    client
-        .ingest(IngestRequest {
-            recipient: "bob".into(),
-            envelope: follow.into(),
-        })
-        .await
-        .unwrap();
 
     let received = support::eventually("the Accept at carol's inbox", || {
         let got = peer.received("/actors/carol/inbox");
@@ -589,6 +572,8 @@ struct BobAndCarol {
     peer: support::fake_peer::FakePeer,
     carol_url: String,
     carol: Peer,
+    /// The id of carol's Follow of bob.
+    follow_id: fedsx_wire::ActivityId,
 }
 
 impl BobAndCarol {
@@ -610,9 +595,11 @@ impl BobAndCarol {
         }
         let mut carol = Peer::new(carol_url.clone(), 7);
         client.register_peer(carol.document()).await.unwrap();
+        let envelope = carol.follow(&bob.id);
+        let follow_id = fedsx_wire::decode(&envelope).unwrap().id;
         let follow = IngestRequest {
             recipient: "bob".into(),
-            envelope: carol.follow(&bob.id).into(),
+            envelope: envelope.into(),
         };
         client.ingest(follow).await.unwrap();
         BobAndCarol {
@@ -625,6 +612,7 @@ impl BobAndCarol {
             peer,
             carol_url,
             carol,
+            follow_id,
         }
     }
 }
@@ -644,6 +632,7 @@ async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
         peer,
         carol_url,
         carol: _,
+        follow_id: _,
     } = BobAndCarol::start(&[], None).await;
 
     // Publish refuses such a recipient now; an outbox may still hold one from before.
@@ -772,6 +761,7 @@ async fn a_destination_failing_too_long_is_unavailable_until_it_is_heard_from() 
         peer,
         carol_url,
         mut carol,
+        follow_id: _,
     } = BobAndCarol::start(&["--unavailable-after", "1s"], Some(Answer::Status(500))).await;
     let inbox_path = format!("{}/inbox", carol_url.strip_prefix(&peer.base()).unwrap());
 

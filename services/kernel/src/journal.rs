@@ -32,15 +32,34 @@ pub(crate) fn decode(entry: &Entry) -> Result<JournalRecord, KernelError> {
         .map_err(|err| KernelError::Internal(format!("journal entry {} is corrupt: {err}", entry.seq)))
 }
 
-/// The state as the whole journal leaves it, and the seq of its last record. The start of
-/// every kernel, and what a test compares the live state with.
+/// Applies to `state` every journal record after `after`, page by page; the seq of the
+/// last one applied and how many were.
+pub(crate) async fn apply_after(
+    logs: &Logs,
+    state: &mut State,
+    after: u64,
+    secret: &NodeSecret,
+    node: &NodeUrls,
+) -> Result<(u64, u64), KernelError> {
+    let (mut applied, mut count) = (after, 0);
+    loop {
+        let (entries, tip) = logs.read(JOURNAL_ACTOR, StreamKind::Meta, applied, 0).await?;
+        for entry in &entries {
+            state.apply(decode(entry)?, secret, node);
+            applied = entry.seq;
+            count += 1;
+        }
+        if entries.is_empty() || applied >= tip {
+            return Ok((applied, count));
+        }
+    }
+}
+
+/// The state as the whole journal leaves it, and the seq of its last record: what the live
+/// state is compared with.
 pub async fn replay(logs: &Logs, secret: &NodeSecret, node: &NodeUrls) -> Result<(State, u64), KernelError> {
     let mut state = State::default();
-    let mut last = 0;
-    for entry in logs.read_all(JOURNAL_ACTOR, StreamKind::Meta, 0).await? {
-        state.apply(decode(&entry)?, secret, node);
-        last = entry.seq;
-    }
+    let (last, _) = apply_after(logs, &mut state, 0, secret, node).await?;
     Ok((state, last))
 }
 
@@ -143,16 +162,13 @@ async fn follow(kernel: &Arc<Kernel>) -> Result<(), KernelError> {
             )));
         }
         let record = decode(&entry)?;
-        let snapshot = {
+        {
             let mut state = kernel.state.write().expect("state lock poisoned");
             state.apply(record, &kernel.secret, &kernel.node);
             // Under the state's lock: whoever reads the state reads the seq it covers.
             kernel.applied.seq.send_replace(entry.seq);
-            kernel.snapshots.due(entry.seq).then(|| state.as_records())
-        };
-        if let Some(records) = snapshot {
-            crate::snapshot::spawn_write(kernel.clone(), entry.seq, records);
         }
+        crate::snapshot::take_if_due(kernel);
     }
     Ok(())
 }

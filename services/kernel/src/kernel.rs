@@ -130,11 +130,8 @@ impl Kernel {
                 crate::metrics::register_flows(this.clone())
             },
         });
-        if kernel.snapshots.due(applied) {
-            // A long journal since the last snapshot: the next start need not read it again.
-            let records = kernel.read_state().as_records();
-            crate::snapshot::spawn_write(kernel.clone(), applied, records);
-        }
+        // After a long journal since the last snapshot, the next start need not read it again.
+        crate::snapshot::take_if_due(&kernel);
         crate::journal::spawn_follower(Arc::downgrade(&kernel), shutdown.clone());
         kernel.restore_gaps().await?;
         crate::backfill::spawn_saver(Arc::downgrade(&kernel), shutdown.clone());

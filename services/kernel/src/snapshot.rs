@@ -5,9 +5,8 @@
 //! background; a snapshot cut short (a crash mid-write) is passed over at start.
 
 use crate::error::KernelError;
-use crate::journal::decode;
 use crate::keys::NodeSecret;
-use crate::logs::{JOURNAL_ACTOR, Logs};
+use crate::logs::Logs;
 use crate::state::{NodeUrls, State};
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::{JournalRecord, StateSnapshot};
@@ -74,22 +73,11 @@ async fn part_at(logs: &Logs, seq: u64) -> Result<StateSnapshot, KernelError> {
 }
 
 /// The state a start begins with: the newest snapshot and every journal record after it;
-/// and the journal seq it covers.
+/// the journal seq it covers and how many records were replayed after the snapshot.
 pub async fn restore(logs: &Logs, secret: &NodeSecret, node: &NodeUrls) -> Result<(State, u64, u64), KernelError> {
     let (mut state, from) = newest(logs, secret, node).await?;
-    let mut applied = from;
-    let mut replayed = 0;
-    loop {
-        let (entries, tip) = logs.read(JOURNAL_ACTOR, StreamKind::Meta, applied, 0).await?;
-        for entry in &entries {
-            state.apply(decode(entry)?, secret, node);
-            applied = entry.seq;
-            replayed += 1;
-        }
-        if entries.is_empty() || applied >= tip {
-            return Ok((state, applied, replayed));
-        }
-    }
+    let (applied, replayed) = crate::journal::apply_after(logs, &mut state, from, secret, node).await?;
+    Ok((state, applied, replayed))
 }
 
 /// The parts of a snapshot of `records` (the state after journal record `journal_seq`).
@@ -179,8 +167,20 @@ impl Snapshots {
     }
 }
 
-/// Writes the snapshot of the state after journal record `seq` in the background.
-pub(crate) fn spawn_write(kernel: std::sync::Arc<crate::kernel::Kernel>, seq: u64, records: Vec<JournalRecord>) {
+/// When a snapshot is due (`EVERY` records since the last one), takes one of the state as
+/// it stands and writes it in the background. Called by the journal's only writer of the
+/// state (the follower, or the start before it), so the state cannot move meanwhile and a
+/// read lock suffices.
+pub(crate) fn take_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>) {
+    let (seq, records) = {
+        let state = kernel.read_state();
+        let seq = kernel.applied.seq();
+        if !kernel.snapshots.due(seq) {
+            return;
+        }
+        (seq, state.as_records())
+    };
+    let kernel = kernel.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
         let parts = parts(seq, records);

@@ -412,12 +412,10 @@ async fn the_accept_and_notes_reach_the_follower_through_delivery() {
     } = BobAndCarol::start(&[], None).await;
     let bob_key = ed25519_dalek::VerifyingKey::from_bytes(&bob.public_key[..].try_into().unwrap()).unwrap();
 
-    let received = support::eventually("the Accept at carol's inbox", || {
-        let got = peer.received("/actors/carol/inbox");
-        async move { (!got.is_empty()).then_some(got) }
-    })
-    .await
-    .unwrap();
+    let received = peer
+        .received_at_least("/actors/carol/inbox", 1, "the Accept at carol's inbox")
+        .await
+        .unwrap();
     let accept = fedsx_wire::decode(&received[0].body).unwrap();
     accept.verify(&bob_key).unwrap();
     assert_eq!(accept.kind, ActivityType::Accept);
@@ -425,12 +423,10 @@ async fn the_accept_and_notes_reach_the_follower_through_delivery() {
     assert_eq!(received[0].content_type, fedsx_wire::CONTENT_TYPE);
 
     client.publish(note("bob", "hello carol")).await.unwrap();
-    let received = support::eventually("the note at carol's inbox", || {
-        let got = peer.received("/actors/carol/inbox");
-        async move { (got.len() >= 2).then_some(got) }
-    })
-    .await
-    .unwrap();
+    let received = peer
+        .received_at_least("/actors/carol/inbox", 2, "the note at carol's inbox")
+        .await
+        .unwrap();
     let created = fedsx_wire::decode(&received[1].body).unwrap();
     created.verify(&bob_key).unwrap();
     assert_eq!(
@@ -684,12 +680,10 @@ async fn a_hand_off_refused_for_good_blocks_nothing_after_it() {
     .await
     .unwrap();
     client.publish(note("bob", "two")).await.unwrap();
-    let received = support::eventually("both notes at carol's inbox", || {
-        let got = peer.received("/actors/carol/inbox");
-        async move { (got.len() >= 3).then_some(got) }
-    })
-    .await
-    .unwrap();
+    let received = peer
+        .received_at_least("/actors/carol/inbox", 3, "both notes at carol's inbox")
+        .await
+        .unwrap();
     let contents: Vec<String> = received[1..]
         .iter()
         .map(|r| fedsx_wire::decode(&r.body).unwrap().activity.content)

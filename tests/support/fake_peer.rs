@@ -76,6 +76,16 @@ impl FakePeer {
         self.state.lock().unwrap().answers.insert(path.to_owned(), answer);
     }
 
+    /// What `path` received, once it received at least `n` requests (within the tests'
+    /// deadline; `what` names them in the timeout's message).
+    pub async fn received_at_least(&self, path: &str, n: usize, what: &str) -> anyhow::Result<Vec<Received>> {
+        super::eventually(what, || {
+            let got = self.received(path);
+            async move { (got.len() >= n).then_some(got) }
+        })
+        .await
+    }
+
     /// Everything received at `path` so far.
     pub fn received(&self, path: &str) -> Vec<Received> {
         self.state

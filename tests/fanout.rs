@@ -7,77 +7,44 @@
 
 mod support;
 
-use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
 use fedsx_proto::delivery::v1::{ListDeadLettersRequest, PeerStatusRequest};
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{ActorListRequest, CreateActorRequest, IngestRequest, PublishRequest};
 use fedsx_proto::wire::v1::{Activity, ActivityType};
-use http_body_util::{BodyExt, Full};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
+use support::fake_peer::{Answer, FakePeer};
 use support::{Node, TestDir, eventually, free_addr};
 use tonic::transport::Channel;
 
 /// Fast retries: the dead node's deliveries are dead letters after four attempts.
 const SCHEDULE: &str = "50ms,50ms,50ms";
 
-/// What a fake node received: (path, activity type, content) per POST, in arrival order.
-type Log = Arc<Mutex<Vec<(String, ActivityType, String)>>>;
+/// What a fake node received and accepted: (path, activity type, content) per POST, in
+/// arrival order.
+type Log = Vec<(String, ActivityType, String)>;
 
 struct FakeNode {
     base: String,
     /// Whether its actors' documents advertise its node inbox.
     shared: bool,
-    log: Log,
+    /// None: nothing listens (a dead node).
+    peer: Option<FakePeer>,
     /// Inbox paths answered 410 Gone.
-    gone: Arc<Mutex<BTreeSet<String>>>,
+    gone: Mutex<BTreeSet<String>>,
 }
 
 impl FakeNode {
     async fn start(shared: bool, delay: Duration) -> FakeNode {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (log, gone): (Log, Arc<Mutex<BTreeSet<String>>>) = Default::default();
-        let (served, refusing) = (log.clone(), gone.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (log, gone) = (served.clone(), refusing.clone());
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (log, gone) = (log.clone(), gone.clone());
-                    async move {
-                        let path = request.uri().path().to_owned();
-                        let body = request
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        tokio::time::sleep(delay).await;
-                        let status = if gone.lock().unwrap().contains(&path) {
-                            410
-                        } else {
-                            let received = fedsx_wire::decode(&body).unwrap();
-                            log.lock()
-                                .unwrap()
-                                .push((path, received.kind, received.activity.content));
-                            202
-                        };
-                        hyper::Response::builder().status(status).body(Full::new(Bytes::new()))
-                    }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::spawn(connection);
-            }
-        });
+        let peer = FakePeer::start_slow(delay).await;
         FakeNode {
-            base,
+            base: peer.base(),
             shared,
-            log,
-            gone,
+            peer: Some(peer),
+            gone: Mutex::default(),
         }
     }
 
@@ -89,8 +56,37 @@ impl FakeNode {
         FakeNode {
             base: format!("http://{addr}"),
             shared: true,
-            log: Log::default(),
-            gone: Default::default(),
+            peer: None,
+            gone: Mutex::default(),
+        }
+    }
+
+    /// From now on, `paths` answer 410 Gone.
+    fn refuse_as_gone(&self, paths: &[String]) {
+        let peer = self.peer.as_ref().expect("a live node");
+        for path in paths {
+            peer.answer(path, Answer::Status(410));
+        }
+        self.gone.lock().unwrap().extend(paths.iter().cloned());
+    }
+
+    /// What it accepted (not what it answered 410).
+    fn log(&self) -> Log {
+        let Some(peer) = &self.peer else { return Log::new() };
+        let gone = self.gone.lock().unwrap();
+        peer.received_anywhere()
+            .into_iter()
+            .filter(|r| !gone.contains(&r.path))
+            .map(|r| {
+                let received = fedsx_wire::decode(&r.body).unwrap();
+                (r.path, received.kind, received.activity.content)
+            })
+            .collect()
+    }
+
+    fn clear(&self) {
+        if let Some(peer) = &self.peer {
+            peer.clear();
         }
     }
 }
@@ -189,18 +185,18 @@ async fn one_request_per_node_in_order_with_slow_dead_and_gone_destinations() {
     // The Accepts reached every live node (one request each).
     let live_followers = 2000 - 5;
     eventually("every Accept at its node", || async {
-        let arrived: usize = nodes.iter().map(|(f, _)| f.log.lock().unwrap().len()).sum();
+        let arrived: usize = nodes.iter().map(|(f, _)| f.log().len()).sum();
         (arrived == live_followers).then_some(())
     })
     .await
     .unwrap();
     for (fake, _) in &nodes {
-        fake.log.lock().unwrap().clear();
+        fake.clear();
     }
     // From now on, five of the node-without-inbox's recipients are gone.
     let legacy = &nodes[18].0;
     let gone: Vec<String> = (0..5).map(|k| format!("/actors/f{}/inbox", 1980 + k)).collect();
-    legacy.gone.lock().unwrap().extend(gone.iter().cloned());
+    legacy.refuse_as_gone(&gone);
 
     let mut publisher = kernel.clone();
     let note = publisher
@@ -229,7 +225,7 @@ async fn one_request_per_node_in_order_with_slow_dead_and_gone_destinations() {
     let in_order = [ActivityType::Create, ActivityType::Undo];
     for (fake, _) in nodes.iter().filter(|(f, _)| f.shared).take(18) {
         let log = eventually(&format!("both activities at {}", fake.base), || async {
-            let log = fake.log.lock().unwrap().clone();
+            let log = fake.log();
             (log.len() >= 2).then_some(log)
         })
         .await
@@ -241,8 +237,8 @@ async fn one_request_per_node_in_order_with_slow_dead_and_gone_destinations() {
     // The node without one: each live recipient's inbox once per activity, in order.
     let per_inbox = eventually("both activities at each live inbox of the old node", || async {
         let mut per_inbox: BTreeMap<String, Vec<ActivityType>> = BTreeMap::new();
-        for (path, kind, _) in legacy.log.lock().unwrap().iter() {
-            per_inbox.entry(path.clone()).or_default().push(*kind);
+        for (path, kind, _) in legacy.log() {
+            per_inbox.entry(path).or_default().push(kind);
         }
         (per_inbox.len() == 10 && per_inbox.values().all(|k| k.len() >= 2)).then_some(per_inbox)
     })

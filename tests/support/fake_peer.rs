@@ -31,6 +31,9 @@ pub struct Received {
 struct State {
     answers: HashMap<String, Answer>,
     received: Vec<Received>,
+    /// How long each request waits, after its body arrived, before it is recorded and
+    /// answered (a slow node).
+    delay: Duration,
 }
 
 pub struct FakePeer {
@@ -41,9 +44,17 @@ pub struct FakePeer {
 impl FakePeer {
     /// Starts a peer that answers 202 to every path until told otherwise.
     pub async fn start() -> FakePeer {
+        FakePeer::start_slow(Duration::ZERO).await
+    }
+
+    /// Like [`FakePeer::start`], each request waiting `delay` before it is answered.
+    pub async fn start_slow(delay: Duration) -> FakePeer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            delay,
+            ..State::default()
+        }));
         let shared = state.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -86,6 +97,16 @@ impl FakePeer {
         .await
     }
 
+    /// Everything received so far, at every path, in arrival order.
+    pub fn received_anywhere(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Forgets what was received so far.
+    pub fn clear(&self) {
+        self.state.lock().unwrap().received.clear();
+    }
+
     /// Everything received at `path` so far.
     pub fn received(&self, path: &str) -> Vec<Received> {
         self.state
@@ -116,6 +137,10 @@ async fn answer(state: &Mutex<State>, request: hyper::Request<hyper::body::Incom
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let delay = state.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let answer = {
         let mut state = state.lock().unwrap();
         state.received.push(Received {

@@ -103,6 +103,37 @@ pub fn nodeinfo(version: &str, users: u64) -> Value {
     })
 }
 
+/// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds (`2026-11-29T19:12:16.000Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+}
+
+/// Plain text as the HTML `content` of a Note: escaped, paragraphs by blank lines, line
+/// breaks kept.
+pub fn text_to_html(text: &str) -> String {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    escaped
+        .split("\n\n")
+        .map(|p| format!("<p>{}</p>", p.replace('\n', "<br>")))
+        .collect()
+}
+
 /// The id of a JSON value that is a link or an object with an `id`.
 pub fn id_of(value: &Value) -> Option<&str> {
     match value {
@@ -311,6 +342,14 @@ mod tests {
             activity(&json!({"id": "x", "type": "Follow", "actor": "a"})).unwrap_err(),
             "the activity id \"x\" is no URL"
         );
+    }
+
+    #[test]
+    fn dates_and_text_render_as_servers_expect() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_979_536_123), "2026-11-29T19:12:16.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(text_to_html("a<b>\n\nc\nd"), "<p>a&lt;b&gt;</p><p>c<br>d</p>");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod digest;
 pub mod json;
 pub mod keys;
+pub mod payload;
 pub mod signature;
 
 /// The media type ActivityPub activities and actors travel as.

@@ -13,6 +13,7 @@ pub mod paging;
 pub mod parent;
 pub mod rocks;
 pub mod rpc_metrics;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;

@@ -45,6 +45,7 @@ pub fn new(url: &str, name: &str, key: &VerifyingKey, shared_inbox: &str) -> Act
         outbox: format!("{url}/outbox"),
         public_key: key.as_bytes().to_vec().into(),
         key_id: crate::key_id(url, key),
+        ..Default::default()
     }
 }
 
@@ -78,6 +79,7 @@ pub fn from_json(url: &str, body: &[u8]) -> Result<ActorDocument, String> {
         outbox: json.outbox,
         key_id: json.key_id,
         shared_inbox: json.endpoints.shared_inbox,
+        ..Default::default()
     };
     check(&document)?;
     if document.id != url {

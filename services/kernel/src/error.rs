@@ -27,6 +27,8 @@ pub enum KernelError {
     Wire(#[from] WireError),
     #[error("sender {actor}: {reason}")]
     UnknownSender { actor: String, reason: String },
+    #[error("bad HTTP signature: {0}")]
+    Signature(String),
     #[error("key id {key_id} is not the current key of {actor}")]
     StaleKey { key_id: String, actor: String },
     #[error("remote actor {url}: {reason}")]
@@ -52,7 +54,9 @@ impl ServiceError for KernelError {
             KernelError::Wire(WireError::TooLarge(_)) => ErrorCode::TooLarge,
             KernelError::Wire(WireError::ForeignKeyId { .. } | WireError::BadSignature) => ErrorCode::Unauthenticated,
             KernelError::Wire(_) => ErrorCode::InvalidArgument,
-            KernelError::UnknownSender { .. } | KernelError::StaleKey { .. } => ErrorCode::Unauthenticated,
+            KernelError::UnknownSender { .. } | KernelError::StaleKey { .. } | KernelError::Signature(_) => {
+                ErrorCode::Unauthenticated
+            }
             KernelError::Unreachable { .. } => ErrorCode::FailedPrecondition,
             KernelError::LogStoreUnavailable(_) => ErrorCode::Unavailable,
             KernelError::LogStore(_) | KernelError::Internal(_) => ErrorCode::Internal,

@@ -109,7 +109,7 @@ impl Kernel {
     /// which stops treating it as unavailable — in the background, and at most once per
     /// [`REVIVE_EVERY`] per node (a node delivery does not know included), so a busy peer
     /// costs no call per request.
-    fn revive_node_of(&self, sender: &str) {
+    pub(crate) fn revive_node_of(&self, sender: &str) {
         let Some(node) = fedsx_wire::document::origin(sender) else {
             return;
         };
@@ -246,50 +246,74 @@ impl Kernel {
                 let Some(follow_id) = ActivityId::from_hex(&received.activity.object) else {
                     return Ok(());
                 };
-                let known = self.read_state().follows_sent.get(&follow_id).cloned();
-                let sent = match known {
-                    Some(sent) => Some(sent),
-                    None => self.follow_in_outbox(recipient, follow_id).await?,
-                };
-                match sent {
-                    Some((local, followed)) if local == recipient && followed == sender => {
-                        let record = Record::FollowingAdded(FollowingAdded {
-                            actor: recipient.to_owned(),
-                            followed: sender.clone(),
-                            accept_id: received.id.0.to_vec().into(),
-                        });
-                        if self.journal(derived_id("following", &[&received.id.0]), record).await? {
-                            tracing::info!(actor = recipient, followed = %sender, "now following");
-                        }
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                }
+                self.follow_accepted(recipient, &sender, follow_id, received.id).await
             }
             ActivityType::Undo => {
                 let Some(follow_id) = ActivityId::from_hex(&received.activity.object) else {
                     return Ok(());
                 };
-                let follows = self
-                    .read_state()
-                    .followers
-                    .get(recipient)
-                    .and_then(|f| f.get(&sender))
-                    .is_some_and(|id| *id == follow_id);
-                if follows {
-                    let record = Record::FollowerRemoved(FollowerRemoved {
-                        actor: recipient.to_owned(),
-                        follower: sender.clone(),
-                        undo_id: received.id.0.to_vec().into(),
-                        reason: "undone by the follower".into(),
-                    });
-                    self.journal(derived_id("unfollow", &[&received.id.0]), record).await?;
-                    tracing::info!(actor = recipient, follower = %sender, "follower removed");
+                self.follow_undone(recipient, &sender, follow_id, received.id).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `sender` accepted the Follow `follow_id`: if `recipient` sent it to `sender`, it now
+    /// follows `sender`.
+    pub(crate) async fn follow_accepted(
+        &self,
+        recipient: &str,
+        sender: &str,
+        follow_id: ActivityId,
+        accept_id: ActivityId,
+    ) -> Result<(), KernelError> {
+        let known = self.read_state().follows_sent.get(&follow_id).cloned();
+        let sent = match known {
+            Some(sent) => Some(sent),
+            None => self.follow_in_outbox(recipient, follow_id).await?,
+        };
+        match sent {
+            Some((local, followed)) if local == recipient && followed == sender => {
+                let record = Record::FollowingAdded(FollowingAdded {
+                    actor: recipient.to_owned(),
+                    followed: sender.to_owned(),
+                    accept_id: accept_id.0.to_vec().into(),
+                });
+                if self.journal(derived_id("following", &[&accept_id.0]), record).await? {
+                    tracing::info!(actor = recipient, followed = %sender, "now following");
                 }
                 Ok(())
             }
             _ => Ok(()),
         }
+    }
+
+    /// `sender` undid its Follow `follow_id`: if that Follow made it a follower of
+    /// `recipient`, it no longer is.
+    pub(crate) async fn follow_undone(
+        &self,
+        recipient: &str,
+        sender: &str,
+        follow_id: ActivityId,
+        undo_id: ActivityId,
+    ) -> Result<(), KernelError> {
+        let follows = self
+            .read_state()
+            .followers
+            .get(recipient)
+            .and_then(|f| f.get(sender))
+            .is_some_and(|id| *id == follow_id);
+        if follows {
+            let record = Record::FollowerRemoved(FollowerRemoved {
+                actor: recipient.to_owned(),
+                follower: sender.to_owned(),
+                undo_id: undo_id.0.to_vec().into(),
+                reason: "undone by the follower".into(),
+            });
+            self.journal(derived_id("unfollow", &[&undo_id.0]), record).await?;
+            tracing::info!(actor = recipient, follower = %sender, "follower removed");
+        }
+        Ok(())
     }
 
     /// A Follow we published but never journaled as sent (the kernel stopped in between):
@@ -322,7 +346,7 @@ impl Kernel {
 
     /// Records the follower and publishes one Accept for this Follow, however often the
     /// Follow arrives.
-    async fn accept_follow(&self, recipient: &str, follower: &str, follow_id: ActivityId) -> Result<(), KernelError> {
+    pub(crate) async fn accept_follow(&self, recipient: &str, follower: &str, follow_id: ActivityId) -> Result<(), KernelError> {
         let record = Record::FollowerAdded(FollowerAdded {
             actor: recipient.to_owned(),
             follower: follower.to_owned(),

@@ -138,6 +138,7 @@ impl Kernel {
         crate::relay::spawn(kernel.clone(), shutdown.clone());
         crate::gone::spawn(kernel.clone(), shutdown.clone());
         crate::flows::spawn_timers(kernel.clone(), shutdown);
+        crate::activitypub::spawn_key_backfill(kernel.clone());
         // Hand off anything published before a restart that delivery may not have taken.
         for actor in actors {
             kernel.kick_relay(&actor);
@@ -221,9 +222,12 @@ impl Kernel {
         if self.read_state().actor(name).is_some() {
             return Err(KernelError::ActorExists(name.to_owned()));
         }
+        let (rsa_key, rsa_public_pem) = crate::activitypub::new_rsa_key(&self.secret, name).await?;
         let record = Record::ActorCreated(ActorCreated {
             name: name.to_owned(),
             created_ms: now_ms(),
+            rsa_key,
+            rsa_public_pem,
         });
         if !self.journal(derived_id("actor", &[name.as_bytes()]), record).await? {
             return Err(KernelError::ActorExists(name.to_owned()));

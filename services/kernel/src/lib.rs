@@ -4,6 +4,7 @@
 //! activities to delivery. Everything that must survive a restart is journaled in the
 //! log-store; the only other state is the node secret keys are derived from.
 
+mod activitypub;
 mod backfill;
 mod config;
 pub mod delivery;

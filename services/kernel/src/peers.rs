@@ -44,8 +44,51 @@ impl PeerFetcher {
         if reply.status != http::StatusCode::OK {
             return Err(format!("answered {}", reply.status));
         }
-        fedsx_wire::document::from_json(url, &reply.body)
+        match fedsx_wire::document::from_json(url, &reply.body) {
+            Ok(document) => Ok(document),
+            // ActivityPub servers answer `application/json` with their ActivityStreams
+            // document; a fed-sx document is tried first.
+            Err(native) => activitypub_document(url, &reply.body).map_err(|ap| {
+                if ap.is_empty() { native } else { ap }
+            }),
+        }
     }
+}
+
+/// An ActivityPub actor's document at `url` as the kernel keeps peers: its inbox, shared
+/// inbox, followers collection and its first RSA key it owns. Err("") when the body is no
+/// ActivityPub actor at all (then the native error is the one to report).
+pub fn activitypub_document(url: &str, body: &[u8]) -> Result<ActorDocument, String> {
+    let json: serde_json::Value = serde_json::from_slice(body).map_err(|_| String::new())?;
+    let actor = fedsx_activitypub::json::remote_actor(&json).map_err(|_| String::new())?;
+    if actor.inbox.is_empty() {
+        return Err(String::new());
+    }
+    if actor.id != url {
+        return Err(format!("document is for {}, not {url}", actor.id));
+    }
+    let same_node = |other: &str| fedsx_wire::document::origin(other) == fedsx_wire::document::origin(url);
+    if !same_node(&actor.inbox) || (!actor.shared_inbox.is_empty() && !same_node(&actor.shared_inbox)) {
+        return Err(format!("ActivityPub actor {url}: its inbox is on another node"));
+    }
+    let (rsa_key_id, _, pem) = actor
+        .keys
+        .iter()
+        .find(|(id, owner, _)| (owner.is_empty() || *owner == actor.id) && fedsx_wire::document::origin(id) == fedsx_wire::document::origin(url))
+        .cloned()
+        .ok_or_else(|| format!("ActivityPub actor {url} publishes no RSA key of its own"))?;
+    fedsx_activitypub::keys::PeerKey::from_pem(&pem).map_err(|err| format!("ActivityPub actor {url}: {err}"))?;
+    Ok(ActorDocument {
+        id: actor.id,
+        name: actor.preferred_username,
+        inbox: actor.inbox,
+        shared_inbox: actor.shared_inbox,
+        followers: actor.followers,
+        rsa_public_key_pem: pem,
+        rsa_key_id,
+        activitypub: true,
+        ..Default::default()
+    })
 }
 
 /// Largest outbox page accepted, in bytes: [`OUTBOX_PAGE`] envelopes at the envelope limit,

@@ -148,7 +148,17 @@ impl Kernel {
             // One hand-off per destination, enqueued side by side (delivery commits concurrent
             // enqueues together); the next entry's only once all of these are in, so each
             // destination gets an actor's activities in order.
-            let handoffs = self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id);
+            let (mut handoffs, activitypub) = self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id);
+            if !activitypub.is_empty() {
+                let post = self.activitypub_post(actor, &activity, id).await?;
+                handoffs.extend(activitypub.into_iter().map(|handoff| match &post {
+                    Ok(post) => Handoff {
+                        envelope: Bytes::copy_from_slice(post),
+                        ..handoff
+                    },
+                    Err(reason) => handoff.undeliverable(format!("cannot be sent over ActivityPub: {reason}")),
+                }));
+            }
             let mut enqueued = futures::stream::iter(handoffs)
                 .map(|handoff| self.hand_over(handoff).instrument(span.clone()))
                 .buffer_unordered(HANDOFFS_AT_ONCE);
@@ -220,12 +230,20 @@ impl Kernel {
     /// Where every recipient on a node advertises the same node inbox, it goes there once;
     /// otherwise to each recipient's inbox (from its document; empty when unknown). A
     /// recipient that names no node (not an http(s) URL) is an undeliverable hand-off under
-    /// its own name.
-    fn handoffs(&self, name: &str, sender: &str, to: &[String], envelope: &Bytes, id: ActivityId) -> Vec<Handoff> {
-        // Per destination node: the node inbox all its recipients share (None: they do not),
-        // and (actor, inbox) of each.
+    /// its own name. ActivityPub recipients' hand-offs come second, without their body
+    /// (the caller renders it once for all of them).
+    fn handoffs(
+        &self,
+        name: &str,
+        sender: &str,
+        to: &[String],
+        envelope: &Bytes,
+        id: ActivityId,
+    ) -> (Vec<Handoff>, Vec<Handoff>) {
+        // Per (destination node, speaks ActivityPub): the node inbox all its recipients
+        // share (None: they do not), and (actor, inbox) of each.
         type Node = (Option<String>, Vec<(String, String)>);
-        let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+        let mut nodes: BTreeMap<(String, bool), Node> = BTreeMap::new();
         let actors = self.recipients(name, sender, to);
         let mut unroutable = Vec::new();
         let state = self.read_state();
@@ -233,34 +251,44 @@ impl Kernel {
             let document = state.document(&self.actors_prefix, &actor);
             let inbox = document.map(|d| d.inbox.clone()).unwrap_or_default();
             let shared = document.map(|d| d.shared_inbox.clone()).unwrap_or_default();
+            let activitypub = document.is_some_and(|d| d.activitypub);
             let where_to = if inbox.is_empty() { &actor } else { &inbox };
             let Some(node) = fedsx_wire::document::origin(where_to) else {
                 unroutable.push(actor);
                 continue;
             };
-            let (common, recipients) = nodes.entry(node).or_insert_with(|| (Some(shared.clone()), Vec::new()));
+            let (common, recipients) = nodes
+                .entry((node, activitypub))
+                .or_insert_with(|| (Some(shared.clone()), Vec::new()));
             if common.as_deref() != Some(shared.as_str()) {
                 *common = None;
             }
             recipients.push((actor, inbox));
         }
-        let handoff = |peer: String, inbox_url: String, recipients: Vec<(String, String)>| Handoff {
+        let handoff = |peer: String, inbox_url: String, recipients: Vec<(String, String)>, envelope: Bytes| Handoff {
             peer,
             inbox_url,
             sender: sender.to_owned(),
             recipients,
-            envelope: Bytes::clone(envelope),
+            envelope,
             id,
             undeliverable: None,
         };
         let unroutable = unroutable.into_iter().map(|recipient| {
-            handoff(recipient, String::new(), Vec::new()).undeliverable("recipient is not an http(s) URL".into())
+            handoff(recipient, String::new(), Vec::new(), Bytes::new())
+                .undeliverable("recipient is not an http(s) URL".into())
         });
-        nodes
-            .into_iter()
-            .map(|(peer, (common, recipients))| handoff(peer, common.unwrap_or_default(), recipients))
-            .chain(unroutable)
-            .collect()
+        let (mut native, mut activitypub) = (Vec::new(), Vec::new());
+        for ((peer, is_activitypub), (common, recipients)) in nodes {
+            let inbox = common.unwrap_or_default();
+            if is_activitypub {
+                activitypub.push(handoff(peer, inbox, recipients, Bytes::new()));
+            } else {
+                native.push(handoff(peer, inbox, recipients, Bytes::clone(envelope)));
+            }
+        }
+        native.extend(unroutable);
+        (native, activitypub)
     }
 
     /// The actor URLs an activity by local actor `name` (at `sender`) addressed `to` goes

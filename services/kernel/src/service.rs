@@ -118,20 +118,23 @@ impl KernelApi for KernelService {
                 .map_err(status)?;
             (ingested.id, vec![(request.recipient, ingested)])
         };
-        let first = landed.first().map(|(_, l)| *l);
-        Ok(Response::new(pb::IngestResponse {
-            seq: first.map_or(0, |l| l.seq),
-            new: first.is_some_and(|l| l.new),
-            id: id.0.to_vec().into(),
-            landed: landed
-                .into_iter()
-                .map(|(recipient, l)| pb::IngestLanded {
-                    recipient,
-                    seq: l.seq,
-                    new: l.new,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(ingest_response(id, landed)))
+    }
+
+    async fn ingest_activity_pub(
+        &self,
+        request: Request<pb::IngestActivityPubRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        let request = request.into_inner();
+        let request = crate::activitypub::ApRequest {
+            recipient: request.recipient,
+            method: request.method,
+            target_uri: request.target_uri,
+            headers: request.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            body: request.body,
+        };
+        let node = self.kernel.ingest_activitypub(request).await.map_err(status)?;
+        Ok(Response::new(ingest_response(node.id, node.landed)))
     }
 
     async fn follow(&self, request: Request<pb::FollowRequest>) -> Result<Response<pb::PublishResponse>, Status> {
@@ -288,5 +291,24 @@ impl KernelApi for KernelService {
             next,
             next_page_token,
         }))
+    }
+}
+
+/// Where an ingested activity landed, the first recipient's place also on top (as an
+/// actor inbox answers).
+fn ingest_response(id: fedsx_wire::ActivityId, landed: Vec<(String, crate::Ingested)>) -> pb::IngestResponse {
+    let first = landed.first().map(|(_, l)| *l);
+    pb::IngestResponse {
+        seq: first.map_or(0, |l| l.seq),
+        new: first.is_some_and(|l| l.new),
+        id: id.0.to_vec().into(),
+        landed: landed
+            .into_iter()
+            .map(|(recipient, l)| pb::IngestLanded {
+                recipient,
+                seq: l.seq,
+                new: l.new,
+            })
+            .collect(),
     }
 }

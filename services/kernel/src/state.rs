@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub struct LocalActor {
     pub document: ActorDocument,
     pub key: SigningKey,
+    /// Its RSA key for ActivityPub, sealed under the node secret (empty for an actor made
+    /// before ActivityPub until the kernel gave it one); only delivery opens it, to sign.
+    pub rsa_sealed: bytes::Bytes,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -67,12 +70,10 @@ impl NodeUrls {
 }
 
 pub fn local_document(node: &NodeUrls, name: &str, key: &SigningKey) -> ActorDocument {
-    fedsx_wire::document::new(
-        &actor_url(&node.base, name),
-        name,
-        &key.verifying_key(),
-        &node.shared_inbox,
-    )
+    let url = actor_url(&node.base, name);
+    let mut document = fedsx_wire::document::new(&url, name, &key.verifying_key(), &node.shared_inbox);
+    document.rsa_key_id = fedsx_activitypub::json::key_id(&url);
+    document
 }
 
 impl State {
@@ -80,9 +81,25 @@ impl State {
         let Some(record) = record.record else { return };
         match record {
             Record::ActorCreated(created) => {
-                let key = secret.actor_key(&created.name);
-                let document = local_document(node, &created.name, &key);
-                self.actors.insert(created.name, LocalActor { document, key });
+                if let Some(actor) = self.actors.get_mut(&created.name) {
+                    // Journaled again to give an older actor its RSA key.
+                    if actor.rsa_sealed.is_empty() && !created.rsa_key.is_empty() {
+                        actor.rsa_sealed = created.rsa_key;
+                        actor.document.rsa_public_key_pem = created.rsa_public_pem;
+                    }
+                    return;
+                }
+                let key = crate::keys::actor_key(secret, &created.name);
+                let mut document = local_document(node, &created.name, &key);
+                document.rsa_public_key_pem = created.rsa_public_pem;
+                self.actors.insert(
+                    created.name,
+                    LocalActor {
+                        document,
+                        key,
+                        rsa_sealed: created.rsa_key,
+                    },
+                );
             }
             Record::PeerRegistered(registered) => {
                 if let Some(document) = registered.document {
@@ -131,10 +148,12 @@ impl State {
         };
         let mut records = Vec::new();
         let mut push = |record: Record| records.push(JournalRecord { record: Some(record) });
-        for name in self.actors.keys() {
+        for (name, actor) in &self.actors {
             push(Record::ActorCreated(ActorCreated {
                 name: name.clone(),
                 created_ms: 0,
+                rsa_key: actor.rsa_sealed.clone(),
+                rsa_public_pem: actor.document.rsa_public_key_pem.clone(),
             }));
         }
         for document in self.peers.values() {

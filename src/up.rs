@@ -110,6 +110,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.delivery_listen.to_string(),
             "--data-dir".into(),
             data("delivery")?,
+            // The kernel's: delivery opens the actors' sealed RSA keys with it.
+            "--node-secret-file".into(),
+            data("kernel/node-secret")?,
         ];
         if let Some(schedule) = &args.retry_schedule {
             delivery.extend(["--retry-schedule".to_owned(), schedule.clone()]);

@@ -2,6 +2,7 @@
 //! inbox POST, outbox reads, flows, health, readiness, metrics), each turned into a kernel gRPC
 //! call; it holds no state. Errors come from the shared error-code table.
 
+mod activitypub;
 mod config;
 mod error;
 pub mod flows;
@@ -45,6 +46,9 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         .route("/actors/{name}/inbox", post(routes::inbox))
         .route("/inbox", post(routes::node_inbox))
         .route("/actors/{name}/outbox", get(routes::outbox))
+        .route("/.well-known/webfinger", get(activitypub::webfinger))
+        .route("/.well-known/nodeinfo", get(activitypub::nodeinfo_links))
+        .route("/nodeinfo/2.1", get(activitypub::nodeinfo))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(fedsx_runtime::metrics::handler))

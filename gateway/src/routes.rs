@@ -37,22 +37,31 @@ pub async fn welcome(State(app): Shared) -> Json<serde_json::Value> {
     Json(json!({ "software": "fed-sx", "version": env!("CARGO_PKG_VERSION"), "base_url": app.public_url }))
 }
 
-pub async fn actor(State(app): Shared, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+/// The actor's document: ActivityStreams when the request asks for it, else fed-sx's.
+pub async fn actor(State(app): Shared, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let document = app
         .kernel
         .clone()
         .get_actor(GetActorRequest { name })
         .await?
         .into_inner();
-    Ok(Json(fedsx_wire::document::to_json(&document)))
+    if crate::activitypub::wants_activitypub(&headers) {
+        return Ok(crate::activitypub::actor(&document));
+    }
+    Ok(Json(fedsx_wire::document::to_json(&document)).into_response())
 }
 
 pub async fn inbox(
     State(app): Shared,
     Path(name): Path<String>,
+    uri: http::Uri,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Response, ApiError> {
+    if crate::activitypub::is_activitypub_post(&headers) {
+        let body = read_body(body).await?;
+        return crate::activitypub::ingest(&app, name, &uri, &headers, body).await;
+    }
     let envelope = read_envelope(&headers, body).await?;
     let request = IngestRequest {
         recipient: name,
@@ -60,16 +69,16 @@ pub async fn inbox(
     };
     let ingested = app.kernel.clone().ingest(request).await?.into_inner();
     let answer = json!({ "seq": ingested.seq, "new": ingested.new, "id": hex::encode(&ingested.id) });
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// The node inbox: one envelope for every local actor it is for; 202 once it is in all
 /// their inboxes (none is fine: verified, then nothing to keep).
-pub async fn node_inbox(
-    State(app): Shared,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+pub async fn node_inbox(State(app): Shared, uri: http::Uri, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if crate::activitypub::is_activitypub_post(&headers) {
+        let body = read_body(body).await?;
+        return crate::activitypub::ingest(&app, String::new(), &uri, &headers, body).await;
+    }
     let envelope = read_envelope(&headers, body).await?;
     let request = IngestRequest {
         recipient: String::new(),
@@ -82,7 +91,7 @@ pub async fn node_inbox(
         .map(|l| json!({ "recipient": l.recipient, "seq": l.seq, "new": l.new }))
         .collect();
     let answer = json!({ "id": hex::encode(&ingested.id), "recipients": recipients });
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// An inbound envelope: the content type checked, the body read under the envelope cap.
@@ -101,6 +110,11 @@ async fn read_envelope(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, 
             ),
         ));
     }
+    read_body(body).await
+}
+
+/// An inbound activity's body, read under the envelope cap (the same for ActivityPub).
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
     // The cap holds while reading, whatever Content-Length says (or when it is absent).
     let envelope = Limited::new(body, fedsx_wire::MAX_ENVELOPE_BYTES)
         .collect()

@@ -76,6 +76,10 @@ pub struct Config {
 
     /// Allow sending to loopback, private and link-local addresses (tests and
     /// single-machine setups only).
+    /// The node secret file (the kernel's): opens the actors' sealed RSA keys to sign
+    /// ActivityPub posts. Read on first use. Without it, ActivityPub posts are dead letters.
+    #[arg(long, env = "FEDSX_NODE_SECRET_FILE")]
+    pub node_secret_file: Option<PathBuf>,
     #[arg(long, env = "FEDSX_ALLOW_PRIVATE_PEERS")]
     pub allow_private_peers: bool,
 }

@@ -1,8 +1,9 @@
-//! One send: POST the envelope to the peer's inbox and classify the answer. 2xx delivered;
+//! One send: POST the envelope (or the ActivityPub post, signed now) to the peer's inbox and classify the answer. 2xx delivered;
 //! 408, 429, 5xx and transport errors are worth retrying (429 and 503 with the peer's
 //! Retry-After, in seconds or as an HTTP date); any other 4xx is a permanent refusal.
 
 use crate::queue::Failure;
+use crate::sign::Signer;
 use bytes::Bytes;
 use fedsx_runtime::http_client::PeerHttp;
 use std::time::Duration;
@@ -13,18 +14,22 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024;
 /// POSTs an envelope to a peer's inbox. Run it inside the send's client span
 /// (`http_client_span`): the request carries that span as its `traceparent`, and the span
 /// gets the answer's status.
-pub async fn dispatch(http: &PeerHttp, inbox_url: &str, envelope: Bytes) -> Result<(), Failure> {
+pub async fn dispatch(http: &PeerHttp, signer: &Signer, inbox_url: &str, envelope: &Bytes) -> Result<(), Failure> {
     if inbox_url.is_empty() {
         return Err(Failure::Transient {
             reason: "no peer url".into(),
             retry_after: None,
         });
     }
-    let mut request = http::Request::post(inbox_url).header(http::header::CONTENT_TYPE, fedsx_wire::CONTENT_TYPE);
+    let prepared = signer.prepare(inbox_url, envelope)?;
+    let mut request = http::Request::post(inbox_url).header(http::header::CONTENT_TYPE, prepared.content_type);
+    for (name, value) in prepared.headers {
+        request = request.header(name, value);
+    }
     if let Some(traceparent) = fedsx_runtime::trace_context::current_traceparent() {
         request = request.header("traceparent", traceparent);
     }
-    let request = request.body(envelope).map_err(|err| Failure::Permanent {
+    let request = request.body(prepared.body).map_err(|err| Failure::Permanent {
         reason: format!("bad inbox url {inbox_url:?}: {err}"),
     })?;
     let reply = http.send(request, MAX_ANSWER_BYTES).await.map_err(|err| {

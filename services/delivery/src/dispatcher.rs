@@ -40,6 +40,8 @@ pub struct Settings {
     pub owner: String,
     pub lease: Duration,
     pub shutdown: CancellationToken,
+    /// Signs ActivityPub posts as they are sent.
+    pub signer: crate::sign::Signer,
 }
 
 /// What the failed sends of one delivery (each with its inbox) make of it: none, delivered;
@@ -298,7 +300,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 let span = fedsx_runtime::trace_context::http_client_span(&http::Method::POST, &url, &due.traceparent);
                 span.record("fedsx.peer", peer);
                 span.record("fedsx.activity_id", fedsx_wire::ActivityId(id).to_string());
-                let sent = dispatch(&self.settings.http, &url, due.envelope.clone())
+                let sent = dispatch(&self.settings.http, &self.settings.signer, &url, &due.envelope)
                     .instrument(span)
                     .await;
                 if let Err(failure) = sent {

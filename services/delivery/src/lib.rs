@@ -16,6 +16,7 @@ mod postgres;
 pub mod queue;
 mod rocks;
 mod service;
+mod sign;
 mod storage;
 
 pub use config::Config;
@@ -110,6 +111,7 @@ async fn serve<Q: QueueStorage>(
         owner: owner_name(),
         lease: config.lease,
         shutdown: shutdown.clone(),
+        signer: sign::Signer::new(config.node_secret_file.clone()),
     };
     let dispatcher = Dispatcher::new(queue.clone(), settings);
     tokio::spawn(dispatcher.clone().run());

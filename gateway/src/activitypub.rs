@@ -8,7 +8,9 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use fedsx_activitypub::json;
-use fedsx_proto::kernel::v1::{ActorDocument, GetActorRequest, HttpHeader, IngestActivityPubRequest, ListActorsRequest};
+use fedsx_proto::kernel::v1::{
+    ActorDocument, GetActorRequest, HttpHeader, IngestActivityPubRequest, ListActorsRequest,
+};
 use http::{HeaderMap, StatusCode, Uri};
 use serde_json::Value;
 
@@ -49,12 +51,14 @@ pub fn actor(document: &ActorDocument) -> Response {
 
 /// An ActivityPub POST to `recipient`'s inbox (empty: the shared inbox), handed to the
 /// kernel with what its signature covers.
-pub async fn ingest(app: &crate::routes::App, recipient: String, uri: &Uri, headers: &HeaderMap, body: bytes::Bytes) -> Result<Response, ApiError> {
-    let target_uri = format!(
-        "{}{}",
-        app.public_url,
-        uri.path_and_query().map_or("/", |p| p.as_str())
-    );
+pub async fn ingest(
+    app: &crate::routes::App,
+    recipient: String,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let target_uri = format!("{}{}", app.public_url, uri.path_and_query().map_or("/", |p| p.as_str()));
     let headers = headers
         .iter()
         .filter_map(|(name, value)| {
@@ -92,7 +96,10 @@ pub async fn webfinger(State(app): Shared, Query(query): Query<WebfingerQuery>) 
     let actors = format!("{}/actors/", app.public_url);
     let name = if let Some(acct) = query.resource.strip_prefix("acct:") {
         let (name, at) = acct.rsplit_once('@').ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("resource {:?} is not acct:name@host", query.resource))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("resource {:?} is not acct:name@host", query.resource),
+            )
         })?;
         if !at.eq_ignore_ascii_case(&host) {
             return Err(ApiError::new(

@@ -74,7 +74,12 @@ pub async fn inbox(
 
 /// The node inbox: one envelope for every local actor it is for; 202 once it is in all
 /// their inboxes (none is fine: verified, then nothing to keep).
-pub async fn node_inbox(State(app): Shared, uri: http::Uri, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn node_inbox(
+    State(app): Shared,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     if crate::activitypub::is_activitypub_post(&headers) {
         let body = read_body(body).await?;
         return crate::activitypub::ingest(&app, String::new(), &uri, &headers, body).await;

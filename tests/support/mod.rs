@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fake_peer;
+pub mod fedify;
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};

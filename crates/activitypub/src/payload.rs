@@ -57,7 +57,12 @@ mod tests {
 
     #[test]
     fn a_post_round_trips_and_an_envelope_is_no_post() {
-        let post = Post::new("alice", "https://a/actors/alice#main-key", &[1, 2, 3], &serde_json::json!({"type": "Create"}));
+        let post = Post::new(
+            "alice",
+            "https://a/actors/alice#main-key",
+            &[1, 2, 3],
+            &serde_json::json!({"type": "Create"}),
+        );
         let bytes = post.encode();
         assert_eq!(Post::decode(&bytes), Some(Ok(post.clone())));
         assert_eq!(post.sealed_key().unwrap(), vec![1, 2, 3]);

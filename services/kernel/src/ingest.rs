@@ -346,7 +346,12 @@ impl Kernel {
 
     /// Records the follower and publishes one Accept for this Follow, however often the
     /// Follow arrives.
-    pub(crate) async fn accept_follow(&self, recipient: &str, follower: &str, follow_id: ActivityId) -> Result<(), KernelError> {
+    pub(crate) async fn accept_follow(
+        &self,
+        recipient: &str,
+        follower: &str,
+        follow_id: ActivityId,
+    ) -> Result<(), KernelError> {
         let record = Record::FollowerAdded(FollowerAdded {
             actor: recipient.to_owned(),
             follower: follower.to_owned(),

@@ -28,9 +28,18 @@ mod tests {
     #[test]
     fn keys_are_stable_per_name_and_distinct_between_names() {
         let secret = NodeSecret::from_bytes([9; 32]);
-        assert_eq!(actor_key(&secret, "alice").to_bytes(), actor_key(&secret, "alice").to_bytes());
-        assert_ne!(actor_key(&secret, "alice").to_bytes(), actor_key(&secret, "bob").to_bytes());
+        assert_eq!(
+            actor_key(&secret, "alice").to_bytes(),
+            actor_key(&secret, "alice").to_bytes()
+        );
+        assert_ne!(
+            actor_key(&secret, "alice").to_bytes(),
+            actor_key(&secret, "bob").to_bytes()
+        );
         let other = NodeSecret::from_bytes([8; 32]);
-        assert_ne!(actor_key(&secret, "alice").to_bytes(), actor_key(&other, "alice").to_bytes());
+        assert_ne!(
+            actor_key(&secret, "alice").to_bytes(),
+            actor_key(&other, "alice").to_bytes()
+        );
     }
 }

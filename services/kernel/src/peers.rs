@@ -48,9 +48,7 @@ impl PeerFetcher {
             Ok(document) => Ok(document),
             // ActivityPub servers answer `application/json` with their ActivityStreams
             // document; a fed-sx document is tried first.
-            Err(native) => activitypub_document(url, &reply.body).map_err(|ap| {
-                if ap.is_empty() { native } else { ap }
-            }),
+            Err(native) => activitypub_document(url, &reply.body).map_err(|ap| if ap.is_empty() { native } else { ap }),
         }
     }
 }
@@ -74,7 +72,10 @@ pub fn activitypub_document(url: &str, body: &[u8]) -> Result<ActorDocument, Str
     let (rsa_key_id, _, pem) = actor
         .keys
         .iter()
-        .find(|(id, owner, _)| (owner.is_empty() || *owner == actor.id) && fedsx_wire::document::origin(id) == fedsx_wire::document::origin(url))
+        .find(|(id, owner, _)| {
+            (owner.is_empty() || *owner == actor.id)
+                && fedsx_wire::document::origin(id) == fedsx_wire::document::origin(url)
+        })
         .cloned()
         .ok_or_else(|| format!("ActivityPub actor {url} publishes no RSA key of its own"))?;
     fedsx_activitypub::keys::PeerKey::from_pem(&pem).map_err(|err| format!("ActivityPub actor {url}: {err}"))?;

@@ -37,15 +37,19 @@ pub fn inbox_id(activity_id: &str) -> ActivityId {
 }
 
 /// What an inbox keeps of an ActivityPub activity: the original JSON (as received, under
-/// `activity`) and who verifiably signed it. A JSON object, so readers tell it from a fed-sx
+/// `activity`), who verifiably signed it, with which key and signature draft. A JSON object, so readers tell it from a fed-sx
 /// envelope (a protobuf, never starting with `{`).
-fn inbox_entry(body: &[u8], signer: &str, key_id: &str) -> Result<Bytes, KernelError> {
+fn inbox_entry(body: &[u8], signer: &str, claim: &Claim) -> Result<Bytes, KernelError> {
     let raw: &serde_json::value::RawValue =
         serde_json::from_slice(body).map_err(|err| KernelError::BadRequest(format!("the body is not JSON: {err}")))?;
     let entry = serde_json::json!({
         "format": "activitypub",
         "signer": signer,
-        "key_id": key_id,
+        "key_id": claim.key_id,
+        "signature": match claim.scheme {
+            signature::Scheme::Cavage => "draft-cavage",
+            signature::Scheme::Rfc9421 => "rfc9421",
+        },
         "received_ms": crate::kernel::now_ms(),
         "activity": raw,
     });
@@ -107,7 +111,7 @@ impl Kernel {
         };
         span.record("fedsx.recipients", recipients.len());
         let id = inbox_id(&activity.id);
-        let entry = inbox_entry(&request.body, &signer.id, &claim.key_id)?;
+        let entry = inbox_entry(&request.body, &signer.id, &claim)?;
         let mut landed = Vec::with_capacity(recipients.len());
         for (name, url) in recipients {
             let answer = self

@@ -55,11 +55,15 @@ pub(crate) fn spawn_key_backfill(kernel: Arc<Kernel>) {
                     rsa_key,
                     rsa_public_pem,
                 });
-                kernel.journal(derived_id("actor-rsa", &[name.as_bytes()]), record).await
+                kernel
+                    .journal(derived_id("actor-rsa", &[name.as_bytes()]), record)
+                    .await
             };
             match done.await {
                 Ok(_) => tracing::info!(actor = %name, "gave an older actor its ActivityPub RSA key"),
-                Err(err) => tracing::warn!(actor = %name, error = %err, "could not give the actor an RSA key; retried at the next start"),
+                Err(err) => {
+                    tracing::warn!(actor = %name, error = %err, "could not give the actor an RSA key; retried at the next start")
+                }
             }
         }
     });

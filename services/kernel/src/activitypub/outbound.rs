@@ -54,7 +54,11 @@ impl Kernel {
                 let to: Vec<String> = activity.to.clone();
                 let content = json::text_to_html(&activity.content);
                 let published = json::rfc3339(activity.published_ms);
-                let cc = if to.contains(&followers) { Vec::new() } else { vec![followers] };
+                let cc = if to.contains(&followers) {
+                    Vec::new()
+                } else {
+                    vec![followers]
+                };
                 Some(json::create_note(me, &ap_id, &content, &published, &to, &cc))
             }
             ActivityType::Follow => Some(json::follow(me, &ap_id, &activity.object)),

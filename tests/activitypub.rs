@@ -1,0 +1,158 @@
+//! fed-sx against a real, independent ActivityPub server: Fedify (tests/fedify/peer.mjs)
+//! on loopback beside a whole fed-sx node (`fedsx up`). Discovery, Follow both ways with
+//! both signature drafts, notes both ways, Undo, Delete, and idempotence.
+
+mod support;
+
+use fedsx_proto::kernel::v1::kernel_client::KernelClient;
+use fedsx_proto::kernel::v1::{ActorListRequest, CreateActorRequest, LogKind, PublishRequest, ReadLogRequest};
+use fedsx_proto::wire::v1::ActivityType;
+use serde_json::{Value, json};
+use support::fedify::{FedifyPeer, FirstKnock};
+use support::{Node, TestDir, eventually, free_addr};
+use tonic::transport::Channel;
+
+const SCHEDULE: &str = "200ms,400ms,800ms";
+
+struct World {
+    node: Node,
+    kernel: KernelClient<Channel>,
+    peer: FedifyPeer,
+    _dir: TestDir,
+}
+
+async fn world(knock: FirstKnock) -> World {
+    let dir = TestDir::new();
+    let node = Node::start("node", &dir.join("data"), free_addr(), SCHEDULE, dir.path())
+        .await
+        .unwrap();
+    let kernel = KernelClient::new(support::channel(&node.kernel_url()).await.unwrap());
+    let peer = FedifyPeer::start(knock, dir.path()).await.unwrap();
+    World {
+        node,
+        kernel,
+        peer,
+        _dir: dir,
+    }
+}
+
+impl World {
+    async fn create(&self, name: &str) -> String {
+        let request = CreateActorRequest { name: name.into() };
+        self.kernel.clone().create_actor(request).await.unwrap().into_inner().id
+    }
+
+    async fn followers(&self, name: &str) -> Vec<String> {
+        let request = ActorListRequest {
+            name: name.into(),
+            ..Default::default()
+        };
+        self.kernel
+            .clone()
+            .followers(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .actors
+    }
+
+    /// The ActivityPub activities in `name`'s inbox, as kept (`{format, signer, activity}`).
+    async fn inbox(&self, name: &str) -> Vec<Value> {
+        let request = ReadLogRequest {
+            actor: name.into(),
+            kind: LogKind::Inbox.into(),
+            after: 0,
+            limit: 100,
+        };
+        let log = self.kernel.clone().read_log(request).await.unwrap().into_inner();
+        log.entries
+            .iter()
+            .filter_map(|e| serde_json::from_slice(&e.envelope).ok())
+            .collect()
+    }
+
+    async fn wait_inbox(&self, name: &str, what: &str, pick: impl Fn(&Value) -> bool + Copy) -> Value {
+        eventually(
+            what,
+            || async move { self.inbox(name).await.into_iter().find(|e| pick(e)) },
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err}; node log:\n{}", self.node.log_tail()))
+    }
+
+    async fn publish(&self, actor: &str, content: &str) {
+        let request = PublishRequest {
+            actor: actor.into(),
+            r#type: ActivityType::Create.into(),
+            object: String::new(),
+            to: vec!["followers".into()],
+            content: content.into(),
+        };
+        self.kernel.clone().publish(request).await.unwrap();
+    }
+}
+
+fn kind_is(kind: &'static str) -> impl Fn(&Value) -> bool + Copy {
+    move |a: &Value| a["type"] == kind
+}
+
+/// A Fedify actor discovers a fed-sx actor, follows it (signing with `knock` first), gets
+/// the Accept, and receives its note once, verified by Fedify.
+async fn follow_from_fedify(knock: FirstKnock, verified_by: &str) {
+    let w = world(knock).await;
+    let bob = w.create("bob").await;
+
+    let found = w.peer.control(&format!("lookup?url={bob}"), None).await.unwrap();
+    assert_eq!(found["type"], "Person", "{found:#}");
+    assert_eq!(found["preferredUsername"], "bob");
+    assert!(
+        found["publicKey"]["publicKeyPem"]
+            .as_str()
+            .is_some_and(|pem| pem.starts_with("-----BEGIN PUBLIC KEY-----")),
+        "{found:#}"
+    );
+
+    let follow = w.peer.control("follow", Some(json!({ "target": bob }))).await.unwrap();
+    let follow_id = follow["id"].as_str().unwrap().to_owned();
+    let accept = w
+        .peer
+        .wait_for("the Accept of its Follow", |a| {
+            a["type"] == "Accept" && a["object"] == follow_id.as_str()
+        })
+        .await
+        .unwrap();
+    assert_eq!(accept["actor"], bob.as_str());
+    assert_eq!(w.followers("bob").await, vec![w.peer.actor()]);
+    let kept = w
+        .wait_inbox("bob", "the Follow in bob's inbox", |e| {
+            e["activity"]["type"] == "Follow"
+        })
+        .await;
+    assert_eq!(kept["signer"], w.peer.actor().as_str());
+    assert_eq!(
+        kept["signature"], verified_by,
+        "verified with the draft it signed with first"
+    );
+
+    w.publish("bob", "hello <fediverse>").await;
+    let create = w
+        .peer
+        .wait_for("bob's note", |a| a["type"] == "Create" && a["actor"] == bob.as_str())
+        .await
+        .unwrap();
+    let note = &create["json"]["object"];
+    assert_eq!(note["content"], "<p>hello &lt;fediverse&gt;</p>", "{create:#}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let creates = w.peer.received().await.into_iter().filter(kind_is("Create")).count();
+    assert_eq!(creates, 1, "the note arrives once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fedify_actor_follows_with_rfc9421_signatures_and_gets_notes() {
+    follow_from_fedify(FirstKnock::Rfc9421, "rfc9421").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fedify_actor_follows_with_cavage_signatures_and_gets_notes() {
+    follow_from_fedify(FirstKnock::Cavage, "draft-cavage").await;
+}

@@ -156,3 +156,53 @@ async fn a_fedify_actor_follows_with_rfc9421_signatures_and_gets_notes() {
 async fn a_fedify_actor_follows_with_cavage_signatures_and_gets_notes() {
     follow_from_fedify(FirstKnock::Cavage, "draft-cavage").await;
 }
+
+/// A fed-sx actor follows a Fedify actor by its URL (the kernel finds out it speaks
+/// ActivityPub), gets the Accept, receives its notes and its Delete; Fedify's Undo of its
+/// own Follow removes it from the followers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fed_sx_actor_follows_a_fedify_actor_and_receives_what_it_posts() {
+    let w = world(FirstKnock::Rfc9421).await;
+    let carol = w.create("carol").await;
+    let alice = w.peer.actor();
+    support::follow_and_wait(&w.kernel, "carol", &alice).await;
+    let follow = w
+        .peer
+        .wait_for("carol's Follow", |a| a["type"] == "Follow" && a["actor"] == carol.as_str())
+        .await
+        .unwrap();
+    assert_eq!(follow["object"], alice.as_str());
+
+    let note = w.peer.control("note", Some(json!({ "content": "from fedify" }))).await.unwrap();
+    let create = w
+        .wait_inbox("carol", "alice's note in carol's inbox", |e| e["activity"]["type"] == "Create")
+        .await;
+    assert_eq!(create["activity"]["object"]["content"], "from fedify", "{create:#}");
+    assert_eq!(create["signer"], alice.as_str());
+
+    w.peer
+        .control("delete", Some(json!({ "note": note["note"] })))
+        .await
+        .unwrap();
+    let delete = w
+        .wait_inbox("carol", "alice's Delete in carol's inbox", |e| e["activity"]["type"] == "Delete")
+        .await;
+    assert_eq!(delete["activity"]["object"]["id"], note["note"], "{delete:#}");
+
+    // Alice follows carol back, then undoes it.
+    let follow = w.peer.control("follow", Some(json!({ "target": carol }))).await.unwrap();
+    eventually("alice following carol", || async {
+        (w.followers("carol").await == vec![alice.clone()]).then_some(())
+    })
+    .await
+    .unwrap();
+    w.peer
+        .control("unfollow", Some(json!({ "target": carol, "follow_id": follow["id"] })))
+        .await
+        .unwrap();
+    eventually("alice's Undo taking effect", || async {
+        w.followers("carol").await.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+}

@@ -4,10 +4,14 @@
 
 mod support;
 
+use fedsx_activitypub::keys::ActorKey;
+use fedsx_activitypub::signature::sign;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{ActorListRequest, CreateActorRequest, LogKind, PublishRequest, ReadLogRequest};
 use fedsx_proto::wire::v1::ActivityType;
 use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
+use support::fake_peer::Answer;
 use support::fedify::{FedifyPeer, FirstKnock};
 use support::{Node, TestDir, eventually, free_addr};
 use tonic::transport::Channel;
@@ -168,14 +172,22 @@ async fn a_fed_sx_actor_follows_a_fedify_actor_and_receives_what_it_posts() {
     support::follow_and_wait(&w.kernel, "carol", &alice).await;
     let follow = w
         .peer
-        .wait_for("carol's Follow", |a| a["type"] == "Follow" && a["actor"] == carol.as_str())
+        .wait_for("carol's Follow", |a| {
+            a["type"] == "Follow" && a["actor"] == carol.as_str()
+        })
         .await
         .unwrap();
     assert_eq!(follow["object"], alice.as_str());
 
-    let note = w.peer.control("note", Some(json!({ "content": "from fedify" }))).await.unwrap();
+    let note = w
+        .peer
+        .control("note", Some(json!({ "content": "from fedify" })))
+        .await
+        .unwrap();
     let create = w
-        .wait_inbox("carol", "alice's note in carol's inbox", |e| e["activity"]["type"] == "Create")
+        .wait_inbox("carol", "alice's note in carol's inbox", |e| {
+            e["activity"]["type"] == "Create"
+        })
         .await;
     assert_eq!(create["activity"]["object"]["content"], "from fedify", "{create:#}");
     assert_eq!(create["signer"], alice.as_str());
@@ -185,12 +197,18 @@ async fn a_fed_sx_actor_follows_a_fedify_actor_and_receives_what_it_posts() {
         .await
         .unwrap();
     let delete = w
-        .wait_inbox("carol", "alice's Delete in carol's inbox", |e| e["activity"]["type"] == "Delete")
+        .wait_inbox("carol", "alice's Delete in carol's inbox", |e| {
+            e["activity"]["type"] == "Delete"
+        })
         .await;
     assert_eq!(delete["activity"]["object"]["id"], note["note"], "{delete:#}");
 
     // Alice follows carol back, then undoes it.
-    let follow = w.peer.control("follow", Some(json!({ "target": carol }))).await.unwrap();
+    let follow = w
+        .peer
+        .control("follow", Some(json!({ "target": carol })))
+        .await
+        .unwrap();
     eventually("alice following carol", || async {
         (w.followers("carol").await == vec![alice.clone()]).then_some(())
     })
@@ -205,4 +223,178 @@ async fn a_fed_sx_actor_follows_a_fedify_actor_and_receives_what_it_posts() {
     })
     .await
     .unwrap();
+}
+
+/// An ActivityPub actor of the test's own on a fake node: its document served there, its
+/// key signing what the test POSTs.
+struct Mallory {
+    peer: support::fake_peer::FakePeer,
+    key: ActorKey,
+    url: String,
+}
+
+impl Mallory {
+    async fn start(name: &str) -> Mallory {
+        let peer = support::fake_peer::FakePeer::start().await;
+        let key = ActorKey::generate().unwrap();
+        let url = format!("{}/users/{name}", peer.base());
+        let document = fedsx_activitypub::json::actor(&fedsx_activitypub::json::LocalActor {
+            url: &url,
+            name,
+            shared_inbox: "",
+            public_pem: &key.public_pem(),
+        });
+        peer.answer(&format!("/users/{name}"), Answer::Json(document.to_string()));
+        Mallory { peer, key, url }
+    }
+
+    fn key_id(&self) -> String {
+        fedsx_activitypub::json::key_id(&self.url)
+    }
+
+    fn follow(&self, n: u32, object: &str) -> Vec<u8> {
+        json!({
+            "@context": "https://www.w3.org/ns/activitystreams",
+            "id": format!("{}/follows/{n}", self.url),
+            "type": "Follow",
+            "actor": self.url,
+            "object": object,
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+/// POSTs `body` to `url` as ActivityPub, signed by `key` as `key_id` at `at` over
+/// `signed_body` (the body itself unless a test wants a wrong digest).
+async fn post(url: &str, body: &[u8], signature: Option<(&ActorKey, &str, SystemTime, &[u8])>) -> (u16, String) {
+    let mut request = http::Request::post(url).header("content-type", fedsx_activitypub::CONTENT_TYPE);
+    if let Some((key, key_id, at, signed_body)) = signature {
+        for (name, value) in sign(key, key_id, url, fedsx_activitypub::CONTENT_TYPE, signed_body, at) {
+            request = request.header(name, value);
+        }
+    }
+    let reply = fedsx_runtime::http_client::PeerHttp::new(true, Duration::from_secs(10))
+        .send(request.body(bytes::Bytes::copy_from_slice(body)).unwrap(), 1 << 20)
+        .await
+        .unwrap();
+    (reply.status.as_u16(), String::from_utf8_lossy(&reply.body).into_owned())
+}
+
+/// Every bad inbound ActivityPub request is refused with its status and writes nothing; a
+/// good one is kept once however often and wherever it is posted, and its Accept goes back
+/// signed by the recipient's RSA key with a fresh date.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_activitypub_requests_are_refused_and_a_good_one_is_kept_once() {
+    let w = world(FirstKnock::Rfc9421).await;
+    let bob = w.create("bob").await;
+    let inbox = format!("{bob}/inbox");
+    let mallory = Mallory::start("mallory").await;
+    let eve = Mallory::start("eve").await;
+    let now = SystemTime::now();
+    let body = mallory.follow(1, &bob);
+    let key_id = mallory.key_id();
+
+    let cases: Vec<(&str, (u16, String), u16, &str)> = vec![
+        ("unsigned", post(&inbox, &body, None).await, 401, "not signed"),
+        (
+            "signed by another key",
+            post(&inbox, &body, Some((&eve.key, &key_id, now, &body))).await,
+            401,
+            "does not verify",
+        ),
+        (
+            "dated two hours ago",
+            post(
+                &inbox,
+                &body,
+                Some((&mallory.key, &key_id, now - Duration::from_secs(7200), &body)),
+            )
+            .await,
+            401,
+            "outside the accepted window",
+        ),
+        (
+            "a body its digest does not name",
+            post(&inbox, &body, Some((&mallory.key, &key_id, now, b"{}"))).await,
+            401,
+            "does not match its digest",
+        ),
+        (
+            "signed by a key of another actor",
+            post(&inbox, &body, Some((&eve.key, &eve.key_id(), now, &body))).await,
+            401,
+            "is not the current key of",
+        ),
+        (
+            "oversized",
+            post(
+                &inbox,
+                &vec![b' '; 300 * 1024],
+                Some((&mallory.key, &key_id, now, &body)),
+            )
+            .await,
+            413,
+            "over",
+        ),
+        (
+            "not JSON",
+            post(&inbox, b"hello", Some((&mallory.key, &key_id, now, b"hello"))).await,
+            400,
+            "not JSON",
+        ),
+        (
+            "an id on another node",
+            {
+                let forged =
+                    json!({"id": "http://elsewhere.example/1", "type": "Follow", "actor": mallory.url, "object": bob})
+                        .to_string();
+                post(
+                    &inbox,
+                    forged.as_bytes(),
+                    Some((&mallory.key, &key_id, now, forged.as_bytes())),
+                )
+                .await
+            },
+            400,
+            "not on its actor's node",
+        ),
+    ];
+    for (what, (status, text), want, says) in cases {
+        assert_eq!(status, want, "{what}: {text}");
+        assert!(text.contains(says), "{what}: {text:?} should say {says:?}");
+    }
+    assert!(w.inbox("bob").await.is_empty(), "nothing bad was kept");
+    assert!(w.followers("bob").await.is_empty());
+
+    for url in [&inbox, &format!("{}/inbox", w.node.url()), &inbox] {
+        let (status, text) = post(url, &body, Some((&mallory.key, &key_id, SystemTime::now(), &body))).await;
+        assert_eq!(status, 202, "{url}: {text}");
+    }
+    assert_eq!(w.inbox("bob").await.len(), 1, "one entry for one activity");
+    assert_eq!(w.followers("bob").await, vec![mallory.url.clone()]);
+
+    let accepts = mallory
+        .peer
+        .received_at_least("/users/mallory/inbox", 1, "bob's Accept")
+        .await
+        .unwrap();
+    let accept: Value = serde_json::from_slice(&accepts[0].body).unwrap();
+    assert_eq!(accept["type"], "Accept");
+    assert_eq!(accept["object"]["id"], format!("{}/follows/1", mallory.url));
+    let found = w.peer.control(&format!("lookup?url={bob}"), None).await.unwrap();
+    let bob_key = found["publicKey"]["publicKeyPem"].as_str().unwrap();
+    assert_eq!(accepts[0].content_type, fedsx_activitypub::CONTENT_TYPE);
+    let signed = fedsx_activitypub::signature::Request {
+        method: "POST",
+        target_uri: &format!("{}/users/mallory/inbox", mallory.peer.base()),
+        headers: &accepts[0].headers,
+        body: &accepts[0].body,
+    };
+    let claim = fedsx_activitypub::signature::claim(&signed, SystemTime::now()).unwrap();
+    assert_eq!(claim.key_id, format!("{bob}#main-key"));
+    let key = fedsx_activitypub::keys::PeerKey::from_pem(bob_key).unwrap();
+    claim
+        .verify(&fedsx_activitypub::signature::VerifyKey::Rsa(key))
+        .expect("the Accept is signed by bob's published key");
 }

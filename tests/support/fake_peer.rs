@@ -16,6 +16,8 @@ pub enum Answer {
     TooManyRequests(u64),
     /// Never answers.
     Hang,
+    /// 200 with this ActivityPub JSON (an actor document).
+    Json(String),
 }
 
 /// One request the peer received.
@@ -24,6 +26,8 @@ pub struct Received {
     pub path: String,
     pub content_type: String,
     pub traceparent: String,
+    /// Every header, (lower-case name, value).
+    pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
 
@@ -130,6 +134,11 @@ async fn answer(state: &Mutex<State>, request: hyper::Request<hyper::body::Incom
             .to_owned()
     };
     let (content_type, traceparent) = (header("content-type"), header("traceparent"));
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
     let path = request.uri().path().to_owned();
     let body = request
         .into_body()
@@ -147,6 +156,7 @@ async fn answer(state: &Mutex<State>, request: hyper::Request<hyper::body::Incom
             path: path.clone(),
             content_type,
             traceparent,
+            headers,
             body,
         });
         state.answers.get(&path).cloned().unwrap_or(Answer::Status(202))
@@ -160,6 +170,10 @@ async fn answer(state: &Mutex<State>, request: hyper::Request<hyper::body::Incom
             .status(429)
             .header("retry-after", seconds.to_string())
             .body(Full::new(Bytes::new()))
+            .unwrap(),
+        Answer::Json(body) => hyper::Response::builder()
+            .header("content-type", "application/activity+json")
+            .body(Full::new(Bytes::from(body)))
             .unwrap(),
         Answer::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;

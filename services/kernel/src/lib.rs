@@ -25,6 +25,7 @@ mod service;
 mod snapshot;
 mod state;
 
+pub use activitypub::ApRequest;
 pub use config::Config;
 pub use error::KernelError;
 pub use flows::FLOWS_ACTOR;

@@ -268,11 +268,14 @@ impl Mallory {
 /// POSTs `body` to `url` as ActivityPub, signed by `key` as `key_id` at `at` over
 /// `signed_body` (the body itself unless a test wants a wrong digest).
 async fn post(url: &str, body: &[u8], signature: Option<(&ActorKey, &str, SystemTime, &[u8])>) -> (u16, String) {
-    let mut request = http::Request::post(url).header("content-type", fedsx_activitypub::CONTENT_TYPE);
-    if let Some((key, key_id, at, signed_body)) = signature {
-        for (name, value) in sign(key, key_id, url, fedsx_activitypub::CONTENT_TYPE, signed_body, at) {
-            request = request.header(name, value);
+    let mut request = http::Request::post(url);
+    match signature {
+        Some((key, key_id, at, signed_body)) => {
+            for (name, value) in sign(key, key_id, url, fedsx_activitypub::CONTENT_TYPE, signed_body, at) {
+                request = request.header(name, value);
+            }
         }
+        None => request = request.header("content-type", fedsx_activitypub::CONTENT_TYPE),
     }
     let reply = fedsx_runtime::http_client::PeerHttp::new(true, Duration::from_secs(10))
         .send(request.body(bytes::Bytes::copy_from_slice(body)).unwrap(), 1 << 20)

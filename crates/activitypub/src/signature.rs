@@ -429,7 +429,7 @@ fn inner_list(value: &str) -> Result<(Vec<String>, Vec<(String, String)>), Signa
 
 /// The headers to add to a POST of `body` to `url`, signed draft-cavage (`rsa-sha256` over
 /// `(request-target) host date digest content-type`) by `key` as `key_id`, dated `now`:
-/// `Host`, `Date`, `Digest`, `Signature` (the caller sets `Content-Type` to `content_type`).
+/// `Host`, `Date`, `Digest`, `Content-Type` and `Signature`.
 pub fn sign(
     key: &ActorKey,
     key_id: &str,
@@ -459,6 +459,7 @@ pub fn sign(
         ("host", host),
         ("date", date),
         ("digest", digest),
+        ("content-type", content_type.to_owned()),
         ("signature", header),
     ]
 }

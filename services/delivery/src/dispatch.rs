@@ -22,7 +22,7 @@ pub async fn dispatch(http: &PeerHttp, signer: &Signer, inbox_url: &str, envelop
         });
     }
     let prepared = signer.prepare(inbox_url, envelope)?;
-    let mut request = http::Request::post(inbox_url).header(http::header::CONTENT_TYPE, prepared.content_type);
+    let mut request = http::Request::post(inbox_url);
     for (name, value) in prepared.headers {
         request = request.header(name, value);
     }

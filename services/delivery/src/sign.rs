@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Opened keys kept; past it the memory starts over.
 const MAX_KEYS: usize = 10_000;
 
-/// One request's body and headers beyond the inbox URL.
+/// One request's body and headers (its content type among them).
 pub struct Prepared {
-    pub content_type: &'static str,
     pub body: Bytes,
     pub headers: Vec<(&'static str, String)>,
 }
@@ -44,24 +43,21 @@ impl Signer {
     pub fn prepare(&self, url: &str, envelope: &Bytes) -> Result<Prepared, Failure> {
         let Some(post) = Post::decode(envelope) else {
             return Ok(Prepared {
-                content_type: fedsx_wire::CONTENT_TYPE,
                 body: envelope.clone(),
-                headers: Vec::new(),
+                headers: vec![("content-type", fedsx_wire::CONTENT_TYPE.to_owned())],
             });
         };
         let post = post.map_err(|reason| Failure::Permanent { reason })?;
         let key = self.key(&post)?;
-        let content_type = fedsx_activitypub::CONTENT_TYPE;
         let headers = fedsx_activitypub::signature::sign(
             &key,
             &post.key_id,
             url,
-            content_type,
+            fedsx_activitypub::CONTENT_TYPE,
             post.body.as_bytes(),
             std::time::SystemTime::now(),
         );
         Ok(Prepared {
-            content_type,
             body: Bytes::from(post.body),
             headers,
         })

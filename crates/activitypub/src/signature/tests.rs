@@ -11,12 +11,10 @@ fn rsa() -> VerifyKey {
 }
 
 fn signed(body: &[u8], at: SystemTime) -> Vec<(String, String)> {
-    let mut headers: Vec<(String, String)> = sign(&KEY, KEY_ID, URL, "application/activity+json", body, at)
+    sign(&KEY, KEY_ID, URL, "application/activity+json", body, at)
         .into_iter()
         .map(|(n, v)| (n.to_owned(), v))
-        .collect();
-    headers.push(("content-type".into(), "application/activity+json".into()));
-    headers
+        .collect()
 }
 
 fn request<'a>(headers: &'a [(String, String)], body: &'a [u8]) -> Request<'a> {

@@ -149,6 +149,68 @@ async fn follow_from_fedify(knock: FirstKnock, verified_by: &str) {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let creates = w.peer.received().await.into_iter().filter(kind_is("Create")).count();
     assert_eq!(creates, 1, "the note arrives once");
+    assert_discoverable(&w, &bob).await;
+}
+
+async fn get_json(url: &str, accept: &str) -> (u16, Value) {
+    let request = http::Request::get(url)
+        .header("accept", accept)
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let reply = fedsx_runtime::http_client::PeerHttp::new(true, Duration::from_secs(10))
+        .send(request, 1 << 20)
+        .await
+        .unwrap();
+    (
+        reply.status.as_u16(),
+        serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
+    )
+}
+
+/// What a remote server finds of `bob` (who has one follower and published an Accept and
+/// one note): WebFinger, NodeInfo, the outbox and followers collections; native clients
+/// still get fed-sx's document.
+async fn assert_discoverable(w: &World, bob: &str) {
+    const AP: &str = "application/activity+json";
+    let host = w.node.url().trim_start_matches("http://").to_owned();
+    let (status, jrd) = get_json(
+        &format!("{}/.well-known/webfinger?resource=acct:bob@{host}", w.node.url()),
+        "application/jrd+json",
+    )
+    .await;
+    assert_eq!(status, 200, "{jrd}");
+    assert_eq!(jrd["subject"], format!("acct:bob@{host}"));
+    assert_eq!(jrd["links"][0]["href"], bob);
+    let (status, _) = get_json(
+        &format!("{}/.well-known/webfinger?resource=acct:nobody@{host}", w.node.url()),
+        "application/jrd+json",
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let (_, links) = get_json(&format!("{}/.well-known/nodeinfo", w.node.url()), "application/json").await;
+    let (status, nodeinfo) = get_json(links["links"][0]["href"].as_str().unwrap(), "application/json").await;
+    assert_eq!((status, &nodeinfo["version"]), (200, &json!("2.1")));
+    assert_eq!(nodeinfo["usage"]["users"]["total"], 1);
+    assert_eq!(nodeinfo["protocols"], json!(["activitypub"]));
+
+    let (_, outbox) = get_json(&format!("{bob}/outbox"), AP).await;
+    assert_eq!(
+        (&outbox["type"], &outbox["totalItems"]),
+        (&json!("OrderedCollection"), &json!(2))
+    );
+    let (_, page) = get_json(outbox["first"].as_str().unwrap(), AP).await;
+    let items = page["orderedItems"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "the note, not the Accept: {page:#}");
+    assert_eq!(items[0]["object"]["content"], "<p>hello &lt;fediverse&gt;</p>");
+    let (_, followers) = get_json(&format!("{bob}/followers"), AP).await;
+    assert_eq!(followers["totalItems"], 1);
+
+    let (_, native) = get_json(bob, "application/json").await;
+    assert!(
+        native["public_key"].is_string(),
+        "a native client gets fed-sx's document: {native}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

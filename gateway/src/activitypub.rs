@@ -9,10 +9,12 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use fedsx_activitypub::json;
 use fedsx_proto::kernel::v1::{
-    ActorDocument, GetActorRequest, HttpHeader, IngestActivityPubRequest, ListActorsRequest,
+    ActorDocument, ActorListRequest, GetActorRequest, HttpHeader, IngestActivityPubRequest, ListActorsRequest, LogKind,
+    ReadLogRequest,
 };
+use fedsx_proto::wire::v1::ActivityType;
 use http::{HeaderMap, StatusCode, Uri};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A JSON answer with the ActivityPub media type.
 fn activity_json(value: Value) -> Response {
@@ -164,4 +166,90 @@ pub async fn nodeinfo(State(app): Shared) -> Result<Response, ApiError> {
         Json(document),
     )
         .into_response())
+}
+
+/// Items on one page of an ActivityPub outbox.
+const OUTBOX_PAGE: u64 = 20;
+
+/// The outbox as an ActivityStreams `OrderedCollection`, newest first, paged: without
+/// `page`, the collection with its size and first page; `page=B`, the notes published
+/// before outbox seq B (its `next` the page before those).
+pub async fn outbox(app: &crate::routes::App, name: String, page: Option<u64>) -> Result<Response, ApiError> {
+    let url = format!("{}/actors/{name}/outbox", app.public_url);
+    let mut kernel = app.kernel.clone();
+    let read = |after: u64, limit: u32| ReadLogRequest {
+        actor: name.clone(),
+        kind: LogKind::Outbox.into(),
+        after,
+        limit,
+    };
+    let Some(before) = page else {
+        let tip = kernel.read_log(read(0, 1)).await?.into_inner().tip;
+        return Ok(activity_json(json!({
+            "@context": json::AS_CONTEXT,
+            "id": url,
+            "type": "OrderedCollection",
+            "totalItems": tip,
+            "first": format!("{url}?page={}", tip + 1),
+        })));
+    };
+    let after = before.saturating_sub(OUTBOX_PAGE + 1);
+    let limit = before.saturating_sub(after + 1).min(OUTBOX_PAGE) as u32;
+    let entries = if limit == 0 {
+        Vec::new()
+    } else {
+        kernel.read_log(read(after, limit)).await?.into_inner().entries
+    };
+    // Notes only: what a profile shows (follows and their answers are not posts).
+    let items: Vec<Value> = entries
+        .iter()
+        .rev()
+        .filter_map(|entry| {
+            let received = fedsx_wire::decode(&entry.envelope).ok()?;
+            if received.kind != ActivityType::Create {
+                return None;
+            }
+            fedsx_activitypub::native::to_activitypub(&received.activity, &received.id.to_hex(), None)
+        })
+        .collect();
+    let mut page = json!({
+        "@context": json::AS_CONTEXT,
+        "id": format!("{url}?page={before}"),
+        "type": "OrderedCollectionPage",
+        "partOf": url,
+        "orderedItems": items,
+    });
+    if after > 0 {
+        page["next"] = json!(format!("{url}?page={}", after + 1));
+    }
+    Ok(activity_json(page))
+}
+
+/// The followers collection: its size (the members are not listed).
+pub async fn followers(app: &crate::routes::App, name: String) -> Result<Response, ApiError> {
+    let mut total = 0u64;
+    let mut page_token = String::new();
+    loop {
+        let page = app
+            .kernel
+            .clone()
+            .followers(ActorListRequest {
+                name: name.clone(),
+                page_size: 1000,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        total += page.actors.len() as u64;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(activity_json(json!({
+        "@context": json::AS_CONTEXT,
+        "id": format!("{}/actors/{name}/followers", app.public_url),
+        "type": "OrderedCollection",
+        "totalItems": total,
+    })))
 }

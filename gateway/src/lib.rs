@@ -46,6 +46,7 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         .route("/actors/{name}/inbox", post(routes::inbox))
         .route("/inbox", post(routes::node_inbox))
         .route("/actors/{name}/outbox", get(routes::outbox))
+        .route("/actors/{name}/followers", get(routes::followers))
         .route("/.well-known/webfinger", get(activitypub::webfinger))
         .route("/.well-known/nodeinfo", get(activitypub::nodeinfo_links))
         .route("/nodeinfo/2.1", get(activitypub::nodeinfo))

@@ -144,13 +144,21 @@ pub struct OutboxQuery {
     after: u64,
     #[serde(default)]
     limit: u32,
+    /// ActivityPub paging: the notes before this outbox seq.
+    page: Option<u64>,
 }
 
+/// The outbox: fed-sx's page of signed envelopes, or the ActivityStreams collection when
+/// the request asks for it.
 pub async fn outbox(
     State(app): Shared,
     Path(name): Path<String>,
     Query(query): Query<OutboxQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if crate::activitypub::wants_activitypub(&headers) {
+        return crate::activitypub::outbox(&app, name, query.page).await;
+    }
     let request = ReadLogRequest {
         actor: name,
         kind: LogKind::Outbox.into(),
@@ -159,7 +167,12 @@ pub async fn outbox(
     };
     let log = app.kernel.clone().read_log(request).await?.into_inner();
     let entries = log.entries.iter().map(|e| (e.seq, &e.id[..], &e.envelope[..]));
-    Ok(Json(fedsx_wire::outbox::to_json(log.tip, entries)))
+    Ok(Json(fedsx_wire::outbox::to_json(log.tip, entries)).into_response())
+}
+
+/// An actor's followers collection (ActivityPub).
+pub async fn followers(State(app): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+    crate::activitypub::followers(&app, name).await
 }
 
 pub async fn healthz() -> &'static str {

@@ -7,6 +7,7 @@
 pub mod digest;
 pub mod json;
 pub mod keys;
+pub mod native;
 pub mod payload;
 pub mod signature;
 

@@ -6,7 +6,7 @@
 mod inbound;
 pub(crate) mod outbound;
 
-pub use inbound::{ApRequest, inbox_id};
+pub use inbound::ApRequest;
 
 use crate::error::KernelError;
 use crate::kernel::{Kernel, derived_id, now_ms};

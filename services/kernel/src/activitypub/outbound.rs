@@ -4,7 +4,6 @@
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
-use fedsx_activitypub::json;
 use fedsx_activitypub::payload::Post;
 use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_proto::wire::v1::{Activity, ActivityType};
@@ -46,45 +45,30 @@ impl Kernel {
         activity: &Activity,
         id: ActivityId,
     ) -> Result<Option<Value>, KernelError> {
-        let me = activity.actor.as_str();
-        let ap_id = json::activity_url(me, &id.to_hex());
-        let followers = crate::state::followers_url(me);
-        Ok(match activity.r#type() {
-            ActivityType::Create => {
-                let to: Vec<String> = activity.to.clone();
-                let content = json::text_to_html(&activity.content);
-                let published = json::rfc3339(activity.published_ms);
-                let cc = if to.contains(&followers) {
-                    Vec::new()
-                } else {
-                    vec![followers]
-                };
-                Some(json::create_note(me, &ap_id, &content, &published, &to, &cc))
-            }
-            ActivityType::Follow => Some(json::follow(me, &ap_id, &activity.object)),
-            ActivityType::Undo => {
-                let Some(followed) = activity.to.first() else {
-                    return Ok(None);
-                };
-                let follow = json::follow(me, &json::activity_url(me, &activity.object), followed);
-                Some(json::undo(me, &ap_id, follow, followed))
-            }
-            ActivityType::Accept => {
-                // The Follow it accepts, as it arrived (servers match their Follow's id).
-                let Some(follow_id) = ActivityId::from_hex(&activity.object) else {
-                    return Ok(None);
-                };
-                let id = bytes::Bytes::copy_from_slice(&follow_id.0);
-                let Some(seq) = self.logs.lookup(name, StreamKind::Inbox, id).await? else {
-                    return Ok(None);
-                };
-                let (entries, _) = self.logs.read(name, StreamKind::Inbox, seq - 1, 1).await?;
-                let follow = entries
-                    .first()
-                    .and_then(|entry| super::inbound::received_activity(&entry.data));
-                follow.map(|follow| json::accept(me, &ap_id, follow))
-            }
-            ActivityType::Unspecified => None,
-        })
+        let follow = match activity.r#type() {
+            ActivityType::Accept => self.accepted_follow(name, &activity.object).await?,
+            _ => None,
+        };
+        Ok(fedsx_activitypub::native::to_activitypub(
+            activity,
+            &id.to_hex(),
+            follow,
+        ))
+    }
+
+    /// The Follow (hex id `follow`) as it arrived in `name`'s inbox, if it came over
+    /// ActivityPub.
+    async fn accepted_follow(&self, name: &str, follow: &str) -> Result<Option<Value>, KernelError> {
+        let Some(follow_id) = ActivityId::from_hex(follow) else {
+            return Ok(None);
+        };
+        let id = bytes::Bytes::copy_from_slice(&follow_id.0);
+        let Some(seq) = self.logs.lookup(name, StreamKind::Inbox, id).await? else {
+            return Ok(None);
+        };
+        let (entries, _) = self.logs.read(name, StreamKind::Inbox, seq - 1, 1).await?;
+        Ok(entries
+            .first()
+            .and_then(|entry| super::inbound::received_activity(&entry.data)))
     }
 }

@@ -448,7 +448,36 @@ fn print_published(target: &Target, what: &str, seq: u64, id: &[u8]) {
     }
 }
 
+/// An inbox entry kept from ActivityPub: `{"format": "activitypub", "signer", "activity", …}`.
+fn activitypub_entry(envelope: &[u8]) -> Option<serde_json::Value> {
+    let entry: serde_json::Value = serde_json::from_slice(envelope).ok()?;
+    (entry.get("format")? == "activitypub").then_some(entry)
+}
+
 fn print_entry(target: &Target, entry: &LogEntry) {
+    if let Some(kept) = activitypub_entry(&entry.envelope) {
+        let activity = &kept["activity"];
+        if target.json {
+            println!(
+                "{}",
+                json!({ "seq": entry.seq, "id": hex::encode(&entry.id), "activitypub": kept })
+            );
+            return;
+        }
+        let object = &activity["object"];
+        let what = match object.get("content").or(object.get("id")) {
+            Some(serde_json::Value::String(text)) => text.clone(),
+            _ => object.as_str().unwrap_or_default().to_owned(),
+        };
+        println!(
+            "#{:<5} {:<7} from {}  {what}  (ActivityPub, {} signature)",
+            entry.seq,
+            activity["type"].as_str().unwrap_or("?"),
+            kept["signer"].as_str().unwrap_or("?"),
+            kept["signature"].as_str().unwrap_or("?"),
+        );
+        return;
+    }
     let decoded = fedsx_wire::decode(&entry.envelope).ok();
     if target.json {
         let activity = decoded.as_ref().map(|r| {

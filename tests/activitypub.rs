@@ -253,6 +253,18 @@ async fn a_fed_sx_actor_follows_a_fedify_actor_and_receives_what_it_posts() {
         .await;
     assert_eq!(create["activity"]["object"]["content"], "from fedify", "{create:#}");
     assert_eq!(create["signer"], alice.as_str());
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_fedsx"))
+        .args(["log", "carol", "inbox"])
+        .env("FEDSX_KERNEL", w.node.kernel_url())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.lines().any(|l| l.contains("Create")
+            && l.contains("from fedify")
+            && l.contains("(ActivityPub, rfc9421 signature)")),
+        "fedsx log shows the ActivityPub entry: {printed}"
+    );
 
     w.peer
         .control("delete", Some(json!({ "note": note["note"] })))

@@ -2,7 +2,8 @@
 //! activities with their keys, POSTs them to the node's inbox over HTTP (keep-alive) at a
 //! given concurrency, and prints activities/s, p50/p99 latency and non-202 answers. In the
 //! same run it measures the ceiling: a minimal axum handler in this process that verifies
-//! the same envelopes and answers 202. Then the resident memory of the node's processes.
+//! the same envelopes and answers 202. With `--activitypub`, then the same for signed
+//! ActivityPub POSTs (`inbound_ap.rs`). Then the resident memory of the node's processes.
 
 use super::Run;
 use axum::body::Bytes;
@@ -33,6 +34,15 @@ pub struct Args {
     activities: usize,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Also POST signed ActivityPub activities (RSA, draft-cavage) in the same run, by actors
+    /// whose documents this process serves on loopback (the node needs
+    /// --allow-private-peers to fetch them).
+    #[arg(long)]
+    activitypub: bool,
+    #[arg(long, default_value_t = 10)]
+    activitypub_actors: usize,
+    #[arg(long, default_value_t = 5_000)]
+    activitypub_activities: usize,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -55,7 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|(key, url)| (key, url.replace("bench.example", &format!("bench-{salt}.example"))))
         .collect();
     super::register(&mut kernel, &peers).await?;
-    let envelopes = Arc::new(super::sign_all(&peers, args.activities));
+    let envelopes = super::sign_all(&peers, args.activities);
     println!(
         "machine: {} cores; {} activities by {} actors, concurrency {}",
         std::thread::available_parallelism()?,
@@ -65,7 +75,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let inbox = format!("{}/actors/{}/inbox", args.target.trim_end_matches('/'), args.recipient);
-    let node = load(&inbox, &envelopes, args.concurrency).await?;
+    let requests = native_requests(&envelopes);
+    let node = load(&inbox, &requests, args.concurrency).await?;
     println!(
         "node {inbox}: {:.0} activities/s durable, p50 {:?}, p99 {:?}, {} accepted, {} not 202",
         node.rate, node.p50, node.p99, node.ok, node.errors
@@ -73,12 +84,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let keys: HashMap<String, VerifyingKey> = peers.iter().map(|(k, u)| (u.clone(), k.verifying_key())).collect();
     let ceiling_url = ceiling(Arc::new(keys)).await?;
-    let ceiling = load(&ceiling_url, &envelopes, args.concurrency).await?;
+    let ceiling = load(&ceiling_url, &requests, args.concurrency).await?;
     println!(
         "ceiling (one process: axum, decode + strict verify, 202): {:.0}/s, p50 {:?}, p99 {:?}, {} not 202",
         ceiling.rate, ceiling.p50, ceiling.p99, ceiling.errors
     );
     println!("ratio node/ceiling: {:.2}", node.rate / ceiling.rate);
+    if args.activitypub {
+        let recipient = format!("{}/actors/{}", args.target.trim_end_matches('/'), args.recipient);
+        let ap = super::inbound_ap::run(
+            &inbox,
+            &recipient,
+            args.activitypub_actors,
+            args.activitypub_activities,
+            args.concurrency,
+        )
+        .await?;
+        println!(
+            "activitypub {inbox}: {:.0} activities/s durable, p50 {:?}, p99 {:?}, {} accepted, {} not 202",
+            ap.rate, ap.p50, ap.p99, ap.ok, ap.errors
+        );
+        println!("ratio activitypub/native: {:.2}", ap.rate / node.rate);
+    }
     println!("resident memory after:");
     for (pid, command, rss) in fedsx_processes() {
         println!("  {pid:>7} {:>6} MB  {command}", rss / 1024);
@@ -86,19 +113,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn load(url: &str, envelopes: &Arc<Vec<Vec<u8>>>, concurrency: usize) -> anyhow::Result<Run> {
+/// One request of a load: its headers (content type among them) and body.
+pub(super) type Prepared = (Vec<(&'static str, String)>, Vec<u8>);
+
+/// fed-sx envelopes as inbox POSTs.
+fn native_requests(envelopes: &[Vec<u8>]) -> Arc<Vec<Prepared>> {
+    let content_type = vec![("content-type", fedsx_wire::CONTENT_TYPE.to_owned())];
+    Arc::new(envelopes.iter().map(|e| (content_type.clone(), e.clone())).collect())
+}
+
+/// POSTs every prepared request to `url` from `concurrency` keep-alive connections; a 202
+/// is a success.
+pub(super) async fn load(url: &str, requests: &Arc<Vec<Prepared>>, concurrency: usize) -> anyhow::Result<Run> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
         .build(connector);
     let uri: http::Uri = url.parse()?;
-    let envelopes = envelopes.clone();
-    super::drive(envelopes.len(), concurrency, move |i| {
+    let requests = requests.clone();
+    super::drive(requests.len(), concurrency, move |i| {
         let (client, uri) = (client.clone(), uri.clone());
-        let request = http::Request::post(uri)
-            .header(http::header::CONTENT_TYPE, fedsx_wire::CONTENT_TYPE)
-            .body(Full::new(Bytes::from(envelopes[i].clone())))
+        let (headers, body) = &requests[i];
+        let mut request = http::Request::post(uri);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.clone())))
             .expect("a valid request");
         async move {
             match client.request(request).await {

@@ -5,6 +5,7 @@ mod delivery;
 mod fanout;
 mod flows;
 mod inbound;
+mod inbound_ap;
 mod kernel;
 mod kernel_start;
 mod log_store;

@@ -304,6 +304,8 @@ async fn a_fed_sx_actor_follows_a_fedify_actor_and_receives_what_it_posts() {
 struct Mallory {
     peer: support::fake_peer::FakePeer,
     key: ActorKey,
+    /// Its Ed25519 key, published as a Multikey in `assertionMethod`.
+    ed25519: ed25519_dalek::SigningKey,
     url: String,
 }
 
@@ -312,14 +314,26 @@ impl Mallory {
         let peer = support::fake_peer::FakePeer::start().await;
         let key = ActorKey::generate().unwrap();
         let url = format!("{}/users/{name}", peer.base());
-        let document = fedsx_activitypub::json::actor(&fedsx_activitypub::json::LocalActor {
+        let mut document = fedsx_activitypub::json::actor(&fedsx_activitypub::json::LocalActor {
             url: &url,
             name,
             shared_inbox: "",
             public_pem: &key.public_pem(),
         });
+        let ed25519 = ed25519_dalek::SigningKey::from_bytes(&[name.len() as u8; 32]);
+        document["assertionMethod"] = json!([{
+            "id": format!("{url}#ed25519-key"),
+            "type": "Multikey",
+            "controller": url,
+            "publicKeyMultibase": fedsx_activitypub::json::ed25519_multikey(ed25519.verifying_key().as_bytes()),
+        }]);
         peer.answer(&format!("/users/{name}"), Answer::Json(document.to_string()));
-        Mallory { peer, key, url }
+        Mallory {
+            peer,
+            key,
+            ed25519,
+            url,
+        }
     }
 
     fn key_id(&self) -> String {
@@ -450,6 +464,43 @@ async fn bad_activitypub_requests_are_refused_and_a_good_one_is_kept_once() {
     }
     assert_eq!(w.inbox("bob").await.len(), 1, "one entry for one activity");
     assert_eq!(w.followers("bob").await, vec![mallory.url.clone()]);
+
+    // RFC 9421 with the Ed25519 Multikey of the actor's assertionMethod.
+    let note = json!({
+        "id": format!("{}/notes/1", mallory.url), "type": "Create", "actor": mallory.url, "to": [bob],
+        "object": {"id": format!("{}/notes/1/note", mallory.url), "type": "Note", "content": "signed with ed25519"},
+    })
+    .to_string();
+    let created = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut request = http::Request::post(&inbox);
+    let ed_key_id = format!("{}#ed25519-key", mallory.url);
+    let sign_base = |base: &[u8]| ed25519_dalek::Signer::sign(&mallory.ed25519, base).to_bytes().to_vec();
+    for (name, value) in fedsx_activitypub::signature::sign_rfc9421(
+        sign_base,
+        "ed25519",
+        &ed_key_id,
+        &inbox,
+        fedsx_activitypub::CONTENT_TYPE,
+        note.as_bytes(),
+        created,
+    ) {
+        request = request.header(name, value);
+    }
+    let reply = fedsx_runtime::http_client::PeerHttp::new(true, Duration::from_secs(10))
+        .send(request.body(bytes::Bytes::from(note)).unwrap(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 202, "{}", String::from_utf8_lossy(&reply.body));
+    let kept = w
+        .wait_inbox("bob", "the Ed25519-signed note", |e| e["activity"]["type"] == "Create")
+        .await;
+    assert_eq!(
+        (kept["signature"].as_str(), kept["key_id"].as_str()),
+        (Some("rfc9421"), Some(ed_key_id.as_str()))
+    );
 
     let accepts = mallory
         .peer

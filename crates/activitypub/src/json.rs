@@ -212,6 +212,8 @@ pub struct RemoteActor {
     pub followers: String,
     /// RSA keys: (key id, owner, PEM).
     pub keys: Vec<(String, String, String)>,
+    /// Ed25519 keys from `assertionMethod` Multikeys: (key id, controller, raw key).
+    pub ed25519_keys: Vec<(String, String, [u8; 32])>,
 }
 
 /// Reads an ActivityPub actor document (or a key document whose `owner` is the actor:
@@ -237,7 +239,21 @@ pub fn remote_actor(json: &Value) -> Result<RemoteActor, String> {
             keys.push((field("id"), field("owner"), pem));
         }
     }
+    let methods: Vec<&Value> = match object.get("assertionMethod") {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(one) => vec![one],
+        None => Vec::new(),
+    };
+    let ed25519_keys = methods
+        .into_iter()
+        .filter_map(|method| {
+            let field = |name: &str| method.get(name).and_then(Value::as_str).unwrap_or_default();
+            let key = multikey_ed25519(field("publicKeyMultibase"))?;
+            Some((field("id").to_owned(), field("controller").to_owned(), key))
+        })
+        .collect();
     Ok(RemoteActor {
+        ed25519_keys,
         preferred_username: text("preferredUsername"),
         inbox: text("inbox"),
         shared_inbox: object
@@ -250,6 +266,67 @@ pub fn remote_actor(json: &Value) -> Result<RemoteActor, String> {
         id,
         keys,
     })
+}
+
+/// The Ed25519 key in a Multikey `publicKeyMultibase`: base58btc (`z…`) of the multicodec
+/// prefix 0xed 0x01 and the 32-byte key. None for anything else (an RSA Multikey included).
+pub fn multikey_ed25519(multibase: &str) -> Option<[u8; 32]> {
+    let bytes = base58btc(multibase.strip_prefix('z')?)?;
+    let key = bytes.strip_prefix(&[0xed, 0x01])?;
+    key.try_into().ok()
+}
+
+/// The Multikey `publicKeyMultibase` of an Ed25519 key (the inverse of
+/// [`multikey_ed25519`]).
+pub fn ed25519_multikey(key: &[u8; 32]) -> String {
+    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let mut bytes = vec![0xed, 0x01];
+    bytes.extend_from_slice(key);
+    // Base-58 digits, least significant first.
+    let mut digits: Vec<u8> = Vec::new();
+    for byte in &bytes {
+        let mut carry = u32::from(*byte);
+        for digit in digits.iter_mut() {
+            carry += u32::from(*digit) << 8;
+            *digit = (carry % 58) as u8;
+            carry /= 58;
+        }
+        while carry > 0 {
+            digits.push((carry % 58) as u8);
+            carry /= 58;
+        }
+    }
+    let zeros = bytes.iter().take_while(|&&b| b == 0).count();
+    let text: String = std::iter::repeat_n('1', zeros)
+        .chain(digits.iter().rev().map(|&d| ALPHABET[usize::from(d)] as char))
+        .collect();
+    format!("z{text}")
+}
+
+/// Decodes Bitcoin-alphabet base58 (bounded: Multikeys are short).
+fn base58btc(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    if text.len() > 128 {
+        return None;
+    }
+    // Big-endian base-256 digits of the number, built one base-58 digit at a time.
+    let mut number: Vec<u8> = Vec::new();
+    for c in text.bytes() {
+        let mut carry = ALPHABET.iter().position(|&a| a == c)? as u32;
+        for byte in number.iter_mut().rev() {
+            carry += u32::from(*byte) * 58;
+            *byte = (carry & 0xff) as u8;
+            carry >>= 8;
+        }
+        while carry > 0 {
+            number.insert(0, (carry & 0xff) as u8);
+            carry >>= 8;
+        }
+    }
+    let zeros = text.bytes().take_while(|&c| c == b'1').count();
+    let mut out = vec![0u8; zeros];
+    out.extend(number);
+    Some(out)
 }
 
 /// An activity a local actor sends.
@@ -355,6 +432,27 @@ mod tests {
         assert_eq!(rfc3339(1_795_979_536_123), "2026-11-29T19:12:16.123Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(text_to_html("a<b>\n\nc\nd"), "<p>a&lt;b&gt;</p><p>c<br>d</p>");
+    }
+
+    #[test]
+    fn an_ed25519_multikey_decodes_to_its_key() {
+        // did:key test vector (W3C did:key spec): z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp
+        // is the Ed25519 key 3b6a27bc…e5da (hex below).
+        let key = multikey_ed25519("z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp").unwrap();
+        assert_eq!(
+            key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
+        );
+        assert_eq!(
+            ed25519_multikey(&key),
+            "z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
+        );
+        assert_eq!(multikey_ed25519("z0OIl"), None, "not base58");
+        assert_eq!(
+            multikey_ed25519("6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"),
+            None,
+            "not base58btc"
+        );
     }
 
     #[test]

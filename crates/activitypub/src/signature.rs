@@ -464,5 +464,37 @@ pub fn sign(
     ]
 }
 
+/// The headers of an RFC 9421 signature (label `sig1`) of a POST of `body` to `url`,
+/// covering `@method @target-uri @authority content-type content-digest`, created at
+/// `created` (Unix seconds), its base signed by `sign_base` under `alg` (`rsa-v1_5-sha256` or
+/// `ed25519`) as `key_id`: `Content-Type`, `Content-Digest`, `Signature-Input`, `Signature`.
+/// What Fedify sends first; fed-sx itself sends draft-cavage ([`sign`]).
+pub fn sign_rfc9421(
+    sign_base: impl Fn(&[u8]) -> Vec<u8>,
+    alg: &str,
+    key_id: &str,
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    created: u64,
+) -> Vec<(&'static str, String)> {
+    use sha2::Digest;
+    let digest = format!("sha-256=:{}:", STANDARD.encode(sha2::Sha256::digest(body)));
+    let params = format!(
+        "(\"@method\" \"@target-uri\" \"@authority\" \"content-type\" \"content-digest\");alg=\"{alg}\";keyid=\"{key_id}\";created={created}"
+    );
+    let base = format!(
+        "\"@method\": POST\n\"@target-uri\": {url}\n\"@authority\": {}\n\"content-type\": {content_type}\n\"content-digest\": {digest}\n\"@signature-params\": {params}",
+        authority(url).to_ascii_lowercase()
+    );
+    let signature = STANDARD.encode(sign_base(base.as_bytes()));
+    vec![
+        ("content-type", content_type.to_owned()),
+        ("content-digest", digest),
+        ("signature-input", format!("sig1={params}")),
+        ("signature", format!("sig1=:{signature}:")),
+    ]
+}
+
 #[cfg(test)]
 mod tests;

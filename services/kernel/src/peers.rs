@@ -79,7 +79,18 @@ pub fn activitypub_document(url: &str, body: &[u8]) -> Result<ActorDocument, Str
         .cloned()
         .ok_or_else(|| format!("ActivityPub actor {url} publishes no RSA key of its own"))?;
     fedsx_activitypub::keys::PeerKey::from_pem(&pem).map_err(|err| format!("ActivityPub actor {url}: {err}"))?;
+    // Its Ed25519 Multikey (RFC 9421 `ed25519` signatures name it), in the native key fields.
+    let (key_id, public_key) = actor
+        .ed25519_keys
+        .iter()
+        .find(|(id, controller, _)| {
+            *controller == actor.id && fedsx_wire::document::origin(id) == fedsx_wire::document::origin(url)
+        })
+        .map(|(id, _, key)| (id.clone(), bytes::Bytes::copy_from_slice(key)))
+        .unwrap_or_default();
     Ok(ActorDocument {
+        key_id,
+        public_key,
         id: actor.id,
         name: actor.preferred_username,
         inbox: actor.inbox,

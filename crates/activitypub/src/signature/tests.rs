@@ -94,23 +94,10 @@ fn rfc9421_headers(
     alg: &str,
     sign_base: impl Fn(&[u8]) -> Vec<u8>,
 ) -> Vec<(String, String)> {
-    let digest = format!(
-        "sha-256=:{}:",
-        STANDARD.encode(<sha2::Sha256 as sha2::Digest>::digest(body))
-    );
-    let params = format!(
-        "(\"@method\" \"@target-uri\" \"@authority\" \"content-type\" \"content-digest\");alg=\"{alg}\";keyid=\"{KEY_ID}\";created={created}"
-    );
-    let base = format!(
-        "\"@method\": POST\n\"@target-uri\": {URL}\n\"@authority\": b.example\n\"content-type\": application/activity+json\n\"content-digest\": {digest}\n\"@signature-params\": {params}"
-    );
-    let signature = STANDARD.encode(sign_base(base.as_bytes()));
-    vec![
-        ("content-type".into(), "application/activity+json".into()),
-        ("content-digest".into(), digest),
-        ("signature-input".into(), format!("sig1={params}")),
-        ("signature".into(), format!("sig1=:{signature}:")),
-    ]
+    sign_rfc9421(sign_base, alg, KEY_ID, URL, "application/activity+json", body, created)
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v))
+        .collect()
 }
 
 #[test]

@@ -207,19 +207,29 @@ impl Kernel {
     }
 }
 
-/// Checks `claim` with `document`'s RSA key, which must be the key the claim names.
+/// Checks `claim` with the key of `document` it names: its RSA key, or its Ed25519
+/// Multikey.
 fn check_with(claim: &Claim, document: &ActorDocument) -> Result<(), KernelError> {
-    if document.rsa_key_id != claim.key_id {
+    let unusable = |reason: String| KernelError::UnknownSender {
+        actor: document.id.clone(),
+        reason,
+    };
+    let key = if document.rsa_key_id == claim.key_id {
+        VerifyKey::Rsa(PeerKey::from_pem(&document.rsa_public_key_pem).map_err(|err| unusable(err.to_string()))?)
+    } else if document.key_id == claim.key_id && !claim.key_id.is_empty() {
+        let raw: [u8; 32] = document.public_key[..]
+            .try_into()
+            .map_err(|_| unusable("its Ed25519 key is not 32 bytes".into()))?;
+        VerifyKey::Ed25519(
+            ed25519_dalek::VerifyingKey::from_bytes(&raw).map_err(|_| unusable("its Ed25519 key is invalid".into()))?,
+        )
+    } else {
         return Err(KernelError::StaleKey {
             key_id: claim.key_id.clone(),
             actor: document.id.clone(),
         });
-    }
-    let key = PeerKey::from_pem(&document.rsa_public_key_pem).map_err(|err| KernelError::UnknownSender {
-        actor: document.id.clone(),
-        reason: err.to_string(),
-    })?;
+    };
     claim
-        .verify(&VerifyKey::Rsa(key))
+        .verify(&key)
         .map_err(|err| KernelError::Signature(err.to_string()))
 }

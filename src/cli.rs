@@ -68,6 +68,10 @@ pub enum Command {
         actor: String,
         #[arg(long)]
         content: String,
+        /// Also address the public (ActivityPub servers show it publicly); by default it is
+        /// for the followers only.
+        #[arg(long)]
+        public: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -234,12 +238,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 &sent.id,
             );
         }
-        Command::Publish { actor, content, .. } => {
+        Command::Publish {
+            actor, content, public, ..
+        } => {
+            let mut to = vec!["followers".to_owned()];
+            if public {
+                to.push("public".into());
+            }
             let request = PublishRequest {
                 actor: actor.clone(),
                 r#type: ActivityType::Create.into(),
                 object: String::new(),
-                to: vec!["followers".into()],
+                to,
                 content,
             };
             let published = kernel(&target)?.publish(request).await.map_err(k())?.into_inner();

@@ -150,6 +150,29 @@ async fn follow_from_fedify(knock: FirstKnock, verified_by: &str) {
     let creates = w.peer.received().await.into_iter().filter(kind_is("Create")).count();
     assert_eq!(creates, 1, "the note arrives once");
     assert_discoverable(&w, &bob).await;
+
+    // A public note, published with the CLI: to the public, cc the followers.
+    let published = std::process::Command::new(env!("CARGO_BIN_EXE_fedsx"))
+        .args(["publish", "bob", "--content", "for everyone", "--public"])
+        .env("FEDSX_KERNEL", w.node.kernel_url())
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let public = w
+        .peer
+        .wait_for("bob's public note", |a| {
+            a["type"] == "Create" && a["json"]["object"]["content"] == "<p>for everyone</p>"
+        })
+        .await
+        .unwrap();
+    let note = &public["json"]["object"];
+    let addressed = |field: &str| note[field].to_string();
+    assert!(addressed("to").contains("Public"), "{note:#}");
+    assert!(addressed("cc").contains(&format!("{bob}/followers")), "{note:#}");
 }
 
 async fn get_json(url: &str, accept: &str) -> (u16, Value) {
@@ -231,7 +254,21 @@ async fn a_fed_sx_actor_follows_a_fedify_actor_and_receives_what_it_posts() {
     let w = world(FirstKnock::Rfc9421).await;
     let carol = w.create("carol").await;
     let alice = w.peer.actor();
-    support::follow_and_wait(&w.kernel, "carol", &alice).await;
+    let request = fedsx_proto::kernel::v1::FollowRequest {
+        actor: "carol".into(),
+        remote: alice.clone(),
+    };
+    let sent = w.kernel.clone().follow(request).await.unwrap().into_inner();
+    eventually("carol following alice", || async {
+        let request = ActorListRequest {
+            name: "carol".into(),
+            ..Default::default()
+        };
+        let following = w.kernel.clone().following(request).await.ok()?.into_inner().actors;
+        (following == vec![alice.clone()]).then_some(())
+    })
+    .await
+    .unwrap();
     let follow = w
         .peer
         .wait_for("carol's Follow", |a| {
@@ -297,6 +334,23 @@ async fn a_fed_sx_actor_follows_a_fedify_actor_and_receives_what_it_posts() {
     })
     .await
     .unwrap();
+
+    // Carol undoes her Follow of alice: Fedify gets an Undo of that Follow.
+    let undo = PublishRequest {
+        actor: "carol".into(),
+        r#type: ActivityType::Undo.into(),
+        object: hex::encode(&sent.id),
+        to: vec![alice.clone()],
+        content: String::new(),
+    };
+    w.kernel.clone().publish(undo).await.unwrap();
+    let follow_url = format!("{carol}/activities/{}", hex::encode(&sent.id));
+    w.peer
+        .wait_for("carol's Undo", |a| {
+            a["type"] == "Undo" && a["object"] == follow_url.as_str()
+        })
+        .await
+        .unwrap();
 }
 
 /// An ActivityPub actor of the test's own on a fake node: its document served there, its

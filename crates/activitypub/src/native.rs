@@ -17,12 +17,19 @@ pub fn to_activitypub(activity: &Activity, hex: &str, accepted_follow: Option<Va
         ActivityType::Create => {
             let content = json::text_to_html(&activity.content);
             let published = json::rfc3339(activity.published_ms);
-            let cc = if activity.to.contains(&followers) {
-                Vec::new()
+            // Public: to the public, cc the followers (as Mastodon addresses a public post);
+            // otherwise to whom it names (followers-only, or direct).
+            let (to, cc) = if activity.to.iter().any(|t| t == json::PUBLIC) {
+                let others = activity.to.iter().filter(|t| **t != followers && *t != json::PUBLIC);
+                let to = std::iter::once(json::PUBLIC.to_owned())
+                    .chain(others.cloned())
+                    .collect();
+                let cc = activity.to.iter().filter(|t| **t == followers).cloned().collect();
+                (to, cc)
             } else {
-                vec![followers]
+                (activity.to.clone(), Vec::new())
             };
-            Some(json::create_note(me, &id, &content, &published, &activity.to, &cc))
+            Some(json::create_note(me, &id, &content, &published, &to, &cc))
         }
         ActivityType::Follow => Some(json::follow(me, &id, &activity.object)),
         ActivityType::Undo => {
@@ -61,5 +68,20 @@ mod tests {
             ..activity
         };
         assert_eq!(to_activitypub(&accept, "00", None), None, "no Follow to accept");
+        assert!(create["cc"].as_array().unwrap().is_empty(), "followers-only: no cc");
+        let public = Activity {
+            to: vec!["https://a.example/actors/alice/followers".into(), json::PUBLIC.into()],
+            ..accept
+        };
+        let public = Activity {
+            r#type: ActivityType::Create.into(),
+            ..public
+        };
+        let create = to_activitypub(&public, &"0".repeat(64), None).unwrap();
+        assert_eq!(create["object"]["to"], serde_json::json!([json::PUBLIC]));
+        assert_eq!(
+            create["object"]["cc"],
+            serde_json::json!(["https://a.example/actors/alice/followers"])
+        );
     }
 }

@@ -22,7 +22,8 @@ pub struct Draft {
     pub actor: String,
     pub kind: ActivityType,
     pub object: String,
-    /// Recipient actor URLs; `followers` stands for the actor's followers collection.
+    /// Recipient actor URLs; `followers` stands for the actor's followers collection,
+    /// `public` for the public (ActivityStreams' `#Public`: addressed to, delivered to nobody).
     pub to: Vec<String>,
     pub content: String,
     /// Makes a publish happen once however often it is retried (e.g. the Accept of one
@@ -71,21 +72,19 @@ impl Kernel {
         if let Some(bad) = draft
             .to
             .iter()
-            .find(|t| *t != "followers" && !(t.starts_with("https://") || t.starts_with("http://")))
+            .find(|t| *t != "followers" && *t != "public" && !(t.starts_with("https://") || t.starts_with("http://")))
         {
             return Err(KernelError::BadRequest(format!(
-                "recipient {bad:?} is neither an actor's http(s) URL nor \"followers\""
+                "recipient {bad:?} is neither an actor's http(s) URL, \"followers\" nor \"public\""
             )));
         }
         let to: Vec<String> = draft
             .to
             .iter()
-            .map(|t| {
-                if t == "followers" {
-                    followers_url(&document.id)
-                } else {
-                    t.clone()
-                }
+            .map(|t| match t.as_str() {
+                "followers" => followers_url(&document.id),
+                "public" => fedsx_activitypub::json::PUBLIC.to_owned(),
+                _ => t.clone(),
             })
             .collect();
 

@@ -301,7 +301,7 @@ impl Kernel {
                 if let Some(list) = self.read_state().followers.get(name) {
                     out.extend(list.keys().cloned());
                 }
-            } else if target != sender {
+            } else if target != sender && target != fedsx_activitypub::json::PUBLIC {
                 out.push(target.clone());
             }
         }

@@ -127,3 +127,133 @@ fn rfc9421_signatures_verify_with_rsa_and_ed25519_keys() {
         SignatureError::WrongDigest
     );
 }
+
+/// Mastodon's own fixtures (spec/requests/signature_verification_spec.rb): its test key, and
+/// requests it signed at 2023-12-20T10:00:00Z for www.example.com.
+mod mastodon {
+    use super::*;
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+
+    const PRIVATE_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----
+MIIEowIBAAKCAQEAqIAYvNFGbZ5g4iiK6feSdXD4bDStFM58A7tHycYXaYtzZQpI
+eHXAmaXuZzXIwtrP4N0gIk8JNwZvXj2UPS+S07t0V9wNK94he01LV5EMz/GN4eNn
+FmDL64HIEuKLvV8TvgjbUPRD6Y5X0UpKi2ZIFLSb96Q5w0Z/k7ntpVKV52y8kz5F
+jr/O/0JuHryZe0yItzJh8kzFfeMf0EXzfSnaKvT7P9jhgC6uTre+jXyvVZjiHDrn
+qvvucdI3I7DRfXo1OqARBrLjy+TdseUAjNYJ+OuPRI1URIWQI01DCHqcohVu9+Ar
++BiCjFp3ua+XMuJvrvbD61d1Fvig/9nbBRR+8QIDAQABAoIBAAgySHnFWI6gItR3
+fkfiqIm80cHCN3Xk1C6iiVu+3oBOZbHpW9R7vl9e/WOA/9O+LPjiSsQOegtWnVvd
+RRjrl7Hj20VDlZKv5Mssm6zOGAxksrcVbqwdj+fUJaNJCL0AyyseH0x/IE9T8rDC
+I1GH+3tB3JkhkIN/qjipdX5ab8MswEPu8IC4ViTpdBgWYY/xBcAHPw4xuL0tcwzh
+FBlf4DqoEVQo8GdK5GAJ2Ny0S4xbXHUURzx/R4y4CCts7niAiLGqd9jmLU1kUTMk
+QcXfQYK6l+unLc7wDYAz7sFEHh04M48VjWwiIZJnlCqmQbLda7uhhu8zkF1DqZTu
+ulWDGQECgYEA0TIAc8BQBVab979DHEEmMdgqBwxLY3OIAk0b+r50h7VBGWCDPRsC
+STD73fQY3lNet/7/jgSGwwAlAJ5PpMXxXiZAE3bUwPmHzgF7pvIOOLhA8O07tHSO
+L2mvQe6NPzjZ+6iAO2U9PkClxcvGvPx2OBvisfHqZLmxC9PIVxzruQECgYEAzjM6
+BTUXa6T/qHvLFbN699BXsUOGmHBGaLRapFDBfVvgZrwqYQcZpBBhesLdGTGSqwE7
+gWsITPIJ+Ldo+38oGYyVys+w/V67q6ud7hgSDTW3hSvm+GboCjk6gzxlt9hQ0t9X
+8vfDOYhEXvVUJNv3mYO60ENqQhILO4bQ0zi+VfECgYBb/nUccfG+pzunU0Cb6Dp3
+qOuydcGhVmj1OhuXxLFSDG84Tazo7juvHA9mp7VX76mzmDuhpHPuxN2AzB2SBEoE
+cSW0aYld413JRfWukLuYTc6hJHIhBTCRwRQFFnae2s1hUdQySm8INT2xIc+fxBXo
+zrp+Ljg5Wz90SAnN5TX0AQKBgDaatDOq0o/r+tPYLHiLtfWoE4Dau+rkWJDjqdk3
+lXWn/e3WyHY3Vh/vQpEqxzgju45TXjmwaVtPATr+/usSykCxzP0PMPR3wMT+Rm1F
+rIoY/odij+CaB7qlWwxj0x/zRbwB7x1lZSp4HnrzBpxYL+JUUwVRxPLIKndSBTza
+GvVRAoGBAIVBcNcRQYF4fvZjDKAb4fdBsEuHmycqtRCsnkGOz6ebbEQznSaZ0tZE
++JuouZaGjyp8uPjNGD5D7mIGbyoZ3KyG4mTXNxDAGBso1hrNDKGBOrGaPhZx8LgO
+4VXJ+ybXrATf4jr8ccZYsZdFpOphPzz+j55Mqg5vac5P1XjmsGTb
+-----END RSA PRIVATE KEY-----";
+    const KEY_ID: &str = "https://remote.domain/users/bob#main-key";
+    const DATE: &str = "Wed, 20 Dec 2023 10:00:00 GMT";
+    const GET_SIGNATURE: &str = "Z8ilar3J7bOwqZkMp7sL8sRs4B1FT+UorbmvWoE+A5UeoOJ3KBcUmbsh+k3wQwbP5gMNUrra9rEWabpasZGphLsbDxfbsWL3Cf0PllAc7c1c7AFEwnewtExI83/qqgEkfWc2z7UDutXc2NfgAx89Ox8DXU/fA2GG0jILjB6UpFyNugkY9rg6oI31UnvfVi3R7sr3/x8Ea3I9thPvqI2byF6cojknSpDAwYzeKdngX3TAQEGzFHz3SDWwyp3jeMWfwvVVbM38FxhvAnSumw7YwWW4L7M7h4M68isLimoT3yfCn2ucBVL5Dz8koBpYf/40w7QidClAwCafZQFC29yDOg==";
+    const POST_SIGNATURE: &str = "gmhMjgMROGElJU3fpehV2acD5kMHeELi8EFP2UPHOdQ54H0r55AxIpji+J3lPe+N2qSb/4H1KXIh6f0lRu8TGSsu12OQmg5hiO8VA9flcA/mh9Lpk+qwlQZIPRqKP9xUEfqD+Z7ti5wPzDKrWAUK/7FIqWgcT/mlqB1R1MGkpMFc/q4CIs2OSNiWgA4K+Kp21oQxzC2kUuYob04gAZ7cyE/FTia5t08uv6lVYFdRsn4XNPn1MsHgFBwBMRG79ng3SyhoG4PrqBEi5q2IdLq3zfre/M6He3wlCpyO2VJNdGVoTIzeZ0Zz8jUscPV3XtWUchpGclLGSaKaq/JyNZeiYQ==";
+    const DIGEST: &str = "SHA-256=ZOyIygCyaOW6GjVnihtTFtIS9PNmskdyMlNKiuyjfzw=";
+
+    fn key() -> VerifyKey {
+        let private = rsa::PrivateKey::from_pkcs1_pem(PRIVATE_KEY).unwrap();
+        let pem = private.to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
+        VerifyKey::Rsa(PeerKey::from_pem(&pem).unwrap())
+    }
+
+    fn at() -> SystemTime {
+        httpdate::parse_http_date(DATE).unwrap()
+    }
+
+    fn headers(covered: &str, signature: &str, date: &str, digest: bool) -> Vec<(String, String)> {
+        let mut headers = vec![
+            ("host".to_owned(), "www.example.com".to_owned()),
+            ("date".to_owned(), date.to_owned()),
+            (
+                "signature".to_owned(),
+                format!("keyId=\"{KEY_ID}\",algorithm=\"rsa-sha256\",headers=\"{covered}\",signature=\"{signature}\""),
+            ),
+        ];
+        if digest {
+            headers.push(("digest".to_owned(), DIGEST.to_owned()));
+        }
+        headers
+    }
+
+    fn request<'a>(method: &'a str, uri: &'a str, headers: &'a [(String, String)], body: &'a [u8]) -> Request<'a> {
+        Request {
+            method,
+            target_uri: uri,
+            headers,
+            body,
+        }
+    }
+
+    #[test]
+    fn mastodons_signed_post_verifies() {
+        let headers = headers("host date digest (request-target)", POST_SIGNATURE, DATE, true);
+        let post = request(
+            "POST",
+            "https://www.example.com/activitypub/success",
+            &headers,
+            b"Hello world",
+        );
+        let claim = claim(&post, at()).unwrap();
+        assert_eq!(claim.key_id, KEY_ID);
+        claim.verify(&key()).unwrap();
+        let other = request(
+            "POST",
+            "https://www.example.com/activitypub/success",
+            &headers,
+            b"Hello world!",
+        );
+        assert_eq!(super::claim(&other, at()).unwrap_err(), SignatureError::WrongDigest);
+    }
+
+    #[test]
+    fn mastodons_signed_get_verifies_and_not_on_another_path_or_method() {
+        let headers = headers("date host (request-target)", GET_SIGNATURE, DATE, false);
+        let get = request("GET", "https://www.example.com/activitypub/success", &headers, b"");
+        claim(&get, at()).unwrap().verify(&key()).unwrap();
+        let elsewhere = request(
+            "GET",
+            "https://www.example.com/activitypub/alternative-path",
+            &headers,
+            b"",
+        );
+        assert!(matches!(
+            claim(&elsewhere, at()).unwrap().verify(&key()),
+            Err(SignatureError::BadSignature(_))
+        ));
+        let post = request("POST", "https://www.example.com/activitypub/success", &headers, b"");
+        assert_eq!(claim(&post, at()).unwrap_err(), SignatureError::NotCovered("digest"));
+    }
+
+    #[test]
+    fn mastodons_old_or_undated_requests_are_refused() {
+        let old = headers(
+            "date host (request-target)",
+            GET_SIGNATURE,
+            "Wed, 18 Dec 2023 10:00:00 GMT",
+            false,
+        );
+        let get = request("GET", "https://www.example.com/activitypub/success", &old, b"");
+        assert!(matches!(claim(&get, at()), Err(SignatureError::StaleDate(_))));
+        let wrong = headers("date host (request-target)", GET_SIGNATURE, "wrong date", false);
+        let get = request("GET", "https://www.example.com/activitypub/success", &wrong, b"");
+        assert!(matches!(claim(&get, at()), Err(SignatureError::StaleDate(_))));
+    }
+}

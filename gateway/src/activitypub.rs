@@ -139,24 +139,21 @@ pub async fn nodeinfo_links(State(app): Shared) -> Json<Value> {
 
 /// NodeInfo 2.1, with the number of local actors as users.
 pub async fn nodeinfo(State(app): Shared) -> Result<Response, ApiError> {
-    let mut users = 0u64;
-    let mut page_token = String::new();
-    loop {
-        let page = app
-            .kernel
-            .clone()
-            .list_actors(ListActorsRequest {
-                page_size: 1000,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        users += page.actors.len() as u64;
-        if page.next_page_token.is_empty() {
-            break;
+    let actors = fedsx_runtime::paging::all_pages(|page_token| {
+        let mut kernel = app.kernel.clone();
+        async move {
+            let page = kernel
+                .list_actors(ListActorsRequest {
+                    page_size: 1000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.actors, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await?;
+    let users = actors.len() as u64;
     let document = json::nodeinfo(env!("CARGO_PKG_VERSION"), users);
     Ok((
         [(
@@ -227,25 +224,20 @@ pub async fn outbox(app: &crate::routes::App, name: String, page: Option<u64>) -
 
 /// The followers collection: its size (the members are not listed).
 pub async fn followers(app: &crate::routes::App, name: String) -> Result<Response, ApiError> {
-    let mut total = 0u64;
-    let mut page_token = String::new();
-    loop {
-        let page = app
-            .kernel
-            .clone()
-            .followers(ActorListRequest {
-                name: name.clone(),
+    let followers = fedsx_runtime::paging::all_pages(|page_token| {
+        let (mut kernel, name) = (app.kernel.clone(), name.clone());
+        async move {
+            let request = ActorListRequest {
+                name,
                 page_size: 1000,
                 page_token,
-            })
-            .await?
-            .into_inner();
-        total += page.actors.len() as u64;
-        if page.next_page_token.is_empty() {
-            break;
+            };
+            let page = kernel.followers(request).await?.into_inner();
+            Ok((page.actors, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await?;
+    let total = followers.len() as u64;
     Ok(activity_json(json!({
         "@context": json::AS_CONTEXT,
         "id": format!("{}/actors/{name}/followers", app.public_url),

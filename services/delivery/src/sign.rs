@@ -22,11 +22,14 @@ pub struct Prepared {
     pub headers: Vec<(&'static str, String)>,
 }
 
+/// An actor's key as sealed, and opened.
+type Opened = (Vec<u8>, Arc<ActorKey>);
+
 pub struct Signer {
     secret_file: Option<PathBuf>,
     secret: OnceLock<NodeSecret>,
-    /// Actor name → (its sealed key, opened).
-    keys: Mutex<HashMap<String, (Vec<u8>, Arc<ActorKey>)>>,
+    /// Actor name → its key.
+    keys: Mutex<HashMap<String, Opened>>,
 }
 
 impl Signer {
@@ -98,5 +101,76 @@ impl Signer {
             retry_after: None,
         })?;
         Ok(self.secret.get_or_init(|| secret))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedsx_activitypub::signature::{Request, VerifyKey, claim};
+
+    const URL: &str = "https://m.example/users/bob/inbox";
+
+    fn post(key: &ActorKey, secret: [u8; 32]) -> Bytes {
+        let sealed = key.seal(&secret, "alice").unwrap();
+        let body = serde_json::json!({"type": "Create"});
+        Bytes::from(Post::new("alice", "https://a.example/actors/alice#main-key", &sealed, &body).encode())
+    }
+
+    fn secret_file(dir: &tempfile::TempDir, secret: [u8; 32]) -> PathBuf {
+        let path = dir.path().join("node-secret");
+        std::fs::write(&path, hex::encode(secret)).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_activitypub_post_is_signed_now_with_the_senders_key() {
+        let key = ActorKey::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::new(Some(secret_file(&dir, [7; 32])));
+        let prepared = signer.prepare(URL, &post(&key, [7; 32])).unwrap();
+        let headers: Vec<(String, String)> = prepared
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect();
+        let request = Request {
+            method: "POST",
+            target_uri: URL,
+            headers: &headers,
+            body: &prepared.body,
+        };
+        let found = claim(&request, std::time::SystemTime::now()).unwrap();
+        let public = fedsx_activitypub::keys::PeerKey::from_pem(&key.public_pem()).unwrap();
+        found.verify(&VerifyKey::Rsa(public)).unwrap();
+        assert_eq!(&prepared.body[..], br#"{"type":"Create"}"#);
+
+        let envelope = Bytes::from_static(b"\x0a\x01x");
+        let native = signer.prepare(URL, &envelope).unwrap();
+        assert_eq!(native.body, envelope, "a fed-sx envelope goes as it is");
+        assert_eq!(
+            native.headers,
+            vec![("content-type", fedsx_wire::CONTENT_TYPE.to_owned())]
+        );
+    }
+
+    #[test]
+    fn without_the_right_secret_nothing_is_signed() {
+        let key = ActorKey::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Signer::new(Some(dir.path().join("not-yet")));
+        assert!(matches!(
+            missing.prepare(URL, &post(&key, [7; 32])),
+            Err(Failure::Transient { .. })
+        ));
+        let none = Signer::new(None);
+        assert!(matches!(
+            none.prepare(URL, &post(&key, [7; 32])),
+            Err(Failure::Permanent { .. })
+        ));
+        let other = Signer::new(Some(secret_file(&dir, [8; 32])));
+        assert!(
+            matches!(other.prepare(URL, &post(&key, [7; 32])), Err(Failure::Permanent { reason }) if reason.contains("does not open"))
+        );
     }
 }

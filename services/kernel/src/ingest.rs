@@ -28,6 +28,17 @@ fn decoded(envelope: &[u8]) -> Result<Received, KernelError> {
     Ok(received)
 }
 
+/// Counts a node-inbox (or ActivityPub) ingest by outcome, once per inbox it landed in.
+pub(crate) fn record_node_ingest(result: &Result<NodeIngested, KernelError>) {
+    match result {
+        Ok(node) => {
+            let landed: Vec<Ingested> = node.landed.iter().map(|(_, landed)| *landed).collect();
+            crate::metrics::record_ingest(Ok(&landed));
+        }
+        Err(err) => crate::metrics::record_ingest(Err(err)),
+    }
+}
+
 /// Where an ingested activity landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
@@ -59,13 +70,7 @@ impl Kernel {
     #[tracing::instrument(name = "ingest", skip_all, fields(fedsx.recipient = "(node inbox)", fedsx.actor, fedsx.activity_id, fedsx.recipients, fedsx.seq))]
     pub async fn ingest_node(&self, envelope: &[u8]) -> Result<NodeIngested, KernelError> {
         let result = self.ingest_node_checked(envelope).await;
-        match &result {
-            Ok(node) => {
-                let landed: Vec<Ingested> = node.landed.iter().map(|(_, landed)| *landed).collect();
-                crate::metrics::record_ingest(Ok(&landed));
-            }
-            Err(err) => crate::metrics::record_ingest(Err(err)),
-        }
+        record_node_ingest(&result);
         result
     }
 

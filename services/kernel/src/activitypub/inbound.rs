@@ -67,13 +67,7 @@ impl Kernel {
     #[tracing::instrument(name = "ingest-activitypub", skip_all, fields(fedsx.recipient = %request.recipient, fedsx.actor, fedsx.activity_id, fedsx.recipients))]
     pub async fn ingest_activitypub(&self, request: ApRequest) -> Result<NodeIngested, KernelError> {
         let result = self.ingest_activitypub_checked(request).await;
-        match &result {
-            Ok(node) => {
-                let landed: Vec<Ingested> = node.landed.iter().map(|(_, landed)| *landed).collect();
-                crate::metrics::record_ingest(Ok(&landed));
-            }
-            Err(err) => crate::metrics::record_ingest(Err(err)),
-        }
+        crate::ingest::record_node_ingest(&result);
         result
     }
 

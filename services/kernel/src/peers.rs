@@ -30,10 +30,36 @@ impl PeerFetcher {
         }
     }
 
-    /// GETs and checks the actor document at `url`; the error says why in one line.
+    /// GETs and checks the actor document at `url`; the error says why in one line. A fed-sx
+    /// node answers `application/json` with its document; ActivityPub servers mostly with
+    /// their ActivityStreams one. When that is neither, it is asked for again as ActivityPub
+    /// (`application/activity+json`: servers that answer nothing else).
     pub async fn fetch(&self, url: &str) -> Result<ActorDocument, String> {
+        let first = match self.get(url, "application/json").await {
+            Ok(body) => match fedsx_wire::document::from_json(url, &body) {
+                Ok(document) => return Ok(document),
+                Err(native) => match activitypub_document(url, &body) {
+                    Ok(document) => return Ok(document),
+                    Err(ap) if !ap.is_empty() => return Err(ap),
+                    Err(_) => native,
+                },
+            },
+            Err(err) => err,
+        };
+        match self.get(url, fedsx_activitypub::CONTENT_TYPE).await {
+            Ok(body) => match activitypub_document(url, &body) {
+                Ok(document) => Ok(document),
+                Err(ap) if !ap.is_empty() => Err(ap),
+                Err(_) => Err(first),
+            },
+            Err(_) => Err(first),
+        }
+    }
+
+    /// The body of a 200 answer to a GET of `url` asking for `accept`.
+    async fn get(&self, url: &str, accept: &str) -> Result<Bytes, String> {
         let request = http::Request::get(url)
-            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::ACCEPT, accept)
             .body(Bytes::new())
             .map_err(|_| "not a URL".to_owned())?;
         let reply = self
@@ -44,12 +70,7 @@ impl PeerFetcher {
         if reply.status != http::StatusCode::OK {
             return Err(format!("answered {}", reply.status));
         }
-        match fedsx_wire::document::from_json(url, &reply.body) {
-            Ok(document) => Ok(document),
-            // ActivityPub servers answer `application/json` with their ActivityStreams
-            // document; a fed-sx document is tried first.
-            Err(native) => activitypub_document(url, &reply.body).map_err(|ap| if ap.is_empty() { native } else { ap }),
-        }
+        Ok(reply.body)
     }
 }
 
@@ -167,6 +188,38 @@ mod tests {
         let url = canned(Some(ok_with(&vec![b' '; MAX_DOCUMENT_BYTES + 1]))).await;
         let err = PeerFetcher::new(true).fetch(&url).await.unwrap_err();
         assert_eq!(err, "response body over 65536 bytes");
+    }
+
+    #[tokio::test]
+    async fn a_server_answering_only_activitypub_is_asked_again_for_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/users/m", listener.local_addr().unwrap());
+        let key = fedsx_activitypub::keys::ActorKey::generate().unwrap();
+        let document = fedsx_activitypub::json::actor(&fedsx_activitypub::json::LocalActor {
+            url: &url,
+            name: "m",
+            shared_inbox: "",
+            public_pem: &key.public_pem(),
+        })
+        .to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let n = stream.read(&mut request).await.unwrap_or(0);
+                let text = String::from_utf8_lossy(&request[..n]).to_ascii_lowercase();
+                let answer = if text.contains("accept: application/activity+json") {
+                    ok_with(document.as_bytes())
+                } else {
+                    b"HTTP/1.1 406 Not Acceptable\r\ncontent-length: 0\r\n\r\n".to_vec()
+                };
+                let _ = stream.write_all(&answer).await;
+            }
+        });
+        let found = PeerFetcher::new(true).fetch(&url).await.unwrap();
+        assert!(found.activitypub);
+        assert_eq!(found.inbox, format!("{url}/inbox"));
+        assert_eq!(found.rsa_key_id, format!("{url}#main-key"));
     }
 
     #[tokio::test]

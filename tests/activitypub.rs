@@ -234,6 +234,12 @@ async fn assert_discoverable(w: &World, bob: &str) {
         native["public_key"].is_string(),
         "a native client gets fed-sx's document: {native}"
     );
+    let (_, person) = get_json(bob, AP).await;
+    assert_eq!(person["type"], "Person");
+    assert_eq!(
+        person["assertionMethod"][0]["id"], native["key_id"],
+        "the ed25519 key served beside the RSA one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -368,19 +374,15 @@ impl Mallory {
         let peer = support::fake_peer::FakePeer::start().await;
         let key = ActorKey::generate().unwrap();
         let url = format!("{}/users/{name}", peer.base());
-        let mut document = fedsx_activitypub::json::actor(&fedsx_activitypub::json::LocalActor {
+        let ed25519 = ed25519_dalek::SigningKey::from_bytes(&[name.len() as u8; 32]);
+        let ed_key_id = format!("{url}#ed25519-key");
+        let document = fedsx_activitypub::json::actor(&fedsx_activitypub::json::LocalActor {
             url: &url,
             name,
             shared_inbox: "",
             public_pem: &key.public_pem(),
+            ed25519: Some((&ed_key_id, ed25519.verifying_key().to_bytes())),
         });
-        let ed25519 = ed25519_dalek::SigningKey::from_bytes(&[name.len() as u8; 32]);
-        document["assertionMethod"] = json!([{
-            "id": format!("{url}#ed25519-key"),
-            "type": "Multikey",
-            "controller": url,
-            "publicKeyMultibase": fedsx_activitypub::json::ed25519_multikey(ed25519.verifying_key().as_bytes()),
-        }]);
         peer.answer(&format!("/users/{name}"), Answer::Json(document.to_string()));
         Mallory {
             peer,

@@ -48,6 +48,12 @@ pub fn actor(document: &ActorDocument) -> Response {
         name: &document.name,
         shared_inbox: &document.shared_inbox,
         public_pem: &document.rsa_public_key_pem,
+        ed25519: document
+            .public_key
+            .as_ref()
+            .try_into()
+            .ok()
+            .map(|key| (document.key_id.as_str(), key)),
     }))
 }
 

@@ -36,6 +36,7 @@ pub async fn run(
                     name: &format!("a{i}"),
                     shared_inbox: "",
                     public_pem: &key.public_pem(),
+                    ed25519: None,
                 })
                 .to_string()
             })

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 pub const AS_CONTEXT: &str = "https://www.w3.org/ns/activitystreams";
 pub const SECURITY_CONTEXT: &str = "https://w3id.org/security/v1";
+pub const MULTIKEY_CONTEXT: &str = "https://w3id.org/security/multikey/v1";
 /// The public collection, in `to`/`cc`.
 pub const PUBLIC: &str = "https://www.w3.org/ns/activitystreams#Public";
 
@@ -34,10 +35,12 @@ pub struct LocalActor<'a> {
     /// The node inbox (empty: none).
     pub shared_inbox: &'a str,
     pub public_pem: &'a str,
+    /// Its Ed25519 key (key id, raw key), published as a Multikey in `assertionMethod`.
+    pub ed25519: Option<(&'a str, [u8; 32])>,
 }
 
 /// The actor as ActivityStreams JSON-LD: a `Person` with its inbox, outbox, followers,
-/// shared inbox and RSA public key.
+/// shared inbox, RSA public key and (when given) its Ed25519 key as a Multikey.
 pub fn actor(actor: &LocalActor<'_>) -> Value {
     let url = actor.url;
     let mut document = json!({
@@ -60,6 +63,15 @@ pub fn actor(actor: &LocalActor<'_>) -> Value {
     });
     if !actor.shared_inbox.is_empty() {
         document["endpoints"] = json!({ "sharedInbox": actor.shared_inbox });
+    }
+    if let Some((key_id, key)) = &actor.ed25519 {
+        document["@context"] = json!([AS_CONTEXT, SECURITY_CONTEXT, MULTIKEY_CONTEXT]);
+        document["assertionMethod"] = json!([{
+            "id": key_id,
+            "type": "Multikey",
+            "controller": url,
+            "publicKeyMultibase": ed25519_multikey(key),
+        }]);
     }
     document
 }
@@ -390,6 +402,7 @@ mod tests {
             name: "alice",
             shared_inbox: "https://a.example/inbox",
             public_pem: "PEM",
+            ed25519: Some(("https://a.example/actors/alice#ed25519-1", [3; 32])),
         });
         let read = remote_actor(&document).unwrap();
         assert_eq!(read.id, "https://a.example/actors/alice");
@@ -402,6 +415,14 @@ mod tests {
                 "https://a.example/actors/alice#main-key".into(),
                 "https://a.example/actors/alice".into(),
                 "PEM".into()
+            )]
+        );
+        assert_eq!(
+            read.ed25519_keys,
+            vec![(
+                "https://a.example/actors/alice#ed25519-1".into(),
+                "https://a.example/actors/alice".into(),
+                [3; 32]
             )]
         );
     }

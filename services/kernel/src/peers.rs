@@ -201,6 +201,7 @@ mod tests {
             name: "m",
             shared_inbox: "",
             public_pem: &key.public_pem(),
+            ed25519: None,
         })
         .to_string();
         tokio::spawn(async move {

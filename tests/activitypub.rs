@@ -582,3 +582,45 @@ async fn bad_activitypub_requests_are_refused_and_a_good_one_is_kept_once() {
         .verify(&fedsx_activitypub::signature::VerifyKey::Rsa(key))
         .expect("the Accept is signed by bob's published key");
 }
+
+/// A node as in production (no --allow-private-peers): a signer whose actor is on a
+/// loopback address is never fetched, so its POST is refused and nothing is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signer_on_a_private_address_is_refused_by_a_production_node() {
+    let dir = TestDir::new();
+    let node = Node::start_strict("node", &dir.join("data"), free_addr(), SCHEDULE, dir.path())
+        .await
+        .unwrap();
+    let kernel = KernelClient::new(support::channel(&node.kernel_url()).await.unwrap());
+    let bob = kernel
+        .clone()
+        .create_actor(CreateActorRequest { name: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mallory = Mallory::start("mallory").await;
+    let body = mallory.follow(1, &bob);
+    let inbox = format!("{bob}/inbox");
+    let signature = (&mallory.key, mallory.key_id(), SystemTime::now(), &body[..]);
+    let (status, text) = post(
+        &inbox,
+        &body,
+        Some((signature.0, &signature.1, signature.2, signature.3)),
+    )
+    .await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("non-public address 127.0.0.1"), "{text}");
+    assert!(
+        mallory.peer.received_anywhere().is_empty(),
+        "the node never asked mallory's node"
+    );
+    let request = ReadLogRequest {
+        actor: "bob".into(),
+        kind: LogKind::Inbox.into(),
+        after: 0,
+        limit: 10,
+    };
+    let log = kernel.clone().read_log(request).await.unwrap().into_inner();
+    assert_eq!(log.tip, 0, "nothing kept");
+}

@@ -328,6 +328,30 @@ impl Node {
         log_dir: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Node> {
+        Node::launch(name, data_dir, http, schedule, log_dir, env, true).await
+    }
+
+    /// Like [`Node::start`], but as in production: peers on loopback or private addresses
+    /// are refused (no `--allow-private-peers`).
+    pub async fn start_strict(
+        name: &str,
+        data_dir: &Path,
+        http: SocketAddr,
+        schedule: &str,
+        log_dir: &Path,
+    ) -> anyhow::Result<Node> {
+        Node::launch(name, data_dir, http, schedule, log_dir, &[], false).await
+    }
+
+    async fn launch(
+        name: &str,
+        data_dir: &Path,
+        http: SocketAddr,
+        schedule: &str,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+        allow_private: bool,
+    ) -> anyhow::Result<Node> {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_fedsx"))
@@ -347,7 +371,8 @@ impl Node {
                 "--delivery-listen",
                 "127.0.0.1:0",
             ])
-            .args(["--allow-private-peers", "--retry-schedule", schedule])
+            .args(allow_private.then_some("--allow-private-peers"))
+            .args(["--retry-schedule", schedule])
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

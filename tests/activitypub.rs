@@ -557,6 +557,24 @@ async fn bad_activitypub_requests_are_refused_and_a_good_one_is_kept_once() {
         (kept["signature"].as_str(), kept["key_id"].as_str()),
         (Some("rfc9421"), Some(ed_key_id.as_str()))
     );
+    // Announce and Like are kept as received.
+    for (n, kind) in [(2, "Announce"), (3, "Like")] {
+        let activity = json!({
+            "id": format!("{}/{kind}/{n}", mallory.url), "type": kind, "actor": mallory.url,
+            "object": format!("{bob}/activities/{}", "ab".repeat(32)), "to": [bob],
+        })
+        .to_string();
+        let signature = Some((&mallory.key, key_id.as_str(), SystemTime::now(), activity.as_bytes()));
+        let (status, text) = post(&inbox, activity.as_bytes(), signature).await;
+        assert_eq!(status, 202, "{kind}: {text}");
+    }
+    let kinds: Vec<String> = w
+        .inbox("bob")
+        .await
+        .iter()
+        .map(|e| e["activity"]["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(kinds, ["Follow", "Create", "Announce", "Like"]);
 
     let accepts = mallory
         .peer

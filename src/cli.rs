@@ -6,8 +6,8 @@ use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
 use fedsx_proto::delivery::v1::{ListDeadLettersRequest, ListPeersRequest, PeerStatus, RedriveRequest, ReviveRequest};
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{
-    ActorDocument, ActorListRequest, ActorRequest, CreateActorRequest, FollowRequest, GetActorRequest, ListGapsRequest,
-    LogEntry, LogKind, PublishRequest, ReadLogRequest,
+    ActorDocument, ActorListRequest, ActorRequest, CreateActorRequest, FollowRequest, FollowerHistoryRequest,
+    GetActorRequest, ListGapsRequest, LogEntry, LogKind, PublishRequest, ReadLogRequest,
 };
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
@@ -37,6 +37,12 @@ pub enum ActorCommand {
     },
     /// An actor's document, inbox and outbox tips, followers and following.
     Show {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The history of an actor's follower list: who was added and removed, and why.
+    History {
         name: String,
         #[command(flatten)]
         target: Target,
@@ -132,7 +138,11 @@ pub(crate) fn failed(service: &str, url: &str) -> impl Fn(tonic::Status) -> anyh
 impl Command {
     fn target(&self) -> &Target {
         match self {
-            Command::Actor(ActorCommand::Create { target, .. } | ActorCommand::Show { target, .. })
+            Command::Actor(
+                ActorCommand::Create { target, .. }
+                | ActorCommand::Show { target, .. }
+                | ActorCommand::History { target, .. },
+            )
             | Command::Follow { target, .. }
             | Command::Publish { target, .. }
             | Command::Log { target, .. }
@@ -175,6 +185,33 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .map_err(k())?
                 .into_inner();
             print_document(&target, &document);
+        }
+        Command::Actor(ActorCommand::History { name, .. }) => {
+            let mut client = kernel(&target)?;
+            let mut after = 0;
+            loop {
+                let request = FollowerHistoryRequest {
+                    name: name.clone(),
+                    after,
+                    limit: 1000,
+                };
+                let page = client.follower_history(request).await.map_err(k())?.into_inner();
+                for event in &page.events {
+                    if target.json {
+                        println!(
+                            "{}",
+                            json!({ "journal_seq": event.journal_seq, "follower": event.follower, "added": event.added, "reason": event.reason })
+                        );
+                    } else {
+                        let sign = if event.added { '+' } else { '-' };
+                        println!("#{:<7} {sign} {}  {}", event.journal_seq, event.follower, event.reason);
+                    }
+                }
+                if page.done {
+                    break;
+                }
+                after = page.next_after;
+            }
         }
         Command::Actor(ActorCommand::Show { name, .. }) => {
             let mut client = kernel(&target)?;

@@ -296,4 +296,26 @@ async fn one_request_per_node_in_order_with_slow_dead_and_gone_destinations() {
         support::sample(&metrics, "fedsx_kernel_followers_gone_total", &[]),
         Some(5.0)
     );
+    // The follower list's history shows every addition and the five removals with why.
+    let history = std::process::Command::new(env!("CARGO_BIN_EXE_fedsx"))
+        .args(["actor", "history", "star", "--json"])
+        .env("FEDSX_KERNEL", node.kernel_url())
+        .output()
+        .unwrap();
+    assert!(history.status.success(), "{}", String::from_utf8_lossy(&history.stderr));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&history.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.iter().filter(|e| e["added"] == true).count(), 2000);
+    let removed: Vec<&serde_json::Value> = events.iter().filter(|e| e["added"] == false).collect();
+    let removed_urls: BTreeSet<String> = removed
+        .iter()
+        .map(|e| e["follower"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(removed_urls, gone_urls);
+    assert!(
+        removed.iter().all(|e| e["reason"].as_str().unwrap().contains("410")),
+        "{removed:?}"
+    );
 }

@@ -171,6 +171,32 @@ impl KernelApi for KernelService {
         }))
     }
 
+    async fn follower_history(
+        &self,
+        request: Request<pb::FollowerHistoryRequest>,
+    ) -> Result<Response<pb::FollowerHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let page = self
+            .kernel
+            .follower_history(&request.name, request.after, request.limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::FollowerHistoryResponse {
+            events: page
+                .events
+                .into_iter()
+                .map(|e| pb::FollowerEvent {
+                    journal_seq: e.journal_seq,
+                    follower: e.follower,
+                    added: e.added,
+                    reason: e.reason,
+                })
+                .collect(),
+            next_after: page.next_after,
+            done: page.done,
+        }))
+    }
+
     async fn following(&self, request: Request<pb::ActorListRequest>) -> Result<Response<pb::ActorList>, Status> {
         let request = request.into_inner();
         let page = page(request.page_size, &request.page_token)?;

@@ -1,0 +1,80 @@
+//! A local actor's follower list history: every follower added and removed, with why,
+//! read from the journal (which keeps them all; snapshots only spare the start from reading
+//! it). Paged by journal seq, scanning a bounded number of records per call.
+
+use crate::error::KernelError;
+use crate::kernel::Kernel;
+use crate::logs::JOURNAL_ACTOR;
+use fedsx_proto::kernel::v1::journal_record::Record;
+use fedsx_proto::logstore::v1::StreamKind;
+
+/// Journal records read, at most, per call.
+const SCAN: u64 = 10_000;
+
+/// One change of a follower list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerEvent {
+    pub journal_seq: u64,
+    pub follower: String,
+    pub added: bool,
+    /// Why it was removed (or, for an addition, by which Follow).
+    pub reason: String,
+}
+
+/// A page of history: its events, and the journal seq the next page starts after (the
+/// journal's tip once everything was read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub events: Vec<FollowerEvent>,
+    pub next_after: u64,
+    pub done: bool,
+}
+
+impl Kernel {
+    /// The changes of `name`'s followers journaled after seq `after`, at most `limit` (0:
+    /// 100) of them, reading at most [`SCAN`] journal records.
+    pub async fn follower_history(&self, name: &str, after: u64, limit: u32) -> Result<HistoryPage, KernelError> {
+        self.actor(name)?;
+        let limit = if limit == 0 { 100 } else { limit.min(1000) } as usize;
+        let (mut events, mut at) = (Vec::new(), after);
+        loop {
+            let (entries, tip) = self.logs.read(JOURNAL_ACTOR, StreamKind::Meta, at, 0).await?;
+            for entry in &entries {
+                let event = match crate::journal::decode(entry)?.record {
+                    Some(Record::FollowerAdded(added)) if added.actor == name => FollowerEvent {
+                        journal_seq: entry.seq,
+                        follower: added.follower,
+                        added: true,
+                        reason: format!("followed (Follow {})", hex::encode(&added.follow_id)),
+                    },
+                    Some(Record::FollowerRemoved(removed)) if removed.actor == name => FollowerEvent {
+                        journal_seq: entry.seq,
+                        follower: removed.follower,
+                        added: false,
+                        reason: removed.reason,
+                    },
+                    _ => {
+                        at = entry.seq;
+                        continue;
+                    }
+                };
+                events.push(event);
+                at = entry.seq;
+                if events.len() >= limit {
+                    return Ok(HistoryPage {
+                        events,
+                        next_after: at,
+                        done: at >= tip,
+                    });
+                }
+            }
+            if entries.is_empty() || at >= tip || at - after >= SCAN {
+                return Ok(HistoryPage {
+                    events,
+                    next_after: at,
+                    done: entries.is_empty() || at >= tip,
+                });
+            }
+        }
+    }
+}

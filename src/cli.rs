@@ -495,16 +495,11 @@ fn print_published(target: &Target, what: &str, seq: u64, id: &[u8]) {
     }
 }
 
-/// An inbox entry kept from ActivityPub: `{"format": "activitypub", "signer", "activity", …}`.
-fn activitypub_entry(envelope: &[u8]) -> Option<serde_json::Value> {
-    let entry: serde_json::Value = serde_json::from_slice(envelope).ok()?;
-    (entry.get("format")? == "activitypub").then_some(entry)
-}
-
 fn print_entry(target: &Target, entry: &LogEntry) {
-    if let Some(kept) = activitypub_entry(&entry.envelope) {
-        let activity = &kept["activity"];
+    if let Some(kept) = fedsx_activitypub::inbox::read(&entry.envelope) {
+        let activity = &kept.activity;
         if target.json {
+            let kept = json!({ "signer": kept.signer, "key_id": kept.key_id, "signature": kept.signature, "activity": activity });
             println!(
                 "{}",
                 json!({ "seq": entry.seq, "id": hex::encode(&entry.id), "activitypub": kept })
@@ -520,8 +515,8 @@ fn print_entry(target: &Target, entry: &LogEntry) {
             "#{:<5} {:<7} from {}  {what}  (ActivityPub, {} signature)",
             entry.seq,
             activity["type"].as_str().unwrap_or("?"),
-            kept["signer"].as_str().unwrap_or("?"),
-            kept["signature"].as_str().unwrap_or("?"),
+            kept.signer,
+            kept.signature,
         );
         return;
     }

@@ -288,10 +288,12 @@ pub fn multikey_ed25519(multibase: &str) -> Option<[u8; 32]> {
     key.try_into().ok()
 }
 
+/// The Bitcoin base58 alphabet (multibase `z`).
+const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
 /// The Multikey `publicKeyMultibase` of an Ed25519 key (the inverse of
 /// [`multikey_ed25519`]).
 pub fn ed25519_multikey(key: &[u8; 32]) -> String {
-    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
     let mut bytes = vec![0xed, 0x01];
     bytes.extend_from_slice(key);
     // Base-58 digits, least significant first.
@@ -317,7 +319,6 @@ pub fn ed25519_multikey(key: &[u8; 32]) -> String {
 
 /// Decodes Bitcoin-alphabet base58 (bounded: Multikeys are short).
 fn base58btc(text: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
     if text.len() > 128 {
         return None;
     }

@@ -1,10 +1,12 @@
 //! fed-sx's second face: what it takes for fed-sx actors to federate with ActivityPub
 //! servers (Mastodon, Fedify, Lemmy). RSA actor keys sealed under the node secret
 //! ([`keys`]), HTTP Signatures in both drafts the fediverse sends ([`signature`]), body
-//! digests ([`digest`]), and the ActivityStreams documents ([`json`]). No I/O here: the
+//! digests ([`digest`]), the ActivityStreams documents ([`json`]) and what an inbox keeps
+//! of an activity ([`inbox`]). No I/O here: the
 //! gateway serves the documents, the kernel verifies and keeps, delivery signs and sends.
 
 pub mod digest;
+pub mod inbox;
 pub mod json;
 pub mod keys;
 pub mod native;

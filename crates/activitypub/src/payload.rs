@@ -37,8 +37,13 @@ impl Post {
         bytes
     }
 
-    /// Some(post) when `envelope` is one (starts with the zero byte); Err when it starts
-    /// so but does not decode.
+    /// Whether `envelope` is a post (starts with the zero byte), not a fed-sx envelope.
+    pub fn is_post(envelope: &[u8]) -> bool {
+        envelope.first() == Some(&0)
+    }
+
+    /// Some(post) when `envelope` is one ([`Post::is_post`]); Err when it is but does not
+    /// decode.
     pub fn decode(envelope: &[u8]) -> Option<Result<Post, String>> {
         let rest = envelope.strip_prefix(&[0u8])?;
         Some(serde_json::from_slice(rest).map_err(|err| format!("undecodable ActivityPub post: {err}")))

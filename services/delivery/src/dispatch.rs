@@ -6,6 +6,7 @@ use crate::queue::Failure;
 use crate::sign::Signer;
 use bytes::Bytes;
 use fedsx_runtime::http_client::PeerHttp;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes of a peer's answer body read (and ignored) at most.
@@ -14,14 +15,14 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024;
 /// POSTs an envelope to a peer's inbox. Run it inside the send's client span
 /// (`http_client_span`): the request carries that span as its `traceparent`, and the span
 /// gets the answer's status.
-pub async fn dispatch(http: &PeerHttp, signer: &Signer, inbox_url: &str, envelope: &Bytes) -> Result<(), Failure> {
+pub async fn dispatch(http: &PeerHttp, signer: &Arc<Signer>, inbox_url: &str, envelope: &Bytes) -> Result<(), Failure> {
     if inbox_url.is_empty() {
         return Err(Failure::Transient {
             reason: "no peer url".into(),
             retry_after: None,
         });
     }
-    let prepared = signer.prepare(inbox_url, envelope)?;
+    let prepared = signer.prepare_off_thread(inbox_url, envelope).await?;
     let mut request = http::Request::post(inbox_url);
     for (name, value) in prepared.headers {
         request = request.header(name, value);

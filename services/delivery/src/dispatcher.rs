@@ -41,7 +41,7 @@ pub struct Settings {
     pub lease: Duration,
     pub shutdown: CancellationToken,
     /// Signs ActivityPub posts as they are sent.
-    pub signer: crate::sign::Signer,
+    pub signer: Arc<crate::sign::Signer>,
 }
 
 /// What the failed sends of one delivery (each with its inbox) make of it: none, delivered;

@@ -111,7 +111,7 @@ async fn serve<Q: QueueStorage>(
         owner: owner_name(),
         lease: config.lease,
         shutdown: shutdown.clone(),
-        signer: sign::Signer::new(config.node_secret_file.clone()),
+        signer: std::sync::Arc::new(sign::Signer::new(config.node_secret_file.clone())),
     };
     let dispatcher = Dispatcher::new(queue.clone(), settings);
     tokio::spawn(dispatcher.clone().run());

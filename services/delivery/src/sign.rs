@@ -41,6 +41,22 @@ impl Signer {
         }
     }
 
+    /// [`Signer::prepare`], on a blocking thread when it signs: an RSA-2048 signature (and
+    /// opening a key not yet opened) takes milliseconds, which the async threads must not
+    /// spend.
+    pub async fn prepare_off_thread(self: &Arc<Self>, url: &str, envelope: &Bytes) -> Result<Prepared, Failure> {
+        if !Post::is_post(envelope) {
+            return self.prepare(url, envelope);
+        }
+        let (signer, url, envelope) = (self.clone(), url.to_owned(), envelope.clone());
+        tokio::task::spawn_blocking(move || signer.prepare(&url, &envelope))
+            .await
+            .map_err(|err| Failure::Transient {
+                reason: format!("signing stopped: {err}"),
+                retry_after: None,
+            })?
+    }
+
     /// What to POST to `url` for a queued `envelope`: a fed-sx envelope as it is; an
     /// ActivityPub post signed now.
     pub fn prepare(&self, url: &str, envelope: &Bytes) -> Result<Prepared, Failure> {

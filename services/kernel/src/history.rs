@@ -40,41 +40,41 @@ impl Kernel {
         loop {
             let (entries, tip) = self.logs.read(JOURNAL_ACTOR, StreamKind::Meta, at, 0).await?;
             for entry in &entries {
-                let event = match crate::journal::decode(entry)?.record {
-                    Some(Record::FollowerAdded(added)) if added.actor == name => FollowerEvent {
-                        journal_seq: entry.seq,
-                        follower: added.follower,
-                        added: true,
-                        reason: format!("followed (Follow {})", hex::encode(&added.follow_id)),
-                    },
-                    Some(Record::FollowerRemoved(removed)) if removed.actor == name => FollowerEvent {
-                        journal_seq: entry.seq,
-                        follower: removed.follower,
-                        added: false,
-                        reason: removed.reason,
-                    },
-                    _ => {
-                        at = entry.seq;
-                        continue;
-                    }
-                };
-                events.push(event);
                 at = entry.seq;
+                if let Some(event) = event_of(name, entry.seq, crate::journal::decode(entry)?.record) {
+                    events.push(event);
+                }
                 if events.len() >= limit {
-                    return Ok(HistoryPage {
-                        events,
-                        next_after: at,
-                        done: at >= tip,
-                    });
+                    break;
                 }
             }
-            if entries.is_empty() || at >= tip || at - after >= SCAN {
+            let done = entries.is_empty() || at >= tip;
+            if done || events.len() >= limit || at - after >= SCAN {
                 return Ok(HistoryPage {
                     events,
                     next_after: at,
-                    done: entries.is_empty() || at >= tip,
+                    done,
                 });
             }
         }
+    }
+}
+
+/// The change of `name`'s followers that journal record `seq` makes, if any.
+fn event_of(name: &str, seq: u64, record: Option<Record>) -> Option<FollowerEvent> {
+    match record? {
+        Record::FollowerAdded(added) if added.actor == name => Some(FollowerEvent {
+            journal_seq: seq,
+            follower: added.follower,
+            added: true,
+            reason: format!("followed (Follow {})", hex::encode(&added.follow_id)),
+        }),
+        Record::FollowerRemoved(removed) if removed.actor == name => Some(FollowerEvent {
+            journal_seq: seq,
+            follower: removed.follower,
+            added: false,
+            reason: removed.reason,
+        }),
+        _ => None,
     }
 }

@@ -329,11 +329,7 @@ impl Kernel {
         follow_id: ActivityId,
     ) -> Result<Option<(String, String)>, KernelError> {
         let id = Bytes::copy_from_slice(&follow_id.0);
-        let Some(seq) = self.logs.lookup(actor, StreamKind::Outbox, id).await? else {
-            return Ok(None);
-        };
-        let (entries, _) = self.logs.read(actor, StreamKind::Outbox, seq - 1, 1).await?;
-        let Some(entry) = entries.into_iter().next() else {
+        let Some(entry) = self.logs.entry_by_id(actor, StreamKind::Outbox, id).await? else {
             return Ok(None);
         };
         let (id, activity) = crate::publish::envelope_activity(&entry.data)?;

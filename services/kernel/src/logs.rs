@@ -145,6 +145,15 @@ impl Logs {
         Ok((seq > 0).then_some(seq))
     }
 
+    /// The entry of `actor`'s `kind` stream with `id`, if it holds one.
+    pub async fn entry_by_id(&self, actor: &str, kind: StreamKind, id: Bytes) -> Result<Option<Entry>, KernelError> {
+        let Some(seq) = self.lookup(actor, kind, id).await? else {
+            return Ok(None);
+        };
+        let (entries, _) = self.read(actor, kind, seq - 1, 1).await?;
+        Ok(entries.into_iter().next().filter(|entry| entry.seq == seq))
+    }
+
     pub async fn tip(&self, actor: &str, kind: StreamKind) -> Result<u64, KernelError> {
         Ok(self
             .client

@@ -36,32 +36,6 @@ pub fn inbox_id(activity_id: &str) -> ActivityId {
     ActivityId(crate::kernel::derived_id("activitypub", &[activity_id.as_bytes()]))
 }
 
-/// What an inbox keeps of an ActivityPub activity: the original JSON (as received, under
-/// `activity`), who verifiably signed it, with which key and signature draft. A JSON object, so readers tell it from a fed-sx
-/// envelope (a protobuf, never starting with `{`).
-fn inbox_entry(body: &[u8], signer: &str, claim: &Claim) -> Result<Bytes, KernelError> {
-    let raw: &serde_json::value::RawValue =
-        serde_json::from_slice(body).map_err(|err| KernelError::BadRequest(format!("the body is not JSON: {err}")))?;
-    let entry = serde_json::json!({
-        "format": "activitypub",
-        "signer": signer,
-        "key_id": claim.key_id,
-        "signature": match claim.scheme {
-            signature::Scheme::Cavage => "draft-cavage",
-            signature::Scheme::Rfc9421 => "rfc9421",
-        },
-        "received_ms": crate::kernel::now_ms(),
-        "activity": raw,
-    });
-    Ok(Bytes::from(serde_json::to_vec(&entry).expect("JSON values encode")))
-}
-
-/// The original activity JSON in an inbox entry made by [`inbox_entry`].
-pub fn received_activity(entry: &[u8]) -> Option<Value> {
-    let mut entry: Value = serde_json::from_slice(entry).ok()?;
-    (entry.get("format")? == "activitypub").then(|| entry["activity"].take())
-}
-
 impl Kernel {
     /// An ActivityPub activity POSTed to an actor's inbox or the shared inbox.
     #[tracing::instrument(name = "ingest-activitypub", skip_all, fields(fedsx.recipient = %request.recipient, fedsx.actor, fedsx.activity_id, fedsx.recipients))]
@@ -105,7 +79,15 @@ impl Kernel {
         };
         span.record("fedsx.recipients", recipients.len());
         let id = inbox_id(&activity.id);
-        let entry = inbox_entry(&request.body, &signer.id, &claim)?;
+        let entry = fedsx_activitypub::inbox::entry(
+            &request.body,
+            &signer.id,
+            &claim.key_id,
+            claim.scheme,
+            crate::kernel::now_ms(),
+        )
+        .map(Bytes::from)
+        .map_err(KernelError::BadRequest)?;
         let mut landed = Vec::with_capacity(recipients.len());
         for (name, url) in recipients {
             let answer = self

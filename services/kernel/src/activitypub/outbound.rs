@@ -63,12 +63,7 @@ impl Kernel {
             return Ok(None);
         };
         let id = bytes::Bytes::copy_from_slice(&follow_id.0);
-        let Some(seq) = self.logs.lookup(name, StreamKind::Inbox, id).await? else {
-            return Ok(None);
-        };
-        let (entries, _) = self.logs.read(name, StreamKind::Inbox, seq - 1, 1).await?;
-        Ok(entries
-            .first()
-            .and_then(|entry| super::inbound::received_activity(&entry.data)))
+        let entry = self.logs.entry_by_id(name, StreamKind::Inbox, id).await?;
+        Ok(entry.and_then(|entry| fedsx_activitypub::inbox::read(&entry.data).map(|kept| kept.activity)))
     }
 }

@@ -589,3 +589,11 @@ async fn a_delivered_record_is_forgotten_after_the_retention() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_trickle_of_work_every_delivery_arrives_exactly_once() {
+    let dir = TestDir::new();
+    let peer = FakePeer::start().await;
+    let service = start(&dir, FAST, &[]).await;
+    support::load::every_delivery_arrives_once(&client(&service).await, &peer, 6_000, 300).await;
+}

@@ -228,3 +228,14 @@ async fn an_outage_answers_unavailable_and_delivery_resumes_without_a_restart() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_trickle_of_work_every_delivery_arrives_exactly_once() {
+    let dir = TestDir::new();
+    let pg = PgServer::start().unwrap();
+    let url = pg.create_database("queue").await.unwrap();
+    let peer = FakePeer::start().await;
+    let service = replica(&dir, "delivery", &url).await;
+    let client = DeliveryClient::new(support::channel(&service.url()).await.unwrap());
+    support::load::every_delivery_arrives_once(&client, &peer, 6_000, 300).await;
+}

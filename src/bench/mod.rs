@@ -222,7 +222,10 @@ impl Drop for KillOnDrop {
 pub fn spawn_service(args: &[&str]) -> anyhow::Result<(String, KillOnDrop)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(args)
-        .env("RUST_LOG", "error")
+        .env(
+            "RUST_LOG",
+            std::env::var("FEDSX_BENCH_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting fedsx {}", args[0]))?;

@@ -8,6 +8,7 @@
 
 pub mod fake_peer;
 pub mod fedify;
+pub mod load;
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};

@@ -275,14 +275,18 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 () = tokio::time::sleep(sleep) => {}
             }
         };
+        // The lease is given up while this worker is still the destination's: a claim
+        // meanwhile only renews it for this (ending) worker. Given up after a new worker
+        // had claimed the destination, it would fence that worker — its outcomes refused
+        // and its deliveries sent again.
+        if idle && let Err(err) = self.queue.release(&self.settings.owner, peer).await {
+            tracing::debug!(peer, error = %err, "releasing a lease failed");
+        }
         {
             let mut workers = self.workers.lock().expect("workers lock poisoned");
             if workers.get(peer).is_some_and(|w| Arc::ptr_eq(w, &worker)) {
                 workers.remove(peer);
             }
-        }
-        if idle && let Err(err) = self.queue.release(&self.settings.owner, peer).await {
-            tracing::debug!(peer, error = %err, "releasing a lease failed");
         }
         // Work may have been queued while this worker was ending.
         self.reclaim.notify_one();

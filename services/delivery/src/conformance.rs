@@ -403,6 +403,35 @@ pub(crate) async fn one_senders_deliveries_go_one_at_a_time_in_order<E: Engine>(
     assert_eq!(due_ids(&queue, PEER, NOW + 500).await, [6, 2]);
 }
 
+/// With room for one send at a time, a sender whose lane keeps refilling does not keep the
+/// destination: another sender's work goes within a few turns.
+pub(crate) async fn a_busy_sender_does_not_starve_the_others<E: Engine>(engine: &E) {
+    let queue = engine.open("turns").await;
+    let (busy, quiet) = ("https://a.example/actors/busy", "https://a.example/actors/quiet");
+    for n in 1..=3 {
+        queue.enqueue(from(busy, PEER, n)).await.unwrap();
+    }
+    queue.enqueue(from(quiet, PEER, 4)).await.unwrap();
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    let mut taken = Vec::new();
+    for n in 5..=12 {
+        let due = queue.due(PEER, NOW, 1, vec![]).await.unwrap();
+        assert_eq!(due.len(), 1);
+        taken.push(due[0].id[0]);
+        record_one(&queue, "a", NOW, PEER, due[0].id, Outcome::Delivered)
+            .await
+            .unwrap();
+        queue.enqueue(from(busy, PEER, n)).await.unwrap();
+    }
+    let turn = taken.iter().position(|n| *n == 4);
+    assert!(
+        turn.is_some_and(|t| t < 4),
+        "the quiet sender's turn came late: {taken:?}"
+    );
+    let busy_order: Vec<u8> = taken.iter().copied().filter(|n| *n != 4).collect();
+    assert!(busy_order.is_sorted(), "the busy sender's work in order: {taken:?}");
+}
+
 pub(crate) async fn recipients_come_back_as_queued<E: Engine>(engine: &E) {
     let queue = engine.open("recipients").await;
     let recipients = vec![
@@ -600,6 +629,7 @@ macro_rules! conformance {
                 a_lease_gives_a_peer_to_one_owner_and_fences_the_others,
                 redrive_moves_dead_letters_to_the_end_with_attempts_reset,
                 one_senders_deliveries_go_one_at_a_time_in_order,
+                a_busy_sender_does_not_starve_the_others,
                 recipients_come_back_as_queued,
                 an_undeliverable_delivery_is_a_dead_letter_at_once,
                 delivered_records_expire_after_the_retention,

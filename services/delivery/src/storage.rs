@@ -221,7 +221,9 @@ pub trait QueueStorage: Clone + Send + Sync + 'static {
 
     /// Up to `limit` pending deliveries of `peer`, each the oldest pending one of its sender,
     /// due at `now`, in FIFO order, leaving out the ids in `skip` (in flight — whose
-    /// senders' later deliveries wait behind them).
+    /// senders' later deliveries wait behind them). When more are due than `limit`, which
+    /// senders go first is the engine's choice — the oldest work (RocksDB) or the senders in
+    /// turn (PostgreSQL) — so long as every sender gets its turn.
     fn due(
         &self,
         peer: &str,

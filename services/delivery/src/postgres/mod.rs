@@ -12,6 +12,7 @@ use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueSto
 use bytes::Bytes;
 use fedsx_pg::{Database, OpenError, PoolOptions, Wakeups};
 use prost::Message;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, watch};
@@ -29,6 +30,9 @@ struct Inner {
     /// Destinations with new work; empty: look at every destination.
     wakeups: Wakeups<String>,
     enqueues: Arc<enqueue::Enqueues>,
+    /// Per destination worked here, the sender whose lane [`QueueStorage::due`] read last
+    /// (forgotten when the lease is released).
+    cursors: std::sync::Mutex<HashMap<String, String>>,
     closed: AtomicBool,
 }
 
@@ -61,6 +65,7 @@ impl PgQueue {
                 database,
                 wakeups,
                 enqueues,
+                cursors: std::sync::Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -136,18 +141,53 @@ impl QueueStorage for PgQueue {
     }
 
     async fn release(&self, owner: &str, peer: &str) -> Result<(), QueueError> {
+        self.inner.cursors.lock().expect("cursors lock poisoned").remove(peer);
         let client = self.client().await?;
         client.execute(schema::RELEASE, &[&peer, &owner]).await?;
         Ok(())
     }
 
+    /// The senders are taken round-robin: each call walks on from the sender where the
+    /// previous one for `peer` stopped, wrapping around once, so a call reads about as many
+    /// lanes as it answers and every sender gets its turn. What it answers is in queue order.
     async fn due(&self, peer: &str, now: u64, limit: usize, skip: Vec<Id>) -> Result<Vec<Due>, QueueError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(schema::DUE).await?;
         let skip: Vec<&[u8]> = skip.iter().map(|id| &id[..]).collect();
-        let rows = client
-            .query(&statement, &[&peer, &ms(now), &skip, &(limit as i64)])
+        let cursor = self
+            .inner
+            .cursors
+            .lock()
+            .expect("cursors lock poisoned")
+            .get(peer)
+            .cloned();
+        let mut rows = client
+            .query(
+                &statement,
+                &[&peer, &ms(now), &skip, &(limit as i64), &cursor, &None::<String>],
+            )
             .await?;
+        if rows.len() < limit && cursor.is_some() {
+            let wrapped = client
+                .query(
+                    &statement,
+                    &[
+                        &peer,
+                        &ms(now),
+                        &skip,
+                        &((limit - rows.len()) as i64),
+                        &None::<String>,
+                        &cursor,
+                    ],
+                )
+                .await?;
+            rows.extend(wrapped);
+        }
+        if let Some(last) = rows.last() {
+            let mut cursors = self.inner.cursors.lock().expect("cursors lock poisoned");
+            cursors.insert(peer.to_owned(), last.get(6));
+        }
+        rows.sort_by_key(|row| row.get::<_, i64>(7));
         rows.iter()
             .map(|row| {
                 Ok(Due {

@@ -150,26 +150,30 @@ pub const CLAIM: &str = "
 
 pub const RELEASE: &str = "UPDATE delivery_peers SET lease_until = 0 WHERE peer = $1 AND owner = $2";
 
-/// Up to `$4` due rows in queue order, leaving out `$3`: of each sender's pending rows only
-/// the oldest (a lane's head), if never tried (or redriven) or its retry time `$2` has come.
-/// The senders are walked through the lanes index one after another (a loose index scan:
-/// one probe per sender with pending rows, however many rows each has queued).
+/// Up to `$4` due rows, leaving out `$3`: of each sender's pending rows only the oldest (a
+/// lane's head), if never tried (or redriven) or its retry time `$2` has come. The senders
+/// are walked through the lanes index in name order, one probe each (a loose index scan
+/// that lands on each lane's head), from after `$5` up to and including `$6` (NULL: no
+/// bound), and the walk stops once `$4` are found: a call costs about as many probes as it
+/// answers rows, however many senders have work queued. Answers each row's sender and
+/// order too.
 pub const DUE: &str = "
-    WITH RECURSIVE lanes(sender) AS (
-        (SELECT sender FROM delivery_items WHERE peer = $1 AND status = 0 ORDER BY sender LIMIT 1)
+    WITH RECURSIVE lanes AS (
+        (SELECT sender, ord, id, inbox_url, envelope, traceparent, attempts, recipients, next_retry_ms
+         FROM delivery_items
+         WHERE peer = $1 AND status = 0 AND ($5::text IS NULL OR sender > $5) AND ($6::text IS NULL OR sender <= $6)
+         ORDER BY sender, ord LIMIT 1)
         UNION ALL
-        SELECT (SELECT i.sender FROM delivery_items i
-                WHERE i.peer = $1 AND i.status = 0 AND i.sender > l.sender ORDER BY i.sender LIMIT 1)
-        FROM lanes l WHERE l.sender IS NOT NULL
+        SELECT next.* FROM lanes l CROSS JOIN LATERAL (
+            SELECT sender, ord, id, inbox_url, envelope, traceparent, attempts, recipients, next_retry_ms
+            FROM delivery_items i
+            WHERE i.peer = $1 AND i.status = 0 AND i.sender > l.sender AND ($6::text IS NULL OR i.sender <= $6)
+            ORDER BY i.sender, i.ord LIMIT 1
+        ) AS next
     )
-    SELECT h.id, h.inbox_url, h.envelope, h.traceparent, h.attempts, h.recipients
-    FROM lanes l
-    CROSS JOIN LATERAL (
-        SELECT id, inbox_url, envelope, traceparent, attempts, recipients, next_retry_ms, ord FROM delivery_items
-        WHERE peer = $1 AND status = 0 AND sender = l.sender ORDER BY ord LIMIT 1
-    ) AS h
-    WHERE l.sender IS NOT NULL AND h.next_retry_ms <= $2 AND NOT (h.id = ANY($3))
-    ORDER BY h.ord LIMIT $4";
+    SELECT id, inbox_url, envelope, traceparent, attempts, recipients, sender, ord FROM lanes
+    WHERE next_retry_ms <= $2 AND NOT (id = ANY($3))
+    LIMIT $4";
 
 /// (`next_retry_ms > 0` lets it use the retry index; fresh rows have 0.)
 pub const NEXT_RETRY: &str = "SELECT min(next_retry_ms) FROM delivery_items

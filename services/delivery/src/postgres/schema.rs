@@ -185,8 +185,9 @@ pub const NEXT_RETRY: &str = "SELECT min(next_retry_ms) FROM delivery_items
 /// commit, and concurrent records of one destination queue up rather than deadlock on
 /// upgrading a shared lock. One statement for a whole batch: one commit for all. (`status
 /// < 1` is `status = 0`, written so the planner cannot answer it from the pending index —
-/// on young statistics it read every pending row of the destination that way — and looks
-/// each id up by the primary key.)
+/// on young statistics it read every pending row of the destination that way — and `id =
+/// ANY($4)` makes each id a probe of the primary key: joined to the outcomes alone, before
+/// the table's first analyse, it read all of the destination's rows for each batch.)
 pub const RECORD: &str = "
     WITH lease AS (
         SELECT 1 FROM delivery_peers WHERE peer = $1 AND owner = $2 AND lease_until >= $3 FOR NO KEY UPDATE
@@ -201,7 +202,7 @@ pub const RECORD: &str = "
             last_error = CASE WHEN o.status = 2 THEN i.last_error ELSE o.last_error END,
             envelope = CASE WHEN o.status = 2 THEN NULL ELSE i.envelope END
         FROM outcome o
-        WHERE i.peer = $1 AND i.id = o.id AND i.status < 1 AND EXISTS (SELECT 1 FROM lease)
+        WHERE i.peer = $1 AND i.id = ANY($4) AND i.id = o.id AND i.status < 1 AND EXISTS (SELECT 1 FROM lease)
         RETURNING i.id, o.status, o.last_error
     ), counted AS (
         UPDATE delivery_peers SET

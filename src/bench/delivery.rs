@@ -151,8 +151,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deliveries queued and not yet received that the sustained run's enqueuers keep up: the
-/// queue never runs dry, and delivering (not enqueuing) is what is measured.
+/// Deliveries queued and not yet received at most: the enqueuers wait past it. The rate
+/// printed is the lower of enqueuing and delivering; the backlog printed with it says which
+/// (near this: delivering; near zero: delivery keeps up with the enqueuers).
 const SUSTAINED_BACKLOG: usize = 20_000;
 
 /// Enqueues to one fast peer from 64 callers for `duration`, keeping about

@@ -78,6 +78,22 @@ async fn two_replicas_serve_one_database_and_wake_each_others_subscribers() {
         .unwrap()
         .unwrap();
     assert_eq!((first.seq, &first.id[..]), (1, &b"first"[..]));
+    // Once A knows B's subscriber watches the stream (within a second), an append through
+    // A wakes it at once: well before B would read again on its own (every 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let appended = Instant::now();
+    client_a.append(append("shared", "second")).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), tail.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.seq, 2);
+    assert!(
+        appended.elapsed() < Duration::from_secs(1),
+        "woken by A's announcement, not by polling: {:?}",
+        appended.elapsed()
+    );
 
     // Both replicas append to the same stream at once: distinct, gap-free seqs, each id once.
     let mut tasks = Vec::new();
@@ -101,14 +117,14 @@ async fn two_replicas_serve_one_database_and_wake_each_others_subscribers() {
     let stored = all_ids(&mut client_b, "shared").await;
     assert_eq!(
         stored.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        (1..=201).collect::<Vec<_>>()
+        (1..=202).collect::<Vec<_>>()
     );
     assert_eq!(
         stored.iter().map(|(_, id)| id.clone()).collect::<BTreeSet<_>>().len(),
-        201
+        202
     );
-    let mut last = first.seq;
-    while last < 201 {
+    let mut last = second.seq;
+    while last < 202 {
         let next = tokio::time::timeout(support::DEADLINE, tail.next()).await;
         let entry = next.expect("the subscriber on B keeps up").unwrap().unwrap();
         assert_eq!(entry.seq, last + 1, "in order, no gap");
@@ -208,7 +224,7 @@ async fn a_schema_newer_than_the_binary_is_refused_with_exit_1() {
     let last = stderr.lines().last().unwrap();
     assert!(
         last.contains("--store postgres://postgres@127.0.0.1:")
-            && last.contains("log-store schema is at version 99, newer than this build knows (2)"),
+            && last.contains("log-store schema is at version 99, newer than this build knows (3)"),
         "{stderr}"
     );
 

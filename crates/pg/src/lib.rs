@@ -28,3 +28,16 @@ pub use notify::Notifier;
 pub use pool::{PoolOptions, connect, parse_store_url, redact};
 pub use ready::Readiness;
 pub use tokio_postgres;
+
+/// A new replica name for lease and watch rows: the host (the pod, in a cluster), the
+/// process, when it asked, and a count (several stores may open in one process), so a
+/// restarted process never inherits its predecessor's rows.
+pub fn replica_name() -> String {
+    static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{host}/{}/{now}/{n}", std::process::id())
+}

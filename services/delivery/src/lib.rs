@@ -65,13 +65,6 @@ async fn open_postgres(url: &str, pool_size: u32, shutdown: &CancellationToken) 
     }
 }
 
-/// This replica's name in leases: the host (the pod, in a cluster), the process and when
-/// it started, so a restarted process never inherits its predecessor's leases.
-fn owner_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-    format!("{host}/{}/{}", std::process::id(), dispatcher::now_ms())
-}
-
 /// Forgets delivered records past `retention`, every quarter of it (between 1 s and 10 min).
 async fn expire_delivered<Q: QueueStorage>(queue: Q, retention: std::time::Duration, shutdown: CancellationToken) {
     let every = (retention / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(600));
@@ -108,7 +101,7 @@ async fn serve<Q: QueueStorage>(
         max_in_flight: config.max_in_flight as usize,
         requests: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_requests as usize)),
         inbox_overrides: config.peer_inboxes(),
-        owner: owner_name(),
+        owner: fedsx_pg::replica_name(),
         lease: config.lease,
         shutdown: shutdown.clone(),
         signer: std::sync::Arc::new(sign::Signer::new(config.node_secret_file.clone())),

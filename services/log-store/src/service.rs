@@ -142,6 +142,7 @@ impl<S: LogStorage> Subscription<S> {
     async fn run(mut self, shutdown: CancellationToken) {
         // Listen before the first read so no append between the read and the wait is missed.
         let mut notices = self.store.notices();
+        let _watching = self.store.watch(&self.stream);
         loop {
             match self.send_new_entries().await {
                 Ok(true) => {}

@@ -10,7 +10,8 @@
 //! - an expected tip that is not the tip appends nothing (`TipMismatch`);
 //! - of concurrent appends to one stream, each tip is won by exactly one;
 //! - reads are bounded in entries and bytes; missing streams read as empty with tip 0;
-//! - a wake-up follows every committed append, also one made by another process.
+//! - a wake-up follows every committed append; one made by another process, for every
+//!   stream a reader watches (within a second of the watch starting).
 
 use crate::error::StoreError;
 use crate::stream::{Entry, NewEntry, StreamId};
@@ -51,6 +52,19 @@ pub enum Notice {
     Unknown,
 }
 
+/// A reader's watch of a stream, held while it waits (an engine's own guard inside;
+/// nothing for engines of one process).
+#[derive(Default)]
+pub struct Watching(
+    #[allow(dead_code, reason = "held only to be dropped")] Option<Box<dyn std::any::Any + Send + Sync>>,
+);
+
+impl Watching {
+    pub fn new(guard: impl std::any::Any + Send + Sync) -> Watching {
+        Watching(Some(Box::new(guard)))
+    }
+}
+
 /// What the log-store needs of a storage engine.
 pub trait LogStorage: Clone + Send + Sync + 'static {
     /// Appends `entries` to `stream` atomically, if `expected_tip` (when given) is the
@@ -79,6 +93,12 @@ pub trait LogStorage: Clone + Send + Sync + 'static {
 
     /// Wake-ups after committed appends.
     fn notices(&self) -> broadcast::Receiver<Notice>;
+
+    /// Says a reader here waits on `stream` until the answer is dropped: engines shared by
+    /// several processes announce appends to the others only for watched streams.
+    fn watch(&self, _stream: &StreamId) -> Watching {
+        Watching::default()
+    }
 
     /// How long a waiting reader may go without a notice before it reads again anyway
     /// (None: notices are never lost).

@@ -36,10 +36,15 @@ pub(super) struct Job {
 
 pub(super) type Batcher = GroupCommit<StreamId, Job, StreamWriter>;
 
-pub(super) fn batcher(database: Arc<Database>, notices: broadcast::Sender<Notice>) -> Arc<Batcher> {
+pub(super) fn batcher(
+    database: Arc<Database>,
+    notices: broadcast::Sender<Notice>,
+    watches: Arc<super::watches::Watches>,
+) -> Arc<Batcher> {
     let writer = StreamWriter {
         database,
         notices,
+        watches,
         tips: Tips::default(),
         metrics: crate::metrics::AppendMetrics::new(),
     };
@@ -48,8 +53,10 @@ pub(super) fn batcher(database: Arc<Database>, notices: broadcast::Sender<Notice
 
 pub(super) struct StreamWriter {
     database: Arc<Database>,
-    /// Wakes this process's subscribers at once (other replicas through the notifier).
+    /// Wakes this process's subscribers at once (other replicas through the notifier, for
+    /// the streams they watch).
     notices: broadcast::Sender<Notice>,
+    watches: Arc<super::watches::Watches>,
     tips: Tips,
     metrics: crate::metrics::AppendMetrics,
 }
@@ -65,9 +72,11 @@ impl GroupWriter<StreamId, Job> for StreamWriter {
                     self.metrics.committed(jobs.len(), started.elapsed());
                     self.metrics.appended(entries, bytes);
                     let _ = self.notices.send(Notice::Appended(stream.clone()));
-                    self.database
-                        .notifier
-                        .notify(format!("{}:{}", stream.kind().tag(), stream.actor()));
+                    if self.watches.watched_elsewhere(stream) {
+                        self.database
+                            .notifier
+                            .notify(format!("{}:{}", stream.kind().tag(), stream.actor()));
+                    }
                 }
                 answers
             }

@@ -1,14 +1,15 @@
 //! The replicated engine: streams in PostgreSQL, selected with `--store postgres://…`.
 //! Any number of log-store processes may serve one database at once: seqs and ids are
 //! unique per stream in the schema, so of two replicas writing one seq exactly one wins
-//! (see `batch`), and wake-ups cross processes through LISTEN/NOTIFY (a hint only: readers
-//! read from their last seq).
+//! (see `batch`), and wake-ups cross processes through LISTEN/NOTIFY for the streams a
+//! reader watches (see `watches`; a hint only: readers read from their last seq).
 
 mod batch;
 mod schema;
+mod watches;
 
 use crate::error::{OpenError, StoreError};
-use crate::storage::{AppendOutcome, LogStorage, Notice, Page};
+use crate::storage::{AppendOutcome, LogStorage, Notice, Page, Watching};
 use crate::stream::{Entry, Kind, NewEntry, StreamId, limits, validate_entries};
 use batch::{Batcher, Job};
 use bytes::Bytes;
@@ -31,6 +32,7 @@ struct Inner {
     database: Arc<Database>,
     batcher: Arc<Batcher>,
     wakeups: Wakeups<Notice>,
+    watches: Arc<watches::Watches>,
 }
 
 impl PgStore {
@@ -52,11 +54,13 @@ impl PgStore {
         let wakeups = Wakeups::forward(database.notices(), NOTICE_BUFFER, Notice::Unknown, |payload| {
             parse_payload(payload).map(Notice::Appended)
         });
+        let watches = Arc::new(watches::Watches::start(database.clone()));
         Ok(PgStore {
             inner: Arc::new(Inner {
-                batcher: batch::batcher(database.clone(), wakeups.sender().clone()),
+                batcher: batch::batcher(database.clone(), wakeups.sender().clone(), watches.clone()),
                 database,
                 wakeups,
+                watches,
             }),
         })
     }
@@ -134,6 +138,10 @@ impl LogStorage for PgStore {
 
     fn notices(&self) -> broadcast::Receiver<Notice> {
         self.inner.wakeups.subscribe()
+    }
+
+    fn watch(&self, stream: &StreamId) -> Watching {
+        Watching::new(self.inner.watches.watch(stream))
     }
 
     fn poll_interval(&self) -> Option<Duration> {
@@ -245,6 +253,47 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(last.entries[0].seq, page.tip + 2);
+    }
+
+    /// A replica announces appends only for streams a reader of another replica watches:
+    /// not before its first read of the watches (all of them, to be safe), and then only
+    /// the watched ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_are_announced_for_the_streams_other_replicas_watch() {
+        let url = fedsx_pg::testing::shared_database("pg_watches").await;
+        let options = PoolOptions::new("watches");
+        let a = PgStore::open(&url, &options).await.unwrap();
+        let b = PgStore::open(&url, &options).await.unwrap();
+        let watched = StreamId::new("watched", Kind::Outbox).unwrap();
+        let quiet = StreamId::new("quiet", Kind::Outbox).unwrap();
+        let _watching = b.watch(&watched);
+        let own = a.watch(&quiet);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while a.inner.watches.watched_elsewhere(&quiet) || !a.inner.watches.watched_elsewhere(&watched) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "A never learnt that B alone watches {watched}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !b.inner.watches.watched_elsewhere(&watched),
+            "B's own watch is not another replica's"
+        );
+        drop(own);
+        let mut notices = b.notices();
+        a.append(watched.clone(), vec![entry("w")], None).await.unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Ok(Notice::Appended(stream)) = notices.recv().await
+                    && stream == watched
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(woken.is_ok(), "B is told of A's append to the stream it watches");
     }
 
     #[test]

@@ -36,7 +36,35 @@ pub const MIGRATIONS: &[Migration] = &[
         // key; keeping it in a row of its own cost every append a row lock and an update.
         sql: "DROP TABLE log_streams;",
     },
+    Migration {
+        version: 3,
+        name: "watched streams",
+        // Which streams have a waiting subscriber, and in which replica, until when (ms
+        // since the epoch; renewed while watched): appends are announced to the other
+        // replicas only for these.
+        sql: r#"
+        CREATE TABLE log_watches (
+            actor text COLLATE "C" NOT NULL,
+            kind smallint NOT NULL,
+            replica text NOT NULL,
+            until bigint NOT NULL,
+            PRIMARY KEY (actor, kind, replica)
+        );"#,
+    },
 ];
+
+/// Renews this replica's (`$3`) watches of the streams `$1`/`$2` until `$4`.
+pub const WATCH: &str = "
+    INSERT INTO log_watches (actor, kind, replica, until)
+    SELECT actor, kind, $3, $4 FROM unnest($1::text[], $2::smallint[]) AS t(actor, kind)
+    ON CONFLICT (actor, kind, replica) DO UPDATE SET until = excluded.until";
+
+/// The streams other replicas than `$1` watch at `$2`, at most `$3`.
+pub const WATCHED: &str = "
+    SELECT DISTINCT actor, kind FROM log_watches WHERE replica <> $1 AND until > $2 LIMIT $3";
+
+/// Forgets watches that lapsed before `$1`.
+pub const UNWATCHED: &str = "DELETE FROM log_watches WHERE until < $1";
 
 /// Where committed appends are announced; the payload is `<kind tag>:<actor>`.
 pub const CHANNEL: &str = "fedsx_log_appended";

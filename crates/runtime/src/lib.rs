@@ -4,6 +4,7 @@
 //! graceful shutdown on signals, listener binding, and the error-code table that maps a
 //! failure to both a gRPC code and an HTTP status.
 
+pub mod clock;
 pub mod error;
 pub mod grpc;
 pub mod http_client;

@@ -78,11 +78,7 @@ fn combine(failures: Vec<(String, Failure)>, several: bool) -> Result<(), Failur
     })
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use fedsx_runtime::clock::now_ms;
 
 pub struct Dispatcher<Q> {
     queue: Q,

@@ -54,9 +54,7 @@ pub struct Kernel {
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    i64::try_from(fedsx_runtime::clock::now_ms()).unwrap_or(i64::MAX)
 }
 
 /// A stored inbox or outbox entry with the id of the activity it holds.

@@ -161,27 +161,16 @@ impl QueueStorage for PgQueue {
             .expect("cursors lock poisoned")
             .get(peer)
             .cloned();
-        let mut rows = client
-            .query(
-                &statement,
-                &[&peer, &ms(now), &skip, &(limit as i64), &cursor, &None::<String>],
-            )
-            .await?;
+        // The senders after the cursor, then (wrapping around) those up to it.
+        let (client, statement, skip) = (&client, &statement, &skip);
+        let walk = |limit: usize, after: Option<String>, upto: Option<String>| async move {
+            client
+                .query(statement, &[&peer, &ms(now), skip, &(limit as i64), &after, &upto])
+                .await
+        };
+        let mut rows = walk(limit, cursor.clone(), None).await?;
         if rows.len() < limit && cursor.is_some() {
-            let wrapped = client
-                .query(
-                    &statement,
-                    &[
-                        &peer,
-                        &ms(now),
-                        &skip,
-                        &((limit - rows.len()) as i64),
-                        &None::<String>,
-                        &cursor,
-                    ],
-                )
-                .await?;
-            rows.extend(wrapped);
+            rows.extend(walk(limit - rows.len(), None, cursor).await?);
         }
         if let Some(last) = rows.last() {
             let mut cursors = self.inner.cursors.lock().expect("cursors lock poisoned");

@@ -12,7 +12,7 @@
 //! hold, every append is announced.
 
 use super::schema;
-use crate::stream::StreamId;
+use crate::stream::{Kind, StreamId};
 use fedsx_pg::Database;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
 
 /// How often a replica renews its watches and reads the others'.
-pub const REFRESH: Duration = Duration::from_secs(1);
+const REFRESH: Duration = Duration::from_secs(1);
 /// How long a watch row outlives its last renewal.
 const LAPSE: Duration = Duration::from_secs(10);
 /// Watches of other replicas held at most; past it, every append is announced.
@@ -32,7 +32,7 @@ const MAX_WATCHED: usize = 10_000;
 enum Elsewhere {
     /// Not known (not read yet, or the database did not answer) or too many: all of them.
     All,
-    Streams(HashSet<(String, i16)>),
+    Streams(HashSet<StreamId>),
 }
 
 pub(super) struct Watches {
@@ -43,7 +43,7 @@ pub(super) struct Watches {
 struct State {
     replica: String,
     /// This replica's watched streams, with how many subscribers wait on each.
-    local: Mutex<HashMap<(String, i16), usize>>,
+    local: Mutex<HashMap<StreamId, usize>>,
     elsewhere: RwLock<Elsewhere>,
     /// A new local watch: renew now rather than at the next tick.
     changed: Notify,
@@ -52,23 +52,19 @@ struct State {
 /// One subscriber's watch of a stream; dropping it ends the watch.
 pub struct Watch {
     state: Arc<State>,
-    key: (String, i16),
+    stream: StreamId,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         let mut local = self.state.local.lock().expect("watches lock poisoned");
-        if let Some(count) = local.get_mut(&self.key) {
+        if let Some(count) = local.get_mut(&self.stream) {
             *count -= 1;
             if *count == 0 {
-                local.remove(&self.key);
+                local.remove(&self.stream);
             }
         }
     }
-}
-
-fn key(stream: &StreamId) -> (String, i16) {
-    (stream.actor().to_owned(), i16::from(stream.kind().tag()))
 }
 
 impl Watches {
@@ -85,10 +81,9 @@ impl Watches {
 
     /// Starts watching `stream` for a subscriber here.
     pub(super) fn watch(&self, stream: &StreamId) -> Watch {
-        let key = key(stream);
         let new = {
             let mut local = self.state.local.lock().expect("watches lock poisoned");
-            let count = local.entry(key.clone()).or_default();
+            let count = local.entry(stream.clone()).or_default();
             *count += 1;
             *count == 1
         };
@@ -97,7 +92,7 @@ impl Watches {
         }
         Watch {
             state: self.state.clone(),
-            key,
+            stream: stream.clone(),
         }
     }
 
@@ -105,15 +100,9 @@ impl Watches {
     pub(super) fn watched_elsewhere(&self, stream: &StreamId) -> bool {
         match &*self.state.elsewhere.read().expect("watches lock poisoned") {
             Elsewhere::All => true,
-            Elsewhere::Streams(streams) => streams.contains(&key(stream)),
+            Elsewhere::Streams(streams) => streams.contains(stream),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 async fn refresh(database: Arc<Database>, state: Arc<State>) {
@@ -140,10 +129,10 @@ async fn renew_and_read(database: &Database, state: &State) -> Result<Elsewhere,
         .lock()
         .expect("watches lock poisoned")
         .keys()
-        .cloned()
+        .map(|stream| (stream.actor().to_owned(), i16::from(stream.kind().tag())))
         .unzip();
     let client = database.client().await?;
-    let now = now_ms();
+    let now = i64::try_from(fedsx_runtime::clock::now_ms()).unwrap_or(i64::MAX);
     if !actors.is_empty() {
         let until = now + LAPSE.as_millis() as i64;
         let statement = client.prepare_cached(schema::WATCH).await?;
@@ -161,7 +150,13 @@ async fn renew_and_read(database: &Database, state: &State) -> Result<Elsewhere,
     if rows.len() > MAX_WATCHED {
         return Ok(Elsewhere::All);
     }
+    // A row naming no stream this build knows cannot match an append: left out.
     Ok(Elsewhere::Streams(
-        rows.iter().map(|row| (row.get(0), row.get(1))).collect(),
+        rows.iter()
+            .filter_map(|row| {
+                let kind = Kind::from_tag(u8::try_from(row.get::<_, i16>(1)).ok()?)?;
+                StreamId::new(row.get::<_, String>(0), kind).ok()
+            })
+            .collect(),
     ))
 }

@@ -55,13 +55,15 @@ pub enum Notice {
 /// A reader's watch of a stream, held while it waits (an engine's own guard inside;
 /// nothing for engines of one process).
 #[derive(Default)]
-pub struct Watching(
-    #[allow(dead_code, reason = "held only to be dropped")] Option<Box<dyn std::any::Any + Send + Sync>>,
-);
+pub struct Watching {
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
 
 impl Watching {
     pub fn new(guard: impl std::any::Any + Send + Sync) -> Watching {
-        Watching(Some(Box::new(guard)))
+        Watching {
+            _guard: Some(Box::new(guard)),
+        }
     }
 }
 

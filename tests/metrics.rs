@@ -159,7 +159,10 @@ async fn every_process_serves_metrics_that_move() {
         |v| v == 1.0,
     )
     .await;
-    let enqueue = [("rpc_service", "fedsx.delivery.v1.Delivery"), ("rpc_method", "Enqueue")];
+    let enqueue = [
+        ("rpc_service", "fedsx.delivery.v1.Delivery"),
+        ("rpc_method", "EnqueueBatch"),
+    ];
     wait_sample(node.delivery, "rpc_server_call_duration_seconds_count", &enqueue, |v| {
         v >= 1.0
     })

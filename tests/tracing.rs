@@ -314,17 +314,22 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
         trace.descends(accept, ingest_a),
         "the auto-Accept is published under the ingest"
     );
-    let enqueue_a = trace.find("node-a", "fedsx-delivery", "fedsx.delivery.v1.Delivery/Enqueue");
+    let handoff = trace.find("node-a", "fedsx-kernel", "hand-off");
     assert!(
-        trace.descends(enqueue_a, accept),
-        "the Accept's enqueue continues the trace"
+        trace.descends(handoff, accept),
+        "the Accept's hand-off continues the trace"
     );
-    let enqueue_call = trace.find("node-a", "fedsx-kernel", "fedsx.delivery.v1.Delivery/Enqueue");
+    let enqueue_a = trace.find("node-a", "fedsx-delivery", "fedsx.delivery.v1.Delivery/EnqueueBatch");
+    assert!(
+        trace.descends(enqueue_a, handoff),
+        "the enqueue happens under the hand-off"
+    );
+    let enqueue_call = trace.find("node-a", "fedsx-kernel", "fedsx.delivery.v1.Delivery/EnqueueBatch");
     assert_eq!(enqueue_call.span.kind, SpanKind::Client as i32);
     assert_child(enqueue_a, enqueue_call);
     let post_a = trace.find("node-a", "fedsx-delivery", "POST");
     assert_eq!(post_a.span.kind, SpanKind::Client as i32);
-    assert!(trace.descends(post_a, enqueue_a));
+    assert_child(post_a, handoff);
     assert_eq!(attribute(post_a, "fedsx.peer"), b.url(), "the destination node");
     assert_eq!(attribute(post_a, "http.response.status_code"), "202");
 

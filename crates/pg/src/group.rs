@@ -64,26 +64,7 @@ where
 
     /// Writes `job` with whatever else waits for `key`; answers once its write is done.
     pub async fn submit(self: &Arc<Self>, key: K, job: J) -> Result<W::Answer, Closed> {
-        let permit = self.permits.clone().acquire_owned().await.map_err(|_| Closed)?;
-        let (reply, answer) = oneshot::channel();
-        let waiting = Waiting {
-            job,
-            reply,
-            _permit: permit,
-        };
-        let first = {
-            let mut queues = self.queues.lock().expect("group lock poisoned");
-            match queues.get_mut(&key) {
-                Some(queue) => {
-                    queue.push(waiting);
-                    false
-                }
-                None => {
-                    queues.insert(key.clone(), vec![waiting]);
-                    true
-                }
-            }
-        };
+        let (first, answer) = self.queue(&key, job).await?;
         if first {
             // The first job of an idle key is written by its own caller, alone: no task to
             // start and no wake-up to wait for in the common case of a quiet stream. Jobs
@@ -97,6 +78,52 @@ where
             takeover.finish();
         }
         answer.await.map_err(|_| Closed)
+    }
+
+    /// Writes `jobs` (for any keys) with whatever else waits for their keys; answers once
+    /// all their writes are done, in the order given. Jobs for one key are queued in the
+    /// order given, so they are written in that order.
+    pub async fn submit_all(self: &Arc<Self>, jobs: Vec<(K, J)>) -> Result<Vec<W::Answer>, Closed> {
+        let mut answers = Vec::with_capacity(jobs.len());
+        for (key, job) in jobs {
+            // One at a time, so a batch larger than `max_pending` waits for its own first
+            // writes (drained by tasks) instead of for itself.
+            let (idle, answer) = self.queue(&key, job).await?;
+            if idle {
+                tokio::spawn(self.clone().drain(key));
+            }
+            answers.push(answer);
+        }
+        let mut answered = Vec::with_capacity(answers.len());
+        for answer in answers {
+            answered.push(answer.await.map_err(|_| Closed)?);
+        }
+        Ok(answered)
+    }
+
+    /// Queues `job` for `key` once a pending slot is free: whether the key was idle (no
+    /// write of it in flight or waiting: the caller must see it written), and where its
+    /// answer comes.
+    async fn queue(&self, key: &K, job: J) -> Result<(bool, oneshot::Receiver<W::Answer>), Closed> {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|_| Closed)?;
+        let (reply, answer) = oneshot::channel();
+        let waiting = Waiting {
+            job,
+            reply,
+            _permit: permit,
+        };
+        let mut queues = self.queues.lock().expect("group lock poisoned");
+        let idle = match queues.get_mut(key) {
+            Some(queue) => {
+                queue.push(waiting);
+                false
+            }
+            None => {
+                queues.insert(key.clone(), vec![waiting]);
+                true
+            }
+        };
+        Ok((idle, answer))
     }
 
     /// Jobs accepted and not yet answered.
@@ -262,6 +289,25 @@ mod tests {
         assert_eq!(group.pending(), 0);
         group.close(Duration::from_secs(1)).await;
         assert_eq!(group.submit(1, 9).await, Err(Closed));
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_pending_limit_is_written_in_order() {
+        let group = GroupCommit::new(Recorder::default(), 4, 3);
+        let answers = group
+            .submit_all((0..10u32).map(|job| (1, job)).collect())
+            .await
+            .unwrap();
+        assert_eq!(
+            answers.iter().map(|(_, job)| *job).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>(),
+            "answered in the order given"
+        );
+        let groups = group.writer().groups.lock().unwrap().clone();
+        let written: Vec<u32> = groups.iter().flat_map(|(_, jobs)| jobs.clone()).collect();
+        assert_eq!(written, (0..10).collect::<Vec<_>>(), "written in the order given");
+        assert!(groups.iter().all(|(_, jobs)| jobs.len() <= 3));
+        assert_eq!(group.pending(), 0);
     }
 
     #[tokio::test]

@@ -457,6 +457,55 @@ pub(crate) async fn recipients_come_back_as_queued<E: Engine>(engine: &E) {
     assert_eq!(due[0].inbox_url, "");
 }
 
+pub(crate) async fn a_batch_is_queued_in_order_once_per_id_and_kept<E: Engine>(engine: &E) {
+    let alice = "https://a.example/actors/alice";
+    let recipients = vec![Recipient {
+        actor: "https://c.example/actors/carol".into(),
+        inbox_url: "https://c.example/actors/carol/inbox".into(),
+    }];
+    let batch = || {
+        vec![
+            from(alice, PEER, 1),
+            delivery(OTHER, 2),
+            from(alice, PEER, 3),
+            from(alice, PEER, 1),
+            NewDelivery {
+                recipients: recipients.clone(),
+                undeliverable: Some("recipient gone".into()),
+                ..delivery(OTHER, 4)
+            },
+        ]
+    };
+    {
+        let queue = engine.open("batch").await;
+        let new = queue.enqueue_all(batch()).await.unwrap();
+        assert_eq!(
+            new,
+            [true, true, true, false, true],
+            "the second id 1 is the same delivery"
+        );
+        assert_eq!(
+            queue.enqueue_all(batch()).await.unwrap(),
+            [false; 5],
+            "a repeated batch is not new"
+        );
+        assert_eq!(queue.enqueue_all(Vec::new()).await.unwrap(), Vec::<bool>::new());
+        queue.close().await.unwrap();
+    }
+    let queue = engine.open("batch").await;
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [1], "one sender, in batch order");
+    record_one(&queue, "a", NOW, PEER, id(1), Outcome::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(due_ids(&queue, PEER, NOW).await, [3]);
+    assert_eq!(due_ids(&queue, OTHER, NOW).await, [2]);
+    let dead = queue.dead_letters(OTHER).await.unwrap().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error, "recipient gone");
+    assert_eq!(dead[0].recipients, recipients, "kept across the restart");
+}
+
 pub(crate) async fn an_undeliverable_delivery_is_a_dead_letter_at_once<E: Engine>(engine: &E) {
     let queue = engine.open("undeliverable").await;
     let refused = NewDelivery {
@@ -631,6 +680,7 @@ macro_rules! conformance {
                 one_senders_deliveries_go_one_at_a_time_in_order,
                 a_busy_sender_does_not_starve_the_others,
                 recipients_come_back_as_queued,
+                a_batch_is_queued_in_order_once_per_id_and_kept,
                 an_undeliverable_delivery_is_a_dead_letter_at_once,
                 delivered_records_expire_after_the_retention,
                 a_failing_destination_takes_no_new_deliveries_until_revived,

@@ -21,8 +21,14 @@ pub(crate) fn server<Q: QueueStorage>(
         dispatcher,
         unavailable_after_ms,
     })
-    .max_decoding_message_size(2 * fedsx_wire::MAX_ENVELOPE_BYTES)
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
+
+/// Bytes of one request, at most: a batch of enqueues, or one enqueue for a node where
+/// thousands of recipients follow.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Deliveries in one `EnqueueBatch`, at most.
+pub const MAX_BATCH: usize = 10_000;
 
 pub(crate) struct DeliveryService<Q> {
     dispatcher: Arc<Dispatcher<Q>>,
@@ -91,6 +97,14 @@ fn new_delivery(
     if let Some(recipient) = request.recipients.iter().find(|r| !is_url(&r.actor)) {
         return bad(format!("recipient {:?} is not an http(s) URL", recipient.actor));
     }
+    if request.traceparent.len() > MAX_NAME {
+        return bad(format!("traceparent is over {MAX_NAME} bytes"));
+    }
+    let traceparent = if request.traceparent.is_empty() {
+        traceparent
+    } else {
+        request.traceparent
+    };
     let id = id_of(&request.id)?;
     let size = request.envelope.len();
     if (size == 0 && undeliverable.is_none()) || size > fedsx_wire::MAX_ENVELOPE_BYTES {
@@ -132,6 +146,40 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
             .await
             .map_err(|err| status(err.into()))?;
         Ok(Response::new(pb::EnqueueResponse { new }))
+    }
+
+    async fn enqueue_batch(
+        &self,
+        request: Request<pb::EnqueueBatchRequest>,
+    ) -> Result<Response<pb::EnqueueBatchResponse>, GrpcStatus> {
+        let deliveries = request.into_inner().deliveries;
+        if deliveries.len() > MAX_BATCH {
+            let why = format!("{} deliveries in one batch, at most {MAX_BATCH}", deliveries.len());
+            return Err(status(DeliveryError::BadRequest(why)));
+        }
+        let traceparent = fedsx_runtime::trace_context::current_traceparent().unwrap_or_default();
+        let mut results = vec![pb::EnqueueResult::default(); deliveries.len()];
+        let mut valid = Vec::with_capacity(deliveries.len());
+        let mut places = Vec::with_capacity(deliveries.len());
+        for (place, request) in deliveries.into_iter().enumerate() {
+            match new_delivery(request, traceparent.clone(), self.unavailable_after_ms) {
+                Ok(delivery) => {
+                    valid.push(delivery);
+                    places.push(place);
+                }
+                Err(err) => results[place].refused = err.to_string(),
+            }
+        }
+        let new = self
+            .dispatcher
+            .queue()
+            .enqueue_all(valid)
+            .await
+            .map_err(|err| status(err.into()))?;
+        for (place, new) in places.into_iter().zip(new) {
+            results[place].new = new;
+        }
+        Ok(Response::new(pb::EnqueueBatchResponse { results }))
     }
 
     async fn peer_status(

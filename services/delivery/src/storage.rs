@@ -203,7 +203,18 @@ impl ServiceError for QueueError {
 /// What delivery needs of its queue's storage.
 pub trait QueueStorage: Clone + Send + Sync + 'static {
     /// Queues `delivery` durably; false when (peer, id) is already known.
-    fn enqueue(&self, delivery: NewDelivery) -> impl Future<Output = Result<bool, QueueError>> + Send;
+    fn enqueue(&self, delivery: NewDelivery) -> impl Future<Output = Result<bool, QueueError>> + Send {
+        async move {
+            let mut new = self.enqueue_all(vec![delivery]).await?;
+            Ok(new.pop().unwrap_or(false))
+        }
+    }
+
+    /// Queues `deliveries` (to any peers) durably, all of them before it answers — per
+    /// delivery whether it was new, in the order given. One sender's deliveries to one peer
+    /// keep their order in the slice; an id twice for one peer is queued once (the first).
+    /// On an error, some may have been queued (a retry is idempotent).
+    fn enqueue_all(&self, deliveries: Vec<NewDelivery>) -> impl Future<Output = Result<Vec<bool>, QueueError>> + Send;
 
     /// Leases to `owner`, until `until`, up to `limit` peers that have pending deliveries
     /// and whose lease is free, lapsed (before `now`) or already `owner`'s (renewed);

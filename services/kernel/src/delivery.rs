@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
-use fedsx_proto::delivery::v1::{EnqueueRequest, ListDeadLettersRequest, ListPeersRequest, Recipient, ReviveRequest};
+use fedsx_proto::delivery::v1::{
+    EnqueueBatchRequest, EnqueueRequest, ListDeadLettersRequest, ListPeersRequest, Recipient, ReviveRequest,
+};
 use fedsx_runtime::paging::all_pages;
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 use fedsx_wire::ActivityId;
@@ -25,6 +27,8 @@ pub struct Handoff {
     pub recipients: Vec<(String, String)>,
     pub envelope: Bytes,
     pub id: ActivityId,
+    /// The trace its send continues (W3C `traceparent`; empty: the enqueue call's).
+    pub traceparent: String,
     /// Some(why): it can never be handed on; delivery keeps it as a dead letter with this
     /// reason (visible to operators), never sending it.
     pub undeliverable: Option<String>,
@@ -66,7 +70,9 @@ pub struct DeadLetter {
 /// Where deliveries go. Enqueueing the same (peer, id) twice must be one delivery: the
 /// kernel hands off at least once.
 pub trait DeliveryPort: Send + Sync + 'static {
-    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), HandoffError>>;
+    /// Hands `handoffs` over together (durable once answered; one sender's hand-offs to one
+    /// destination keep their order). Per hand-off: taken, or refused for good and why.
+    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Result<(), String>>, HandoffError>>;
 
     /// A request from destination node `peer` arrived: it is up, so make it available again
     /// if delivery gave up on it. Whether delivery knew the destination.
@@ -94,23 +100,26 @@ impl GrpcDelivery {
 }
 
 impl DeliveryPort for GrpcDelivery {
-    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), HandoffError>> {
+    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Result<(), String>>, HandoffError>> {
         let mut client = self.client.clone();
         Box::pin(async move {
-            let request = EnqueueRequest {
-                peer: handoff.peer,
-                inbox_url: handoff.inbox_url,
-                envelope: handoff.envelope,
-                id: handoff.id.0.to_vec().into(),
-                sender: handoff.sender,
-                recipients: handoff
-                    .recipients
-                    .into_iter()
-                    .map(|(actor, inbox_url)| Recipient { actor, inbox_url })
-                    .collect(),
-                undeliverable: handoff.undeliverable.unwrap_or_default(),
-            };
-            client.enqueue(request).await.map(drop).map_err(handoff_error)
+            let deliveries = handoffs.into_iter().map(enqueue_request).collect();
+            let results = client
+                .enqueue_batch(EnqueueBatchRequest { deliveries })
+                .await
+                .map_err(handoff_error)?
+                .into_inner()
+                .results;
+            Ok(results
+                .into_iter()
+                .map(|result| {
+                    if result.refused.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(result.refused)
+                    }
+                })
+                .collect())
         })
     }
 
@@ -186,6 +195,23 @@ fn handoff_error(status: tonic::Status) -> HandoffError {
     }
 }
 
+fn enqueue_request(handoff: Handoff) -> EnqueueRequest {
+    EnqueueRequest {
+        peer: handoff.peer,
+        inbox_url: handoff.inbox_url,
+        envelope: handoff.envelope,
+        id: handoff.id.0.to_vec().into(),
+        sender: handoff.sender,
+        recipients: handoff
+            .recipients
+            .into_iter()
+            .map(|(actor, inbox_url)| Recipient { actor, inbox_url })
+            .collect(),
+        undeliverable: handoff.undeliverable.unwrap_or_default(),
+        traceparent: handoff.traceparent,
+    }
+}
+
 /// Records every hand-off (for tests of the kernel without a delivery service).
 #[derive(Default)]
 pub struct MemoryDelivery {
@@ -205,9 +231,10 @@ impl MemoryDelivery {
 }
 
 impl DeliveryPort for MemoryDelivery {
-    fn enqueue(&self, handoff: Handoff) -> BoxFuture<'_, Result<(), HandoffError>> {
-        self.handoffs.lock().expect("handoffs lock").push(handoff);
-        Box::pin(async { Ok(()) })
+    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Result<(), String>>, HandoffError>> {
+        let taken = vec![Ok(()); handoffs.len()];
+        self.handoffs.lock().expect("handoffs lock").extend(handoffs);
+        Box::pin(async { Ok(taken) })
     }
 
     fn revive(&self, _peer: String) -> BoxFuture<'_, Result<bool, HandoffError>> {

@@ -14,7 +14,6 @@ use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::trace_context::{Context, OpenTelemetrySpanExt};
 use fedsx_wire::ActivityId;
-use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +26,13 @@ const CURSOR_EVERY: u64 = 1000;
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Outbox entries read per page while handing off.
 const RELAY_PAGE: u32 = 256;
-/// Enqueues of one outbox entry (one per destination node) in flight at once.
-const HANDOFFS_AT_ONCE: usize = 64;
+/// Hand-offs in one call to delivery, at most, and their bytes (well under what delivery
+/// takes in one request, `fedsx_delivery`'s 16 MiB): a page's entries go in as few calls
+/// as these allow.
+const BATCH_HANDOFFS: usize = 2_000;
+const BATCH_BYTES: usize = 4 << 20;
+/// One hand-off's bytes, at most: bigger ones cannot be sent and are dead-lettered.
+const MAX_HANDOFF_BYTES: usize = 12 << 20;
 /// Trace contexts kept for activities published but not yet handed off.
 const MAX_REMEMBERED_TRACES: usize = 100_000;
 
@@ -127,15 +131,20 @@ impl Kernel {
         }
     }
 
+    /// Hands a page's entries over in batches (each one call and, on RocksDB, one synced
+    /// write), in outbox order — so each destination gets an actor's activities in order —
+    /// advancing the cursor past each entry once all its hand-offs are in.
     async fn hand_off_page(
         &self,
         actor: &str,
         entries: Vec<fedsx_proto::logstore::v1::Entry>,
         cursor: &mut u64,
     ) -> Result<(), KernelError> {
+        let mut batch = Batch::default();
         for entry in entries {
             let (id, activity) = envelope_activity(&entry.data)?;
-            // Continues the trace of the request that published it (when this process did).
+            // Continues the trace of the request that published it (when this process did);
+            // delivery's send continues this span.
             let span = tracing::info_span!(
                 "hand-off",
                 fedsx.actor = %actor,
@@ -145,12 +154,14 @@ impl Kernel {
             if let Some(parent) = self.published_trace(&id) {
                 let _ = span.set_parent(parent);
             }
-            // One hand-off per destination, enqueued side by side (delivery commits concurrent
-            // enqueues together); the next entry's only once all of these are in, so each
-            // destination gets an actor's activities in order.
-            let (mut handoffs, activitypub) = self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id);
+            let traceparent = fedsx_runtime::trace_context::traceparent_of(&span).unwrap_or_default();
+            let (mut handoffs, activitypub) =
+                self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id, &traceparent);
             if !activitypub.is_empty() {
-                let post = self.activitypub_post(actor, &activity, id).await?;
+                let post = self
+                    .activitypub_post(actor, &activity, id)
+                    .instrument(span.clone())
+                    .await?;
                 handoffs.extend(activitypub.into_iter().map(|handoff| match &post {
                     Ok(post) => Handoff {
                         envelope: Bytes::copy_from_slice(post),
@@ -159,47 +170,60 @@ impl Kernel {
                     Err(reason) => handoff.undeliverable(format!("cannot be sent over ActivityPub: {reason}")),
                 }));
             }
-            let mut enqueued = futures::stream::iter(handoffs)
-                .map(|handoff| self.hand_over(handoff).instrument(span.clone()))
-                .buffer_unordered(HANDOFFS_AT_ONCE);
-            while let Some(result) = enqueued.next().await {
-                result?;
+            batch.spans.push(span);
+            for handoff in handoffs {
+                let handoff = Batch::fit(handoff);
+                if batch.is_full_without(&handoff) {
+                    self.send_batch(&mut batch, cursor).await?;
+                }
+                batch.push(handoff);
             }
-            self.forget_trace(&id);
-            *cursor = entry.seq;
+            batch.finish(entry.seq, id);
         }
-        Ok(())
+        self.send_batch(&mut batch, cursor).await
     }
 
-    /// Enqueues one hand-off. One delivery refuses for good (or that is undeliverable from
-    /// the start) is enqueued again as a dead letter with the reason — visible in
+    /// Enqueues the batch's hand-offs, then moves the cursor past the entries the batch
+    /// finished. One that delivery refuses for good (or that is undeliverable from the
+    /// start) is enqueued again as a dead letter with the reason — visible in
     /// `fedsx deliveries` — and never holds up what the actor publishes next.
-    async fn hand_over(&self, handoff: Handoff) -> Result<(), KernelError> {
-        if handoff.undeliverable.is_some() {
-            return self.keep_as_dead_letter(handoff).await;
-        }
-        match self.delivery.enqueue(handoff.clone()).await {
-            Ok(()) => Ok(()),
-            Err(HandoffError::Refused(reason)) => {
-                let refused = handoff.undeliverable(format!("refused by delivery: {reason}"));
-                self.keep_as_dead_letter(refused).await
+    async fn send_batch(&self, batch: &mut Batch, cursor: &mut u64) -> Result<(), KernelError> {
+        let mut handoffs = std::mem::take(&mut batch.handoffs);
+        batch.bytes = 0;
+        let span = batch.spans.first().cloned().unwrap_or_else(tracing::Span::none);
+        // At most twice: a refused hand-off goes again as a dead letter, which is not refused
+        // for what it carries (no envelope).
+        while !handoffs.is_empty() {
+            let results = match self.delivery.enqueue(handoffs.clone()).instrument(span.clone()).await {
+                Ok(results) => results,
+                // The call as a whole is refused: each of its hand-offs, for that reason.
+                Err(HandoffError::Refused(why)) => vec![Err(why); handoffs.len()],
+                Err(HandoffError::Unavailable(why)) => return Err(KernelError::Internal(why)),
+            };
+            let mut refused = Vec::new();
+            for (handoff, result) in handoffs.into_iter().zip(results) {
+                match (handoff.undeliverable.as_deref(), result) {
+                    (None, Ok(())) => {}
+                    (None, Err(why)) => refused.push(handoff.undeliverable(format!("refused by delivery: {why}"))),
+                    (Some(reason), Ok(())) => {
+                        tracing::error!(destination = %handoff.peer, %reason, "cannot be handed on; kept as a dead letter");
+                        crate::metrics::handoff_refused();
+                    }
+                    (Some(reason), Err(why)) => {
+                        tracing::error!(destination = %handoff.peer, %reason, refused = %why, "delivery refuses even the dead letter; skipped");
+                        crate::metrics::handoff_refused();
+                    }
+                }
             }
-            Err(HandoffError::Unavailable(reason)) => Err(KernelError::Internal(reason)),
+            handoffs = refused;
         }
-    }
-
-    /// Enqueues an undeliverable hand-off, which delivery keeps as a dead letter; counted.
-    async fn keep_as_dead_letter(&self, handoff: Handoff) -> Result<(), KernelError> {
-        let destination = handoff.peer.clone();
-        let reason = handoff.undeliverable.clone().unwrap_or_default();
-        match self.delivery.enqueue(handoff).await {
-            Ok(()) => tracing::error!(%destination, %reason, "cannot be handed on; kept as a dead letter"),
-            Err(HandoffError::Refused(why)) => {
-                tracing::error!(%destination, %reason, refused = %why, "delivery refuses even the dead letter; skipped");
-            }
-            Err(HandoffError::Unavailable(why)) => return Err(KernelError::Internal(why)),
+        for id in batch.activities.drain(..) {
+            self.forget_trace(&id);
         }
-        crate::metrics::handoff_refused();
+        if let Some(seq) = batch.finished.take() {
+            *cursor = seq;
+        }
+        batch.spans.clear();
         Ok(())
     }
 
@@ -239,6 +263,7 @@ impl Kernel {
         to: &[String],
         envelope: &Bytes,
         id: ActivityId,
+        traceparent: &str,
     ) -> (Vec<Handoff>, Vec<Handoff>) {
         // Per (destination node, speaks ActivityPub): the node inbox all its recipients
         // share (None: they do not), and (actor, inbox) of each.
@@ -272,6 +297,7 @@ impl Kernel {
             recipients,
             envelope,
             id,
+            traceparent: traceparent.to_owned(),
             undeliverable: None,
         };
         let unroutable = unroutable.into_iter().map(|recipient| {
@@ -308,5 +334,56 @@ impl Kernel {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+/// Hand-offs gathered for one call to delivery, and the outbox entries they finish.
+#[derive(Default)]
+struct Batch {
+    handoffs: Vec<Handoff>,
+    /// Their size, about (envelopes and recipients).
+    bytes: usize,
+    /// The last entry all of whose hand-offs are in the batch (or were sent before it).
+    finished: Option<u64>,
+    /// The activities of the entries finished, whose trace contexts are then forgotten.
+    activities: Vec<ActivityId>,
+    /// The entries' hand-off spans, open until the batch is sent.
+    spans: Vec<tracing::Span>,
+}
+
+impl Batch {
+    fn size(handoff: &Handoff) -> usize {
+        let recipients: usize = handoff.recipients.iter().map(|(a, i)| a.len() + i.len() + 8).sum();
+        handoff.envelope.len() + recipients + handoff.peer.len() + handoff.inbox_url.len() + 128
+    }
+
+    /// `handoff`, or, when it alone is more than a call to delivery may carry (recipients
+    /// by the ten thousand on one node), its record as undeliverable.
+    fn fit(handoff: Handoff) -> Handoff {
+        let size = Batch::size(&handoff);
+        if size <= MAX_HANDOFF_BYTES {
+            return handoff;
+        }
+        let reason = format!("its hand-off to this node is {size} bytes, over the {MAX_HANDOFF_BYTES} one call takes");
+        Handoff {
+            recipients: Vec::new(),
+            ..handoff.undeliverable(reason)
+        }
+    }
+
+    /// Whether `handoff` would take the batch past what one call carries.
+    fn is_full_without(&self, handoff: &Handoff) -> bool {
+        !self.handoffs.is_empty()
+            && (self.handoffs.len() >= BATCH_HANDOFFS || self.bytes + Batch::size(handoff) > BATCH_BYTES)
+    }
+
+    fn push(&mut self, handoff: Handoff) {
+        self.bytes += Batch::size(&handoff);
+        self.handoffs.push(handoff);
+    }
+
+    fn finish(&mut self, seq: u64, id: ActivityId) {
+        self.finished = Some(seq);
+        self.activities.push(id);
     }
 }

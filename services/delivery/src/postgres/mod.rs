@@ -120,6 +120,20 @@ impl QueueStorage for PgQueue {
             .map_err(|_| QueueError::ShuttingDown)?
     }
 
+    /// Each destination's share is written with whatever else waits for it (one statement
+    /// and commit per destination, the destinations side by side): no transaction spans
+    /// two destinations.
+    async fn enqueue_all(&self, deliveries: Vec<NewDelivery>) -> Result<Vec<bool>, QueueError> {
+        let jobs = deliveries.into_iter().map(|d| (d.peer.clone(), d)).collect();
+        let answers = self
+            .inner
+            .enqueues
+            .submit_all(jobs)
+            .await
+            .map_err(|_| QueueError::ShuttingDown)?;
+        answers.into_iter().collect()
+    }
+
     async fn claim(&self, owner: &str, now: u64, until: u64, limit: usize) -> Result<Vec<String>, QueueError> {
         let client = self.client().await?;
         let claimable = client.prepare_cached(schema::CLAIMABLE).await?;

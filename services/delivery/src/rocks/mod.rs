@@ -7,7 +7,7 @@ mod records;
 
 use crate::queue::{DeadLetter, Id, PeerState};
 use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, unavailable_reason};
-use records::{ItemRecord, LoadedPeer, PeerRecord, Records, STATUS_DEAD, STATUS_DELIVERED, STATUS_PENDING};
+use records::{ItemRecord, LoadedPeer, NewPayload, PeerRecord, Records, STATUS_DEAD, STATUS_DELIVERED, STATUS_PENDING};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,6 +102,10 @@ fn record_one(
             entry.record.failing_since_ms = 0;
             item.status = STATUS_DELIVERED;
             item.next_retry_ms = 0;
+            // Kept only for idempotence from now on.
+            item.recipients = Vec::new();
+            item.inbox_url = String::new();
+            item.traceparent = String::new();
         }
         Outcome::Retry { attempts, at, error } => {
             entry.state.retry_at(id, *attempts, *at);
@@ -126,7 +130,7 @@ fn record_one(
         }
     }
     records
-        .put(&entry.record, &id, &item, None, false)
+        .put(&entry.record, &id, &item, false)
         .map_err(QueueError::internal)?;
     Ok(true)
 }
@@ -214,66 +218,103 @@ impl RocksQueue {
 }
 
 impl QueueStorage for RocksQueue {
-    async fn enqueue(&self, delivery: NewDelivery) -> Result<bool, QueueError> {
+    /// All in one synced write. Under the queue's lock first: ids pending, dead or being
+    /// enqueued are not new; the rest are marked as being enqueued until written.
+    async fn enqueue_all(&self, deliveries: Vec<NewDelivery>) -> Result<Vec<bool>, QueueError> {
         self.open_or_closed()?;
-        let (peer, id, sender) = (delivery.peer.clone(), delivery.id, delivery.sender.clone());
-        let mut undeliverable = delivery.undeliverable.clone();
-        let record = {
+        let mut new = vec![false; deliveries.len()];
+        let mut staged = Vec::with_capacity(deliveries.len());
+        {
             let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
-            let entry = peers.entry(peer.clone()).or_insert_with(|| PeerEntry::new(&peer));
-            if entry.state.is_pending(&id) || entry.state.is_dead(&id) || !entry.enqueuing.insert(id) {
-                return Ok(false);
+            for (index, mut delivery) in deliveries.into_iter().enumerate() {
+                let peer = delivery.peer.as_str();
+                let entry = peers.entry(peer.to_owned()).or_insert_with(|| PeerEntry::new(peer));
+                let id = delivery.id;
+                if entry.state.is_pending(&id) || entry.state.is_dead(&id) || !entry.enqueuing.insert(id) {
+                    continue;
+                }
+                let since = entry.record.failing_since_ms;
+                if delivery.undeliverable.is_none() && since != 0 && since < delivery.unavailable_before {
+                    delivery.undeliverable = Some(unavailable_reason(since));
+                }
+                staged.push((index, delivery, entry.record.clone()));
             }
-            let since = entry.record.failing_since_ms;
-            if undeliverable.is_none() && since != 0 && since < delivery.unavailable_before {
-                undeliverable = Some(unavailable_reason(since));
-            }
-            entry.record.clone()
-        };
-        let (inner, peer_key, dead_reason) = (self.inner.clone(), peer.clone(), undeliverable.clone());
+        }
+        let marked: Vec<(String, Id)> = staged.iter().map(|(_, d, _)| (d.peer.clone(), d.id)).collect();
+        let inner = self.inner.clone();
         let written = blocking(move || {
-            let peer = peer_key;
             // Delivered before (a repeated hand-off after a kernel restart): one delivery.
-            if inner.records.item(&peer, &id).map_err(QueueError::internal)?.is_some() {
-                return Ok(false);
+            let mut fresh = Vec::with_capacity(staged.len());
+            for (index, delivery, record) in staged {
+                if !inner
+                    .records
+                    .exists(&delivery.peer, &delivery.id)
+                    .map_err(QueueError::internal)?
+                {
+                    fresh.push((index, delivery, record));
+                }
             }
-            let item = ItemRecord {
-                order: inner.order.fetch_add(1, Ordering::Relaxed),
-                status: if dead_reason.is_some() {
-                    STATUS_DEAD
-                } else {
-                    STATUS_PENDING
-                },
-                last_error: dead_reason.unwrap_or_default(),
-                inbox_url: delivery.inbox_url,
-                traceparent: delivery.traceparent,
-                enqueued_ms: delivery.enqueued_ms,
-                sender: delivery.sender,
-                recipients: delivery.recipients,
-                ..ItemRecord::default()
-            };
-            inner
-                .records
-                .put(&record, &id, &item, Some(&delivery.envelope), true)
-                .map_err(QueueError::internal)?;
-            Ok(true)
+            let items: Vec<ItemRecord> = fresh
+                .iter()
+                .map(|(_, delivery, _)| ItemRecord {
+                    order: inner.order.fetch_add(1, Ordering::Relaxed),
+                    status: if delivery.undeliverable.is_some() {
+                        STATUS_DEAD
+                    } else {
+                        STATUS_PENDING
+                    },
+                    last_error: delivery.undeliverable.clone().unwrap_or_default(),
+                    inbox_url: delivery.inbox_url.clone(),
+                    traceparent: delivery.traceparent.clone(),
+                    enqueued_ms: delivery.enqueued_ms,
+                    sender: delivery.sender.clone(),
+                    ..ItemRecord::default()
+                })
+                .collect();
+            let writes: Vec<_> = fresh
+                .iter()
+                .zip(&items)
+                .map(|((_, delivery, record), item)| {
+                    let new = NewPayload {
+                        envelope: &delivery.envelope,
+                        recipients: &delivery.recipients,
+                    };
+                    (record, &delivery.id, item, Some(new))
+                })
+                .collect();
+            if !writes.is_empty() {
+                inner.records.put_all(&writes, true).map_err(QueueError::internal)?;
+            }
+            Ok(fresh
+                .into_iter()
+                .map(|(index, delivery, _)| (index, delivery))
+                .collect::<Vec<_>>())
         })
         .await;
         let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
-        let entry = peers.get_mut(&peer).expect("peer entries are never removed");
-        entry.enqueuing.remove(&id);
-        let new = written?;
-        if new && let Some(reason) = undeliverable {
-            let dead = DeadLetter {
-                id,
-                attempts: 0,
-                last_error: reason,
-                ..DeadLetter::default()
-            };
-            entry.state.restore_dead(&sender, dead);
-        } else if new {
-            entry.state.enqueue_from(&sender, id);
-            let _ = self.inner.notices.send(peer);
+        for (peer, id) in &marked {
+            if let Some(entry) = peers.get_mut(peer) {
+                entry.enqueuing.remove(id);
+            }
+        }
+        for (index, delivery) in written? {
+            new[index] = true;
+            let entry = peers.get_mut(&delivery.peer).expect("peer entries are never removed");
+            match delivery.undeliverable {
+                Some(reason) => {
+                    let dead = DeadLetter {
+                        id: delivery.id,
+                        attempts: 0,
+                        last_error: reason,
+                        ..DeadLetter::default()
+                    };
+                    entry.state.restore_dead(&delivery.sender, dead);
+                }
+                None => {
+                    entry.state.enqueue_from(&delivery.sender, delivery.id);
+                    let _ = self.inner.notices.send(delivery.peer);
+                }
+            }
         }
         Ok(new)
     }
@@ -323,13 +364,17 @@ impl QueueStorage for RocksQueue {
             for id in ids {
                 let item = inner.records.item(&peer, &id).map_err(QueueError::internal)?;
                 let envelope = inner.records.envelope(&peer, &id).map_err(QueueError::internal)?;
-                if let (Some(item), Some(envelope)) = (item, envelope)
+                if let (Some(mut item), Some(envelope)) = (item, envelope)
                     && item.status == STATUS_PENDING
                 {
+                    let recipients = inner
+                        .records
+                        .recipients(&peer, &id, &mut item)
+                        .map_err(QueueError::internal)?;
                     due.push(Due {
                         id,
                         inbox_url: item.inbox_url,
-                        recipients: item.recipients,
+                        recipients,
                         envelope,
                         traceparent: item.traceparent,
                         attempts: item.attempts,
@@ -392,7 +437,7 @@ impl QueueStorage for RocksQueue {
                     item.next_retry_ms = 0;
                     inner
                         .records
-                        .put(&entry.record, id, &item, None, true)
+                        .put(&entry.record, id, &item, true)
                         .map_err(QueueError::internal)?;
                 }
             }
@@ -427,9 +472,12 @@ impl QueueStorage for RocksQueue {
         let (inner, peer) = (self.inner.clone(), peer.to_owned());
         blocking(move || {
             for dead in &mut listed {
-                if let Some(item) = inner.records.item(&peer, &dead.id).map_err(QueueError::internal)? {
+                if let Some(mut item) = inner.records.item(&peer, &dead.id).map_err(QueueError::internal)? {
+                    dead.recipients = inner
+                        .records
+                        .recipients(&peer, &dead.id, &mut item)
+                        .map_err(QueueError::internal)?;
                     dead.sender = item.sender;
-                    dead.recipients = item.recipients;
                 }
             }
             Ok(Some(listed))

@@ -12,6 +12,9 @@ use std::path::Path;
 
 const CF_ITEMS: &str = "items";
 const CF_ENVELOPES: &str = "envelopes";
+/// A delivery's recipients, apart from its item (read only to send it or list it as a dead
+/// letter; dropped once delivered). Records from before it hold them in the item.
+const CF_RECIPIENTS: &str = "recipients";
 const CF_PEERS: &str = "peers";
 /// Memtable size per column family, and how many: bounds write-buffer memory.
 const WRITE_BUFFER_BYTES: usize = 2 << 20;
@@ -44,6 +47,7 @@ pub struct ItemRecord {
     /// The sending actor (empty in records from before senders were kept).
     #[prost(string, tag = "10")]
     pub sender: String,
+    /// Only in records from before recipients had a record of their own.
     #[prost(message, repeated, tag = "11")]
     pub recipients: Vec<crate::storage::Recipient>,
 }
@@ -59,6 +63,12 @@ pub struct PeerRecord {
     /// Since when every send failed (ms since the epoch; 0: not failing).
     #[prost(uint64, tag = "4")]
     pub failing_since_ms: u64,
+}
+
+/// What an enqueue writes besides the item.
+pub struct NewPayload<'a> {
+    pub envelope: &'a [u8],
+    pub recipients: &'a [crate::storage::Recipient],
 }
 
 pub struct Records {
@@ -102,7 +112,8 @@ impl Records {
             cf.set_block_based_table_factory(&table);
             cf
         };
-        let cfs = [CF_ITEMS, CF_ENVELOPES, CF_PEERS].map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
+        let cfs = [CF_ITEMS, CF_ENVELOPES, CF_RECIPIENTS, CF_PEERS]
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
         let db = fedsx_runtime::rocks::open_verified(options, dir, cfs.into(), "delivery queue")
             .map_err(|err| err.to_string())?;
         Ok(Records { db })
@@ -158,6 +169,40 @@ impl Records {
             .transpose()
     }
 
+    /// Whether a record of (peer, id) exists, in any state (without decoding it).
+    pub fn exists(&self, peer: &str, id: &[u8; 32]) -> Result<bool, String> {
+        let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
+        let key = item_key(peer, id);
+        if !self.db.key_may_exist_cf(items_cf, &key) {
+            return Ok(false);
+        }
+        let value = self.db.get_pinned_cf(items_cf, key).map_err(|err| err.to_string())?;
+        Ok(value.is_some())
+    }
+
+    /// A delivery's recipients: from their own record, or (records from before it) the item.
+    pub fn recipients(
+        &self,
+        peer: &str,
+        id: &[u8; 32],
+        item: &mut ItemRecord,
+    ) -> Result<Vec<crate::storage::Recipient>, String> {
+        if !item.recipients.is_empty() {
+            return Ok(std::mem::take(&mut item.recipients));
+        }
+        let cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
+        let Some(value) = self
+            .db
+            .get_pinned_cf(cf, item_key(peer, id))
+            .map_err(|err| err.to_string())?
+        else {
+            return Ok(Vec::new());
+        };
+        crate::storage::Recipients::decode(value.as_ref())
+            .map(|r| r.list)
+            .map_err(|err| format!("corrupt recipients record: {err}"))
+    }
+
     pub fn envelope(&self, peer: &str, id: &[u8; 32]) -> Result<Option<bytes::Bytes>, String> {
         let cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
         let value = self.db.get_cf(cf, item_key(peer, id)).map_err(|err| err.to_string())?;
@@ -202,28 +247,41 @@ impl Records {
         self.db.flush_wal(true).map_err(|err| err.to_string())
     }
 
-    /// Writes an item and its peer's record in one batch, with the envelope when it is new
-    /// and without it once delivered; `sync` waits for the WAL fsync.
-    pub fn put(
+    /// Writes an item and its peer's record in one batch; once delivered, drops its
+    /// envelope and recipients. `sync` waits for the WAL fsync.
+    pub fn put(&self, peer: &PeerRecord, id: &[u8; 32], item: &ItemRecord, sync: bool) -> Result<(), String> {
+        self.put_all(&[(peer, id, item, None)], sync)
+    }
+
+    /// Writes each (peer, id, item, new) as [`Records::put`] does, all in one write; `new`:
+    /// the envelope and recipients of one just enqueued.
+    pub fn put_all(
         &self,
-        peer: &PeerRecord,
-        id: &[u8; 32],
-        item: &ItemRecord,
-        envelope: Option<&[u8]>,
+        writes: &[(&PeerRecord, &[u8; 32], &ItemRecord, Option<NewPayload<'_>>)],
         sync: bool,
     ) -> Result<(), String> {
         let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
         let envelopes_cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
+        let recipients_cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
         let peers_cf = self.db.cf_handle(CF_PEERS).expect("peers cf");
-        let key = item_key(&peer.peer, id);
         let mut batch = WriteBatch::default();
-        batch.put_cf(items_cf, &key, item.encode_to_vec());
-        if let Some(envelope) = envelope {
-            batch.put_cf(envelopes_cf, &key, envelope);
-        } else if item.status == STATUS_DELIVERED {
-            batch.delete_cf(envelopes_cf, &key);
+        for (peer, id, item, new) in writes {
+            let key = item_key(&peer.peer, id);
+            batch.put_cf(items_cf, &key, item.encode_to_vec());
+            if let Some(new) = new {
+                batch.put_cf(envelopes_cf, &key, new.envelope);
+                if !new.recipients.is_empty() {
+                    let list = crate::storage::Recipients {
+                        list: new.recipients.to_vec(),
+                    };
+                    batch.put_cf(recipients_cf, &key, list.encode_to_vec());
+                }
+            } else if item.status == STATUS_DELIVERED {
+                batch.delete_cf(envelopes_cf, &key);
+                batch.delete_cf(recipients_cf, &key);
+            }
+            batch.put_cf(peers_cf, peer_key(&peer.peer), peer.encode_to_vec());
         }
-        batch.put_cf(peers_cf, peer_key(&peer.peer), peer.encode_to_vec());
         let mut options = WriteOptions::default();
         options.set_sync(sync);
         self.db.write_opt(batch, &options).map_err(|err| err.to_string())

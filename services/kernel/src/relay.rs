@@ -141,6 +141,7 @@ impl Kernel {
         cursor: &mut u64,
     ) -> Result<(), KernelError> {
         let mut batch = Batch::default();
+        let mut routes: HashMap<(String, Vec<String>), Routes> = HashMap::new();
         for entry in entries {
             let (id, activity) = envelope_activity(&entry.data)?;
             // Continues the trace of the request that published it (when this process did);
@@ -155,8 +156,11 @@ impl Kernel {
                 let _ = span.set_parent(parent);
             }
             let traceparent = fedsx_runtime::trace_context::traceparent_of(&span).unwrap_or_default();
-            let (mut handoffs, activitypub) =
-                self.handoffs(actor, &activity.actor, &activity.to, &entry.data, id, &traceparent);
+            // The entries of a page mostly go to the same followers: routed once.
+            let routes = routes
+                .entry((activity.actor.clone(), activity.to.clone()))
+                .or_insert_with(|| self.routes(actor, &activity.actor, &activity.to));
+            let (mut handoffs, activitypub) = routes.handoffs(&activity.actor, &entry.data, id, &traceparent);
             if !activitypub.is_empty() {
                 let post = self
                     .activitypub_post(actor, &activity, id)
@@ -249,22 +253,12 @@ impl Kernel {
         self.relay_traces.lock().expect("relay traces lock poisoned").remove(id);
     }
 
-    /// One hand-off per destination node for the recipients of an activity by local actor
-    /// `name` (at `sender`): its followers collection expands to the current followers.
-    /// Where every recipient on a node advertises the same node inbox, it goes there once;
-    /// otherwise to each recipient's inbox (from its document; empty when unknown). A
-    /// recipient that names no node (not an http(s) URL) is an undeliverable hand-off under
-    /// its own name. ActivityPub recipients' hand-offs come second, without their body
-    /// (the caller renders it once for all of them).
-    fn handoffs(
-        &self,
-        name: &str,
-        sender: &str,
-        to: &[String],
-        envelope: &Bytes,
-        id: ActivityId,
-        traceparent: &str,
-    ) -> (Vec<Handoff>, Vec<Handoff>) {
+    /// Where the recipients of an activity by local actor `name` (at `sender`) addressed
+    /// `to` are, per destination node: its followers collection expands to the current
+    /// followers. Where every recipient on a node advertises the same node inbox, it goes
+    /// there once; otherwise to each recipient's inbox (from its document; empty when
+    /// unknown). A recipient that names no node (not an http(s) URL) is unroutable.
+    fn routes(&self, name: &str, sender: &str, to: &[String]) -> Routes {
         // Per (destination node, speaks ActivityPub): the node inbox all its recipients
         // share (None: they do not), and (actor, inbox) of each.
         type Node = (Option<String>, Vec<(String, String)>);
@@ -290,31 +284,18 @@ impl Kernel {
             }
             recipients.push((actor, inbox));
         }
-        let handoff = |peer: String, inbox_url: String, recipients: Vec<(String, String)>, envelope: Bytes| Handoff {
-            peer,
-            inbox_url,
-            sender: sender.to_owned(),
-            recipients,
-            envelope,
-            id,
-            traceparent: traceparent.to_owned(),
-            undeliverable: None,
-        };
-        let unroutable = unroutable.into_iter().map(|recipient| {
-            handoff(recipient, String::new(), Vec::new(), Bytes::new())
-                .undeliverable("recipient is not an http(s) URL".into())
-        });
-        let (mut native, mut activitypub) = (Vec::new(), Vec::new());
-        for ((peer, is_activitypub), (common, recipients)) in nodes {
-            let inbox = common.unwrap_or_default();
-            if is_activitypub {
-                activitypub.push(handoff(peer, inbox, recipients, Bytes::new()));
-            } else {
-                native.push(handoff(peer, inbox, recipients, Bytes::clone(envelope)));
-            }
+        Routes {
+            nodes: nodes
+                .into_iter()
+                .map(|((node, activitypub), (common, recipients))| Route {
+                    node,
+                    activitypub,
+                    inbox: common.unwrap_or_default(),
+                    recipients,
+                })
+                .collect(),
+            unroutable,
         }
-        native.extend(unroutable);
-        (native, activitypub)
     }
 
     /// The actor URLs an activity by local actor `name` (at `sender`) addressed `to` goes
@@ -385,5 +366,64 @@ impl Batch {
     fn finish(&mut self, seq: u64, id: ActivityId) {
         self.finished = Some(seq);
         self.activities.push(id);
+    }
+}
+
+/// Where an activity's recipients are: one route per destination node.
+struct Routes {
+    nodes: Vec<Route>,
+    /// Recipients that name no node.
+    unroutable: Vec<String>,
+}
+
+struct Route {
+    /// `scheme://host[:port]`.
+    node: String,
+    activitypub: bool,
+    /// The node inbox all its recipients share; empty: each recipient's own.
+    inbox: String,
+    /// (actor, inbox) of each recipient there.
+    recipients: Vec<(String, String)>,
+}
+
+impl Routes {
+    /// One hand-off of an activity by `sender` per destination node; ActivityPub
+    /// recipients' hand-offs come second, without their body (the caller renders it once
+    /// for all of them); a recipient that names no node is an undeliverable hand-off under
+    /// its own name.
+    fn handoffs(
+        &self,
+        sender: &str,
+        envelope: &Bytes,
+        id: ActivityId,
+        traceparent: &str,
+    ) -> (Vec<Handoff>, Vec<Handoff>) {
+        let handoff = |peer: &str, inbox_url: &str, recipients: &[(String, String)], envelope: Bytes| Handoff {
+            peer: peer.to_owned(),
+            inbox_url: inbox_url.to_owned(),
+            sender: sender.to_owned(),
+            recipients: recipients.to_vec(),
+            envelope,
+            id,
+            traceparent: traceparent.to_owned(),
+            undeliverable: None,
+        };
+        let (mut native, mut activitypub) = (Vec::new(), Vec::new());
+        for route in &self.nodes {
+            if route.activitypub {
+                activitypub.push(handoff(&route.node, &route.inbox, &route.recipients, Bytes::new()));
+            } else {
+                native.push(handoff(
+                    &route.node,
+                    &route.inbox,
+                    &route.recipients,
+                    Bytes::clone(envelope),
+                ));
+            }
+        }
+        native.extend(self.unroutable.iter().map(|recipient| {
+            handoff(recipient, "", &[], Bytes::new()).undeliverable("recipient is not an http(s) URL".into())
+        }));
+        (native, activitypub)
     }
 }

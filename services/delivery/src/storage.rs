@@ -86,18 +86,27 @@ impl Due {
     /// Where it is POSTed, each once: its `inbox_url` (a node inbox, or the one
     /// recipient's inbox); without one, each recipient's inbox; without recipients, the
     /// destination `peer` itself. `overrides` (the static map, actor URL → inbox URL) wins
-    /// for the recipient or peer it names — a recipient it names is sent on its own, not
-    /// through the node inbox. An empty target fails the send with "no peer url".
+    /// for the recipient or peer it names — a recipient it names is sent on its own, the
+    /// others still through the node inbox. An empty target fails the send with "no peer
+    /// url".
     pub fn targets(&self, peer: &str, overrides: &std::collections::HashMap<String, String>) -> Vec<String> {
         let pick = |actor: &str, known: &str| overrides.get(actor).cloned().unwrap_or_else(|| known.to_owned());
         if self.recipients.is_empty() {
             return vec![pick(peer, &self.inbox_url)];
         }
-        let overridden = self.recipients.iter().any(|r| overrides.contains_key(&r.actor));
-        if !self.inbox_url.is_empty() && !overridden {
-            return vec![self.inbox_url.clone()];
-        }
-        let mut targets: Vec<String> = self.recipients.iter().map(|r| pick(&r.actor, &r.inbox_url)).collect();
+        let mut targets: Vec<String> = if self.inbox_url.is_empty() {
+            self.recipients.iter().map(|r| pick(&r.actor, &r.inbox_url)).collect()
+        } else {
+            let mut targets: Vec<String> = self
+                .recipients
+                .iter()
+                .filter_map(|r| overrides.get(&r.actor).cloned())
+                .collect();
+            if self.recipients.iter().any(|r| !overrides.contains_key(&r.actor)) {
+                targets.push(self.inbox_url.clone());
+            }
+            targets
+        };
         targets.sort();
         targets.dedup();
         targets
@@ -292,4 +301,63 @@ pub trait QueueStorage: Clone + Send + Sync + 'static {
 
     /// Releases the engine; later calls fail with `ShuttingDown`.
     fn close(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn due(inbox_url: &str, recipients: &[(&str, &str)]) -> Due {
+        Due {
+            inbox_url: inbox_url.into(),
+            recipients: recipients
+                .iter()
+                .map(|(actor, inbox_url)| Recipient {
+                    actor: (*actor).into(),
+                    inbox_url: (*inbox_url).into(),
+                })
+                .collect(),
+            ..Due::default()
+        }
+    }
+
+    #[test]
+    fn targets_are_the_node_inbox_once_except_for_recipients_the_map_names() {
+        let node = "https://b.example";
+        let (bob, dan) = ("https://b.example/actors/bob", "https://b.example/actors/dan");
+        let shared = due("https://b.example/inbox", &[(bob, ""), (dan, "")]);
+        let none = HashMap::new();
+        assert_eq!(shared.targets(node, &none), ["https://b.example/inbox"]);
+        let bob_elsewhere = HashMap::from([(bob.to_owned(), "http://127.0.0.1:9/bob".to_owned())]);
+        assert_eq!(
+            shared.targets(node, &bob_elsewhere),
+            ["http://127.0.0.1:9/bob", "https://b.example/inbox"],
+            "bob on his own, dan still through the node inbox"
+        );
+        let both = HashMap::from([
+            (bob.to_owned(), "http://127.0.0.1:9/bob".to_owned()),
+            (dan.to_owned(), "http://127.0.0.1:9/dan".to_owned()),
+        ]);
+        assert_eq!(
+            shared.targets(node, &both),
+            ["http://127.0.0.1:9/bob", "http://127.0.0.1:9/dan"]
+        );
+        let own = due(
+            "",
+            &[
+                (bob, "https://b.example/bob/inbox"),
+                (dan, "https://b.example/dan/inbox"),
+            ],
+        );
+        assert_eq!(
+            own.targets(node, &none),
+            ["https://b.example/bob/inbox", "https://b.example/dan/inbox"]
+        );
+        assert_eq!(
+            due("", &[]).targets(node, &none),
+            [""],
+            "no inbox known: fails as no peer url"
+        );
+    }
 }

@@ -287,11 +287,19 @@ impl Kernel {
         Routes {
             nodes: nodes
                 .into_iter()
-                .map(|((node, activitypub), (common, recipients))| Route {
-                    node,
-                    activitypub,
-                    inbox: common.unwrap_or_default(),
-                    recipients,
+                .map(|((node, activitypub), (common, mut recipients))| {
+                    let inbox = common.unwrap_or_default();
+                    if !inbox.is_empty() {
+                        // Sent once to the node inbox: the recipients' own inboxes are not
+                        // needed, and a fan-out carries thousands of them.
+                        recipients.iter_mut().for_each(|(_, inbox)| inbox.clear());
+                    }
+                    Route {
+                        node,
+                        activitypub,
+                        inbox,
+                        recipients,
+                    }
                 })
                 .collect(),
             unroutable,
@@ -382,7 +390,7 @@ struct Route {
     activitypub: bool,
     /// The node inbox all its recipients share; empty: each recipient's own.
     inbox: String,
-    /// (actor, inbox) of each recipient there.
+    /// (actor, inbox) of each recipient there (inbox empty when they share a node inbox).
     recipients: Vec<(String, String)>,
 }
 

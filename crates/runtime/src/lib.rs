@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod http_client;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod paging;
 pub mod parent;

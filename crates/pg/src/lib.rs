@@ -15,6 +15,7 @@ mod migrate;
 mod notify;
 mod pool;
 mod ready;
+mod shared;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -27,6 +28,7 @@ pub use migrate::{MigrateError, Migration, migrate};
 pub use notify::Notifier;
 pub use pool::{PoolOptions, connect, parse_store_url, redact};
 pub use ready::Readiness;
+pub use shared::SharedClients;
 pub use tokio_postgres;
 
 /// A new replica name for lease and watch rows: the host (the pod, in a cluster), the

@@ -28,6 +28,9 @@ const MAX_GROUP: usize = 256;
 const MAX_TIPS: usize = 100_000;
 /// Writes of one group before it gives up on a stream other replicas keep writing.
 const MAX_ATTEMPTS: usize = 8;
+/// Of the pool's connections, the share that appends go through, several pipelined on
+/// each (see `fedsx_pg::SharedClients`); reads take connections of their own.
+const SHARED_PART: usize = 4;
 
 pub(super) struct Job {
     pub entries: Vec<NewEntry>,
@@ -41,7 +44,9 @@ pub(super) fn batcher(
     notices: broadcast::Sender<Notice>,
     watches: Arc<super::watches::Watches>,
 ) -> Arc<Batcher> {
+    let shared = fedsx_pg::SharedClients::new(database.pool.clone(), database.pool.status().max_size / SHARED_PART);
     let writer = StreamWriter {
+        shared,
         database,
         notices,
         watches,
@@ -52,6 +57,8 @@ pub(super) fn batcher(
 }
 
 pub(super) struct StreamWriter {
+    /// What appends are written through: each write is one statement.
+    shared: fedsx_pg::SharedClients,
     database: Arc<Database>,
     /// Wakes this process's subscribers at once (other replicas through the notifier, for
     /// the streams they watch).
@@ -99,7 +106,7 @@ impl StreamWriter {
         stream: &StreamId,
         jobs: &[Job],
     ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64, u64), StoreError> {
-        let client = self.database.client().await?;
+        let client = self.shared.get().await?;
         let actor = stream.actor();
         let kind = i16::from(stream.kind().tag());
         let mut known = self.tips.get(stream);

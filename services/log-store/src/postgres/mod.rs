@@ -306,4 +306,33 @@ mod tests {
         assert_eq!(parse_payload("9:alice"), None);
         assert_eq!(parse_payload("garbage"), None);
     }
+
+    #[tokio::test]
+    async fn appends_share_connections_and_a_closed_one_is_replaced() {
+        let url = fedsx_pg::testing::shared_database("pg_shared_clients").await;
+        let (pool, _) = fedsx_pg::connect(&url, &fedsx_pg::PoolOptions::new("test")).unwrap();
+        let shared = fedsx_pg::SharedClients::new(pool.clone(), 1);
+        let first = shared.get().await.unwrap();
+        let again = shared.get().await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "one connection, shared");
+        let (a, b) = tokio::join!(first.query_one("SELECT 1", &[]), again.query_one("SELECT 2", &[]));
+        assert_eq!((a.unwrap().get::<_, i32>(0), b.unwrap().get::<_, i32>(0)), (1, 2));
+
+        let pid: i32 = first.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        let other = pool.get().await.unwrap();
+        other.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+        // The connection notices once it is used.
+        assert!(first.query_one("SELECT 1", &[]).await.is_err());
+        for _ in 0..200 {
+            if first.is_closed() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(first.is_closed());
+        let fresh = shared.get().await.unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&first, &fresh), "replaced");
+        let one: i32 = fresh.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+    }
 }

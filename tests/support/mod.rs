@@ -542,11 +542,22 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
 
 /// A loopback address with a port free right now (for a node whose public URL must stay the
 /// same across restarts).
+/// A loopback address free right now, and never handed out before by this test process:
+/// the kernel may give a port just released to the next bind, so two tests picking
+/// addresses at once could otherwise both get it.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Every entry of `stream` as (seq, id), paging through `Read` until a page comes back empty.

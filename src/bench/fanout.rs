@@ -330,8 +330,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         published_in.as_secs_f64(),
         all_delivered.as_secs_f64()
     );
+    // Each note should have arrived once per live destination; the rest of the requests
+    // are other activities (Accepts of the setup still arriving).
+    let creates: usize = notes.values().map(|(count, _)| *count).sum();
+    let twice: usize = notes.values().map(|(count, _)| count.saturating_sub(live)).sum();
     println!(
-        "requests received: {requests} (live destinations × publishes = {})",
+        "requests received: {requests} (live destinations × publishes = {}), of them {creates} notes, {twice} sent more than once",
         live * args.publishes
     );
     println!(

@@ -205,7 +205,10 @@ impl<Q: QueueStorage> Dispatcher<Q> {
         let mut workers = self.workers.lock().expect("workers lock poisoned");
         for peer in claimed {
             match workers.get(&peer) {
-                Some(worker) => worker.lease_until.store(until, Ordering::Relaxed),
+                Some(worker) => {
+                    worker.lease_until.store(until, Ordering::Relaxed);
+                    worker.wake.notify_one();
+                }
                 None => {
                     let worker = Arc::new(Worker {
                         peer: peer.clone(),
@@ -231,9 +234,16 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             if self.settings.shutdown.is_cancelled() || now >= lease_until {
                 break false;
             }
+            // A lease near its end is renewed first (the claim round wakes this worker):
+            // no send starts on it, so it never lapses under sends in flight — a lapsed
+            // worker ends, and its successor would hand its sends out again.
+            let renewing = lease_until - now < self.settings.lease.as_millis() as u64 / 3;
+            if renewing {
+                self.reclaim.notify_one();
+            }
             let (capacity, skip) = {
                 let in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
-                let max = self.settings.max_in_flight;
+                let max = if renewing { 0 } else { self.settings.max_in_flight };
                 let capacity = max
                     .saturating_sub(in_flight.sending.len())
                     .min((max * UNRECORDED_FACTOR).saturating_sub(in_flight.unrecorded.len()));
@@ -260,7 +270,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             };
             // Unrecorded outcomes keep the worker (and its lease) until they are recorded.
             let sending = !worker.in_flight.lock().expect("in-flight lock poisoned").is_empty();
-            if took == 0 && !sending && next.is_none() {
+            if took == 0 && !sending && next.is_none() && !renewing {
                 break true;
             }
             let wake_at = next.map_or(lease_until, |at| at.min(lease_until));

@@ -109,6 +109,9 @@ impl Records {
             cf.set_max_write_buffer_number(2);
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
+            // Most lookups are of ids not queued yet (is this hand-off new?): a filter
+            // answers those without reading the tables.
+            table.set_bloom_filter(10.0, false);
             cf.set_block_based_table_factory(&table);
             cf
         };

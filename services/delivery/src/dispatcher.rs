@@ -26,6 +26,9 @@ const MAX_DESTINATIONS: usize = 4096;
 /// multiples of `max_in_flight`: sending goes on while a batch is being recorded, but not
 /// unboundedly ahead of the records.
 const UNRECORDED_FACTOR: usize = 4;
+/// Leases are renewed every this-many-th part of the lease time, and a worker whose lease
+/// has less than that part left starts no send until it is renewed.
+const RENEW_PARTS: u32 = 3;
 
 /// What every worker shares.
 pub struct Settings {
@@ -161,7 +164,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
     /// Claims and renews destinations until shutdown.
     pub async fn run(self: Arc<Self>) {
         let mut notices = self.queue.notices();
-        let renew_every = self.settings.lease / 3;
+        let renew_every = self.settings.lease / RENEW_PARTS;
         loop {
             self.claim_round().await;
             let renew = tokio::time::sleep(renew_every);
@@ -237,7 +240,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             // A lease near its end is renewed first (the claim round wakes this worker):
             // no send starts on it, so it never lapses under sends in flight — a lapsed
             // worker ends, and its successor would hand its sends out again.
-            let renewing = lease_until - now < self.settings.lease.as_millis() as u64 / 3;
+            let renewing = lease_until - now < (self.settings.lease / RENEW_PARTS).as_millis() as u64;
             if renewing {
                 self.reclaim.notify_one();
             }

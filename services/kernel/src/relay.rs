@@ -176,25 +176,30 @@ impl Kernel {
             }
             batch.spans.push(span);
             for handoff in handoffs {
-                let handoff = Batch::fit(handoff);
-                if batch.is_full_without(&handoff) {
-                    self.send_batch(&mut batch, cursor).await?;
+                let (handoff, size) = Batch::fit(handoff);
+                if batch.is_full_without(size) {
+                    self.send_batch(std::mem::take(&mut batch), cursor).await?;
                 }
-                batch.push(handoff);
+                batch.push(handoff, size);
             }
             batch.finish(entry.seq, id);
         }
-        self.send_batch(&mut batch, cursor).await
+        self.send_batch(batch, cursor).await
     }
 
     /// Enqueues the batch's hand-offs, then moves the cursor past the entries the batch
     /// finished. One that delivery refuses for good (or that is undeliverable from the
     /// start) is enqueued again as a dead letter with the reason — visible in
     /// `fedsx deliveries` — and never holds up what the actor publishes next.
-    async fn send_batch(&self, batch: &mut Batch, cursor: &mut u64) -> Result<(), KernelError> {
-        let mut handoffs = std::mem::take(&mut batch.handoffs);
-        batch.bytes = 0;
-        let span = batch.spans.first().cloned().unwrap_or_else(tracing::Span::none);
+    async fn send_batch(&self, batch: Batch, cursor: &mut u64) -> Result<(), KernelError> {
+        let Batch {
+            mut handoffs,
+            finished,
+            activities,
+            spans,
+            ..
+        } = batch;
+        let span = spans.first().cloned().unwrap_or_else(tracing::Span::none);
         // At most twice: a refused hand-off goes again as a dead letter, which is not refused
         // for what it carries (no envelope).
         while !handoffs.is_empty() {
@@ -221,13 +226,12 @@ impl Kernel {
             }
             handoffs = refused;
         }
-        for id in batch.activities.drain(..) {
-            self.forget_trace(&id);
+        for id in &activities {
+            self.forget_trace(id);
         }
-        if let Some(seq) = batch.finished.take() {
+        if let Some(seq) = finished {
             *cursor = seq;
         }
-        batch.spans.clear();
         Ok(())
     }
 
@@ -347,27 +351,28 @@ impl Batch {
     }
 
     /// `handoff`, or, when it alone is more than a call to delivery may carry (recipients
-    /// by the ten thousand on one node), its record as undeliverable.
-    fn fit(handoff: Handoff) -> Handoff {
+    /// by the ten thousand on one node), its record as undeliverable; and its size.
+    fn fit(handoff: Handoff) -> (Handoff, usize) {
         let size = Batch::size(&handoff);
         if size <= MAX_HANDOFF_BYTES {
-            return handoff;
+            return (handoff, size);
         }
         let reason = format!("its hand-off to this node is {size} bytes, over the {MAX_HANDOFF_BYTES} one call takes");
-        Handoff {
+        let undeliverable = Handoff {
             recipients: Vec::new(),
             ..handoff.undeliverable(reason)
-        }
+        };
+        let size = Batch::size(&undeliverable);
+        (undeliverable, size)
     }
 
-    /// Whether `handoff` would take the batch past what one call carries.
-    fn is_full_without(&self, handoff: &Handoff) -> bool {
-        !self.handoffs.is_empty()
-            && (self.handoffs.len() >= BATCH_HANDOFFS || self.bytes + Batch::size(handoff) > BATCH_BYTES)
+    /// Whether a hand-off of `size` bytes would take the batch past what one call carries.
+    fn is_full_without(&self, size: usize) -> bool {
+        !self.handoffs.is_empty() && (self.handoffs.len() >= BATCH_HANDOFFS || self.bytes + size > BATCH_BYTES)
     }
 
-    fn push(&mut self, handoff: Handoff) {
-        self.bytes += Batch::size(&handoff);
+    fn push(&mut self, handoff: Handoff, size: usize) {
+        self.bytes += size;
         self.handoffs.push(handoff);
     }
 

@@ -172,14 +172,14 @@ impl Records {
             .transpose()
     }
 
-    /// Whether a record of (peer, id) exists, in any state (without decoding it).
+    /// Whether a record of (peer, id) exists, in any state (without decoding it; the
+    /// tables' bloom filters answer most absent ids).
     pub fn exists(&self, peer: &str, id: &[u8; 32]) -> Result<bool, String> {
         let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
-        let key = item_key(peer, id);
-        if !self.db.key_may_exist_cf(items_cf, &key) {
-            return Ok(false);
-        }
-        let value = self.db.get_pinned_cf(items_cf, key).map_err(|err| err.to_string())?;
+        let value = self
+            .db
+            .get_pinned_cf(items_cf, item_key(peer, id))
+            .map_err(|err| err.to_string())?;
         Ok(value.is_some())
     }
 

@@ -10,7 +10,7 @@ use crate::peers::PeerFetcher;
 use crate::publish::Head;
 use crate::state::{NodeUrls, State};
 use fedsx_proto::kernel::v1::journal_record::Record;
-use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, PeerRegistered};
+use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, PeerRegistered, StateSnapshot};
 use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_runtime::paging::PageRequest;
 use prost::Message;
@@ -99,10 +99,15 @@ impl Kernel {
             took = ?started.elapsed(),
             "state restored from the newest snapshot and the journal after it"
         );
-        let flow_journal = logs.read_all(FLOWS_ACTOR, StreamKind::Flow, 0).await?;
-        let flows = FlowTable::replay(&flow_journal)?;
-        tracing::info!(records = flow_journal.len(), instances = ?flows.counts(), "flow journal replayed");
-        drop(flow_journal);
+        let restored_flows = crate::flows::snapshot::restore(&logs).await?;
+        let flows_read = restored_flows.last;
+        let flows = FlowTable::restore(restored_flows.latest, restored_flows.covered);
+        tracing::info!(
+            snapshot = restored_flows.covered,
+            replayed = restored_flows.last - restored_flows.covered,
+            instances = ?flows.counts(),
+            "flows restored from the newest flow snapshot and the flow journal after it"
+        );
         let actors: Vec<String> = state.actors.keys().cloned().collect();
         let kernel = Arc::new_cyclic(|this| Kernel {
             logs,
@@ -130,6 +135,7 @@ impl Kernel {
         });
         // After a long journal since the last snapshot, the next start need not read it again.
         crate::snapshot::take_if_due(&kernel);
+        crate::flows::snapshot::compact_if_due(&kernel, flows_read);
         crate::journal::spawn_follower(Arc::downgrade(&kernel), shutdown.clone());
         kernel.restore_gaps().await?;
         crate::backfill::spawn_saver(Arc::downgrade(&kernel), shutdown.clone());
@@ -174,6 +180,21 @@ impl Kernel {
         self.restored_from
     }
 
+    /// The flow journal seq covered by the flow snapshot this kernel started from (0: it
+    /// read the whole flow journal).
+    pub fn flows_restored_from(&self) -> u64 {
+        self.flows.restored_from()
+    }
+
+    /// Writes a snapshot of the flow journal now (besides the one every `snapshot::EVERY`
+    /// flow journal entries); the flow journal seq it covers.
+    pub async fn snapshot_flows(&self) -> Result<u64, KernelError> {
+        self.flows.snapshots.turn().await;
+        let written = crate::flows::snapshot::compact(&self.logs).await;
+        self.flows.snapshots.written(written.as_ref().ok().copied());
+        written
+    }
+
     /// Writes a snapshot of the state now (besides the one every
     /// `snapshot::EVERY` records); the journal seq it covers.
     pub async fn snapshot(&self) -> Result<u64, KernelError> {
@@ -182,7 +203,7 @@ impl Kernel {
             let state = self.read_state();
             (self.applied.seq(), state.as_records())
         };
-        let written = crate::snapshot::write(&self.logs, crate::snapshot::parts(seq, records)).await;
+        let written = crate::snapshot::write(&self.logs, crate::snapshot::parts::<StateSnapshot>(seq, records)).await;
         self.snapshots.written(written.as_ref().ok().map(|()| seq));
         written.map(|()| seq)
     }

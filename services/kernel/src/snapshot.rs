@@ -20,56 +20,116 @@ pub const EVERY: u64 = 10_000;
 /// Most bytes of records in one part (the log-store takes entries of up to 1 MiB).
 const PART_BYTES: usize = 900 << 10;
 
+/// One part of a snapshot of some journal (the kernel's or the flow journal): the records
+/// it holds and where it sits. The parts of one snapshot are consecutive entries of the
+/// snapshot stream, part 0 first.
+pub(crate) trait SnapshotPart: Message + Default {
+    type Record: Message;
+    /// The stream the snapshots are kept in (META kind); no valid actor name.
+    const STREAM: &'static str;
+    /// What the ids of its entries are derived from, with (journal seq, part).
+    const ID_PURPOSE: &'static str;
+    fn new(journal_seq: u64) -> Self;
+    /// The journal seq the snapshot covers.
+    fn journal_seq(&self) -> u64;
+    /// (this part, of how many).
+    fn place(&self) -> (u32, u32);
+    fn set_place(&mut self, part: u32, parts: u32);
+    fn records_mut(&mut self) -> &mut Vec<Self::Record>;
+    fn into_records(self) -> Vec<Self::Record>;
+}
+
+impl SnapshotPart for StateSnapshot {
+    type Record = JournalRecord;
+    const STREAM: &'static str = SNAPSHOT_ACTOR;
+    const ID_PURPOSE: &'static str = "snapshot";
+    fn new(journal_seq: u64) -> Self {
+        StateSnapshot {
+            journal_seq,
+            ..StateSnapshot::default()
+        }
+    }
+    fn journal_seq(&self) -> u64 {
+        self.journal_seq
+    }
+    fn place(&self) -> (u32, u32) {
+        (self.part, self.parts)
+    }
+    fn set_place(&mut self, part: u32, parts: u32) {
+        (self.part, self.parts) = (part, parts);
+    }
+    fn records_mut(&mut self) -> &mut Vec<JournalRecord> {
+        &mut self.records
+    }
+    fn into_records(self) -> Vec<JournalRecord> {
+        self.records
+    }
+}
+
 /// The newest complete snapshot: the state it holds and the journal seq it covers; an
 /// empty state at 0 when there is none. Reads only that snapshot's parts.
 pub async fn newest(logs: &Logs, secret: &NodeSecret, node: &NodeUrls) -> Result<(State, u64), KernelError> {
-    let mut end = logs.tip(SNAPSHOT_ACTOR, StreamKind::Meta).await?;
+    let mut state = State::default();
+    let covered = newest_records::<StateSnapshot>(logs, |record| state.apply(record, secret, node)).await?;
+    Ok((state, covered))
+}
+
+/// Hands `each` the records of the newest complete snapshot in `P`'s stream, in order;
+/// the journal seq it covers (0 and no records when there is none). A snapshot cut short
+/// (a crash mid-write) is passed over.
+pub(crate) async fn newest_records<P: SnapshotPart>(
+    logs: &Logs,
+    mut each: impl FnMut(P::Record),
+) -> Result<u64, KernelError> {
+    let mut end = logs.tip(P::STREAM, StreamKind::Meta).await?;
     while end > 0 {
-        let last = part_at(logs, end).await?;
-        let complete = last.part + 1 == last.parts;
-        if !complete {
+        let last: P = part_at(logs, end).await?;
+        let (part, parts) = last.place();
+        if part + 1 != parts {
             // Cut short: the snapshot before it ends just before its first part.
-            end = end.saturating_sub(u64::from(last.part) + 1);
+            end = end.saturating_sub(u64::from(part) + 1);
             continue;
         }
-        let first = end + 1 - u64::from(last.parts);
-        let mut state = State::default();
+        let first = end + 1 - u64::from(parts);
         let mut next = first - 1;
         while next < end {
-            let (entries, _) = logs.read(SNAPSHOT_ACTOR, StreamKind::Meta, next, 0).await?;
+            let (entries, _) = logs.read(P::STREAM, StreamKind::Meta, next, 0).await?;
             if entries.is_empty() {
                 return Err(KernelError::Internal(format!(
-                    "snapshot parts {first}..={end} are missing"
+                    "{} parts {first}..={end} are missing",
+                    P::STREAM
                 )));
             }
             for entry in entries.into_iter().take_while(|e| e.seq <= end) {
-                let part = StateSnapshot::decode(entry.data.as_ref())
-                    .map_err(|err| KernelError::Internal(format!("snapshot entry {} is corrupt: {err}", entry.seq)))?;
-                if part.journal_seq != last.journal_seq {
+                let part = P::decode(entry.data.as_ref()).map_err(|err| {
+                    KernelError::Internal(format!("{} entry {} is corrupt: {err}", P::STREAM, entry.seq))
+                })?;
+                if part.journal_seq() != last.journal_seq() {
                     return Err(KernelError::Internal(format!(
-                        "snapshot entry {} belongs to journal seq {}, not {}",
-                        entry.seq, part.journal_seq, last.journal_seq
+                        "{} entry {} belongs to journal seq {}, not {}",
+                        P::STREAM,
+                        entry.seq,
+                        part.journal_seq(),
+                        last.journal_seq()
                     )));
                 }
-                for record in part.records {
-                    state.apply(record, secret, node);
-                }
+                part.into_records().into_iter().for_each(&mut each);
                 next = entry.seq;
             }
         }
-        return Ok((state, last.journal_seq));
+        return Ok(last.journal_seq());
     }
-    Ok((State::default(), 0))
+    Ok(0)
 }
 
-async fn part_at(logs: &Logs, seq: u64) -> Result<StateSnapshot, KernelError> {
-    let (entries, _) = logs.read(SNAPSHOT_ACTOR, StreamKind::Meta, seq - 1, 1).await?;
+async fn part_at<P: SnapshotPart>(logs: &Logs, seq: u64) -> Result<P, KernelError> {
+    let (entries, _) = logs.read(P::STREAM, StreamKind::Meta, seq - 1, 1).await?;
     let entry = entries
         .into_iter()
         .next()
-        .ok_or_else(|| KernelError::Internal(format!("snapshot entry {seq} is missing")))?;
-    StateSnapshot::decode(entry.data.as_ref())
-        .map_err(|err| KernelError::Internal(format!("snapshot entry {seq} is corrupt: {err}")))
+        .ok_or_else(|| KernelError::Internal(format!("{} entry {seq} is missing", P::STREAM)))?;
+    P::decode(entry.data.as_ref())
+        .map_err(|err| KernelError::Internal(format!("{} entry {seq} is corrupt: {err}", P::STREAM)))
 }
 
 /// The state a start begins with: the newest snapshot and every journal record after it;
@@ -80,43 +140,37 @@ pub async fn restore(logs: &Logs, secret: &NodeSecret, node: &NodeUrls) -> Resul
     Ok((state, applied, replayed))
 }
 
-/// The parts of a snapshot of `records` (the state after journal record `journal_seq`).
-pub fn parts(journal_seq: u64, records: Vec<JournalRecord>) -> Vec<StateSnapshot> {
-    let mut parts: Vec<StateSnapshot> = Vec::new();
+/// The parts of a snapshot of `records` (what the journal held after record `journal_seq`).
+pub(crate) fn parts<P: SnapshotPart>(journal_seq: u64, records: Vec<P::Record>) -> Vec<P> {
+    let mut parts: Vec<P> = Vec::new();
     let mut bytes = 0;
     for record in records {
         let size = record.encoded_len();
         if parts.is_empty() || bytes + size > PART_BYTES {
-            parts.push(StateSnapshot {
-                journal_seq,
-                ..StateSnapshot::default()
-            });
+            parts.push(P::new(journal_seq));
             bytes = 0;
         }
         bytes += size;
-        parts.last_mut().expect("a part").records.push(record);
+        parts.last_mut().expect("a part").records_mut().push(record);
     }
     if parts.is_empty() {
-        parts.push(StateSnapshot {
-            journal_seq,
-            ..StateSnapshot::default()
-        });
+        parts.push(P::new(journal_seq));
     }
     let count = parts.len() as u32;
     for (n, part) in parts.iter_mut().enumerate() {
-        part.part = n as u32;
-        part.parts = count;
+        part.set_place(n as u32, count);
     }
     parts
 }
 
 /// Writes a snapshot's parts in order; each is idempotent by (journal seq, part), so a
 /// retried write adds nothing.
-pub async fn write(logs: &Logs, parts: Vec<StateSnapshot>) -> Result<(), KernelError> {
+pub(crate) async fn write<P: SnapshotPart>(logs: &Logs, parts: Vec<P>) -> Result<(), KernelError> {
     for part in parts {
-        let id = crate::kernel::derived_id("snapshot", &[&part.journal_seq.to_be_bytes(), &part.part.to_be_bytes()]);
+        let (n, _) = part.place();
+        let id = crate::kernel::derived_id(P::ID_PURPOSE, &[&part.journal_seq().to_be_bytes(), &n.to_be_bytes()]);
         logs.append_any(
-            SNAPSHOT_ACTOR,
+            P::STREAM,
             StreamKind::Meta,
             Bytes::copy_from_slice(&id),
             part.encode_to_vec().into(),
@@ -183,7 +237,7 @@ pub(crate) fn take_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>) {
     let kernel = kernel.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let parts = parts(seq, records);
+        let parts = parts::<StateSnapshot>(seq, records);
         let count = parts.len();
         match write(&kernel.logs, parts).await {
             Ok(()) => {

@@ -142,10 +142,32 @@ async fn a_start_from_a_snapshot_and_the_journal_after_it_is_the_whole_journal_r
     random_operations(node.kernel.clone(), 7).await;
     let covered = node.kernel.snapshot().await.unwrap();
     assert!(covered > 0);
-    // More after the snapshot, and a snapshot cut short after that (only its first part).
+    let flows_covered = node.kernel.snapshot_flows().await.unwrap();
+    assert!(flows_covered > 0);
+    let flows_at_snapshot = node.kernel.list_flows("", None, "", 1000).0.len();
+    // More after the snapshots, and snapshots cut short after that (only their first part).
     random_operations(node.kernel.clone(), 8).await;
     assert_matches_journal(&node.kernel, 8).await;
+    let flows_after = node.kernel.list_flows("", None, "", 1000).0;
+    assert!(
+        flows_after.len() > flows_at_snapshot,
+        "flows were started after the flow snapshot"
+    );
     let logs = fedsx_kernel::Logs::connect_lazy(&node.logs_url).unwrap();
+    let flows_cut_short = fedsx_proto::kernel::v1::FlowSnapshot {
+        flow_journal_seq: flows_covered + 1,
+        part: 0,
+        parts: 3,
+        records: Vec::new(),
+    };
+    logs.append_any(
+        "~flow-snapshots",
+        fedsx_proto::logstore::v1::StreamKind::Meta,
+        bytes::Bytes::from_static(b"cut-short"),
+        prost::Message::encode_to_vec(&flows_cut_short).into(),
+    )
+    .await
+    .unwrap();
     let cut_short = fedsx_proto::kernel::v1::StateSnapshot {
         journal_seq: covered + 1,
         part: 0,
@@ -168,7 +190,17 @@ async fn a_start_from_a_snapshot_and_the_journal_after_it_is_the_whole_journal_r
         covered,
         "started from the complete snapshot, passing over the one cut short"
     );
+    assert_eq!(
+        kernel.flows_restored_from(),
+        flows_covered,
+        "flows started from the complete flow snapshot, passing over the one cut short"
+    );
     assert_matches_journal(&kernel, 8).await;
+    assert_eq!(
+        kernel.list_flows("", None, "", 1000).0,
+        flows_after,
+        "every flow instance as it stood before the restart"
+    );
     assert_eq!(
         kernel.followers("bob", &first_page()).unwrap(),
         node.kernel.followers("bob", &first_page()).unwrap()

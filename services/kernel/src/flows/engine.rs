@@ -2,9 +2,11 @@
 //! journaled in the log-store before it is applied or acknowledged, one change at a time
 //! per instance, and one timer task that wakes sleeping instances.
 
+use super::snapshot::{Latest, decode, keep_newest};
 use super::{FLOWS_ACTOR, FlowDefinition, Next, StepCtx, registry};
 use crate::error::KernelError;
 use crate::kernel::{Kernel, derived_id, now_ms};
+use crate::snapshot::Snapshots;
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::{Flow, FlowRecord, FlowStatus};
 use fedsx_proto::logstore::v1::{Entry, StreamKind};
@@ -46,15 +48,10 @@ impl Slot {
 }
 
 /// The latest journaled version of every instance, with its next step.
-pub(crate) fn latest_versions(entries: &[Entry]) -> Result<BTreeMap<String, (Flow, u32)>, KernelError> {
-    let mut latest: BTreeMap<String, (Flow, u32)> = BTreeMap::new();
+pub(crate) fn latest_versions(entries: &[Entry]) -> Result<Latest, KernelError> {
+    let mut latest = Latest::new();
     for entry in entries {
-        let record = FlowRecord::decode(entry.data.as_ref())
-            .map_err(|err| KernelError::Internal(format!("flow journal entry {} is corrupt: {err}", entry.seq)))?;
-        let Some(flow) = record.flow else { continue };
-        if latest.get(&flow.id).is_none_or(|(seen, _)| seen.version < flow.version) {
-            latest.insert(flow.id.clone(), (flow, record.step));
-        }
+        keep_newest(&mut latest, decode(entry)?);
     }
     Ok(latest)
 }
@@ -66,6 +63,10 @@ pub(crate) struct FlowTable {
     /// (when, instance): sleeping instances and instances whose step must be retried.
     timers: Mutex<BTreeSet<(i64, String)>>,
     wake: Notify,
+    /// When the flow journal was last snapshotted, and whether a snapshot is being written.
+    pub(crate) snapshots: Snapshots,
+    /// The flow journal seq covered by the snapshot the table was restored from.
+    restored_from: u64,
 }
 
 impl FlowTable {
@@ -75,15 +76,18 @@ impl FlowTable {
         instances.iter().map(|(id, slot)| (id.clone(), slot.view())).collect()
     }
 
-    /// The table as the journal left it: the latest version of every instance. Running
-    /// instances are due at once (their step runs again); sleeping ones at their time.
-    pub fn replay(entries: &[Entry]) -> Result<FlowTable, KernelError> {
-        let latest = latest_versions(entries)?;
+    /// The table as the flow journal left it: the latest version of every instance, as
+    /// restored from the snapshot covering the journal up to `restored_from` and the journal
+    /// after it. Running instances are due at once (their step runs again); sleeping ones
+    /// at their time.
+    pub fn restore(latest: Latest, restored_from: u64) -> FlowTable {
         let table = FlowTable {
             definitions: registry().into_iter().map(|d| (d.name(), d)).collect(),
             instances: RwLock::default(),
             timers: Mutex::default(),
             wake: Notify::new(),
+            snapshots: Snapshots::new(restored_from),
+            restored_from,
         };
         let mut instances = BTreeMap::new();
         for (id, (flow, step)) in latest {
@@ -95,7 +99,13 @@ impl FlowTable {
             instances.insert(id, Slot::new(flow, step));
         }
         *table.instances.write().expect("flows lock poisoned") = instances;
-        Ok(table)
+        table
+    }
+
+    /// The flow journal seq covered by the snapshot the table was restored from (0: the
+    /// whole flow journal was read).
+    pub fn restored_from(&self) -> u64 {
+        self.restored_from
     }
 
     fn schedule(&self, at_ms: i64, id: &str) {
@@ -461,13 +471,17 @@ impl Kernel {
                 record.encode_to_vec().into(),
             )
             .await?;
-        if answer.entries.first().is_some_and(|e| e.appended) {
-            Ok(())
-        } else {
-            Err(KernelError::FlowState(format!(
+        match answer.entries.first() {
+            Some(entry) if entry.appended => {
+                if let Some(kernel) = self.me.upgrade() {
+                    super::snapshot::compact_if_due(&kernel, entry.seq);
+                }
+                Ok(())
+            }
+            _ => Err(KernelError::FlowState(format!(
                 "flow instance {} version {} was already journaled by another writer; restart the kernel to reload it",
                 flow.id, flow.version
-            )))
+            ))),
         }
     }
 }
@@ -515,7 +529,7 @@ mod tests {
             // An older version journaled later (cannot happen, but must not win).
             record(6, "b", 2, FlowStatus::Running, 0),
         ];
-        let table = FlowTable::replay(&entries).unwrap();
+        let table = FlowTable::restore(latest_versions(&entries).unwrap(), 0);
         let status = |id: &str| table.slot(id).unwrap().view().status();
         assert_eq!(status("a"), FlowStatus::Suspended);
         assert_eq!(status("b"), FlowStatus::Done);
@@ -533,7 +547,7 @@ mod tests {
             id: Bytes::from_static(b"x"),
             data: Bytes::from_static(&[0xff, 0xff, 0xff]),
         };
-        let err = FlowTable::replay(&[entry]).err().unwrap();
+        let err = latest_versions(&[entry]).err().unwrap();
         assert!(err.to_string().contains("flow journal entry 7 is corrupt"), "{err}");
     }
 

@@ -6,6 +6,7 @@
 
 mod engine;
 mod publish_digest;
+pub(crate) mod snapshot;
 mod wait_timer;
 
 pub(crate) use engine::{FlowTable, latest_versions, spawn_timers};

@@ -1,0 +1,130 @@
+//! Snapshots of the flow journal, so a start reads the newest snapshot and the flow journal
+//! after it instead of every version of every instance ever journaled. A snapshot holds the
+//! latest version of each instance (with its next step) as the flow journal stood after one
+//! of its seqs. It is built from what is durable — the previous snapshot and the journal
+//! after it — never from the instances in memory, whose newest change may be journaled but
+//! not yet applied there. Versions order the records, so folding a record twice, or one
+//! older than what is held, changes nothing.
+
+use super::FLOWS_ACTOR;
+use crate::error::KernelError;
+use crate::logs::Logs;
+use crate::snapshot::{SnapshotPart, newest_records, parts, write};
+use fedsx_proto::kernel::v1::{Flow, FlowRecord, FlowSnapshot};
+use fedsx_proto::logstore::v1::{Entry, StreamKind};
+use prost::Message;
+use std::collections::BTreeMap;
+
+/// The stream flow snapshots are kept in; like the flow journal's, no valid actor name.
+pub const FLOW_SNAPSHOT_ACTOR: &str = "~flow-snapshots";
+
+/// The latest version of every instance, with the step it runs next.
+pub(crate) type Latest = BTreeMap<String, (Flow, u32)>;
+
+impl SnapshotPart for FlowSnapshot {
+    type Record = FlowRecord;
+    const STREAM: &'static str = FLOW_SNAPSHOT_ACTOR;
+    const ID_PURPOSE: &'static str = "flow-snapshot";
+    fn new(journal_seq: u64) -> Self {
+        FlowSnapshot {
+            flow_journal_seq: journal_seq,
+            ..FlowSnapshot::default()
+        }
+    }
+    fn journal_seq(&self) -> u64 {
+        self.flow_journal_seq
+    }
+    fn place(&self) -> (u32, u32) {
+        (self.part, self.parts)
+    }
+    fn set_place(&mut self, part: u32, parts: u32) {
+        (self.part, self.parts) = (part, parts);
+    }
+    fn records_mut(&mut self) -> &mut Vec<FlowRecord> {
+        &mut self.records
+    }
+    fn into_records(self) -> Vec<FlowRecord> {
+        self.records
+    }
+}
+
+/// Keeps `record` when it is a newer version of its instance than `latest` holds.
+pub(crate) fn keep_newest(latest: &mut Latest, record: FlowRecord) {
+    let Some(flow) = record.flow else { return };
+    if latest.get(&flow.id).is_none_or(|(held, _)| held.version < flow.version) {
+        latest.insert(flow.id.clone(), (flow, record.step));
+    }
+}
+
+/// The flow record a flow journal entry holds.
+pub(crate) fn decode(entry: &Entry) -> Result<FlowRecord, KernelError> {
+    FlowRecord::decode(entry.data.as_ref())
+        .map_err(|err| KernelError::Internal(format!("flow journal entry {} is corrupt: {err}", entry.seq)))
+}
+
+/// Where a start begins: the latest versions, the flow journal seq the newest snapshot
+/// covers, and the last flow journal seq read after it.
+pub(crate) struct Restored {
+    pub latest: Latest,
+    pub covered: u64,
+    pub last: u64,
+}
+
+/// The newest complete snapshot folded with the flow journal after it, page by page.
+pub(crate) async fn restore(logs: &Logs) -> Result<Restored, KernelError> {
+    let mut latest = Latest::new();
+    let covered = newest_records::<FlowSnapshot>(logs, |record| keep_newest(&mut latest, record)).await?;
+    let mut last = covered;
+    loop {
+        let (entries, tip) = logs.read(FLOWS_ACTOR, StreamKind::Flow, last, 0).await?;
+        for entry in &entries {
+            keep_newest(&mut latest, decode(entry)?);
+            last = entry.seq;
+        }
+        if entries.is_empty() || last >= tip {
+            return Ok(Restored { latest, covered, last });
+        }
+    }
+}
+
+/// Writes a snapshot of `latest` as the flow journal stood after its entry `seq`.
+pub(crate) async fn write_latest(logs: &Logs, seq: u64, latest: Latest) -> Result<(), KernelError> {
+    let records = latest
+        .into_values()
+        .map(|(flow, step)| FlowRecord { flow: Some(flow), step })
+        .collect();
+    write(logs, parts::<FlowSnapshot>(seq, records)).await
+}
+
+/// Writes a snapshot of the flow journal as it stands, built from the newest snapshot and
+/// the journal after it; the flow journal seq it covers (the newest snapshot's when nothing
+/// was journaled since).
+pub(crate) async fn compact(logs: &Logs) -> Result<u64, KernelError> {
+    let Restored { latest, covered, last } = restore(logs).await?;
+    if last > covered {
+        write_latest(logs, last, latest).await?;
+    }
+    Ok(last)
+}
+
+/// When a snapshot is due now that flow journal entry `seq` is written (`EVERY` entries
+/// since the last one), writes one in the background; the next waits until it is written.
+pub(crate) fn compact_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>, seq: u64) {
+    if !kernel.flows.snapshots.due(seq) {
+        return;
+    }
+    let kernel = kernel.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match compact(&kernel.logs).await {
+            Ok(covered) => {
+                tracing::info!(flow_journal_seq = covered, took = ?started.elapsed(), "flow snapshot written");
+                kernel.flows.snapshots.written(Some(covered));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "writing a flow snapshot failed; the next one is taken later");
+                kernel.flows.snapshots.written(None);
+            }
+        }
+    });
+}

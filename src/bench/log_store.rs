@@ -47,6 +47,11 @@ pub struct Args {
     /// Only this scenario, as STREAMS:CONCURRENCY (e.g. 1000:64); repeatable.
     #[arg(long, value_parser = parse_scenario)]
     scenario: Vec<(usize, usize)>,
+    /// On PostgreSQL, afterwards: this many more rounds of each concurrency-64 scenario,
+    /// each right before raw 64-client commits on the same server, and the median of the
+    /// rounds' ratios (a shared machine's load drifts between measurements minutes apart).
+    #[arg(long, default_value_t = 0)]
+    rounds: usize,
 }
 
 fn parse_scenario(text: &str) -> Result<(usize, usize), String> {
@@ -105,6 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
     let mut results = Vec::new();
+    let mut pg_connections = Vec::new();
     for (engine, target, _) in &engines {
         let mut connections = Vec::new();
         for _ in 0..CONNECTIONS {
@@ -125,6 +131,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let rate = grpc_appends(&connections, &prefix, streams, concurrency, duration).await?;
             println!("  {streams:>5} stream(s), concurrency {concurrency:>2}: {rate:>9.0}/s");
             results.push((*engine, streams, concurrency, rate));
+        }
+        if *engine == "postgres" {
+            pg_connections = connections;
         }
     }
 
@@ -161,7 +170,73 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             100.0 * rate / raw
         );
     }
+    if let Some(store) = store.as_deref().filter(|_| args.rounds > 0) {
+        let scenarios = if args.scenario.is_empty() {
+            SCENARIOS.to_vec()
+        } else {
+            args.scenario.clone()
+        };
+        for (streams, concurrency) in scenarios.into_iter().filter(|s| s.1 == 64) {
+            let prefix = format!("{tag}-rounds-{streams}");
+            paired_rounds(
+                &pg_connections,
+                store,
+                &prefix,
+                streams,
+                concurrency,
+                args.rounds,
+                duration,
+            )
+            .await?;
+        }
+    }
     drop(engines);
+    Ok(())
+}
+
+/// `rounds` times: the PostgreSQL log-store on `streams` streams at `concurrency`, then raw
+/// 64-client commits right after; prints each round's ratio and their median.
+async fn paired_rounds(
+    connections: &[LogStoreClient<Channel>],
+    store: &str,
+    prefix: &str,
+    streams: usize,
+    concurrency: usize,
+    rounds: usize,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    println!(
+        "
+postgres {streams} stream(s), concurrency {concurrency}, each round beside raw 64-client commits:"
+    );
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let ours = grpc_appends(
+            connections,
+            &format!("{prefix}-{round}"),
+            streams,
+            concurrency,
+            duration,
+        )
+        .await?;
+        let raw = raw_commits(store, 64, duration).await?;
+        let ratio = 100.0 * ours / raw;
+        println!(
+            "  round {}: {ours:>7.0}/s against raw {raw:>7.0}/s: {ratio:>4.0}%",
+            round + 1
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = match ratios.len() % 2 {
+        1 => ratios[ratios.len() / 2],
+        _ => (ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0,
+    };
+    println!(
+        "  median of {rounds} rounds: {median:.0}% of raw 64-client commits (lowest {:.0}%, highest {:.0}%)",
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
     Ok(())
 }
 

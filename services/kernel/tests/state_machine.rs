@@ -136,6 +136,18 @@ async fn the_live_state_is_the_journal_replayed() {
     }
 }
 
+/// Appends one snapshot part to a snapshot stream, as a crash mid-write would leave it.
+async fn append_part(logs: &fedsx_kernel::Logs, stream: &str, part: &impl prost::Message) {
+    logs.append_any(
+        stream,
+        fedsx_proto::logstore::v1::StreamKind::Meta,
+        bytes::Bytes::from_static(b"cut-short"),
+        part.encode_to_vec().into(),
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_start_from_a_snapshot_and_the_journal_after_it_is_the_whole_journal_replayed() {
     let node = node().await;
@@ -160,28 +172,14 @@ async fn a_start_from_a_snapshot_and_the_journal_after_it_is_the_whole_journal_r
         parts: 3,
         records: Vec::new(),
     };
-    logs.append_any(
-        "~flow-snapshots",
-        fedsx_proto::logstore::v1::StreamKind::Meta,
-        bytes::Bytes::from_static(b"cut-short"),
-        prost::Message::encode_to_vec(&flows_cut_short).into(),
-    )
-    .await
-    .unwrap();
+    append_part(&logs, "~flow-snapshots", &flows_cut_short).await;
     let cut_short = fedsx_proto::kernel::v1::StateSnapshot {
         journal_seq: covered + 1,
         part: 0,
         parts: 2,
         records: Vec::new(),
     };
-    logs.append_any(
-        "~kernel-snapshots",
-        fedsx_proto::logstore::v1::StreamKind::Meta,
-        bytes::Bytes::from_static(b"cut-short"),
-        prost::Message::encode_to_vec(&cut_short).into(),
-    )
-    .await
-    .unwrap();
+    append_part(&logs, "~kernel-snapshots", &cut_short).await;
 
     let restarted = node.shutdown.child_token();
     let (kernel, _) = kernel_on(&node.logs_url, &restarted).await;

@@ -22,8 +22,10 @@ pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Saves the tracking every [`SAVE_INTERVAL`] until `shutdown` (the last save is the
 /// caller's, after the server stopped).
-pub(crate) fn spawn_saver(kernel: std::sync::Weak<Kernel>, shutdown: fedsx_runtime::CancellationToken) {
-    tokio::spawn(async move {
+pub(crate) fn spawn_saver(kernel: &Arc<Kernel>, shutdown: fedsx_runtime::CancellationToken) {
+    let tasks = kernel.tasks.clone();
+    let kernel = Arc::downgrade(kernel);
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -38,7 +40,7 @@ pub(crate) fn spawn_saver(kernel: std::sync::Weak<Kernel>, shutdown: fedsx_runti
 /// Fills `fill` for `sender`, then any gap that opened meanwhile, in a task of its own.
 pub(crate) fn spawn(kernel: Arc<Kernel>, sender: ActorDocument, fill: Fill) {
     let span = tracing::info_span!("gap.fill", fedsx.actor = %sender.id);
-    tokio::spawn(
+    kernel.tasks.clone().spawn(
         async move {
             let mut fill = fill;
             loop {

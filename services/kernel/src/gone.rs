@@ -17,7 +17,7 @@ use std::time::Duration;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) fn spawn(kernel: Arc<Kernel>, shutdown: CancellationToken) {
-    tokio::spawn(async move {
+    kernel.tasks.clone().spawn(async move {
         // Dead letters per destination at the last sweep: unchanged ones are not read again.
         let mut seen: HashMap<String, u64> = HashMap::new();
         loop {

@@ -129,7 +129,7 @@ impl Kernel {
             revived.insert(node.clone(), std::time::Instant::now());
         }
         let Some(kernel) = self.me.upgrade() else { return };
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(err) = kernel.delivery.revive(node.clone()).await {
                 tracing::debug!(%node, error = %err, "telling delivery the node is up failed");
                 // Told nothing: the next request from it tries again.

@@ -15,7 +15,7 @@ use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::logstore::v1::{Entry, StreamKind};
 use futures::StreamExt;
 use prost::Message;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -122,8 +122,10 @@ impl Kernel {
 
 /// Follows the journal from the last applied record and applies each record in seq order
 /// until `shutdown`; after a log-store failure, follows it again from where it stopped.
-pub(crate) fn spawn_follower(kernel: Weak<Kernel>, shutdown: fedsx_runtime::CancellationToken) {
-    tokio::spawn(async move {
+pub(crate) fn spawn_follower(kernel: &Arc<Kernel>, shutdown: fedsx_runtime::CancellationToken) {
+    let tasks = kernel.tasks.clone();
+    let kernel = Arc::downgrade(kernel);
+    tasks.spawn(async move {
         let mut pause = RETRY_FIRST;
         loop {
             let Some(me) = kernel.upgrade() else { return };

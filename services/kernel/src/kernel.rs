@@ -48,6 +48,9 @@ pub struct Kernel {
     pub(crate) gaps: crate::gaps::Gaps,
     /// This kernel, for the tasks it starts (a gap's fill).
     pub(crate) me: std::sync::Weak<Kernel>,
+    /// Every background task it started (followers, relay, timers, snapshot writes, fills):
+    /// awaited at shutdown (`finish`).
+    pub(crate) tasks: tokio_util::task::TaskTracker,
     /// Reports flows by status while the kernel lives.
     _flow_gauge: fedsx_runtime::metrics::ObservableGauge<u64>,
 }
@@ -128,6 +131,7 @@ impl Kernel {
             flows,
             gaps: crate::gaps::Gaps::default(),
             me: this.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
             _flow_gauge: {
                 crate::metrics::init();
                 crate::metrics::register_flows(this.clone())
@@ -136,9 +140,9 @@ impl Kernel {
         // After a long journal since the last snapshot, the next start need not read it again.
         crate::snapshot::take_if_due(&kernel);
         crate::flows::snapshot::compact_if_due(&kernel, flows_read);
-        crate::journal::spawn_follower(Arc::downgrade(&kernel), shutdown.clone());
+        crate::journal::spawn_follower(&kernel, shutdown.clone());
         kernel.restore_gaps().await?;
-        crate::backfill::spawn_saver(Arc::downgrade(&kernel), shutdown.clone());
+        crate::backfill::spawn_saver(&kernel, shutdown.clone());
         crate::relay::spawn(kernel.clone(), shutdown.clone());
         crate::gone::spawn(kernel.clone(), shutdown.clone());
         crate::flows::spawn_timers(kernel.clone(), shutdown);
@@ -178,6 +182,23 @@ impl Kernel {
     /// whole journal).
     pub fn restored_from(&self) -> u64 {
         self.restored_from
+    }
+
+    /// After shutdown: waits up to `patience` for every background task to end (each loop
+    /// ends on the shutdown token; a snapshot or a hand-off in flight completes). How many
+    /// were still running when patience ran out (they are logged and abandoned).
+    pub async fn finish(&self, patience: Duration) -> usize {
+        self.tasks.close();
+        if tokio::time::timeout(patience, self.tasks.wait()).await.is_ok() {
+            return 0;
+        }
+        let running = self.tasks.len();
+        tracing::warn!(
+            running,
+            ?patience,
+            "background tasks still running at shutdown; abandoned"
+        );
+        running
     }
 
     /// The flow journal seq covered by the flow snapshot this kernel started from (0: it

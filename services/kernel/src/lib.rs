@@ -89,5 +89,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let served = fedsx_runtime::grpc::serve(SERVICE_NAME, routes, listener, shutdown).await;
     // After the last call: how far each sender arrived, for the next start.
     kernel.save_gaps().await;
+    kernel.finish(std::time::Duration::from_secs(5)).await;
     served
 }

@@ -62,7 +62,7 @@ impl Kicks {
 }
 
 pub(crate) fn spawn(kernel: Arc<Kernel>, shutdown: CancellationToken) {
-    tokio::spawn(run(kernel, shutdown));
+    kernel.tasks.clone().spawn(run(kernel, shutdown));
 }
 
 async fn run(kernel: Arc<Kernel>, shutdown: CancellationToken) {

@@ -235,7 +235,7 @@ pub(crate) fn take_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>) {
         (seq, state.as_records())
     };
     let kernel = kernel.clone();
-    tokio::spawn(async move {
+    kernel.tasks.clone().spawn(async move {
         let started = std::time::Instant::now();
         let parts = parts::<StateSnapshot>(seq, records);
         let count = parts.len();

@@ -204,4 +204,9 @@ async fn a_start_from_a_snapshot_and_the_journal_after_it_is_the_whole_journal_r
         node.kernel.followers("bob", &first_page()).unwrap()
     );
     restarted.cancel();
+    assert_eq!(
+        kernel.finish(Duration::from_secs(5)).await,
+        0,
+        "every background task of the kernel ended at shutdown"
+    );
 }

@@ -45,7 +45,7 @@ pub(crate) fn spawn_key_backfill(kernel: Arc<Kernel>) {
     if missing.is_empty() {
         return;
     }
-    tokio::spawn(async move {
+    kernel.tasks.clone().spawn(async move {
         for name in missing {
             let done = async {
                 let (rsa_key, rsa_public_pem) = new_rsa_key(&kernel.secret, &name).await?;

@@ -143,7 +143,7 @@ impl FlowTable {
 /// Starts the task that wakes instances when their time comes (at once for those that fell
 /// due while the kernel was down).
 pub(crate) fn spawn_timers(kernel: Arc<Kernel>, shutdown: CancellationToken) {
-    tokio::spawn(async move {
+    kernel.tasks.clone().spawn(async move {
         loop {
             let next = kernel
                 .flows
@@ -170,8 +170,8 @@ pub(crate) fn spawn_timers(kernel: Arc<Kernel>, shutdown: CancellationToken) {
                     .collect()
             };
             for id in due {
-                let kernel = kernel.clone();
-                tokio::spawn(async move { kernel.wake_flow(&id).await });
+                let waking = kernel.clone();
+                kernel.tasks.spawn(async move { waking.wake_flow(&id).await });
             }
         }
     });

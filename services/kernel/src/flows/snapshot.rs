@@ -114,7 +114,7 @@ pub(crate) fn compact_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>, seq
         return;
     }
     let kernel = kernel.clone();
-    tokio::spawn(async move {
+    kernel.tasks.clone().spawn(async move {
         let started = std::time::Instant::now();
         match compact(&kernel.logs).await {
             Ok(covered) => {

@@ -541,21 +541,29 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
 }
 
 /// A loopback address with a port free right now (for a node whose public URL must stay the
-/// same across restarts).
-/// A loopback address free right now, and never handed out before by this test process:
-/// the kernel may give a port just released to the next bind, so two tests picking
-/// addresses at once could otherwise both get it.
+/// same across restarts), handed out once per test process (ports are walked in turn). It is taken
+/// from just below the kernel's ephemeral range: a port picked there and released until the
+/// node binds it cannot be given meanwhile to another process's `bind(:0)` or outgoing
+/// connection, which only draw from the ephemeral range.
 pub fn free_addr() -> SocketAddr {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(12_000).max(1024);
+    let mut next = NEXT.lock().unwrap();
+    // Each test process starts at its own place, so concurrent ones rarely try the same ports.
+    let mut port = next.unwrap_or(low + (std::process::id() % 4000) as u16 * 2);
     loop {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut handed_out = HANDED_OUT.lock().unwrap();
-        if !handed_out.contains(&addr.port()) {
-            handed_out.push(addr.port());
-            return addr;
+        if port >= ephemeral_low {
+            port = low;
+        }
+        let candidate = port;
+        port += 1;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", candidate)) {
+            *next = Some(port);
+            return listener.local_addr().unwrap();
         }
     }
 }

@@ -39,32 +39,41 @@ pub(crate) trait SnapshotPart: Message + Default {
     fn into_records(self) -> Vec<Self::Record>;
 }
 
-impl SnapshotPart for StateSnapshot {
-    type Record = JournalRecord;
-    const STREAM: &'static str = SNAPSHOT_ACTOR;
-    const ID_PURPOSE: &'static str = "snapshot";
-    fn new(journal_seq: u64) -> Self {
-        StateSnapshot {
-            journal_seq,
-            ..StateSnapshot::default()
+/// Implements [`SnapshotPart`] for a snapshot message with the fields `$seq`, `part`,
+/// `parts` and `records` (repeated `$record`), kept in stream `$stream`.
+macro_rules! snapshot_part {
+    ($part:ty, $record:ty, $seq:ident, $stream:expr, $purpose:literal) => {
+        impl $crate::snapshot::SnapshotPart for $part {
+            type Record = $record;
+            const STREAM: &'static str = $stream;
+            const ID_PURPOSE: &'static str = $purpose;
+            fn new($seq: u64) -> Self {
+                Self {
+                    $seq,
+                    ..Self::default()
+                }
+            }
+            fn journal_seq(&self) -> u64 {
+                self.$seq
+            }
+            fn place(&self) -> (u32, u32) {
+                (self.part, self.parts)
+            }
+            fn set_place(&mut self, part: u32, parts: u32) {
+                (self.part, self.parts) = (part, parts);
+            }
+            fn records_mut(&mut self) -> &mut Vec<$record> {
+                &mut self.records
+            }
+            fn into_records(self) -> Vec<$record> {
+                self.records
+            }
         }
-    }
-    fn journal_seq(&self) -> u64 {
-        self.journal_seq
-    }
-    fn place(&self) -> (u32, u32) {
-        (self.part, self.parts)
-    }
-    fn set_place(&mut self, part: u32, parts: u32) {
-        (self.part, self.parts) = (part, parts);
-    }
-    fn records_mut(&mut self) -> &mut Vec<JournalRecord> {
-        &mut self.records
-    }
-    fn into_records(self) -> Vec<JournalRecord> {
-        self.records
-    }
+    };
 }
+pub(crate) use snapshot_part;
+
+snapshot_part!(StateSnapshot, JournalRecord, journal_seq, SNAPSHOT_ACTOR, "snapshot");
 
 /// The newest complete snapshot: the state it holds and the journal seq it covers; an
 /// empty state at 0 when there is none. Reads only that snapshot's parts.

@@ -9,7 +9,7 @@
 use super::FLOWS_ACTOR;
 use crate::error::KernelError;
 use crate::logs::Logs;
-use crate::snapshot::{SnapshotPart, newest_records, parts, write};
+use crate::snapshot::{newest_records, parts, write};
 use fedsx_proto::kernel::v1::{Flow, FlowRecord, FlowSnapshot};
 use fedsx_proto::logstore::v1::{Entry, StreamKind};
 use prost::Message;
@@ -21,32 +21,13 @@ pub const FLOW_SNAPSHOT_ACTOR: &str = "~flow-snapshots";
 /// The latest version of every instance, with the step it runs next.
 pub(crate) type Latest = BTreeMap<String, (Flow, u32)>;
 
-impl SnapshotPart for FlowSnapshot {
-    type Record = FlowRecord;
-    const STREAM: &'static str = FLOW_SNAPSHOT_ACTOR;
-    const ID_PURPOSE: &'static str = "flow-snapshot";
-    fn new(journal_seq: u64) -> Self {
-        FlowSnapshot {
-            flow_journal_seq: journal_seq,
-            ..FlowSnapshot::default()
-        }
-    }
-    fn journal_seq(&self) -> u64 {
-        self.flow_journal_seq
-    }
-    fn place(&self) -> (u32, u32) {
-        (self.part, self.parts)
-    }
-    fn set_place(&mut self, part: u32, parts: u32) {
-        (self.part, self.parts) = (part, parts);
-    }
-    fn records_mut(&mut self) -> &mut Vec<FlowRecord> {
-        &mut self.records
-    }
-    fn into_records(self) -> Vec<FlowRecord> {
-        self.records
-    }
-}
+crate::snapshot::snapshot_part!(
+    FlowSnapshot,
+    FlowRecord,
+    flow_journal_seq,
+    FLOW_SNAPSHOT_ACTOR,
+    "flow-snapshot"
+);
 
 /// Keeps `record` when it is a newer version of its instance than `latest` holds.
 pub(crate) fn keep_newest(latest: &mut Latest, record: FlowRecord) {

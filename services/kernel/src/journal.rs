@@ -41,18 +41,11 @@ pub(crate) async fn apply_after(
     secret: &NodeSecret,
     node: &NodeUrls,
 ) -> Result<(u64, u64), KernelError> {
-    let (mut applied, mut count) = (after, 0);
-    loop {
-        let (entries, tip) = logs.read(JOURNAL_ACTOR, StreamKind::Meta, applied, 0).await?;
-        for entry in &entries {
-            state.apply(decode(entry)?, secret, node);
-            applied = entry.seq;
-            count += 1;
-        }
-        if entries.is_empty() || applied >= tip {
-            return Ok((applied, count));
-        }
-    }
+    logs.each_after(JOURNAL_ACTOR, StreamKind::Meta, after, |entry| {
+        state.apply(decode(&entry)?, secret, node);
+        Ok(())
+    })
+    .await
 }
 
 /// The state as the whole journal leaves it, and the seq of its last record: what the live

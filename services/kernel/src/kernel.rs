@@ -10,7 +10,7 @@ use crate::peers::PeerFetcher;
 use crate::publish::Head;
 use crate::state::{NodeUrls, State};
 use fedsx_proto::kernel::v1::journal_record::Record;
-use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, PeerRegistered, StateSnapshot};
+use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, PeerRegistered};
 use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_runtime::paging::PageRequest;
 use prost::Message;
@@ -211,9 +211,10 @@ impl Kernel {
     /// flow journal entries); the flow journal seq it covers.
     pub async fn snapshot_flows(&self) -> Result<u64, KernelError> {
         self.flows.snapshots.turn().await;
-        let written = crate::flows::snapshot::compact(&self.logs).await;
-        self.flows.snapshots.written(written.as_ref().ok().copied());
-        written
+        self.flows
+            .snapshots
+            .writing("flow", crate::flows::snapshot::compact(&self.logs))
+            .await
     }
 
     /// Writes a snapshot of the state now (besides the one every
@@ -224,9 +225,9 @@ impl Kernel {
             let state = self.read_state();
             (self.applied.seq(), state.as_records())
         };
-        let written = crate::snapshot::write(&self.logs, crate::snapshot::parts::<StateSnapshot>(seq, records)).await;
-        self.snapshots.written(written.as_ref().ok().map(|()| seq));
-        written.map(|()| seq)
+        self.snapshots
+            .writing("state", crate::snapshot::write_state(&self.logs, seq, records))
+            .await
     }
 
     /// Whether the state in memory — and every flow instance — is what replaying the

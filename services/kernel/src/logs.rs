@@ -106,17 +106,37 @@ impl Logs {
     }
 
     /// Every entry after `after_seq`, page by page.
-    pub async fn read_all(&self, actor: &str, kind: StreamKind, mut after_seq: u64) -> Result<Vec<Entry>, KernelError> {
+    pub async fn read_all(&self, actor: &str, kind: StreamKind, after_seq: u64) -> Result<Vec<Entry>, KernelError> {
         let mut all = Vec::new();
+        self.each_after(actor, kind, after_seq, |entry| {
+            all.push(entry);
+            Ok(())
+        })
+        .await?;
+        Ok(all)
+    }
+
+    /// Hands `each` every entry after `after_seq` in seq order, one page in memory at a
+    /// time, until the tip it finds; the seq of the last entry handed (`after_seq` when
+    /// none) and how many were. Stops at the first error `each` returns.
+    pub async fn each_after(
+        &self,
+        actor: &str,
+        kind: StreamKind,
+        after_seq: u64,
+        mut each: impl FnMut(Entry) -> Result<(), KernelError>,
+    ) -> Result<(u64, u64), KernelError> {
+        let (mut last, mut count) = (after_seq, 0);
         loop {
-            let (entries, tip) = self.read(actor, kind, after_seq, 0).await?;
-            let Some(last) = entries.last() else {
-                return Ok(all);
-            };
-            after_seq = last.seq;
-            all.extend(entries);
-            if after_seq >= tip {
-                return Ok(all);
+            let (entries, tip) = self.read(actor, kind, last, 0).await?;
+            let empty = entries.is_empty();
+            for entry in entries {
+                last = entry.seq;
+                count += 1;
+                each(entry)?;
+            }
+            if empty || last >= tip {
+                return Ok((last, count));
             }
         }
     }

@@ -221,7 +221,28 @@ impl Snapshots {
         }
     }
 
-    pub(crate) fn written(&self, seq: Option<u64>) {
+    /// Runs `write` (the writer's turn already taken) and records how it went: the journal
+    /// seq it covers on success, logged either way.
+    pub(crate) async fn writing(
+        &self,
+        what: &str,
+        write: impl std::future::Future<Output = Result<u64, KernelError>>,
+    ) -> Result<u64, KernelError> {
+        let started = std::time::Instant::now();
+        let written = write.await;
+        match &written {
+            Ok(seq) => {
+                tracing::info!(snapshot = what, journal_seq = seq, took = ?started.elapsed(), "snapshot written")
+            }
+            Err(err) => {
+                tracing::warn!(snapshot = what, error = %err, "writing a snapshot failed; the next one is taken later")
+            }
+        }
+        self.written(written.as_ref().ok().copied());
+        written
+    }
+
+    fn written(&self, seq: Option<u64>) {
         use std::sync::atomic::Ordering;
         if let Some(seq) = seq {
             self.covered.fetch_max(seq, Ordering::Relaxed);
@@ -245,18 +266,14 @@ pub(crate) fn take_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>) {
     };
     let kernel = kernel.clone();
     kernel.tasks.clone().spawn(async move {
-        let started = std::time::Instant::now();
-        let parts = parts::<StateSnapshot>(seq, records);
-        let count = parts.len();
-        match write(&kernel.logs, parts).await {
-            Ok(()) => {
-                tracing::info!(journal_seq = seq, parts = count, took = ?started.elapsed(), "state snapshot written");
-                kernel.snapshots.written(Some(seq));
-            }
-            Err(err) => {
-                tracing::warn!(journal_seq = seq, error = %err, "writing a state snapshot failed; the next one is taken later");
-                kernel.snapshots.written(None);
-            }
-        }
+        let _ = kernel
+            .snapshots
+            .writing("state", write_state(&kernel.logs, seq, records))
+            .await;
     });
+}
+
+/// Writes a snapshot of the state `records` rebuild, as of journal record `seq`; `seq`.
+pub(crate) async fn write_state(logs: &Logs, seq: u64, records: Vec<JournalRecord>) -> Result<u64, KernelError> {
+    write(logs, parts::<StateSnapshot>(seq, records)).await.map(|()| seq)
 }

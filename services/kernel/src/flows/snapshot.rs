@@ -55,26 +55,13 @@ pub(crate) struct Restored {
 pub(crate) async fn restore(logs: &Logs) -> Result<Restored, KernelError> {
     let mut latest = Latest::new();
     let covered = newest_records::<FlowSnapshot>(logs, |record| keep_newest(&mut latest, record)).await?;
-    let mut last = covered;
-    loop {
-        let (entries, tip) = logs.read(FLOWS_ACTOR, StreamKind::Flow, last, 0).await?;
-        for entry in &entries {
-            keep_newest(&mut latest, decode(entry)?);
-            last = entry.seq;
-        }
-        if entries.is_empty() || last >= tip {
-            return Ok(Restored { latest, covered, last });
-        }
-    }
-}
-
-/// Writes a snapshot of `latest` as the flow journal stood after its entry `seq`.
-pub(crate) async fn write_latest(logs: &Logs, seq: u64, latest: Latest) -> Result<(), KernelError> {
-    let records = latest
-        .into_values()
-        .map(|(flow, step)| FlowRecord { flow: Some(flow), step })
-        .collect();
-    write(logs, parts::<FlowSnapshot>(seq, records)).await
+    let (last, _) = logs
+        .each_after(FLOWS_ACTOR, StreamKind::Flow, covered, |entry| {
+            keep_newest(&mut latest, decode(&entry)?);
+            Ok(())
+        })
+        .await?;
+    Ok(Restored { latest, covered, last })
 }
 
 /// Writes a snapshot of the flow journal as it stands, built from the newest snapshot and
@@ -83,7 +70,11 @@ pub(crate) async fn write_latest(logs: &Logs, seq: u64, latest: Latest) -> Resul
 pub(crate) async fn compact(logs: &Logs) -> Result<u64, KernelError> {
     let Restored { latest, covered, last } = restore(logs).await?;
     if last > covered {
-        write_latest(logs, last, latest).await?;
+        let records = latest
+            .into_values()
+            .map(|(flow, step)| FlowRecord { flow: Some(flow), step })
+            .collect();
+        write(logs, parts::<FlowSnapshot>(last, records)).await?;
     }
     Ok(last)
 }
@@ -96,16 +87,6 @@ pub(crate) fn compact_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>, seq
     }
     let kernel = kernel.clone();
     kernel.tasks.clone().spawn(async move {
-        let started = std::time::Instant::now();
-        match compact(&kernel.logs).await {
-            Ok(covered) => {
-                tracing::info!(flow_journal_seq = covered, took = ?started.elapsed(), "flow snapshot written");
-                kernel.flows.snapshots.written(Some(covered));
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "writing a flow snapshot failed; the next one is taken later");
-                kernel.flows.snapshots.written(None);
-            }
-        }
+        let _ = kernel.flows.snapshots.writing("flow", compact(&kernel.logs)).await;
     });
 }

@@ -14,6 +14,7 @@ mod rocks;
 mod service;
 mod storage;
 mod stream;
+mod waiters;
 
 #[cfg(test)]
 mod conformance;

@@ -2,14 +2,15 @@
 //! maps errors, and runs subscriptions. No storage logic lives here.
 
 use crate::error::StoreError;
-use crate::storage::{LogStorage, Notice, Page};
+use crate::storage::{LogStorage, Page};
 use crate::stream::{Entry, Kind, NewEntry, StreamId, limits};
+use crate::waiters::{Waiter, Waiters};
 use fedsx_proto::logstore::v1 as pb;
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::error::ServiceError;
 use pb::log_store_server::{LogStore, LogStoreServer};
 use std::pin::Pin;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -18,13 +19,19 @@ use tonic::{Request, Response, Status};
 const SUBSCRIBE_BUFFER: usize = 256;
 
 pub(crate) fn server<S: LogStorage>(store: S, shutdown: CancellationToken) -> LogStoreServer<LogStoreService<S>> {
-    LogStoreServer::new(LogStoreService { store, shutdown })
-        .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
-        .max_encoding_message_size(limits::MAX_REQUEST_BYTES)
+    let waiters = Waiters::spawn(store.notices());
+    LogStoreServer::new(LogStoreService {
+        store,
+        waiters,
+        shutdown,
+    })
+    .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+    .max_encoding_message_size(limits::MAX_REQUEST_BYTES)
 }
 
 pub(crate) struct LogStoreService<S> {
     store: S,
+    waiters: Waiters,
     shutdown: CancellationToken,
 }
 
@@ -120,6 +127,8 @@ impl<S: LogStorage> LogStore for LogStoreService<S> {
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
         let subscription = Subscription {
             store: self.store.clone(),
+            // Made before the first read, so no append between the read and the wait is missed.
+            waiter: self.waiters.waiter(&stream),
             stream,
             cursor: request.after_seq,
             sender,
@@ -133,6 +142,7 @@ impl<S: LogStorage> LogStore for LogStoreService<S> {
 /// appends to the stream and sends those, until the client goes away or shutdown.
 struct Subscription<S> {
     store: S,
+    waiter: Waiter,
     stream: StreamId,
     cursor: u64,
     sender: mpsc::Sender<Result<pb::Entry, Status>>,
@@ -140,8 +150,6 @@ struct Subscription<S> {
 
 impl<S: LogStorage> Subscription<S> {
     async fn run(mut self, shutdown: CancellationToken) {
-        // Listen before the first read so no append between the read and the wait is missed.
-        let mut notices = self.store.notices();
         let _watching = self.store.watch(&self.stream);
         loop {
             match self.send_new_entries().await {
@@ -152,7 +160,7 @@ impl<S: LogStorage> Subscription<S> {
                     return;
                 }
             }
-            if !self.wait_for_append(&mut notices, &shutdown).await {
+            if !self.wait_for_append(&shutdown).await {
                 return;
             }
         }
@@ -160,24 +168,13 @@ impl<S: LogStorage> Subscription<S> {
 
     /// Waits until this stream may have new entries; false when the subscription must end.
     /// Engines whose notices can be lost are read again every poll interval anyway.
-    async fn wait_for_append(&self, notices: &mut broadcast::Receiver<Notice>, shutdown: &CancellationToken) -> bool {
+    async fn wait_for_append(&mut self, shutdown: &CancellationToken) -> bool {
         let poll = self.store.poll_interval();
-        let deadline = tokio::time::sleep(poll.unwrap_or_default());
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = self.sender.closed() => return false,
-                () = &mut deadline, if poll.is_some() => return true,
-                notice = notices.recv() => match notice {
-                    Ok(Notice::Appended(stream)) if stream == self.stream => return true,
-                    Ok(Notice::Appended(_)) => {}
-                    Ok(Notice::Unknown) => return true,
-                    // We may have missed our stream's notice: read again to be sure.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                    Err(broadcast::error::RecvError::Closed) => return false,
-                },
-            }
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = self.sender.closed() => false,
+            () = tokio::time::sleep(poll.unwrap_or_default()), if poll.is_some() => true,
+            woken = self.waiter.woken() => woken,
         }
     }
 

@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, env = "FEDSX_KERNEL_NO_NODE_INBOX")]
     pub no_node_inbox: bool,
 
+    /// How many partitions a new node spreads its actors over (each has its own journal; 1
+    /// to 1024). Fixed when the node is created: a node that exists keeps its own.
+    #[arg(long, env = "FEDSX_KERNEL_PARTITIONS", default_value_t = crate::partition::DEFAULT_PARTITIONS)]
+    pub partitions: u32,
+
     /// Allow fetching peer documents from loopback, private and link-local addresses
     /// (tests and single-machine setups only).
     #[arg(long, env = "FEDSX_ALLOW_PRIVATE_PEERS")]

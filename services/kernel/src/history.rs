@@ -1,10 +1,10 @@
 //! A local actor's follower list history: every follower added and removed, with why,
-//! read from the journal (which keeps them all; snapshots only spare the start from reading
-//! it). Paged by journal seq, scanning a bounded number of records per call.
+//! read from its partition's journal (which keeps them all; snapshots only spare the start
+//! from reading it). Paged by that journal's seq, scanning a bounded number of records per
+//! call.
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
-use crate::logs::JOURNAL_ACTOR;
 use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::logstore::v1::StreamKind;
 
@@ -36,9 +36,10 @@ impl Kernel {
     pub async fn follower_history(&self, name: &str, after: u64, limit: u32) -> Result<HistoryPage, KernelError> {
         self.actor(name)?;
         let limit = if limit == 0 { 100 } else { limit.min(1000) } as usize;
+        let journal = self.journals.stream(self.journals.of_actor(name));
         let (mut events, mut at) = (Vec::new(), after);
         loop {
-            let (entries, tip) = self.logs.read(JOURNAL_ACTOR, StreamKind::Meta, at, 0).await?;
+            let (entries, tip) = self.logs.read(journal, StreamKind::Meta, at, 0).await?;
             for entry in &entries {
                 at = entry.seq;
                 if let Some(event) = event_of(name, entry.seq, crate::journal::decode(entry)?.record) {

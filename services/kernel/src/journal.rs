@@ -1,13 +1,15 @@
-//! The kernel's journal and the state machine it drives. A handler appends its record to
-//! the journal stream and waits until that record has been applied; one task applies the
-//! records in journal (seq) order, as the log-store hands them out. So the state in memory
-//! is always the journal folded in order — the same state a restart rebuilds — however
-//! concurrent appends completed, and also when an append's answer was lost.
+//! The kernel's journals and the state machine they drive. A handler appends its record to
+//! the journal it belongs in (`partition.rs`) and waits until that record has been applied;
+//! one task per journal applies its records in journal (seq) order, as the log-store hands
+//! them out. So the state in memory is always the journals folded in order — the same state
+//! a restart rebuilds — however concurrent appends completed, and also when an append's
+//! answer was lost.
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
 use crate::keys::NodeSecret;
-use crate::logs::{JOURNAL_ACTOR, Logs};
+use crate::logs::Logs;
+use crate::partition::Journals;
 use crate::state::{NodeUrls, State};
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::JournalRecord;
@@ -32,49 +34,80 @@ pub(crate) fn decode(entry: &Entry) -> Result<JournalRecord, KernelError> {
         .map_err(|err| KernelError::Internal(format!("journal entry {} is corrupt: {err}", entry.seq)))
 }
 
-/// Applies to `state` every journal record after `after`, page by page; the seq of the
-/// last one applied and how many were.
+/// Applies to `state` every record of journal stream `journal` after `after`, page by page;
+/// the seq of the last one applied and how many were.
 pub(crate) async fn apply_after(
     logs: &Logs,
     state: &mut State,
+    journal: &str,
     after: u64,
     secret: &NodeSecret,
     node: &NodeUrls,
 ) -> Result<(u64, u64), KernelError> {
-    logs.each_after(JOURNAL_ACTOR, StreamKind::Meta, after, |entry| {
+    logs.each_after(journal, StreamKind::Meta, after, |entry| {
         state.apply(decode(&entry)?, secret, node);
         Ok(())
     })
     .await
 }
 
-/// The state as the whole journal leaves it, and the seq of its last record: what the live
-/// state is compared with.
-pub async fn replay(logs: &Logs, secret: &NodeSecret, node: &NodeUrls) -> Result<(State, u64), KernelError> {
-    let mut state = State::default();
-    let (last, _) = apply_after(logs, &mut state, 0, secret, node).await?;
-    Ok((state, last))
+/// Applies to `state` every record of each journal after its seq in `seqs` (advanced to the
+/// last one applied); how many were.
+pub(crate) async fn apply_all_after(
+    logs: &Logs,
+    journals: &Journals,
+    state: &mut State,
+    seqs: &mut [u64],
+    secret: &NodeSecret,
+    node: &NodeUrls,
+) -> Result<u64, KernelError> {
+    let mut applied = 0;
+    for journal in journals.replay_order() {
+        let (last, count) = apply_after(logs, state, journals.stream(journal), seqs[journal], secret, node).await?;
+        seqs[journal] = last;
+        applied += count;
+    }
+    Ok(applied)
 }
 
-/// The seq of the last journal record applied to the state.
+/// The state as the whole journals leave it, and the seq of each one's last record: what
+/// the live state is compared with.
+pub async fn replay(
+    logs: &Logs,
+    journals: &Journals,
+    secret: &NodeSecret,
+    node: &NodeUrls,
+) -> Result<(State, Vec<u64>), KernelError> {
+    let mut state = State::default();
+    let mut seqs = vec![0; journals.count()];
+    apply_all_after(logs, journals, &mut state, &mut seqs, secret, node).await?;
+    Ok((state, seqs))
+}
+
+/// The seq of the last record applied to the state, per journal.
 pub(crate) struct Applied {
-    seq: watch::Sender<u64>,
+    seqs: Vec<watch::Sender<u64>>,
 }
 
 impl Applied {
-    pub(crate) fn new(seq: u64) -> Applied {
+    pub(crate) fn new(seqs: &[u64]) -> Applied {
         Applied {
-            seq: watch::Sender::new(seq),
+            seqs: seqs.iter().map(|seq| watch::Sender::new(*seq)).collect(),
         }
     }
 
-    pub(crate) fn seq(&self) -> u64 {
-        *self.seq.borrow()
+    pub(crate) fn seq(&self, journal: usize) -> u64 {
+        *self.seqs[journal].borrow()
     }
 
-    /// Waits until record `seq` is applied.
-    async fn reached(&self, seq: u64) -> Result<(), KernelError> {
-        let mut applied = self.seq.subscribe();
+    /// Every journal's, in journal order.
+    pub(crate) fn seqs(&self) -> Vec<u64> {
+        self.seqs.iter().map(|seq| *seq.borrow()).collect()
+    }
+
+    /// Waits until record `seq` of `journal` is applied.
+    async fn reached(&self, journal: usize, seq: u64) -> Result<(), KernelError> {
+        let mut applied = self.seqs[journal].subscribe();
         let waited = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|at| *at >= seq))
             .await
             .map(|reached| reached.is_ok());
@@ -84,7 +117,7 @@ impl Applied {
             Err(_) => Err(KernelError::LogStoreUnavailable(format!(
                 "journal record {seq} is durable but not applied after {APPLY_WAIT:?} (applied up to {}); \
                  it will be — retry the call",
-                self.seq()
+                self.seq(journal)
             ))),
         }
     }
@@ -94,11 +127,12 @@ impl Kernel {
     /// Appends a record to the journal (idempotent by `id`) and waits until it is applied;
     /// whether it was new.
     pub(crate) async fn journal(&self, id: [u8; 32], record: Record) -> Result<bool, KernelError> {
+        let journal = self.journals.of_record(&record);
         let record = JournalRecord { record: Some(record) };
         let answer = self
             .logs
             .append_any(
-                JOURNAL_ACTOR,
+                self.journals.stream(journal),
                 StreamKind::Meta,
                 Bytes::copy_from_slice(&id),
                 record.encode_to_vec().into(),
@@ -108,15 +142,23 @@ impl Kernel {
             .entries
             .first()
             .ok_or_else(|| KernelError::Internal("the log-store answered an append with no entry".into()))?;
-        self.applied.reached(entry.seq).await?;
+        self.applied.reached(journal, entry.seq).await?;
         Ok(entry.appended)
     }
 }
 
-/// Follows the journal from the last applied record and applies each record in seq order
+/// Follows every journal, each in a task of its own (`spawn_follower`).
+pub(crate) fn spawn_followers(kernel: &Arc<Kernel>, shutdown: &fedsx_runtime::CancellationToken) {
+    for journal in 0..kernel.journals.count() {
+        spawn_follower(kernel, journal, shutdown.clone());
+    }
+}
+
+/// Follows `journal` from its last applied record and applies each record in seq order
 /// until `shutdown`; after a log-store failure, follows it again from where it stopped.
-pub(crate) fn spawn_follower(kernel: &Arc<Kernel>, shutdown: fedsx_runtime::CancellationToken) {
+fn spawn_follower(kernel: &Arc<Kernel>, journal: usize, shutdown: fedsx_runtime::CancellationToken) {
     let tasks = kernel.tasks.clone();
+    let stream = kernel.journals.stream(journal).to_owned();
     let kernel = Arc::downgrade(kernel);
     tasks.spawn(async move {
         let mut pause = RETRY_FIRST;
@@ -124,13 +166,13 @@ pub(crate) fn spawn_follower(kernel: &Arc<Kernel>, shutdown: fedsx_runtime::Canc
             let Some(me) = kernel.upgrade() else { return };
             let followed = tokio::select! {
                 () = shutdown.cancelled() => return,
-                followed = follow(&me) => followed,
+                followed = follow(&me, journal) => followed,
             };
             drop(me);
             match followed {
                 Ok(()) => pause = RETRY_FIRST,
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?pause, "following the journal failed");
+                    tracing::warn!(journal = %stream, error = %err, retry_in = ?pause, "following the journal failed");
                     pause = (pause * 2).min(RETRY_MAX);
                 }
             }
@@ -142,17 +184,18 @@ pub(crate) fn spawn_follower(kernel: &Arc<Kernel>, shutdown: fedsx_runtime::Canc
     });
 }
 
-/// Applies the journal's records after the last applied one as the log-store hands them
-/// out, until the subscription ends or fails.
-async fn follow(kernel: &Arc<Kernel>) -> Result<(), KernelError> {
-    let from = kernel.applied.seq();
-    let mut entries = kernel.logs.subscribe(JOURNAL_ACTOR, StreamKind::Meta, from).await?;
+/// Applies `journal`'s records after the last applied one as the log-store hands them out,
+/// until the subscription ends or fails.
+async fn follow(kernel: &Arc<Kernel>, journal: usize) -> Result<(), KernelError> {
+    let from = kernel.applied.seq(journal);
+    let stream = kernel.journals.stream(journal);
+    let mut entries = kernel.logs.subscribe(stream, StreamKind::Meta, from).await?;
     while let Some(entry) = entries.next().await {
         let entry = entry?;
-        let expected = kernel.applied.seq() + 1;
+        let expected = kernel.applied.seq(journal) + 1;
         if entry.seq != expected {
             return Err(KernelError::Internal(format!(
-                "the journal gave record {} where {expected} was next",
+                "journal {stream} gave record {} where {expected} was next",
                 entry.seq
             )));
         }
@@ -161,7 +204,7 @@ async fn follow(kernel: &Arc<Kernel>) -> Result<(), KernelError> {
             let mut state = kernel.state.write().expect("state lock poisoned");
             state.apply(record, &kernel.secret, &kernel.node);
             // Under the state's lock: whoever reads the state reads the seq it covers.
-            kernel.applied.seq.send_replace(entry.seq);
+            kernel.applied.seqs[journal].send_replace(entry.seq);
         }
         crate::snapshot::take_if_due(kernel);
     }

@@ -28,11 +28,13 @@ pub struct Kernel {
     pub(crate) node: NodeUrls,
     /// `<base>/actors/`: local actor URLs start with it.
     pub(crate) actors_prefix: String,
-    /// Changed only by the journal follower, in journal order (`journal.rs`).
+    /// The node journal and the partitions' (`partition.rs`).
+    pub(crate) journals: crate::partition::Journals,
+    /// Changed only by the journal followers, each journal in its order (`journal.rs`).
     pub(crate) state: RwLock<State>,
     pub(crate) applied: crate::journal::Applied,
     pub(crate) snapshots: crate::snapshot::Snapshots,
-    /// The journal seq of the snapshot this kernel started from (0: none).
+    /// The records covered by the snapshot this kernel started from (0: none).
     restored_from: u64,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
     pub(crate) fetcher: PeerFetcher,
@@ -80,23 +82,26 @@ pub(crate) fn derived_id(purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
 }
 
 impl Kernel {
-    /// Replays the journal into memory and starts the delivery relay. Fails when the
-    /// log-store cannot be read.
+    /// Replays the journals into memory and starts the delivery relay. A node without a
+    /// journal is created with `partitions` partitions. Fails when the log-store cannot be
+    /// read.
     pub async fn start(
         logs: Logs,
         secret: NodeSecret,
         node: NodeUrls,
+        partitions: u32,
         fetcher: PeerFetcher,
         delivery: Arc<dyn DeliveryPort>,
         shutdown: fedsx_runtime::CancellationToken,
     ) -> Result<Arc<Kernel>, KernelError> {
         let started = Instant::now();
-        let (state, applied, replayed) = crate::snapshot::restore(&logs, &secret, &node).await?;
-        let covered = applied - replayed;
+        let journals = crate::partition::Journals::open(&logs, partitions).await?;
+        let (state, applied, replayed) = crate::snapshot::restore(&logs, &journals, &secret, &node).await?;
+        let covered = applied.iter().sum::<u64>() - replayed;
         tracing::info!(
+            partitions = journals.partitions(),
             snapshot = covered,
             replayed,
-            applied,
             actors = state.actors.len(),
             peers = state.peers.len(),
             took = ?started.elapsed(),
@@ -117,8 +122,9 @@ impl Kernel {
             secret,
             actors_prefix: format!("{}/actors/", node.base),
             node,
+            journals,
             state: RwLock::new(state),
-            applied: crate::journal::Applied::new(applied),
+            applied: crate::journal::Applied::new(&applied),
             snapshots: crate::snapshot::Snapshots::new(covered),
             restored_from: covered,
             heads: Mutex::default(),
@@ -140,7 +146,7 @@ impl Kernel {
         // After a long journal since the last snapshot, the next start need not read it again.
         crate::snapshot::take_if_due(&kernel);
         crate::flows::snapshot::compact_if_due(&kernel, flows_read);
-        crate::journal::spawn_follower(&kernel, shutdown.clone());
+        crate::journal::spawn_followers(&kernel, &shutdown);
         kernel.restore_gaps().await?;
         crate::backfill::spawn_saver(&kernel, shutdown.clone());
         crate::relay::spawn(kernel.clone(), shutdown.clone());
@@ -178,8 +184,8 @@ impl Kernel {
         self.state.read().expect("state lock poisoned")
     }
 
-    /// The journal seq covered by the snapshot this kernel started from (0: it replayed the
-    /// whole journal).
+    /// The journal records covered by the snapshot this kernel started from, over all
+    /// journals (0: it replayed the whole journals).
     pub fn restored_from(&self) -> u64 {
         self.restored_from
     }
@@ -218,27 +224,37 @@ impl Kernel {
     }
 
     /// Writes a snapshot of the state now (besides the one every
-    /// `snapshot::EVERY` records); the journal seq it covers.
+    /// `snapshot::EVERY` records); the journal records it covers, over all journals.
     pub async fn snapshot(&self) -> Result<u64, KernelError> {
         self.snapshots.turn().await;
-        let (seq, records) = {
+        let (seqs, records) = {
             let state = self.read_state();
-            (self.applied.seq(), state.as_records())
+            (self.applied.seqs(), state.as_records())
         };
         self.snapshots
-            .writing("state", crate::snapshot::write_state(&self.logs, seq, records))
+            .writing("state", crate::snapshot::write_state(&self.logs, seqs, records))
             .await
+    }
+
+    /// How many partitions the node's actors are spread over.
+    pub fn partitions(&self) -> u32 {
+        self.journals.partitions()
+    }
+
+    /// The partition local actor `name` belongs to.
+    pub fn partition_of(&self, name: &str) -> u32 {
+        self.journals.partition_of(name)
     }
 
     /// Whether the state in memory — and every flow instance — is what replaying the
     /// journals builds (the check a restart would pass); when not, the first difference. Meaningful while nothing is
     /// being journaled.
     pub async fn matches_journal(&self) -> Result<Result<(), String>, KernelError> {
-        let (replayed, last) = crate::journal::replay(&self.logs, &self.secret, &self.node).await?;
-        let applied = self.applied.seq();
+        let (replayed, last) = crate::journal::replay(&self.logs, &self.journals, &self.secret, &self.node).await?;
+        let applied = self.applied.seqs();
         if applied != last {
             return Ok(Err(format!(
-                "applied up to record {applied}, the journal ends at {last}"
+                "applied up to records {applied:?}, the journals end at {last:?}"
             )));
         }
         if let Err(difference) = self.read_state().difference(&replayed) {

@@ -19,6 +19,7 @@ mod kernel;
 mod keys;
 mod logs;
 mod metrics;
+mod partition;
 pub mod peers;
 mod publish;
 mod relay;
@@ -68,6 +69,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             logs.clone(),
             NodeSecret::from_bytes(secret.to_bytes()),
             state::NodeUrls::new(&config.public_url, !config.no_node_inbox),
+            config.partitions,
             fetcher.clone(),
             delivery.clone(),
             shutdown.clone(),
@@ -75,6 +77,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .await;
         match started {
             Ok(kernel) => break kernel,
+            Err(err @ KernelError::BadRequest(_)) => return Err(err).context("starting the kernel"),
             Err(KernelError::LogStoreUnavailable(reason)) => {
                 tracing::warn!(log_store = %config.log_store, %reason, "log-store not reachable yet; retrying");
                 tokio::select! {

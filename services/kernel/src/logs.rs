@@ -10,10 +10,6 @@ use fedsx_proto::logstore::v1::{
 };
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 
-/// The actor name of the kernel's own journal stream; not a valid local actor name, so it
-/// never collides with one.
-pub const JOURNAL_ACTOR: &str = "~kernel";
-
 /// Why an append did not happen.
 #[derive(Debug)]
 pub enum AppendError {

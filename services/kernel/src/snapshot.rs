@@ -1,5 +1,5 @@
-//! Snapshots of the kernel's state, so a start reads the newest snapshot and the journal
-//! after it instead of the whole journal. A snapshot is the state written as the journal
+//! Snapshots of the kernel's state, so a start reads the newest snapshot and the journals
+//! after it instead of the whole journals. A snapshot is the state written as the journal
 //! records that rebuild it (`State::as_records`), in parts under the log-store's entry
 //! limit, in a stream of its own. It is written every `EVERY` applied records, in the
 //! background; a snapshot cut short (a crash mid-write) is passed over at start.
@@ -7,6 +7,7 @@
 use crate::error::KernelError;
 use crate::keys::NodeSecret;
 use crate::logs::Logs;
+use crate::partition::Journals;
 use crate::state::{NodeUrls, State};
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::{JournalRecord, StateSnapshot};
@@ -15,7 +16,8 @@ use prost::Message;
 
 /// The stream snapshots are kept in; like the journal's, no valid actor name.
 pub const SNAPSHOT_ACTOR: &str = "~kernel-snapshots";
-/// A snapshot is written after this many journal records since the last one.
+/// A snapshot is written after this many journal records (over all journals) since the
+/// last one.
 pub const EVERY: u64 = 10_000;
 /// Most bytes of records in one part (the log-store takes entries of up to 1 MiB).
 const PART_BYTES: usize = 900 << 10;
@@ -75,24 +77,44 @@ pub(crate) use snapshot_part;
 
 snapshot_part!(StateSnapshot, JournalRecord, journal_seq, SNAPSHOT_ACTOR, "snapshot");
 
-/// The newest complete snapshot: the state it holds and the journal seq it covers; an
-/// empty state at 0 when there is none. Reads only that snapshot's parts.
-pub async fn newest(logs: &Logs, secret: &NodeSecret, node: &NodeUrls) -> Result<(State, u64), KernelError> {
+/// The newest complete snapshot: the state it holds and the seq it covers of each journal;
+/// an empty state at 0 when there is none. Reads only that snapshot's parts.
+pub async fn newest(
+    logs: &Logs,
+    journals: &Journals,
+    secret: &NodeSecret,
+    node: &NodeUrls,
+) -> Result<(State, Vec<u64>), KernelError> {
     let mut state = State::default();
-    let covered = newest_records::<StateSnapshot>(logs, |record| state.apply(record, secret, node)).await?;
-    Ok((state, covered))
+    let Some(last) = newest_records::<StateSnapshot>(logs, |record| state.apply(record, secret, node)).await? else {
+        return Ok((state, vec![0; journals.count()]));
+    };
+    let seqs = if last.journal_seqs.is_empty() {
+        // From before partitions: the one journal is partition 0's, the node journal empty.
+        vec![0, last.journal_seq]
+    } else {
+        last.journal_seqs
+    };
+    if seqs.len() != journals.count() {
+        return Err(KernelError::Internal(format!(
+            "the newest snapshot covers {} journals, the node has {}",
+            seqs.len(),
+            journals.count()
+        )));
+    }
+    Ok((state, seqs))
 }
 
 /// Hands `each` the records of the newest complete snapshot in `P`'s stream, in order;
-/// the journal seq it covers (0 and no records when there is none). A snapshot cut short
-/// (a crash mid-write) is passed over.
+/// its last part without its records (None and no records when there is none). A snapshot
+/// cut short (a crash mid-write) is passed over.
 pub(crate) async fn newest_records<P: SnapshotPart>(
     logs: &Logs,
     mut each: impl FnMut(P::Record),
-) -> Result<u64, KernelError> {
+) -> Result<Option<P>, KernelError> {
     let mut end = logs.tip(P::STREAM, StreamKind::Meta).await?;
     while end > 0 {
-        let last: P = part_at(logs, end).await?;
+        let mut last: P = part_at(logs, end).await?;
         let (part, parts) = last.place();
         if part + 1 != parts {
             // Cut short: the snapshot before it ends just before its first part.
@@ -126,9 +148,10 @@ pub(crate) async fn newest_records<P: SnapshotPart>(
                 next = entry.seq;
             }
         }
-        return Ok(last.journal_seq());
+        last.records_mut().clear();
+        return Ok(Some(last));
     }
-    Ok(0)
+    Ok(None)
 }
 
 async fn part_at<P: SnapshotPart>(logs: &Logs, seq: u64) -> Result<P, KernelError> {
@@ -142,11 +165,16 @@ async fn part_at<P: SnapshotPart>(logs: &Logs, seq: u64) -> Result<P, KernelErro
 }
 
 /// The state a start begins with: the newest snapshot and every journal record after it;
-/// the journal seq it covers and how many records were replayed after the snapshot.
-pub async fn restore(logs: &Logs, secret: &NodeSecret, node: &NodeUrls) -> Result<(State, u64, u64), KernelError> {
-    let (mut state, from) = newest(logs, secret, node).await?;
-    let (applied, replayed) = crate::journal::apply_after(logs, &mut state, from, secret, node).await?;
-    Ok((state, applied, replayed))
+/// the seq of each journal it covers and how many records were replayed after the snapshot.
+pub async fn restore(
+    logs: &Logs,
+    journals: &Journals,
+    secret: &NodeSecret,
+    node: &NodeUrls,
+) -> Result<(State, Vec<u64>, u64), KernelError> {
+    let (mut state, mut seqs) = newest(logs, journals, secret, node).await?;
+    let replayed = crate::journal::apply_all_after(logs, journals, &mut state, &mut seqs, secret, node).await?;
+    Ok((state, seqs, replayed))
 }
 
 /// The parts of a snapshot of `records` (what the journal held after record `journal_seq`).
@@ -256,24 +284,30 @@ impl Snapshots {
 /// state (the follower, or the start before it), so the state cannot move meanwhile and a
 /// read lock suffices.
 pub(crate) fn take_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>) {
-    let (seq, records) = {
+    let (seqs, records) = {
         let state = kernel.read_state();
-        let seq = kernel.applied.seq();
-        if !kernel.snapshots.due(seq) {
+        let seqs = kernel.applied.seqs();
+        if !kernel.snapshots.due(seqs.iter().sum()) {
             return;
         }
-        (seq, state.as_records())
+        (seqs, state.as_records())
     };
     let kernel = kernel.clone();
     kernel.tasks.clone().spawn(async move {
         let _ = kernel
             .snapshots
-            .writing("state", write_state(&kernel.logs, seq, records))
+            .writing("state", write_state(&kernel.logs, seqs, records))
             .await;
     });
 }
 
-/// Writes a snapshot of the state `records` rebuild, as of journal record `seq`; `seq`.
-pub(crate) async fn write_state(logs: &Logs, seq: u64, records: Vec<JournalRecord>) -> Result<u64, KernelError> {
-    write(logs, parts::<StateSnapshot>(seq, records)).await.map(|()| seq)
+/// Writes a snapshot of the state `records` rebuild, as of the journal records `seqs` (one
+/// per journal); the records it covers (their sum).
+pub(crate) async fn write_state(logs: &Logs, seqs: Vec<u64>, records: Vec<JournalRecord>) -> Result<u64, KernelError> {
+    let covered = seqs.iter().sum();
+    let mut parts = parts::<StateSnapshot>(covered, records);
+    for part in &mut parts {
+        part.journal_seqs.clone_from(&seqs);
+    }
+    write(logs, parts).await.map(|()| covered)
 }

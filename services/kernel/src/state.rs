@@ -138,6 +138,8 @@ impl State {
                 let seq = self.relay_cursors.entry(cursor.actor).or_default();
                 *seq = (*seq).max(cursor.seq);
             }
+            // Read by `partition::Journals::open` before the state exists.
+            Record::NodeCreated(_) => {}
         }
     }
 

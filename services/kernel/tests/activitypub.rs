@@ -47,6 +47,11 @@ async fn an_actor_from_before_activitypub_gets_an_rsa_key_once() {
         assert!(std::time::Instant::now() < deadline, "the old actor never got its key");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        kernel.partitions(),
+        1,
+        "a journal from before partitions is partition 0's"
+    );
     let given = pem(&kernel);
     assert!(given.starts_with("-----BEGIN PUBLIC KEY-----"));
     kernel.matches_journal().await.unwrap().unwrap();

@@ -177,7 +177,7 @@ async fn a_start_from_a_snapshot_and_the_journal_after_it_is_the_whole_journal_r
         journal_seq: covered + 1,
         part: 0,
         parts: 2,
-        records: Vec::new(),
+        ..Default::default()
     };
     append_part(&logs, "~kernel-snapshots", &cut_short).await;
 

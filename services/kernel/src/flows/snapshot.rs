@@ -54,7 +54,9 @@ pub(crate) struct Restored {
 /// The newest complete snapshot folded with the flow journal after it, page by page.
 pub(crate) async fn restore(logs: &Logs) -> Result<Restored, KernelError> {
     let mut latest = Latest::new();
-    let covered = newest_records::<FlowSnapshot>(logs, |record| keep_newest(&mut latest, record)).await?;
+    let covered = newest_records::<FlowSnapshot>(logs, |record| keep_newest(&mut latest, record))
+        .await?
+        .map_or(0, |last| last.flow_journal_seq);
     let (last, _) = logs
         .each_after(FLOWS_ACTOR, StreamKind::Flow, covered, |entry| {
             keep_newest(&mut latest, decode(&entry)?);

@@ -45,7 +45,20 @@ pub async fn log_store(dir: &std::path::Path, shutdown: CancellationToken) -> St
     url
 }
 
+/// Partitions of a test node: several, so records of different actors go to different
+/// journals.
+pub const PARTITIONS: u32 = 4;
+
 pub async fn kernel_on(logs_url: &str, shutdown: &CancellationToken) -> (Arc<Kernel>, Arc<MemoryDelivery>) {
+    kernel_with(logs_url, shutdown, PARTITIONS).await
+}
+
+/// A kernel on the log-store at `logs_url`; a new node gets `partitions`.
+pub async fn kernel_with(
+    logs_url: &str,
+    shutdown: &CancellationToken,
+    partitions: u32,
+) -> (Arc<Kernel>, Arc<MemoryDelivery>) {
     let delivery = Arc::new(MemoryDelivery::default());
     let logs = Logs::connect_lazy(logs_url).unwrap();
     let kernel = loop {
@@ -53,6 +66,7 @@ pub async fn kernel_on(logs_url: &str, shutdown: &CancellationToken) -> (Arc<Ker
             logs.clone(),
             NodeSecret::from_bytes([5; 32]),
             fedsx_kernel::NodeUrls::new(BASE, true),
+            partitions,
             PeerFetcher::new(true),
             delivery.clone(),
             shutdown.child_token(),

@@ -340,6 +340,27 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
         (err.code(), err.message()),
         (Code::InvalidArgument, "unknown stream kind 7")
     );
+
+    // A lease asked for too short a time is refused and not taken.
+    let lease = |ttl_ms| fedsx_proto::logstore::v1::AcquireLeaseRequest {
+        name: "partition-1".into(),
+        holder: "kernel-a".into(),
+        ttl_ms,
+        data: Bytes::new(),
+    };
+    let err = client.acquire_lease(lease(0)).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "lease ttl_ms must be 100 to 600000 (got 0)")
+    );
+    let listed = client
+        .list_leases(fedsx_proto::logstore::v1::ListLeasesRequest { prefix: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.leases.is_empty(), "nothing taken: {listed:?}");
+    let taken = client.acquire_lease(lease(5_000)).await.unwrap().into_inner();
+    assert_eq!((taken.holder.as_str(), taken.epoch), ("kernel-a", 1));
 }
 
 /// Runs `writers` tasks each appending one entry at a time until `stop` is set or `count`

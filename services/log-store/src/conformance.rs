@@ -1,7 +1,8 @@
 //! The one conformance suite every [`LogStorage`] engine passes, written once and run
 //! against each (restate's loglet tests are the model): ordering, limits, idempotence under
 //! a retried append whose answer was lost, expected-tip conflicts, racing writers, empty
-//! and missing streams, bad input, wake-ups, restart. A new engine is done when the suite
+//! and missing streams, bad input, wake-ups, restart, and leases (one holder, epochs,
+//! lapse, release, racing takers, restart). A new engine is done when the suite
 //! passes; add it at the bottom with one `conformance!` line.
 
 use crate::error::StoreError;
@@ -372,6 +373,91 @@ pub(crate) async fn a_reopened_store_keeps_entries_tips_and_ids<E: Engine>(engin
     assert_eq!(read_all(&store, &outbox("r")).await.len(), 3);
 }
 
+fn take(name: &str, holder: &str, ttl_ms: u64) -> crate::lease::Acquire {
+    let data = Bytes::from(format!("reach {holder} here"));
+    crate::lease::Acquire::new(name.into(), holder.into(), ttl_ms, data).unwrap()
+}
+
+pub(crate) async fn a_lease_has_one_holder_until_it_lapses_or_is_released<E: Engine>(engine: &E) {
+    {
+        let store = engine.open("leases").await;
+        let a = store.acquire_lease(take("part-1", "a", 60_000)).await.unwrap();
+        assert_eq!((a.holder.as_str(), a.epoch), ("a", 1));
+        assert!((59_000..=60_000).contains(&a.remaining_ms), "{a:?}");
+        let b = store.acquire_lease(take("part-1", "b", 60_000)).await.unwrap();
+        assert_eq!(
+            (b.holder.as_str(), b.epoch, &b.data[..]),
+            ("a", 1, &b"reach a here"[..]),
+            "held by a: b is told who holds it"
+        );
+        let renewed = store.acquire_lease(take("part-1", "a", 60_000)).await.unwrap();
+        assert_eq!(
+            (renewed.holder.as_str(), renewed.epoch),
+            ("a", 1),
+            "a renewal keeps the epoch"
+        );
+        let other = store.acquire_lease(take("part-2", "b", 60_000)).await.unwrap();
+        assert_eq!((other.holder.as_str(), other.epoch), ("b", 1), "leases are apart");
+        let names = |leases: Vec<crate::lease::Lease>| leases.into_iter().map(|l| l.name).collect::<Vec<_>>();
+        assert_eq!(names(store.leases("part-".into()).await.unwrap()), ["part-1", "part-2"]);
+        assert_eq!(names(store.leases("part-2".into()).await.unwrap()), ["part-2"]);
+        assert!(store.leases("x".into()).await.unwrap().is_empty());
+
+        assert!(
+            !store.release_lease("part-1".into(), "b".into()).await.unwrap(),
+            "b does not hold it"
+        );
+        assert!(store.release_lease("part-1".into(), "a".into()).await.unwrap());
+        assert_eq!(
+            names(store.leases("part-".into()).await.unwrap()),
+            ["part-2"],
+            "released"
+        );
+        let b = store.acquire_lease(take("part-1", "b", 60_000)).await.unwrap();
+        assert_eq!((b.holder.as_str(), b.epoch), ("b", 2), "a new holder, a higher epoch");
+
+        let short = store.acquire_lease(take("short", "c", 200)).await.unwrap();
+        assert_eq!(short.holder, "c");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(store.leases("short".into()).await.unwrap().is_empty(), "lapsed");
+        let d = store.acquire_lease(take("short", "d", 60_000)).await.unwrap();
+        assert_eq!((d.holder.as_str(), d.epoch), ("d", 2), "a lapsed lease passes on");
+        store.close().await.unwrap();
+    }
+    let store = engine.open("leases").await;
+    let after = store.acquire_lease(take("part-1", "a", 60_000)).await.unwrap();
+    assert_eq!(
+        (after.holder.as_str(), after.epoch),
+        ("b", 2),
+        "a reopened store keeps its leases"
+    );
+}
+
+pub(crate) async fn racing_holders_get_a_lease_once<E: Engine>(engine: &E) {
+    let store = engine.open("lease-race").await;
+    let mut racers = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let store = store.clone();
+        racers.spawn(async move {
+            let holder = format!("h{n}");
+            let lease = store.acquire_lease(take("race", &holder, 60_000)).await.unwrap();
+            (holder, lease)
+        });
+    }
+    let answers = racers.join_all().await;
+    let winners: Vec<_> = answers
+        .iter()
+        .filter(|(holder, lease)| *holder == lease.holder)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one takes it: {answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(_, lease)| lease.holder == winners[0].0 && lease.epoch == 1),
+        "every racer is told the same holder: {answers:?}"
+    );
+}
+
 /// One `#[tokio::test]` per case for one engine; `$engine` makes the engine for a case
 /// from the case's name.
 macro_rules! conformance {
@@ -388,7 +474,9 @@ macro_rules! conformance {
                 concurrent_appends_get_gap_free_distinct_seqs,
                 bad_input_is_refused_and_changes_nothing,
                 appends_wake_waiting_readers,
-                a_reopened_store_keeps_entries_tips_and_ids);
+                a_reopened_store_keeps_entries_tips_and_ids,
+                a_lease_has_one_holder_until_it_lapses_or_is_released,
+                racing_holders_get_a_lease_once);
         }
     };
     (@cases $engine:expr; $($case:ident),*) => {

@@ -26,6 +26,8 @@ pub enum StoreError {
     BadId { index: usize, len: usize },
     #[error("entry {index}: data is {len} bytes, over the limit of {}", limits::MAX_ENTRY_BYTES)]
     EntryTooLarge { index: usize, len: usize },
+    #[error("{reason}")]
+    BadLease { reason: String },
     /// Conflict: nothing was appended.
     #[error("expected tip {expected} but the stream's tip is {tip}")]
     TipMismatch { expected: u64, tip: u64 },
@@ -89,7 +91,8 @@ impl ServiceError for StoreError {
             | StoreError::NoEntries
             | StoreError::TooManyEntries { .. }
             | StoreError::BadId { .. }
-            | StoreError::EntryTooLarge { .. } => ErrorCode::InvalidArgument,
+            | StoreError::EntryTooLarge { .. }
+            | StoreError::BadLease { .. } => ErrorCode::InvalidArgument,
         }
     }
 

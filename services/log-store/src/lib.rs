@@ -6,6 +6,7 @@
 
 mod config;
 mod error;
+pub mod lease;
 mod metrics;
 mod migrate;
 mod plan;

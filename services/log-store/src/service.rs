@@ -57,6 +57,16 @@ fn to_proto(entry: Entry) -> pb::Entry {
     }
 }
 
+fn lease_to_proto(lease: crate::lease::Lease) -> pb::Lease {
+    pb::Lease {
+        name: lease.name,
+        holder: lease.holder,
+        epoch: lease.epoch,
+        remaining_ms: lease.remaining_ms,
+        data: lease.data,
+    }
+}
+
 fn status(err: StoreError) -> Status {
     err.to_status()
 }
@@ -114,6 +124,45 @@ impl<S: LogStorage> LogStore for LogStoreService<S> {
         let stream = stream_id(request.stream).map_err(status)?;
         let seq = self.store.lookup(stream, request.id).await.map_err(status)?;
         Ok(Response::new(pb::LookupResponse { seq: seq.unwrap_or(0) }))
+    }
+
+    async fn acquire_lease(&self, request: Request<pb::AcquireLeaseRequest>) -> Result<Response<pb::Lease>, Status> {
+        let request = request.into_inner();
+        let acquire =
+            crate::lease::Acquire::new(request.name, request.holder, request.ttl_ms, request.data).map_err(status)?;
+        let lease = self.store.acquire_lease(acquire).await.map_err(status)?;
+        Ok(Response::new(lease_to_proto(lease)))
+    }
+
+    async fn release_lease(
+        &self,
+        request: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        let request = request.into_inner();
+        crate::lease::check_name(&request.name).map_err(status)?;
+        crate::lease::check_holder(&request.holder).map_err(status)?;
+        let released = self
+            .store
+            .release_lease(request.name, request.holder)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReleaseLeaseResponse { released }))
+    }
+
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        let prefix = request.into_inner().prefix;
+        if prefix.len() > crate::lease::MAX_NAME_BYTES {
+            return Err(status(StoreError::BadLease {
+                reason: format!("lease prefix is over {} bytes", crate::lease::MAX_NAME_BYTES),
+            }));
+        }
+        let leases = self.store.leases(prefix).await.map_err(status)?;
+        Ok(Response::new(pb::ListLeasesResponse {
+            leases: leases.into_iter().map(lease_to_proto).collect(),
+        }))
     }
 
     type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::Entry, Status>> + Send>>;

@@ -14,6 +14,7 @@
 //!   stream a reader watches (within a second of the watch starting).
 
 use crate::error::StoreError;
+use crate::lease::{Acquire, Lease};
 use crate::stream::{Entry, NewEntry, StreamId};
 use bytes::Bytes;
 use std::future::Future;
@@ -92,6 +93,17 @@ pub trait LogStorage: Clone + Send + Sync + 'static {
 
     /// The seq of the entry with `id` in `stream`, if it holds one.
     fn lookup(&self, stream: StreamId, id: Bytes) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Takes or renews a lease (`lease.rs` has the rule) on the engine's clock, durably;
+    /// the lease as it stands after.
+    fn acquire_lease(&self, request: Acquire) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+
+    /// Gives lease `name` up when `holder` holds it; whether it did.
+    fn release_lease(&self, name: String, holder: String) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The leases held now whose names start with `prefix`, by name, at most
+    /// [`crate::lease::MAX_LISTED`].
+    fn leases(&self, prefix: String) -> impl Future<Output = Result<Vec<Lease>, StoreError>> + Send;
 
     /// Wake-ups after committed appends.
     fn notices(&self) -> broadcast::Receiver<Notice>;

@@ -5,6 +5,7 @@
 //! reader watches (see `watches`; a hint only: readers read from their last seq).
 
 mod batch;
+mod lease;
 mod schema;
 mod watches;
 
@@ -134,6 +135,18 @@ impl LogStorage for PgStore {
             )
             .await?;
         Ok(row.map(|row| row.get::<_, i64>(0) as u64))
+    }
+
+    async fn acquire_lease(&self, request: crate::lease::Acquire) -> Result<crate::lease::Lease, StoreError> {
+        lease::acquire(&self.client().await?, &request).await
+    }
+
+    async fn release_lease(&self, name: String, holder: String) -> Result<bool, StoreError> {
+        lease::release(&self.client().await?, &name, &holder).await
+    }
+
+    async fn leases(&self, prefix: String) -> Result<Vec<crate::lease::Lease>, StoreError> {
+        lease::list(&self.client().await?, &prefix).await
     }
 
     fn notices(&self) -> broadcast::Receiver<Notice> {

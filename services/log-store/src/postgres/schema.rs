@@ -51,6 +51,20 @@ pub const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (actor, kind, replica)
         );"#,
     },
+    Migration {
+        version: 4,
+        name: "leases",
+        // One row per lease (`postgres/lease.rs`); times are ms since the epoch on the
+        // database's clock, `until_ms` 0 once released.
+        sql: r#"
+        CREATE TABLE log_leases (
+            name text COLLATE "C" PRIMARY KEY,
+            holder text NOT NULL,
+            epoch bigint NOT NULL,
+            until_ms bigint NOT NULL,
+            data bytea NOT NULL
+        );"#,
+    },
 ];
 
 /// Renews this replica's (`$3`) watches of the streams `$1`/`$2` until `$4`.

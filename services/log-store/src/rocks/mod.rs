@@ -2,6 +2,7 @@
 //! group-commits appends into one synced WriteBatch, and reads on the blocking pool.
 
 mod keys;
+mod lease;
 mod writer;
 
 use crate::error::{OpenError, StoreError};
@@ -30,6 +31,7 @@ struct Inner {
     db: Arc<DB>,
     writer: Mutex<Option<WriterHandle>>,
     notices: broadcast::Sender<Notice>,
+    leases: lease::Leases,
     /// Always ready: the disk is local.
     ready: watch::Sender<bool>,
 }
@@ -75,6 +77,7 @@ impl RocksStore {
                 db,
                 writer: Mutex::new(Some(writer)),
                 notices,
+                leases: lease::Leases::default(),
                 ready: watch::Sender::new(true),
             }),
         })
@@ -159,6 +162,21 @@ impl LogStorage for RocksStore {
                 .transpose()
         })
         .await
+    }
+
+    async fn acquire_lease(&self, request: crate::lease::Acquire) -> Result<crate::lease::Lease, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.leases.acquire(&inner.db, &request)).await
+    }
+
+    async fn release_lease(&self, name: String, holder: String) -> Result<bool, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.leases.release(&inner.db, &name, &holder)).await
+    }
+
+    async fn leases(&self, prefix: String) -> Result<Vec<crate::lease::Lease>, StoreError> {
+        let db = self.inner.db.clone();
+        blocking(move || lease::Leases::list(&db, &prefix)).await
     }
 
     fn notices(&self) -> broadcast::Receiver<Notice> {

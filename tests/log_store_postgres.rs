@@ -224,7 +224,7 @@ async fn a_schema_newer_than_the_binary_is_refused_with_exit_1() {
     let last = stderr.lines().last().unwrap();
     assert!(
         last.contains("--store postgres://postgres@127.0.0.1:")
-            && last.contains("log-store schema is at version 99, newer than this build knows (3)"),
+            && last.contains("log-store schema is at version 99, newer than this build knows (4)"),
         "{stderr}"
     );
 

@@ -44,8 +44,32 @@ pub struct Config {
     #[arg(long, env = "FEDSX_KERNEL_PARTITIONS", default_value_t = crate::partition::DEFAULT_PARTITIONS)]
     pub partitions: u32,
 
+    /// The URL other kernel replicas forward calls to this one at (default:
+    /// `http://<listen address>`; behind Kubernetes, the pod's address).
+    #[arg(long, env = "FEDSX_KERNEL_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// This replica's name as lease holder; a restart with the same name takes its
+    /// partitions back at once (default: derived from the host name and the advertised URL,
+    /// which stay the same across restarts of one replica).
+    #[arg(long, env = "FEDSX_KERNEL_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// How long this replica's leases (its membership and its partitions) last unless
+    /// renewed; renewed every third of it. A replica that dies hands its partitions on
+    /// within it.
+    #[arg(long, env = "FEDSX_KERNEL_LEASE", default_value = "10s", value_parser = fedsx_runtime::clock::parse_duration)]
+    pub lease: std::time::Duration,
+
     /// Allow fetching peer documents from loopback, private and link-local addresses
     /// (tests and single-machine setups only).
     #[arg(long, env = "FEDSX_ALLOW_PRIVATE_PEERS")]
     pub allow_private_peers: bool,
+}
+
+impl Config {
+    /// Where other replicas reach this one, serving on `bound`.
+    pub fn advertise_url(&self, bound: SocketAddr) -> String {
+        self.advertise_url.clone().unwrap_or_else(|| format!("http://{bound}"))
+    }
 }

@@ -33,6 +33,11 @@ pub enum KernelError {
     StaleKey { key_id: String, actor: String },
     #[error("remote actor {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    #[error("{}", not_owner(*partition, owner))]
+    NotOwner {
+        partition: u32,
+        owner: crate::ownership::Owner,
+    },
     #[error("log-store: {0}")]
     LogStore(String),
     #[error("log-store unavailable: {0}")]
@@ -58,8 +63,20 @@ impl ServiceError for KernelError {
                 ErrorCode::Unauthenticated
             }
             KernelError::Unreachable { .. } => ErrorCode::FailedPrecondition,
-            KernelError::LogStoreUnavailable(_) => ErrorCode::Unavailable,
+            KernelError::LogStoreUnavailable(_) | KernelError::NotOwner { .. } => ErrorCode::Unavailable,
             KernelError::LogStore(_) | KernelError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+fn not_owner(partition: u32, owner: &crate::ownership::Owner) -> String {
+    use crate::ownership::Owner;
+    match owner {
+        Owner::Elsewhere { replica, url } => {
+            format!("partition {partition} is served by kernel replica {replica} ({url}), not this one")
+        }
+        Owner::Here | Owner::Nobody => {
+            format!("partition {partition} has no kernel replica serving it right now (it is moving); retry")
         }
     }
 }

@@ -129,21 +129,32 @@ impl Kernel {
     pub(crate) async fn journal(&self, id: [u8; 32], record: Record) -> Result<bool, KernelError> {
         let journal = self.journals.of_record(&record);
         let record = JournalRecord { record: Some(record) };
-        let answer = self
-            .logs
-            .append_any(
-                self.journals.stream(journal),
-                StreamKind::Meta,
-                Bytes::copy_from_slice(&id),
-                record.encode_to_vec().into(),
-            )
-            .await?;
-        let entry = answer
-            .entries
-            .first()
-            .ok_or_else(|| KernelError::Internal("the log-store answered an append with no entry".into()))?;
+        let entry = if journal == crate::partition::NODE {
+            // Node-wide records come from any replica; ids keep them once.
+            let answer = self
+                .logs
+                .append_any(
+                    self.journals.stream(journal),
+                    StreamKind::Meta,
+                    Bytes::copy_from_slice(&id),
+                    record.encode_to_vec().into(),
+                )
+                .await?;
+            answer
+                .entries
+                .first()
+                .cloned()
+                .ok_or_else(|| KernelError::Internal("the log-store answered an append with no entry".into()))?
+        } else {
+            self.append_owned((journal - 1) as u32, id, &record).await?
+        };
         self.applied.reached(journal, entry.seq).await?;
         Ok(entry.appended)
+    }
+
+    /// Waits until record `seq` of `journal` is applied.
+    pub(crate) async fn applied_up_to(&self, journal: usize, seq: u64) -> Result<(), KernelError> {
+        self.applied.reached(journal, seq).await
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Kernel {
     pub(crate) actors_prefix: String,
     /// The node journal and the partitions' (`partition.rs`).
     pub(crate) journals: crate::partition::Journals,
+    /// Which partitions this replica serves (`ownership.rs`).
+    pub(crate) ownership: crate::ownership::Ownership,
     /// Changed only by the journal followers, each journal in its order (`journal.rs`).
     pub(crate) state: RwLock<State>,
     pub(crate) applied: crate::journal::Applied,
@@ -82,20 +84,21 @@ pub(crate) fn derived_id(purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
 }
 
 impl Kernel {
-    /// Replays the journals into memory and starts the delivery relay. A node without a
-    /// journal is created with `partitions` partitions. Fails when the log-store cannot be
-    /// read.
+    /// Replays the journals into memory, takes this replica's share of the partitions and
+    /// starts the delivery relay. A node without a journal is created with
+    /// `replica.partitions` partitions. Fails when the log-store cannot be read.
     pub async fn start(
         logs: Logs,
         secret: NodeSecret,
         node: NodeUrls,
-        partitions: u32,
+        replica: crate::ownership::ReplicaConfig,
         fetcher: PeerFetcher,
         delivery: Arc<dyn DeliveryPort>,
         shutdown: fedsx_runtime::CancellationToken,
     ) -> Result<Arc<Kernel>, KernelError> {
         let started = Instant::now();
-        let journals = crate::partition::Journals::open(&logs, partitions).await?;
+        let journals = crate::partition::Journals::open(&logs, replica.partitions).await?;
+        let ownership = crate::ownership::Ownership::new(replica, journals.partitions())?;
         let (state, applied, replayed) = crate::snapshot::restore(&logs, &journals, &secret, &node).await?;
         let covered = applied.iter().sum::<u64>() - replayed;
         tracing::info!(
@@ -116,13 +119,13 @@ impl Kernel {
             instances = ?flows.counts(),
             "flows restored from the newest flow snapshot and the flow journal after it"
         );
-        let actors: Vec<String> = state.actors.keys().cloned().collect();
         let kernel = Arc::new_cyclic(|this| Kernel {
             logs,
             secret,
             actors_prefix: format!("{}/actors/", node.base),
             node,
             journals,
+            ownership,
             state: RwLock::new(state),
             applied: crate::journal::Applied::new(&applied),
             snapshots: crate::snapshot::Snapshots::new(covered),
@@ -147,17 +150,59 @@ impl Kernel {
         crate::snapshot::take_if_due(&kernel);
         crate::flows::snapshot::compact_if_due(&kernel, flows_read);
         crate::journal::spawn_followers(&kernel, &shutdown);
+        // Takes this replica's share of the partitions before serving (all of them when it
+        // is the only one); the rounds go on in the background.
+        if let Err(err) = crate::ownership::round(&kernel).await {
+            tracing::warn!(error = %err, "the first ownership round failed; retried");
+        }
+        crate::ownership::spawn(&kernel, shutdown.clone());
         kernel.restore_gaps().await?;
         crate::backfill::spawn_saver(&kernel, shutdown.clone());
         crate::relay::spawn(kernel.clone(), shutdown.clone());
         crate::gone::spawn(kernel.clone(), shutdown.clone());
         crate::flows::spawn_timers(kernel.clone(), shutdown);
         crate::activitypub::spawn_key_backfill(kernel.clone());
-        // Hand off anything published before a restart that delivery may not have taken.
-        for actor in actors {
-            kernel.kick_relay(&actor);
-        }
         Ok(kernel)
+    }
+
+    /// Whether this replica serves local actor `name`'s partition now.
+    pub(crate) fn serves(&self, name: &str) -> bool {
+        self.ownership.owned(self.journals.partition_of(name)).is_some()
+    }
+
+    /// Where calls for local actor `name` are served now.
+    pub fn owner_of(&self, name: &str) -> crate::ownership::Owner {
+        self.ownership.owner(self.journals.partition_of(name))
+    }
+
+    /// This replica's id (its leases' holder).
+    pub fn replica(&self) -> &str {
+        &self.ownership.replica
+    }
+
+    /// The partitions this replica serves now.
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        self.ownership.owned_partitions()
+    }
+
+    /// Waits until the ownership round after the one running now has finished.
+    pub async fn next_ownership_round(&self) {
+        self.ownership.next_round().await
+    }
+
+    /// This replica just took `partition` over: its actors' outboxes are relayed from their
+    /// journaled cursors (anything published before that delivery may not have taken).
+    pub(crate) fn partition_taken(&self, partition: u32) {
+        let actors: Vec<String> = self
+            .read_state()
+            .actors
+            .keys()
+            .filter(|name| self.journals.partition_of(name) == partition)
+            .cloned()
+            .collect();
+        for actor in actors {
+            self.kick_relay(&actor);
+        }
     }
 
     /// The local actor name in `url`, when it is a local actor's URL (the actor may not

@@ -19,6 +19,7 @@ mod kernel;
 mod keys;
 mod logs;
 mod metrics;
+mod ownership;
 mod partition;
 pub mod peers;
 mod publish;
@@ -36,6 +37,7 @@ pub use ingest::Ingested;
 pub use kernel::Kernel;
 pub use keys::NodeSecret;
 pub use logs::Logs;
+pub use ownership::{Owner, ReplicaConfig};
 pub use publish::{Draft, Published};
 pub use state::NodeUrls;
 
@@ -64,12 +66,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let logs = Logs::connect_lazy(&config.log_store)?;
     let delivery = Arc::new(delivery::GrpcDelivery::connect_lazy(&config.delivery)?);
     let fetcher = peers::PeerFetcher::new(config.allow_private_peers);
+    let url = config.advertise_url(listener.local_addr()?);
+    let replica = ownership::ReplicaConfig {
+        id: Some(config.replica_id.clone().unwrap_or_else(|| ownership::stable_id(&url))),
+        partitions: config.partitions,
+        url,
+        lease: config.lease,
+    };
     let kernel = loop {
         let started = Kernel::start(
             logs.clone(),
             NodeSecret::from_bytes(secret.to_bytes()),
             state::NodeUrls::new(&config.public_url, !config.no_node_inbox),
-            config.partitions,
+            replica.clone(),
             fetcher.clone(),
             delivery.clone(),
             shutdown.clone(),

@@ -5,8 +5,8 @@ use crate::error::KernelError;
 use bytes::Bytes;
 use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{
-    AppendRequest, AppendResponse, Entry, LookupRequest, NewEntry, ReadRequest, StreamId, StreamKind, SubscribeRequest,
-    TipRequest,
+    AcquireLeaseRequest, AppendRequest, AppendResponse, Entry, Lease, ListLeasesRequest, LookupRequest, NewEntry,
+    ReadRequest, ReleaseLeaseRequest, StreamId, StreamKind, SubscribeRequest, TipRequest,
 };
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 
@@ -180,5 +180,40 @@ impl Logs {
             .await?
             .into_inner()
             .tip)
+    }
+
+    /// Takes or renews lease `name` for `holder` (the log-store's clock decides); the lease
+    /// as it stands after (held by someone else when `holder` differs).
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+        data: Bytes,
+    ) -> Result<Lease, KernelError> {
+        let request = AcquireLeaseRequest {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            ttl_ms: ttl.as_millis() as u64,
+            data,
+        };
+        Ok(self.client.clone().acquire_lease(request).await?.into_inner())
+    }
+
+    /// Gives lease `name` up if `holder` holds it; whether it did.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, KernelError> {
+        let request = ReleaseLeaseRequest {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+        };
+        Ok(self.client.clone().release_lease(request).await?.into_inner().released)
+    }
+
+    /// The leases held now whose names start with `prefix`.
+    pub async fn leases(&self, prefix: &str) -> Result<Vec<Lease>, KernelError> {
+        let request = ListLeasesRequest {
+            prefix: prefix.to_owned(),
+        };
+        Ok(self.client.clone().list_leases(request).await?.into_inner().leases)
     }
 }

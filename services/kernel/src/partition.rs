@@ -77,6 +77,7 @@ impl Journals {
             Record::FollowSent(r) => self.of_actor(&r.actor),
             Record::FollowingAdded(r) => self.of_actor(&r.actor),
             Record::RelayCursor(r) => self.of_actor(&r.actor),
+            Record::PartitionOwned(r) => 1 + r.partition as usize,
             Record::PeerRegistered(_) | Record::NodeCreated(_) => NODE,
         }
     }

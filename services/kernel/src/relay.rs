@@ -66,9 +66,11 @@ pub(crate) fn spawn(kernel: Arc<Kernel>, shutdown: CancellationToken) {
 }
 
 async fn run(kernel: Arc<Kernel>, shutdown: CancellationToken) {
-    // Where each actor's hand-off got to, as journaled: the restart point.
-    let mut journaled: HashMap<String, u64> = kernel.read_state().relay_cursors.clone();
-    let mut cursors = journaled.clone();
+    // Where each actor's hand-off got to, as journaled (the restart point), and as done;
+    // read from the state when the relay first works for the actor since this replica took
+    // its partition.
+    let mut journaled: HashMap<String, u64> = HashMap::new();
+    let mut cursors: HashMap<String, u64> = HashMap::new();
     let mut due: BTreeSet<String> = BTreeSet::new();
     let mut failing: BTreeSet<String> = BTreeSet::new();
     let mut retry = FIRST_RETRY;
@@ -83,7 +85,15 @@ async fn run(kernel: Arc<Kernel>, shutdown: CancellationToken) {
         }
         due.append(&mut kernel.kicks.take());
         for actor in std::mem::take(&mut due) {
-            let cursor = cursors.entry(actor.clone()).or_default();
+            if !kernel.serves(&actor) {
+                // Its partition's owner relays it (and picks up from the journaled cursor).
+                cursors.remove(&actor);
+                journaled.remove(&actor);
+                continue;
+            }
+            let saved = || kernel.read_state().relay_cursors.get(&actor).copied().unwrap_or(0);
+            journaled.entry(actor.clone()).or_insert_with(saved);
+            let cursor = cursors.entry(actor.clone()).or_insert_with(saved);
             if let Err(err) = kernel.hand_off(&actor, cursor).await {
                 tracing::warn!(actor = %actor, error = %err, "hand-off to delivery failed; will retry");
                 failing.insert(actor.clone());

@@ -138,8 +138,9 @@ impl State {
                 let seq = self.relay_cursors.entry(cursor.actor).or_default();
                 *seq = (*seq).max(cursor.seq);
             }
-            // Read by `partition::Journals::open` before the state exists.
-            Record::NodeCreated(_) => {}
+            // Read by `partition::Journals::open` before the state exists, and by the owner
+            // of a partition that finds itself fenced (`ownership.rs`).
+            Record::NodeCreated(_) | Record::PartitionOwned(_) => {}
         }
     }
 

@@ -41,7 +41,13 @@ async fn each_actor_is_journaled_in_its_partition_and_peers_in_the_node_journal(
 
     let mut used = std::collections::BTreeSet::new();
     for partition in 0..PARTITIONS {
-        for record in records(&logs, &journal_of(partition)).await {
+        let journal = records(&logs, &journal_of(partition)).await;
+        assert!(
+            matches!(&journal[0], Record::PartitionOwned(owned) if owned.partition == partition && owned.replica == kernel.replica()),
+            "the replica that serves partition {partition} fenced its journal first: {:?}",
+            journal[0]
+        );
+        for record in journal.into_iter().skip(1) {
             let Record::ActorCreated(created) = record else {
                 panic!("partition {partition} holds {record:?}, not an actor's record");
             };

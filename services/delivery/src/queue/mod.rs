@@ -71,21 +71,7 @@ impl Schedule {
     }
 }
 
-/// Parses one duration: a whole number followed by `ms`, `s`, `m` or `h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 250ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{text:?} is not a duration like 30s, 5m, 250ms")),
-    }
-}
+pub use fedsx_runtime::clock::parse_duration;
 
 /// Why a send failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

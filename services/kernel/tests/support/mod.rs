@@ -59,6 +59,19 @@ pub async fn kernel_with(
     shutdown: &CancellationToken,
     partitions: u32,
 ) -> (Arc<Kernel>, Arc<MemoryDelivery>) {
+    let replica = fedsx_kernel::ReplicaConfig {
+        partitions,
+        ..Default::default()
+    };
+    kernel_replica(logs_url, shutdown, replica).await
+}
+
+/// A kernel replica taking part as `replica` says.
+pub async fn kernel_replica(
+    logs_url: &str,
+    shutdown: &CancellationToken,
+    replica: fedsx_kernel::ReplicaConfig,
+) -> (Arc<Kernel>, Arc<MemoryDelivery>) {
     let delivery = Arc::new(MemoryDelivery::default());
     let logs = Logs::connect_lazy(logs_url).unwrap();
     let kernel = loop {
@@ -66,7 +79,7 @@ pub async fn kernel_with(
             logs.clone(),
             NodeSecret::from_bytes([5; 32]),
             fedsx_kernel::NodeUrls::new(BASE, true),
-            partitions,
+            replica.clone(),
             PeerFetcher::new(true),
             delivery.clone(),
             shutdown.child_token(),

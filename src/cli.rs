@@ -288,6 +288,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 object: String::new(),
                 to,
                 content,
+                once_key: Default::default(),
             };
             let published = kernel(&target)?.publish(request).await.map_err(k())?.into_inner();
             print_published(

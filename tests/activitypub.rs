@@ -91,6 +91,7 @@ impl World {
             object: String::new(),
             to: vec!["followers".into()],
             content: content.into(),
+            once_key: Default::default(),
         };
         self.kernel.clone().publish(request).await.unwrap();
     }
@@ -348,6 +349,7 @@ async fn a_fed_sx_actor_follows_a_fedify_actor_and_receives_what_it_posts() {
         object: hex::encode(&sent.id),
         to: vec![alice.clone()],
         content: String::new(),
+        once_key: Default::default(),
     };
     w.kernel.clone().publish(undo).await.unwrap();
     let follow_url = format!("{carol}/activities/{}", hex::encode(&sent.id));

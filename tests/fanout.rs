@@ -206,6 +206,7 @@ async fn one_request_per_node_in_order_with_slow_dead_and_gone_destinations() {
             object: String::new(),
             to: vec!["followers".into()],
             content: "hello, everyone".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -217,6 +218,7 @@ async fn one_request_per_node_in_order_with_slow_dead_and_gone_destinations() {
             object: hex::encode(&note.id),
             to: vec!["followers".into()],
             content: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -73,6 +73,7 @@ fn note(actor: &str, content: &str) -> PublishRequest {
         object: String::new(),
         to: vec!["followers".into()],
         content: content.into(),
+        ..Default::default()
     }
 }
 

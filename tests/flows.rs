@@ -119,6 +119,7 @@ async fn note(client: &mut KernelClient<Channel>, actor: &str, content: &str) {
         object: String::new(),
         to: vec!["followers".into()],
         content: content.into(),
+        ..Default::default()
     };
     client.publish(request).await.unwrap();
 }

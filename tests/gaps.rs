@@ -137,6 +137,7 @@ fn note(n: u32) -> PublishRequest {
         r#type: ActivityType::Create.into(),
         to: vec!["followers".into()],
         content: format!("note {n}"),
+        once_key: Default::default(),
         ..PublishRequest::default()
     }
 }

@@ -42,6 +42,10 @@ async fn start_kernel_with(dir: &TestDir, log_store: &Service, delivery: &str) -
         "--node-secret-file",
         secret.to_str().unwrap(),
         "--allow-private-peers",
+        // On port 0 every start has another address: the same id takes the partitions back
+        // at once after a SIGKILL, as a replica on a fixed address does.
+        "--replica-id",
+        "kernel-under-test",
     ];
     Service::spawn("kernel", &args, dir.path()).await.unwrap()
 }
@@ -202,6 +206,7 @@ fn note(actor: &str, content: &str) -> PublishRequest {
         object: String::new(),
         to: vec!["followers".into()],
         content: content.into(),
+        once_key: Default::default(),
     }
 }
 

@@ -112,6 +112,7 @@ async fn followers_on_a_node_share_one_post_and_a_node_without_it_gets_one_each(
         object: String::new(),
         to: vec!["followers".into()],
         content: "hello followers".into(),
+        once_key: Default::default(),
     })
     .await
     .unwrap();

@@ -281,6 +281,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 object: String::new(),
                 to: vec!["followers".into()],
                 content: format!("note {i} to every follower"),
+                once_key: Default::default(),
             };
             let published = kernel.publish(request).await?.into_inner();
             let id = ActivityId::from_slice(&published.id).ok_or_else(|| anyhow::anyhow!("bad id"))?;

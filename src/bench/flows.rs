@@ -90,6 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             r#type: ActivityType::Create.into(),
             to: vec!["followers".into()],
             content: format!("note {i}: something worth a digest"),
+            once_key: Default::default(),
             ..PublishRequest::default()
         };
         client.publish(note).await?;

@@ -92,7 +92,10 @@ impl Kernel {
         tracing::Span::current().record("fedsx.recipients", recipients.len());
         let mut landed = Vec::with_capacity(recipients.len());
         for (name, url) in recipients {
-            let ingested = self.land(&name, &url, &received, envelope).await?;
+            let ingested = match self.route(&name, false).await? {
+                None => self.land(&name, &url, &received, envelope).await?,
+                Some(there) => self.ingest_elsewhere(there, &name, envelope).await?,
+            };
             landed.push((name, ingested));
         }
         if let Some((_, first)) = landed.first() {

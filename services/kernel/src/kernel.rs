@@ -32,6 +32,8 @@ pub struct Kernel {
     pub(crate) journals: crate::partition::Journals,
     /// Which partitions this replica serves (`ownership.rs`).
     pub(crate) ownership: crate::ownership::Ownership,
+    /// Clients for the replicas calls are forwarded to (`forward.rs`).
+    pub(crate) replicas: crate::forward::Replicas,
     /// Changed only by the journal followers, each journal in its order (`journal.rs`).
     pub(crate) state: RwLock<State>,
     pub(crate) applied: crate::journal::Applied,
@@ -126,6 +128,7 @@ impl Kernel {
             node,
             journals,
             ownership,
+            replicas: crate::forward::Replicas::default(),
             state: RwLock::new(state),
             applied: crate::journal::Applied::new(&applied),
             snapshots: crate::snapshot::Snapshots::new(covered),

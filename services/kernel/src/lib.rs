@@ -10,6 +10,7 @@ mod config;
 pub mod delivery;
 mod error;
 mod flows;
+mod forward;
 mod gaps;
 mod gone;
 mod history;

@@ -312,6 +312,9 @@ async fn take_over(
             Err(AppendError::Failed(err)) => return Err(err),
         };
         kernel.applied_up_to(journal, seq).await?;
+        if partition == crate::flows::FLOWS_PARTITION {
+            kernel.reload_flows().await?;
+        }
         let owned = Arc::new(Owned {
             epoch,
             valid_until: Mutex::new(valid_until),

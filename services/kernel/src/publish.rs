@@ -62,6 +62,10 @@ impl Kernel {
         if draft.kind == ActivityType::Unspecified {
             return Err(KernelError::BadRequest("activity type is missing".into()));
         }
+        if let Some(there) = self.route(&draft.actor, false).await? {
+            // A flow step running here for an actor served elsewhere.
+            return self.publish_elsewhere(there, draft).await;
+        }
         let (key, document) = {
             let state = self.read_state();
             let actor = state

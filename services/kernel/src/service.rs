@@ -20,6 +20,11 @@ pub(crate) struct KernelService {
     kernel: Arc<Kernel>,
 }
 
+/// Whether the call came forwarded from another replica.
+fn was_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(crate::forward::FORWARDED)
+}
+
 fn status(err: KernelError) -> Status {
     err.to_status()
 }
@@ -50,6 +55,7 @@ fn published(p: crate::publish::Published) -> pb::PublishResponse {
     pb::PublishResponse {
         seq: p.seq,
         id: p.id.0.to_vec().into(),
+        new: p.new,
     }
 }
 
@@ -59,7 +65,17 @@ impl KernelApi for KernelService {
         &self,
         request: Request<pb::CreateActorRequest>,
     ) -> Result<Response<pb::ActorDocument>, Status> {
+        let forwarded = was_forwarded(&request);
         let name = request.into_inner().name;
+        crate::error::check_name(&name).map_err(status)?;
+        if let Some(mut there) = self.kernel.route(&name, forwarded).await.map_err(status)? {
+            let created = there
+                .create_actor(crate::forward::forwarded(pb::CreateActorRequest { name: name.clone() }))
+                .await?;
+            // So a read here right after sees it.
+            self.kernel.seen_actor(&name).await;
+            return Ok(created);
+        }
         self.kernel.create_actor(&name).await.map(Response::new).map_err(status)
     }
 
@@ -83,7 +99,11 @@ impl KernelApi for KernelService {
     }
 
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        let forwarded = was_forwarded(&request);
         let request = request.into_inner();
+        if let Some(mut there) = self.kernel.route(&request.actor, forwarded).await.map_err(status)? {
+            return there.publish(crate::forward::forwarded(request)).await;
+        }
         let kind = ActivityType::try_from(request.r#type).map_err(|_| {
             status(KernelError::BadRequest(format!(
                 "unknown activity type {}",
@@ -96,7 +116,15 @@ impl KernelApi for KernelService {
             object: request.object,
             to: request.to,
             content: request.content,
-            once_key: None,
+            once_key: match request.once_key.len() {
+                0 => None,
+                32 => Some(request.once_key[..].try_into().expect("32 bytes")),
+                len => {
+                    return Err(status(KernelError::BadRequest(format!(
+                        "once_key is {len} bytes; it must be 32 (or empty)"
+                    ))));
+                }
+            },
         };
         self.kernel
             .publish(draft)
@@ -106,7 +134,13 @@ impl KernelApi for KernelService {
     }
 
     async fn ingest(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
+        let forwarded = was_forwarded(&request);
         let request = request.into_inner();
+        if !request.recipient.is_empty()
+            && let Some(mut there) = self.kernel.route(&request.recipient, forwarded).await.map_err(status)?
+        {
+            return there.ingest(crate::forward::forwarded(request)).await;
+        }
         let (id, landed) = if request.recipient.is_empty() {
             let node = self.kernel.ingest_node(&request.envelope).await.map_err(status)?;
             (node.id, node.landed)
@@ -125,7 +159,13 @@ impl KernelApi for KernelService {
         &self,
         request: Request<pb::IngestActivityPubRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
+        let forwarded = was_forwarded(&request);
         let request = request.into_inner();
+        if !request.recipient.is_empty()
+            && let Some(mut there) = self.kernel.route(&request.recipient, forwarded).await.map_err(status)?
+        {
+            return there.ingest_activity_pub(crate::forward::forwarded(request)).await;
+        }
         let request = crate::activitypub::ApRequest {
             recipient: request.recipient,
             method: request.method,
@@ -138,7 +178,11 @@ impl KernelApi for KernelService {
     }
 
     async fn follow(&self, request: Request<pb::FollowRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        let forwarded = was_forwarded(&request);
         let request = request.into_inner();
+        if let Some(mut there) = self.kernel.route(&request.actor, forwarded).await.map_err(status)? {
+            return there.follow(crate::forward::forwarded(request)).await;
+        }
         self.kernel
             .follow(&request.actor, &request.remote)
             .await
@@ -241,7 +285,11 @@ impl KernelApi for KernelService {
     }
 
     async fn start_flow(&self, request: Request<pb::StartFlowRequest>) -> Result<Response<pb::Flow>, Status> {
+        let forwarded = was_forwarded(&request);
         let request = request.into_inner();
+        if let Some(mut there) = self.kernel.route_flows(forwarded).await.map_err(status)? {
+            return there.start_flow(crate::forward::forwarded(request)).await;
+        }
         self.kernel
             .start_flow(&request.name, &request.input)
             .await
@@ -250,7 +298,11 @@ impl KernelApi for KernelService {
     }
 
     async fn signal(&self, request: Request<pb::SignalRequest>) -> Result<Response<pb::Flow>, Status> {
+        let forwarded = was_forwarded(&request);
         let request = request.into_inner();
+        if let Some(mut there) = self.kernel.route_flows(forwarded).await.map_err(status)? {
+            return there.signal(crate::forward::forwarded(request)).await;
+        }
         self.kernel
             .signal_flow(&request.id, &request.signal, &request.payload)
             .await
@@ -259,10 +311,13 @@ impl KernelApi for KernelService {
     }
 
     async fn get_flow(&self, request: Request<pb::GetFlowRequest>) -> Result<Response<pb::Flow>, Status> {
-        self.kernel
-            .flow(&request.into_inner().id)
-            .map(Response::new)
-            .map_err(status)
+        // The flows in memory are current only where they run.
+        let forwarded = was_forwarded(&request);
+        let request = request.into_inner();
+        if let Some(mut there) = self.kernel.route_flows(forwarded).await.map_err(status)? {
+            return there.get_flow(crate::forward::forwarded(request)).await;
+        }
+        self.kernel.flow(&request.id).map(Response::new).map_err(status)
     }
 
     async fn list_gaps(&self, request: Request<pb::ListGapsRequest>) -> Result<Response<pb::ListGapsResponse>, Status> {
@@ -286,7 +341,11 @@ impl KernelApi for KernelService {
         &self,
         request: Request<pb::ListFlowsRequest>,
     ) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        let forwarded = was_forwarded(&request);
         let request = request.into_inner();
+        if let Some(mut there) = self.kernel.route_flows(forwarded).await.map_err(status)? {
+            return there.list_flows(crate::forward::forwarded(request)).await;
+        }
         let status_filter = match pb::FlowStatus::try_from(request.status) {
             Ok(pb::FlowStatus::Unspecified) => None,
             Ok(known) => Some(known),

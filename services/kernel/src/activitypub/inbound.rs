@@ -90,6 +90,11 @@ impl Kernel {
         .map_err(KernelError::BadRequest)?;
         let mut landed = Vec::with_capacity(recipients.len());
         for (name, url) in recipients {
+            if let Some(there) = self.route(&name, false).await? {
+                let ingested = self.ingest_activitypub_elsewhere(there, &name, &request).await?;
+                landed.push((name, ingested));
+                continue;
+            }
             let answer = self
                 .logs
                 .append_any(&name, StreamKind::Inbox, Bytes::copy_from_slice(&id.0), entry.clone())

@@ -89,17 +89,24 @@ impl FlowTable {
             snapshots: Snapshots::new(restored_from),
             restored_from,
         };
+        table.load(latest);
+        table
+    }
+
+    /// Replaces every instance and timer with `latest` (the flow journal as it stands now):
+    /// when this replica takes the flows over from another, which ran them meanwhile.
+    pub fn load(&self, latest: Latest) {
+        self.timers.lock().expect("timers lock poisoned").clear();
         let mut instances = BTreeMap::new();
         for (id, (flow, step)) in latest {
             match flow.status() {
-                FlowStatus::Running => table.schedule(0, &id),
-                FlowStatus::Suspended if flow.wake_at_ms > 0 => table.schedule(flow.wake_at_ms, &id),
+                FlowStatus::Running => self.schedule(0, &id),
+                FlowStatus::Suspended if flow.wake_at_ms > 0 => self.schedule(flow.wake_at_ms, &id),
                 _ => {}
             }
             instances.insert(id, Slot::new(flow, step));
         }
-        *table.instances.write().expect("flows lock poisoned") = instances;
-        table
+        *self.instances.write().expect("flows lock poisoned") = instances;
     }
 
     /// The flow journal seq covered by the snapshot the table was restored from (0: the
@@ -169,6 +176,11 @@ pub(crate) fn spawn_timers(kernel: Arc<Kernel>, shutdown: CancellationToken) {
                     .map(|t| t.1)
                     .collect()
             };
+            if !kernel.serves_flows() {
+                // The replica serving the flows runs them; this one loads them again when
+                // it takes them over.
+                continue;
+            }
             for id in due {
                 let waking = kernel.clone();
                 kernel.tasks.spawn(async move { waking.wake_flow(&id).await });
@@ -280,6 +292,7 @@ fn resumed(flow: &Flow, field: &str, value: Value) -> Flow {
 impl Kernel {
     /// Starts an instance of flow `name` and runs it until it suspends or ends.
     pub async fn start_flow(&self, name: &str, input: &str) -> Result<Flow, KernelError> {
+        self.check_serves_flows()?;
         let definition = self
             .flows
             .definitions
@@ -319,6 +332,7 @@ impl Kernel {
     /// Resumes instance `id` with `signal`, which it must be awaiting; runs it until it
     /// suspends or ends. The signal is journaled before anything else happens.
     pub async fn signal_flow(&self, id: &str, signal: &str, payload: &str) -> Result<Flow, KernelError> {
+        self.check_serves_flows()?;
         if signal.is_empty() {
             return Err(KernelError::BadRequest("signal name is missing".into()));
         }

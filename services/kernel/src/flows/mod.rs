@@ -20,6 +20,37 @@ use serde_json::Value;
 /// name, so it never collides with one.
 pub const FLOWS_ACTOR: &str = "~flows";
 
+/// The partition whose replica runs the flows (and answers every flow call).
+pub(crate) const FLOWS_PARTITION: u32 = 0;
+
+impl Kernel {
+    /// Whether this replica runs the flows now.
+    pub(crate) fn serves_flows(&self) -> bool {
+        self.ownership.owned(FLOWS_PARTITION).is_some()
+    }
+
+    /// Fails unless this replica runs the flows.
+    pub(crate) fn check_serves_flows(&self) -> Result<(), KernelError> {
+        if self.serves_flows() {
+            return Ok(());
+        }
+        Err(KernelError::NotOwner {
+            partition: FLOWS_PARTITION,
+            owner: self.ownership.owner(FLOWS_PARTITION),
+        })
+    }
+
+    /// Loads every instance from the flow journal again (its newest snapshot and what
+    /// follows), before this replica starts running the flows.
+    pub(crate) async fn reload_flows(&self) -> Result<(), KernelError> {
+        let restored = snapshot::restore(&self.logs).await?;
+        let instances = restored.latest.len();
+        self.flows.load(restored.latest);
+        tracing::info!(instances, flow_journal_seq = restored.last, "flows loaded to run here");
+        Ok(())
+    }
+}
+
 /// What a step decided.
 #[derive(Debug)]
 pub(crate) enum Next {

@@ -58,7 +58,7 @@ pub struct Config {
     /// How long this replica's leases (its membership and its partitions) last unless
     /// renewed; renewed every third of it. A replica that dies hands its partitions on
     /// within it.
-    #[arg(long, env = "FEDSX_KERNEL_LEASE", default_value = "10s", value_parser = fedsx_runtime::clock::parse_duration)]
+    #[arg(long, env = "FEDSX_KERNEL_LEASE", default_value = "6s", value_parser = fedsx_runtime::clock::parse_duration)]
     pub lease: std::time::Duration,
 
     /// Allow fetching peer documents from loopback, private and link-local addresses

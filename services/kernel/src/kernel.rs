@@ -59,6 +59,8 @@ pub struct Kernel {
     pub(crate) tasks: tokio_util::task::TaskTracker,
     /// Reports flows by status while the kernel lives.
     _flow_gauge: fedsx_runtime::metrics::ObservableGauge<u64>,
+    /// Reports the partitions served while the kernel lives.
+    _ownership_gauges: [fedsx_runtime::metrics::ObservableGauge<u64>; 2],
 }
 
 /// Milliseconds since the Unix epoch.
@@ -148,6 +150,7 @@ impl Kernel {
                 crate::metrics::init();
                 crate::metrics::register_flows(this.clone())
             },
+            _ownership_gauges: crate::metrics::register_ownership(this.clone()),
         });
         // After a long journal since the last snapshot, the next start need not read it again.
         crate::snapshot::take_if_due(&kernel);

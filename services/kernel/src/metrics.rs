@@ -135,3 +135,30 @@ pub(crate) fn register_flows(kernel: Weak<Kernel>) -> ObservableGauge<u64> {
         })
         .build()
 }
+
+/// `fedsx.kernel.partitions_served`: how many partitions this replica serves now, and
+/// `fedsx.kernel.serves_flows`: 1 while it runs the flows. Keep the gauges as long as the
+/// kernel runs.
+pub(crate) fn register_ownership(kernel: Weak<Kernel>) -> [ObservableGauge<u64>; 2] {
+    let served = kernel.clone();
+    [
+        meter()
+            .u64_observable_gauge("fedsx.kernel.partitions_served")
+            .with_description("Partitions this kernel replica serves now (their journals, actors and relay)")
+            .with_callback(move |observer| {
+                if let Some(kernel) = served.upgrade() {
+                    observer.observe(kernel.owned_partitions().len() as u64, &[]);
+                }
+            })
+            .build(),
+        meter()
+            .u64_observable_gauge("fedsx.kernel.serves_flows")
+            .with_description("1 while this kernel replica runs the flows (it serves their partition)")
+            .with_callback(move |observer| {
+                if let Some(kernel) = kernel.upgrade() {
+                    observer.observe(u64::from(kernel.serves_flows()), &[]);
+                }
+            })
+            .build(),
+    ]
+}

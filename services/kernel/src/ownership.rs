@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How long a replica's leases last unless renewed (renewed every third of it).
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
 const REPLICA_PREFIX: &str = "kernel/replica/";
 const PARTITION_PREFIX: &str = "kernel/partition/";
 /// Takeover appends tried before the round gives the partition up for now.

@@ -27,6 +27,14 @@ pub const MAX_PARTITIONS: u32 = 1024;
 /// Index of the node journal.
 pub const NODE: usize = 0;
 
+/// The partition of `partitions` that local actor `name` belongs to: a stable hash of the
+/// name (the first 8 bytes of its SHA-256, big-endian, modulo `partitions`).
+pub fn partition_of(name: &str, partitions: u32) -> u32 {
+    let hash = Sha256::digest(name.as_bytes());
+    let head = u64::from_be_bytes(hash[..8].try_into().expect("eight bytes"));
+    (head % u64::from(partitions.max(1))) as u32
+}
+
 /// The node's journals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Journals {
@@ -56,11 +64,9 @@ impl Journals {
         &self.streams[index]
     }
 
-    /// The partition local actor `name` belongs to: a stable hash of the name.
+    /// The partition local actor `name` belongs to.
     pub fn partition_of(&self, name: &str) -> u32 {
-        let hash = Sha256::digest(name.as_bytes());
-        let head = u64::from_be_bytes(hash[..8].try_into().expect("eight bytes"));
-        (head % u64::from(self.partitions())) as u32
+        partition_of(name, self.partitions())
     }
 
     /// The journal of local actor `name`'s records.

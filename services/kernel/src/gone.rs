@@ -51,6 +51,10 @@ impl Kernel {
                 continue;
             }
             for dead in self.delivery.dead_letters(peer.clone()).await? {
+                if !self.serves(&dead.sender) {
+                    // The replica serving the sender's partition removes its followers.
+                    continue;
+                }
                 for follower in gone_recipients(&dead) {
                     if let Err(err) = self.follower_gone(&dead.sender, &follower, &dead.last_error).await {
                         tracing::warn!(%follower, error = %err, "removing a gone follower failed; will retry");

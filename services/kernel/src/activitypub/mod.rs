@@ -33,13 +33,14 @@ pub(crate) async fn new_rsa_key(secret: &NodeSecret, name: &str) -> Result<(byte
 }
 
 /// Gives every actor made before ActivityPub its RSA key, in the background: the actor's
-/// record is journaled again with the key (once per actor, whichever kernel gets there first).
+/// record is journaled again with the key, by the replica serving its partition (once per
+/// actor).
 pub(crate) fn spawn_key_backfill(kernel: Arc<Kernel>) {
     let missing: Vec<String> = kernel
         .read_state()
         .actors
         .iter()
-        .filter(|(_, actor)| actor.rsa_sealed.is_empty())
+        .filter(|(name, actor)| actor.rsa_sealed.is_empty() && kernel.serves(name))
         .map(|(name, _)| name.clone())
         .collect();
     if missing.is_empty() {

@@ -1,86 +1,324 @@
-//! `fedsx bench kernel`: starts a log-store and a kernel, registers M remote actors, signs N
-//! activities with their keys, and ingests them through `Kernel.Ingest` at a given
-//! concurrency (each one verified and durably appended); then measures ed25519 strict
-//! verifications/s of the same envelopes on one core, and prints the ratio.
+//! `fedsx bench kernel`: one node's kernel — 1 or more replicas — on a log-store over
+//! RocksDB or PostgreSQL, in scenarios run one after the other in one run (default: RocksDB
+//! with 1 replica, PostgreSQL with 1 and with 3). In each, `--peers` remote actors follow
+//! each of `--recipients` local actors (one per partition), then
+//! - ingests: `--activities` signed Creates through `Kernel.Ingest` (each verified and
+//!   durably appended), spread over the recipients and sent to the replicas in turn (a
+//!   replica forwards what another serves, as behind a load balancer);
+//! - publishes: `--publishes` notes to followers through `Kernel.Publish` (each signed,
+//!   chained and durably appended; the relay then works out their destinations);
+//!
+//! and prints rates and latencies, with ed25519 strict verifications/s on one core as the
+//! machine's reference.
 
-use super::{path, spawn_service};
+use super::{KillOnDrop, path, spawn_service};
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
-use fedsx_proto::kernel::v1::{CreateActorRequest, IngestRequest};
+use fedsx_proto::kernel::v1::{CreateActorRequest, IngestRequest, PublishRequest};
+use fedsx_proto::wire::v1::{Activity, ActivityType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-const CONNECTIONS: usize = 4;
+/// Partitions of the bench node.
+const PARTITIONS: u32 = 16;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Remote actors signing the activities.
+    /// Remote actors following the recipients and signing the activities.
     #[arg(long, default_value_t = 100)]
-    actors: usize,
-    /// Activities ingested.
+    peers: usize,
+    /// Local actors receiving the activities (1 to 16: one per partition, in turn).
+    #[arg(long, default_value_t = 16)]
+    recipients: usize,
+    /// Activities ingested per scenario.
     #[arg(long, default_value_t = 20_000)]
     activities: usize,
-    /// Concurrent ingest calls.
+    /// Notes published per scenario.
+    #[arg(long, default_value_t = 2_000)]
+    publishes: usize,
+    /// Concurrent calls.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Scenarios `<engine>:<replicas>`, engine `rocksdb` or `postgres` (a throwaway server,
+    /// fsync on), run in this order.
+    #[arg(long = "scenario", default_values_t = ["rocksdb:1".to_owned(), "postgres:1".to_owned(), "postgres:3".to_owned()])]
+    scenarios: Vec<String>,
     /// Where the temp data dirs go.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: std::path::PathBuf,
 }
 
+struct Scenario {
+    postgres: bool,
+    replicas: usize,
+}
+
+fn scenario(text: &str) -> anyhow::Result<Scenario> {
+    let (engine, replicas) = text
+        .split_once(':')
+        .with_context(|| format!("--scenario {text}: use <engine>:<replicas>"))?;
+    let postgres = match engine {
+        "rocksdb" => false,
+        "postgres" => true,
+        other => anyhow::bail!("--scenario {text}: engine {other:?} is neither rocksdb nor postgres"),
+    };
+    let replicas = replicas
+        .parse()
+        .ok()
+        .filter(|n| (1..=8).contains(n))
+        .with_context(|| format!("--scenario {text}: 1 to 8 replicas"))?;
+    Ok(Scenario { postgres, replicas })
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=16).contains(&args.recipients), "--recipients: 1 to 16");
+    let scenarios = args
+        .scenarios
+        .iter()
+        .map(|s| scenario(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let scratch = tempfile::Builder::new().prefix("fedsx-bench-").tempdir_in(&args.dir)?;
-    let data = scratch.path().join("log-store");
-    let secret = scratch.path().join("node-secret");
-    let (log_store, _log_store) = spawn_service(&["log-store", "--listen", "127.0.0.1:0", "--data-dir", path(&data)?])?;
-    let (kernel, _kernel) = super::spawn_kernel(&log_store, super::NO_DELIVERY, path(&secret)?, &[])?;
-    let mut connections = Vec::new();
-    for _ in 0..CONNECTIONS {
-        connections.push(KernelClient::new(
-            Channel::from_shared(kernel.clone())?.connect().await?,
-        ));
-    }
-    let mut client = connections[0].clone();
-    client
-        .create_actor(CreateActorRequest { name: "bench".into() })
-        .await
-        .context("creating the recipient")?;
-
+    let postgres = if scenarios.iter().any(|s| s.postgres) {
+        let (_, servers) = super::throwaway_postgres(true, false).await?;
+        servers.into_iter().next()
+    } else {
+        None
+    };
     println!("machine: {} cores", std::thread::available_parallelism()?);
-    println!(
-        "signing {} activities by {} remote actors…",
-        args.activities, args.actors
-    );
-    let peers = super::remote_actors(args.actors);
-    super::register(&mut client, &peers).await?;
-    let signed = super::sign_all(&peers, args.activities);
-    let envelopes = Arc::new(signed.clone());
-    let connections = Arc::new(connections);
+    let peers = super::remote_actors(args.peers);
+    let mut results = Vec::new();
+    for (n, scenario) in scenarios.iter().enumerate() {
+        let log_store_args: Vec<String> = match (&postgres, scenario.postgres) {
+            (Some(server), true) => {
+                let url = server
+                    .create_database(&format!("kernel{n}"))
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                vec!["--store".into(), url]
+            }
+            _ => vec![
+                "--data-dir".into(),
+                path(&scratch.path().join(format!("log-store-{n}")))?.to_owned(),
+            ],
+        };
+        let label = format!(
+            "{} × {}",
+            if scenario.postgres { "postgres" } else { "rocksdb" },
+            scenario.replicas
+        );
+        println!("\n{label}: starting…");
+        let secret = scratch.path().join(format!("node-secret-{n}"));
+        let measured = measure(&args, &peers, scenario.replicas, &log_store_args, &secret).await?;
+        println!(
+            "{label}: ingest {:.0}/s (p50 {:?}, p99 {:?}, {} errors); publish {:.0}/s (p50 {:?}, p99 {:?}, {} errors)",
+            measured.0.rate,
+            measured.0.p50,
+            measured.0.p99,
+            measured.0.errors,
+            measured.1.rate,
+            measured.1.p50,
+            measured.1.p99,
+            measured.1.errors
+        );
+        results.push((label, measured));
+    }
 
-    let run = super::drive(envelopes.len(), args.concurrency, move |i| {
-        let mut client = connections[i % CONNECTIONS].clone();
-        let envelope = envelopes[i].clone();
-        async move {
-            let request = IngestRequest {
-                recipient: "bench".into(),
-                envelope: envelope.into(),
-            };
-            client.ingest(request).await.is_ok_and(|answer| answer.get_ref().new)
-        }
+    let envelopes = super::sign_all(&peers, 2_000);
+    let verify_rate = tokio::task::block_in_place(|| verifies_per_second(&envelopes, &peers));
+    println!("\n| scenario | ingests/s | ingest p99 | publishes/s | publish p99 |");
+    println!("|---|---|---|---|---|");
+    for (label, (ingest, publish)) in &results {
+        println!(
+            "| {label} | {:.0} | {:?} | {:.0} | {:?} |",
+            ingest.rate, ingest.p99, publish.rate, publish.p99
+        );
+    }
+    println!("ed25519 strict decode+verify, one core: {verify_rate:.0}/s");
+    let rate = |label: &str| results.iter().find(|(l, _)| l == label).map(|(_, m)| m.0.rate);
+    if let (Some(one), Some(three)) = (rate("postgres × 1"), rate("postgres × 3")) {
+        println!("ingest, postgres: 3 replicas / 1 replica = {:.2}", three / one);
+    }
+    Ok(())
+}
+
+/// One scenario: (ingest run, publish run).
+async fn measure(
+    args: &Args,
+    peers: &[(SigningKey, String)],
+    replicas: usize,
+    log_store_args: &[String],
+    secret: &std::path::Path,
+) -> anyhow::Result<(super::Run, super::Run)> {
+    let mut store_args = vec!["log-store", "--listen", "127.0.0.1:0"];
+    store_args.extend(log_store_args.iter().map(String::as_str));
+    let (log_store, _log_store) = spawn_service(&store_args)?;
+    let partitions = PARTITIONS.to_string();
+    let mut kernels: Vec<(String, KillOnDrop)> = Vec::new();
+    for _ in 0..replicas {
+        kernels.push(super::spawn_kernel(
+            &log_store,
+            super::NO_DELIVERY,
+            path(secret)?,
+            &["--partitions", &partitions],
+        )?);
+    }
+    let urls: Vec<String> = kernels.iter().map(|(url, _)| url.clone()).collect();
+    settle(&urls).await?;
+    let mut clients = Vec::new();
+    for url in &urls {
+        clients.push(KernelClient::new(Channel::from_shared(url.clone())?.connect().await?));
+    }
+    let clients = Arc::new(clients);
+
+    // One recipient per partition, each followed by every peer.
+    let names = recipients(args.recipients);
+    let mut recipient_urls = Vec::new();
+    for name in &names {
+        let created = clients[0]
+            .clone()
+            .create_actor(CreateActorRequest { name: name.clone() })
+            .await
+            .with_context(|| format!("creating {name}"))?;
+        recipient_urls.push(created.into_inner().id);
+    }
+    super::register(&mut clients[0].clone(), peers).await?;
+    let (follows, creates) = sign_chains(peers, &recipient_urls, args.activities);
+    let mut following = tokio::task::JoinSet::new();
+    for (p, chain) in follows.into_iter().enumerate() {
+        let (clients, names) = (clients.clone(), names.clone());
+        following.spawn(async move {
+            // In the peer's order, so no gap is seen in its sequence.
+            for (r, envelope) in chain.into_iter().enumerate() {
+                let request = IngestRequest {
+                    recipient: names[r].clone(),
+                    envelope: envelope.into(),
+                };
+                clients[(p + r) % clients.len()].clone().ingest(request).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = following.join_next().await {
+        done??;
+    }
+
+    let creates = Arc::new(creates);
+    let (ingest_clients, ingest_names) = (clients.clone(), Arc::new(names.clone()));
+    let ingest = super::drive(creates.len(), args.concurrency, move |i| {
+        let mut client = ingest_clients[i % ingest_clients.len()].clone();
+        let request = IngestRequest {
+            recipient: ingest_names[i % ingest_names.len()].clone(),
+            envelope: creates[i].clone().into(),
+        };
+        async move { client.ingest(request).await.is_ok_and(|answer| answer.get_ref().new) }
     })
     .await?;
-    let rate = run.rate;
-    println!(
-        "\ningest through kernel → log-store, concurrency {}: {rate:.0}/s durable ({} ok, {} errors, p50 {:?}, p99 {:?})",
-        args.concurrency, run.ok, run.errors, run.p50, run.p99
-    );
 
-    let verify_rate = tokio::task::block_in_place(|| verifies_per_second(&signed, &peers));
-    println!("ed25519 strict decode+verify of the same envelopes, one core: {verify_rate:.0}/s");
-    println!("ratio ingest/verify: {:.2}", rate / verify_rate);
-    Ok(())
+    let (publish_clients, publish_names) = (clients.clone(), Arc::new(names));
+    let publish = super::drive(args.publishes, args.concurrency, move |i| {
+        let mut client = publish_clients[i % publish_clients.len()].clone();
+        let request = PublishRequest {
+            actor: publish_names[i % publish_names.len()].clone(),
+            r#type: ActivityType::Create.into(),
+            to: vec!["followers".into()],
+            content: format!("note {i} to every follower"),
+            ..Default::default()
+        };
+        async move { client.publish(request).await.is_ok() }
+    })
+    .await?;
+    Ok((ingest, publish))
+}
+
+/// Waits until the replicas at `urls` serve every partition between them, and for a
+/// replica that just started, until it got its share.
+async fn settle(urls: &[String]) -> anyhow::Result<()> {
+    let http = fedsx_runtime::http_client::PeerHttp::new(true, Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut served = Vec::new();
+        for url in urls {
+            let request = http::Request::get(format!("{url}/metrics")).body(bytes::Bytes::new())?;
+            let reply = http.send(request, 4 << 20).await.ok();
+            let text = reply
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                .unwrap_or_default();
+            let value = text
+                .lines()
+                .find_map(|line| line.strip_prefix("fedsx_kernel_partitions_served "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+            served.push(value);
+        }
+        if served.iter().sum::<f64>() == f64::from(PARTITIONS) && served.iter().all(|s| *s > 0.0) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the replicas did not share the partitions within 60 s: {served:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `n` local actor names in different partitions.
+fn recipients(n: usize) -> Vec<String> {
+    let mut names: std::collections::BTreeMap<u32, String> = std::collections::BTreeMap::new();
+    for i in 0.. {
+        let name = format!("bench{i}");
+        names
+            .entry(fedsx_kernel::partition_of(&name, PARTITIONS))
+            .or_insert(name);
+        if names.len() == n {
+            return names.into_values().collect();
+        }
+    }
+    unreachable!()
+}
+
+/// Each peer's chain: a Follow of every recipient (one chain per peer, in order), then
+/// `creates` Creates round-robin over the peers, continuing each peer's chain.
+fn sign_chains(
+    peers: &[(SigningKey, String)],
+    recipients: &[String],
+    creates: usize,
+) -> (Vec<Vec<Vec<u8>>>, Vec<Vec<u8>>) {
+    let mut chains: Vec<(u64, Option<fedsx_wire::ActivityId>)> = vec![(0, None); peers.len()];
+    let mut sign = |p: usize, kind: ActivityType, object: &str, content: String| {
+        let (key, url) = &peers[p];
+        let (seq, prev) = &mut chains[p];
+        *seq += 1;
+        let activity = Activity {
+            r#type: kind.into(),
+            actor: url.clone(),
+            seq: *seq,
+            object: object.to_owned(),
+            to: recipients.to_vec(),
+            published_ms: 1_767_225_600_000 + *seq as i64,
+            content,
+            prev: prev.map(|id| id.0.to_vec().into()).unwrap_or_default(),
+        };
+        let signed = fedsx_wire::sign(&activity, key, &fedsx_wire::key_id(url, &key.verifying_key()));
+        *prev = Some(signed.id);
+        signed.to_bytes()
+    };
+    let follows = (0..peers.len())
+        .map(|p| {
+            recipients
+                .iter()
+                .map(|r| sign(p, ActivityType::Follow, r, String::new()))
+                .collect()
+        })
+        .collect();
+    let creates = (0..creates)
+        .map(|i| {
+            let content = format!("note {i}, about the length of a short post on a federated server");
+            sign(i % peers.len(), ActivityType::Create, "", content)
+        })
+        .collect();
+    (follows, creates)
 }
 
 pub fn verifies_per_second(envelopes: &[Vec<u8>], peers: &[(SigningKey, String)]) -> f64 {

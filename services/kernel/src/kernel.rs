@@ -218,8 +218,10 @@ impl Kernel {
     }
 
     /// Seq `seq` of remote `sender` was taken: a gap it opens is filled in the background.
+    /// Only while this replica is the only one: with several, each sees a share of a
+    /// sender's activities, and what it misses would look like gaps (fetched for nothing).
     pub(crate) fn sequence_seen(&self, sender: &ActorDocument, seq: u64) {
-        if self.local_name(&sender.id).is_some() {
+        if self.local_name(&sender.id).is_some() || !self.ownership.alone() {
             return;
         }
         if let (Some(fill), Some(me)) = (self.gaps.seen(&sender.id, seq), self.me.upgrade()) {

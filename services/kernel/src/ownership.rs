@@ -95,6 +95,8 @@ pub(crate) struct Ownership {
     holders: Mutex<HashMap<u32, (String, String)>>,
     /// Counts finished rounds, so a caller can wait for the next one.
     rounds: watch::Sender<u64>,
+    /// How many replicas were live at the last round (this one included).
+    live: std::sync::atomic::AtomicUsize,
 }
 
 fn partition_lease(partition: u32) -> String {
@@ -133,6 +135,7 @@ impl Ownership {
             owned: Mutex::default(),
             holders: Mutex::default(),
             rounds: watch::Sender::new(0),
+            live: std::sync::atomic::AtomicUsize::new(1),
         })
     }
 
@@ -157,6 +160,11 @@ impl Ownership {
         let mut partitions: Vec<u32> = owned.iter().filter(|(_, o)| o.valid()).map(|(p, _)| *p).collect();
         partitions.sort_unstable();
         partitions
+    }
+
+    /// Whether other replicas were live at the last round.
+    pub(crate) fn alone(&self) -> bool {
+        self.live.load(Ordering::Relaxed) <= 1
     }
 
     pub(crate) fn owner(&self, partition: u32) -> Owner {
@@ -217,6 +225,10 @@ pub(crate) async fn round(kernel: &crate::kernel::Kernel) -> Result<(), KernelEr
         .map(|lease| lease.holder)
         .collect();
     live.insert(me.replica.clone());
+    let before = me.live.swap(live.len(), Ordering::Relaxed);
+    if before != live.len() {
+        tracing::info!(replica = %me.replica, live = live.len(), "kernel replicas live");
+    }
     let share: BTreeSet<u32> = (0..me.partitions)
         .filter(|p| assigned(&live, *p) == Some(me.replica.as_str()))
         .collect();

@@ -307,16 +307,7 @@ async fn take_over(
     );
     for _ in 0..TAKEOVER_ATTEMPTS {
         let tip = kernel.logs.tip(stream, StreamKind::Meta).await?;
-        let appended = kernel
-            .logs
-            .append(
-                stream,
-                StreamKind::Meta,
-                Bytes::copy_from_slice(&id),
-                record.encode_to_vec().into(),
-                Some(tip),
-            )
-            .await;
+        let appended = append_at(&kernel.logs, stream, &id, &record, tip).await;
         let seq = match appended {
             Ok(answer) => answer.entries.first().map_or(tip, |entry| entry.seq),
             // The previous owner wrote meanwhile (its lease had not lapsed on its clock).
@@ -344,6 +335,18 @@ async fn take_over(
     Err(KernelError::LogStoreUnavailable(format!(
         "journal {stream} kept moving while taking it over"
     )))
+}
+
+/// Appends `record` (entry id `id`) to journal `stream` if the journal's tip is `tip`.
+async fn append_at(
+    logs: &crate::logs::Logs,
+    stream: &str,
+    id: &[u8; 32],
+    record: &JournalRecord,
+    tip: u64,
+) -> Result<fedsx_proto::logstore::v1::AppendResponse, AppendError> {
+    let (id, data) = (Bytes::copy_from_slice(id), record.encode_to_vec().into());
+    logs.append(stream, StreamKind::Meta, id, data, Some(tip)).await
 }
 
 /// Stops serving `partition` (after the append in flight, if any) and gives its lease up,
@@ -445,16 +448,7 @@ impl crate::kernel::Kernel {
             if !owned.valid() {
                 return Err(not_owner());
             }
-            let appended = self
-                .logs
-                .append(
-                    stream,
-                    StreamKind::Meta,
-                    Bytes::copy_from_slice(&id),
-                    record.encode_to_vec().into(),
-                    Some(*tip),
-                )
-                .await;
+            let appended = append_at(&self.logs, stream, &id, record, *tip).await;
             match appended {
                 Ok(answer) => {
                     let entry = answer.entries.first().cloned().ok_or_else(|| {

@@ -1,0 +1,232 @@
+//! Which kernel replica owns which partition. Every replica holds a membership lease in the
+//! log-store (`kernel/replica/<id>`, data: the URL other replicas reach it at); the live
+//! replicas split the partitions by rendezvous hashing, and each takes the leases of the
+//! partitions that fall to it (`kernel/partition/<p>`, data: its URL). A lease lapses unless
+//! renewed, so a dead replica's partitions pass to the others within the lease; a replica
+//! that joins is handed its share as the others give theirs up.
+//!
+//! Holding the lease is not enough to write: a replica taking a partition over first
+//! appends `PartitionOwned` to the partition's journal with the journal's tip as expected
+//! tip, and every later append of its expects the tip its previous one left. So once the
+//! new owner's record is in, a paused old owner's next append fails on the tip, and it
+//! finds the record that fenced it (`append`).
+
+mod fence;
+mod rounds;
+
+pub(crate) use rounds::{round, spawn};
+
+use crate::error::KernelError;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long a replica's leases last unless renewed (renewed every third of it).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
+const REPLICA_PREFIX: &str = "kernel/replica/";
+const PARTITION_PREFIX: &str = "kernel/partition/";
+/// Takeover appends tried before the round gives the partition up for now.
+const TAKEOVER_ATTEMPTS: usize = 5;
+
+/// How this replica takes part.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// Names this replica as lease holder. The same id again (the replica restarted) takes
+    /// its leases back at once, fencing its previous run; None: a random one, whose
+    /// predecessor's leases must lapse first.
+    pub id: Option<String>,
+    /// The partitions of a new node (a node that exists keeps its own).
+    pub partitions: u32,
+    /// The gRPC URL other replicas forward calls to (empty: none can).
+    pub url: String,
+    pub lease: Duration,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> ReplicaConfig {
+        ReplicaConfig {
+            id: None,
+            partitions: crate::partition::DEFAULT_PARTITIONS,
+            url: String::new(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+}
+
+/// A partition this replica owns.
+pub(crate) struct Owned {
+    epoch: u64,
+    /// Until when it may write, on this machine's clock: the lease's time counted from
+    /// before it was asked for, less a tenth.
+    valid_until: Mutex<Instant>,
+    /// The partition journal's tip as this owner left it; held while appending, so appends
+    /// go one at a time, each expecting the tip the last one left.
+    tip: tokio::sync::Mutex<u64>,
+    fenced: AtomicBool,
+}
+
+impl Owned {
+    fn valid(&self) -> bool {
+        !self.fenced.load(Ordering::Acquire) && *self.valid_until.lock().expect("lease lock poisoned") > Instant::now()
+    }
+}
+
+/// Where a partition is served from now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This replica.
+    Here,
+    /// Another replica, at this URL.
+    Elsewhere { replica: String, url: String },
+    /// Nobody right now (its owner died and the lease has not lapsed yet, or it is moving).
+    Nobody,
+}
+
+pub(crate) struct Ownership {
+    pub(crate) replica: String,
+    config: ReplicaConfig,
+    partitions: u32,
+    owned: Mutex<HashMap<u32, Arc<Owned>>>,
+    /// Holder and URL of each partition's lease, as last listed.
+    holders: Mutex<HashMap<u32, (String, String)>>,
+    /// Counts finished rounds, so a caller can wait for the next one.
+    rounds: watch::Sender<u64>,
+    /// How many replicas were live at the last round (this one included).
+    live: std::sync::atomic::AtomicUsize,
+}
+
+fn partition_lease(partition: u32) -> String {
+    format!("{PARTITION_PREFIX}{partition}")
+}
+
+/// The replica among `live` that partition `partition` falls to: the highest
+/// hash of (replica, partition), so a replica coming or going moves only its share.
+pub(crate) fn assigned(live: &BTreeSet<String>, partition: u32) -> Option<&str> {
+    live.iter()
+        .max_by_key(|replica| {
+            let hash = Sha256::new()
+                .chain_update(replica.as_bytes())
+                .chain_update([0])
+                .chain_update(partition.to_be_bytes())
+                .finalize();
+            u64::from_be_bytes(hash[..8].try_into().expect("eight bytes"))
+        })
+        .map(String::as_str)
+}
+
+impl Ownership {
+    pub(crate) fn new(config: ReplicaConfig, partitions: u32) -> Result<Ownership, KernelError> {
+        let replica = match &config.id {
+            Some(id) => id.clone(),
+            None => {
+                let mut id = [0u8; 6];
+                getrandom::fill(&mut id).map_err(|err| KernelError::Internal(format!("no randomness: {err}")))?;
+                format!("kernel-{}", hex::encode(id))
+            }
+        };
+        Ok(Ownership {
+            replica,
+            config,
+            partitions,
+            owned: Mutex::default(),
+            holders: Mutex::default(),
+            rounds: watch::Sender::new(0),
+            live: std::sync::atomic::AtomicUsize::new(1),
+        })
+    }
+
+    pub(crate) fn period(&self) -> Duration {
+        self.config.lease / 3
+    }
+
+    /// The partition if this replica may write it now.
+    pub(crate) fn owned(&self, partition: u32) -> Option<Arc<Owned>> {
+        let owned = self
+            .owned
+            .lock()
+            .expect("ownership lock poisoned")
+            .get(&partition)
+            .cloned();
+        owned.filter(|owned| owned.valid())
+    }
+
+    /// The partitions this replica owns now, in order.
+    pub(crate) fn owned_partitions(&self) -> Vec<u32> {
+        let owned = self.owned.lock().expect("ownership lock poisoned");
+        let mut partitions: Vec<u32> = owned.iter().filter(|(_, o)| o.valid()).map(|(p, _)| *p).collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
+    /// Whether other replicas were live at the last round.
+    pub(crate) fn alone(&self) -> bool {
+        self.live.load(Ordering::Relaxed) <= 1
+    }
+
+    pub(crate) fn owner(&self, partition: u32) -> Owner {
+        if self.owned(partition).is_some() {
+            return Owner::Here;
+        }
+        match self.holders.lock().expect("holders lock poisoned").get(&partition) {
+            Some((replica, url)) if *replica != self.replica => Owner::Elsewhere {
+                replica: replica.clone(),
+                url: url.clone(),
+            },
+            _ => Owner::Nobody,
+        }
+    }
+
+    /// Waits for the end of the ownership round after the one running now.
+    pub(crate) async fn next_round(&self) {
+        let mut rounds = self.rounds.subscribe();
+        let now = *rounds.borrow_and_update();
+        let _ = rounds.wait_for(|round| *round >= now + 2).await;
+    }
+
+    fn lose(&self, partition: u32, why: &str) {
+        if let Some(owned) = self.owned.lock().expect("ownership lock poisoned").remove(&partition) {
+            owned.fenced.store(true, Ordering::Release);
+            tracing::warn!(replica = %self.replica, partition, epoch = owned.epoch, why, "partition lost");
+        }
+    }
+}
+
+/// A replica id that stays the same across restarts of the replica serving `url` on this
+/// host (two live processes cannot serve one URL on one host).
+pub fn stable_id(url: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let hash = Sha256::new()
+        .chain_update(host.trim().as_bytes())
+        .chain_update([0])
+        .chain_update(url.as_bytes())
+        .finalize();
+    format!("kernel-{}", hex::encode(&hash[..6]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_over_replicas_and_a_leaving_one_moves_only_its_share() {
+        let three: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
+        let owners: Vec<&str> = (0..64).map(|p| assigned(&three, p).unwrap()).collect();
+        for replica in ["a", "b", "c"] {
+            let share = owners.iter().filter(|o| **o == replica).count();
+            assert!((10..=32).contains(&share), "{replica} has {share} of 64");
+        }
+        let two: BTreeSet<String> = ["a", "b"].map(String::from).into();
+        for (p, owner) in owners.iter().enumerate() {
+            let now = assigned(&two, p as u32).unwrap();
+            if *owner != "c" {
+                assert_eq!(now, *owner, "partition {p} stays where it was");
+            }
+        }
+        assert_eq!(assigned(&BTreeSet::new(), 0), None);
+    }
+}

@@ -152,9 +152,6 @@ impl Kernel {
             },
             _ownership_gauges: crate::metrics::register_ownership(this.clone()),
         });
-        // After a long journal since the last snapshot, the next start need not read it again.
-        crate::snapshot::take_if_due(&kernel);
-        crate::flows::snapshot::compact_if_due(&kernel, flows_read);
         crate::journal::spawn_followers(&kernel, &shutdown);
         // Takes this replica's share of the partitions before serving (all of them when it
         // is the only one); the rounds go on in the background.
@@ -162,6 +159,9 @@ impl Kernel {
             tracing::warn!(error = %err, "the first ownership round failed; retried");
         }
         crate::ownership::spawn(&kernel, shutdown.clone());
+        // After a long journal since the last snapshot, the next start need not read it again.
+        crate::snapshot::take_if_due(&kernel);
+        crate::flows::snapshot::compact_if_due(&kernel, flows_read);
         kernel.restore_gaps().await?;
         crate::backfill::spawn_saver(&kernel, shutdown.clone());
         crate::relay::spawn(kernel.clone(), shutdown.clone());
@@ -269,6 +269,7 @@ impl Kernel {
     /// Writes a snapshot of the flow journal now (besides the one every `snapshot::EVERY`
     /// flow journal entries); the flow journal seq it covers.
     pub async fn snapshot_flows(&self) -> Result<u64, KernelError> {
+        self.check_serves_flows()?;
         self.flows.snapshots.turn().await;
         self.flows
             .snapshots
@@ -279,6 +280,7 @@ impl Kernel {
     /// Writes a snapshot of the state now (besides the one every
     /// `snapshot::EVERY` records); the journal records it covers, over all journals.
     pub async fn snapshot(&self) -> Result<u64, KernelError> {
+        self.check_serves_flows()?;
         self.snapshots.turn().await;
         let (seqs, records) = {
             let state = self.read_state();

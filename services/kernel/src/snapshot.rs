@@ -279,11 +279,16 @@ impl Snapshots {
     }
 }
 
-/// When a snapshot is due (`EVERY` records since the last one), takes one of the state as
-/// it stands and writes it in the background. Called by the journal's only writer of the
+/// When a snapshot is due (`EVERY` records since the last one) and this replica serves the
+/// flows' partition, takes one of the state as it stands and writes it in the background. Called by the journal's only writer of the
 /// state (the follower, or the start before it), so the state cannot move meanwhile and a
 /// read lock suffices.
 pub(crate) fn take_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>) {
+    if !kernel.serves_flows() {
+        // One replica writes the snapshots (parts of two must not interleave): the one
+        // serving the flows' partition.
+        return;
+    }
     let (seqs, records) = {
         let state = kernel.read_state();
         let seqs = kernel.applied.seqs();

@@ -84,6 +84,16 @@ async fn two_replicas_split_the_partitions_and_one_takes_all_when_the_other_goes
     })
     .await;
 
+    // Snapshots are written by the replica serving partition 0 only.
+    let (writer, other) = if first.owned_partitions().contains(&0) {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    writer.snapshot().await.unwrap();
+    let refused = other.snapshot().await.unwrap_err();
+    assert!(refused.to_string().contains("partition 0"), "{refused}");
+
     // The first goes (its leases given up): the second serves everything.
     first_down.cancel();
     assert_eq!(first.finish(Duration::from_secs(5)).await, 0);

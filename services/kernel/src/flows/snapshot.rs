@@ -84,7 +84,8 @@ pub(crate) async fn compact(logs: &Logs) -> Result<u64, KernelError> {
 /// When a snapshot is due now that flow journal entry `seq` is written (`EVERY` entries
 /// since the last one), writes one in the background; the next waits until it is written.
 pub(crate) fn compact_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>, seq: u64) {
-    if !kernel.flows.snapshots.due(seq) {
+    // Written by the replica running the flows only, so parts never interleave.
+    if !kernel.serves_flows() || !kernel.flows.snapshots.due(seq) {
         return;
     }
     let kernel = kernel.clone();

@@ -19,7 +19,8 @@ use tonic::{Request, Response, Status};
 const SUBSCRIBE_BUFFER: usize = 256;
 
 pub(crate) fn server<S: LogStorage>(store: S, shutdown: CancellationToken) -> LogStoreServer<LogStoreService<S>> {
-    let waiters = Waiters::spawn(store.notices());
+    let source = store.clone();
+    let waiters = Waiters::new(move || source.notices());
     LogStoreServer::new(LogStoreService {
         store,
         waiters,

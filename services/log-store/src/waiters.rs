@@ -10,64 +10,101 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 
-/// A wake-up counter per watched stream; an entry lives while a waiter holds it.
-type Streams = Mutex<HashMap<StreamId, watch::Sender<u64>>>;
+/// Where the engine's notices come from: a fresh receiver each call.
+type Source = Box<dyn Fn() -> broadcast::Receiver<Notice> + Send + Sync>;
 
-#[derive(Clone, Default)]
+/// A wake-up counter per watched stream (an entry lives while a waiter holds it), and the
+/// task handing out notices while there is a waiter at all — with none, appends wake
+/// nothing.
+#[derive(Default)]
+struct Watched {
+    streams: HashMap<StreamId, watch::Sender<u64>>,
+    dispatcher: Option<tokio::task::AbortHandle>,
+}
+
+struct Shared {
+    source: Source,
+    watched: Mutex<Watched>,
+}
+
+#[derive(Clone)]
 pub(crate) struct Waiters {
-    streams: Arc<Streams>,
+    shared: Arc<Shared>,
 }
 
 /// One subscription's wake-ups for its stream: `woken` returns once the stream may have
 /// grown since the waiter was made or last woken.
 pub(crate) struct Waiter {
-    streams: Arc<Streams>,
+    shared: Arc<Shared>,
     stream: StreamId,
     woken: watch::Receiver<u64>,
 }
 
 impl Waiters {
-    /// Starts the task that hands out `notices`; it ends when they close, and then every
-    /// waiter is told so.
-    pub(crate) fn spawn(mut notices: broadcast::Receiver<Notice>) -> Waiters {
-        let waiters = Waiters::default();
-        let streams = waiters.streams.clone();
-        tokio::spawn(async move {
-            loop {
-                match notices.recv().await {
-                    Ok(Notice::Appended(stream)) => {
-                        if let Some(sender) = lock(&streams).get(&stream) {
-                            sender.send_modify(|n| *n += 1);
-                        }
-                    }
-                    // The notice of some waiter's stream may have been missed: all read again.
-                    Ok(Notice::Unknown) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        lock(&streams)
-                            .values()
-                            .for_each(|sender| sender.send_modify(|n| *n += 1));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        // Dropping the counters ends every wait.
-                        lock(&streams).clear();
-                        return;
-                    }
-                }
-            }
-        });
-        waiters
+    pub(crate) fn new(source: impl Fn() -> broadcast::Receiver<Notice> + Send + Sync + 'static) -> Waiters {
+        Waiters {
+            shared: Arc::new(Shared {
+                source: Box::new(source),
+                watched: Mutex::default(),
+            }),
+        }
     }
 
     /// A waiter for `stream`: appends after this call wake it. Make it before reading the
     /// stream, so an append between the read and the wait is not missed.
     pub(crate) fn waiter(&self, stream: &StreamId) -> Waiter {
-        let woken = lock(&self.streams)
+        let mut watched = self.shared.lock();
+        if watched.dispatcher.is_none() {
+            // Listening starts now, before this waiter's first read.
+            let notices = (self.shared.source)();
+            let dispatcher = tokio::spawn(dispatch(Arc::downgrade(&self.shared), notices));
+            watched.dispatcher = Some(dispatcher.abort_handle());
+        }
+        let woken = watched
+            .streams
             .entry(stream.clone())
             .or_insert_with(|| watch::Sender::new(0))
             .subscribe();
         Waiter {
-            streams: self.streams.clone(),
+            shared: self.shared.clone(),
             stream: stream.clone(),
             woken,
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.watched.lock().expect("waiters lock poisoned")
+    }
+}
+
+/// Hands out `notices` to the waiters of the streams they name (all of them when notices
+/// may have been missed); when they close, every wait ends.
+async fn dispatch(shared: std::sync::Weak<Shared>, mut notices: broadcast::Receiver<Notice>) {
+    loop {
+        let notice = notices.recv().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let mut watched = shared.lock();
+        match notice {
+            Ok(Notice::Appended(stream)) => {
+                if let Some(sender) = watched.streams.get(&stream) {
+                    sender.send_modify(|n| *n += 1);
+                }
+            }
+            // The notice of some waiter's stream may have been missed: all read again.
+            Ok(Notice::Unknown) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                watched
+                    .streams
+                    .values()
+                    .for_each(|sender| sender.send_modify(|n| *n += 1));
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                // Dropping the counters ends every wait.
+                watched.streams.clear();
+                watched.dispatcher = None;
+                return;
+            }
         }
     }
 }
@@ -82,19 +119,21 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        let mut streams = lock(&self.streams);
+        let mut watched = self.shared.lock();
         // The last waiter of the stream removes its counter (this receiver still counts).
-        if streams
+        if watched
+            .streams
             .get(&self.stream)
             .is_some_and(|sender| sender.receiver_count() <= 1)
         {
-            streams.remove(&self.stream);
+            watched.streams.remove(&self.stream);
+        }
+        if watched.streams.is_empty()
+            && let Some(dispatcher) = watched.dispatcher.take()
+        {
+            dispatcher.abort();
         }
     }
-}
-
-fn lock(streams: &Streams) -> std::sync::MutexGuard<'_, HashMap<StreamId, watch::Sender<u64>>> {
-    streams.lock().expect("waiters lock poisoned")
 }
 
 #[cfg(test)]
@@ -115,8 +154,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_is_woken_by_its_stream_only_and_by_a_lost_notice() {
-        let (notices, receiver) = broadcast::channel(16);
-        let waiters = Waiters::spawn(receiver);
+        let (notices, template) = broadcast::channel(16);
+        // Holding no sender, so dropping `notices` ends them.
+        let waiters = Waiters::new(move || template.resubscribe());
         let mut alice = waiters.waiter(&stream("alice"));
         let mut bob = waiters.waiter(&stream("bob"));
         notices.send(Notice::Appended(stream("alice"))).unwrap();
@@ -131,8 +171,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_append_before_the_wait_wakes_and_counters_go_with_their_last_waiter() {
-        let (notices, receiver) = broadcast::channel(16);
-        let waiters = Waiters::spawn(receiver);
+        let (notices, _) = broadcast::channel(16);
+        let source = notices.clone();
+        let waiters = Waiters::new(move || source.subscribe());
+        assert_eq!(notices.receiver_count(), 0, "nobody listens while nobody waits");
         let mut first = waiters.waiter(&stream("alice"));
         let second = waiters.waiter(&stream("alice"));
         notices.send(Notice::Appended(stream("alice"))).unwrap();
@@ -140,8 +182,10 @@ mod tests {
         // Woken although it was not waiting yet when the notice came.
         assert_eq!(woken_soon(&mut first).await, Some(true));
         drop(second);
-        assert_eq!(lock(&waiters.streams).len(), 1, "alice still has a waiter");
+        assert_eq!(waiters.shared.lock().streams.len(), 1, "alice still has a waiter");
         drop(first);
-        assert!(lock(&waiters.streams).is_empty());
+        assert!(waiters.shared.lock().streams.is_empty());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(notices.receiver_count(), 0, "with the last waiter gone, nobody listens");
     }
 }

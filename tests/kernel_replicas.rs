@@ -91,13 +91,19 @@ async fn log(kernel: &KernelClient<Channel>, name: &str, kind: LogKind) -> Vec<(
 
 /// Publishes until the kernel acknowledges, the same publish each time (`once_key`), so a
 /// publish whose answer was lost is not published twice.
-async fn publish_acknowledged(kernel: &KernelClient<Channel>, request: PublishRequest) -> [u8; 32] {
+async fn publish_acknowledged(
+    kernel: &KernelClient<Channel>,
+    request: PublishRequest,
+    refusals: &Mutex<Vec<String>>,
+) -> [u8; 32] {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match kernel.clone().publish(request.clone()).await {
             Ok(answer) => return answer.into_inner().id[..].try_into().unwrap(),
             Err(status) => {
                 assert!(Instant::now() < deadline, "never acknowledged: {status:?}");
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                refusals.lock().unwrap().push(status.message().to_owned());
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -251,13 +257,15 @@ async fn a_killed_kernel_replica_hands_its_partitions_on_and_nothing_acknowledge
     let stop = Arc::new(AtomicBool::new(false));
     let a_published: Arc<Mutex<Vec<Published>>> = Arc::default();
     let b_published: Arc<Mutex<Vec<[u8; 32]>>> = Arc::default();
+    let refusals: Arc<Mutex<Vec<String>>> = Arc::default();
     let a_traffic = {
         let (ka, names, stop, published) = (ka.clone(), names.clone(), stop.clone(), a_published.clone());
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let name = &names[n as usize % names.len()];
-                let id = publish_acknowledged(&ka, note(name, format!("note {n} of {name}"), n)).await;
+                let id = publish_acknowledged(&ka, note(name, format!("note {n} of {name}"), n), &refusals).await;
                 published.lock().unwrap().push((name.clone(), id));
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -266,10 +274,11 @@ async fn a_killed_kernel_replica_hands_its_partitions_on_and_nothing_acknowledge
     };
     let b_traffic = {
         let (kb, stop, published) = (kb.clone(), stop.clone(), b_published.clone());
+        let refusals = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let id = publish_acknowledged(&kb, note("bob", format!("bob's note {n}"), n)).await;
+                let id = publish_acknowledged(&kb, note("bob", format!("bob's note {n}"), n), &refusals).await;
                 published.lock().unwrap().push(id);
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -309,6 +318,20 @@ async fn a_killed_kernel_replica_hands_its_partitions_on_and_nothing_acknowledge
     let a_published = a_published.lock().unwrap().clone();
     let b_published = b_published.lock().unwrap().clone();
     assert!(a_published.len() > 20 && b_published.len() > 10, "traffic ran");
+    // Publishes for the dead replica's actors were refused as retryable, saying why.
+    let refusals = refusals.lock().unwrap().clone();
+    let dead = format!("http://{}", addrs[victim]);
+    assert!(
+        refusals.iter().any(
+            |r| r.contains(&dead) && r.contains("did not answer") || r.contains("has no kernel replica serving it")
+        ),
+        "{refusals:?}"
+    );
+    eprintln!(
+        "{} refusals while the partitions moved, the first: {:?}",
+        refusals.len(),
+        refusals.first()
+    );
     eprintln!(
         "partitions served again {took_over:?} after the kill; {} publishes on A and {} on B acknowledged",
         a_published.len(),

@@ -22,6 +22,46 @@ const MAX_CLIENTS: usize = 64;
 
 pub(crate) type ReplicaClient = KernelClient<TracedChannel>;
 
+/// A call on its way to the replica serving its partition: the client, and what to say
+/// when that replica does not answer.
+pub(crate) struct Forward {
+    client: ReplicaClient,
+    partition: u32,
+    replica: String,
+    url: String,
+}
+
+impl std::ops::Deref for Forward {
+    type Target = ReplicaClient;
+    fn deref(&self) -> &ReplicaClient {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Forward {
+    fn deref_mut(&mut self) -> &mut ReplicaClient {
+        &mut self.client
+    }
+}
+
+impl Forward {
+    /// The caller's answer when the forwarded call failed: the serving replica's own answer,
+    /// or, when it could not be reached, which replica that was and what to expect.
+    pub(crate) fn failed(&self, status: tonic::Status) -> tonic::Status {
+        if std::error::Error::source(&status).is_none() {
+            return status;
+        }
+        tonic::Status::unavailable(format!(
+            "partition {} is served by kernel replica {} ({}), which did not answer ({}); \
+             if it is gone, another replica serves the partition once its lease lapses — retry",
+            self.partition,
+            self.replica,
+            self.url,
+            status.message()
+        ))
+    }
+}
+
 /// Clients for the other replicas, by URL.
 #[derive(Default)]
 pub(crate) struct Replicas {
@@ -57,17 +97,17 @@ impl Kernel {
     /// Where a call writing for local actor `name` runs: here (None), or on the replica
     /// whose client is answered. A call that was itself forwarded runs here or fails. While
     /// the partition has no replica (it is moving), waits up to one ownership round.
-    pub(crate) async fn route(&self, name: &str, was_forwarded: bool) -> Result<Option<ReplicaClient>, KernelError> {
+    pub(crate) async fn route(&self, name: &str, was_forwarded: bool) -> Result<Option<Forward>, KernelError> {
         self.route_partition(self.journals.partition_of(name), was_forwarded)
             .await
     }
 
     /// The same for a flow call: the flows run on the replica serving their partition.
-    pub(crate) async fn route_flows(&self, was_forwarded: bool) -> Result<Option<ReplicaClient>, KernelError> {
+    pub(crate) async fn route_flows(&self, was_forwarded: bool) -> Result<Option<Forward>, KernelError> {
         self.route_partition(crate::flows::FLOWS_PARTITION, was_forwarded).await
     }
 
-    async fn route_partition(&self, partition: u32, was_forwarded: bool) -> Result<Option<ReplicaClient>, KernelError> {
+    async fn route_partition(&self, partition: u32, was_forwarded: bool) -> Result<Option<Forward>, KernelError> {
         let mut owner = self.ownership.owner(partition);
         if owner == Owner::Nobody {
             let round = self.ownership.period() * 2;
@@ -76,9 +116,14 @@ impl Kernel {
         }
         match owner {
             Owner::Here => Ok(None),
-            Owner::Elsewhere { url, .. } if !was_forwarded && !url.is_empty() => {
-                tracing::debug!(partition, replica = %url, "forwarding the call");
-                self.replicas.client(&url).map(Some)
+            Owner::Elsewhere { url, replica } if !was_forwarded && !url.is_empty() => {
+                tracing::debug!(partition, %replica, %url, "forwarding the call");
+                Ok(Some(Forward {
+                    client: self.replicas.client(&url)?,
+                    partition,
+                    replica,
+                    url,
+                }))
             }
             owner => Err(KernelError::NotOwner { partition, owner }),
         }
@@ -87,16 +132,17 @@ impl Kernel {
     /// Lands a verified node-inbox activity in `name`'s inbox on the replica serving it.
     pub(crate) async fn ingest_elsewhere(
         &self,
-        mut client: ReplicaClient,
+        mut there: Forward,
         name: &str,
         envelope: &[u8],
     ) -> Result<Ingested, KernelError> {
-        let answer = client
+        let answer = there
             .ingest(forwarded(pb::IngestRequest {
                 recipient: name.to_owned(),
                 envelope: envelope.to_vec().into(),
             }))
-            .await?
+            .await
+            .map_err(|status| there.failed(status))?
             .into_inner();
         landed_of(&answer)
     }
@@ -104,11 +150,11 @@ impl Kernel {
     /// The same for an ActivityPub request.
     pub(crate) async fn ingest_activitypub_elsewhere(
         &self,
-        mut client: ReplicaClient,
+        mut there: Forward,
         name: &str,
         request: &crate::activitypub::ApRequest,
     ) -> Result<Ingested, KernelError> {
-        let answer = client
+        let answer = there
             .ingest_activity_pub(forwarded(pb::IngestActivityPubRequest {
                 recipient: name.to_owned(),
                 method: request.method.clone(),
@@ -123,7 +169,8 @@ impl Kernel {
                     .collect(),
                 body: request.body.clone(),
             }))
-            .await?
+            .await
+            .map_err(|status| there.failed(status))?
             .into_inner();
         landed_of(&answer)
     }
@@ -131,10 +178,10 @@ impl Kernel {
     /// Publishes `draft` on the replica serving its actor.
     pub(crate) async fn publish_elsewhere(
         &self,
-        mut client: ReplicaClient,
+        mut there: Forward,
         draft: crate::publish::Draft,
     ) -> Result<crate::publish::Published, KernelError> {
-        let answer = client
+        let answer = there
             .publish(forwarded(pb::PublishRequest {
                 actor: draft.actor,
                 r#type: draft.kind.into(),
@@ -143,7 +190,8 @@ impl Kernel {
                 content: draft.content,
                 once_key: draft.once_key.map(|key| key.to_vec().into()).unwrap_or_default(),
             }))
-            .await?
+            .await
+            .map_err(|status| there.failed(status))?
             .into_inner();
         let id = fedsx_wire::ActivityId::from_slice(&answer.id)
             .ok_or_else(|| KernelError::Internal("a replica answered a publish without its id".into()))?;

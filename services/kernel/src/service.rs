@@ -71,7 +71,8 @@ impl KernelApi for KernelService {
         if let Some(mut there) = self.kernel.route(&name, forwarded).await.map_err(status)? {
             let created = there
                 .create_actor(crate::forward::forwarded(pb::CreateActorRequest { name: name.clone() }))
-                .await?;
+                .await
+                .map_err(|s| there.failed(s))?;
             // So a read here right after sees it.
             self.kernel.seen_actor(&name).await;
             return Ok(created);
@@ -102,7 +103,10 @@ impl KernelApi for KernelService {
         let forwarded = was_forwarded(&request);
         let request = request.into_inner();
         if let Some(mut there) = self.kernel.route(&request.actor, forwarded).await.map_err(status)? {
-            return there.publish(crate::forward::forwarded(request)).await;
+            return there
+                .publish(crate::forward::forwarded(request))
+                .await
+                .map_err(|s| there.failed(s));
         }
         let kind = ActivityType::try_from(request.r#type).map_err(|_| {
             status(KernelError::BadRequest(format!(
@@ -139,7 +143,10 @@ impl KernelApi for KernelService {
         if !request.recipient.is_empty()
             && let Some(mut there) = self.kernel.route(&request.recipient, forwarded).await.map_err(status)?
         {
-            return there.ingest(crate::forward::forwarded(request)).await;
+            return there
+                .ingest(crate::forward::forwarded(request))
+                .await
+                .map_err(|s| there.failed(s));
         }
         let (id, landed) = if request.recipient.is_empty() {
             let node = self.kernel.ingest_node(&request.envelope).await.map_err(status)?;
@@ -164,7 +171,10 @@ impl KernelApi for KernelService {
         if !request.recipient.is_empty()
             && let Some(mut there) = self.kernel.route(&request.recipient, forwarded).await.map_err(status)?
         {
-            return there.ingest_activity_pub(crate::forward::forwarded(request)).await;
+            return there
+                .ingest_activity_pub(crate::forward::forwarded(request))
+                .await
+                .map_err(|s| there.failed(s));
         }
         let request = crate::activitypub::ApRequest {
             recipient: request.recipient,
@@ -181,7 +191,10 @@ impl KernelApi for KernelService {
         let forwarded = was_forwarded(&request);
         let request = request.into_inner();
         if let Some(mut there) = self.kernel.route(&request.actor, forwarded).await.map_err(status)? {
-            return there.follow(crate::forward::forwarded(request)).await;
+            return there
+                .follow(crate::forward::forwarded(request))
+                .await
+                .map_err(|s| there.failed(s));
         }
         self.kernel
             .follow(&request.actor, &request.remote)
@@ -288,7 +301,10 @@ impl KernelApi for KernelService {
         let forwarded = was_forwarded(&request);
         let request = request.into_inner();
         if let Some(mut there) = self.kernel.route_flows(forwarded).await.map_err(status)? {
-            return there.start_flow(crate::forward::forwarded(request)).await;
+            return there
+                .start_flow(crate::forward::forwarded(request))
+                .await
+                .map_err(|s| there.failed(s));
         }
         self.kernel
             .start_flow(&request.name, &request.input)
@@ -301,7 +317,10 @@ impl KernelApi for KernelService {
         let forwarded = was_forwarded(&request);
         let request = request.into_inner();
         if let Some(mut there) = self.kernel.route_flows(forwarded).await.map_err(status)? {
-            return there.signal(crate::forward::forwarded(request)).await;
+            return there
+                .signal(crate::forward::forwarded(request))
+                .await
+                .map_err(|s| there.failed(s));
         }
         self.kernel
             .signal_flow(&request.id, &request.signal, &request.payload)
@@ -315,7 +334,10 @@ impl KernelApi for KernelService {
         let forwarded = was_forwarded(&request);
         let request = request.into_inner();
         if let Some(mut there) = self.kernel.route_flows(forwarded).await.map_err(status)? {
-            return there.get_flow(crate::forward::forwarded(request)).await;
+            return there
+                .get_flow(crate::forward::forwarded(request))
+                .await
+                .map_err(|s| there.failed(s));
         }
         self.kernel.flow(&request.id).map(Response::new).map_err(status)
     }
@@ -344,7 +366,10 @@ impl KernelApi for KernelService {
         let forwarded = was_forwarded(&request);
         let request = request.into_inner();
         if let Some(mut there) = self.kernel.route_flows(forwarded).await.map_err(status)? {
-            return there.list_flows(crate::forward::forwarded(request)).await;
+            return there
+                .list_flows(crate::forward::forwarded(request))
+                .await
+                .map_err(|s| there.failed(s));
         }
         let status_filter = match pb::FlowStatus::try_from(request.status) {
             Ok(pb::FlowStatus::Unspecified) => None,

@@ -108,7 +108,7 @@ impl Kernel {
         while after < last {
             let page = match self.fetcher.fetch_outbox(&sender.outbox, after, last - after).await {
                 Ok(page) => page,
-                Err(reason) => return self.gaps.give_up(&sender.id, after + 1, last, reason),
+                Err(err) => return self.gaps.give_up(&sender.id, after + 1, last, err.to_string()),
             };
             let mut progressed = false;
             for (seq, envelope) in page {

@@ -226,14 +226,20 @@ impl Kernel {
         let known = self.known_document(actor);
         let document = match known {
             Some(document) => document,
-            None => self.fetch_and_keep(actor).await.map_err(unknown)?,
+            None => self
+                .fetch_and_keep(actor)
+                .await?
+                .map_err(|err| unknown(err.to_string()))?,
         };
         if document.key_id == received.key_id {
             return Ok(document);
         }
         let is_local = self.read_state().actors.values().any(|a| a.document.id == *actor);
         if !is_local && self.may_refetch(actor) {
-            let fresh = self.fetch_and_keep(actor).await.map_err(unknown)?;
+            let fresh = self
+                .fetch_and_keep(actor)
+                .await?
+                .map_err(|err| unknown(err.to_string()))?;
             if fresh.key_id == received.key_id {
                 return Ok(fresh);
             }
@@ -382,10 +388,10 @@ impl Kernel {
     pub async fn follow(&self, actor: &str, remote: &str) -> Result<crate::publish::Published, KernelError> {
         self.actor(actor)?;
         self.document_of(remote)
-            .await
-            .map_err(|reason| KernelError::Unreachable {
+            .await?
+            .map_err(|err| KernelError::Unreachable {
                 url: remote.to_owned(),
-                reason,
+                reason: err.to_string(),
             })?;
         let draft = Draft {
             actor: actor.to_owned(),

@@ -6,7 +6,7 @@ use crate::error::{KernelError, check_name};
 use crate::flows::{FLOWS_ACTOR, FlowTable};
 use crate::keys::NodeSecret;
 use crate::logs::Logs;
-use crate::peers::PeerFetcher;
+use crate::peers::{FetchError, PeerPort};
 use crate::publish::Head;
 use crate::state::{NodeUrls, State};
 use fedsx_proto::kernel::v1::journal_record::Record;
@@ -41,7 +41,7 @@ pub struct Kernel {
     /// The records covered by the snapshot this kernel started from (0: none).
     restored_from: u64,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
-    pub(crate) fetcher: PeerFetcher,
+    pub(crate) fetcher: Arc<dyn PeerPort>,
     refetched: Mutex<HashMap<String, Instant>>,
     /// When delivery was last told each node is up (a request from it arrived).
     pub(crate) revived: Mutex<HashMap<String, Instant>>,
@@ -96,7 +96,7 @@ impl Kernel {
         secret: NodeSecret,
         node: NodeUrls,
         replica: crate::ownership::ReplicaConfig,
-        fetcher: PeerFetcher,
+        fetcher: Arc<dyn PeerPort>,
         delivery: Arc<dyn DeliveryPort>,
         shutdown: fedsx_runtime::CancellationToken,
     ) -> Result<Arc<Kernel>, KernelError> {
@@ -463,10 +463,11 @@ impl Kernel {
     }
 
     /// The document of the actor at `url`: a local actor, a known peer, or fetched (and
-    /// then kept).
-    pub(crate) async fn document_of(&self, url: &str) -> Result<ActorDocument, String> {
+    /// then kept). The outer error is this kernel's (keeping it failed), the inner the
+    /// peer's.
+    pub(crate) async fn document_of(&self, url: &str) -> Result<Result<ActorDocument, FetchError>, KernelError> {
         if let Some(document) = self.known_document(url) {
-            return Ok(document);
+            return Ok(Ok(document));
         }
         self.fetch_and_keep(url).await
     }
@@ -475,8 +476,12 @@ impl Kernel {
         self.read_state().document(&self.actors_prefix, url).cloned()
     }
 
-    pub(crate) async fn fetch_and_keep(&self, url: &str) -> Result<ActorDocument, String> {
-        let document = self.fetcher.fetch(url).await?;
+    /// Fetches the peer document at `url` and journals it; errors as in `document_of`.
+    pub(crate) async fn fetch_and_keep(&self, url: &str) -> Result<Result<ActorDocument, FetchError>, KernelError> {
+        let document = match self.fetcher.fetch(url).await {
+            Ok(document) => document,
+            Err(err) => return Ok(Err(err)),
+        };
         let id = derived_id("peer", &[&document.encode_to_vec()]);
         self.journal(
             id,
@@ -484,10 +489,9 @@ impl Kernel {
                 document: Some(document.clone()),
             }),
         )
-        .await
-        .map_err(|err| err.to_string())?;
+        .await?;
         tracing::info!(peer = url, key_id = %document.key_id, "peer document fetched");
-        Ok(document)
+        Ok(Ok(document))
     }
 
     /// Whether the peer's document may be refetched now (at most once per interval).

@@ -67,7 +67,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let secret = NodeSecret::load_or_create(&config.node_secret_file).context("--node-secret-file")?;
     let logs = Logs::connect_lazy(&config.log_store)?;
     let delivery = Arc::new(delivery::GrpcDelivery::connect_lazy(&config.delivery)?);
-    let fetcher = peers::PeerFetcher::new(config.allow_private_peers);
+    let fetcher: Arc<dyn peers::PeerPort> = Arc::new(peers::PeerFetcher::new(config.allow_private_peers));
     let url = config.advertise_url(listener.local_addr()?);
     let replica = ownership::ReplicaConfig {
         id: Some(config.replica_id.clone().unwrap_or_else(|| ownership::stable_id(&url))),

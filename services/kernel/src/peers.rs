@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::ActorDocument;
 use fedsx_runtime::http_client::PeerHttp;
+use futures::future::BoxFuture;
 use std::time::Duration;
 
 /// Largest actor document accepted, in bytes.
@@ -11,9 +12,56 @@ pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 /// Time allowed for a whole fetch: resolve, connect, request, body.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a peer's document or outbox page could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0:?} is not a URL")]
+    BadUrl(String),
+    /// Not reached, or no whole answer in time: the transport's reason (an address the
+    /// policy refuses, DNS, connect, the time limit, the size cap).
+    #[error("{0}")]
+    Unreachable(String),
+    /// It answered, but not 200.
+    #[error("answered {0}")]
+    Status(http::StatusCode),
+    /// What it answered is no acceptable document or page.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the kernel needs from peers over HTTP: their documents and outbox pages.
+pub trait PeerPort: Send + Sync + 'static {
+    /// The checked actor document at `url`.
+    fn fetch<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<ActorDocument, FetchError>>;
+    /// Up to `limit` signed envelopes of the outbox at `outbox` after seq `after`, with
+    /// their seqs, as the sender serves them (unverified).
+    fn fetch_outbox<'a>(
+        &'a self,
+        outbox: &'a str,
+        after: u64,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<Vec<(u64, Bytes)>, FetchError>>;
+}
+
+/// The peer port over the shared peer HTTP client.
 #[derive(Debug, Clone)]
 pub struct PeerFetcher {
     http: PeerHttp,
+}
+
+impl PeerPort for PeerFetcher {
+    fn fetch<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<ActorDocument, FetchError>> {
+        Box::pin(self.fetch_document(url))
+    }
+
+    fn fetch_outbox<'a>(
+        &'a self,
+        outbox: &'a str,
+        after: u64,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<Vec<(u64, Bytes)>, FetchError>> {
+        Box::pin(self.outbox_page(outbox, after, limit))
+    }
 }
 
 impl PeerFetcher {
@@ -34,14 +82,14 @@ impl PeerFetcher {
     /// node answers `application/json` with its document; ActivityPub servers mostly with
     /// their ActivityStreams one. When that is neither, it is asked for again as ActivityPub
     /// (`application/activity+json`: servers that answer nothing else).
-    pub async fn fetch(&self, url: &str) -> Result<ActorDocument, String> {
+    pub async fn fetch_document(&self, url: &str) -> Result<ActorDocument, FetchError> {
         let first = match self.get(url, "application/json").await {
             Ok(body) => match fedsx_wire::document::from_json(url, &body) {
                 Ok(document) => return Ok(document),
                 Err(native) => match activitypub_document(url, &body) {
                     Ok(document) => return Ok(document),
-                    Err(ap) if !ap.is_empty() => return Err(ap),
-                    Err(_) => native,
+                    Err(ap) if !ap.is_empty() => return Err(FetchError::Invalid(ap)),
+                    Err(_) => FetchError::Invalid(native.to_string()),
                 },
             },
             Err(err) => err,
@@ -49,7 +97,7 @@ impl PeerFetcher {
         match self.get(url, fedsx_activitypub::CONTENT_TYPE).await {
             Ok(body) => match activitypub_document(url, &body) {
                 Ok(document) => Ok(document),
-                Err(ap) if !ap.is_empty() => Err(ap),
+                Err(ap) if !ap.is_empty() => Err(FetchError::Invalid(ap)),
                 Err(_) => Err(first),
             },
             Err(_) => Err(first),
@@ -57,18 +105,18 @@ impl PeerFetcher {
     }
 
     /// The body of a 200 answer to a GET of `url` asking for `accept`.
-    async fn get(&self, url: &str, accept: &str) -> Result<Bytes, String> {
+    async fn get(&self, url: &str, accept: &str) -> Result<Bytes, FetchError> {
         let request = http::Request::get(url)
             .header(http::header::ACCEPT, accept)
             .body(Bytes::new())
-            .map_err(|_| "not a URL".to_owned())?;
+            .map_err(|_| FetchError::BadUrl(url.to_owned()))?;
         let reply = self
             .http
             .send(request, MAX_DOCUMENT_BYTES)
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| FetchError::Unreachable(err.to_string()))?;
         if reply.status != http::StatusCode::OK {
-            return Err(format!("answered {}", reply.status));
+            return Err(FetchError::Status(reply.status));
         }
         Ok(reply.body)
     }
@@ -133,22 +181,22 @@ pub const OUTBOX_PAGE: u64 = 16;
 impl PeerFetcher {
     /// GETs `<outbox>?after=N&limit=M` (at most [`OUTBOX_PAGE`]): the signed envelopes
     /// with their seqs, in order, as the sender serves them (unverified).
-    pub async fn fetch_outbox(&self, outbox: &str, after: u64, limit: u64) -> Result<Vec<(u64, Bytes)>, String> {
+    async fn outbox_page(&self, outbox: &str, after: u64, limit: u64) -> Result<Vec<(u64, Bytes)>, FetchError> {
         let limit = limit.clamp(1, OUTBOX_PAGE);
         let url = format!("{outbox}?after={after}&limit={limit}");
         let request = http::Request::get(&url)
             .header(http::header::ACCEPT, "application/json")
             .body(Bytes::new())
-            .map_err(|_| format!("outbox {outbox:?} is not a URL"))?;
+            .map_err(|_| FetchError::BadUrl(outbox.to_owned()))?;
         let reply = self
             .http
             .send(request, MAX_OUTBOX_PAGE_BYTES)
             .await
-            .map_err(|err| format!("GET {url}: {err}"))?;
+            .map_err(|err| FetchError::Unreachable(format!("GET {url}: {err}")))?;
         if reply.status != http::StatusCode::OK {
-            return Err(format!("GET {url} answered {}", reply.status));
+            return Err(FetchError::Status(reply.status));
         }
-        fedsx_wire::outbox::from_json(&reply.body).map_err(|err| format!("GET {url}: {err}"))
+        fedsx_wire::outbox::from_json(&reply.body).map_err(|err| FetchError::Invalid(format!("GET {url}: {err}")))
     }
 }
 
@@ -186,8 +234,8 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_document_is_refused() {
         let url = canned(Some(ok_with(&vec![b' '; MAX_DOCUMENT_BYTES + 1]))).await;
-        let err = PeerFetcher::new(true).fetch(&url).await.unwrap_err();
-        assert_eq!(err, "response body over 65536 bytes");
+        let err = PeerFetcher::new(true).fetch_document(&url).await.unwrap_err();
+        assert_eq!(err, FetchError::Unreachable("response body over 65536 bytes".into()));
     }
 
     #[tokio::test]
@@ -217,7 +265,7 @@ mod tests {
                 let _ = stream.write_all(&answer).await;
             }
         });
-        let found = PeerFetcher::new(true).fetch(&url).await.unwrap();
+        let found = PeerFetcher::new(true).fetch_document(&url).await.unwrap();
         assert!(found.activitypub);
         assert_eq!(found.inbox, format!("{url}/inbox"));
         assert_eq!(found.rsa_key_id, format!("{url}#main-key"));
@@ -229,15 +277,19 @@ mod tests {
             b"HTTP/1.1 302 Found\r\nlocation: http://10.0.0.1/\r\ncontent-length: 0\r\n\r\n".to_vec(),
         ))
         .await;
-        let err = PeerFetcher::new(true).fetch(&url).await.unwrap_err();
-        assert_eq!(err, "answered 302 Found");
+        let err = PeerFetcher::new(true).fetch_document(&url).await.unwrap_err();
+        assert_eq!(err, FetchError::Status(http::StatusCode::FOUND));
+        assert_eq!(err.to_string(), "answered 302 Found");
     }
 
     #[tokio::test]
     async fn a_peer_that_hangs_times_out() {
         let url = canned(None).await;
         let fetcher = PeerFetcher::new(true).with_timeout(Duration::from_millis(200));
-        assert_eq!(fetcher.fetch(&url).await.unwrap_err(), "no answer within 200ms");
+        assert_eq!(
+            fetcher.fetch_document(&url).await.unwrap_err(),
+            FetchError::Unreachable("no answer within 200ms".into())
+        );
     }
 
     #[tokio::test]
@@ -247,24 +299,27 @@ mod tests {
         let document = fedsx_wire::document::new(other, "y", &key, "");
         let body = serde_json::to_vec(&fedsx_wire::document::to_json(&document)).unwrap();
         let url = canned(Some(ok_with(&body))).await;
-        let err = PeerFetcher::new(true).fetch(&url).await.unwrap_err();
-        assert_eq!(err, format!("document is for {other}, not {url}"));
+        let err = PeerFetcher::new(true).fetch_document(&url).await.unwrap_err();
+        assert_eq!(err, FetchError::Invalid(format!("document is for {other}, not {url}")));
     }
 
     #[tokio::test]
     async fn loopback_is_refused_unless_allowed() {
         let err = PeerFetcher::new(false)
-            .fetch("http://127.0.0.1:9/actors/x")
+            .fetch_document("http://127.0.0.1:9/actors/x")
             .await
             .unwrap_err();
         assert!(
-            err.starts_with("refusing to connect to non-public address 127.0.0.1"),
+            matches!(&err, FetchError::Unreachable(reason) if reason.starts_with("refusing to connect to non-public address 127.0.0.1")),
             "{err}"
         );
         let err = PeerFetcher::new(false)
-            .fetch("http://localhost:9/actors/x")
+            .fetch_document("http://localhost:9/actors/x")
             .await
             .unwrap_err();
-        assert!(err.starts_with("refusing to connect to non-public address"), "{err}");
+        assert!(
+            err.to_string().starts_with("refusing to connect to non-public address"),
+            "{err}"
+        );
     }
 }

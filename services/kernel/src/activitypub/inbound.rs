@@ -131,12 +131,18 @@ impl Kernel {
         let fetched_now = known.is_none();
         let document = match known {
             Some(document) => document,
-            None => self.fetch_and_keep(actor).await.map_err(unknown)?,
+            None => self
+                .fetch_and_keep(actor)
+                .await?
+                .map_err(|err| unknown(err.to_string()))?,
         };
         match check_with(claim, &document) {
             Ok(()) => Ok(document),
             Err(_) if !fetched_now && self.may_refetch(actor) => {
-                let fresh = self.fetch_and_keep(actor).await.map_err(unknown)?;
+                let fresh = self
+                    .fetch_and_keep(actor)
+                    .await?
+                    .map_err(|err| unknown(err.to_string()))?;
                 check_with(claim, &fresh)?;
                 Ok(fresh)
             }

@@ -80,7 +80,7 @@ pub async fn kernel_replica(
             NodeSecret::from_bytes([5; 32]),
             fedsx_kernel::NodeUrls::new(BASE, true),
             replica.clone(),
-            PeerFetcher::new(true),
+            Arc::new(PeerFetcher::new(true)),
             delivery.clone(),
             shutdown.child_token(),
         )

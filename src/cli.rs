@@ -7,7 +7,7 @@ use fedsx_proto::delivery::v1::{ListDeadLettersRequest, ListPeersRequest, PeerSt
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{
     ActorDocument, ActorListRequest, ActorRequest, CreateActorRequest, FollowRequest, FollowerHistoryRequest,
-    GetActorRequest, ListGapsRequest, LogEntry, LogKind, PublishRequest, ReadLogRequest,
+    GetActorRequest, ListGapsRequest, ListReplicasRequest, LogEntry, LogKind, PublishRequest, ReadLogRequest,
 };
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
@@ -106,6 +106,11 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// The node's live kernel replicas and the partitions each serves.
+    Replicas {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Move a peer's dead letters (all, or the given hex ids) back to pending.
     Redrive {
         peer: String,
@@ -148,6 +153,7 @@ impl Command {
             | Command::Log { target, .. }
             | Command::Deliveries { target }
             | Command::Gaps { target }
+            | Command::Replicas { target }
             | Command::DeadLetters { target, .. }
             | Command::Redrive { target, .. }
             | Command::Revive { target, .. } => target,
@@ -383,6 +389,32 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 for g in &gaps {
                     println!("{}  seq {}..={}  {}", g.sender, g.first_seq, g.last_seq, g.reason);
+                }
+            }
+        }
+        Command::Replicas { .. } => {
+            let mut client = kernel(&target)?;
+            let answer = client
+                .list_replicas(ListReplicasRequest {})
+                .await
+                .map_err(k())?
+                .into_inner();
+            if target.json {
+                let replicas: Vec<_> = answer
+                    .replicas
+                    .iter()
+                    .map(|r| json!({ "id": r.id, "url": r.url, "partitions": r.partitions, "flows": r.flows }))
+                    .collect();
+                let all = json!({ "partitions": answer.partitions, "replicas": replicas, "unserved": answer.unserved });
+                println!("{all}");
+            } else {
+                println!("{} partitions, {} replicas", answer.partitions, answer.replicas.len());
+                for r in &answer.replicas {
+                    let flows = if r.flows { "  (runs the flows)" } else { "" };
+                    println!("{}  {}  partitions {:?}{flows}", r.id, r.url, r.partitions);
+                }
+                if !answer.unserved.is_empty() {
+                    println!("not served right now (moving): {:?}", answer.unserved);
                 }
             }
         }

@@ -63,6 +63,29 @@ async fn ownership(addr: SocketAddr) -> Option<(f64, f64)> {
     ))
 }
 
+/// `fedsx replicas --json` against the kernel at `url`.
+fn replicas(url: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedsx"))
+        .args(["replicas", "--json", "--kernel", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// (replicas listed, partitions they hold, how many run the flows, partitions unserved).
+fn replica_counts(listed: &serde_json::Value) -> (usize, usize, usize, usize) {
+    let replicas = listed["replicas"].as_array().unwrap();
+    let held = replicas.iter().map(|r| r["partitions"].as_array().unwrap().len()).sum();
+    let flows = replicas.iter().filter(|r| r["flows"] == true).count();
+    (
+        replicas.len(),
+        held,
+        flows,
+        listed["unserved"].as_array().unwrap().len(),
+    )
+}
+
 /// Every activity in a log of `name`, in seq order, with its id.
 async fn log(kernel: &KernelClient<Channel>, name: &str, kind: LogKind) -> Vec<(u64, [u8; 32], Activity)> {
     let mut all = Vec::new();
@@ -212,6 +235,9 @@ async fn a_killed_kernel_replica_hands_its_partitions_on_and_nothing_acknowledge
     .await
     .unwrap();
     let ka = client(&format!("http://{}", addrs[front])).await;
+    // What an operator sees: three replicas holding the 16 partitions, one running the flows.
+    let front_url = format!("http://{}", addrs[front]);
+    assert_eq!(replica_counts(&replicas(&front_url)), (3, 16, 1, 0));
 
     let b_addr = free_addr();
     let b = Node::start("node-b", &dir.join("b"), b_addr, SCHEDULE, dir.path())
@@ -307,6 +333,12 @@ async fn a_killed_kernel_replica_hands_its_partitions_on_and_nothing_acknowledge
     .await
     .unwrap();
     let took_over = killed.elapsed();
+    eventually("the operator's view without the dead replica", || {
+        let url = front_url.clone();
+        async move { (replica_counts(&tokio::task::block_in_place(|| replicas(&url))) == (2, 16, 1, 0)).then_some(()) }
+    })
+    .await
+    .unwrap();
     assert!(
         took_over < Duration::from_secs(15),
         "the dead replica's partitions were served again after {took_over:?}"

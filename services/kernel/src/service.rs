@@ -359,6 +359,26 @@ impl KernelApi for KernelService {
         Ok(Response::new(pb::ListGapsResponse { gaps, next_page_token }))
     }
 
+    async fn list_replicas(
+        &self,
+        _: Request<pb::ListReplicasRequest>,
+    ) -> Result<Response<pb::ListReplicasResponse>, Status> {
+        let (replicas, unserved) = self.kernel.replicas().await.map_err(status)?;
+        Ok(Response::new(pb::ListReplicasResponse {
+            replicas: replicas
+                .into_iter()
+                .map(|r| pb::Replica {
+                    flows: r.partitions.contains(&crate::flows::FLOWS_PARTITION),
+                    id: r.id,
+                    url: r.url,
+                    partitions: r.partitions,
+                })
+                .collect(),
+            partitions: self.kernel.partitions(),
+            unserved,
+        }))
+    }
+
     async fn list_flows(
         &self,
         request: Request<pb::ListFlowsRequest>,

@@ -230,3 +230,50 @@ mod tests {
         assert_eq!(assigned(&BTreeSet::new(), 0), None);
     }
 }
+
+/// A live kernel replica as the leases say: its id, its URL and the partitions it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub id: String,
+    pub url: String,
+    pub partitions: Vec<u32>,
+}
+
+impl crate::kernel::Kernel {
+    /// The live replicas (by id) with the partitions each holds, and the partitions no one
+    /// holds right now.
+    pub async fn replicas(&self) -> Result<(Vec<ReplicaView>, Vec<u32>), KernelError> {
+        let mut replicas: std::collections::BTreeMap<String, ReplicaView> = self
+            .logs
+            .leases(REPLICA_PREFIX)
+            .await?
+            .into_iter()
+            .map(|lease| {
+                let view = ReplicaView {
+                    id: lease.holder.clone(),
+                    url: String::from_utf8_lossy(&lease.data).into_owned(),
+                    partitions: Vec::new(),
+                };
+                (lease.holder, view)
+            })
+            .collect();
+        let mut unserved: BTreeSet<u32> = (0..self.journals.partitions()).collect();
+        for lease in self.logs.leases(PARTITION_PREFIX).await? {
+            let Some(partition) = lease.name.strip_prefix(PARTITION_PREFIX).and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            unserved.remove(&partition);
+            // A holder whose membership lapsed first still holds the partition until its
+            // lease lapses too.
+            let view = replicas.entry(lease.holder.clone()).or_insert_with(|| ReplicaView {
+                id: lease.holder.clone(),
+                url: String::from_utf8_lossy(&lease.data).into_owned(),
+                partitions: Vec::new(),
+            });
+            view.partitions.push(partition);
+        }
+        let mut replicas: Vec<ReplicaView> = replicas.into_values().collect();
+        replicas.iter_mut().for_each(|r| r.partitions.sort_unstable());
+        Ok((replicas, unserved.into_iter().collect()))
+    }
+}

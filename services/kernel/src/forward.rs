@@ -13,7 +13,6 @@ use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// The metadata key a forwarded call carries.
 pub const FORWARDED: &str = "fedsx-forwarded";
@@ -202,14 +201,19 @@ impl Kernel {
         })
     }
 
-    /// Waits (a while) until the actor created on another replica is in this one's state.
-    pub(crate) async fn seen_actor(&self, name: &str) {
-        for _ in 0..200 {
-            if self.read_state().actor(name).is_some() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    /// Waits until this replica applied the journal of actor `name`'s partition up to its
+    /// tip now: what another replica just journaled for the actor (its creation) is then
+    /// here too.
+    pub(crate) async fn caught_up(&self, name: &str) -> Result<(), KernelError> {
+        let journal = self.journals.of_actor(name);
+        let tip = self
+            .logs
+            .tip(
+                self.journals.stream(journal),
+                fedsx_proto::logstore::v1::StreamKind::Meta,
+            )
+            .await?;
+        self.applied_up_to(journal, tip).await
     }
 }
 

@@ -116,7 +116,7 @@ impl Kernel {
         );
         let restored_flows = crate::flows::snapshot::restore(&logs).await?;
         let flows_read = restored_flows.last;
-        let flows = FlowTable::restore(restored_flows.latest, restored_flows.covered);
+        let flows = FlowTable::restore(restored_flows.latest, restored_flows.covered, flows_read);
         tracing::info!(
             snapshot = restored_flows.covered,
             replayed = restored_flows.last - restored_flows.covered,

@@ -74,7 +74,7 @@ impl KernelApi for KernelService {
                 .await
                 .map_err(|s| there.failed(s))?;
             // So a read here right after sees it.
-            self.kernel.seen_actor(&name).await;
+            self.kernel.caught_up(&name).await.map_err(status)?;
             return Ok(created);
         }
         self.kernel.create_actor(&name).await.map(Response::new).map_err(status)

@@ -67,6 +67,8 @@ pub(crate) struct FlowTable {
     pub(crate) snapshots: Snapshots,
     /// The flow journal seq covered by the snapshot the table was restored from.
     restored_from: u64,
+    /// The last flow journal seq the instances were loaded through (`load`).
+    loaded_through: std::sync::atomic::AtomicU64,
 }
 
 impl FlowTable {
@@ -80,7 +82,7 @@ impl FlowTable {
     /// restored from the snapshot covering the journal up to `restored_from` and the journal
     /// after it. Running instances are due at once (their step runs again); sleeping ones
     /// at their time.
-    pub fn restore(latest: Latest, restored_from: u64) -> FlowTable {
+    pub fn restore(latest: Latest, restored_from: u64, loaded_through: u64) -> FlowTable {
         let table = FlowTable {
             definitions: registry().into_iter().map(|d| (d.name(), d)).collect(),
             instances: RwLock::default(),
@@ -88,14 +90,16 @@ impl FlowTable {
             wake: Notify::new(),
             snapshots: Snapshots::new(restored_from),
             restored_from,
+            loaded_through: 0.into(),
         };
-        table.load(latest);
+        table.load(latest, loaded_through);
         table
     }
 
-    /// Replaces every instance and timer with `latest` (the flow journal as it stands now):
-    /// when this replica takes the flows over from another, which ran them meanwhile.
-    pub fn load(&self, latest: Latest) {
+    /// Replaces every instance and timer with `latest`, the flow journal up to seq
+    /// `through`: when this replica takes the flows over from another, which ran them
+    /// meanwhile.
+    pub fn load(&self, latest: Latest, through: u64) {
         self.timers.lock().expect("timers lock poisoned").clear();
         let mut instances = BTreeMap::new();
         for (id, (flow, step)) in latest {
@@ -107,6 +111,12 @@ impl FlowTable {
             instances.insert(id, Slot::new(flow, step));
         }
         *self.instances.write().expect("flows lock poisoned") = instances;
+        self.loaded_through.store(through, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last flow journal seq the instances were loaded through.
+    pub fn loaded_through(&self) -> u64 {
+        self.loaded_through.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The flow journal seq covered by the snapshot the table was restored from (0: the
@@ -543,7 +553,7 @@ mod tests {
             // An older version journaled later (cannot happen, but must not win).
             record(6, "b", 2, FlowStatus::Running, 0),
         ];
-        let table = FlowTable::restore(latest_versions(&entries).unwrap(), 0);
+        let table = FlowTable::restore(latest_versions(&entries).unwrap(), 0, 6);
         let status = |id: &str| table.slot(id).unwrap().view().status();
         assert_eq!(status("a"), FlowStatus::Suspended);
         assert_eq!(status("b"), FlowStatus::Done);

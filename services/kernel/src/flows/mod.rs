@@ -13,6 +13,7 @@ pub(crate) use engine::{FlowTable, latest_versions, spawn_timers};
 
 use crate::error::KernelError;
 use crate::kernel::{Kernel, derived_id};
+use fedsx_proto::logstore::v1::StreamKind;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
@@ -43,9 +44,14 @@ impl Kernel {
     /// Loads every instance from the flow journal again (its newest snapshot and what
     /// follows), before this replica starts running the flows.
     pub(crate) async fn reload_flows(&self) -> Result<(), KernelError> {
+        let tip = self.logs.tip(FLOWS_ACTOR, StreamKind::Flow).await?;
+        if tip == self.flows.loaded_through() {
+            // Nothing journaled since they were loaded (the first round after a start).
+            return Ok(());
+        }
         let restored = snapshot::restore(&self.logs).await?;
         let instances = restored.latest.len();
-        self.flows.load(restored.latest);
+        self.flows.load(restored.latest, restored.last);
         tracing::info!(instances, flow_journal_seq = restored.last, "flows loaded to run here");
         Ok(())
     }

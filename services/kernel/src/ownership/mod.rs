@@ -102,6 +102,11 @@ fn partition_lease(partition: u32) -> String {
     format!("{PARTITION_PREFIX}{partition}")
 }
 
+/// The partition a partition lease's name is for.
+fn lease_partition(name: &str) -> Option<u32> {
+    name.strip_prefix(PARTITION_PREFIX)?.parse().ok()
+}
+
 /// The replica among `live` that partition `partition` falls to: the highest
 /// hash of (replica, partition), so a replica coming or going moves only its share.
 pub(crate) fn assigned(live: &BTreeSet<String>, partition: u32) -> Option<&str> {
@@ -259,7 +264,7 @@ impl crate::kernel::Kernel {
             .collect();
         let mut unserved: BTreeSet<u32> = (0..self.journals.partitions()).collect();
         for lease in self.logs.leases(PARTITION_PREFIX).await? {
-            let Some(partition) = lease.name.strip_prefix(PARTITION_PREFIX).and_then(|p| p.parse().ok()) else {
+            let Some(partition) = lease_partition(&lease.name) else {
                 continue;
             };
             unserved.remove(&partition);

@@ -89,7 +89,7 @@ pub(crate) async fn round(kernel: &crate::kernel::Kernel) -> Result<(), KernelEr
         .await?
         .into_iter()
         .filter_map(|lease| {
-            let partition = lease.name.strip_prefix(PARTITION_PREFIX)?.parse().ok()?;
+            let partition = super::lease_partition(&lease.name)?;
             Some((
                 partition,
                 (lease.holder, String::from_utf8_lossy(&lease.data).into_owned()),

@@ -69,6 +69,14 @@ impl ServiceError for KernelError {
     }
 }
 
+impl KernelError {
+    /// Whether the same call may succeed later (a dependency was down, or a partition is
+    /// moving).
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self.code(), ErrorCode::Unavailable | ErrorCode::Internal)
+    }
+}
+
 fn not_owner(partition: u32, owner: &crate::ownership::Owner) -> String {
     use crate::ownership::Owner;
     match owner {

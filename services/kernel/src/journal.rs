@@ -45,6 +45,8 @@ pub(crate) async fn apply_after(
     node: &NodeUrls,
 ) -> Result<(u64, u64), KernelError> {
     logs.each_after(journal, StreamKind::Meta, after, |entry| {
+        // Effects of these records are run again by whoever takes the partition over
+        // (`effects.rs`), not here.
         state.apply(decode(&entry)?, secret, node);
         Ok(())
     })
@@ -123,10 +125,25 @@ impl Applied {
     }
 }
 
+/// Where a journaled record is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Journaled {
+    pub journal: usize,
+    pub seq: u64,
+    /// False when the journal held it already (a retried call).
+    pub new: bool,
+}
+
 impl Kernel {
     /// Appends a record to the journal (idempotent by `id`) and waits until it is applied;
     /// whether it was new.
     pub(crate) async fn journal(&self, id: [u8; 32], record: Record) -> Result<bool, KernelError> {
+        self.journal_at(id, record).await.map(|journaled| journaled.new)
+    }
+
+    /// Appends a record to the journal (idempotent by `id`) and waits until it is applied;
+    /// where it is.
+    pub(crate) async fn journal_at(&self, id: [u8; 32], record: Record) -> Result<Journaled, KernelError> {
         let journal = self.journals.of_record(&record);
         let record = JournalRecord { record: Some(record) };
         let entry = if journal == crate::partition::NODE {
@@ -149,7 +166,11 @@ impl Kernel {
             self.append_owned((journal - 1) as u32, id, &record).await?
         };
         self.applied.reached(journal, entry.seq).await?;
-        Ok(entry.appended)
+        Ok(Journaled {
+            journal,
+            seq: entry.seq,
+            new: entry.appended,
+        })
     }
 
     /// Waits until record `seq` of `journal` is applied.
@@ -213,9 +234,11 @@ async fn follow(kernel: &Arc<Kernel>, journal: usize) -> Result<(), KernelError>
         let record = decode(&entry)?;
         {
             let mut state = kernel.state.write().expect("state lock poisoned");
-            state.apply(record, &kernel.secret, &kernel.node);
+            let effects = state.apply(record, &kernel.secret, &kernel.node);
             // Under the state's lock: whoever reads the state reads the seq it covers.
             kernel.applied.seqs[journal].send_replace(entry.seq);
+            // Done after apply, by the partition's owner (`effects.rs`).
+            kernel.effects.push(journal, entry.seq, &entry.id, effects);
         }
         crate::snapshot::take_if_due(kernel);
     }

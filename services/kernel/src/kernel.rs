@@ -37,6 +37,8 @@ pub struct Kernel {
     /// Changed only by the journal followers, each journal in its order (`journal.rs`).
     pub(crate) state: RwLock<State>,
     pub(crate) applied: crate::journal::Applied,
+    /// What applied records ask for, done by the partitions' owner (`effects.rs`).
+    pub(crate) effects: crate::effects::Effects,
     pub(crate) snapshots: crate::snapshot::Snapshots,
     /// The records covered by the snapshot this kernel started from (0: none).
     restored_from: u64,
@@ -133,6 +135,7 @@ impl Kernel {
             replicas: crate::forward::Replicas::default(),
             state: RwLock::new(state),
             applied: crate::journal::Applied::new(&applied),
+            effects: crate::effects::Effects::new(&applied),
             snapshots: crate::snapshot::Snapshots::new(covered),
             restored_from: covered,
             heads: Mutex::default(),
@@ -153,6 +156,7 @@ impl Kernel {
             _ownership_gauges: crate::metrics::register_ownership(this.clone()),
         });
         crate::journal::spawn_followers(&kernel, &shutdown);
+        crate::effects::spawn_runners(&kernel, &shutdown);
         // Takes this replica's share of the partitions before serving (all of them when it
         // is the only one); the rounds go on in the background.
         if let Err(err) = crate::ownership::round(&kernel).await {
@@ -196,9 +200,12 @@ impl Kernel {
         self.ownership.next_round().await
     }
 
-    /// This replica just took `partition` over: its actors' outboxes are relayed from their
-    /// journaled cursors (anything published before that delivery may not have taken).
-    pub(crate) fn partition_taken(&self, partition: u32) {
+    /// This replica just took `partition` over, fencing its journal at `journal_seq`: the
+    /// effects its previous owner may not have done are run again, and its actors' outboxes
+    /// are relayed from their journaled cursors (anything published before that delivery
+    /// may not have taken).
+    pub(crate) fn partition_taken(&self, partition: u32, journal_seq: u64) {
+        self.rerun_effects(1 + partition as usize, journal_seq);
         let actors: Vec<String> = self
             .read_state()
             .actors

@@ -8,6 +8,7 @@ mod activitypub;
 mod backfill;
 mod config;
 pub mod delivery;
+mod effects;
 mod error;
 mod flows;
 mod forward;

@@ -86,15 +86,14 @@ pub async fn newest(
     node: &NodeUrls,
 ) -> Result<(State, Vec<u64>), KernelError> {
     let mut state = State::default();
-    let Some(last) = newest_records::<StateSnapshot>(logs, |record| state.apply(record, secret, node)).await? else {
+    let Some(last) = newest_records::<StateSnapshot>(logs, |record| {
+        state.apply(record, secret, node);
+    })
+    .await?
+    else {
         return Ok((state, vec![0; journals.count()]));
     };
-    let seqs = if last.journal_seqs.is_empty() {
-        // From before partitions: the one journal is partition 0's, the node journal empty.
-        vec![0, last.journal_seq]
-    } else {
-        last.journal_seqs
-    };
+    let seqs = covered_seqs(&last);
     if seqs.len() != journals.count() {
         return Err(KernelError::Internal(format!(
             "the newest snapshot covers {} journals, the node has {}",
@@ -105,53 +104,78 @@ pub async fn newest(
     Ok((state, seqs))
 }
 
+/// The seqs the newest complete state snapshot covers, one per journal (None: there is
+/// none). Reads only its last part.
+pub(crate) async fn newest_seqs(logs: &Logs) -> Result<Option<Vec<u64>>, KernelError> {
+    Ok(last_complete::<StateSnapshot>(logs)
+        .await?
+        .map(|(last, _)| covered_seqs(&last)))
+}
+
+/// The seq of each journal a snapshot covers.
+fn covered_seqs(last: &StateSnapshot) -> Vec<u64> {
+    if last.journal_seqs.is_empty() {
+        // From before partitions: the one journal is partition 0's, the node journal empty.
+        vec![0, last.journal_seq]
+    } else {
+        last.journal_seqs.clone()
+    }
+}
+
+/// The last part of the newest complete snapshot in `P`'s stream and its entry seq. A
+/// snapshot cut short (a crash mid-write) is passed over.
+async fn last_complete<P: SnapshotPart>(logs: &Logs) -> Result<Option<(P, u64)>, KernelError> {
+    let mut end = logs.tip(P::STREAM, StreamKind::Meta).await?;
+    while end > 0 {
+        let last: P = part_at(logs, end).await?;
+        let (part, parts) = last.place();
+        if part + 1 == parts {
+            return Ok(Some((last, end)));
+        }
+        // Cut short: the snapshot before it ends just before its first part.
+        end = end.saturating_sub(u64::from(part) + 1);
+    }
+    Ok(None)
+}
+
 /// Hands `each` the records of the newest complete snapshot in `P`'s stream, in order;
-/// its last part without its records (None and no records when there is none). A snapshot
-/// cut short (a crash mid-write) is passed over.
+/// its last part without its records (None and no records when there is none).
 pub(crate) async fn newest_records<P: SnapshotPart>(
     logs: &Logs,
     mut each: impl FnMut(P::Record),
 ) -> Result<Option<P>, KernelError> {
-    let mut end = logs.tip(P::STREAM, StreamKind::Meta).await?;
-    while end > 0 {
-        let mut last: P = part_at(logs, end).await?;
-        let (part, parts) = last.place();
-        if part + 1 != parts {
-            // Cut short: the snapshot before it ends just before its first part.
-            end = end.saturating_sub(u64::from(part) + 1);
-            continue;
+    let Some((mut last, end)) = last_complete::<P>(logs).await? else {
+        return Ok(None);
+    };
+    let parts = last.place().1;
+    let first = end + 1 - u64::from(parts);
+    let mut next = first - 1;
+    while next < end {
+        let (entries, _) = logs.read(P::STREAM, StreamKind::Meta, next, 0).await?;
+        if entries.is_empty() {
+            return Err(KernelError::Internal(format!(
+                "{} parts {first}..={end} are missing",
+                P::STREAM
+            )));
         }
-        let first = end + 1 - u64::from(parts);
-        let mut next = first - 1;
-        while next < end {
-            let (entries, _) = logs.read(P::STREAM, StreamKind::Meta, next, 0).await?;
-            if entries.is_empty() {
+        for entry in entries.into_iter().take_while(|e| e.seq <= end) {
+            let part = P::decode(entry.data.as_ref())
+                .map_err(|err| KernelError::Internal(format!("{} entry {} is corrupt: {err}", P::STREAM, entry.seq)))?;
+            if part.journal_seq() != last.journal_seq() {
                 return Err(KernelError::Internal(format!(
-                    "{} parts {first}..={end} are missing",
-                    P::STREAM
+                    "{} entry {} belongs to journal seq {}, not {}",
+                    P::STREAM,
+                    entry.seq,
+                    part.journal_seq(),
+                    last.journal_seq()
                 )));
             }
-            for entry in entries.into_iter().take_while(|e| e.seq <= end) {
-                let part = P::decode(entry.data.as_ref()).map_err(|err| {
-                    KernelError::Internal(format!("{} entry {} is corrupt: {err}", P::STREAM, entry.seq))
-                })?;
-                if part.journal_seq() != last.journal_seq() {
-                    return Err(KernelError::Internal(format!(
-                        "{} entry {} belongs to journal seq {}, not {}",
-                        P::STREAM,
-                        entry.seq,
-                        part.journal_seq(),
-                        last.journal_seq()
-                    )));
-                }
-                part.into_records().into_iter().for_each(&mut each);
-                next = entry.seq;
-            }
+            part.into_records().into_iter().for_each(&mut each);
+            next = entry.seq;
         }
-        last.records_mut().clear();
-        return Ok(Some(last));
     }
-    Ok(None)
+    last.records_mut().clear();
+    Ok(Some(last))
 }
 
 async fn part_at<P: SnapshotPart>(logs: &Logs, seq: u64) -> Result<P, KernelError> {

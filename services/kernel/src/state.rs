@@ -2,6 +2,7 @@
 //! follows we sent — rebuilt at start by replaying the journal, and changed only by
 //! applying a journal record after it is durably appended.
 
+use crate::effects::Effect;
 use crate::keys::NodeSecret;
 use ed25519_dalek::SigningKey;
 use fedsx_proto::kernel::v1::journal_record::Record;
@@ -77,8 +78,15 @@ pub fn local_document(node: &NodeUrls, name: &str, key: &SigningKey) -> ActorDoc
 }
 
 impl State {
-    pub fn apply(&mut self, record: JournalRecord, secret: &NodeSecret, node: &NodeUrls) {
-        let Some(record) = record.record else { return };
+    /// Applies one journal record; what it asks the world to do besides (`effects.rs`).
+    pub fn apply(&mut self, record: JournalRecord, secret: &NodeSecret, node: &NodeUrls) -> Vec<Effect> {
+        let Some(record) = record.record else { return Vec::new() };
+        let effects = crate::effects::of(&record);
+        self.change(record, secret, node);
+        effects
+    }
+
+    fn change(&mut self, record: Record, secret: &NodeSecret, node: &NodeUrls) {
         match record {
             Record::ActorCreated(created) => {
                 if let Some(actor) = self.actors.get_mut(&created.name) {

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use fedsx_proto::kernel::v1::{Flow, FlowRecord, FlowStatus};
 use fedsx_proto::logstore::v1::{Entry, StreamKind};
 use fedsx_runtime::CancellationToken;
-use fedsx_runtime::error::ServiceError;
 use prost::Message;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -446,7 +445,7 @@ impl Kernel {
             };
             let next = match definition.step(self, ctx).await {
                 Ok(next) => next,
-                Err(err) if retryable(&err) => return Err(err),
+                Err(err) if err.is_retryable() => return Err(err),
                 Err(err) => Next::Failed(err.to_string()),
             };
             let (flow, next_step) = advance(flow, *step, next);
@@ -508,14 +507,6 @@ impl Kernel {
             ))),
         }
     }
-}
-
-/// Whether a step that failed this way may succeed later (a dependency was down).
-fn retryable(err: &KernelError) -> bool {
-    matches!(
-        err.code(),
-        fedsx_runtime::ErrorCode::Unavailable | fedsx_runtime::ErrorCode::Internal
-    )
 }
 
 #[cfg(test)]

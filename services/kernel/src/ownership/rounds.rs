@@ -147,7 +147,7 @@ async fn take_over(
             .expect("ownership lock poisoned")
             .insert(partition, owned);
         tracing::info!(replica = %me.replica, partition, epoch, journal_seq = seq, "partition taken over");
-        kernel.partition_taken(partition);
+        kernel.partition_taken(partition, seq);
         return Ok(());
     }
     Err(KernelError::LogStoreUnavailable(format!(

@@ -1,0 +1,313 @@
+//! What applying a journal record asks the world to do, and the runner that does it.
+//!
+//! `State::apply` is pure: it changes the state and answers the record's effects (what
+//! [`of`] derives from the record alone). The journal follower hands them here, and each
+//! journal's runner does them in seq order — only the replica serving the partition does;
+//! the others drop them. Every effect is idempotent (an Accept is published under a
+//! once-key), so doing one again is harmless, and that is how none is lost:
+//! - a replica that takes a partition over (also at start) runs again the effects of the
+//!   partition journal's records after the newest snapshot ([`Kernel::rerun_effects`]), so
+//!   an effect whose record was journaled just before its owner died is done by the next;
+//! - a handler whose record the journal already held (a retried call) does the record's
+//!   effects itself before it answers, so a retry also repairs an effect older than the
+//!   snapshot.
+//!
+//! A handler that journaled a record waits until its effects were done before it answers
+//! ([`Effects::done`]), so the caller sees them (the Accept is in the outbox).
+
+use crate::error::KernelError;
+use crate::kernel::{Kernel, derived_id};
+use crate::publish::Draft;
+use fedsx_proto::kernel::v1::journal_record::Record;
+use fedsx_proto::wire::v1::ActivityType;
+use fedsx_wire::ActivityId;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+/// Records whose effects one runner does at once (their effects are independent).
+const CHUNK: usize = 32;
+/// How long a handler waits for its record's effects before it answers UNAVAILABLE.
+const DONE_WAIT: Duration = Duration::from_secs(10);
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Something a journal record asks for besides the change of state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Publish the Accept of Follow `follow_id` from local `actor` to `follower`, once.
+    AcceptFollow {
+        actor: String,
+        follower: String,
+        follow_id: ActivityId,
+    },
+}
+
+/// The effects of `record`: a function of the record alone, so replaying the journal
+/// derives the same ones.
+pub fn of(record: &Record) -> Vec<Effect> {
+    match record {
+        Record::FollowerAdded(added) => ActivityId::from_slice(&added.follow_id)
+            .map(|follow_id| Effect::AcceptFollow {
+                actor: added.actor.clone(),
+                follower: added.follower.clone(),
+                follow_id,
+            })
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Each journal's effects not done yet, by record seq, and how far they are done.
+pub(crate) struct Effects {
+    journals: Vec<Queue>,
+    /// The span of each call waiting for its record's effects, by the record's entry id:
+    /// the effects run in it, so the trace goes on from the call (an Accept's hand-off is in
+    /// the Follow's trace).
+    spans: Mutex<HashMap<[u8; 32], tracing::Span>>,
+}
+
+/// A record's effects and the span they run in.
+struct Owed {
+    effects: Vec<Effect>,
+    span: tracing::Span,
+}
+
+struct Queue {
+    pending: Mutex<BTreeMap<u64, Owed>>,
+    /// Holds a permit when pushed to while the runner was busy, so no push is missed.
+    wake: Arc<Notify>,
+    /// Every effect of a record at or below it was done (or dropped by a replica not
+    /// serving the partition) — of the records handed to this runner.
+    done: watch::Sender<u64>,
+}
+
+impl Effects {
+    /// For `applied` (each journal's last applied seq: nothing at or below it is owed).
+    pub(crate) fn new(applied: &[u64]) -> Effects {
+        Effects {
+            journals: applied
+                .iter()
+                .map(|seq| Queue {
+                    pending: Mutex::default(),
+                    wake: Arc::new(Notify::new()),
+                    done: watch::Sender::new(*seq),
+                })
+                .collect(),
+            spans: Mutex::default(),
+        }
+    }
+
+    /// Runs the effects of the record journaled under entry `id` in the current span, while
+    /// the guard lives (take it before appending the record).
+    pub(crate) fn in_current_span(&self, id: [u8; 32]) -> SpanGuard<'_> {
+        self.spans
+            .lock()
+            .expect("effects lock poisoned")
+            .insert(id, tracing::Span::current());
+        SpanGuard { effects: self, id }
+    }
+
+    /// Hands the effects of record `seq` of `journal` to its runner (records are handed in
+    /// seq order, except those run again after a takeover, which nobody waits for).
+    pub(crate) fn push(&self, journal: usize, seq: u64, entry_id: &[u8], effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        let span = <[u8; 32]>::try_from(entry_id)
+            .ok()
+            .and_then(|id| self.spans.lock().expect("effects lock poisoned").get(&id).cloned())
+            .unwrap_or_else(tracing::Span::none);
+        let queue = &self.journals[journal];
+        queue
+            .pending
+            .lock()
+            .expect("effects lock poisoned")
+            .insert(seq, Owed { effects, span });
+        queue.wake.notify_one();
+    }
+
+    /// Waits until the effects of record `seq` of `journal` were done.
+    pub(crate) async fn done(&self, journal: usize, seq: u64) -> Result<(), KernelError> {
+        let mut done = self.journals[journal].done.subscribe();
+        match tokio::time::timeout(DONE_WAIT, done.wait_for(|at| *at >= seq)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(KernelError::Internal("the effects runner stopped".into())),
+            Err(_) => Err(KernelError::LogStoreUnavailable(format!(
+                "the effects of journal record {seq} are not done after {DONE_WAIT:?}; they will be — retry the call"
+            ))),
+        }
+    }
+
+    /// The next records to do, lowest seq first.
+    fn next_chunk(&self, journal: usize) -> Vec<(u64, Owed)> {
+        let mut pending = self.journals[journal].pending.lock().expect("effects lock poisoned");
+        let mut chunk = Vec::with_capacity(CHUNK.min(pending.len()));
+        while chunk.len() < CHUNK {
+            let Some(next) = pending.pop_first() else { break };
+            chunk.push(next);
+        }
+        chunk
+    }
+
+    fn finished(&self, journal: usize, through: u64) {
+        self.journals[journal].done.send_if_modified(|done| {
+            let moved = through > *done;
+            *done = (*done).max(through);
+            moved
+        });
+    }
+}
+
+/// Takes a call's span out of [`Effects`] when the call is done.
+pub(crate) struct SpanGuard<'a> {
+    effects: &'a Effects,
+    id: [u8; 32],
+}
+
+impl Drop for SpanGuard<'_> {
+    fn drop(&mut self) {
+        self.effects
+            .spans
+            .lock()
+            .expect("effects lock poisoned")
+            .remove(&self.id);
+    }
+}
+
+/// Starts one runner per journal; each ends on `shutdown`.
+pub(crate) fn spawn_runners(kernel: &Arc<Kernel>, shutdown: &fedsx_runtime::CancellationToken) {
+    for journal in 0..kernel.journals.count() {
+        let tasks = kernel.tasks.clone();
+        let kernel = Arc::downgrade(kernel);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                let Some(me) = kernel.upgrade() else { return };
+                let chunk = me.effects.next_chunk(journal);
+                if chunk.is_empty() {
+                    let wake = me.effects.journals[journal].wake.clone();
+                    drop(me);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = wake.notified() => continue,
+                    }
+                }
+                let through = chunk.last().map_or(0, |(seq, _)| *seq);
+                let runs = chunk.into_iter().flat_map(|(_, owed)| {
+                    let (me, shutdown) = (&me, &shutdown);
+                    owed.effects.into_iter().map(move |effect| {
+                        me.run_until_done(journal, effect, shutdown)
+                            .instrument(owed.span.clone())
+                    })
+                });
+                futures::future::join_all(runs).await;
+                me.effects.finished(journal, through);
+            }
+        });
+    }
+}
+
+impl Kernel {
+    /// Does `effect`, again after a retryable failure, until done, the partition is no
+    /// longer served here (its new owner does it), or shutdown.
+    async fn run_until_done(&self, journal: usize, effect: Effect, shutdown: &fedsx_runtime::CancellationToken) {
+        let mut pause = RETRY_FIRST;
+        loop {
+            if journal != crate::partition::NODE && self.ownership.owned((journal - 1) as u32).is_none() {
+                tracing::debug!(?effect, "effect left to the partition's new owner");
+                return;
+            }
+            match self.run_effect(&effect).await {
+                Ok(()) => return,
+                Err(err) if err.is_retryable() => {
+                    tracing::warn!(?effect, error = %err, retry_in = ?pause, "effect failed; retrying");
+                }
+                Err(err) => {
+                    tracing::error!(?effect, error = %err, "effect failed for good");
+                    return;
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Does one effect (idempotent).
+    pub(crate) async fn run_effect(&self, effect: &Effect) -> Result<(), KernelError> {
+        match effect {
+            Effect::AcceptFollow {
+                actor,
+                follower,
+                follow_id,
+            } => {
+                let once_key = derived_id("accept", &[&follow_id.0]);
+                let outbox = fedsx_proto::logstore::v1::StreamKind::Outbox;
+                if self
+                    .logs
+                    .lookup(actor, outbox, once_key.to_vec().into())
+                    .await?
+                    .is_some()
+                {
+                    // Published before (an effect run again): one lookup, no signing.
+                    return Ok(());
+                }
+                let accept = Draft {
+                    actor: actor.clone(),
+                    kind: ActivityType::Accept,
+                    object: follow_id.to_hex(),
+                    to: vec![follower.clone()],
+                    content: String::new(),
+                    once_key: Some(once_key),
+                };
+                let published = self.publish(accept).await?;
+                if published.new {
+                    tracing::info!(actor, follower, accept = %published.id, "follow auto-accepted");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// This replica just took `journal`'s partition over: the effects of its records after
+    /// the newest snapshot, up to `through` (where the takeover fenced it), are run again
+    /// here, in the background — those its previous owner may not have done.
+    pub(crate) fn rerun_effects(&self, journal: usize, through: u64) {
+        let Some(kernel) = self.me.upgrade() else { return };
+        self.tasks.spawn(async move {
+            let from = match crate::snapshot::newest_seqs(&kernel.logs).await {
+                Ok(seqs) => seqs.and_then(|seqs| seqs.get(journal).copied()).unwrap_or(0),
+                Err(err) => {
+                    tracing::warn!(journal, error = %err, "reading the newest snapshot failed; rerunning effects of the whole journal");
+                    0
+                }
+            };
+            let stream = kernel.journals.stream(journal).to_owned();
+            let mut owed = 0;
+            let read = kernel
+                .logs
+                .each_after(&stream, fedsx_proto::logstore::v1::StreamKind::Meta, from, |entry| {
+                    if entry.seq <= through {
+                        let record = crate::journal::decode(&entry)?.record;
+                        let effects = record.as_ref().map(of).unwrap_or_default();
+                        if !effects.is_empty() {
+                            owed += 1;
+                            kernel.effects.push(journal, entry.seq, &entry.id, effects);
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            match read {
+                Ok(_) => tracing::info!(journal = %stream, after = from, through, records = owed, "effects run again after a takeover"),
+                Err(err) => tracing::warn!(journal = %stream, error = %err, "rerunning effects after a takeover failed"),
+            }
+        });
+    }
+}

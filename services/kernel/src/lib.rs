@@ -38,7 +38,7 @@ pub use history::{FollowerEvent, HistoryPage};
 pub use ingest::Ingested;
 pub use kernel::Kernel;
 pub use keys::NodeSecret;
-pub use logs::Logs;
+pub use logs::{GrpcLogs, LogError, LogPort, Logs};
 pub use ownership::{Owner, ReplicaConfig, ReplicaView};
 pub use partition::{DEFAULT_PARTITIONS, partition_of};
 pub use publish::{Draft, Published};

@@ -1,14 +1,18 @@
-//! The kernel's view of the log-store: typed calls over gRPC with trace context, and the
-//! expected-tip conflict told apart from other failures.
+//! The kernel's view of the log-store: the port (`port.rs`, served over gRPC by
+//! `grpc.rs`) and what the kernel builds on it — paging through a stream, an entry by id —
+//! with the expected-tip conflict told apart from other failures.
+
+mod grpc;
+mod port;
+
+pub use grpc::GrpcLogs;
+pub use port::{LogError, LogPort};
 
 use crate::error::KernelError;
 use bytes::Bytes;
-use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
-use fedsx_proto::logstore::v1::{
-    AcquireLeaseRequest, AppendRequest, AppendResponse, Entry, Lease, ListLeasesRequest, LookupRequest, NewEntry,
-    ReadRequest, ReleaseLeaseRequest, StreamId, StreamKind, SubscribeRequest, TipRequest,
-};
-use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
+use fedsx_proto::logstore::v1::{AppendResponse, Entry, Lease, StreamKind};
+use futures::stream::BoxStream;
+use std::sync::Arc;
 
 /// Why an append did not happen.
 #[derive(Debug)]
@@ -20,25 +24,31 @@ pub enum AppendError {
     Failed(KernelError),
 }
 
-#[derive(Clone)]
-pub struct Logs {
-    client: LogStoreClient<TracedChannel>,
+impl From<LogError> for KernelError {
+    fn from(err: LogError) -> Self {
+        match err {
+            LogError::Unavailable(reason) => KernelError::LogStoreUnavailable(reason),
+            LogError::Conflict { tip } => KernelError::Internal(format!("unexpected tip conflict at {tip}")),
+            LogError::Invalid(reason) | LogError::Internal(reason) => KernelError::LogStore(reason),
+        }
+    }
 }
 
-fn stream(actor: &str, kind: StreamKind) -> Option<StreamId> {
-    Some(StreamId {
-        actor: actor.to_owned(),
-        kind: kind.into(),
-    })
+/// The log-store the kernel works on.
+#[derive(Clone)]
+pub struct Logs {
+    port: Arc<dyn LogPort>,
 }
 
 impl Logs {
-    /// A client that connects on first use (and reconnects), so the kernel starts even when
-    /// the log-store is not up yet.
+    pub fn new(port: Arc<dyn LogPort>) -> Logs {
+        Logs { port }
+    }
+
+    /// The log-store at gRPC `url`, connected on first use (and reconnected), so the kernel
+    /// starts even when the log-store is not up yet.
     pub fn connect_lazy(url: &str) -> anyhow::Result<Logs> {
-        Ok(Logs {
-            client: LogStoreClient::new(lazy_channel("--log-store", url)?),
-        })
+        Ok(Logs::new(Arc::new(GrpcLogs::connect_lazy(url)?)))
     }
 
     pub async fn append(
@@ -49,24 +59,10 @@ impl Logs {
         data: Bytes,
         expected_tip: Option<u64>,
     ) -> Result<AppendResponse, AppendError> {
-        let request = AppendRequest {
-            stream: stream(actor, kind),
-            entries: vec![NewEntry { id, data }],
-            expected_tip,
-        };
-        match self.client.clone().append(request).await {
-            Ok(answer) => Ok(answer.into_inner()),
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                let tip = status
-                    .metadata()
-                    .get(fedsx_proto::TIP_METADATA_KEY)
-                    .and_then(|v| v.to_str().ok()?.parse().ok());
-                match tip {
-                    Some(tip) => Err(AppendError::Conflict { tip }),
-                    None => Err(AppendError::Failed(status.into())),
-                }
-            }
-            Err(status) => Err(AppendError::Failed(status.into())),
+        match self.port.append(actor, kind, id, data, expected_tip).await {
+            Ok(answer) => Ok(answer),
+            Err(LogError::Conflict { tip }) => Err(AppendError::Conflict { tip }),
+            Err(err) => Err(AppendError::Failed(err.into())),
         }
     }
 
@@ -92,13 +88,7 @@ impl Logs {
         after_seq: u64,
         limit: u32,
     ) -> Result<(Vec<Entry>, u64), KernelError> {
-        let request = ReadRequest {
-            stream: stream(actor, kind),
-            after_seq,
-            limit,
-        };
-        let answer = self.client.clone().read(request).await?.into_inner();
-        Ok((answer.entries, answer.tip))
+        Ok(self.port.read(actor, kind, after_seq, limit).await?)
     }
 
     /// Every entry after `after_seq`, page by page.
@@ -143,22 +133,13 @@ impl Logs {
         actor: &str,
         kind: StreamKind,
         after_seq: u64,
-    ) -> Result<tonic::Streaming<Entry>, KernelError> {
-        let request = SubscribeRequest {
-            stream: stream(actor, kind),
-            after_seq,
-        };
-        Ok(self.client.clone().subscribe(request).await?.into_inner())
+    ) -> Result<BoxStream<'static, Result<Entry, LogError>>, KernelError> {
+        Ok(self.port.subscribe(actor, kind, after_seq).await?)
     }
 
     /// The seq of the entry with `id` in a stream, if any.
     pub async fn lookup(&self, actor: &str, kind: StreamKind, id: Bytes) -> Result<Option<u64>, KernelError> {
-        let request = LookupRequest {
-            stream: stream(actor, kind),
-            id,
-        };
-        let seq = self.client.clone().lookup(request).await?.into_inner().seq;
-        Ok((seq > 0).then_some(seq))
+        Ok(self.port.lookup(actor, kind, id).await?)
     }
 
     /// The entry of `actor`'s `kind` stream with `id`, if it holds one.
@@ -171,15 +152,7 @@ impl Logs {
     }
 
     pub async fn tip(&self, actor: &str, kind: StreamKind) -> Result<u64, KernelError> {
-        Ok(self
-            .client
-            .clone()
-            .tip(TipRequest {
-                stream: stream(actor, kind),
-            })
-            .await?
-            .into_inner()
-            .tip)
+        Ok(self.port.tip(actor, kind).await?)
     }
 
     /// Takes or renews lease `name` for `holder` (the log-store's clock decides); the lease
@@ -191,29 +164,16 @@ impl Logs {
         ttl: std::time::Duration,
         data: Bytes,
     ) -> Result<Lease, KernelError> {
-        let request = AcquireLeaseRequest {
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-            ttl_ms: ttl.as_millis() as u64,
-            data,
-        };
-        Ok(self.client.clone().acquire_lease(request).await?.into_inner())
+        Ok(self.port.acquire_lease(name, holder, ttl, data).await?)
     }
 
     /// Gives lease `name` up if `holder` holds it; whether it did.
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, KernelError> {
-        let request = ReleaseLeaseRequest {
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-        };
-        Ok(self.client.clone().release_lease(request).await?.into_inner().released)
+        Ok(self.port.release_lease(name, holder).await?)
     }
 
     /// The leases held now whose names start with `prefix`.
     pub async fn leases(&self, prefix: &str) -> Result<Vec<Lease>, KernelError> {
-        let request = ListLeasesRequest {
-            prefix: prefix.to_owned(),
-        };
-        Ok(self.client.clone().list_leases(request).await?.into_inner().leases)
+        Ok(self.port.leases(prefix).await?)
     }
 }

@@ -63,7 +63,7 @@ impl Kernel {
             Ok(data) => data,
             Err(err) => return tracing::warn!(error = %err, "gap tracking not saved"),
         };
-        let id = format!("snapshot-{}-{}", crate::kernel::now_ms(), snapshot.len());
+        let id = format!("snapshot-{}-{}", self.now_ms(), snapshot.len());
         let saved = self
             .logs
             .append_any(GAPS_ACTOR, StreamKind::Meta, Bytes::from(id), Bytes::from(data))

@@ -1,6 +1,7 @@
 //! The kernel's domain API: actors, peers, followers, tips. Publishing and the inbound
 //! pipeline live in `publish.rs` and `ingest.rs`; the gRPC handler only converts.
 
+use crate::clock::{Clock, SystemClock};
 use crate::delivery::DeliveryPort;
 use crate::error::{KernelError, check_name};
 use crate::flows::{FLOWS_ACTOR, FlowTable};
@@ -44,6 +45,7 @@ pub struct Kernel {
     restored_from: u64,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
     pub(crate) fetcher: Arc<dyn PeerPort>,
+    pub(crate) clock: Arc<dyn Clock>,
     refetched: Mutex<HashMap<String, Instant>>,
     /// When delivery was last told each node is up (a request from it arrived).
     pub(crate) revived: Mutex<HashMap<String, Instant>>,
@@ -65,9 +67,26 @@ pub struct Kernel {
     _ownership_gauges: [fedsx_runtime::metrics::ObservableGauge<u64>; 2],
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    i64::try_from(fedsx_runtime::clock::now_ms()).unwrap_or(i64::MAX)
+/// What the kernel uses from outside, each behind a trait.
+#[derive(Clone)]
+pub struct Ports {
+    pub logs: Logs,
+    pub peers: Arc<dyn PeerPort>,
+    pub delivery: Arc<dyn DeliveryPort>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Ports {
+    /// The ports of a kernel process: the log-store and delivery over gRPC (connected on
+    /// first use), peers over HTTP, the system clock.
+    pub fn connect_lazy(log_store: &str, delivery: &str, allow_private_peers: bool) -> anyhow::Result<Ports> {
+        Ok(Ports {
+            logs: Logs::connect_lazy(log_store)?,
+            peers: Arc::new(crate::peers::PeerFetcher::new(allow_private_peers)),
+            delivery: Arc::new(crate::delivery::GrpcDelivery::connect_lazy(delivery)?),
+            clock: Arc::new(SystemClock),
+        })
+    }
 }
 
 /// A stored inbox or outbox entry with the id of the activity it holds.
@@ -94,16 +113,20 @@ impl Kernel {
     /// starts the delivery relay. A node without a journal is created with
     /// `replica.partitions` partitions. Fails when the log-store cannot be read.
     pub async fn start(
-        logs: Logs,
+        ports: Ports,
         secret: NodeSecret,
         node: NodeUrls,
         replica: crate::ownership::ReplicaConfig,
-        fetcher: Arc<dyn PeerPort>,
-        delivery: Arc<dyn DeliveryPort>,
         shutdown: fedsx_runtime::CancellationToken,
     ) -> Result<Arc<Kernel>, KernelError> {
         let started = Instant::now();
-        let journals = crate::partition::Journals::open(&logs, replica.partitions).await?;
+        let Ports {
+            logs,
+            peers: fetcher,
+            delivery,
+            clock,
+        } = ports;
+        let journals = crate::partition::Journals::open(&logs, replica.partitions, clock.now_ms()).await?;
         let ownership = crate::ownership::Ownership::new(replica, journals.partitions())?;
         let (state, applied, replayed) = crate::snapshot::restore(&logs, &journals, &secret, &node).await?;
         let covered = applied.iter().sum::<u64>() - replayed;
@@ -140,6 +163,7 @@ impl Kernel {
             restored_from: covered,
             heads: Mutex::default(),
             fetcher,
+            clock,
             refetched: Mutex::default(),
             revived: Mutex::default(),
             delivery,
@@ -238,6 +262,11 @@ impl Kernel {
 
     pub(crate) fn kick_relay(&self, actor: &str) {
         self.kicks.kick(actor);
+    }
+
+    /// Milliseconds since the Unix epoch, on the kernel's clock.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -344,7 +373,7 @@ impl Kernel {
         let (rsa_key, rsa_public_pem) = crate::activitypub::new_rsa_key(&self.secret, name).await?;
         let record = Record::ActorCreated(ActorCreated {
             name: name.to_owned(),
-            created_ms: now_ms(),
+            created_ms: self.now_ms(),
             rsa_key,
             rsa_public_pem,
         });

@@ -6,6 +6,7 @@
 
 mod activitypub;
 mod backfill;
+pub mod clock;
 mod config;
 pub mod delivery;
 mod effects;
@@ -36,7 +37,7 @@ pub use error::KernelError;
 pub use flows::FLOWS_ACTOR;
 pub use history::{FollowerEvent, HistoryPage};
 pub use ingest::Ingested;
-pub use kernel::Kernel;
+pub use kernel::{Kernel, Ports};
 pub use keys::NodeSecret;
 pub use logs::{GrpcLogs, LogError, LogPort, Logs};
 pub use ownership::{Owner, ReplicaConfig, ReplicaView};
@@ -46,7 +47,6 @@ pub use state::NodeUrls;
 
 use anyhow::Context;
 use fedsx_runtime::CancellationToken;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// One entry of an actor's inbox or outbox.
@@ -66,9 +66,7 @@ pub const SERVICE_NAME: &str = "fedsx.kernel.v1.Kernel";
 /// reachable), and serves the kernel on `listener` until `shutdown` is cancelled.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let secret = NodeSecret::load_or_create(&config.node_secret_file).context("--node-secret-file")?;
-    let logs = Logs::connect_lazy(&config.log_store)?;
-    let delivery = Arc::new(delivery::GrpcDelivery::connect_lazy(&config.delivery)?);
-    let fetcher: Arc<dyn peers::PeerPort> = Arc::new(peers::PeerFetcher::new(config.allow_private_peers));
+    let ports = Ports::connect_lazy(&config.log_store, &config.delivery, config.allow_private_peers)?;
     let url = config.advertise_url(listener.local_addr()?);
     let replica = ownership::ReplicaConfig {
         id: Some(config.replica_id.clone().unwrap_or_else(|| ownership::stable_id(&url))),
@@ -78,12 +76,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     };
     let kernel = loop {
         let started = Kernel::start(
-            logs.clone(),
+            ports.clone(),
             NodeSecret::from_bytes(secret.to_bytes()),
             state::NodeUrls::new(&config.public_url, !config.no_node_inbox),
             replica.clone(),
-            fetcher.clone(),
-            delivery.clone(),
             shutdown.clone(),
         )
         .await;

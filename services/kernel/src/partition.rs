@@ -97,7 +97,7 @@ impl Journals {
 
     /// The node's journals as its creation record says; a node without one is created now
     /// with `wanted` partitions, or with one when it has a journal from before partitions.
-    pub async fn open(logs: &Logs, wanted: u32) -> Result<Journals, KernelError> {
+    pub async fn open(logs: &Logs, wanted: u32, now_ms: i64) -> Result<Journals, KernelError> {
         if !(1..=MAX_PARTITIONS).contains(&wanted) {
             return Err(KernelError::BadRequest(format!(
                 "--partitions {wanted}: a node has 1 to {MAX_PARTITIONS} partitions"
@@ -120,7 +120,7 @@ impl Journals {
             let record = JournalRecord {
                 record: Some(Record::NodeCreated(NodeCreated {
                     partitions,
-                    created_ms: crate::kernel::now_ms(),
+                    created_ms: now_ms,
                 })),
             };
             let id = crate::kernel::derived_id("node-created", &[]);

@@ -3,7 +3,7 @@
 //! kick the relay that hands it to delivery.
 
 use crate::error::KernelError;
-use crate::kernel::{Kernel, now_ms};
+use crate::kernel::Kernel;
 use crate::logs::AppendError;
 use crate::state::followers_url;
 use bytes::Bytes;
@@ -104,7 +104,7 @@ impl Kernel {
                 seq: head.tip + 1,
                 object: draft.object.clone(),
                 to: to.clone(),
-                published_ms: now_ms(),
+                published_ms: self.now_ms(),
                 content: draft.content.clone(),
                 prev: head.last.map(|id| Bytes::copy_from_slice(&id.0)).unwrap_or_default(),
             };

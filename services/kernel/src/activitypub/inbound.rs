@@ -79,15 +79,10 @@ impl Kernel {
         };
         span.record("fedsx.recipients", recipients.len());
         let id = inbox_id(&activity.id);
-        let entry = fedsx_activitypub::inbox::entry(
-            &request.body,
-            &signer.id,
-            &claim.key_id,
-            claim.scheme,
-            crate::kernel::now_ms(),
-        )
-        .map(Bytes::from)
-        .map_err(KernelError::BadRequest)?;
+        let entry =
+            fedsx_activitypub::inbox::entry(&request.body, &signer.id, &claim.key_id, claim.scheme, self.now_ms())
+                .map(Bytes::from)
+                .map_err(KernelError::BadRequest)?;
         let mut landed = Vec::with_capacity(recipients.len());
         for (name, url) in recipients {
             if let Some(there) = self.route(&name, false).await? {

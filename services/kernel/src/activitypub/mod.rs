@@ -9,7 +9,7 @@ pub(crate) mod outbound;
 pub use inbound::ApRequest;
 
 use crate::error::KernelError;
-use crate::kernel::{Kernel, derived_id, now_ms};
+use crate::kernel::{Kernel, derived_id};
 use crate::keys::NodeSecret;
 use fedsx_activitypub::keys::ActorKey;
 use fedsx_proto::kernel::v1::ActorCreated;
@@ -52,7 +52,7 @@ pub(crate) fn spawn_key_backfill(kernel: Arc<Kernel>) {
                 let (rsa_key, rsa_public_pem) = new_rsa_key(&kernel.secret, &name).await?;
                 let record = Record::ActorCreated(ActorCreated {
                     name: name.clone(),
-                    created_ms: now_ms(),
+                    created_ms: kernel.now_ms(),
                     rsa_key,
                     rsa_public_pem,
                 });

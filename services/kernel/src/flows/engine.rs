@@ -5,7 +5,7 @@
 use super::snapshot::{Latest, decode, keep_newest};
 use super::{FLOWS_ACTOR, FlowDefinition, Next, StepCtx, registry};
 use crate::error::KernelError;
-use crate::kernel::{Kernel, derived_id, now_ms};
+use crate::kernel::{Kernel, derived_id};
 use crate::snapshot::Snapshots;
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::{Flow, FlowRecord, FlowStatus};
@@ -15,7 +15,6 @@ use prost::Message;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 use tokio::sync::Notify;
 
 /// How long an instance whose step could not run (the log-store was down) waits to retry.
@@ -168,15 +167,16 @@ pub(crate) fn spawn_timers(kernel: Arc<Kernel>, shutdown: CancellationToken) {
                 .expect("timers lock poisoned")
                 .first()
                 .map(|t| t.0);
-            let wait = next.map_or(Duration::from_secs(3600), |at| {
-                Duration::from_millis((at - now_ms()).max(0) as u64)
-            });
+            let due = match next {
+                Some(at) => kernel.clock.sleep_until(at),
+                None => Box::pin(std::future::pending()),
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = kernel.flows.wake.notified() => continue,
-                () = tokio::time::sleep(wait) => {}
+                () = due => {}
             }
-            let now = now_ms();
+            let now = kernel.now_ms();
             let due: Vec<String> = {
                 let mut timers = kernel.flows.timers.lock().expect("timers lock poisoned");
                 let later = timers.split_off(&(now + 1, String::new()));
@@ -239,9 +239,9 @@ fn refusal(flow: &Flow, signal: &str) -> String {
 }
 
 /// The next version of `flow`, as a step decided, and the step it runs or resumes at.
-fn advance(mut flow: Flow, current_step: u32, next: Next) -> (Flow, u32) {
+fn advance(mut flow: Flow, current_step: u32, next: Next, now_ms: i64) -> (Flow, u32) {
     flow.version += 1;
-    flow.updated_ms = now_ms();
+    flow.updated_ms = now_ms;
     flow.awaiting.clear();
     flow.wake_at_ms = 0;
     let step = match next {
@@ -285,7 +285,7 @@ fn advance(mut flow: Flow, current_step: u32, next: Next) -> (Flow, u32) {
 
 /// A running copy of `flow` whose data has `field` set (the signal or wake-up that resumes
 /// it), one version on.
-fn resumed(flow: &Flow, field: &str, value: Value) -> Flow {
+fn resumed(flow: &Flow, field: &str, value: Value, now_ms: i64) -> Flow {
     let mut data = serde_json::from_str::<Value>(&flow.data).unwrap_or_else(|_| json!({}));
     data[field] = value;
     let mut flow = flow.clone();
@@ -293,7 +293,7 @@ fn resumed(flow: &Flow, field: &str, value: Value) -> Flow {
     flow.awaiting.clear();
     flow.wake_at_ms = 0;
     flow.version += 1;
-    flow.updated_ms = now_ms();
+    flow.updated_ms = now_ms;
     flow.data = data.to_string();
     flow
 }
@@ -313,7 +313,7 @@ impl Kernel {
             _ => return Err(KernelError::BadRequest("input must be a JSON object".into())),
         };
         let data = definition.begin(self, &input)?;
-        let now = now_ms();
+        let now = self.now_ms();
         let flow = Flow {
             id: new_instance_id(now)?,
             name: name.to_owned(),
@@ -352,7 +352,12 @@ impl Kernel {
         if flow.status() != FlowStatus::Suspended || !flow.awaiting.iter().any(|s| s == signal) {
             return Err(KernelError::FlowState(refusal(&flow, signal)));
         }
-        let flow = resumed(&flow, "signal", json!({ "name": signal, "payload": payload }));
+        let flow = resumed(
+            &flow,
+            "signal",
+            json!({ "name": signal, "payload": payload }),
+            self.now_ms(),
+        );
         let resume_at = *step;
         self.commit(&slot, &mut step, flow, resume_at).await?;
         tracing::info!(instance = id, signal, "flow signalled");
@@ -400,12 +405,13 @@ impl Kernel {
         let mut step = slot.step.lock().await;
         let flow = slot.view();
         match flow.status() {
-            FlowStatus::Suspended if flow.wake_at_ms > 0 && flow.wake_at_ms <= now_ms() => {
-                let flow = resumed(&flow, "woke_ms", json!(now_ms()));
+            FlowStatus::Suspended if flow.wake_at_ms > 0 && flow.wake_at_ms <= self.now_ms() => {
+                let now = self.now_ms();
+                let flow = resumed(&flow, "woke_ms", json!(now), now);
                 let resume_at = *step;
                 if let Err(err) = self.commit(&slot, &mut step, flow, resume_at).await {
                     tracing::warn!(instance = id, error = %err, "could not wake flow; will retry");
-                    self.flows.schedule(now_ms() + RETRY_AFTER_MS, id);
+                    self.flows.schedule(self.now_ms() + RETRY_AFTER_MS, id);
                     return;
                 }
                 tracing::info!(instance = id, "flow woke");
@@ -421,7 +427,7 @@ impl Kernel {
         if let Err(err) = self.drive(slot, step).await {
             let id = slot.view().id;
             tracing::warn!(instance = %id, error = %err, "flow step could not run; will retry");
-            self.flows.schedule(now_ms() + RETRY_AFTER_MS, &id);
+            self.flows.schedule(self.now_ms() + RETRY_AFTER_MS, &id);
         }
     }
 
@@ -448,13 +454,14 @@ impl Kernel {
                 Err(err) if err.is_retryable() => return Err(err),
                 Err(err) => Next::Failed(err.to_string()),
             };
-            let (flow, next_step) = advance(flow, *step, next);
+            let (flow, next_step) = advance(flow, *step, next, self.now_ms());
             self.commit(slot, step, flow, next_step).await?;
         }
         let (flow, next_step) = advance(
             slot.view(),
             *step,
             Next::Failed(format!("ran {MAX_STEPS} steps without suspending")),
+            self.now_ms(),
         );
         self.commit(slot, step, flow, next_step).await
     }

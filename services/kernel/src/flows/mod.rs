@@ -13,7 +13,9 @@ pub(crate) use engine::{FlowTable, latest_versions, spawn_timers};
 
 use crate::error::KernelError;
 use crate::kernel::{Kernel, derived_id};
-use fedsx_proto::logstore::v1::StreamKind;
+use crate::publish::{Draft, Published};
+use fedsx_proto::kernel::v1::ActorDocument;
+use fedsx_proto::logstore::v1::{Entry, StreamKind};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
@@ -100,16 +102,65 @@ impl StepCtx {
     }
 }
 
+/// What a flow's steps may use of the node: its actors, their outboxes, publishing, and
+/// the clock. The kernel is one; a step can be tested with another.
+pub(crate) trait FlowHost: Send + Sync {
+    /// The document of local actor `name`.
+    fn actor(&self, name: &str) -> Result<ActorDocument, KernelError>;
+
+    /// Entries of local actor `actor`'s outbox after `after` (at most `limit`), and its tip.
+    fn outbox<'a>(
+        &'a self,
+        actor: &'a str,
+        after: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<(Vec<Entry>, u64), KernelError>>;
+
+    fn outbox_tip<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<u64, KernelError>>;
+
+    fn publish(&self, draft: Draft) -> BoxFuture<'_, Result<Published, KernelError>>;
+
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+impl FlowHost for Kernel {
+    fn actor(&self, name: &str) -> Result<ActorDocument, KernelError> {
+        Kernel::actor(self, name)
+    }
+
+    fn outbox<'a>(
+        &'a self,
+        actor: &'a str,
+        after: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<(Vec<Entry>, u64), KernelError>> {
+        Box::pin(self.logs.read(actor, StreamKind::Outbox, after, limit))
+    }
+
+    fn outbox_tip<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<u64, KernelError>> {
+        Box::pin(self.logs.tip(actor, StreamKind::Outbox))
+    }
+
+    fn publish(&self, draft: Draft) -> BoxFuture<'_, Result<Published, KernelError>> {
+        Box::pin(Kernel::publish(self, draft))
+    }
+
+    fn now_ms(&self) -> i64 {
+        Kernel::now_ms(self)
+    }
+}
+
 /// A registered flow.
 pub(crate) trait FlowDefinition: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Checks the input of StartFlow and returns the working data of step 0.
-    fn begin(&self, kernel: &Kernel, input: &Value) -> Result<Value, KernelError>;
+    fn begin(&self, host: &dyn FlowHost, input: &Value) -> Result<Value, KernelError>;
 
     /// Runs one step. An error that is not the caller's fault (the log-store is down) leaves
     /// the instance running, and the step is run again later; any other error fails it.
-    fn step<'a>(&'a self, kernel: &'a Kernel, ctx: StepCtx) -> BoxFuture<'a, Result<Next, KernelError>>;
+    fn step<'a>(&'a self, host: &'a dyn FlowHost, ctx: StepCtx) -> BoxFuture<'a, Result<Next, KernelError>>;
 }
 
 /// Every flow this kernel knows.

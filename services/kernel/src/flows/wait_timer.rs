@@ -1,9 +1,8 @@
 //! `wait-timer`: sleeps for `ms` milliseconds (input `{"ms": 1500}`), then completes with
 //! how late it woke. A timer that fell due while the kernel was down fires at start.
 
-use super::{FlowDefinition, Next, StepCtx, input_u64};
+use super::{FlowDefinition, FlowHost, Next, StepCtx, input_u64};
 use crate::error::KernelError;
-use crate::kernel::{Kernel, now_ms};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
@@ -17,17 +16,17 @@ impl FlowDefinition for WaitTimer {
         "wait-timer"
     }
 
-    fn begin(&self, _: &Kernel, input: &Value) -> Result<Value, KernelError> {
+    fn begin(&self, _: &dyn FlowHost, input: &Value) -> Result<Value, KernelError> {
         let ms = input_u64(input, "ms", None, 0..=MAX_MS)?;
         Ok(json!({ "ms": ms }))
     }
 
-    fn step<'a>(&'a self, _: &'a Kernel, ctx: StepCtx) -> BoxFuture<'a, Result<Next, KernelError>> {
+    fn step<'a>(&'a self, host: &'a dyn FlowHost, ctx: StepCtx) -> BoxFuture<'a, Result<Next, KernelError>> {
         Box::pin(async move {
             let ms = ctx.data["ms"].as_i64().unwrap_or(0);
             Ok(match ctx.step {
                 0 => {
-                    let until_ms = now_ms() + ms;
+                    let until_ms = host.now_ms() + ms;
                     let mut data = ctx.data;
                     data["due_ms"] = json!(until_ms);
                     Next::Sleep {

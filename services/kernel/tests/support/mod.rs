@@ -72,16 +72,29 @@ pub async fn kernel_replica(
     shutdown: &CancellationToken,
     replica: fedsx_kernel::ReplicaConfig,
 ) -> (Arc<Kernel>, Arc<MemoryDelivery>) {
+    kernel_timed(logs_url, shutdown, replica, Arc::new(fedsx_kernel::clock::SystemClock)).await
+}
+
+/// A kernel replica on `clock`.
+pub async fn kernel_timed(
+    logs_url: &str,
+    shutdown: &CancellationToken,
+    replica: fedsx_kernel::ReplicaConfig,
+    clock: Arc<dyn fedsx_kernel::clock::Clock>,
+) -> (Arc<Kernel>, Arc<MemoryDelivery>) {
     let delivery = Arc::new(MemoryDelivery::default());
-    let logs = Logs::connect_lazy(logs_url).unwrap();
+    let ports = fedsx_kernel::Ports {
+        logs: Logs::connect_lazy(logs_url).unwrap(),
+        peers: Arc::new(PeerFetcher::new(true)),
+        delivery: delivery.clone(),
+        clock,
+    };
     let kernel = loop {
         match Kernel::start(
-            logs.clone(),
+            ports.clone(),
             NodeSecret::from_bytes([5; 32]),
             fedsx_kernel::NodeUrls::new(BASE, true),
             replica.clone(),
-            Arc::new(PeerFetcher::new(true)),
-            delivery.clone(),
             shutdown.child_token(),
         )
         .await

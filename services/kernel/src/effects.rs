@@ -311,3 +311,92 @@ impl Kernel {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::NodeSecret;
+    use crate::state::{NodeUrls, State};
+    use fedsx_proto::kernel::v1::{FollowerAdded, FollowerRemoved, JournalRecord, RelayCursor};
+
+    fn added(follow_id: &[u8]) -> JournalRecord {
+        JournalRecord {
+            record: Some(Record::FollowerAdded(FollowerAdded {
+                actor: "bob".into(),
+                follower: "https://a.example/actors/alice".into(),
+                follow_id: follow_id.to_vec().into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn applying_a_follower_answers_its_accept_and_other_records_answer_nothing() {
+        let (secret, node) = (
+            NodeSecret::from_bytes([1; 32]),
+            NodeUrls::new("https://b.example", true),
+        );
+        let mut state = State::default();
+        let effects = state.apply(added(&[7; 32]), &secret, &node);
+        assert_eq!(
+            effects,
+            [Effect::AcceptFollow {
+                actor: "bob".into(),
+                follower: "https://a.example/actors/alice".into(),
+                follow_id: ActivityId([7; 32]),
+            }]
+        );
+        assert_eq!(state.followers["bob"].len(), 1, "and the follower is recorded");
+        assert_eq!(
+            state.apply(added(&[7; 32]), &secret, &node),
+            effects,
+            "the same record again: the same effect (done once, by its once-key)"
+        );
+        assert!(
+            state.apply(added(&[7; 3]), &secret, &node).is_empty(),
+            "no Follow id, no Accept"
+        );
+        let removed = JournalRecord {
+            record: Some(Record::FollowerRemoved(FollowerRemoved {
+                actor: "bob".into(),
+                follower: "https://a.example/actors/alice".into(),
+                ..Default::default()
+            })),
+        };
+        assert!(state.apply(removed, &secret, &node).is_empty());
+        let cursor = JournalRecord {
+            record: Some(Record::RelayCursor(RelayCursor {
+                actor: "bob".into(),
+                seq: 3,
+            })),
+        };
+        assert!(state.apply(cursor, &secret, &node).is_empty());
+        assert!(state.apply(JournalRecord::default(), &secret, &node).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_for_its_records_effects_and_later_ones_do_not_hold_it() {
+        let effects = Effects::new(&[0, 10]);
+        let accept = Effect::AcceptFollow {
+            actor: "bob".into(),
+            follower: "https://a.example/actors/alice".into(),
+            follow_id: ActivityId([7; 32]),
+        };
+        effects.push(1, 11, &[1; 32], vec![accept.clone()]);
+        effects.push(1, 12, &[2; 32], vec![accept]);
+        let mut waiting = std::pin::pin!(effects.done(1, 11));
+        assert!(futures::poll!(&mut waiting).is_pending());
+        let chunk = effects.next_chunk(1);
+        assert_eq!(
+            chunk.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            [11, 12],
+            "lowest seq first"
+        );
+        effects.finished(1, 11);
+        assert!(matches!(futures::poll!(&mut waiting), std::task::Poll::Ready(Ok(()))));
+        assert!(futures::poll!(std::pin::pin!(effects.done(1, 12))).is_pending());
+        assert!(
+            futures::poll!(std::pin::pin!(effects.done(1, 10))).is_ready(),
+            "what was applied before the kernel started is owed by nobody waiting"
+        );
+    }
+}

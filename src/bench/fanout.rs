@@ -91,25 +91,6 @@ fn dead_node() -> anyhow::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
-/// (utime + stime in clock ticks, resident KB) of a process.
-fn usage(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = fields.get(11).unwrap_or(&"0").parse::<u64>()? + fields.get(12).unwrap_or(&"0").parse::<u64>()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap_or("0")
-        .parse()?;
-    Ok((ticks, rss))
-}
-
 struct Node {
     kernel: KernelClient<Channel>,
     delivery: fedsx_proto::delivery::v1::delivery_client::DeliveryClient<Channel>,
@@ -235,8 +216,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // The publishes, paced; each acknowledgement's time kept by activity id.
     let requests_before = arrivals.requests.load(Ordering::Relaxed);
-    let (ticks_before, rss_before) = usage(node.delivery_pid)?;
-    let (kernel_ticks_before, _) = usage(node.kernel_pid)?;
+    let (ticks_before, rss_before) = super::usage(node.delivery_pid)?;
+    let (kernel_ticks_before, _) = super::usage(node.kernel_pid)?;
     let acks: Arc<Mutex<HashMap<ActivityId, Instant>>> = Arc::default();
     let started = Instant::now();
     let mut publishing = Vec::with_capacity(args.publishes);
@@ -247,7 +228,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut tick = 0u64;
             loop {
-                if let Ok((_, rss)) = usage(pid) {
+                if let Ok((_, rss)) = super::usage(pid) {
                     peak.fetch_max(rss as usize, Ordering::Relaxed);
                 }
                 tick += 1;
@@ -311,8 +292,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Anything sent twice would show up a moment later.
     tokio::time::sleep(Duration::from_millis(500)).await;
     sampler.abort();
-    let (ticks_after, _) = usage(node.delivery_pid)?;
-    let (kernel_ticks_after, _) = usage(node.kernel_pid)?;
+    let (ticks_after, _) = super::usage(node.delivery_pid)?;
+    let (kernel_ticks_after, _) = super::usage(node.kernel_pid)?;
     let requests = arrivals.requests.load(Ordering::Relaxed) - requests_before;
 
     let acks = acks.lock().expect("acks lock");
@@ -323,8 +304,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     latencies.sort_unstable();
     let at = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
-    let ticks_per_second = 100.0; // Linux USER_HZ
-    let cpu = |before: u64, after: u64| (after - before) as f64 / ticks_per_second / all_delivered.as_secs_f64();
+    let cpu = |before: u64, after: u64| (after - before) as f64 / super::TICKS_PER_SECOND / all_delivered.as_secs_f64();
     println!(
         "published {} in {:.1}s; all delivered to the {live} live destinations {:.1}s after the first",
         args.publishes,

@@ -127,30 +127,48 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let envelopes = super::sign_all(&peers, 2_000);
     let verify_rate = tokio::task::block_in_place(|| verifies_per_second(&envelopes, &peers));
-    println!("\n| scenario | ingests/s | ingest p99 | publishes/s | publish p99 |");
-    println!("|---|---|---|---|---|");
-    for (label, (ingest, publish)) in &results {
+    println!(
+        "\n| scenario | ingests/s | ingest p99 | publishes/s | publish p99 | ingests per kernel core-second | machine busy while ingesting |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (label, (ingest, publish, cpu)) in &results {
         println!(
-            "| {label} | {:.0} | {:?} | {:.0} | {:?} |",
-            ingest.rate, ingest.p99, publish.rate, publish.p99
+            "| {label} | {:.0} | {:?} | {:.0} | {:?} | {:.0} | {:.0}% |",
+            ingest.rate,
+            ingest.p99,
+            publish.rate,
+            publish.p99,
+            ingest.ok as f64 / cpu.kernels.max(0.01),
+            cpu.machine_busy * 100.0
         );
     }
     println!("ed25519 strict decode+verify, one core: {verify_rate:.0}/s");
     let rate = |label: &str| results.iter().find(|(l, _)| l == label).map(|(_, m)| m.0.rate);
     if let (Some(one), Some(three)) = (rate("postgres × 1"), rate("postgres × 3")) {
         println!("ingest, postgres: 3 replicas / 1 replica = {:.2}", three / one);
+        // With every core busy, more replicas cannot ingest more on this machine; the
+        // kernel CPU per ingest says whether they would where each has cores of its own.
+        println!("(compare the ingests per kernel core-second: the same cost per ingest scales with cores)");
     }
     Ok(())
 }
 
-/// One scenario: (ingest run, publish run).
+/// Where the CPU went during one scenario's ingest run.
+struct IngestCpu {
+    /// Core-seconds the kernel replicas used, together.
+    kernels: f64,
+    /// The whole machine's busy share (0 to 1).
+    machine_busy: f64,
+}
+
+/// One scenario: (ingest run, publish run) and the CPU of the ingest run.
 async fn measure(
     args: &Args,
     peers: &[(SigningKey, String)],
     replicas: usize,
     log_store_args: &[String],
     secret: &std::path::Path,
-) -> anyhow::Result<(super::Run, super::Run)> {
+) -> anyhow::Result<(super::Run, super::Run, IngestCpu)> {
     let mut store_args = vec!["log-store", "--listen", "127.0.0.1:0"];
     store_args.extend(log_store_args.iter().map(String::as_str));
     let (log_store, _log_store) = spawn_service(&store_args)?;
@@ -205,6 +223,13 @@ async fn measure(
     }
 
     let creates = Arc::new(creates);
+    let kernel_ticks = || -> anyhow::Result<u64> {
+        kernels
+            .iter()
+            .map(|(_, kernel)| Ok(super::usage(kernel.pid())?.0))
+            .sum()
+    };
+    let (kernels_before, machine_before) = (kernel_ticks()?, super::machine_ticks()?);
     let (ingest_clients, ingest_names) = (clients.clone(), Arc::new(names.clone()));
     let ingest = super::drive(creates.len(), args.concurrency, move |i| {
         let mut client = ingest_clients[i % ingest_clients.len()].clone();
@@ -215,6 +240,11 @@ async fn measure(
         async move { client.ingest(request).await.is_ok_and(|answer| answer.get_ref().new) }
     })
     .await?;
+    let (kernels_after, machine_after) = (kernel_ticks()?, super::machine_ticks()?);
+    let cpu = IngestCpu {
+        kernels: (kernels_after - kernels_before) as f64 / super::TICKS_PER_SECOND,
+        machine_busy: (machine_after.0 - machine_before.0) as f64 / (machine_after.1 - machine_before.1).max(1) as f64,
+    };
 
     let (publish_clients, publish_names) = (clients.clone(), Arc::new(names));
     let publish = super::drive(args.publishes, args.concurrency, move |i| {
@@ -229,7 +259,7 @@ async fn measure(
         async move { client.publish(request).await.is_ok() }
     })
     .await?;
-    Ok((ingest, publish))
+    Ok((ingest, publish, cpu))
 }
 
 /// Waits until the replicas at `urls` serve every partition between them, and for a

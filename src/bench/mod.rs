@@ -202,6 +202,42 @@ where
     })
 }
 
+/// (utime + stime in clock ticks, resident KB) of a process.
+pub fn usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = fields.get(11).unwrap_or(&"0").parse::<u64>()? + fields.get(12).unwrap_or(&"0").parse::<u64>()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("0")
+        .parse()?;
+    Ok((ticks, rss))
+}
+
+/// Clock ticks per second in `/proc` (Linux USER_HZ).
+pub const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The whole machine's (busy, total) clock ticks so far, over all cores (`/proc/stat`).
+pub fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow::anyhow!("/proc/stat has no cpu line"))?;
+    let ticks: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    // idle and iowait
+    let idle = ticks.get(3).unwrap_or(&0) + ticks.get(4).unwrap_or(&0);
+    Ok((total - idle, total))
+}
+
 /// A service process started by a benchmark; killed when dropped.
 pub struct KillOnDrop(std::process::Child);
 

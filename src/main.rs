@@ -37,7 +37,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    fedsx_runtime::memory::limit_allocator_arenas();
+    fedsx_runtime::memory::tune_allocator();
     let cli = Cli::parse();
     // Before any thread starts: a service `fedsx up` started stops when `up` goes.
     if let Err(err) = fedsx_runtime::parent::die_with_parent() {

@@ -2,7 +2,7 @@
 //! in (milliseconds since the Unix epoch) — no clock, no network, no disk. The service
 //! persists and drives it; these functions decide.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,39 +123,48 @@ pub struct DeadLetter {
     pub recipients: Vec<crate::storage::Recipient>,
 }
 
-/// One peer's queue. Every operation is O(log n) in the queue's length, so a peer with
-/// 100,000 queued activities costs no more per send than one with ten; per queued id it
-/// holds about 150 bytes (the envelopes live on disk). Pending ids are in lanes, one per
-/// sender: only a lane's oldest id (its head) is ever handed out, so a sender's deliveries
-/// reach the destination in order while different senders proceed side by side.
+/// One peer's queue. Every operation is O(log n) in the queue's length (or in a sender's
+/// lane), so a peer with 100,000 queued activities costs no more per send than one with
+/// ten; per queued id it holds about 100 bytes (the envelopes live on disk). Pending ids are
+/// in lanes, one per sender: only a lane's oldest id (its head) is ever handed out, so a
+/// sender's deliveries reach the destination in order while different senders proceed side
+/// by side. Only heads are scheduled (due now, or waiting for a retry time): an id behind
+/// its head costs its entry and its place in the lane, nothing more.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerState {
     next_order: u64,
-    /// Activities waiting for delivery, by enqueue order.
-    pending: BTreeMap<u64, Id>,
-    /// Per pending id: its order, failures so far, and when it may be tried again (ms since
-    /// the epoch).
+    /// Per pending id: its order, failures so far, when it may be tried again, its lane.
     entries: HashMap<Id, Entry>,
-    /// Orders of pending ids due now (never tried, or their retry time passed), and
-    /// (retry time, order) of the others: each pending id is in exactly one.
+    /// Lanes by number; a number whose lane emptied is reused (`free_lanes`).
+    lanes: Vec<Lane>,
+    lane_numbers: HashMap<Arc<str>, u32>,
+    free_lanes: Vec<u32>,
+    /// The order of each lane's head, and the lane.
+    heads: BTreeMap<u64, u32>,
+    /// Orders of heads due now (never tried, or their retry time passed), and (retry time,
+    /// order) of the other heads: each head is in exactly one.
     ready: BTreeSet<u64>,
     timers: BTreeSet<(u64, u64)>,
     dead_letter: BTreeMap<u64, DeadLetter>,
     dead_order: HashMap<Id, u64>,
-    /// Per sender, the orders of its pending ids.
-    lanes: HashMap<Arc<str>, BTreeSet<u64>>,
-    /// The oldest pending order of each lane.
-    heads: BTreeSet<u64>,
     /// The sender of each dead letter (a redrive puts it back in its lane).
     dead_senders: HashMap<Id, Arc<str>>,
+}
+
+/// One sender's pending ids, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Lane {
+    sender: Arc<str>,
+    ids: VecDeque<Id>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     order: u64,
+    /// When it may be tried again (ms since the epoch); 0 when it may be at once.
+    next_retry: u64,
     attempts: u32,
-    next_retry: Option<u64>,
-    lane: Arc<str>,
+    lane: u32,
 }
 
 /// What a failure did to an activity.
@@ -183,27 +192,66 @@ impl PeerState {
         }
         let order = self.next_order;
         self.next_order += 1;
-        self.pending.insert(order, id);
-        let lane = match self.lanes.get_key_value(sender) {
-            Some((lane, _)) => lane.clone(),
-            None => Arc::from(sender),
-        };
-        let orders = self.lanes.entry(lane.clone()).or_default();
-        orders.insert(order);
-        if orders.len() == 1 {
-            self.heads.insert(order);
-        }
+        let lane = self.lane_of(sender);
+        let ids = &mut self.lanes[lane as usize].ids;
+        ids.push_back(id);
+        let is_head = ids.len() == 1;
         self.entries.insert(
             id,
             Entry {
                 order,
+                next_retry: 0,
                 attempts: 0,
-                next_retry: None,
                 lane,
             },
         );
-        self.ready.insert(order);
+        if is_head {
+            self.schedule_head(lane, order, 0);
+        }
         true
+    }
+
+    /// The number of `sender`'s lane, made (or an emptied one reused) when it has none.
+    fn lane_of(&mut self, sender: &str) -> u32 {
+        if let Some(lane) = self.lane_numbers.get(sender) {
+            return *lane;
+        }
+        let sender: Arc<str> = Arc::from(sender);
+        let lane = Lane {
+            sender: sender.clone(),
+            ids: VecDeque::new(),
+        };
+        let number = match self.free_lanes.pop() {
+            Some(free) => {
+                self.lanes[free as usize] = lane;
+                free
+            }
+            None => {
+                self.lanes.push(lane);
+                (self.lanes.len() - 1) as u32
+            }
+        };
+        self.lane_numbers.insert(sender, number);
+        number
+    }
+
+    /// Makes the id at `order` its lane's head: due now, or waiting until `next_retry`.
+    fn schedule_head(&mut self, lane: u32, order: u64, next_retry: u64) {
+        self.heads.insert(order, lane);
+        if next_retry == 0 {
+            self.ready.insert(order);
+        } else {
+            self.timers.insert((next_retry, order));
+        }
+    }
+
+    fn unschedule_head(&mut self, order: u64, next_retry: u64) {
+        if self.heads.remove(&order).is_some() {
+            self.ready.remove(&order);
+            if next_retry != 0 {
+                self.timers.remove(&(next_retry, order));
+            }
+        }
     }
 
     /// Puts back a pending activity as it was persisted (sender, attempts, retry time).
@@ -232,11 +280,16 @@ impl PeerState {
 
     fn wait_until(&mut self, id: Id, at: u64) {
         let Some(entry) = self.entries.get_mut(&id) else { return };
-        self.ready.remove(&entry.order);
-        if let Some(old) = entry.next_retry.replace(at) {
-            self.timers.remove(&(old, entry.order));
+        let (order, old) = (entry.order, entry.next_retry);
+        // 0 means "at once"; a retry time is never the epoch itself.
+        entry.next_retry = at.max(1);
+        if self.heads.contains_key(&order) {
+            self.ready.remove(&order);
+            if old != 0 {
+                self.timers.remove(&(old, order));
+            }
+            self.timers.insert((at.max(1), order));
         }
-        self.timers.insert((at, entry.order));
     }
 
     /// Whether `id` may be sent at `now`.
@@ -247,23 +300,37 @@ impl PeerState {
     /// Takes `id` out of pending; the sender of what was removed.
     fn remove_pending(&mut self, id: &Id) -> Option<Arc<str>> {
         let entry = self.entries.remove(id)?;
-        self.pending.remove(&entry.order);
-        self.ready.remove(&entry.order);
-        if let Some(at) = entry.next_retry {
-            self.timers.remove(&(at, entry.order));
-        }
-        if let Some(orders) = self.lanes.get_mut(&entry.lane) {
-            orders.remove(&entry.order);
-            if self.heads.remove(&entry.order)
-                && let Some(next) = orders.first()
-            {
-                self.heads.insert(*next);
+        let number = entry.lane;
+        let lane = &mut self.lanes[number as usize];
+        let sender = lane.sender.clone();
+        let was_head = lane.ids.front() == Some(id);
+        if was_head {
+            lane.ids.pop_front();
+        } else {
+            // Behind its head (a lane's ids are in order): found by its order.
+            let entries = &self.entries;
+            let found = lane.ids.binary_search_by_key(&entry.order, |other| {
+                entries.get(other).map_or(entry.order, |e| e.order)
+            });
+            if let Ok(at) = found {
+                lane.ids.remove(at);
             }
-            if orders.is_empty() {
-                self.lanes.remove(&entry.lane);
+        }
+        let next = lane.ids.front().copied();
+        if lane.ids.is_empty() {
+            lane.sender = Arc::from("");
+            lane.ids = VecDeque::new();
+            self.lane_numbers.remove(&sender);
+            self.free_lanes.push(number);
+        }
+        if was_head {
+            self.unschedule_head(entry.order, entry.next_retry);
+            if let Some(next) = next.and_then(|next| self.entries.get(&next)) {
+                let (order, next_retry) = (next.order, next.next_retry);
+                self.schedule_head(number, order, next_retry);
             }
         }
-        Some(entry.lane)
+        Some(sender)
     }
 
     pub fn is_pending(&self, id: &Id) -> bool {
@@ -274,13 +341,21 @@ impl PeerState {
         self.dead_order.contains_key(id)
     }
 
-    /// Pending ids in enqueue order.
-    pub fn pending(&self) -> impl Iterator<Item = &Id> {
-        self.pending.values()
+    /// Pending ids in enqueue order (sorts them: for listings and tests, not per send).
+    pub fn pending(&self) -> Vec<Id> {
+        let mut all: Vec<(u64, Id)> = self.entries.iter().map(|(id, e)| (e.order, *id)).collect();
+        all.sort_unstable();
+        all.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The oldest pending id.
+    pub fn oldest_pending(&self) -> Option<Id> {
+        let (_, lane) = self.heads.first_key_value()?;
+        self.lanes[*lane as usize].ids.front().copied()
     }
 
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.entries.len()
     }
 
     /// Dead letters in the order they died.
@@ -297,7 +372,9 @@ impl PeerState {
     }
 
     pub fn next_retry_at(&self, id: &Id) -> Option<u64> {
-        self.entries.get(id).and_then(|e| e.next_retry)
+        self.entries
+            .get(id)
+            .and_then(|e| (e.next_retry != 0).then_some(e.next_retry))
     }
 
     /// A failed send of `id` at `now`: one more attempt; what happens next is [`decide`]'s.
@@ -342,20 +419,25 @@ impl PeerState {
         self.remove_pending(&id).is_some()
     }
 
+    /// The id at the head of lane `lane`.
+    fn head_id(&self, lane: u32) -> Id {
+        self.lanes[lane as usize].ids[0]
+    }
+
     /// Pending ids that may be sent at `now` — each the oldest of its sender, never tried
     /// or its retry time passed — in insertion (FIFO) order.
     pub fn next_due(&self, now: u64) -> Vec<Id> {
         self.heads
-            .iter()
-            .map(|order| self.pending[order])
+            .values()
+            .map(|lane| self.head_id(*lane))
             .filter(|id| self.is_due(id, now))
             .collect()
     }
 
     /// What a worker sends next: at most `limit` due lane heads in FIFO order, leaving out
-    /// those `skip` says (in flight). Moves ids whose retry time passed among the ready ones
-    /// first, so each id costs O(log n) once, however long the queue; a call costs
-    /// O(senders with pending work).
+    /// those `skip` says (in flight). Moves heads whose retry time passed among the ready
+    /// ones first, so each costs O(log n) once, however long the queue; a call costs
+    /// O(senders with due work).
     pub fn take_due(&mut self, now: u64, limit: usize, skip: impl Fn(&Id) -> bool) -> Vec<Id> {
         while let Some(&(at, order)) = self.timers.first() {
             if at > now {
@@ -364,16 +446,15 @@ impl PeerState {
             self.timers.pop_first();
             self.ready.insert(order);
         }
-        self.heads
+        self.ready
             .iter()
-            .filter(|order| self.ready.contains(order))
-            .map(|order| self.pending[order])
+            .map(|order| self.head_id(self.heads[order]))
             .filter(|id| !skip(id))
             .take(limit)
             .collect()
     }
 
-    /// The earliest retry time among waiting ids (ids already taken as due excluded).
+    /// The earliest retry time among waiting heads (ids already taken as due excluded).
     pub fn next_wake(&self) -> Option<u64> {
         self.timers.first().map(|(at, _)| *at)
     }

@@ -154,7 +154,7 @@ fn a_permanent_failure_dead_letters_at_once() {
     );
     let dead: Vec<DeadLetter> = state.dead_letters().cloned().collect();
     assert_eq!((dead[0].last_error.as_str(), dead[0].attempts), ("status 410", 1));
-    assert_eq!(state.pending().copied().collect::<Vec<_>>(), [id(2)]);
+    assert_eq!(state.pending(), [id(2)]);
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn redrive_moves_dead_letters_back_with_attempts_reset() {
     state.record_failure(id(1), NOW, &gone, &schedule);
     state.record_failure(id(2), NOW, &gone, &schedule);
     assert_eq!(state.redrive(Some(&[id(2)])), [id(2)]);
-    assert_eq!(state.pending().copied().collect::<Vec<_>>(), [id(3), id(2)]);
+    assert_eq!(state.pending(), [id(3), id(2)]);
     assert_eq!(state.attempts_for(&id(2)), 0);
     assert_eq!(state.dead_letter_len(), 1);
     assert_eq!(state.redrive(None), [id(1)]);
@@ -235,7 +235,7 @@ fn a_large_queue_stays_cheap() {
         state.enqueue_from(&format!("s{}", n % 1000), i);
     }
     // Fail them all, then deliver them all: quadratic structures would take minutes here.
-    let ids: Vec<Id> = state.pending().copied().collect();
+    let ids: Vec<Id> = state.pending();
     for i in &ids {
         state.record_failure(*i, NOW, &transient(), &schedule);
     }

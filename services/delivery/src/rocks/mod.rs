@@ -228,7 +228,7 @@ impl RocksQueue {
                 None => peers.values().collect(),
             };
             for entry in chosen {
-                let head = entry.state.pending().next().copied();
+                let head = entry.state.oldest_pending();
                 let status = PeerStatus {
                     peer: entry.record.peer.clone(),
                     pending: entry.state.pending_len() as u64,

@@ -185,3 +185,75 @@ async fn a_replica_started_again_under_its_id_takes_its_partitions_back_at_once(
     assert!(second.actor(&name).is_err());
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_replica_taking_a_partition_over_does_the_effects_its_owner_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let logs_url = log_store(dir.path(), shutdown.clone()).await;
+    let first_down = shutdown.child_token();
+    let (first, _) = kernel_replica(&logs_url, &first_down, short_lease("http://first")).await;
+    let (second, _) = kernel_replica(&logs_url, &shutdown, short_lease("http://second")).await;
+    eventually("the two replicas split the partitions", || {
+        !first.owned_partitions().is_empty() && !second.owned_partitions().is_empty()
+    })
+    .await;
+    first.next_ownership_round().await;
+    let partition = first.owned_partitions()[0];
+    let name = actor_in(&first, partition, "owed");
+    first.create_actor(&name).await.unwrap();
+
+    // The first replica goes; what it leaves: a follower journaled, its Accept not yet
+    // published (as when a replica dies between the two).
+    first_down.cancel();
+    assert_eq!(first.finish(Duration::from_secs(5)).await, 0);
+    let follow_id = fedsx_wire::ActivityId([9; 32]);
+    let record = JournalRecord {
+        record: Some(Record::FollowerAdded(fedsx_proto::kernel::v1::FollowerAdded {
+            actor: name.clone(),
+            follower: PEER.into(),
+            follow_id: follow_id.0.to_vec().into(),
+        })),
+    };
+    let stream = if partition == 0 {
+        "~kernel".to_owned()
+    } else {
+        format!("~kernel-{partition}")
+    };
+    fedsx_kernel::Logs::connect_lazy(&logs_url)
+        .unwrap()
+        .append_any(
+            &stream,
+            StreamKind::Meta,
+            vec![9; 32].into(),
+            record.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+
+    eventually("the second replica serves the partition", || {
+        second.owned_partitions().contains(&partition)
+    })
+    .await;
+    let mut accepts = Vec::new();
+    for _ in 0..300 {
+        let (_, entries) = second.read_log(&name, StreamKind::Outbox, 0, 100).await.unwrap();
+        accepts = entries
+            .iter()
+            .filter_map(|entry| fedsx_wire::decode(&entry.envelope).ok())
+            .filter(|received| received.kind == fedsx_proto::wire::v1::ActivityType::Accept)
+            .map(|received| received.activity.object)
+            .collect();
+        if !accepts.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        accepts,
+        [follow_id.to_hex()],
+        "the replica now serving the partition published the owed Accept, once"
+    );
+    assert_eq!(second.followers(&name, &first_page()).unwrap().0, [PEER]);
+}

@@ -70,10 +70,12 @@ pub(crate) struct Effects {
     spans: Mutex<HashMap<[u8; 32], tracing::Span>>,
 }
 
-/// A record's effects and the span they run in.
+/// A record's effects, the span they run in, and whether they are run again (after a
+/// takeover: perhaps done before).
 struct Owed {
     effects: Vec<Effect>,
     span: tracing::Span,
+    again: bool,
 }
 
 struct Queue {
@@ -111,8 +113,7 @@ impl Effects {
         SpanGuard { effects: self, id }
     }
 
-    /// Hands the effects of record `seq` of `journal` to its runner (records are handed in
-    /// seq order, except those run again after a takeover, which nobody waits for).
+    /// Hands the effects of applied record `seq` of `journal` to its runner, in seq order.
     pub(crate) fn push(&self, journal: usize, seq: u64, entry_id: &[u8], effects: Vec<Effect>) {
         if effects.is_empty() {
             return;
@@ -121,12 +122,19 @@ impl Effects {
             .ok()
             .and_then(|id| self.spans.lock().expect("effects lock poisoned").get(&id).cloned())
             .unwrap_or_else(tracing::Span::none);
+        self.owe(journal, seq, effects, span, false);
+    }
+
+    /// Hands the effects of record `seq` of `journal` to its runner to be run again after a
+    /// takeover (nobody waits for them).
+    fn push_again(&self, journal: usize, seq: u64, effects: Vec<Effect>) {
+        self.owe(journal, seq, effects, tracing::Span::none(), true);
+    }
+
+    fn owe(&self, journal: usize, seq: u64, effects: Vec<Effect>, span: tracing::Span, again: bool) {
         let queue = &self.journals[journal];
-        queue
-            .pending
-            .lock()
-            .expect("effects lock poisoned")
-            .insert(seq, Owed { effects, span });
+        let owed = Owed { effects, span, again };
+        queue.pending.lock().expect("effects lock poisoned").insert(seq, owed);
         queue.wake.notify_one();
     }
 
@@ -200,7 +208,7 @@ pub(crate) fn spawn_runners(kernel: &Arc<Kernel>, shutdown: &fedsx_runtime::Canc
                 let runs = chunk.into_iter().flat_map(|(_, owed)| {
                     let (me, shutdown) = (&me, &shutdown);
                     owed.effects.into_iter().map(move |effect| {
-                        me.run_until_done(journal, effect, shutdown)
+                        me.run_until_done(journal, effect, owed.again, shutdown)
                             .instrument(owed.span.clone())
                     })
                 });
@@ -214,14 +222,20 @@ pub(crate) fn spawn_runners(kernel: &Arc<Kernel>, shutdown: &fedsx_runtime::Canc
 impl Kernel {
     /// Does `effect`, again after a retryable failure, until done, the partition is no
     /// longer served here (its new owner does it), or shutdown.
-    async fn run_until_done(&self, journal: usize, effect: Effect, shutdown: &fedsx_runtime::CancellationToken) {
+    async fn run_until_done(
+        &self,
+        journal: usize,
+        effect: Effect,
+        again: bool,
+        shutdown: &fedsx_runtime::CancellationToken,
+    ) {
         let mut pause = RETRY_FIRST;
         loop {
             if journal != crate::partition::NODE && self.ownership.owned((journal - 1) as u32).is_none() {
                 tracing::debug!(?effect, "effect left to the partition's new owner");
                 return;
             }
-            match self.run_effect(&effect).await {
+            match self.run_effect(&effect, again).await {
                 Ok(()) => return,
                 Err(err) if err.is_retryable() => {
                     tracing::warn!(?effect, error = %err, retry_in = ?pause, "effect failed; retrying");
@@ -239,8 +253,9 @@ impl Kernel {
         }
     }
 
-    /// Does one effect (idempotent).
-    pub(crate) async fn run_effect(&self, effect: &Effect) -> Result<(), KernelError> {
+    /// Does one effect (idempotent). `again`: it may have been done before, so it is looked
+    /// for first (one lookup instead of signing and appending an activity already there).
+    pub(crate) async fn run_effect(&self, effect: &Effect, again: bool) -> Result<(), KernelError> {
         match effect {
             Effect::AcceptFollow {
                 actor,
@@ -249,13 +264,13 @@ impl Kernel {
             } => {
                 let once_key = derived_id("accept", &[&follow_id.0]);
                 let outbox = fedsx_proto::logstore::v1::StreamKind::Outbox;
-                if self
-                    .logs
-                    .lookup(actor, outbox, once_key.to_vec().into())
-                    .await?
-                    .is_some()
+                if again
+                    && self
+                        .logs
+                        .lookup(actor, outbox, once_key.to_vec().into())
+                        .await?
+                        .is_some()
                 {
-                    // Published before (an effect run again): one lookup, no signing.
                     return Ok(());
                 }
                 let accept = Draft {
@@ -298,7 +313,7 @@ impl Kernel {
                         let effects = record.as_ref().map(of).unwrap_or_default();
                         if !effects.is_empty() {
                             owed += 1;
-                            kernel.effects.push(journal, entry.seq, &entry.id, effects);
+                            kernel.effects.push_again(journal, entry.seq, effects);
                         }
                     }
                     Ok(())

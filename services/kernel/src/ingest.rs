@@ -378,7 +378,7 @@ impl Kernel {
         // A retried Follow: its Accept may be owed from before the newest snapshot, which no
         // takeover runs again.
         for effect in &effects {
-            self.run_effect(effect).await?;
+            self.run_effect(effect, true).await?;
         }
         Ok(())
     }

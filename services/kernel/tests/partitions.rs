@@ -19,13 +19,6 @@ async fn records(logs: &fedsx_kernel::Logs, stream: &str) -> Vec<Record> {
         .collect()
 }
 
-fn journal_of(partition: u32) -> String {
-    match partition {
-        0 => "~kernel".to_owned(),
-        p => format!("~kernel-{p}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn each_actor_is_journaled_in_its_partition_and_peers_in_the_node_journal() {
     let node = node().await;

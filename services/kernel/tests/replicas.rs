@@ -113,11 +113,7 @@ async fn an_owner_fenced_by_a_takeover_stops_writing_the_partition() {
     let kernel = &node.kernel;
     let partition = kernel.partition_of("bob");
     let logs = fedsx_kernel::Logs::connect_lazy(&node.logs_url).unwrap();
-    let stream = if partition == 0 {
-        "~kernel".to_owned()
-    } else {
-        format!("~kernel-{partition}")
-    };
+    let stream = journal_of(partition);
     // Another replica takes the partition over behind this one's back (as after this one
     // paused past its lease): its fencing record lands at the journal's tip.
     let tip = logs.tip(&stream, StreamKind::Meta).await.unwrap();
@@ -216,11 +212,7 @@ async fn the_replica_taking_a_partition_over_does_the_effects_its_owner_left() {
             follow_id: follow_id.0.to_vec().into(),
         })),
     };
-    let stream = if partition == 0 {
-        "~kernel".to_owned()
-    } else {
-        format!("~kernel-{partition}")
-    };
+    let stream = journal_of(partition);
     fedsx_kernel::Logs::connect_lazy(&logs_url)
         .unwrap()
         .append_any(
@@ -236,22 +228,8 @@ async fn the_replica_taking_a_partition_over_does_the_effects_its_owner_left() {
         second.owned_partitions().contains(&partition)
     })
     .await;
-    let mut accepts = Vec::new();
-    for _ in 0..300 {
-        let (_, entries) = second.read_log(&name, StreamKind::Outbox, 0, 100).await.unwrap();
-        accepts = entries
-            .iter()
-            .filter_map(|entry| fedsx_wire::decode(&entry.envelope).ok())
-            .filter(|received| received.kind == fedsx_proto::wire::v1::ActivityType::Accept)
-            .map(|received| received.activity.object)
-            .collect();
-        if !accepts.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert_eq!(
-        accepts,
+        accepts_published(&second, &name).await,
         [follow_id.to_hex()],
         "the replica now serving the partition published the owed Accept, once"
     );

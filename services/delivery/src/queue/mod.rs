@@ -318,8 +318,7 @@ impl PeerState {
         }
         let next = lane.ids.front().copied();
         if lane.ids.is_empty() {
-            lane.sender = Arc::from("");
-            lane.ids = VecDeque::new();
+            // Its number is free for the next new sender, which replaces its name.
             self.lane_numbers.remove(&sender);
             self.free_lanes.push(number);
         }

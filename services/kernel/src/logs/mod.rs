@@ -74,10 +74,7 @@ impl Logs {
         id: Bytes,
         data: Bytes,
     ) -> Result<AppendResponse, KernelError> {
-        self.append(actor, kind, id, data, None).await.map_err(|err| match err {
-            AppendError::Failed(err) => err,
-            AppendError::Conflict { tip } => KernelError::Internal(format!("unexpected tip conflict at {tip}")),
-        })
+        Ok(self.port.append(actor, kind, id, data, None).await?)
     }
 
     /// Entries after `after_seq` (one page) and the tip.

@@ -172,6 +172,42 @@ impl Peer {
     }
 }
 
+/// The journal stream of partition `partition` (partition 0 keeps the name of a node's one
+/// journal from before partitions).
+pub fn journal_of(partition: u32) -> String {
+    match partition {
+        0 => "~kernel".to_owned(),
+        p => format!("~kernel-{p}"),
+    }
+}
+
+/// The Follows that local actor `actor`'s outbox holds an Accept of (their ids in hex), in
+/// outbox order.
+pub async fn accepts(kernel: &Kernel, actor: &str) -> Vec<String> {
+    let (_, entries) = kernel
+        .read_log(actor, fedsx_proto::logstore::v1::StreamKind::Outbox, 0, 1000)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .filter_map(|entry| fedsx_wire::decode(&entry.envelope).ok())
+        .filter(|received| received.kind == ActivityType::Accept)
+        .map(|received| received.activity.object)
+        .collect()
+}
+
+/// [`accepts`] once there is one, or after 10 s.
+pub async fn accepts_published(kernel: &Kernel, actor: &str) -> Vec<String> {
+    for _ in 0..200 {
+        let found = accepts(kernel, actor).await;
+        if !found.is_empty() {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Vec::new()
+}
+
 pub fn bob_url() -> String {
     format!("{BASE}/actors/bob")
 }

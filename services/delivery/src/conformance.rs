@@ -443,18 +443,22 @@ pub(crate) async fn recipients_come_back_as_queued<E: Engine>(engine: &E) {
             actor: "https://b.example/actors/dan".into(),
             inbox_url: String::new(),
         },
+        Recipient {
+            actor: "https://b.example/actors/eve".into(),
+            inbox_url: "https://b.example/inbox".into(),
+        },
     ];
     let node = "https://b.example";
     let delivery = NewDelivery {
-        inbox_url: String::new(),
+        inbox_url: "https://b.example/inbox".into(),
         recipients: recipients.clone(),
         ..delivery(node, 1)
     };
     queue.enqueue(delivery).await.unwrap();
     let due = queue.due(node, NOW, 10, vec![]).await.unwrap();
     assert_eq!(due.len(), 1);
-    assert_eq!(due[0].recipients, recipients);
-    assert_eq!(due[0].inbox_url, "");
+    assert_eq!(due[0].inbox_url, "https://b.example/inbox");
+    assert_eq!(due[0].recipients.read(node, &due[0].inbox_url).unwrap(), recipients);
 }
 
 pub(crate) async fn a_batch_is_queued_in_order_once_per_id_and_kept<E: Engine>(engine: &E) {

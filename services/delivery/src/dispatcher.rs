@@ -306,9 +306,11 @@ impl<Q: QueueStorage> Dispatcher<Q> {
         let id = due.id;
         let _permit = self.settings.requests.acquire().await.expect("never closed");
         if now_ms() < worker.lease_until.load(Ordering::Relaxed) {
-            let targets = due.targets(peer, &self.settings.inbox_overrides);
+            let (targets, mut failures) = match due.targets(peer, &self.settings.inbox_overrides) {
+                Ok(targets) => (targets, Vec::new()),
+                Err(reason) => (Vec::new(), vec![(String::new(), Failure::Permanent { reason })]),
+            };
             let several = targets.len() > 1;
-            let mut failures = Vec::new();
             for url in targets {
                 let span = fedsx_runtime::trace_context::http_client_span(&http::Method::POST, &url, &due.traceparent);
                 span.record("fedsx.peer", peer);

@@ -4,10 +4,9 @@
 
 use super::{ms, schema};
 use crate::queue::Id;
-use crate::storage::{NewDelivery, QueueError, Recipients};
+use crate::storage::{NewDelivery, QueueError, StoredRecipients};
 use fedsx_pg::tokio_postgres::types::ToSql;
 use fedsx_pg::{Database, GroupCommit, GroupWriter};
-use prost::Message;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -46,15 +45,14 @@ impl Enqueuer {
         let enqueued: Vec<i64> = deliveries.iter().map(|d| ms(d.enqueued_ms)).collect();
         let envelopes: Vec<&[u8]> = deliveries.iter().map(|d| &d.envelope[..]).collect();
         let senders: Vec<&str> = deliveries.iter().map(|d| d.sender.as_str()).collect();
-        let recipients: Vec<Option<Vec<u8>>> = deliveries
+        let recipients: Vec<Option<StoredRecipients>> = deliveries
             .iter()
             .map(|d| {
-                let list = Recipients {
-                    list: d.recipients.clone(),
-                };
-                (!list.list.is_empty()).then(|| list.encode_to_vec())
+                let stored = StoredRecipients::store(peer, &d.inbox_url, &d.recipients);
+                (!stored.is_empty()).then_some(stored)
             })
             .collect();
+        let recipients: Vec<Option<&[u8]>> = recipients.iter().map(|r| r.as_ref().map(|r| r.bytes())).collect();
         let statuses: Vec<i16> = deliveries
             .iter()
             .map(|d| {

@@ -8,10 +8,9 @@ mod enqueue;
 mod schema;
 
 use crate::queue::{DeadLetter, Id};
-use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, Recipients};
+use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, StoredRecipients};
 use bytes::Bytes;
 use fedsx_pg::{Database, OpenError, PoolOptions, Wakeups};
-use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,10 +89,8 @@ pub(super) fn id_of(bytes: &[u8]) -> Result<Id, QueueError> {
 }
 
 /// A row's stored recipients (NULL: none).
-fn recipients_of(stored: Option<Vec<u8>>) -> Result<Vec<crate::storage::Recipient>, QueueError> {
-    let list = Recipients::decode(stored.unwrap_or_default().as_slice())
-        .map_err(|err| QueueError::internal(format!("corrupt recipients: {err}")))?;
-    Ok(list.list)
+fn recipients_of(stored: Option<Vec<u8>>) -> StoredRecipients {
+    StoredRecipients::from_stored(stored.unwrap_or_default())
 }
 
 fn status_of(row: &fedsx_pg::tokio_postgres::Row) -> PeerStatus {
@@ -196,7 +193,7 @@ impl QueueStorage for PgQueue {
                 Ok(Due {
                     id: id_of(row.get(0))?,
                     inbox_url: row.get(1),
-                    recipients: recipients_of(row.get(5))?,
+                    recipients: recipients_of(row.get(5)),
                     envelope: Bytes::from(row.get::<_, Option<Vec<u8>>>(2).unwrap_or_default()),
                     traceparent: row.get(3),
                     attempts: row.get::<_, i32>(4) as u32,
@@ -281,13 +278,15 @@ impl QueueStorage for PgQueue {
         let dead = rows
             .iter()
             .map(|row| {
-                let recipients: Option<Vec<u8>> = row.get(4);
+                let recipients = recipients_of(row.get(4))
+                    .read(peer, row.get(5))
+                    .map_err(QueueError::internal)?;
                 Ok(DeadLetter {
                     id: id_of(row.get(0))?,
                     attempts: row.get::<_, i32>(1) as u32,
                     last_error: row.get(2),
                     sender: row.get(3),
-                    recipients: recipients_of(recipients)?,
+                    recipients,
                 })
             })
             .collect::<Result<_, QueueError>>()?;

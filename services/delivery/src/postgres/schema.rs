@@ -247,4 +247,4 @@ pub const STATUS: &str = "
     WHERE $1::text IS NULL OR p.peer = $1
     ORDER BY p.peer";
 
-pub const DEAD_LETTERS: &str = "SELECT id, attempts, last_error, sender, recipients FROM delivery_items WHERE peer = $1 AND status = 1 ORDER BY ord";
+pub const DEAD_LETTERS: &str = "SELECT id, attempts, last_error, sender, recipients, inbox_url FROM delivery_items WHERE peer = $1 AND status = 1 ORDER BY ord";

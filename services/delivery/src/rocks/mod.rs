@@ -78,23 +78,23 @@ impl PeerEntry {
     }
 }
 
-/// Applies one outcome to a peer's state and record, if the delivery is pending. Written
-/// under the queue's lock, so what `status` shows is what a restart finds. Not synced: a
-/// machine crash may lose it, and the send is then repeated once (receivers are
-/// idempotent).
+/// Applies one outcome to a peer's state and record, if the delivery is pending: the item
+/// as it is to be written (none: not pending). The caller writes the items of a batch
+/// together with the peer's record as it is after them, under the queue's lock, so what
+/// `status` shows is what a restart finds. Not synced: a machine crash may lose it, and the
+/// send is then repeated once (receivers are idempotent).
 fn record_one(
     records: &Records,
     entry: &mut PeerEntry,
     now: u64,
     id: Id,
     outcome: &Outcome,
-) -> Result<bool, QueueError> {
+) -> Result<Option<ItemRecord>, QueueError> {
     if !entry.state.is_pending(&id) {
-        return Ok(false);
+        return Ok(None);
     }
-    let peer = entry.record.peer.clone();
-    let Some(mut item) = records.item(&peer, &id).map_err(QueueError::internal)? else {
-        return Ok(false);
+    let Some(mut item) = records.item(&entry.record.peer, &id).map_err(QueueError::internal)? else {
+        return Ok(None);
     };
     match outcome {
         Outcome::Delivered => {
@@ -130,10 +130,7 @@ fn record_one(
             entry.record.last_error.clone_from(error);
         }
     }
-    records
-        .put(&entry.record, &id, &item, false)
-        .map_err(QueueError::internal)?;
-    Ok(true)
+    Ok(Some(item))
 }
 
 /// A thread of its own for the queue's quick, unsynced storage calls (reading due work,
@@ -459,8 +456,19 @@ impl QueueStorage for RocksQueue {
                     .as_ref()
                     .is_some_and(|(holder, until)| *holder == owner && *until >= now);
                 let mut recorded = Vec::with_capacity(outcomes.len());
+                let mut items = Vec::new();
                 for (id, outcome) in outcomes {
-                    recorded.push(holds && record_one(&inner.records, entry, now, id, &outcome)?);
+                    let item = if holds {
+                        record_one(&inner.records, entry, now, id, &outcome)?
+                    } else {
+                        None
+                    };
+                    recorded.push(item.is_some());
+                    items.extend(item.map(|item| (id, item)));
+                }
+                let writes: Vec<_> = items.iter().map(|(id, item)| (&entry.record, id, item, None)).collect();
+                if !writes.is_empty() {
+                    inner.records.put_all(&writes, false).map_err(QueueError::internal)?;
                 }
                 Ok(recorded)
             })
@@ -522,6 +530,7 @@ impl QueueStorage for RocksQueue {
                     dead.recipients = inner
                         .records
                         .recipients(&peer, &dead.id, &mut item)
+                        .and_then(|stored| stored.read(&peer, &item.inbox_url))
                         .map_err(QueueError::internal)?;
                     dead.sender = item.sender;
                 }

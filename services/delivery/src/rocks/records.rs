@@ -183,27 +183,21 @@ impl Records {
         Ok(value.is_some())
     }
 
-    /// A delivery's recipients: from their own record, or (records from before it) the item.
+    /// A delivery's recipients as stored: in their own record, or (records from before it)
+    /// in the item.
     pub fn recipients(
         &self,
         peer: &str,
         id: &[u8; 32],
         item: &mut ItemRecord,
-    ) -> Result<Vec<crate::storage::Recipient>, String> {
+    ) -> Result<crate::storage::StoredRecipients, String> {
         if !item.recipients.is_empty() {
-            return Ok(std::mem::take(&mut item.recipients));
+            let list = std::mem::take(&mut item.recipients);
+            return Ok(crate::storage::StoredRecipients::store(peer, &item.inbox_url, &list));
         }
         let cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
-        let Some(value) = self
-            .db
-            .get_pinned_cf(cf, item_key(peer, id))
-            .map_err(|err| err.to_string())?
-        else {
-            return Ok(Vec::new());
-        };
-        crate::storage::Recipients::decode(value.as_ref())
-            .map(|r| r.list)
-            .map_err(|err| format!("corrupt recipients record: {err}"))
+        let value = self.db.get_cf(cf, item_key(peer, id)).map_err(|err| err.to_string())?;
+        Ok(crate::storage::StoredRecipients::from_stored(value.unwrap_or_default()))
     }
 
     pub fn envelope(&self, peer: &str, id: &[u8; 32]) -> Result<Option<bytes::Bytes>, String> {
@@ -268,21 +262,24 @@ impl Records {
         let recipients_cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
         let peers_cf = self.db.cf_handle(CF_PEERS).expect("peers cf");
         let mut batch = WriteBatch::default();
+        // Each peer's record once, as it is after the batch (the last one given).
+        let mut peers: std::collections::HashMap<&str, &PeerRecord> = std::collections::HashMap::new();
         for (peer, id, item, new) in writes {
             let key = item_key(&peer.peer, id);
             batch.put_cf(items_cf, &key, item.encode_to_vec());
             if let Some(new) = new {
                 batch.put_cf(envelopes_cf, &key, new.envelope);
                 if !new.recipients.is_empty() {
-                    let list = crate::storage::Recipients {
-                        list: new.recipients.to_vec(),
-                    };
-                    batch.put_cf(recipients_cf, &key, list.encode_to_vec());
+                    let stored = crate::storage::StoredRecipients::store(&peer.peer, &item.inbox_url, new.recipients);
+                    batch.put_cf(recipients_cf, &key, stored.bytes());
                 }
             } else if item.status == STATUS_DELIVERED {
                 batch.delete_cf(envelopes_cf, &key);
                 batch.delete_cf(recipients_cf, &key);
             }
+            peers.insert(&peer.peer, peer);
+        }
+        for peer in peers.into_values() {
             batch.put_cf(peers_cf, peer_key(&peer.peer), peer.encode_to_vec());
         }
         let mut options = WriteOptions::default();

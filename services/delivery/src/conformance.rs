@@ -61,7 +61,7 @@ async fn record_one<Q: QueueStorage>(
 }
 
 async fn due_ids<Q: QueueStorage>(queue: &Q, peer: &str, now: u64) -> Vec<u8> {
-    let due = queue.due(peer, now, 100, vec![]).await.unwrap();
+    let due = queue.due(peer, now, 100, vec![], true).await.unwrap();
     due.iter().map(|d| d.id[0]).collect()
 }
 
@@ -76,7 +76,7 @@ pub(crate) async fn enqueue_is_durable_once_per_peer_and_id<E: Engine>(engine: &
         queue.enqueue(delivery(OTHER, 1)).await.unwrap(),
         "the same id for another peer"
     );
-    let due = queue.due(PEER, NOW, 10, vec![]).await.unwrap();
+    let due = queue.due(PEER, NOW, 10, vec![], true).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].envelope, Bytes::from("envelope 1"));
     assert_eq!(due[0].inbox_url, format!("{PEER}/inbox"));
@@ -124,7 +124,7 @@ pub(crate) async fn due_work_is_fifo_skips_in_flight_and_waits_for_retry_times<E
         queue.enqueue(delivery(PEER, n)).await.unwrap();
     }
     assert_eq!(due_ids(&queue, PEER, NOW).await, [1, 2, 3, 4, 5]);
-    let limited = queue.due(PEER, NOW, 2, vec![id(1)]).await.unwrap();
+    let limited = queue.due(PEER, NOW, 2, vec![id(1)], true).await.unwrap();
     assert_eq!(
         limited.iter().map(|d| d.id[0]).collect::<Vec<_>>(),
         [2, 3],
@@ -148,7 +148,7 @@ pub(crate) async fn due_work_is_fifo_skips_in_flight_and_waits_for_retry_times<E
         [1, 2, 3, 4, 5],
         "due again, in its place"
     );
-    let again = queue.due(PEER, NOW + 500, 10, vec![]).await.unwrap();
+    let again = queue.due(PEER, NOW + 500, 10, vec![], true).await.unwrap();
     assert_eq!(again[1].attempts, 1);
     let status = queue.status(PEER).await.unwrap().unwrap();
     assert_eq!(status.last_error, "status 503");
@@ -342,7 +342,7 @@ pub(crate) async fn redrive_moves_dead_letters_to_the_end_with_attempts_reset<E:
     }
     assert_eq!(queue.redrive(PEER, Some(vec![id(2)])).await.unwrap(), Some(1));
     assert_eq!(due_ids(&queue, PEER, NOW).await, [3, 2], "back at the end of pending");
-    assert_eq!(queue.due(PEER, NOW, 10, vec![]).await.unwrap()[1].attempts, 0);
+    assert_eq!(queue.due(PEER, NOW, 10, vec![], true).await.unwrap()[1].attempts, 0);
     assert_eq!(queue.redrive(PEER, None).await.unwrap(), Some(1), "the rest");
     assert_eq!(queue.redrive(PEER, None).await.unwrap(), Some(0), "nothing left");
     assert_eq!(queue.dead_letters(PEER).await.unwrap().unwrap().len(), 0);
@@ -364,7 +364,7 @@ pub(crate) async fn one_senders_deliveries_go_one_at_a_time_in_order<E: Engine>(
     assert_eq!(due_ids(&queue, PEER, NOW).await, [1, 4], "each sender's oldest");
     let skip = vec![id(1), id(4)];
     assert!(
-        queue.due(PEER, NOW, 10, skip).await.unwrap().is_empty(),
+        queue.due(PEER, NOW, 10, skip, true).await.unwrap().is_empty(),
         "in flight: nothing after them"
     );
 
@@ -415,7 +415,7 @@ pub(crate) async fn a_busy_sender_does_not_starve_the_others<E: Engine>(engine: 
     queue.claim("a", NOW, LEASE, 10).await.unwrap();
     let mut taken = Vec::new();
     for n in 5..=12 {
-        let due = queue.due(PEER, NOW, 1, vec![]).await.unwrap();
+        let due = queue.due(PEER, NOW, 1, vec![], true).await.unwrap();
         assert_eq!(due.len(), 1);
         taken.push(due[0].id[0]);
         record_one(&queue, "a", NOW, PEER, due[0].id, Outcome::Delivered)
@@ -455,7 +455,7 @@ pub(crate) async fn recipients_come_back_as_queued<E: Engine>(engine: &E) {
         ..delivery(node, 1)
     };
     queue.enqueue(delivery).await.unwrap();
-    let due = queue.due(node, NOW, 10, vec![]).await.unwrap();
+    let due = queue.due(node, NOW, 10, vec![], true).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].inbox_url, "https://b.example/inbox");
     assert_eq!(due[0].recipients.read(node, &due[0].inbox_url).unwrap(), recipients);

@@ -254,7 +254,10 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             };
             let mut took = 0;
             if capacity > 0 {
-                match self.queue.due(peer, now, capacity, skip).await {
+                // The recipients' names matter to a send through a node inbox only when
+                // the static map names one of them.
+                let recipients = !self.settings.inbox_overrides.is_empty();
+                match self.queue.due(peer, now, capacity, skip, recipients).await {
                     Ok(due) => {
                         took = due.len();
                         let mut in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");

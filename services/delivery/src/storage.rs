@@ -59,30 +59,41 @@ const SAME_INBOX: &str = "=";
 pub struct StoredRecipients(Bytes);
 
 impl StoredRecipients {
-    /// The stored form of `list`, for a delivery to `peer` through `inbox_url`.
+    /// The stored form of `list`, for a delivery to `peer` through `inbox_url`: encoded
+    /// as [`Recipients`] is, without a copy of each name.
     pub fn store(peer: &str, inbox_url: &str, list: &[Recipient]) -> StoredRecipients {
-        if list.is_empty() {
-            return StoredRecipients::default();
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let field = |buf: &mut Vec<u8>, tag: u32, value: &str| {
+            if !value.is_empty() {
+                encode_key(tag, WireType::LengthDelimited, buf);
+                encode_varint(value.len() as u64, buf);
+                buf.extend_from_slice(value.as_bytes());
+            }
+        };
+        let field_len = |tag: u32, value: &str| {
+            if value.is_empty() {
+                0
+            } else {
+                prost::encoding::key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+            }
+        };
+        let mut buf = Vec::with_capacity(list.len() * 24);
+        for r in list {
+            let actor = match r.actor.strip_prefix(peer) {
+                Some(path) if path.starts_with('/') => path,
+                _ => r.actor.as_str(),
+            };
+            let inbox = if !inbox_url.is_empty() && r.inbox_url == inbox_url {
+                SAME_INBOX
+            } else {
+                r.inbox_url.as_str()
+            };
+            encode_key(1, WireType::LengthDelimited, &mut buf);
+            encode_varint((field_len(1, actor) + field_len(2, inbox)) as u64, &mut buf);
+            field(&mut buf, 1, actor);
+            field(&mut buf, 2, inbox);
         }
-        let list = list
-            .iter()
-            .map(|r| {
-                let actor = match r.actor.strip_prefix(peer) {
-                    Some(path) if path.starts_with('/') => path,
-                    _ => r.actor.as_str(),
-                };
-                let inbox = if !inbox_url.is_empty() && r.inbox_url == inbox_url {
-                    SAME_INBOX
-                } else {
-                    r.inbox_url.as_str()
-                };
-                Recipient {
-                    actor: actor.to_owned(),
-                    inbox_url: inbox.to_owned(),
-                }
-            })
-            .collect();
-        StoredRecipients(Recipients { list }.encode_to_vec().into())
+        StoredRecipients(buf.into())
     }
 
     /// As an engine read it back.
@@ -323,12 +334,17 @@ pub trait QueueStorage: Clone + Send + Sync + 'static {
     /// senders' later deliveries wait behind them). When more are due than `limit`, which
     /// senders go first is the engine's choice — the oldest work (RocksDB) or the senders in
     /// turn (PostgreSQL) — so long as every sender gets its turn.
+    ///
+    /// `recipients`: whether the caller needs the recipients of deliveries that go to one
+    /// inbox url (a node inbox); an engine may leave those out when not (a delivery without
+    /// an inbox url always comes with its recipients).
     fn due(
         &self,
         peer: &str,
         now: u64,
         limit: usize,
         skip: Vec<Id>,
+        recipients: bool,
     ) -> impl Future<Output = Result<Vec<Due>, QueueError>> + Send;
 
     /// The earliest retry time after `now` among `peer`'s pending deliveries.

@@ -161,7 +161,15 @@ impl QueueStorage for PgQueue {
     /// The senders are taken round-robin: each call walks on from the sender where the
     /// previous one for `peer` stopped, wrapping around once, so a call reads about as many
     /// lanes as it answers and every sender gets its turn. What it answers is in queue order.
-    async fn due(&self, peer: &str, now: u64, limit: usize, skip: Vec<Id>) -> Result<Vec<Due>, QueueError> {
+    /// Recipients come with every row, wanted or not: they are in the row read anyway.
+    async fn due(
+        &self,
+        peer: &str,
+        now: u64,
+        limit: usize,
+        skip: Vec<Id>,
+        _recipients: bool,
+    ) -> Result<Vec<Due>, QueueError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(schema::DUE).await?;
         let skip: Vec<&[u8]> = skip.iter().map(|id| &id[..]).collect();

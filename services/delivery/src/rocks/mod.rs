@@ -388,7 +388,14 @@ impl QueueStorage for RocksQueue {
         Ok(())
     }
 
-    async fn due(&self, peer: &str, now: u64, limit: usize, skip: Vec<Id>) -> Result<Vec<Due>, QueueError> {
+    async fn due(
+        &self,
+        peer: &str,
+        now: u64,
+        limit: usize,
+        skip: Vec<Id>,
+        recipients: bool,
+    ) -> Result<Vec<Due>, QueueError> {
         self.open_or_closed()?;
         let ids = {
             let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
@@ -408,10 +415,14 @@ impl QueueStorage for RocksQueue {
                     if let (Some(mut item), Some(envelope)) = (item, envelope)
                         && item.status == STATUS_PENDING
                     {
-                        let recipients = inner
-                            .records
-                            .recipients(&peer, &id, &mut item)
-                            .map_err(QueueError::internal)?;
+                        let recipients = if recipients || item.inbox_url.is_empty() {
+                            inner
+                                .records
+                                .recipients(&peer, &id, &mut item)
+                                .map_err(QueueError::internal)?
+                        } else {
+                            Default::default()
+                        };
                         due.push(Due {
                             id,
                             inbox_url: item.inbox_url,

@@ -336,6 +336,13 @@ impl PeerState {
         self.entries.contains_key(id)
     }
 
+    /// Whether `id` is the oldest pending delivery of its sender (the one that may go next).
+    pub fn is_head(&self, id: &Id) -> bool {
+        self.entries
+            .get(id)
+            .is_some_and(|entry| self.lanes[entry.lane as usize].ids.front() == Some(id))
+    }
+
     pub fn is_dead(&self, id: &Id) -> bool {
         self.dead_order.contains_key(id)
     }

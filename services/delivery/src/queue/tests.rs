@@ -33,10 +33,13 @@ fn one_senders_ids_are_due_one_at_a_time_in_order() {
     }
     state.enqueue_from("carol", id(4));
     assert_eq!(state.next_due(NOW), [id(1), id(4)]);
+    assert!(state.is_head(&id(1)) && state.is_head(&id(4)));
+    assert!(!state.is_head(&id(2)), "behind alice's first");
     state.record_failure(id(1), NOW, &transient(), &schedule);
     assert_eq!(state.next_due(NOW), [id(4)], "alice's next waits behind her retry");
     assert!(state.record_success(id(1)));
     assert_eq!(state.next_due(NOW), [id(2), id(4)]);
+    assert!(state.is_head(&id(2)) && !state.is_head(&id(1)));
     state.dead_letter(id(2), 1, "status 400");
     assert_eq!(state.take_due(NOW, 8, |i| *i == id(4)), [id(3)]);
     assert_eq!(state.redrive(None), [id(2)]);

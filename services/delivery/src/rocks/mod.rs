@@ -336,6 +336,9 @@ impl QueueStorage for RocksQueue {
                 entry.enqueuing.remove(id);
             }
         }
+        // The dispatcher is woken once per destination, and only for a delivery that can
+        // go now: one queued behind its sender's earlier one goes when that one is done.
+        let mut wake: HashSet<String> = HashSet::new();
         for (index, delivery) in written? {
             new[index] = true;
             let entry = peers.get_mut(&delivery.peer).expect("peer entries are never removed");
@@ -351,9 +354,15 @@ impl QueueStorage for RocksQueue {
                 }
                 None => {
                     entry.state.enqueue_from(&delivery.sender, delivery.id);
-                    let _ = self.inner.notices.send(delivery.peer);
+                    if entry.state.is_head(&delivery.id) {
+                        wake.insert(delivery.peer);
+                    }
                 }
             }
+        }
+        drop(peers);
+        for peer in wake {
+            let _ = self.inner.notices.send(peer);
         }
         Ok(new)
     }

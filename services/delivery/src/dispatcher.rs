@@ -9,7 +9,7 @@
 
 use crate::dispatch::dispatch;
 use crate::queue::{AfterFailure, Failure, Id, Schedule, decide};
-use crate::storage::{Due, Outcome, QueueStorage};
+use crate::storage::{Due, Outcome, QueueStorage, Take};
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::http_client::PeerHttp;
 use fedsx_runtime::metrics::KeyValue;
@@ -244,29 +244,11 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             if renewing {
                 self.reclaim.notify_one();
             }
-            let (capacity, skip) = {
-                let in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
-                let max = if renewing { 0 } else { self.settings.max_in_flight };
-                let capacity = max
-                    .saturating_sub(in_flight.sending.len())
-                    .min((max * UNRECORDED_FACTOR).saturating_sub(in_flight.unrecorded.len()));
-                (capacity, in_flight.ids())
-            };
+            let take = self.room(&worker, renewing);
             let mut took = 0;
-            if capacity > 0 {
-                // The recipients' names matter to a send through a node inbox only when
-                // the static map names one of them.
-                let recipients = !self.settings.inbox_overrides.is_empty();
-                match self.queue.due(peer, now, capacity, skip, recipients).await {
-                    Ok(due) => {
-                        took = due.len();
-                        let mut in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
-                        for item in due {
-                            if in_flight.start(item.id) {
-                                tokio::spawn(self.clone().send(worker.clone(), item));
-                            }
-                        }
-                    }
+            if take.limit > 0 {
+                match self.queue.due(peer, now, take.limit, take.skip, take.recipients).await {
+                    Ok(due) => took = self.start_sends(&worker, due),
                     Err(err) => tracing::warn!(peer, error = %err, "reading due deliveries failed"),
                 }
             }
@@ -302,6 +284,35 @@ impl<Q: QueueStorage> Dispatcher<Q> {
         }
         // Work may have been queued while this worker was ending.
         self.reclaim.notify_one();
+    }
+
+    /// What `worker` may take now: up to `max_in_flight` sending, and not unboundedly
+    /// ahead of the records; nothing while its lease is being renewed.
+    fn room(&self, worker: &Worker, renewing: bool) -> Take {
+        let in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
+        let max = if renewing { 0 } else { self.settings.max_in_flight };
+        let limit = max
+            .saturating_sub(in_flight.sending.len())
+            .min((max * UNRECORDED_FACTOR).saturating_sub(in_flight.unrecorded.len()));
+        Take {
+            limit,
+            skip: in_flight.ids(),
+            // The recipients' names matter to a send through a node inbox only when the
+            // static map names one of them.
+            recipients: !self.settings.inbox_overrides.is_empty(),
+        }
+    }
+
+    /// Starts a send of each of `due` not in flight already; how many were handed out.
+    fn start_sends(self: &Arc<Self>, worker: &Arc<Worker>, due: Vec<Due>) -> usize {
+        let took = due.len();
+        let mut in_flight = worker.in_flight.lock().expect("in-flight lock poisoned");
+        for item in due {
+            if in_flight.start(item.id) {
+                tokio::spawn(self.clone().send(worker.clone(), item));
+            }
+        }
+        took
     }
 
     async fn send(self: Arc<Self>, worker: Arc<Worker>, due: Due) {
@@ -361,13 +372,26 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 return;
             }
             let ids: Vec<Id> = batch.iter().map(|(id, _)| *id).collect();
-            match self.queue.record(&self.settings.owner, now_ms(), peer, batch).await {
-                Ok(recorded) => {
+            // What comes next goes out with the record (a sender's next delivery waits for
+            // its previous one's): the same room the worker would find, while its lease
+            // holds.
+            let now = now_ms();
+            let lease_left = worker.lease_until.load(Ordering::Relaxed).saturating_sub(now);
+            let renewing = lease_left < (self.settings.lease / RENEW_PARTS).as_millis() as u64;
+            let take = self.room(&worker, renewing || self.settings.shutdown.is_cancelled());
+            let mut due = Vec::new();
+            match self
+                .queue
+                .record_then_take(&self.settings.owner, now, peer, batch, take)
+                .await
+            {
+                Ok((recorded, next)) => {
                     for (id, done) in ids.iter().zip(recorded) {
                         if !done {
                             tracing::warn!(peer, id = %fedsx_wire::ActivityId(*id), "outcome not recorded: another replica holds the destination now");
                         }
                     }
+                    due = next;
                 }
                 Err(err) => {
                     tracing::error!(peer, error = %err, outcomes = ids.len(), "recording outcomes failed; they will be sent again");
@@ -378,6 +402,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 in_flight.forget(id);
             }
             drop(in_flight);
+            self.start_sends(&worker, due);
             worker.wake.notify_one();
         }
     }

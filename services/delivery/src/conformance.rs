@@ -666,6 +666,58 @@ pub(crate) async fn a_reopened_queue_keeps_pending_attempts_dead_and_delivered<E
     assert_eq!(all.iter().map(|s| s.peer.as_str()).collect::<Vec<_>>(), [PEER]);
 }
 
+/// One activity queued for several destinations in one batch (an engine may store its
+/// envelope once): each destination gets it whole — also after the others had it
+/// delivered, after a restart, and when redriven from the dead letters.
+pub(crate) async fn one_activity_for_several_destinations_comes_whole_to_each<E: Engine>(engine: &E) {
+    const THIRD: &str = "https://d.example/actors/dave";
+    let envelope = Bytes::from(vec![7u8; 600]);
+    let batch = || {
+        [PEER, OTHER, THIRD]
+            .into_iter()
+            .map(|peer| NewDelivery {
+                envelope: envelope.clone(),
+                ..delivery(peer, 1)
+            })
+            .chain(std::iter::once(delivery(PEER, 2)))
+            .collect::<Vec<_>>()
+    };
+    {
+        let queue = engine.open("shared").await;
+        assert_eq!(queue.enqueue_all(batch()).await.unwrap(), [true, true, true, true]);
+        queue.claim("a", NOW, LEASE, 10).await.unwrap();
+        record_one(&queue, "a", NOW, PEER, id(1), Outcome::Delivered)
+            .await
+            .unwrap();
+        let dead = Outcome::Dead {
+            attempts: 1,
+            error: "status 404".into(),
+        };
+        record_one(&queue, "a", NOW, OTHER, id(1), dead).await.unwrap();
+        let due = queue.due(THIRD, NOW, 10, vec![], true).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].envelope, envelope, "the others' outcomes leave it whole");
+        queue.close().await.unwrap();
+    }
+    let queue = engine.open("shared").await;
+    queue.claim("a", NOW, LEASE, 10).await.unwrap();
+    let due = queue.due(THIRD, NOW, 10, vec![], true).await.unwrap();
+    assert_eq!(due[0].envelope, envelope, "after a restart");
+    record_one(&queue, "a", NOW, THIRD, id(1), Outcome::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(queue.redrive(OTHER, None).await.unwrap(), Some(1));
+    let due = queue.due(OTHER, NOW, 10, vec![], true).await.unwrap();
+    assert_eq!(due[0].envelope, envelope, "redriven after every other was delivered");
+    let due = queue.due(PEER, NOW, 10, vec![], true).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        due[0].envelope,
+        Bytes::from("envelope 2"),
+        "another activity keeps its own"
+    );
+}
+
 /// One `#[tokio::test]` per case for one engine; `$engine` makes the engine for a case
 /// from the case's name.
 macro_rules! conformance {
@@ -689,7 +741,8 @@ macro_rules! conformance {
                 delivered_records_expire_after_the_retention,
                 a_failing_destination_takes_no_new_deliveries_until_revived,
                 work_wakes_the_dispatcher,
-                a_reopened_queue_keeps_pending_attempts_dead_and_delivered);
+                a_reopened_queue_keeps_pending_attempts_dead_and_delivered,
+                one_activity_for_several_destinations_comes_whole_to_each);
         }
     };
     (@cases $engine:expr; $($case:ident),*) => {

@@ -31,6 +31,61 @@ struct Inner {
     ready: watch::Sender<bool>,
     closed: AtomicBool,
     storage: StorageThread,
+    shared: Mutex<SharedEnvelopes>,
+}
+
+/// How many pending or dead deliveries name each shared envelope (an activity queued for
+/// several destinations in one batch stores its envelope once): the last one delivered
+/// drops it, in the same write. Rebuilt from the items at open; changed only under the
+/// queue's lock (taken before this one).
+#[derive(Default)]
+struct SharedEnvelopes {
+    refs: HashMap<[u8; 32], u32>,
+}
+
+impl SharedEnvelopes {
+    fn add(&mut self, key: &[u8]) {
+        if let Ok(key) = <[u8; 32]>::try_from(key) {
+            *self.refs.entry(key).or_default() += 1;
+        }
+    }
+
+    /// One delivery fewer names `key`: the key when it was the last.
+    fn release(&mut self, key: &[u8]) -> Option<[u8; 32]> {
+        let key = <[u8; 32]>::try_from(key).ok()?;
+        let count = self.refs.get_mut(&key)?;
+        *count -= 1;
+        if *count > 0 {
+            return None;
+        }
+        self.refs.remove(&key);
+        Some(key)
+    }
+}
+
+/// The shared-envelope key of each delivery in a batch: for an activity queued to several
+/// destinations with the same envelope bytes, the SHA-256 of those bytes; else none (its
+/// envelope is stored with its item).
+fn shared_keys(deliveries: &[NewDelivery]) -> Vec<Option<[u8; 32]>> {
+    use sha2::Digest;
+    let mut keys = vec![None; deliveries.len()];
+    if deliveries.len() < 2 {
+        return keys;
+    }
+    let mut firsts: HashMap<Id, usize> = HashMap::new();
+    let mut group_key: HashMap<usize, [u8; 32]> = HashMap::new();
+    for (index, delivery) in deliveries.iter().enumerate() {
+        let first = *firsts.entry(delivery.id).or_insert(index);
+        if first == index || deliveries[first].envelope != delivery.envelope {
+            continue;
+        }
+        let key = *group_key
+            .entry(first)
+            .or_insert_with(|| sha2::Sha256::digest(&delivery.envelope).into());
+        keys[first] = Some(key);
+        keys[index] = Some(key);
+    }
+    keys
 }
 
 struct PeerEntry {
@@ -197,11 +252,13 @@ impl Inner {
     fn read_due(&self, peer: &str, ids: Vec<Id>, recipients: bool) -> Result<Vec<Due>, QueueError> {
         let mut due = Vec::with_capacity(ids.len());
         for id in ids {
-            let item = self.records.item(peer, &id).map_err(QueueError::internal)?;
-            let envelope = self.records.envelope(peer, &id).map_err(QueueError::internal)?;
-            if let (Some(mut item), Some(envelope)) = (item, envelope)
-                && item.status == STATUS_PENDING
-            {
+            let Some(mut item) = self.records.item(peer, &id).map_err(QueueError::internal)? else {
+                continue;
+            };
+            if item.status != STATUS_PENDING {
+                continue;
+            }
+            if let Some(envelope) = self.records.envelope(peer, &id, &item).map_err(QueueError::internal)? {
                 let recipients = if recipients || item.inbox_url.is_empty() {
                     self.records
                         .recipients(peer, &id, &mut item)
@@ -234,6 +291,8 @@ impl Inner {
             .is_some_and(|(holder, until)| holder == owner && *until >= now);
         let mut recorded = Vec::with_capacity(outcomes.len());
         let mut items = Vec::new();
+        let (mut released, mut unshared) = (Vec::new(), Vec::new());
+        let mut shared = self.shared.lock().expect("shared envelopes lock poisoned");
         for (id, outcome) in outcomes {
             let item = if holds {
                 record_one(&self.records, entry, now, id, &outcome)?
@@ -241,11 +300,23 @@ impl Inner {
                 None
             };
             recorded.push(item.is_some());
-            items.extend(item.map(|item| (id, item)));
+            if let Some(item) = item {
+                if item.status == STATUS_DELIVERED && !item.envelope_key.is_empty() {
+                    released.push(item.envelope_key.clone());
+                    unshared.extend(shared.release(&item.envelope_key));
+                }
+                items.push((id, item));
+            }
         }
         let writes: Vec<_> = items.iter().map(|(id, item)| (&entry.record, id, item, None)).collect();
-        if !writes.is_empty() {
-            self.records.put_all(&writes, false).map_err(QueueError::internal)?;
+        if !writes.is_empty()
+            && let Err(err) = self.records.put_all(&writes, &unshared, false)
+        {
+            // Not written: the deliveries still name their envelopes on disk.
+            for key in &released {
+                shared.add(key);
+            }
+            return Err(QueueError::internal(err));
         }
         Ok(recorded)
     }
@@ -258,6 +329,10 @@ impl RocksQueue {
         let records = Records::open(dir)?;
         let loaded = records.load()?;
         let order = Records::max_order(&loaded) + 1;
+        let mut shared = SharedEnvelopes::default();
+        for (_, item) in loaded.iter().flat_map(|peer| &peer.items) {
+            shared.add(&item.envelope_key);
+        }
         let peers = loaded
             .into_iter()
             .map(|peer| (peer.record.peer.clone(), PeerEntry::restored(peer)))
@@ -272,6 +347,7 @@ impl RocksQueue {
                 ready: watch::Sender::new(true),
                 closed: AtomicBool::new(false),
                 storage: StorageThread::start(),
+                shared: Mutex::new(shared),
             }),
         })
     }
@@ -333,9 +409,11 @@ impl QueueStorage for RocksQueue {
         self.open_or_closed()?;
         let mut new = vec![false; deliveries.len()];
         let mut staged = Vec::with_capacity(deliveries.len());
+        let keys = shared_keys(&deliveries);
         {
             let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
-            for (index, mut delivery) in deliveries.into_iter().enumerate() {
+            let mut shared = self.inner.shared.lock().expect("shared envelopes lock poisoned");
+            for ((index, mut delivery), key) in deliveries.into_iter().enumerate().zip(keys) {
                 let peer = delivery.peer.as_str();
                 let entry = peers.entry(peer.to_owned()).or_insert_with(|| PeerEntry::new(peer));
                 let id = delivery.id;
@@ -346,26 +424,33 @@ impl QueueStorage for RocksQueue {
                 if delivery.undeliverable.is_none() && since != 0 && since < delivery.unavailable_before {
                     delivery.undeliverable = Some(unavailable_reason(since));
                 }
-                staged.push((index, delivery, entry.record.clone()));
+                if let Some(key) = &key {
+                    shared.add(key);
+                }
+                staged.push((index, delivery, entry.record.clone(), key));
             }
         }
-        let marked: Vec<(String, Id)> = staged.iter().map(|(_, d, _)| (d.peer.clone(), d.id)).collect();
+        let marked: Vec<(String, Id, Option<[u8; 32]>)> = staged
+            .iter()
+            .map(|(_, d, _, key)| (d.peer.clone(), d.id, *key))
+            .collect();
         let inner = self.inner.clone();
         let written = blocking(move || {
             // Delivered before (a repeated hand-off after a kernel restart): one delivery.
             let mut fresh = Vec::with_capacity(staged.len());
-            for (index, delivery, record) in staged {
+            for (index, delivery, record, key) in staged {
                 if !inner
                     .records
                     .exists(&delivery.peer, &delivery.id)
                     .map_err(QueueError::internal)?
                 {
-                    fresh.push((index, delivery, record));
+                    fresh.push((index, delivery, record, key));
                 }
             }
             let items: Vec<ItemRecord> = fresh
                 .iter()
-                .map(|(_, delivery, _)| ItemRecord {
+                .map(|(_, delivery, _, key)| ItemRecord {
+                    envelope_key: key.map(Vec::from).unwrap_or_default(),
                     order: inner.order.fetch_add(1, Ordering::Relaxed),
                     status: if delivery.undeliverable.is_some() {
                         STATUS_DEAD
@@ -383,7 +468,7 @@ impl QueueStorage for RocksQueue {
             let writes: Vec<_> = fresh
                 .iter()
                 .zip(&items)
-                .map(|((_, delivery, record), item)| {
+                .map(|((_, delivery, record, _), item)| {
                     let new = NewPayload {
                         envelope: &delivery.envelope,
                         recipients: &delivery.recipients,
@@ -392,18 +477,37 @@ impl QueueStorage for RocksQueue {
                 })
                 .collect();
             if !writes.is_empty() {
-                inner.records.put_all(&writes, true).map_err(QueueError::internal)?;
+                inner
+                    .records
+                    .put_all(&writes, &[], true)
+                    .map_err(QueueError::internal)?;
             }
             Ok(fresh
                 .into_iter()
-                .map(|(index, delivery, _)| (index, delivery))
+                .map(|(index, delivery, _, _)| (index, delivery))
                 .collect::<Vec<_>>())
         })
         .await;
         let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
-        for (peer, id) in &marked {
+        for (peer, id, _) in &marked {
             if let Some(entry) = peers.get_mut(peer) {
                 entry.enqueuing.remove(id);
+            }
+        }
+        // What was not written names no shared envelope (none was written for it alone: a
+        // count back at zero had nothing stored).
+        if marked.iter().any(|(_, _, key)| key.is_some()) {
+            let written_ids: HashSet<(&str, Id)> = match &written {
+                Ok(written) => written.iter().map(|(_, d)| (d.peer.as_str(), d.id)).collect(),
+                Err(_) => HashSet::new(),
+            };
+            let mut shared = self.inner.shared.lock().expect("shared envelopes lock poisoned");
+            for (peer, id, key) in &marked {
+                if let Some(key) = key
+                    && !written_ids.contains(&(peer.as_str(), *id))
+                {
+                    shared.release(key);
+                }
             }
         }
         // The dispatcher is woken once per destination, and only for a delivery that can
@@ -628,5 +732,86 @@ impl QueueStorage for RocksQueue {
         self.inner.closed.store(true, Ordering::Relaxed);
         let inner = self.inner.clone();
         blocking(move || inner.records.sync().map_err(QueueError::internal)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    fn open(dir: &Path) -> RocksQueue {
+        RocksQueue::open(dir).unwrap()
+    }
+
+    fn to(peer: &str, envelope: &bytes::Bytes) -> NewDelivery {
+        NewDelivery {
+            peer: peer.into(),
+            id: [1; 32],
+            sender: "https://a.example/actors/alice".into(),
+            inbox_url: format!("{peer}/inbox"),
+            envelope: envelope.clone(),
+            ..NewDelivery::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_envelope_is_stored_once_and_dropped_with_its_last_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let envelope = bytes::Bytes::from(vec![9u8; 500]);
+        let key: [u8; 32] = sha2::Sha256::digest(&envelope).into();
+        let peers = ["https://b.example", "https://c.example", "https://d.example"];
+        {
+            let queue = open(dir.path());
+            let batch = peers.iter().map(|peer| to(peer, &envelope)).collect();
+            assert_eq!(queue.enqueue_all(batch).await.unwrap(), [true, true, true]);
+            assert!(queue.inner.records.has_shared(&key));
+            queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+            queue
+                .record("a", 1, peers[0], vec![([1; 32], Outcome::Delivered)])
+                .await
+                .unwrap();
+            let dead = Outcome::Dead {
+                attempts: 1,
+                error: "status 404".into(),
+            };
+            queue.record("a", 1, peers[1], vec![([1; 32], dead)]).await.unwrap();
+            assert!(queue.inner.records.has_shared(&key), "two deliveries still name it");
+            queue.close().await.unwrap();
+        }
+        let queue = open(dir.path());
+        queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+        let recorded = queue
+            .record("a", 1, peers[2], vec![([1; 32], Outcome::Delivered)])
+            .await;
+        assert_eq!(recorded.unwrap(), [true]);
+        assert!(
+            queue.inner.records.has_shared(&key),
+            "the dead letter still names it (counted again at open)"
+        );
+        assert_eq!(queue.redrive(peers[1], None).await.unwrap(), Some(1));
+        queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+        let recorded = queue
+            .record("a", 1, peers[1], vec![([1; 32], Outcome::Delivered)])
+            .await;
+        assert_eq!(recorded.unwrap(), [true]);
+        assert!(!queue.inner.records.has_shared(&key), "dropped with its last delivery");
+        assert!(queue.inner.shared.lock().unwrap().refs.is_empty());
+    }
+
+    #[test]
+    fn only_an_activity_queued_with_the_same_bytes_to_several_destinations_shares() {
+        let (a, b) = (bytes::Bytes::from("a"), bytes::Bytes::from("b"));
+        let mut other = to("https://c.example", &b);
+        other.id = [2; 32];
+        let batch = [
+            to("https://b.example", &a),
+            to("https://c.example", &a),
+            to("https://d.example", &b),
+            other,
+        ];
+        let keys = shared_keys(&batch);
+        let key_a: [u8; 32] = sha2::Sha256::digest(&a).into();
+        assert_eq!(keys, [Some(key_a), Some(key_a), None, None]);
     }
 }

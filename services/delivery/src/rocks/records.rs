@@ -16,6 +16,9 @@ const CF_ENVELOPES: &str = "envelopes";
 /// letter; dropped once delivered). Records from before it hold them in the item.
 const CF_RECIPIENTS: &str = "recipients";
 const CF_PEERS: &str = "peers";
+/// Envelopes queued for several destinations, once, by the SHA-256 of their bytes; dropped
+/// when the last of their deliveries is delivered (see `SharedEnvelopes`).
+const CF_SHARED: &str = "shared_envelopes";
 /// Memtable size per column family, and how many: bounds write-buffer memory.
 const WRITE_BUFFER_BYTES: usize = 2 << 20;
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
@@ -50,6 +53,10 @@ pub struct ItemRecord {
     /// Only in records from before recipients had a record of their own.
     #[prost(message, repeated, tag = "11")]
     pub recipients: Vec<crate::storage::Recipient>,
+    /// The key of its envelope among the shared ones; empty: the envelope is its own,
+    /// under the item's key.
+    #[prost(bytes = "vec", tag = "12")]
+    pub envelope_key: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -115,7 +122,7 @@ impl Records {
             cf.set_block_based_table_factory(&table);
             cf
         };
-        let cfs = [CF_ITEMS, CF_ENVELOPES, CF_RECIPIENTS, CF_PEERS]
+        let cfs = [CF_ITEMS, CF_ENVELOPES, CF_RECIPIENTS, CF_PEERS, CF_SHARED]
             .map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
         let db = fedsx_runtime::rocks::open_verified(options, dir, cfs.into(), "delivery queue")
             .map_err(|err| err.to_string())?;
@@ -200,10 +207,23 @@ impl Records {
         Ok(crate::storage::StoredRecipients::from_stored(value.unwrap_or_default()))
     }
 
-    pub fn envelope(&self, peer: &str, id: &[u8; 32]) -> Result<Option<bytes::Bytes>, String> {
-        let cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
-        let value = self.db.get_cf(cf, item_key(peer, id)).map_err(|err| err.to_string())?;
-        Ok(value.map(bytes::Bytes::from))
+    /// An item's envelope: the shared one it names, or its own.
+    pub fn envelope(&self, peer: &str, id: &[u8; 32], item: &ItemRecord) -> Result<Option<bytes::Bytes>, String> {
+        let value = if item.envelope_key.is_empty() {
+            let cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
+            self.db.get_cf(cf, item_key(peer, id))
+        } else {
+            let cf = self.db.cf_handle(CF_SHARED).expect("shared envelopes cf");
+            self.db.get_cf(cf, &item.envelope_key)
+        };
+        Ok(value.map_err(|err| err.to_string())?.map(bytes::Bytes::from))
+    }
+
+    /// Whether a shared envelope is stored under `key` (tests).
+    #[cfg(test)]
+    pub fn has_shared(&self, key: &[u8]) -> bool {
+        let cf = self.db.cf_handle(CF_SHARED).expect("shared envelopes cf");
+        self.db.get_pinned_cf(cf, key).ok().flatten().is_some()
     }
 
     /// Deletes delivered items enqueued before `before`; how many. Blocks (a scan of every
@@ -247,16 +267,20 @@ impl Records {
     /// Writes an item and its peer's record in one batch; once delivered, drops its
     /// envelope and recipients. `sync` waits for the WAL fsync.
     pub fn put(&self, peer: &PeerRecord, id: &[u8; 32], item: &ItemRecord, sync: bool) -> Result<(), String> {
-        self.put_all(&[(peer, id, item, None)], sync)
+        self.put_all(&[(peer, id, item, None)], &[], sync)
     }
 
     /// Writes each (peer, id, item, new) as [`Records::put`] does, all in one write; `new`:
     /// the envelope and recipients of one just enqueued.
+    /// An item naming a shared envelope writes that envelope (once per batch) instead of
+    /// its own; `unshared`: shared envelopes no delivery needs any more, deleted.
     pub fn put_all(
         &self,
         writes: &[(&PeerRecord, &[u8; 32], &ItemRecord, Option<NewPayload<'_>>)],
+        unshared: &[[u8; 32]],
         sync: bool,
     ) -> Result<(), String> {
+        let shared_cf = self.db.cf_handle(CF_SHARED).expect("shared envelopes cf");
         let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
         let envelopes_cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
         let recipients_cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
@@ -264,23 +288,33 @@ impl Records {
         let mut batch = WriteBatch::default();
         // Each peer's record once, as it is after the batch (the last one given).
         let mut peers: std::collections::HashMap<&str, &PeerRecord> = std::collections::HashMap::new();
+        let mut shared_written = std::collections::HashSet::new();
         for (peer, id, item, new) in writes {
             let key = item_key(&peer.peer, id);
             batch.put_cf(items_cf, &key, item.encode_to_vec());
             if let Some(new) = new {
-                batch.put_cf(envelopes_cf, &key, new.envelope);
+                if item.envelope_key.is_empty() {
+                    batch.put_cf(envelopes_cf, &key, new.envelope);
+                } else if shared_written.insert(item.envelope_key.as_slice()) {
+                    batch.put_cf(shared_cf, &item.envelope_key, new.envelope);
+                }
                 if !new.recipients.is_empty() {
                     let stored = crate::storage::StoredRecipients::store(&peer.peer, &item.inbox_url, new.recipients);
                     batch.put_cf(recipients_cf, &key, stored.bytes());
                 }
             } else if item.status == STATUS_DELIVERED {
-                batch.delete_cf(envelopes_cf, &key);
+                if item.envelope_key.is_empty() {
+                    batch.delete_cf(envelopes_cf, &key);
+                }
                 batch.delete_cf(recipients_cf, &key);
             }
             peers.insert(&peer.peer, peer);
         }
         for peer in peers.into_values() {
             batch.put_cf(peers_cf, peer_key(&peer.peer), peer.encode_to_vec());
+        }
+        for key in unshared {
+            batch.delete_cf(shared_cf, key);
         }
         let mut options = WriteOptions::default();
         options.set_sync(sync);

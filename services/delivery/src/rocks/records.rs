@@ -1,7 +1,8 @@
 //! The RocksDB engine's records: one small record per (peer, activity id) — pending, dead or
 //! delivered — with the attempts, the retry time, the last error and the trace context of
 //! the enqueue; the envelope apart, so a failure rewrites a few bytes, and dropped once
-//! delivered. The delivered record stays, so a repeated hand-off is one delivery. Enqueues are synced before they are
+//! delivered (one queued for several destinations in one batch is stored once, shared, and
+//! dropped with its last delivery). The delivered record stays, so a repeated hand-off is one delivery. Enqueues are synced before they are
 //! acknowledged; later transitions are written as they happen (they survive a process
 //! crash; after a machine crash the worst case is one send too many, which receivers treat
 //! idempotently).

@@ -47,6 +47,14 @@ fn from(sender: &str, peer: &str, n: u8) -> NewDelivery {
     }
 }
 
+/// Dead-lettered after `attempts` for `error`.
+fn dead(attempts: u32, error: &str) -> Outcome {
+    Outcome::Dead {
+        attempts,
+        error: error.into(),
+    }
+}
+
 /// Records one outcome: whether it was recorded.
 async fn record_one<Q: QueueStorage>(
     queue: &Q,
@@ -170,10 +178,7 @@ pub(crate) async fn outcomes_move_one_delivery_and_never_another<E: Engine>(engi
             .await
             .unwrap()
     );
-    let dead = Outcome::Dead {
-        attempts: 6,
-        error: "status 410".into(),
-    };
+    let dead = dead(6, "status 410");
     assert!(record_one(&queue, "a", NOW, PEER, id(3), dead).await.unwrap());
     assert_eq!(due_ids(&queue, PEER, NOW).await, [2], "the others are untouched");
     assert!(
@@ -222,10 +227,7 @@ pub(crate) async fn concurrent_outcomes_of_one_peer_all_land<E: Engine>(engine: 
                         at: NOW + 100,
                         error: "status 500".into(),
                     },
-                    _ => Outcome::Dead {
-                        attempts: 1,
-                        error: "status 410".into(),
-                    },
+                    _ => dead(1, "status 410"),
                 };
                 record_one(&queue, "a", NOW, PEER, id(n), outcome).await.unwrap()
             })
@@ -334,10 +336,7 @@ pub(crate) async fn redrive_moves_dead_letters_to_the_end_with_attempts_reset<E:
     }
     queue.claim("a", NOW, LEASE, 10).await.unwrap();
     for n in [1, 2] {
-        let dead = Outcome::Dead {
-            attempts: 2,
-            error: "status 404".into(),
-        };
+        let dead = dead(2, "status 404");
         record_one(&queue, "a", NOW, PEER, id(n), dead).await.unwrap();
     }
     assert_eq!(queue.redrive(PEER, Some(vec![id(2)])).await.unwrap(), Some(1));
@@ -386,10 +385,7 @@ pub(crate) async fn one_senders_deliveries_go_one_at_a_time_in_order<E: Engine>(
         .await
         .unwrap();
     assert_eq!(due_ids(&queue, PEER, NOW + 500).await, [2, 6]);
-    let dead = Outcome::Dead {
-        attempts: 1,
-        error: "status 400".into(),
-    };
+    let dead = dead(1, "status 400");
     record_one(&queue, "a", NOW + 500, PEER, id(2), dead).await.unwrap();
     assert_eq!(due_ids(&queue, PEER, NOW + 500).await, [3, 6]);
 
@@ -539,10 +535,7 @@ pub(crate) async fn delivered_records_expire_after_the_retention<E: Engine>(engi
     record_one(&queue, "a", NOW, PEER, id(1), Outcome::Delivered)
         .await
         .unwrap();
-    let dead = Outcome::Dead {
-        attempts: 1,
-        error: "status 410".into(),
-    };
+    let dead = dead(1, "status 410");
     record_one(&queue, "a", NOW, PEER, id(2), dead).await.unwrap();
     // Enqueued at NOW - 999 .. NOW - 997: a cut-off before them forgets nothing.
     assert_eq!(queue.expire(NOW - 999).await.unwrap(), 0);
@@ -642,10 +635,7 @@ pub(crate) async fn a_reopened_queue_keeps_pending_attempts_dead_and_delivered<E
             error: "status 500".into(),
         };
         record_one(&queue, "a", NOW, PEER, id(2), retry).await.unwrap();
-        let dead = Outcome::Dead {
-            attempts: 1,
-            error: "status 410".into(),
-        };
+        let dead = dead(1, "status 410");
         record_one(&queue, "a", NOW, PEER, id(3), dead).await.unwrap();
         queue.close().await.unwrap();
         assert!(
@@ -689,10 +679,7 @@ pub(crate) async fn one_activity_for_several_destinations_comes_whole_to_each<E:
         record_one(&queue, "a", NOW, PEER, id(1), Outcome::Delivered)
             .await
             .unwrap();
-        let dead = Outcome::Dead {
-            attempts: 1,
-            error: "status 404".into(),
-        };
+        let dead = dead(1, "status 404");
         record_one(&queue, "a", NOW, OTHER, id(1), dead).await.unwrap();
         let due = queue.due(THIRD, NOW, 10, vec![], true).await.unwrap();
         assert_eq!(due.len(), 1);

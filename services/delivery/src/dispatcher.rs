@@ -9,7 +9,7 @@
 
 use crate::dispatch::dispatch;
 use crate::queue::{AfterFailure, Failure, Id, Schedule, decide};
-use crate::storage::{Due, Outcome, QueueStorage, Take};
+use crate::storage::{Due, Outcome, QueueStorage};
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::http_client::PeerHttp;
 use fedsx_runtime::metrics::KeyValue;
@@ -82,6 +82,13 @@ fn combine(failures: Vec<(String, Failure)>, several: bool) -> Result<(), Failur
 }
 
 pub(crate) use fedsx_runtime::clock::now_ms;
+
+/// Due work a worker may take, as [`QueueStorage::due`]'s arguments say.
+struct Take {
+    limit: usize,
+    skip: Vec<Id>,
+    recipients: bool,
+}
 
 pub struct Dispatcher<Q> {
     queue: Q,
@@ -372,26 +379,15 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 return;
             }
             let ids: Vec<Id> = batch.iter().map(|(id, _)| *id).collect();
-            // What comes next goes out with the record (a sender's next delivery waits for
-            // its previous one's): the same room the worker would find, while its lease
-            // holds.
-            let now = now_ms();
-            let lease_left = worker.lease_until.load(Ordering::Relaxed).saturating_sub(now);
-            let renewing = lease_left < (self.settings.lease / RENEW_PARTS).as_millis() as u64;
-            let take = self.room(&worker, renewing || self.settings.shutdown.is_cancelled());
-            let mut due = Vec::new();
-            match self
-                .queue
-                .record_then_take(&self.settings.owner, now, peer, batch, take)
-                .await
-            {
-                Ok((recorded, next)) => {
+            // Only the worker takes due work: a second taker could act on a read made
+            // before a send it raced was answered and recorded, and send it again.
+            match self.queue.record(&self.settings.owner, now_ms(), peer, batch).await {
+                Ok(recorded) => {
                     for (id, done) in ids.iter().zip(recorded) {
                         if !done {
                             tracing::warn!(peer, id = %fedsx_wire::ActivityId(*id), "outcome not recorded: another replica holds the destination now");
                         }
                     }
-                    due = next;
                 }
                 Err(err) => {
                     tracing::error!(peer, error = %err, outcomes = ids.len(), "recording outcomes failed; they will be sent again");
@@ -402,7 +398,6 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 in_flight.forget(id);
             }
             drop(in_flight);
-            self.start_sends(&worker, due);
             worker.wake.notify_one();
         }
     }

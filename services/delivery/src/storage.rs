@@ -247,14 +247,6 @@ pub fn unavailable_reason(since_ms: u64) -> String {
     )
 }
 
-/// Due work to take, as [`QueueStorage::due`]'s arguments say.
-#[derive(Debug, Clone, Default)]
-pub struct Take {
-    pub limit: usize,
-    pub skip: Vec<Id>,
-    pub recipients: bool,
-}
-
 /// Why a queue operation failed: the classes a caller acts on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
@@ -368,29 +360,6 @@ pub trait QueueStorage: Clone + Send + Sync + 'static {
         peer: &str,
         outcomes: Vec<(Id, Outcome)>,
     ) -> impl Future<Output = Result<Vec<bool>, QueueError>> + Send;
-
-    /// [`QueueStorage::record`], then [`QueueStorage::due`] for the same peer as `take`
-    /// says (none when its limit is 0): what a worker does after each batch of answers, so
-    /// a sender's next delivery goes as soon as its previous one is recorded. An engine may
-    /// do both in one step.
-    fn record_then_take(
-        &self,
-        owner: &str,
-        now: u64,
-        peer: &str,
-        outcomes: Vec<(Id, Outcome)>,
-        take: Take,
-    ) -> impl Future<Output = Result<(Vec<bool>, Vec<Due>), QueueError>> + Send {
-        async move {
-            let recorded = self.record(owner, now, peer, outcomes).await?;
-            let due = if take.limit == 0 {
-                Vec::new()
-            } else {
-                self.due(peer, now, take.limit, take.skip, take.recipients).await?
-            };
-            Ok((recorded, due))
-        }
-    }
 
     /// Moves `peer`'s dead letters (all, or those in `ids`) back to the end of pending with
     /// attempts reset; the number moved, None when the peer is unknown.

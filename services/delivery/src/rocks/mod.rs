@@ -6,7 +6,7 @@
 mod records;
 
 use crate::queue::{DeadLetter, Id, PeerState};
-use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, Take, unavailable_reason};
+use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, unavailable_reason};
 use records::{ItemRecord, LoadedPeer, NewPayload, PeerRecord, Records, STATUS_DEAD, STATUS_DELIVERED, STATUS_PENDING};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -608,27 +608,6 @@ impl QueueStorage for RocksQueue {
         self.inner
             .storage
             .run(move || inner.record(&owner, now, &peer, outcomes))
-            .await
-    }
-
-    /// Both in one call on the storage thread: one hop fewer between a sender's deliveries.
-    async fn record_then_take(
-        &self,
-        owner: &str,
-        now: u64,
-        peer: &str,
-        outcomes: Vec<(Id, Outcome)>,
-        take: Take,
-    ) -> Result<(Vec<bool>, Vec<Due>), QueueError> {
-        self.open_or_closed()?;
-        let (inner, owner, peer) = (self.inner.clone(), owner.to_owned(), peer.to_owned());
-        self.inner
-            .storage
-            .run(move || {
-                let recorded = inner.record(&owner, now, &peer, outcomes)?;
-                let ids = inner.take_ids(&peer, now, take.limit, &take.skip);
-                Ok((recorded, inner.read_due(&peer, ids, take.recipients)?))
-            })
             .await
     }
 

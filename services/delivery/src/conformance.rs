@@ -313,7 +313,16 @@ pub(crate) async fn a_lease_gives_a_peer_to_one_owner_and_fences_the_others<E: E
             .await
             .unwrap()
     );
-    queue.release("b", OTHER).await.unwrap();
+    queue.release("b", OTHER, LEASE + 9_999).await.unwrap();
+    assert!(
+        queue
+            .claim("a", LEASE + 8, LEASE + 20_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a release naming another end than the lease's (renewed since) keeps it"
+    );
+    queue.release("b", OTHER, LEASE + 10_000).await.unwrap();
     assert_eq!(
         queue.claim("a", LEASE + 8, LEASE + 20_000, 10).await.unwrap(),
         [OTHER],

@@ -276,11 +276,13 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 () = tokio::time::sleep(sleep) => {}
             }
         };
-        // The lease is given up while this worker is still the destination's: a claim
-        // meanwhile only renews it for this (ending) worker. Given up after a new worker
-        // had claimed the destination, it would fence that worker — its outcomes refused
-        // and its deliveries sent again.
-        if idle && let Err(err) = self.queue.release(&self.settings.owner, peer).await {
+        // The lease is given up while this worker is still the destination's, and only if
+        // it still ends when this worker last knew: a claim round that renewed it meanwhile
+        // may be about to start the next worker on it (this one gone from the map). Given
+        // up from under that worker, it would fence it — its outcomes refused and its
+        // deliveries sent again.
+        let until = worker.lease_until.load(Ordering::Relaxed);
+        if idle && let Err(err) = self.queue.release(&self.settings.owner, peer, until).await {
             tracing::debug!(peer, error = %err, "releasing a lease failed");
         }
         {

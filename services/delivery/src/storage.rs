@@ -326,8 +326,10 @@ pub trait QueueStorage: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<String>, QueueError>> + Send;
 
-    /// Gives `owner`'s lease on `peer` up (nothing pending for it).
-    fn release(&self, owner: &str, peer: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Gives `owner`'s lease on `peer` up (nothing pending for it) if it still ends at
+    /// `until`: a lease renewed since (a claim for the worker that comes next) is kept, or
+    /// that worker's outcomes would be refused and its deliveries sent again.
+    fn release(&self, owner: &str, peer: &str, until: u64) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Up to `limit` pending deliveries of `peer`, each the oldest pending one of its sender,
     /// due at `now`, in FIFO order, leaving out the ids in `skip` (in flight — whose

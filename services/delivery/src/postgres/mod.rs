@@ -151,10 +151,10 @@ impl QueueStorage for PgQueue {
         Ok(claimed)
     }
 
-    async fn release(&self, owner: &str, peer: &str) -> Result<(), QueueError> {
+    async fn release(&self, owner: &str, peer: &str, until: u64) -> Result<(), QueueError> {
         self.inner.cursors.lock().expect("cursors lock poisoned").remove(peer);
         let client = self.client().await?;
-        client.execute(schema::RELEASE, &[&peer, &owner]).await?;
+        client.execute(schema::RELEASE, &[&peer, &owner, &ms(until)]).await?;
         Ok(())
     }
 

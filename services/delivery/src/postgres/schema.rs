@@ -148,7 +148,8 @@ pub const CLAIM: &str = "
     WHERE peer = $2 AND (owner = $1 OR lease_until < $4)
     RETURNING peer";
 
-pub const RELEASE: &str = "UPDATE delivery_peers SET lease_until = 0 WHERE peer = $1 AND owner = $2";
+pub const RELEASE: &str =
+    "UPDATE delivery_peers SET lease_until = 0 WHERE peer = $1 AND owner = $2 AND lease_until = $3";
 
 /// Up to `$4` due rows, leaving out `$3`: of each sender's pending rows only the oldest (a
 /// lane's head), if never tried (or redriven) or its retry time `$2` has come. The senders

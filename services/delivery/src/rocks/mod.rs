@@ -561,10 +561,13 @@ impl QueueStorage for RocksQueue {
         Ok(claimed)
     }
 
-    async fn release(&self, owner: &str, peer: &str) -> Result<(), QueueError> {
+    async fn release(&self, owner: &str, peer: &str, until: u64) -> Result<(), QueueError> {
         let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
         if let Some(entry) = peers.get_mut(peer)
-            && entry.lease.as_ref().is_some_and(|(holder, _)| holder == owner)
+            && entry
+                .lease
+                .as_ref()
+                .is_some_and(|(holder, ends)| holder == owner && *ends == until)
         {
             entry.lease = None;
         }

@@ -239,9 +239,6 @@ async fn blocking<T: Send + 'static>(
 impl Inner {
     /// Takes up to `limit` of `peer`'s due ids (not in `skip`) out of waiting.
     fn take_ids(&self, peer: &str, now: u64, limit: usize, skip: &[Id]) -> Vec<Id> {
-        if limit == 0 {
-            return Vec::new();
-        }
         let mut peers = self.peers.lock().expect("queue lock poisoned");
         peers.get_mut(peer).map_or_else(Vec::new, |entry| {
             entry.state.take_due(now, limit, |id| skip.contains(id))
@@ -438,12 +435,15 @@ impl QueueStorage for RocksQueue {
         let written = blocking(move || {
             // Delivered before (a repeated hand-off after a kernel restart): one delivery.
             let mut fresh = Vec::with_capacity(staged.len());
+            let mut unwritten = Vec::new();
             for (index, delivery, record, key) in staged {
-                if !inner
+                if inner
                     .records
                     .exists(&delivery.peer, &delivery.id)
                     .map_err(QueueError::internal)?
                 {
+                    unwritten.extend(key);
+                } else {
                     fresh.push((index, delivery, record, key));
                 }
             }
@@ -482,10 +482,11 @@ impl QueueStorage for RocksQueue {
                     .put_all(&writes, &[], true)
                     .map_err(QueueError::internal)?;
             }
-            Ok(fresh
+            let written: Vec<_> = fresh
                 .into_iter()
                 .map(|(index, delivery, _, _)| (index, delivery))
-                .collect::<Vec<_>>())
+                .collect();
+            Ok((written, unwritten))
         })
         .await;
         let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
@@ -496,24 +497,20 @@ impl QueueStorage for RocksQueue {
         }
         // What was not written names no shared envelope (none was written for it alone: a
         // count back at zero had nothing stored).
-        if marked.iter().any(|(_, _, key)| key.is_some()) {
-            let written_ids: HashSet<(&str, Id)> = match &written {
-                Ok(written) => written.iter().map(|(_, d)| (d.peer.as_str(), d.id)).collect(),
-                Err(_) => HashSet::new(),
-            };
+        let unwritten: Vec<[u8; 32]> = match &written {
+            Ok((_, unwritten)) => unwritten.clone(),
+            Err(_) => marked.iter().filter_map(|(_, _, key)| *key).collect(),
+        };
+        if !unwritten.is_empty() {
             let mut shared = self.inner.shared.lock().expect("shared envelopes lock poisoned");
-            for (peer, id, key) in &marked {
-                if let Some(key) = key
-                    && !written_ids.contains(&(peer.as_str(), *id))
-                {
-                    shared.release(key);
-                }
+            for key in &unwritten {
+                shared.release(key);
             }
         }
         // The dispatcher is woken once per destination, and only for a delivery that can
         // go now: one queued behind its sender's earlier one goes when that one is done.
         let mut wake: HashSet<String> = HashSet::new();
-        for (index, delivery) in written? {
+        for (index, delivery) in written?.0 {
             new[index] = true;
             let entry = peers.get_mut(&delivery.peer).expect("peer entries are never removed");
             match delivery.undeliverable {

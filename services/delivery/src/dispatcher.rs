@@ -4,8 +4,8 @@
 //! due (never polling), keeps at most `max_in_flight` sends going (and all workers together
 //! at most the `requests` permits), records the outcomes of
 //! sends that finish together in one durable write, stops sending once its lease lapses,
-//! and ends when its destination has nothing left — idle destinations cost no task and no
-//! timer.
+//! and ends when its destination has had nothing left for a second — idle destinations
+//! cost no task and no timer.
 
 use crate::dispatch::dispatch;
 use crate::queue::{AfterFailure, Failure, Id, Schedule, decide};
@@ -29,6 +29,8 @@ const UNRECORDED_FACTOR: usize = 4;
 /// Leases are renewed every this-many-th part of the lease time, and a worker whose lease
 /// has less than that part left starts no send until it is renewed.
 const RENEW_PARTS: u32 = 3;
+/// How long a worker with nothing to do waits for more before it ends (ms).
+const IDLE_LINGER_MS: u64 = 1000;
 
 /// What every worker shares.
 pub struct Settings {
@@ -238,6 +240,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
     /// One destination's worker.
     async fn work(self: Arc<Self>, worker: Arc<Worker>) {
         let peer = worker.peer.as_str();
+        let mut idle_since: Option<u64> = None;
         let idle = loop {
             let now = now_ms();
             let lease_until = worker.lease_until.load(Ordering::Relaxed);
@@ -265,10 +268,21 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             };
             // Unrecorded outcomes keep the worker (and its lease) until they are recorded.
             let sending = !worker.in_flight.lock().expect("in-flight lock poisoned").is_empty();
-            if took == 0 && !sending && next.is_none() && !renewing {
-                break true;
-            }
-            let wake_at = next.map_or(lease_until, |at| at.min(lease_until));
+            let idle = took == 0 && !sending && next.is_none() && !renewing;
+            // An idle worker lingers a moment before it ends: a destination sent to
+            // steadily keeps its worker between activities instead of costing a claim round
+            // for each.
+            let linger_ends = if idle {
+                let since = *idle_since.get_or_insert(now);
+                if now >= since + IDLE_LINGER_MS {
+                    break true;
+                }
+                Some(since + IDLE_LINGER_MS)
+            } else {
+                idle_since = None;
+                None
+            };
+            let wake_at = linger_ends.or(next).map_or(lease_until, |at| at.min(lease_until));
             let sleep = Duration::from_millis(wake_at.saturating_sub(now_ms()));
             tokio::select! {
                 () = self.settings.shutdown.cancelled() => {}

@@ -6,7 +6,9 @@
 mod records;
 
 use crate::queue::{DeadLetter, Id, PeerState};
-use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, unavailable_reason};
+use crate::storage::{
+    Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, StoredRecipients, unavailable_reason,
+};
 use records::{ItemRecord, LoadedPeer, NewPayload, PeerRecord, Records, STATUS_DEAD, STATUS_DELIVERED, STATUS_PENDING};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -31,36 +33,86 @@ struct Inner {
     ready: watch::Sender<bool>,
     closed: AtomicBool,
     storage: StorageThread,
-    shared: Mutex<SharedEnvelopes>,
+    shared: Mutex<SharedRecords>,
 }
 
-/// How many pending or dead deliveries name each shared envelope (an activity queued for
-/// several destinations in one batch stores its envelope once): the last one delivered
-/// drops it, in the same write. Rebuilt from the items at open; changed only under the
-/// queue's lock (taken before this one).
+/// How many pending or dead deliveries name each shared record, and whether it is on disk
+/// yet. A shared record is stored once under the SHA-256 of its bytes: the envelope of an
+/// activity queued for several destinations in one batch, and a recipient list (the same
+/// followers on one node, activity after activity). The last delivery naming one that is
+/// delivered drops it, in the same write. Rebuilt from the items at open; changed only
+/// under the queue's lock (taken before this one).
 #[derive(Default)]
-struct SharedEnvelopes {
-    refs: HashMap<[u8; 32], u32>,
+struct SharedRecords {
+    refs: HashMap<[u8; 32], SharedRef>,
 }
 
-impl SharedEnvelopes {
-    fn add(&mut self, key: &[u8]) {
-        if let Ok(key) = <[u8; 32]>::try_from(key) {
-            *self.refs.entry(key).or_default() += 1;
+struct SharedRef {
+    count: u32,
+    /// Written by an enqueue that succeeded: later enqueues naming it need not write it.
+    stored: bool,
+}
+
+impl SharedRecords {
+    /// One more delivery names `key`: whether its enqueue must write the record (it is
+    /// not known to be on disk).
+    fn add(&mut self, key: &[u8]) -> bool {
+        let Ok(key) = <[u8; 32]>::try_from(key) else {
+            return false;
+        };
+        let entry = self.refs.entry(key).or_insert(SharedRef {
+            count: 0,
+            stored: false,
+        });
+        entry.count += 1;
+        !entry.stored
+    }
+
+    /// `key`'s record is on disk (an enqueue writing it succeeded).
+    fn stored(&mut self, key: &[u8; 32]) {
+        if let Some(entry) = self.refs.get_mut(key) {
+            entry.stored = true;
         }
     }
 
     /// One delivery fewer names `key`: the key when it was the last.
     fn release(&mut self, key: &[u8]) -> Option<[u8; 32]> {
         let key = <[u8; 32]>::try_from(key).ok()?;
-        let count = self.refs.get_mut(&key)?;
-        *count -= 1;
-        if *count > 0 {
+        let entry = self.refs.get_mut(&key)?;
+        entry.count -= 1;
+        if entry.count > 0 {
             return None;
         }
         self.refs.remove(&key);
         Some(key)
     }
+}
+
+/// Recipient lists shorter than this stay with their item: a shared one costs a key.
+const SHARED_RECIPIENTS_MIN: usize = 64;
+
+/// Each delivery's recipients as stored, and the shared key of those long enough to share:
+/// the SHA-256 of the stored bytes (hashed once per destination and list in a batch).
+fn stored_recipients(deliveries: &[NewDelivery]) -> Vec<(StoredRecipients, Option<[u8; 32]>)> {
+    use sha2::Digest;
+    let mut last: HashMap<&str, (StoredRecipients, [u8; 32])> = HashMap::new();
+    deliveries
+        .iter()
+        .map(|delivery| {
+            let stored = StoredRecipients::store(&delivery.peer, &delivery.inbox_url, &delivery.recipients);
+            if stored.bytes().len() < SHARED_RECIPIENTS_MIN {
+                return (stored, None);
+            }
+            if let Some((previous, key)) = last.get(delivery.peer.as_str())
+                && previous == &stored
+            {
+                return (previous.clone(), Some(*key));
+            }
+            let key: [u8; 32] = sha2::Sha256::digest(stored.bytes()).into();
+            last.insert(&delivery.peer, (stored.clone(), key));
+            (stored, Some(key))
+        })
+        .collect()
 }
 
 /// The shared-envelope key of each delivery in a batch: for an activity queued to several
@@ -289,7 +341,7 @@ impl Inner {
         let mut recorded = Vec::with_capacity(outcomes.len());
         let mut items = Vec::new();
         let (mut released, mut unshared) = (Vec::new(), Vec::new());
-        let mut shared = self.shared.lock().expect("shared envelopes lock poisoned");
+        let mut shared = self.shared.lock().expect("shared records lock poisoned");
         for (id, outcome) in outcomes {
             let item = if holds {
                 record_one(&self.records, entry, now, id, &outcome)?
@@ -298,9 +350,13 @@ impl Inner {
             };
             recorded.push(item.is_some());
             if let Some(item) = item {
-                if item.status == STATUS_DELIVERED && !item.envelope_key.is_empty() {
-                    released.push(item.envelope_key.clone());
-                    unshared.extend(shared.release(&item.envelope_key));
+                if item.status == STATUS_DELIVERED {
+                    for key in [&item.envelope_key, &item.recipients_key] {
+                        if !key.is_empty() {
+                            released.push(key.clone());
+                            unshared.extend(shared.release(key));
+                        }
+                    }
                 }
                 items.push((id, item));
             }
@@ -309,9 +365,12 @@ impl Inner {
         if !writes.is_empty()
             && let Err(err) = self.records.put_all(&writes, &unshared, false)
         {
-            // Not written: the deliveries still name their envelopes on disk.
+            // Not written: the deliveries still name their shared records, on disk.
             for key in &released {
                 shared.add(key);
+                if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
+                    shared.stored(&key);
+                }
             }
             return Err(QueueError::internal(err));
         }
@@ -326,9 +385,14 @@ impl RocksQueue {
         let records = Records::open(dir)?;
         let loaded = records.load()?;
         let order = Records::max_order(&loaded) + 1;
-        let mut shared = SharedEnvelopes::default();
+        let mut shared = SharedRecords::default();
         for (_, item) in loaded.iter().flat_map(|peer| &peer.items) {
-            shared.add(&item.envelope_key);
+            for key in [&item.envelope_key, &item.recipients_key] {
+                shared.add(key);
+                if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
+                    shared.stored(&key);
+                }
+            }
         }
         let peers = loaded
             .into_iter()
@@ -399,6 +463,26 @@ impl RocksQueue {
     }
 }
 
+/// A delivery of an enqueue, checked under the queue's lock, to be written.
+struct Staged {
+    index: usize,
+    delivery: NewDelivery,
+    /// Its peer's record as it is (written with it).
+    peer: PeerRecord,
+    recipients: StoredRecipients,
+    envelope_key: Option<[u8; 32]>,
+    recipients_key: Option<[u8; 32]>,
+    /// Whether its enqueue writes its envelope and recipients (not when shared and on disk).
+    write_envelope: bool,
+    write_recipients: bool,
+}
+
+impl Staged {
+    fn shared_keys(&self) -> Vec<[u8; 32]> {
+        self.envelope_key.into_iter().chain(self.recipients_key).collect()
+    }
+}
+
 impl QueueStorage for RocksQueue {
     /// All in one synced write. Under the queue's lock first: ids pending, dead or being
     /// enqueued are not new; the rest are marked as being enqueued until written.
@@ -406,11 +490,13 @@ impl QueueStorage for RocksQueue {
         self.open_or_closed()?;
         let mut new = vec![false; deliveries.len()];
         let mut staged = Vec::with_capacity(deliveries.len());
-        let keys = shared_keys(&deliveries);
+        let envelope_keys = shared_keys(&deliveries);
+        let recipients = stored_recipients(&deliveries);
         {
             let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
-            let mut shared = self.inner.shared.lock().expect("shared envelopes lock poisoned");
-            for ((index, mut delivery), key) in deliveries.into_iter().enumerate().zip(keys) {
+            let mut shared = self.inner.shared.lock().expect("shared records lock poisoned");
+            let each = deliveries.into_iter().zip(envelope_keys).zip(recipients);
+            for (index, ((mut delivery, envelope_key), (recipients, recipients_key))) in each.enumerate() {
                 let peer = delivery.peer.as_str();
                 let entry = peers.entry(peer.to_owned()).or_insert_with(|| PeerEntry::new(peer));
                 let id = delivery.id;
@@ -421,59 +507,72 @@ impl QueueStorage for RocksQueue {
                 if delivery.undeliverable.is_none() && since != 0 && since < delivery.unavailable_before {
                     delivery.undeliverable = Some(unavailable_reason(since));
                 }
-                if let Some(key) = &key {
-                    shared.add(key);
-                }
-                staged.push((index, delivery, entry.record.clone(), key));
+                // A shared record already on disk is not written again.
+                let write_envelope = envelope_key.is_none_or(|key| shared.add(&key));
+                let write_recipients = recipients_key.is_none_or(|key| shared.add(&key));
+                staged.push(Staged {
+                    index,
+                    delivery,
+                    peer: entry.record.clone(),
+                    recipients,
+                    envelope_key,
+                    recipients_key,
+                    write_envelope,
+                    write_recipients,
+                });
             }
         }
-        let marked: Vec<(String, Id, Option<[u8; 32]>)> = staged
+        let marked: Vec<(String, Id, Vec<[u8; 32]>)> = staged
             .iter()
-            .map(|(_, d, _, key)| (d.peer.clone(), d.id, *key))
+            .map(|s| (s.delivery.peer.clone(), s.delivery.id, s.shared_keys()))
             .collect();
         let inner = self.inner.clone();
         let written = blocking(move || {
             // Delivered before (a repeated hand-off after a kernel restart): one delivery.
             let mut fresh = Vec::with_capacity(staged.len());
             let mut unwritten = Vec::new();
-            for (index, delivery, record, key) in staged {
+            for staged in staged {
                 if inner
                     .records
-                    .exists(&delivery.peer, &delivery.id)
+                    .exists(&staged.delivery.peer, &staged.delivery.id)
                     .map_err(QueueError::internal)?
                 {
-                    unwritten.extend(key);
+                    unwritten.extend(staged.shared_keys());
                 } else {
-                    fresh.push((index, delivery, record, key));
+                    fresh.push(staged);
                 }
             }
             let items: Vec<ItemRecord> = fresh
                 .iter()
-                .map(|(_, delivery, _, key)| ItemRecord {
-                    envelope_key: key.map(Vec::from).unwrap_or_default(),
-                    order: inner.order.fetch_add(1, Ordering::Relaxed),
-                    status: if delivery.undeliverable.is_some() {
-                        STATUS_DEAD
-                    } else {
-                        STATUS_PENDING
-                    },
-                    last_error: delivery.undeliverable.clone().unwrap_or_default(),
-                    inbox_url: delivery.inbox_url.clone(),
-                    traceparent: delivery.traceparent.clone(),
-                    enqueued_ms: delivery.enqueued_ms,
-                    sender: delivery.sender.clone(),
-                    ..ItemRecord::default()
+                .map(|staged| {
+                    let delivery = &staged.delivery;
+                    ItemRecord {
+                        envelope_key: staged.envelope_key.map(Vec::from).unwrap_or_default(),
+                        recipients_key: staged.recipients_key.map(Vec::from).unwrap_or_default(),
+                        order: inner.order.fetch_add(1, Ordering::Relaxed),
+                        status: if delivery.undeliverable.is_some() {
+                            STATUS_DEAD
+                        } else {
+                            STATUS_PENDING
+                        },
+                        last_error: delivery.undeliverable.clone().unwrap_or_default(),
+                        inbox_url: delivery.inbox_url.clone(),
+                        traceparent: delivery.traceparent.clone(),
+                        enqueued_ms: delivery.enqueued_ms,
+                        sender: delivery.sender.clone(),
+                        ..ItemRecord::default()
+                    }
                 })
                 .collect();
             let writes: Vec<_> = fresh
                 .iter()
                 .zip(&items)
-                .map(|((_, delivery, record, _), item)| {
+                .map(|(staged, item)| {
                     let new = NewPayload {
-                        envelope: &delivery.envelope,
-                        recipients: &delivery.recipients,
+                        envelope: staged.write_envelope.then_some(&staged.delivery.envelope[..]),
+                        recipients: staged.write_recipients.then_some(staged.recipients.bytes()),
                     };
-                    (record, &delivery.id, item, Some(new))
+                    (&staged.peer, &staged.delivery.id, item, Some(new))
                 })
                 .collect();
             if !writes.is_empty() {
@@ -482,11 +581,12 @@ impl QueueStorage for RocksQueue {
                     .put_all(&writes, &[], true)
                     .map_err(QueueError::internal)?;
             }
+            let stored: Vec<[u8; 32]> = fresh.iter().flat_map(Staged::shared_keys).collect();
             let written: Vec<_> = fresh
                 .into_iter()
-                .map(|(index, delivery, _, _)| (index, delivery))
+                .map(|staged| (staged.index, staged.delivery))
                 .collect();
-            Ok((written, unwritten))
+            Ok((written, stored, unwritten))
         })
         .await;
         let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
@@ -495,16 +595,25 @@ impl QueueStorage for RocksQueue {
                 entry.enqueuing.remove(id);
             }
         }
-        // What was not written names no shared envelope (none was written for it alone: a
-        // count back at zero had nothing stored).
-        let unwritten: Vec<[u8; 32]> = match &written {
-            Ok((_, unwritten)) => unwritten.clone(),
-            Err(_) => marked.iter().filter_map(|(_, _, key)| *key).collect(),
-        };
-        if !unwritten.is_empty() {
-            let mut shared = self.inner.shared.lock().expect("shared envelopes lock poisoned");
-            for key in &unwritten {
-                shared.release(key);
+        {
+            let mut shared = self.inner.shared.lock().expect("shared records lock poisoned");
+            match &written {
+                Ok((_, stored, unwritten)) => {
+                    // The written deliveries hold their counts, so these stay until marked.
+                    for key in stored {
+                        shared.stored(key);
+                    }
+                    // What was not written holds no count: a count back at zero here had
+                    // nothing stored for it alone (the deliveries that wrote it hold theirs).
+                    for key in unwritten {
+                        shared.release(key);
+                    }
+                }
+                Err(_) => {
+                    for key in marked.iter().flat_map(|(_, _, keys)| keys) {
+                        shared.release(key);
+                    }
+                }
             }
         }
         // The dispatcher is woken once per destination, and only for a delivery that can
@@ -717,6 +826,7 @@ impl QueueStorage for RocksQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Recipient;
     use sha2::Digest;
 
     fn open(dir: &Path) -> RocksQueue {
@@ -774,6 +884,100 @@ mod tests {
             .record("a", 1, peers[1], vec![([1; 32], Outcome::Delivered)])
             .await;
         assert_eq!(recorded.unwrap(), [true]);
+        assert!(!queue.inner.records.has_shared(&key), "dropped with its last delivery");
+        assert!(queue.inner.shared.lock().unwrap().refs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_recipient_list_queued_again_and_again_is_stored_once_and_dropped_with_its_last_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = "https://b.example";
+        let followers: Vec<Recipient> = (0..5)
+            .map(|n| Recipient {
+                actor: format!("{peer}/actors/follower-{n}"),
+                inbox_url: format!("{peer}/inbox"),
+            })
+            .collect();
+        let stored = StoredRecipients::store(peer, &format!("{peer}/inbox"), &followers);
+        let key: [u8; 32] = sha2::Sha256::digest(stored.bytes()).into();
+        let activity = |n: u8, recipients: &[Recipient]| NewDelivery {
+            id: [n; 32],
+            // Senders of their own: every one is due at once.
+            sender: format!("https://a.example/actors/sender-{n}"),
+            recipients: recipients.to_vec(),
+            ..to(peer, &bytes::Bytes::from(vec![n; 100]))
+        };
+        let recipients_of = |due: &[Due]| -> Vec<Vec<Recipient>> {
+            due.iter()
+                .map(|d| d.recipients.read(peer, &d.inbox_url).unwrap())
+                .collect()
+        };
+        {
+            let queue = open(dir.path());
+            // One batch after another, as the relay hands them off.
+            for n in 1..=3 {
+                assert_eq!(queue.enqueue_all(vec![activity(n, &followers)]).await.unwrap(), [true]);
+            }
+            // A list too short to share stays with its item.
+            assert_eq!(
+                queue.enqueue_all(vec![activity(4, &followers[..1])]).await.unwrap(),
+                [true]
+            );
+            let item = |n: u8| queue.inner.records.item(peer, &[n; 32]).unwrap().unwrap();
+            assert_eq!(item(1).recipients_key, key);
+            assert_eq!(item(3).recipients_key, key);
+            assert!(item(4).recipients_key.is_empty());
+            assert!(queue.inner.records.has_shared(&key));
+            assert_eq!(queue.inner.shared.lock().unwrap().refs[&key].count, 3);
+            assert!(
+                queue.inner.shared.lock().unwrap().refs[&key].stored,
+                "later enqueues skip writing it"
+            );
+            queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+            let due = queue.due(peer, 1, 10, vec![], true).await.unwrap();
+            assert_eq!(
+                recipients_of(&due),
+                [&followers[..], &followers[..], &followers[..], &followers[..1]]
+            );
+            queue
+                .record(
+                    "a",
+                    1,
+                    peer,
+                    vec![([1; 32], Outcome::Delivered), ([4; 32], Outcome::Delivered)],
+                )
+                .await
+                .unwrap();
+            assert!(queue.inner.records.has_shared(&key), "two deliveries still name it");
+            queue.close().await.unwrap();
+        }
+        let queue = open(dir.path());
+        assert_eq!(
+            queue.inner.shared.lock().unwrap().refs[&key].count,
+            2,
+            "counted again at open"
+        );
+        queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+        let due = queue.due(peer, 1, 10, vec![], true).await.unwrap();
+        assert_eq!(recipients_of(&due), [followers.clone(), followers.clone()]);
+        let dead = Outcome::Dead {
+            attempts: 1,
+            error: "status 404".into(),
+        };
+        queue
+            .record("a", 1, peer, vec![([2; 32], Outcome::Delivered), ([3; 32], dead)])
+            .await
+            .unwrap();
+        assert!(queue.inner.records.has_shared(&key), "the dead letter still names it");
+        let letters = queue.dead_letters(peer).await.unwrap().unwrap();
+        assert_eq!(letters[0].recipients, followers);
+        // Queued again after it was written: not written again, still read back whole.
+        assert_eq!(queue.enqueue_all(vec![activity(5, &followers)]).await.unwrap(), [true]);
+        assert_eq!(queue.redrive(peer, None).await.unwrap(), Some(1));
+        let due = queue.due(peer, 1, 10, vec![], true).await.unwrap();
+        assert_eq!(recipients_of(&due), [followers.clone(), followers.clone()]);
+        let done = due.iter().map(|d| (d.id, Outcome::Delivered)).collect();
+        assert_eq!(queue.record("a", 1, peer, done).await.unwrap(), [true, true]);
         assert!(!queue.inner.records.has_shared(&key), "dropped with its last delivery");
         assert!(queue.inner.shared.lock().unwrap().refs.is_empty());
     }

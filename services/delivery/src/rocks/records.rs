@@ -1,8 +1,10 @@
 //! The RocksDB engine's records: one small record per (peer, activity id) — pending, dead or
 //! delivered — with the attempts, the retry time, the last error and the trace context of
-//! the enqueue; the envelope apart, so a failure rewrites a few bytes, and dropped once
-//! delivered (one queued for several destinations in one batch is stored once, shared, and
-//! dropped with its last delivery). The delivered record stays, so a repeated hand-off is one delivery. Enqueues are synced before they are
+//! the enqueue; the envelope and recipients apart, so a failure rewrites a few bytes, and
+//! dropped once delivered (an envelope queued for several destinations in one batch, and a
+//! recipient list queued again and again, are stored once, shared, and dropped with their
+//! last delivery). The delivered record stays, so a repeated hand-off is one delivery.
+//! Enqueues are synced before they are
 //! acknowledged; later transitions are written as they happen (they survive a process
 //! crash; after a machine crash the worst case is one send too many, which receivers treat
 //! idempotently).
@@ -17,8 +19,10 @@ const CF_ENVELOPES: &str = "envelopes";
 /// letter; dropped once delivered). Records from before it hold them in the item.
 const CF_RECIPIENTS: &str = "recipients";
 const CF_PEERS: &str = "peers";
-/// Envelopes queued for several destinations, once, by the SHA-256 of their bytes; dropped
-/// when the last of their deliveries is delivered (see `SharedEnvelopes`).
+/// Records several deliveries name, once, by the SHA-256 of their bytes: the envelope of an
+/// activity queued for several destinations, a recipient list queued again and again;
+/// dropped when the last of their deliveries is delivered (see `SharedRecords`). (The
+/// name is from when it held envelopes only.)
 const CF_SHARED: &str = "shared_envelopes";
 /// Memtable size per column family, and how many: bounds write-buffer memory.
 const WRITE_BUFFER_BYTES: usize = 2 << 20;
@@ -58,6 +62,10 @@ pub struct ItemRecord {
     /// under the item's key.
     #[prost(bytes = "vec", tag = "12")]
     pub envelope_key: Vec<u8>,
+    /// The key of its recipients among the shared records; empty: they are its own, in
+    /// the recipients column family (or, in records from before it, in the item).
+    #[prost(bytes = "vec", tag = "13")]
+    pub recipients_key: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -73,10 +81,11 @@ pub struct PeerRecord {
     pub failing_since_ms: u64,
 }
 
-/// What an enqueue writes besides the item.
+/// What an enqueue writes besides the item: its envelope and its recipients as stored
+/// (empty: none), each unless it is shared and on disk already (`None`).
 pub struct NewPayload<'a> {
-    pub envelope: &'a [u8],
-    pub recipients: &'a [crate::storage::Recipient],
+    pub envelope: Option<&'a [u8]>,
+    pub recipients: Option<&'a [u8]>,
 }
 
 pub struct Records {
@@ -203,8 +212,14 @@ impl Records {
             let list = std::mem::take(&mut item.recipients);
             return Ok(crate::storage::StoredRecipients::store(peer, &item.inbox_url, &list));
         }
-        let cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
-        let value = self.db.get_cf(cf, item_key(peer, id)).map_err(|err| err.to_string())?;
+        let value = if item.recipients_key.is_empty() {
+            let cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
+            self.db.get_cf(cf, item_key(peer, id))
+        } else {
+            let cf = self.db.cf_handle(CF_SHARED).expect("shared records cf");
+            self.db.get_cf(cf, &item.recipients_key)
+        };
+        let value = value.map_err(|err| err.to_string())?;
         Ok(crate::storage::StoredRecipients::from_stored(value.unwrap_or_default()))
     }
 
@@ -214,7 +229,7 @@ impl Records {
             let cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
             self.db.get_cf(cf, item_key(peer, id))
         } else {
-            let cf = self.db.cf_handle(CF_SHARED).expect("shared envelopes cf");
+            let cf = self.db.cf_handle(CF_SHARED).expect("shared records cf");
             self.db.get_cf(cf, &item.envelope_key)
         };
         Ok(value.map_err(|err| err.to_string())?.map(bytes::Bytes::from))
@@ -223,7 +238,7 @@ impl Records {
     /// Whether a shared envelope is stored under `key` (tests).
     #[cfg(test)]
     pub fn has_shared(&self, key: &[u8]) -> bool {
-        let cf = self.db.cf_handle(CF_SHARED).expect("shared envelopes cf");
+        let cf = self.db.cf_handle(CF_SHARED).expect("shared records cf");
         self.db.get_pinned_cf(cf, key).ok().flatten().is_some()
     }
 
@@ -273,15 +288,16 @@ impl Records {
 
     /// Writes each (peer, id, item, new) as [`Records::put`] does, all in one write; `new`:
     /// the envelope and recipients of one just enqueued.
-    /// An item naming a shared envelope writes that envelope (once per batch) instead of
-    /// its own; `unshared`: shared envelopes no delivery needs any more, deleted.
+    /// An item naming a shared envelope or recipient list writes that record (once per
+    /// batch, when given) instead of its own; `unshared`: shared records no delivery needs
+    /// any more, deleted.
     pub fn put_all(
         &self,
         writes: &[(&PeerRecord, &[u8; 32], &ItemRecord, Option<NewPayload<'_>>)],
         unshared: &[[u8; 32]],
         sync: bool,
     ) -> Result<(), String> {
-        let shared_cf = self.db.cf_handle(CF_SHARED).expect("shared envelopes cf");
+        let shared_cf = self.db.cf_handle(CF_SHARED).expect("shared records cf");
         let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
         let envelopes_cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
         let recipients_cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
@@ -294,20 +310,28 @@ impl Records {
             let key = item_key(&peer.peer, id);
             batch.put_cf(items_cf, &key, item.encode_to_vec());
             if let Some(new) = new {
-                if item.envelope_key.is_empty() {
-                    batch.put_cf(envelopes_cf, &key, new.envelope);
-                } else if shared_written.insert(item.envelope_key.as_slice()) {
-                    batch.put_cf(shared_cf, &item.envelope_key, new.envelope);
-                }
-                if !new.recipients.is_empty() {
-                    let stored = crate::storage::StoredRecipients::store(&peer.peer, &item.inbox_url, new.recipients);
-                    batch.put_cf(recipients_cf, &key, stored.bytes());
+                for (shared_key, own_cf, bytes) in [
+                    (&item.envelope_key, envelopes_cf, new.envelope),
+                    (
+                        &item.recipients_key,
+                        recipients_cf,
+                        new.recipients.filter(|r| !r.is_empty()),
+                    ),
+                ] {
+                    let Some(bytes) = bytes else { continue };
+                    if shared_key.is_empty() {
+                        batch.put_cf(own_cf, &key, bytes);
+                    } else if shared_written.insert(shared_key.as_slice()) {
+                        batch.put_cf(shared_cf, shared_key, bytes);
+                    }
                 }
             } else if item.status == STATUS_DELIVERED {
                 if item.envelope_key.is_empty() {
                     batch.delete_cf(envelopes_cf, &key);
                 }
-                batch.delete_cf(recipients_cf, &key);
+                if item.recipients_key.is_empty() {
+                    batch.delete_cf(recipients_cf, &key);
+                }
             }
             peers.insert(&peer.peer, peer);
         }

@@ -147,17 +147,21 @@ struct PeerEntry {
     enqueuing: HashSet<Id>,
     /// (owner, until ms).
     lease: Option<(String, u64)>,
+    /// Whether its record is on disk (an enqueue writes it only while it is not).
+    on_disk: bool,
 }
 
 impl PeerEntry {
     fn new(peer: &str) -> PeerEntry {
-        PeerEntry::restored(LoadedPeer {
+        let mut entry = PeerEntry::restored(LoadedPeer {
             record: PeerRecord {
                 peer: peer.to_owned(),
                 ..PeerRecord::default()
             },
             items: Vec::new(),
-        })
+        });
+        entry.on_disk = false;
+        entry
     }
 
     fn restored(loaded: LoadedPeer) -> PeerEntry {
@@ -181,6 +185,7 @@ impl PeerEntry {
             record: loaded.record,
             enqueuing: HashSet::new(),
             lease: None,
+            on_disk: true,
         }
     }
 }
@@ -361,9 +366,12 @@ impl Inner {
                 items.push((id, item));
             }
         }
-        let writes: Vec<_> = items.iter().map(|(id, item)| (&entry.record, id, item, None)).collect();
+        let writes: Vec<_> = items
+            .iter()
+            .map(|(id, item)| (entry.record.peer.as_str(), id, item, None))
+            .collect();
         if !writes.is_empty()
-            && let Err(err) = self.records.put_all(&writes, &unshared, false)
+            && let Err(err) = self.records.put_all(&[&entry.record], &writes, &unshared, false)
         {
             // Not written: the deliveries still name their shared records, on disk.
             for key in &released {
@@ -467,8 +475,8 @@ impl RocksQueue {
 struct Staged {
     index: usize,
     delivery: NewDelivery,
-    /// Its peer's record as it is (written with it).
-    peer: PeerRecord,
+    /// Its peer's record, when not on disk yet (written with it).
+    new_peer: Option<PeerRecord>,
     recipients: StoredRecipients,
     envelope_key: Option<[u8; 32]>,
     recipients_key: Option<[u8; 32]>,
@@ -498,7 +506,10 @@ impl QueueStorage for RocksQueue {
             let each = deliveries.into_iter().zip(envelope_keys).zip(recipients);
             for (index, ((mut delivery, envelope_key), (recipients, recipients_key))) in each.enumerate() {
                 let peer = delivery.peer.as_str();
-                let entry = peers.entry(peer.to_owned()).or_insert_with(|| PeerEntry::new(peer));
+                if !peers.contains_key(peer) {
+                    peers.insert(peer.to_owned(), PeerEntry::new(peer));
+                }
+                let entry = peers.get_mut(peer).expect("just inserted");
                 let id = delivery.id;
                 if entry.state.is_pending(&id) || entry.state.is_dead(&id) || !entry.enqueuing.insert(id) {
                     continue;
@@ -513,7 +524,7 @@ impl QueueStorage for RocksQueue {
                 staged.push(Staged {
                     index,
                     delivery,
-                    peer: entry.record.clone(),
+                    new_peer: (!entry.on_disk).then(|| entry.record.clone()),
                     recipients,
                     envelope_key,
                     recipients_key,
@@ -529,14 +540,15 @@ impl QueueStorage for RocksQueue {
         let inner = self.inner.clone();
         let written = blocking(move || {
             // Delivered before (a repeated hand-off after a kernel restart): one delivery.
+            let keys: Vec<_> = staged
+                .iter()
+                .map(|s| (s.delivery.peer.as_str(), &s.delivery.id))
+                .collect();
+            let exist = inner.records.exist(&keys).map_err(QueueError::internal)?;
             let mut fresh = Vec::with_capacity(staged.len());
             let mut unwritten = Vec::new();
-            for staged in staged {
-                if inner
-                    .records
-                    .exists(&staged.delivery.peer, &staged.delivery.id)
-                    .map_err(QueueError::internal)?
-                {
+            for (staged, exists) in staged.into_iter().zip(exist) {
+                if exists {
                     unwritten.extend(staged.shared_keys());
                 } else {
                     fresh.push(staged);
@@ -572,13 +584,16 @@ impl QueueStorage for RocksQueue {
                         envelope: staged.write_envelope.then_some(&staged.delivery.envelope[..]),
                         recipients: staged.write_recipients.then_some(staged.recipients.bytes()),
                     };
-                    (&staged.peer, &staged.delivery.id, item, Some(new))
+                    (staged.delivery.peer.as_str(), &staged.delivery.id, item, Some(new))
                 })
                 .collect();
+            let mut new_peers: Vec<&PeerRecord> = fresh.iter().filter_map(|s| s.new_peer.as_ref()).collect();
+            new_peers.sort_by(|a, b| a.peer.cmp(&b.peer));
+            new_peers.dedup_by(|a, b| a.peer == b.peer);
             if !writes.is_empty() {
                 inner
                     .records
-                    .put_all(&writes, &[], true)
+                    .put_all(&new_peers, &writes, &[], true)
                     .map_err(QueueError::internal)?;
             }
             let stored: Vec<[u8; 32]> = fresh.iter().flat_map(Staged::shared_keys).collect();
@@ -622,6 +637,7 @@ impl QueueStorage for RocksQueue {
         for (index, delivery) in written?.0 {
             new[index] = true;
             let entry = peers.get_mut(&delivery.peer).expect("peer entries are never removed");
+            entry.on_disk = true;
             match delivery.undeliverable {
                 Some(reason) => {
                     let dead = DeadLetter {

@@ -189,15 +189,16 @@ impl Records {
             .transpose()
     }
 
-    /// Whether a record of (peer, id) exists, in any state (without decoding it; the
-    /// tables' bloom filters answer most absent ids).
-    pub fn exists(&self, peer: &str, id: &[u8; 32]) -> Result<bool, String> {
+    /// Which of (peer, id) have a record, in any state: one batched lookup, without decoding
+    /// them (the tables' bloom filters answer most absent ids).
+    pub fn exist(&self, keys: &[(&str, &[u8; 32])]) -> Result<Vec<bool>, String> {
         let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
-        let value = self
-            .db
-            .get_pinned_cf(items_cf, item_key(peer, id))
-            .map_err(|err| err.to_string())?;
-        Ok(value.is_some())
+        let keys: Vec<Vec<u8>> = keys.iter().map(|(peer, id)| item_key(peer, id)).collect();
+        self.db
+            .batched_multi_get_cf(items_cf, &keys, false)
+            .into_iter()
+            .map(|found| found.map(|value| value.is_some()).map_err(|err| err.to_string()))
+            .collect()
     }
 
     /// A delivery's recipients as stored: in their own record, or (records from before it)
@@ -283,17 +284,18 @@ impl Records {
     /// Writes an item and its peer's record in one batch; once delivered, drops its
     /// envelope and recipients. `sync` waits for the WAL fsync.
     pub fn put(&self, peer: &PeerRecord, id: &[u8; 32], item: &ItemRecord, sync: bool) -> Result<(), String> {
-        self.put_all(&[(peer, id, item, None)], &[], sync)
+        self.put_all(&[peer], &[(&peer.peer, id, item, None)], &[], sync)
     }
 
-    /// Writes each (peer, id, item, new) as [`Records::put`] does, all in one write; `new`:
-    /// the envelope and recipients of one just enqueued.
+    /// Writes `peers`' records and each (peer, id, item, new) as [`Records::put`] does, all
+    /// in one write; `new`: the envelope and recipients of one just enqueued.
     /// An item naming a shared envelope or recipient list writes that record (once per
     /// batch, when given) instead of its own; `unshared`: shared records no delivery needs
     /// any more, deleted.
     pub fn put_all(
         &self,
-        writes: &[(&PeerRecord, &[u8; 32], &ItemRecord, Option<NewPayload<'_>>)],
+        peers: &[&PeerRecord],
+        writes: &[(&str, &[u8; 32], &ItemRecord, Option<NewPayload<'_>>)],
         unshared: &[[u8; 32]],
         sync: bool,
     ) -> Result<(), String> {
@@ -303,11 +305,9 @@ impl Records {
         let recipients_cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
         let peers_cf = self.db.cf_handle(CF_PEERS).expect("peers cf");
         let mut batch = WriteBatch::default();
-        // Each peer's record once, as it is after the batch (the last one given).
-        let mut peers: std::collections::HashMap<&str, &PeerRecord> = std::collections::HashMap::new();
         let mut shared_written = std::collections::HashSet::new();
         for (peer, id, item, new) in writes {
-            let key = item_key(&peer.peer, id);
+            let key = item_key(peer, id);
             batch.put_cf(items_cf, &key, item.encode_to_vec());
             if let Some(new) = new {
                 for (shared_key, own_cf, bytes) in [
@@ -333,9 +333,8 @@ impl Records {
                     batch.delete_cf(recipients_cf, &key);
                 }
             }
-            peers.insert(&peer.peer, peer);
         }
-        for peer in peers.into_values() {
+        for peer in peers {
             batch.put_cf(peers_cf, peer_key(&peer.peer), peer.encode_to_vec());
         }
         for key in unshared {

@@ -29,8 +29,8 @@ const RELAY_PAGE: u32 = 256;
 /// Hand-offs in one call to delivery, at most, and their bytes (well under what delivery
 /// takes in one request, `fedsx_delivery`'s 16 MiB): a page's entries go in as few calls
 /// as these allow.
-const BATCH_HANDOFFS: usize = 2_000;
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_HANDOFFS: usize = 8_000;
+const BATCH_BYTES: usize = 8 << 20;
 /// One hand-off's bytes, at most: bigger ones cannot be sent and are dead-lettered.
 const MAX_HANDOFF_BYTES: usize = 12 << 20;
 /// Trace contexts kept for activities published but not yet handed off.

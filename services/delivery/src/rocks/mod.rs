@@ -68,6 +68,15 @@ impl SharedRecords {
         !entry.stored
     }
 
+    /// One more delivery names `key`, whose record is on disk (read back at open, or kept
+    /// by a write that failed).
+    fn add_stored(&mut self, key: &[u8]) {
+        self.add(key);
+        if let Ok(key) = <[u8; 32]>::try_from(key) {
+            self.stored(&key);
+        }
+    }
+
     /// `key`'s record is on disk (an enqueue writing it succeeded).
     fn stored(&mut self, key: &[u8; 32]) {
         if let Some(entry) = self.refs.get_mut(key) {
@@ -375,10 +384,7 @@ impl Inner {
         {
             // Not written: the deliveries still name their shared records, on disk.
             for key in &released {
-                shared.add(key);
-                if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
-                    shared.stored(&key);
-                }
+                shared.add_stored(key);
             }
             return Err(QueueError::internal(err));
         }
@@ -395,12 +401,8 @@ impl RocksQueue {
         let order = Records::max_order(&loaded) + 1;
         let mut shared = SharedRecords::default();
         for (_, item) in loaded.iter().flat_map(|peer| &peer.items) {
-            for key in [&item.envelope_key, &item.recipients_key] {
-                shared.add(key);
-                if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
-                    shared.stored(&key);
-                }
-            }
+            shared.add_stored(&item.envelope_key);
+            shared.add_stored(&item.recipients_key);
         }
         let peers = loaded
             .into_iter()

@@ -213,27 +213,34 @@ impl Records {
             let list = std::mem::take(&mut item.recipients);
             return Ok(crate::storage::StoredRecipients::store(peer, &item.inbox_url, &list));
         }
-        let value = if item.recipients_key.is_empty() {
-            let cf = self.db.cf_handle(CF_RECIPIENTS).expect("recipients cf");
-            self.db.get_cf(cf, item_key(peer, id))
-        } else {
-            let cf = self.db.cf_handle(CF_SHARED).expect("shared records cf");
-            self.db.get_cf(cf, &item.recipients_key)
-        };
-        let value = value.map_err(|err| err.to_string())?;
+        let value = self.own_or_shared(CF_RECIPIENTS, peer, id, &item.recipients_key)?;
         Ok(crate::storage::StoredRecipients::from_stored(value.unwrap_or_default()))
     }
 
     /// An item's envelope: the shared one it names, or its own.
     pub fn envelope(&self, peer: &str, id: &[u8; 32], item: &ItemRecord) -> Result<Option<bytes::Bytes>, String> {
-        let value = if item.envelope_key.is_empty() {
-            let cf = self.db.cf_handle(CF_ENVELOPES).expect("envelopes cf");
+        Ok(self
+            .own_or_shared(CF_ENVELOPES, peer, id, &item.envelope_key)?
+            .map(bytes::Bytes::from))
+    }
+
+    /// An item's record in column family `own` (under the item's key), or, when it names
+    /// `shared_key`, the shared record.
+    fn own_or_shared(
+        &self,
+        own: &str,
+        peer: &str,
+        id: &[u8; 32],
+        shared_key: &[u8],
+    ) -> Result<Option<Vec<u8>>, String> {
+        let value = if shared_key.is_empty() {
+            let cf = self.db.cf_handle(own).expect("own cf");
             self.db.get_cf(cf, item_key(peer, id))
         } else {
             let cf = self.db.cf_handle(CF_SHARED).expect("shared records cf");
-            self.db.get_cf(cf, &item.envelope_key)
+            self.db.get_cf(cf, shared_key)
         };
-        Ok(value.map_err(|err| err.to_string())?.map(bytes::Bytes::from))
+        value.map_err(|err| err.to_string())
     }
 
     /// Whether a shared envelope is stored under `key` (tests).

@@ -216,6 +216,10 @@ fn enqueue_request(handoff: Handoff) -> EnqueueRequest {
 #[derive(Default)]
 pub struct MemoryDelivery {
     handoffs: Mutex<Vec<Handoff>>,
+    /// Nodes it was told are up, in order (failed calls included).
+    revives: Mutex<Vec<String>>,
+    /// Whether telling it a node is up fails (as when delivery is down).
+    pub fail_revives: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryDelivery {
@@ -228,6 +232,11 @@ impl MemoryDelivery {
             .cloned()
             .collect()
     }
+
+    /// Every call telling it a node is up, in order (failed ones included).
+    pub fn revives(&self) -> Vec<String> {
+        self.revives.lock().expect("revives lock").clone()
+    }
 }
 
 impl DeliveryPort for MemoryDelivery {
@@ -237,8 +246,15 @@ impl DeliveryPort for MemoryDelivery {
         Box::pin(async { Ok(taken) })
     }
 
-    fn revive(&self, _peer: String) -> BoxFuture<'_, Result<bool, HandoffError>> {
-        Box::pin(async { Ok(false) })
+    fn revive(&self, peer: String) -> BoxFuture<'_, Result<bool, HandoffError>> {
+        self.revives.lock().expect("revives lock").push(peer);
+        let failed = self.fail_revives.load(std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            if failed {
+                return Err(HandoffError::Unavailable("delivery is down (test)".into()));
+            }
+            Ok(false)
+        })
     }
 
     fn dead_letter_counts(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, HandoffError>> {

@@ -115,8 +115,8 @@ impl Kernel {
 
     /// A verified request from `sender`'s node arrived, so the node is up: tells delivery,
     /// which stops treating it as unavailable — in the background, and at most once per
-    /// [`REVIVE_EVERY`] per node (a node delivery does not know included), so a busy peer
-    /// costs no call per request.
+    /// [`REVIVE_EVERY`] per node (a node delivery does not know included, and a call that
+    /// failed), so a busy peer costs no call per request.
     pub(crate) fn revive_node_of(&self, sender: &str) {
         let Some(node) = fedsx_wire::document::origin(sender) else {
             return;
@@ -133,10 +133,10 @@ impl Kernel {
         }
         let Some(kernel) = self.me.upgrade() else { return };
         self.tasks.spawn(async move {
+            // Failed (delivery down, say): tried again by a request [`REVIVE_EVERY`] later,
+            // not by the next one — a call per request would only add to the trouble.
             if let Err(err) = kernel.delivery.revive(node.clone()).await {
                 tracing::debug!(%node, error = %err, "telling delivery the node is up failed");
-                // Told nothing: the next request from it tries again.
-                kernel.revived.lock().expect("revived lock poisoned").remove(&node);
             }
         });
     }

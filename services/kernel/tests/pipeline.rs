@@ -134,6 +134,25 @@ async fn followers_receive_what_is_published_to_them() {
 }
 
 #[tokio::test]
+async fn a_node_is_reported_up_to_delivery_once_per_interval_also_when_delivery_is_down() {
+    let node = node().await;
+    node.delivery
+        .fail_revives
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut alice = Peer::new(PEER, 1);
+    node.kernel.register_peer(alice.document()).await.unwrap();
+    for n in 0..5 {
+        let (_, create) = alice.signed(ActivityType::Create, &format!("note {n}"));
+        node.kernel.ingest("bob", &create).await.unwrap();
+        // Each failed call is over before the next request arrives.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Five requests within seconds of each other: one call, though it failed (a call per
+    // request would hammer a delivery service that is down).
+    assert_eq!(node.delivery.revives(), [PEER_NODE]);
+}
+
+#[tokio::test]
 async fn an_accept_of_our_follow_records_the_following() {
     let node = node().await;
     let mut alice = Peer::new(PEER, 1);

@@ -45,6 +45,12 @@ pub struct Args {
     /// fsync on), run in this order.
     #[arg(long = "scenario", default_values_t = ["rocksdb:1".to_owned(), "postgres:1".to_owned(), "postgres:3".to_owned()])]
     scenarios: Vec<String>,
+    /// Caps each kernel replica at this many cores (a control group of its own; needs a
+    /// writable cgroup filesystem): replicas then have the compute that machines of their
+    /// own would give them, and the run measures how the kernel scales with replicas
+    /// rather than how busy this machine already is.
+    #[arg(long)]
+    kernel_cpu: Option<f64>,
     /// Where the temp data dirs go.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: std::path::PathBuf,
@@ -104,9 +110,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ],
         };
         let label = format!(
-            "{} × {}",
+            "{} × {}{}",
             if scenario.postgres { "postgres" } else { "rocksdb" },
-            scenario.replicas
+            scenario.replicas,
+            args.kernel_cpu
+                .map(|c| format!(" ({c} cores each)"))
+                .unwrap_or_default()
         );
         println!("\n{label}: starting…");
         let secret = scratch.path().join(format!("node-secret-{n}"));
@@ -143,8 +152,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     println!("ed25519 strict decode+verify, one core: {verify_rate:.0}/s");
-    let rate = |label: &str| results.iter().find(|(l, _)| l == label).map(|(_, m)| m.0.rate);
-    if let (Some(one), Some(three)) = (rate("postgres × 1"), rate("postgres × 3")) {
+    let rate = |engine: &str, replicas: usize| {
+        let label = format!("{engine} × {replicas}");
+        let found = results
+            .iter()
+            .find(|(l, _)| *l == label || l.starts_with(&format!("{label} (")));
+        found.map(|(_, m)| m.0.rate)
+    };
+    if let (Some(one), Some(three)) = (rate("postgres", 1), rate("postgres", 3)) {
         println!("ingest, postgres: 3 replicas / 1 replica = {:.2}", three / one);
         // With every core busy, more replicas cannot ingest more on this machine; the
         // kernel CPU per ingest says whether they would where each has cores of its own.
@@ -173,14 +188,22 @@ async fn measure(
     store_args.extend(log_store_args.iter().map(String::as_str));
     let (log_store, _log_store) = spawn_service(&store_args)?;
     let partitions = PARTITIONS.to_string();
+    // Declared before the kernels: removed after they ended.
+    let mut caps = Vec::new();
     let mut kernels: Vec<(String, KillOnDrop)> = Vec::new();
-    for _ in 0..replicas {
-        kernels.push(super::spawn_kernel(
+    for n in 0..replicas {
+        let kernel = super::spawn_kernel(
             &log_store,
             super::NO_DELIVERY,
             path(secret)?,
             &["--partitions", &partitions],
-        )?);
+        )?;
+        if let Some(cores) = args.kernel_cpu {
+            let cap = super::cpu_cap::CpuCap::new(&format!("fedsx-bench-kernel{n}"), cores)?;
+            cap.add(kernel.1.pid())?;
+            caps.push(cap);
+        }
+        kernels.push(kernel);
     }
     let urls: Vec<String> = kernels.iter().map(|(url, _)| url.clone()).collect();
     settle(&urls).await?;

@@ -1,6 +1,7 @@
 //! `fedsx bench …`: throughput benchmarks that report against the machine's own limits
 //! measured in the same run.
 
+mod cpu_cap;
 mod delivery;
 mod fanout;
 mod flows;

@@ -65,6 +65,7 @@ impl Kernel {
         };
         let id = format!("snapshot-{}-{}", self.now_ms(), snapshot.len());
         let saved = self
+            .ports
             .logs
             .append_any(GAPS_ACTOR, StreamKind::Meta, Bytes::from(id), Bytes::from(data))
             .await;
@@ -76,11 +77,11 @@ impl Kernel {
 
     /// Resumes gap tracking from the newest snapshot, if any.
     pub(crate) async fn restore_gaps(&self) -> Result<(), crate::error::KernelError> {
-        let tip = self.logs.tip(GAPS_ACTOR, StreamKind::Meta).await?;
+        let tip = self.ports.logs.tip(GAPS_ACTOR, StreamKind::Meta).await?;
         if tip == 0 {
             return Ok(());
         }
-        let (entries, _) = self.logs.read(GAPS_ACTOR, StreamKind::Meta, tip - 1, 1).await?;
+        let (entries, _) = self.ports.logs.read(GAPS_ACTOR, StreamKind::Meta, tip - 1, 1).await?;
         let Some(newest) = entries.first() else { return Ok(()) };
         match serde_json::from_slice::<Vec<(String, u64)>>(&newest.data) {
             Ok(snapshot) => {
@@ -106,7 +107,7 @@ impl Kernel {
         tracing::info!(sender = %sender.id, first, last, "filling a gap from the sender's outbox");
         let mut after = fill.after;
         while after < last {
-            let page = match self.fetcher.fetch_outbox(&sender.outbox, after, last - after).await {
+            let page = match self.ports.peers.fetch_outbox(&sender.outbox, after, last - after).await {
                 Ok(page) => page,
                 Err(err) => return self.gaps.give_up(&sender.id, after + 1, last, err.to_string()),
             };

@@ -266,6 +266,7 @@ impl Kernel {
                 let outbox = fedsx_proto::logstore::v1::StreamKind::Outbox;
                 if again
                     && self
+                        .ports
                         .logs
                         .lookup(actor, outbox, once_key.to_vec().into())
                         .await?
@@ -296,7 +297,7 @@ impl Kernel {
     pub(crate) fn rerun_effects(&self, journal: usize, through: u64) {
         let Some(kernel) = self.me.upgrade() else { return };
         self.tasks.spawn(async move {
-            let from = match crate::snapshot::newest_seqs(&kernel.logs).await {
+            let from = match crate::snapshot::newest_seqs(&kernel.ports.logs).await {
                 Ok(seqs) => seqs.and_then(|seqs| seqs.get(journal).copied()).unwrap_or(0),
                 Err(err) => {
                     tracing::warn!(journal, error = %err, "reading the newest snapshot failed; rerunning effects of the whole journal");
@@ -306,7 +307,7 @@ impl Kernel {
             let stream = kernel.journals.stream(journal).to_owned();
             let mut owed = 0;
             let read = kernel
-                .logs
+                .ports.logs
                 .each_after(&stream, fedsx_proto::logstore::v1::StreamKind::Meta, from, |entry| {
                     if entry.seq <= through {
                         let record = crate::journal::decode(&entry)?.record;

@@ -207,6 +207,7 @@ impl Kernel {
     pub(crate) async fn caught_up(&self, name: &str) -> Result<(), KernelError> {
         let journal = self.journals.of_actor(name);
         let tip = self
+            .ports
             .logs
             .tip(
                 self.journals.stream(journal),

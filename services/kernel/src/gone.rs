@@ -46,11 +46,11 @@ pub(crate) fn gone_recipients(dead: &DeadLetter) -> Vec<String> {
 
 impl Kernel {
     async fn sweep_gone(&self, seen: &mut HashMap<String, u64>) -> Result<(), HandoffError> {
-        for (peer, count) in self.delivery.dead_letter_counts().await? {
+        for (peer, count) in self.ports.delivery.dead_letter_counts().await? {
             if seen.get(&peer) == Some(&count) {
                 continue;
             }
-            for dead in self.delivery.dead_letters(peer.clone()).await? {
+            for dead in self.ports.delivery.dead_letters(peer.clone()).await? {
                 if !self.serves(&dead.sender) {
                     // The replica serving the sender's partition removes its followers.
                     continue;

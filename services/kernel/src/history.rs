@@ -39,7 +39,7 @@ impl Kernel {
         let journal = self.journals.stream(self.journals.of_actor(name));
         let (mut events, mut at) = (Vec::new(), after);
         loop {
-            let (entries, tip) = self.logs.read(journal, StreamKind::Meta, at, 0).await?;
+            let (entries, tip) = self.ports.logs.read(journal, StreamKind::Meta, at, 0).await?;
             for entry in &entries {
                 at = entry.seq;
                 if let Some(event) = event_of(name, entry.seq, crate::journal::decode(entry)?.record) {

@@ -15,9 +15,7 @@ use fedsx_proto::wire::v1::ActivityType;
 use fedsx_wire::{ActivityId, Received};
 
 /// How often delivery is told, at most, that a node it knows is up.
-const REVIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-/// Nodes remembered as told; past it the memory starts over.
-const MAX_REVIVED: usize = 100_000;
+pub(crate) const REVIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Decodes an inbound envelope, naming it on the current span.
 fn decoded(envelope: &[u8]) -> Result<Received, KernelError> {
@@ -121,21 +119,14 @@ impl Kernel {
         let Some(node) = fedsx_wire::document::origin(sender) else {
             return;
         };
-        {
-            let mut revived = self.revived.lock().expect("revived lock poisoned");
-            if revived.get(&node).is_some_and(|at| at.elapsed() < REVIVE_EVERY) {
-                return;
-            }
-            if revived.len() >= MAX_REVIVED {
-                revived.clear();
-            }
-            revived.insert(node.clone(), std::time::Instant::now());
+        if !self.revivals.allow(&node) {
+            return;
         }
         let Some(kernel) = self.me.upgrade() else { return };
         self.tasks.spawn(async move {
             // Failed (delivery down, say): tried again by a request [`REVIVE_EVERY`] later,
             // not by the next one — a call per request would only add to the trouble.
-            if let Err(err) = kernel.delivery.revive(node.clone()).await {
+            if let Err(err) = kernel.ports.delivery.revive(node.clone()).await {
                 tracing::debug!(%node, error = %err, "telling delivery the node is up failed");
             }
         });
@@ -185,6 +176,7 @@ impl Kernel {
         envelope: &[u8],
     ) -> Result<Ingested, KernelError> {
         let answer = self
+            .ports
             .logs
             .append_any(
                 recipient,
@@ -338,7 +330,7 @@ impl Kernel {
         follow_id: ActivityId,
     ) -> Result<Option<(String, String)>, KernelError> {
         let id = Bytes::copy_from_slice(&follow_id.0);
-        let Some(entry) = self.logs.entry_by_id(actor, StreamKind::Outbox, id).await? else {
+        let Some(entry) = self.ports.logs.entry_by_id(actor, StreamKind::Outbox, id).await? else {
             return Ok(None);
         };
         let (id, activity) = crate::publish::envelope_activity(&entry.data)?;

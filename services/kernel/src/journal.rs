@@ -149,6 +149,7 @@ impl Kernel {
         let entry = if journal == crate::partition::NODE {
             // Node-wide records come from any replica; ids keep them once.
             let answer = self
+                .ports
                 .logs
                 .append_any(
                     self.journals.stream(journal),
@@ -221,7 +222,7 @@ fn spawn_follower(kernel: &Arc<Kernel>, journal: usize, shutdown: fedsx_runtime:
 async fn follow(kernel: &Arc<Kernel>, journal: usize) -> Result<(), KernelError> {
     let from = kernel.applied.seq(journal);
     let stream = kernel.journals.stream(journal);
-    let mut entries = kernel.logs.subscribe(stream, StreamKind::Meta, from).await?;
+    let mut entries = kernel.ports.logs.subscribe(stream, StreamKind::Meta, from).await?;
     while let Some(entry) = entries.next().await {
         let entry = entry?;
         let expected = kernel.applied.seq(journal) + 1;

@@ -22,9 +22,12 @@ use std::time::{Duration, Instant};
 
 /// How often a peer's document may be refetched because a key id did not match.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+/// Peers (or nodes) a throttle remembers at most.
+const MAX_THROTTLED: usize = 100_000;
 
 pub struct Kernel {
-    pub(crate) logs: Logs,
+    /// What it uses from outside: logs, peers, delivery, the clock.
+    pub(crate) ports: Ports,
     pub(crate) secret: NodeSecret,
     pub(crate) node: NodeUrls,
     /// `<base>/actors/`: local actor URLs start with it.
@@ -44,15 +47,13 @@ pub struct Kernel {
     /// The records covered by the snapshot this kernel started from (0: none).
     restored_from: u64,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
-    pub(crate) fetcher: Arc<dyn PeerPort>,
-    pub(crate) clock: Arc<dyn Clock>,
-    refetched: Mutex<HashMap<String, Instant>>,
-    /// When delivery was last told each node is up (a request from it arrived).
-    pub(crate) revived: Mutex<HashMap<String, Instant>>,
-    pub(crate) delivery: Arc<dyn DeliveryPort>,
-    pub(crate) kicks: crate::relay::Kicks,
-    /// Trace context of each activity published here and not yet handed off.
-    pub(crate) relay_traces: Mutex<HashMap<fedsx_wire::ActivityId, fedsx_runtime::trace_context::Context>>,
+    /// Refetches of peers' documents whose key id did not match, at most one per interval.
+    refetches: crate::throttle::Throttle,
+    /// Calls telling delivery a node is up (a request from it arrived), at most one per
+    /// interval per node.
+    pub(crate) revivals: crate::throttle::Throttle,
+    /// Actors whose outboxes to hand off, and what was just published (`relay.rs`).
+    pub(crate) relay: crate::relay::Relay,
     pub(crate) flows: FlowTable,
     /// Per sender, how far its sequence arrived without gaps, and the gaps not filled.
     pub(crate) gaps: crate::gaps::Gaps,
@@ -120,15 +121,10 @@ impl Kernel {
         shutdown: fedsx_runtime::CancellationToken,
     ) -> Result<Arc<Kernel>, KernelError> {
         let started = Instant::now();
-        let Ports {
-            logs,
-            peers: fetcher,
-            delivery,
-            clock,
-        } = ports;
-        let journals = crate::partition::Journals::open(&logs, replica.partitions, clock.now_ms()).await?;
+        let logs = &ports.logs;
+        let journals = crate::partition::Journals::open(logs, replica.partitions, ports.clock.now_ms()).await?;
         let ownership = crate::ownership::Ownership::new(replica, journals.partitions())?;
-        let (state, applied, replayed) = crate::snapshot::restore(&logs, &journals, &secret, &node).await?;
+        let (state, applied, replayed) = crate::snapshot::restore(logs, &journals, &secret, &node).await?;
         let covered = applied.iter().sum::<u64>() - replayed;
         tracing::info!(
             partitions = journals.partitions(),
@@ -139,7 +135,7 @@ impl Kernel {
             took = ?started.elapsed(),
             "state restored from the newest snapshot and the journal after it"
         );
-        let restored_flows = crate::flows::snapshot::restore(&logs).await?;
+        let restored_flows = crate::flows::snapshot::restore(logs).await?;
         let flows_read = restored_flows.last;
         let flows = FlowTable::restore(restored_flows.latest, restored_flows.covered, flows_read);
         tracing::info!(
@@ -149,7 +145,7 @@ impl Kernel {
             "flows restored from the newest flow snapshot and the flow journal after it"
         );
         let kernel = Arc::new_cyclic(|this| Kernel {
-            logs,
+            ports,
             secret,
             actors_prefix: format!("{}/actors/", node.base),
             node,
@@ -162,13 +158,9 @@ impl Kernel {
             snapshots: crate::snapshot::Snapshots::new(covered),
             restored_from: covered,
             heads: Mutex::default(),
-            fetcher,
-            clock,
-            refetched: Mutex::default(),
-            revived: Mutex::default(),
-            delivery,
-            kicks: crate::relay::Kicks::default(),
-            relay_traces: Mutex::default(),
+            refetches: crate::throttle::Throttle::new(REFETCH_INTERVAL, MAX_THROTTLED),
+            revivals: crate::throttle::Throttle::new(crate::ingest::REVIVE_EVERY, MAX_THROTTLED),
+            relay: crate::relay::Relay::default(),
             flows,
             gaps: crate::gaps::Gaps::default(),
             me: this.clone(),
@@ -238,7 +230,7 @@ impl Kernel {
             .cloned()
             .collect();
         for actor in actors {
-            self.kick_relay(&actor);
+            self.relay.kick(&actor);
         }
     }
 
@@ -260,13 +252,9 @@ impl Kernel {
         }
     }
 
-    pub(crate) fn kick_relay(&self, actor: &str) {
-        self.kicks.kick(actor);
-    }
-
     /// Milliseconds since the Unix epoch, on the kernel's clock.
     pub(crate) fn now_ms(&self) -> i64 {
-        self.clock.now_ms()
+        self.ports.clock.now_ms()
     }
 
     pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -309,7 +297,7 @@ impl Kernel {
         self.flows.snapshots.turn().await;
         self.flows
             .snapshots
-            .writing("flow", crate::flows::snapshot::compact(&self.logs))
+            .writing("flow", crate::flows::snapshot::compact(&self.ports.logs))
             .await
     }
 
@@ -323,7 +311,7 @@ impl Kernel {
             (self.applied.seqs(), state.as_records())
         };
         self.snapshots
-            .writing("state", crate::snapshot::write_state(&self.logs, seqs, records))
+            .writing("state", crate::snapshot::write_state(&self.ports.logs, seqs, records))
             .await
     }
 
@@ -341,7 +329,8 @@ impl Kernel {
     /// journals builds (the check a restart would pass); when not, the first difference. Meaningful while nothing is
     /// being journaled.
     pub async fn matches_journal(&self) -> Result<Result<(), String>, KernelError> {
-        let (replayed, last) = crate::journal::replay(&self.logs, &self.journals, &self.secret, &self.node).await?;
+        let (replayed, last) =
+            crate::journal::replay(&self.ports.logs, &self.journals, &self.secret, &self.node).await?;
         let applied = self.applied.seqs();
         if applied != last {
             return Ok(Err(format!(
@@ -351,7 +340,7 @@ impl Kernel {
         if let Err(difference) = self.read_state().difference(&replayed) {
             return Ok(Err(difference));
         }
-        let journal = self.logs.read_all(FLOWS_ACTOR, StreamKind::Flow, 0).await?;
+        let journal = self.ports.logs.read_all(FLOWS_ACTOR, StreamKind::Flow, 0).await?;
         let replayed: std::collections::BTreeMap<_, _> = crate::flows::latest_versions(&journal)?
             .into_iter()
             .map(|(id, (flow, _))| (id, flow))
@@ -402,8 +391,8 @@ impl Kernel {
     pub async fn tips(&self, name: &str) -> Result<(u64, u64), KernelError> {
         self.actor(name)?;
         let (inbox, outbox) = tokio::try_join!(
-            self.logs.tip(name, StreamKind::Inbox),
-            self.logs.tip(name, StreamKind::Outbox)
+            self.ports.logs.tip(name, StreamKind::Inbox),
+            self.ports.logs.tip(name, StreamKind::Outbox)
         )?;
         Ok((inbox, outbox))
     }
@@ -418,7 +407,7 @@ impl Kernel {
         limit: u32,
     ) -> Result<(u64, Vec<crate::LogEntry>), KernelError> {
         self.actor(name)?;
-        let (entries, tip) = self.logs.read(name, kind, after, limit.min(1024)).await?;
+        let (entries, tip) = self.ports.logs.read(name, kind, after, limit.min(1024)).await?;
         let entries = entries.into_iter().map(log_entry).collect();
         Ok((tip, entries))
     }
@@ -431,7 +420,7 @@ impl Kernel {
         after: u64,
     ) -> Result<impl futures::Stream<Item = Result<crate::LogEntry, KernelError>> + use<>, KernelError> {
         self.actor(name)?;
-        let entries = self.logs.subscribe(name, kind, after).await?;
+        let entries = self.ports.logs.subscribe(name, kind, after).await?;
         Ok(futures::StreamExt::map(entries, |entry| Ok(log_entry(entry?))))
     }
 
@@ -514,7 +503,7 @@ impl Kernel {
 
     /// Fetches the peer document at `url` and journals it; errors as in `document_of`.
     pub(crate) async fn fetch_and_keep(&self, url: &str) -> Result<Result<ActorDocument, FetchError>, KernelError> {
-        let document = match self.fetcher.fetch(url).await {
+        let document = match self.ports.peers.fetch(url).await {
             Ok(document) => document,
             Err(err) => return Ok(Err(err)),
         };
@@ -532,14 +521,6 @@ impl Kernel {
 
     /// Whether the peer's document may be refetched now (at most once per interval).
     pub(crate) fn may_refetch(&self, url: &str) -> bool {
-        let mut refetched = self.refetched.lock().expect("refetch lock poisoned");
-        let now = Instant::now();
-        match refetched.get(url) {
-            Some(last) if now.duration_since(*last) < REFETCH_INTERVAL => false,
-            _ => {
-                refetched.insert(url.to_owned(), now);
-                true
-            }
-        }
+        self.refetches.allow(url)
     }
 }

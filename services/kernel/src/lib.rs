@@ -30,6 +30,7 @@ mod relay;
 mod service;
 mod snapshot;
 mod state;
+mod throttle;
 
 pub use activitypub::ApRequest;
 pub use config::Config;

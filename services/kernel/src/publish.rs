@@ -120,6 +120,7 @@ impl Kernel {
             }
             let entry_id = draft.once_key.unwrap_or(signed.id.0);
             let appended = self
+                .ports
                 .logs
                 .append(
                     &draft.actor,
@@ -146,9 +147,9 @@ impl Kernel {
                         let span = tracing::Span::current();
                         span.record("fedsx.activity_id", signed.id.to_string());
                         span.record("fedsx.seq", result.seq);
-                        self.remember_trace(signed.id);
+                        self.relay.remember_trace(signed.id);
                         tracing::info!(actor = %draft.actor, seq = result.seq, id = %signed.id, kind = ?draft.kind, "published");
-                        self.kick_relay(&draft.actor);
+                        self.relay.kick(&draft.actor);
                         return Ok(Published {
                             seq: result.seq,
                             id: signed.id,
@@ -190,7 +191,7 @@ impl Kernel {
     }
 
     async fn load_head(&self, actor: &str) -> Result<Head, KernelError> {
-        let tip = self.logs.tip(actor, StreamKind::Outbox).await?;
+        let tip = self.ports.logs.tip(actor, StreamKind::Outbox).await?;
         let last = if tip == 0 {
             None
         } else {
@@ -205,7 +206,7 @@ impl Kernel {
 
     /// The activity id of the outbox entry at `seq`.
     async fn outbox_id_at(&self, actor: &str, seq: u64) -> Result<ActivityId, KernelError> {
-        let (entries, _) = self.logs.read(actor, StreamKind::Outbox, seq - 1, 1).await?;
+        let (entries, _) = self.ports.logs.read(actor, StreamKind::Outbox, seq - 1, 1).await?;
         let entry = entries
             .into_iter()
             .next()

@@ -36,16 +36,59 @@ const MAX_HANDOFF_BYTES: usize = 12 << 20;
 /// Trace contexts kept for activities published but not yet handed off.
 const MAX_REMEMBERED_TRACES: usize = 100_000;
 
+/// What the relay keeps between its rounds: which actors to look at, and the trace
+/// context of what was just published.
+#[derive(Default)]
+pub(crate) struct Relay {
+    kicks: Kicks,
+    traces: Traces,
+}
+
+impl Relay {
+    /// `actor`'s outbox has entries the relay may not have handed off yet.
+    pub(crate) fn kick(&self, actor: &str) {
+        self.kicks.kick(actor);
+    }
+
+    /// Keeps the current trace context of a just-published activity for its hand-off.
+    pub(crate) fn remember_trace(&self, id: ActivityId) {
+        self.traces.remember(id);
+    }
+}
+
+/// Trace context of each activity published here and not yet handed off.
+#[derive(Default)]
+struct Traces(std::sync::Mutex<HashMap<ActivityId, Context>>);
+
+impl Traces {
+    fn remember(&self, id: ActivityId) {
+        let mut traces = self.0.lock().expect("relay traces lock poisoned");
+        if traces.len() >= MAX_REMEMBERED_TRACES {
+            // The relay is far behind (delivery down): later hand-offs start new traces.
+            traces.clear();
+        }
+        traces.insert(id, tracing::Span::current().context());
+    }
+
+    fn published(&self, id: &ActivityId) -> Option<Context> {
+        self.0.lock().expect("relay traces lock poisoned").get(id).cloned()
+    }
+
+    fn forget(&self, id: &ActivityId) {
+        self.0.lock().expect("relay traces lock poisoned").remove(id);
+    }
+}
+
 /// Actors with outbox entries the relay may not have handed off yet: a set, so it holds
 /// each actor once however often it is kicked (bounded by the actors there are).
 #[derive(Default)]
-pub(crate) struct Kicks {
+struct Kicks {
     actors: std::sync::Mutex<BTreeSet<String>>,
     notify: tokio::sync::Notify,
 }
 
 impl Kicks {
-    pub(crate) fn kick(&self, actor: &str) {
+    fn kick(&self, actor: &str) {
         let fresh = self
             .actors
             .lock()
@@ -77,13 +120,13 @@ async fn run(kernel: Arc<Kernel>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = kernel.kicks.notify.notified() => {}
+            () = kernel.relay.kicks.notify.notified() => {}
             () = tokio::time::sleep(retry), if !failing.is_empty() => {
                 due.append(&mut failing);
                 retry = (retry * 2).min(MAX_RETRY);
             }
         }
-        due.append(&mut kernel.kicks.take());
+        due.append(&mut kernel.relay.kicks.take());
         for actor in std::mem::take(&mut due) {
             if !kernel.serves(&actor) {
                 // Its partition's owner relays it (and picks up from the journaled cursor).
@@ -130,7 +173,11 @@ impl Kernel {
     /// recipients are handed off.
     async fn hand_off(&self, actor: &str, cursor: &mut u64) -> Result<(), KernelError> {
         loop {
-            let (entries, tip) = self.logs.read(actor, StreamKind::Outbox, *cursor, RELAY_PAGE).await?;
+            let (entries, tip) = self
+                .ports
+                .logs
+                .read(actor, StreamKind::Outbox, *cursor, RELAY_PAGE)
+                .await?;
             if entries.is_empty() {
                 return Ok(());
             }
@@ -162,7 +209,7 @@ impl Kernel {
                 fedsx.activity_id = %id,
                 fedsx.seq = entry.seq,
             );
-            if let Some(parent) = self.published_trace(&id) {
+            if let Some(parent) = self.relay.traces.published(&id) {
                 let _ = span.set_parent(parent);
             }
             let traceparent = fedsx_runtime::trace_context::traceparent_of(&span).unwrap_or_default();
@@ -213,7 +260,13 @@ impl Kernel {
         // At most twice: a refused hand-off goes again as a dead letter, which is not refused
         // for what it carries (no envelope).
         while !handoffs.is_empty() {
-            let results = match self.delivery.enqueue(handoffs.clone()).instrument(span.clone()).await {
+            let results = match self
+                .ports
+                .delivery
+                .enqueue(handoffs.clone())
+                .instrument(span.clone())
+                .await
+            {
                 Ok(results) => results,
                 // The call as a whole is refused: each of its hand-offs, for that reason.
                 Err(HandoffError::Refused(why)) => vec![Err(why); handoffs.len()],
@@ -237,34 +290,12 @@ impl Kernel {
             handoffs = refused;
         }
         for id in &activities {
-            self.forget_trace(id);
+            self.relay.traces.forget(id);
         }
         if let Some(seq) = finished {
             *cursor = seq;
         }
         Ok(())
-    }
-
-    /// Keeps the current trace context of a just-published activity for its hand-off.
-    pub(crate) fn remember_trace(&self, id: ActivityId) {
-        let mut traces = self.relay_traces.lock().expect("relay traces lock poisoned");
-        if traces.len() >= MAX_REMEMBERED_TRACES {
-            // The relay is far behind (delivery down): later hand-offs start new traces.
-            traces.clear();
-        }
-        traces.insert(id, tracing::Span::current().context());
-    }
-
-    fn published_trace(&self, id: &ActivityId) -> Option<Context> {
-        self.relay_traces
-            .lock()
-            .expect("relay traces lock poisoned")
-            .get(id)
-            .cloned()
-    }
-
-    fn forget_trace(&self, id: &ActivityId) {
-        self.relay_traces.lock().expect("relay traces lock poisoned").remove(id);
     }
 
     /// Where the recipients of an activity by local actor `name` (at `sender`) addressed

@@ -325,7 +325,7 @@ pub(crate) fn take_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>) {
     kernel.tasks.clone().spawn(async move {
         let _ = kernel
             .snapshots
-            .writing("state", write_state(&kernel.logs, seqs, records))
+            .writing("state", write_state(&kernel.ports.logs, seqs, records))
             .await;
     });
 }

@@ -91,6 +91,7 @@ impl Kernel {
                 continue;
             }
             let answer = self
+                .ports
                 .logs
                 .append_any(&name, StreamKind::Inbox, Bytes::copy_from_slice(&id.0), entry.clone())
                 .await?;

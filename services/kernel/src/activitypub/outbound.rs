@@ -63,7 +63,7 @@ impl Kernel {
             return Ok(None);
         };
         let id = bytes::Bytes::copy_from_slice(&follow_id.0);
-        let entry = self.logs.entry_by_id(name, StreamKind::Inbox, id).await?;
+        let entry = self.ports.logs.entry_by_id(name, StreamKind::Inbox, id).await?;
         Ok(entry.and_then(|entry| fedsx_activitypub::inbox::read(&entry.data).map(|kept| kept.activity)))
     }
 }

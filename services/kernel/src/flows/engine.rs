@@ -168,7 +168,7 @@ pub(crate) fn spawn_timers(kernel: Arc<Kernel>, shutdown: CancellationToken) {
                 .first()
                 .map(|t| t.0);
             let due = match next {
-                Some(at) => kernel.clock.sleep_until(at),
+                Some(at) => kernel.ports.clock.sleep_until(at),
                 None => Box::pin(std::future::pending()),
             };
             tokio::select! {
@@ -493,6 +493,7 @@ impl Kernel {
             step,
         };
         let answer = self
+            .ports
             .logs
             .append_any(
                 FLOWS_ACTOR,

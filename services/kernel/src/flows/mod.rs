@@ -46,12 +46,12 @@ impl Kernel {
     /// Loads every instance from the flow journal again (its newest snapshot and what
     /// follows), before this replica starts running the flows.
     pub(crate) async fn reload_flows(&self) -> Result<(), KernelError> {
-        let tip = self.logs.tip(FLOWS_ACTOR, StreamKind::Flow).await?;
+        let tip = self.ports.logs.tip(FLOWS_ACTOR, StreamKind::Flow).await?;
         if tip == self.flows.loaded_through() {
             // Nothing journaled since they were loaded (the first round after a start).
             return Ok(());
         }
-        let restored = snapshot::restore(&self.logs).await?;
+        let restored = snapshot::restore(&self.ports.logs).await?;
         let instances = restored.latest.len();
         self.flows.load(restored.latest, restored.last);
         tracing::info!(instances, flow_journal_seq = restored.last, "flows loaded to run here");
@@ -135,11 +135,11 @@ impl FlowHost for Kernel {
         after: u64,
         limit: u32,
     ) -> BoxFuture<'a, Result<(Vec<Entry>, u64), KernelError>> {
-        Box::pin(self.logs.read(actor, StreamKind::Outbox, after, limit))
+        Box::pin(self.ports.logs.read(actor, StreamKind::Outbox, after, limit))
     }
 
     fn outbox_tip<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<u64, KernelError>> {
-        Box::pin(self.logs.tip(actor, StreamKind::Outbox))
+        Box::pin(self.ports.logs.tip(actor, StreamKind::Outbox))
     }
 
     fn publish(&self, draft: Draft) -> BoxFuture<'_, Result<Published, KernelError>> {

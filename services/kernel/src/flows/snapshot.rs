@@ -90,6 +90,10 @@ pub(crate) fn compact_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>, seq
     }
     let kernel = kernel.clone();
     kernel.tasks.clone().spawn(async move {
-        let _ = kernel.flows.snapshots.writing("flow", compact(&kernel.logs)).await;
+        let _ = kernel
+            .flows
+            .snapshots
+            .writing("flow", compact(&kernel.ports.logs))
+            .await;
     });
 }

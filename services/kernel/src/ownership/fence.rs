@@ -43,7 +43,7 @@ impl crate::kernel::Kernel {
             if !owned.valid() {
                 return Err(not_owner());
             }
-            let appended = append_at(&self.logs, stream, &id, record, *tip).await;
+            let appended = append_at(&self.ports.logs, stream, &id, record, *tip).await;
             match appended {
                 Ok(answer) => {
                     let entry = answer.entries.first().cloned().ok_or_else(|| {
@@ -58,7 +58,8 @@ impl crate::kernel::Kernel {
                     // Only this owner appends, so what lies after its tip is its own (an
                     // answer lost) — unless another replica took the partition over.
                     let mut fenced_by = None;
-                    self.logs
+                    self.ports
+                        .logs
                         .each_after(stream, StreamKind::Meta, *tip, |entry| {
                             if let Some(Record::PartitionOwned(taken)) = crate::journal::decode(&entry)?.record
                                 && (taken.replica != me.replica || taken.epoch != owned.epoch)

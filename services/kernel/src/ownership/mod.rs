@@ -249,6 +249,7 @@ impl crate::kernel::Kernel {
     /// holds right now.
     pub async fn replicas(&self) -> Result<(Vec<ReplicaView>, Vec<u32>), KernelError> {
         let mut replicas: std::collections::BTreeMap<String, ReplicaView> = self
+            .ports
             .logs
             .leases(REPLICA_PREFIX)
             .await?
@@ -263,7 +264,7 @@ impl crate::kernel::Kernel {
             })
             .collect();
         let mut unserved: BTreeSet<u32> = (0..self.journals.partitions()).collect();
-        for lease in self.logs.leases(PARTITION_PREFIX).await? {
+        for lease in self.ports.logs.leases(PARTITION_PREFIX).await? {
             let Some(partition) = lease_partition(&lease.name) else {
                 continue;
             };

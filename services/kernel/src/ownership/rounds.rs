@@ -18,7 +18,7 @@ use std::time::Instant;
 /// leases of its share (taking a partition over appends the fencing record first).
 pub(crate) async fn round(kernel: &crate::kernel::Kernel) -> Result<(), KernelError> {
     let me = &kernel.ownership;
-    let (logs, lease, url) = (&kernel.logs, me.config.lease, Bytes::from(me.config.url.clone()));
+    let (logs, lease, url) = (&kernel.ports.logs, me.config.lease, Bytes::from(me.config.url.clone()));
     if *me.rounds.borrow() == 0 {
         // Partitions this id held in a previous run: given up and taken again, so their
         // epochs move on and that run, should it still be alive, is fenced.
@@ -124,8 +124,8 @@ async fn take_over(
         &[&partition.to_be_bytes(), me.replica.as_bytes(), &epoch.to_be_bytes()],
     );
     for _ in 0..TAKEOVER_ATTEMPTS {
-        let tip = kernel.logs.tip(stream, StreamKind::Meta).await?;
-        let appended = super::fence::append_at(&kernel.logs, stream, &id, &record, tip).await;
+        let tip = kernel.ports.logs.tip(stream, StreamKind::Meta).await?;
+        let appended = super::fence::append_at(&kernel.ports.logs, stream, &id, &record, tip).await;
         let seq = match appended {
             Ok(answer) => answer.entries.first().map_or(tip, |entry| entry.seq),
             // The previous owner wrote meanwhile (its lease had not lapsed on its clock).
@@ -165,6 +165,7 @@ async fn hand_off(kernel: &crate::kernel::Kernel, partition: u32) {
     let _last = owned.tip.lock().await;
     owned.fenced.store(true, Ordering::Release);
     match kernel
+        .ports
         .logs
         .release_lease(&partition_lease(partition), &me.replica)
         .await
@@ -192,6 +193,7 @@ async fn release_all(kernel: &crate::kernel::Kernel) {
     }
     let me = &kernel.ownership;
     let _ = kernel
+        .ports
         .logs
         .release_lease(&format!("{REPLICA_PREFIX}{}", me.replica), &me.replica)
         .await;

@@ -76,6 +76,12 @@ pub async fn ingest(
             })
         })
         .collect();
+    // The node inbox's activity is for actors anywhere: any replica.
+    let owner = if recipient.is_empty() {
+        None
+    } else {
+        app.kernels.owner_of(&recipient)
+    };
     let request = IngestActivityPubRequest {
         recipient,
         method: "POST".into(),
@@ -83,7 +89,12 @@ pub async fn ingest(
         headers,
         body,
     };
-    app.kernel.clone().ingest_activity_pub(request).await?;
+    app.kernels
+        .routed(owner, |mut kernel| {
+            let request = request.clone();
+            async move { kernel.ingest_activity_pub(request).await }
+        })
+        .await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -127,8 +138,8 @@ pub async fn webfinger(State(app): Shared, Query(query): Query<WebfingerQuery>) 
         ));
     };
     let document = app
-        .kernel
-        .clone()
+        .kernels
+        .any()
         .get_actor(GetActorRequest { name: name.clone() })
         .await?
         .into_inner();
@@ -146,7 +157,7 @@ pub async fn nodeinfo_links(State(app): Shared) -> Json<Value> {
 /// NodeInfo 2.1, with the number of local actors as users.
 pub async fn nodeinfo(State(app): Shared) -> Result<Response, ApiError> {
     let actors = fedsx_runtime::paging::all_pages(|page_token| {
-        let mut kernel = app.kernel.clone();
+        let mut kernel = app.kernels.any();
         async move {
             let page = kernel
                 .list_actors(ListActorsRequest {
@@ -179,7 +190,7 @@ const OUTBOX_PAGE: u64 = 20;
 /// before outbox seq B (its `next` the page before those).
 pub async fn outbox(app: &crate::routes::App, name: String, page: Option<u64>) -> Result<Response, ApiError> {
     let url = format!("{}/actors/{name}/outbox", app.public_url);
-    let mut kernel = app.kernel.clone();
+    let mut kernel = app.kernels.any();
     let read = |after: u64, limit: u32| ReadLogRequest {
         actor: name.clone(),
         kind: LogKind::Outbox.into(),
@@ -231,7 +242,7 @@ pub async fn outbox(app: &crate::routes::App, name: String, page: Option<u64>) -
 /// The followers collection: its size (the members are not listed).
 pub async fn followers(app: &crate::routes::App, name: String) -> Result<Response, ApiError> {
     let followers = fedsx_runtime::paging::all_pages(|page_token| {
-        let (mut kernel, name) = (app.kernel.clone(), name.clone());
+        let (mut kernel, name) = (app.kernels.any(), name.clone());
         async move {
             let request = ActorListRequest {
                 name,

@@ -47,8 +47,8 @@ pub async fn start(
 ) -> Result<(StatusCode, [(http::HeaderName, String); 1], Json<Value>), ApiError> {
     let input = body_text(&body)?;
     let flow = app
-        .kernel
-        .clone()
+        .kernels
+        .any()
         .start_flow(StartFlowRequest { name, input })
         .await?
         .into_inner();
@@ -68,8 +68,8 @@ pub async fn signal(
 ) -> Result<Json<Value>, ApiError> {
     let payload = body_text(&body)?;
     let flow = app
-        .kernel
-        .clone()
+        .kernels
+        .any()
         .signal(SignalRequest { id, signal, payload })
         .await?
         .into_inner();
@@ -78,7 +78,7 @@ pub async fn signal(
 
 /// `GET /flows/{id}`.
 pub async fn get(State(app): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let flow = app.kernel.clone().get_flow(GetFlowRequest { id }).await?.into_inner();
+    let flow = app.kernels.any().get_flow(GetFlowRequest { id }).await?.into_inner();
     Ok(Json(to_json(&flow)))
 }
 
@@ -116,7 +116,7 @@ pub async fn list(State(app): Shared, Query(query): Query<ListQuery>) -> Result<
         limit: query.limit,
         ..ListFlowsRequest::default()
     };
-    let answer = app.kernel.clone().list_flows(request).await?.into_inner();
+    let answer = app.kernels.any().list_flows(request).await?.into_inner();
     let flows: Vec<Value> = answer.flows.iter().map(to_json).collect();
     Ok(Json(json!({ "flows": flows, "next": answer.next })))
 }

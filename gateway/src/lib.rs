@@ -6,6 +6,7 @@ mod activitypub;
 mod config;
 mod error;
 pub mod flows;
+pub mod kernels;
 mod metrics;
 mod routes;
 mod server;
@@ -23,7 +24,7 @@ use tokio::net::TcpListener;
 pub fn router(config: &Config) -> anyhow::Result<Router> {
     let channel = lazy_channel("--kernel", &config.kernel)?;
     let app = Arc::new(routes::App {
-        kernel: fedsx_proto::kernel::v1::kernel_client::KernelClient::new(channel.clone()),
+        kernels: kernels::Kernels::new(&config.kernel)?,
         health: tonic_health::pb::health_client::HealthClient::new(channel),
         public_url: config.public_url.trim_end_matches('/').to_owned(),
         metrics: metrics::Metrics::default(),

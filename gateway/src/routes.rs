@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::kernel::v1::{GetActorRequest, IngestRequest, LogKind, ReadLogRequest};
 use fedsx_runtime::trace_context::TracedChannel;
 use http::{HeaderMap, StatusCode};
@@ -22,7 +21,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tracing::Instrument;
 
 pub struct App {
-    pub kernel: KernelClient<TracedChannel>,
+    pub kernels: Arc<crate::kernels::Kernels>,
     pub health: HealthClient<TracedChannel>,
     pub public_url: String,
     pub metrics: Metrics,
@@ -40,8 +39,8 @@ pub async fn welcome(State(app): Shared) -> Json<serde_json::Value> {
 /// The actor's document: ActivityStreams when the request asks for it, else fed-sx's.
 pub async fn actor(State(app): Shared, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let document = app
-        .kernel
-        .clone()
+        .kernels
+        .any()
         .get_actor(GetActorRequest { name })
         .await?
         .into_inner();
@@ -63,11 +62,19 @@ pub async fn inbox(
         return crate::activitypub::ingest(&app, name, &uri, &headers, body).await;
     }
     let envelope = read_envelope(&headers, body).await?;
+    let owner = app.kernels.owner_of(&name);
     let request = IngestRequest {
         recipient: name,
         envelope,
     };
-    let ingested = app.kernel.clone().ingest(request).await?.into_inner();
+    let ingested = app
+        .kernels
+        .routed(owner, |mut kernel| {
+            let request = request.clone();
+            async move { kernel.ingest(request).await }
+        })
+        .await?
+        .into_inner();
     let answer = json!({ "seq": ingested.seq, "new": ingested.new, "id": hex::encode(&ingested.id) });
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
@@ -89,7 +96,7 @@ pub async fn node_inbox(
         recipient: String::new(),
         envelope,
     };
-    let ingested = app.kernel.clone().ingest(request).await?.into_inner();
+    let ingested = app.kernels.any().ingest(request).await?.into_inner();
     let recipients: Vec<_> = ingested
         .landed
         .iter()
@@ -165,7 +172,7 @@ pub async fn outbox(
         after: query.after,
         limit: query.limit,
     };
-    let log = app.kernel.clone().read_log(request).await?.into_inner();
+    let log = app.kernels.any().read_log(request).await?.into_inner();
     let entries = log.entries.iter().map(|e| (e.seq, &e.id[..], &e.envelope[..]));
     Ok(Json(fedsx_wire::outbox::to_json(log.tip, entries)).into_response())
 }

@@ -46,7 +46,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut kernel = KernelClient::new(Channel::from_shared(args.kernel.clone())?.connect().await?);
+    let channel = Channel::from_shared(args.kernel.clone())?.connect().await?;
+    let mut kernel = KernelClient::new(fedsx_runtime::trace_context::traced(channel));
     if let Err(status) = kernel
         .create_actor(CreateActorRequest {
             name: args.recipient.clone(),

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+type Client = fedsx_gateway::kernels::Client;
+
 /// Partitions of the bench node.
 const PARTITIONS: u32 = 16;
 
@@ -51,6 +53,11 @@ pub struct Args {
     /// rather than how busy this machine already is.
     #[arg(long)]
     kernel_cpu: Option<f64>,
+    /// Where each call goes: `any` — the replicas in turn, as behind a load balancer (a
+    /// replica forwards what another serves); `owner` — the replica serving the actor's
+    /// partition (as `Kernel.ListReplicas` says), as a caller that knows the owners would.
+    #[arg(long, default_value = "any", value_parser = ["any", "owner"])]
+    route: String,
     /// Where the temp data dirs go.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: std::path::PathBuf,
@@ -209,12 +216,14 @@ async fn measure(
     settle(&urls).await?;
     let mut clients = Vec::new();
     for url in &urls {
-        clients.push(KernelClient::new(Channel::from_shared(url.clone())?.connect().await?));
+        let channel = Channel::from_shared(url.clone())?.connect().await?;
+        clients.push(KernelClient::new(fedsx_runtime::trace_context::traced(channel)));
     }
     let clients = Arc::new(clients);
 
     // One recipient per partition, each followed by every peer.
     let names = recipients(args.recipients);
+    let pick = Arc::new(picker(&args.route, &clients, &urls, &names).await?);
     let mut recipient_urls = Vec::new();
     for name in &names {
         let created = clients[0]
@@ -228,7 +237,7 @@ async fn measure(
     let (follows, creates) = sign_chains(peers, &recipient_urls, args.activities);
     let mut following = tokio::task::JoinSet::new();
     for (p, chain) in follows.into_iter().enumerate() {
-        let (clients, names) = (clients.clone(), names.clone());
+        let (names, pick) = (names.clone(), pick.clone());
         following.spawn(async move {
             // In the peer's order, so no gap is seen in its sequence.
             for (r, envelope) in chain.into_iter().enumerate() {
@@ -236,7 +245,7 @@ async fn measure(
                     recipient: names[r].clone(),
                     envelope: envelope.into(),
                 };
-                clients[(p + r) % clients.len()].clone().ingest(request).await?;
+                pick(p + r, r).ingest(request).await?;
             }
             anyhow::Ok(())
         });
@@ -253,11 +262,12 @@ async fn measure(
             .sum()
     };
     let (kernels_before, machine_before) = (kernel_ticks()?, super::machine_ticks()?);
-    let (ingest_clients, ingest_names) = (clients.clone(), Arc::new(names.clone()));
+    let (ingest_names, ingest_pick) = (Arc::new(names.clone()), pick.clone());
     let ingest = super::drive(creates.len(), args.concurrency, move |i| {
-        let mut client = ingest_clients[i % ingest_clients.len()].clone();
+        let r = i % ingest_names.len();
+        let mut client = ingest_pick(i, r);
         let request = IngestRequest {
-            recipient: ingest_names[i % ingest_names.len()].clone(),
+            recipient: ingest_names[r].clone(),
             envelope: creates[i].clone().into(),
         };
         async move { client.ingest(request).await.is_ok_and(|answer| answer.get_ref().new) }
@@ -269,11 +279,12 @@ async fn measure(
         machine_busy: (machine_after.0 - machine_before.0) as f64 / (machine_after.1 - machine_before.1).max(1) as f64,
     };
 
-    let (publish_clients, publish_names) = (clients.clone(), Arc::new(names));
+    let publish_names = Arc::new(names);
     let publish = super::drive(args.publishes, args.concurrency, move |i| {
-        let mut client = publish_clients[i % publish_clients.len()].clone();
+        let r = i % publish_names.len();
+        let mut client = pick(i, r);
         let request = PublishRequest {
-            actor: publish_names[i % publish_names.len()].clone(),
+            actor: publish_names[r].clone(),
             r#type: ActivityType::Create.into(),
             to: vec!["followers".into()],
             content: format!("note {i} to every follower"),
@@ -283,6 +294,28 @@ async fn measure(
     })
     .await?;
     Ok((ingest, publish, cpu))
+}
+
+/// The client call `i` for recipient `r` goes to: the replicas in turn, or the recipient's
+/// owner as the gateway finds it.
+type Pick = Box<dyn Fn(usize, usize) -> Client + Send + Sync>;
+
+async fn picker(route: &str, clients: &[Client], urls: &[String], names: &[String]) -> anyhow::Result<Pick> {
+    let clients = clients.to_vec();
+    if route == "any" {
+        return Ok(Box::new(move |i, _| clients[i % clients.len()].clone()));
+    }
+    let kernels = fedsx_gateway::kernels::Kernels::new(&urls[0])?;
+    kernels.refresh().await?;
+    let owners = names
+        .iter()
+        .map(|name| {
+            kernels
+                .owner_of(name)
+                .with_context(|| format!("no replica serves {name}"))
+        })
+        .collect::<anyhow::Result<Vec<Client>>>()?;
+    Ok(Box::new(move |_, r| owners[r].clone()))
 }
 
 /// Waits until the replicas at `urls` serve every partition between them, and for a

@@ -13,12 +13,10 @@ mod log_store;
 
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
-use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::wire::v1::{Activity, ActivityType};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use tonic::transport::Channel;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Bench {
@@ -107,7 +105,10 @@ pub fn remote_actors(n: usize) -> Vec<(SigningKey, String)> {
 }
 
 /// Registers the remote actors' documents with a node's kernel.
-pub async fn register(kernel: &mut KernelClient<Channel>, peers: &[(SigningKey, String)]) -> anyhow::Result<()> {
+pub async fn register(
+    kernel: &mut fedsx_gateway::kernels::Client,
+    peers: &[(SigningKey, String)],
+) -> anyhow::Result<()> {
     for (key, url) in peers {
         kernel
             .register_peer(fedsx_wire::document::new(url, "p", &key.verifying_key(), ""))

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod metrics;
 pub mod paging;
 pub mod parent;
+pub mod partition;
 pub mod rocks;
 pub mod rpc_metrics;
 pub mod secret;

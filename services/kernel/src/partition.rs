@@ -14,7 +14,6 @@ use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::kernel::v1::{JournalRecord, NodeCreated};
 use fedsx_proto::logstore::v1::StreamKind;
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 /// The node journal's stream (META kind); like every journal's, no valid actor name.
 pub const NODE_JOURNAL: &str = "~kernel-node";
@@ -27,13 +26,7 @@ pub const MAX_PARTITIONS: u32 = 1024;
 /// Index of the node journal.
 pub const NODE: usize = 0;
 
-/// The partition of `partitions` that local actor `name` belongs to: a stable hash of the
-/// name (the first 8 bytes of its SHA-256, big-endian, modulo `partitions`).
-pub fn partition_of(name: &str, partitions: u32) -> u32 {
-    let hash = Sha256::digest(name.as_bytes());
-    let head = u64::from_be_bytes(hash[..8].try_into().expect("eight bytes"));
-    (head % u64::from(partitions.max(1))) as u32
-}
+pub use fedsx_runtime::partition::partition_of;
 
 /// The node's journals.
 #[derive(Debug, Clone, PartialEq, Eq)]

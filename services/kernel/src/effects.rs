@@ -188,7 +188,7 @@ impl Drop for SpanGuard<'_> {
 
 /// Starts one runner per journal; each ends on `shutdown`.
 pub(crate) fn spawn_runners(kernel: &Arc<Kernel>, shutdown: &fedsx_runtime::CancellationToken) {
-    for journal in 0..kernel.journals.count() {
+    for journal in 0..kernel.machine.journals.count() {
         let tasks = kernel.tasks.clone();
         let kernel = Arc::downgrade(kernel);
         let shutdown = shutdown.clone();
@@ -304,7 +304,7 @@ impl Kernel {
                     0
                 }
             };
-            let stream = kernel.journals.stream(journal).to_owned();
+            let stream = kernel.machine.journals.stream(journal).to_owned();
             let mut owed = 0;
             let read = kernel
                 .ports.logs

@@ -97,7 +97,7 @@ impl Kernel {
     /// whose client is answered. A call that was itself forwarded runs here or fails. While
     /// the partition has no replica (it is moving), waits up to one ownership round.
     pub(crate) async fn route(&self, name: &str, was_forwarded: bool) -> Result<Option<Forward>, KernelError> {
-        self.route_partition(self.journals.partition_of(name), was_forwarded)
+        self.route_partition(self.machine.journals.partition_of(name), was_forwarded)
             .await
     }
 
@@ -205,12 +205,12 @@ impl Kernel {
     /// tip now: what another replica just journaled for the actor (its creation) is then
     /// here too.
     pub(crate) async fn caught_up(&self, name: &str) -> Result<(), KernelError> {
-        let journal = self.journals.of_actor(name);
+        let journal = self.machine.journals.of_actor(name);
         let tip = self
             .ports
             .logs
             .tip(
-                self.journals.stream(journal),
+                self.machine.journals.stream(journal),
                 fedsx_proto::logstore::v1::StreamKind::Meta,
             )
             .await?;

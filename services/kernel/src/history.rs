@@ -36,7 +36,7 @@ impl Kernel {
     pub async fn follower_history(&self, name: &str, after: u64, limit: u32) -> Result<HistoryPage, KernelError> {
         self.actor(name)?;
         let limit = if limit == 0 { 100 } else { limit.min(1000) } as usize;
-        let journal = self.journals.stream(self.journals.of_actor(name));
+        let journal = self.machine.journals.stream(self.machine.journals.of_actor(name));
         let (mut events, mut at) = (Vec::new(), after);
         loop {
             let (entries, tip) = self.ports.logs.read(journal, StreamKind::Meta, at, 0).await?;

@@ -125,6 +125,19 @@ impl Applied {
     }
 }
 
+/// The node's journals and what is applied from them: the state (changed only by the
+/// journal followers, each journal in its order), how far each journal is applied, and the
+/// state's snapshots.
+pub(crate) struct Machine {
+    /// The node journal and the partitions' (`partition.rs`).
+    pub journals: crate::partition::Journals,
+    pub state: std::sync::RwLock<crate::state::State>,
+    pub applied: Applied,
+    pub snapshots: crate::snapshot::Snapshots,
+    /// The records covered by the snapshot this kernel started from (0: none).
+    pub restored_from: u64,
+}
+
 /// Where a journaled record is.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Journaled {
@@ -144,7 +157,7 @@ impl Kernel {
     /// Appends a record to the journal (idempotent by `id`) and waits until it is applied;
     /// where it is.
     pub(crate) async fn journal_at(&self, id: [u8; 32], record: Record) -> Result<Journaled, KernelError> {
-        let journal = self.journals.of_record(&record);
+        let journal = self.machine.journals.of_record(&record);
         let record = JournalRecord { record: Some(record) };
         let entry = if journal == crate::partition::NODE {
             // Node-wide records come from any replica; ids keep them once.
@@ -152,7 +165,7 @@ impl Kernel {
                 .ports
                 .logs
                 .append_any(
-                    self.journals.stream(journal),
+                    self.machine.journals.stream(journal),
                     StreamKind::Meta,
                     Bytes::copy_from_slice(&id),
                     record.encode_to_vec().into(),
@@ -166,7 +179,7 @@ impl Kernel {
         } else {
             self.append_owned((journal - 1) as u32, id, &record).await?
         };
-        self.applied.reached(journal, entry.seq).await?;
+        self.machine.applied.reached(journal, entry.seq).await?;
         Ok(Journaled {
             journal,
             seq: entry.seq,
@@ -176,13 +189,13 @@ impl Kernel {
 
     /// Waits until record `seq` of `journal` is applied.
     pub(crate) async fn applied_up_to(&self, journal: usize, seq: u64) -> Result<(), KernelError> {
-        self.applied.reached(journal, seq).await
+        self.machine.applied.reached(journal, seq).await
     }
 }
 
 /// Follows every journal, each in a task of its own (`spawn_follower`).
 pub(crate) fn spawn_followers(kernel: &Arc<Kernel>, shutdown: &fedsx_runtime::CancellationToken) {
-    for journal in 0..kernel.journals.count() {
+    for journal in 0..kernel.machine.journals.count() {
         spawn_follower(kernel, journal, shutdown.clone());
     }
 }
@@ -191,7 +204,7 @@ pub(crate) fn spawn_followers(kernel: &Arc<Kernel>, shutdown: &fedsx_runtime::Ca
 /// until `shutdown`; after a log-store failure, follows it again from where it stopped.
 fn spawn_follower(kernel: &Arc<Kernel>, journal: usize, shutdown: fedsx_runtime::CancellationToken) {
     let tasks = kernel.tasks.clone();
-    let stream = kernel.journals.stream(journal).to_owned();
+    let stream = kernel.machine.journals.stream(journal).to_owned();
     let kernel = Arc::downgrade(kernel);
     tasks.spawn(async move {
         let mut pause = RETRY_FIRST;
@@ -220,12 +233,12 @@ fn spawn_follower(kernel: &Arc<Kernel>, journal: usize, shutdown: fedsx_runtime:
 /// Applies `journal`'s records after the last applied one as the log-store hands them out,
 /// until the subscription ends or fails.
 async fn follow(kernel: &Arc<Kernel>, journal: usize) -> Result<(), KernelError> {
-    let from = kernel.applied.seq(journal);
-    let stream = kernel.journals.stream(journal);
+    let from = kernel.machine.applied.seq(journal);
+    let stream = kernel.machine.journals.stream(journal);
     let mut entries = kernel.ports.logs.subscribe(stream, StreamKind::Meta, from).await?;
     while let Some(entry) = entries.next().await {
         let entry = entry?;
-        let expected = kernel.applied.seq(journal) + 1;
+        let expected = kernel.machine.applied.seq(journal) + 1;
         if entry.seq != expected {
             return Err(KernelError::Internal(format!(
                 "journal {stream} gave record {} where {expected} was next",
@@ -234,10 +247,10 @@ async fn follow(kernel: &Arc<Kernel>, journal: usize) -> Result<(), KernelError>
         }
         let record = decode(&entry)?;
         {
-            let mut state = kernel.state.write().expect("state lock poisoned");
+            let mut state = kernel.machine.state.write().expect("state lock poisoned");
             let effects = state.apply(record, &kernel.secret, &kernel.node);
             // Under the state's lock: whoever reads the state reads the seq it covers.
-            kernel.applied.seqs[journal].send_replace(entry.seq);
+            kernel.machine.applied.seqs[journal].send_replace(entry.seq);
             // Done after apply, by the partition's owner (`effects.rs`).
             kernel.effects.push(journal, entry.seq, &entry.id, effects);
         }

@@ -32,20 +32,14 @@ pub struct Kernel {
     pub(crate) node: NodeUrls,
     /// `<base>/actors/`: local actor URLs start with it.
     pub(crate) actors_prefix: String,
-    /// The node journal and the partitions' (`partition.rs`).
-    pub(crate) journals: crate::partition::Journals,
     /// Which partitions this replica serves (`ownership.rs`).
     pub(crate) ownership: crate::ownership::Ownership,
     /// Clients for the replicas calls are forwarded to (`forward.rs`).
     pub(crate) replicas: crate::forward::Replicas,
-    /// Changed only by the journal followers, each journal in its order (`journal.rs`).
-    pub(crate) state: RwLock<State>,
-    pub(crate) applied: crate::journal::Applied,
+    /// The journals, the state applied from them and its snapshots (`journal.rs`).
+    pub(crate) machine: crate::journal::Machine,
     /// What applied records ask for, done by the partitions' owner (`effects.rs`).
     pub(crate) effects: crate::effects::Effects,
-    pub(crate) snapshots: crate::snapshot::Snapshots,
-    /// The records covered by the snapshot this kernel started from (0: none).
-    restored_from: u64,
     pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
     /// Refetches of peers' documents whose key id did not match, at most one per interval.
     refetches: crate::throttle::Throttle,
@@ -149,14 +143,16 @@ impl Kernel {
             secret,
             actors_prefix: format!("{}/actors/", node.base),
             node,
-            journals,
+            machine: crate::journal::Machine {
+                journals,
+                state: RwLock::new(state),
+                applied: crate::journal::Applied::new(&applied),
+                snapshots: crate::snapshot::Snapshots::new(covered),
+                restored_from: covered,
+            },
             ownership,
             replicas: crate::forward::Replicas::default(),
-            state: RwLock::new(state),
-            applied: crate::journal::Applied::new(&applied),
             effects: crate::effects::Effects::new(&applied),
-            snapshots: crate::snapshot::Snapshots::new(covered),
-            restored_from: covered,
             heads: Mutex::default(),
             refetches: crate::throttle::Throttle::new(REFETCH_INTERVAL, MAX_THROTTLED),
             revivals: crate::throttle::Throttle::new(crate::ingest::REVIVE_EVERY, MAX_THROTTLED),
@@ -193,12 +189,12 @@ impl Kernel {
 
     /// Whether this replica serves local actor `name`'s partition now.
     pub(crate) fn serves(&self, name: &str) -> bool {
-        self.ownership.owned(self.journals.partition_of(name)).is_some()
+        self.ownership.owned(self.machine.journals.partition_of(name)).is_some()
     }
 
     /// Where calls for local actor `name` are served now.
     pub fn owner_of(&self, name: &str) -> crate::ownership::Owner {
-        self.ownership.owner(self.journals.partition_of(name))
+        self.ownership.owner(self.machine.journals.partition_of(name))
     }
 
     /// This replica's id (its leases' holder).
@@ -226,7 +222,7 @@ impl Kernel {
             .read_state()
             .actors
             .keys()
-            .filter(|name| self.journals.partition_of(name) == partition)
+            .filter(|name| self.machine.journals.partition_of(name) == partition)
             .cloned()
             .collect();
         for actor in actors {
@@ -258,13 +254,13 @@ impl Kernel {
     }
 
     pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().expect("state lock poisoned")
+        self.machine.state.read().expect("state lock poisoned")
     }
 
     /// The journal records covered by the snapshot this kernel started from, over all
     /// journals (0: it replayed the whole journals).
     pub fn restored_from(&self) -> u64 {
-        self.restored_from
+        self.machine.restored_from
     }
 
     /// After shutdown: waits up to `patience` for every background task to end (each loop
@@ -305,24 +301,25 @@ impl Kernel {
     /// `snapshot::EVERY` records); the journal records it covers, over all journals.
     pub async fn snapshot(&self) -> Result<u64, KernelError> {
         self.check_serves_flows()?;
-        self.snapshots.turn().await;
+        self.machine.snapshots.turn().await;
         let (seqs, records) = {
             let state = self.read_state();
-            (self.applied.seqs(), state.as_records())
+            (self.machine.applied.seqs(), state.as_records())
         };
-        self.snapshots
+        self.machine
+            .snapshots
             .writing("state", crate::snapshot::write_state(&self.ports.logs, seqs, records))
             .await
     }
 
     /// How many partitions the node's actors are spread over.
     pub fn partitions(&self) -> u32 {
-        self.journals.partitions()
+        self.machine.journals.partitions()
     }
 
     /// The partition local actor `name` belongs to.
     pub fn partition_of(&self, name: &str) -> u32 {
-        self.journals.partition_of(name)
+        self.machine.journals.partition_of(name)
     }
 
     /// Whether the state in memory — and every flow instance — is what replaying the
@@ -330,8 +327,8 @@ impl Kernel {
     /// being journaled.
     pub async fn matches_journal(&self) -> Result<Result<(), String>, KernelError> {
         let (replayed, last) =
-            crate::journal::replay(&self.ports.logs, &self.journals, &self.secret, &self.node).await?;
-        let applied = self.applied.seqs();
+            crate::journal::replay(&self.ports.logs, &self.machine.journals, &self.secret, &self.node).await?;
+        let applied = self.machine.applied.seqs();
         if applied != last {
             return Ok(Err(format!(
                 "applied up to records {applied:?}, the journals end at {last:?}"

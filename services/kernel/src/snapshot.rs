@@ -315,8 +315,8 @@ pub(crate) fn take_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>) {
     }
     let (seqs, records) = {
         let state = kernel.read_state();
-        let seqs = kernel.applied.seqs();
-        if !kernel.snapshots.due(seqs.iter().sum()) {
+        let seqs = kernel.machine.applied.seqs();
+        if !kernel.machine.snapshots.due(seqs.iter().sum()) {
             return;
         }
         (seqs, state.as_records())
@@ -324,6 +324,7 @@ pub(crate) fn take_if_due(kernel: &std::sync::Arc<crate::kernel::Kernel>) {
     let kernel = kernel.clone();
     kernel.tasks.clone().spawn(async move {
         let _ = kernel
+            .machine
             .snapshots
             .writing("state", write_state(&kernel.ports.logs, seqs, records))
             .await;

@@ -37,7 +37,7 @@ impl crate::kernel::Kernel {
             owner: me.owner(partition),
         };
         let owned = me.owned(partition).ok_or_else(not_owner)?;
-        let stream = self.journals.stream(1 + partition as usize);
+        let stream = self.machine.journals.stream(1 + partition as usize);
         let mut tip = owned.tip.lock().await;
         loop {
             if !owned.valid() {

@@ -263,7 +263,7 @@ impl crate::kernel::Kernel {
                 (lease.holder, view)
             })
             .collect();
-        let mut unserved: BTreeSet<u32> = (0..self.journals.partitions()).collect();
+        let mut unserved: BTreeSet<u32> = (0..self.machine.journals.partitions()).collect();
         for lease in self.ports.logs.leases(PARTITION_PREFIX).await? {
             let Some(partition) = lease_partition(&lease.name) else {
                 continue;

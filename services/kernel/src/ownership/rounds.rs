@@ -111,7 +111,7 @@ async fn take_over(
 ) -> Result<(), KernelError> {
     let me = &kernel.ownership;
     let journal = 1 + partition as usize;
-    let stream = kernel.journals.stream(journal);
+    let stream = kernel.machine.journals.stream(journal);
     let record = JournalRecord {
         record: Some(Record::PartitionOwned(PartitionOwned {
             partition,

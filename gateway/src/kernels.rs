@@ -6,7 +6,9 @@
 //! in three would otherwise take the forwarding hop, which costs a replica more CPU than
 //! the ingest itself. The table is read again every [`REFRESH`] (in the background, when
 //! a call finds it older) and after an owner did not answer; such a call is made again
-//! at the configured address (every call routed here is idempotent).
+//! at the configured address (every call routed here is idempotent), and that replica is
+//! passed over for [`AVOID`] (one the gateway cannot reach costs no connection attempt
+//! per call).
 
 use fedsx_proto::kernel::v1::ListReplicasRequest;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
@@ -20,6 +22,15 @@ pub type Client = KernelClient<TracedChannel>;
 
 /// How old the table of owners may get before a call has it read again.
 pub const REFRESH: Duration = Duration::from_secs(5);
+/// How long a replica that did not answer is passed over.
+pub const AVOID: Duration = Duration::from_secs(30);
+
+/// A partition's replica: where it is, and its client.
+#[derive(Clone)]
+pub struct Owner {
+    pub url: String,
+    pub client: Client,
+}
 
 pub struct Kernels {
     any: Client,
@@ -30,11 +41,13 @@ pub struct Kernels {
 #[derive(Default)]
 struct Owners {
     partitions: u32,
-    /// Partition → the client of the replica serving it.
-    clients: HashMap<u32, Client>,
+    /// Partition → the replica serving it.
+    owners: HashMap<u32, Owner>,
     /// Each replica's client by URL (kept across reads: its connection stays open).
     by_url: HashMap<String, Client>,
     read_at: Option<Instant>,
+    /// Replicas that did not answer, and until when they are passed over.
+    avoided: HashMap<String, Instant>,
 }
 
 impl Kernels {
@@ -53,22 +66,23 @@ impl Kernels {
     }
 
     /// The replica serving local actor `name`'s partition, if known.
-    pub fn owner_of(self: &Arc<Self>, name: &str) -> Option<Client> {
+    pub fn owner_of(self: &Arc<Self>, name: &str) -> Option<Owner> {
         let partitions = self.fresh().partitions;
         self.owner(fedsx_runtime::partition::partition_of(name, partitions))
     }
 
     /// Makes `call` on `owner` when it is known, and at the configured address when it is
     /// not or did not answer (UNAVAILABLE): for idempotent calls only.
-    pub async fn routed<T, F, Fut>(self: &Arc<Self>, owner: Option<Client>, call: F) -> Result<T, tonic::Status>
+    pub async fn routed<T, F, Fut>(self: &Arc<Self>, owner: Option<Owner>, call: F) -> Result<T, tonic::Status>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        if let Some(client) = owner {
-            match call(client).await {
+        if let Some(owner) = owner {
+            match call(owner.client).await {
                 Err(status) if status.code() == tonic::Code::Unavailable => {
-                    tracing::debug!(error = %status.message(), "the partition's replica did not answer; calling the kernel address");
+                    tracing::debug!(replica = %owner.url, error = %status.message(), "the partition's replica did not answer; calling the kernel address");
+                    self.avoid(&owner.url);
                     self.refresh_soon();
                 }
                 answer => return answer,
@@ -77,9 +91,20 @@ impl Kernels {
         call(self.any()).await
     }
 
-    fn owner(&self, partition: u32) -> Option<Client> {
+    /// Passes the replica at `url` over for [`AVOID`].
+    fn avoid(&self, url: &str) {
+        let mut owners = self.owners.write().expect("owners lock poisoned");
+        owners.avoided.insert(url.to_owned(), Instant::now() + AVOID);
+    }
+
+    fn owner(&self, partition: u32) -> Option<Owner> {
         let owners = self.owners.read().expect("owners lock poisoned");
-        owners.clients.get(&partition).cloned()
+        let owner = owners.owners.get(&partition)?;
+        let avoided = owners
+            .avoided
+            .get(&owner.url)
+            .is_some_and(|until| Instant::now() < *until);
+        (!avoided).then(|| owner.clone())
     }
 
     /// The table, after asking for a new one in the background when it is old.
@@ -109,27 +134,90 @@ impl Kernels {
     /// are reached at the configured address.
     pub async fn refresh(&self) -> Result<(), tonic::Status> {
         let listed = self.any().list_replicas(ListReplicasRequest {}).await?.into_inner();
-        let known = self.owners.read().expect("owners lock poisoned").by_url.clone();
-        let (mut clients, mut by_url) = (HashMap::new(), HashMap::new());
-        for replica in listed.replicas.iter().filter(|r| !r.url.is_empty()) {
-            let client = match known.get(&replica.url) {
+        let served = listed
+            .replicas
+            .iter()
+            .filter(|r| !r.url.is_empty())
+            .map(|r| (r.url.clone(), r.partitions.clone()))
+            .collect();
+        self.install(listed.partitions, served)
+            .map_err(|err| tonic::Status::internal(err.to_string()))
+    }
+
+    /// Takes `served` (replica URL → its partitions, of `partitions`) as the table.
+    fn install(&self, partitions: u32, served: Vec<(String, Vec<u32>)>) -> anyhow::Result<()> {
+        let (known, mut avoided) = {
+            let owners = self.owners.read().expect("owners lock poisoned");
+            (owners.by_url.clone(), owners.avoided.clone())
+        };
+        let now = Instant::now();
+        avoided.retain(|_, until| now < *until);
+        let (mut table, mut by_url) = (HashMap::new(), HashMap::new());
+        for (url, held) in served {
+            let client = match known.get(&url) {
                 Some(client) => client.clone(),
-                None => KernelClient::new(
-                    lazy_channel("kernel replica", &replica.url)
-                        .map_err(|err| tonic::Status::internal(err.to_string()))?,
-                ),
+                None => KernelClient::new(lazy_channel("kernel replica", &url)?),
             };
-            by_url.insert(replica.url.clone(), client.clone());
-            for partition in &replica.partitions {
-                clients.insert(*partition, client.clone());
+            by_url.insert(url.clone(), client.clone());
+            for partition in held {
+                let owner = Owner {
+                    url: url.clone(),
+                    client: client.clone(),
+                };
+                table.insert(partition, owner);
             }
         }
         *self.owners.write().expect("owners lock poisoned") = Owners {
-            partitions: listed.partitions,
-            clients,
+            partitions,
+            owners: table,
             by_url,
-            read_at: Some(Instant::now()),
+            read_at: Some(now),
+            avoided,
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name in `partition` of 4.
+    fn name_in(partition: u32) -> String {
+        (0..)
+            .map(|n| format!("a{n}"))
+            .find(|name| fedsx_runtime::partition::partition_of(name, 4) == partition)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_actor_goes_to_its_partitions_replica_and_one_that_did_not_answer_is_passed_over() {
+        // Nothing listens on port 1: the configured address and both replicas refuse.
+        let kernels = Kernels::new("http://127.0.0.1:1").unwrap();
+        let (a, b) = ("http://127.0.0.1:2".to_owned(), "http://127.0.0.1:3".to_owned());
+        kernels
+            .install(4, vec![(a.clone(), vec![0, 1]), (b.clone(), vec![2, 3])])
+            .unwrap();
+        let owner = |partition| kernels.owner_of(&name_in(partition)).map(|o| o.url);
+        assert_eq!(owner(1), Some(a.clone()));
+        assert_eq!(owner(2), Some(b.clone()));
+
+        // The owner does not answer: the call is made again at the configured address,
+        // and the replica is passed over from then on (also after the table is read again).
+        let tried = std::sync::Mutex::new(0);
+        let answer = kernels
+            .routed(kernels.owner_of(&name_in(2)), |mut kernel| {
+                *tried.lock().unwrap() += 1;
+                async move { kernel.list_replicas(ListReplicasRequest {}).await }
+            })
+            .await;
+        assert_eq!(answer.unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(*tried.lock().unwrap(), 2);
+        assert_eq!(owner(2), None);
+        kernels
+            .install(4, vec![(a.clone(), vec![0, 1]), (b.clone(), vec![2, 3])])
+            .unwrap();
+        assert_eq!(owner(3), None);
+        assert_eq!(owner(0), Some(a));
     }
 }

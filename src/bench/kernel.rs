@@ -312,6 +312,7 @@ async fn picker(route: &str, clients: &[Client], urls: &[String], names: &[Strin
         .map(|name| {
             kernels
                 .owner_of(name)
+                .map(|owner| owner.client)
                 .with_context(|| format!("no replica serves {name}"))
         })
         .collect::<anyhow::Result<Vec<Client>>>()?;

@@ -152,6 +152,9 @@ pub struct Run {
     pub p99: std::time::Duration,
 }
 
+/// How long `drive` waits for one call.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Calls `call(i)` for i in 0..n from `concurrency` tasks; a call answers whether it
 /// succeeded. Rate, latency percentiles (of successes) and the failures.
 pub async fn drive<F, Fut>(n: usize, concurrency: usize, call: F) -> anyhow::Result<Run>
@@ -173,7 +176,9 @@ where
                     return (latencies, errors);
                 }
                 let sent = std::time::Instant::now();
-                if call(i).await {
+                // A call with no answer after CALL_TIMEOUT counts as an error: a run ends
+                // (with its errors printed) rather than hanging on it.
+                if tokio::time::timeout(CALL_TIMEOUT, call(i)).await == Ok(true) {
                     latencies.push(sent.elapsed());
                 } else {
                     errors += 1;

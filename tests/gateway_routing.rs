@@ -47,41 +47,16 @@ async fn ingests_and_partitions(addr: SocketAddr) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_posts_go_straight_to_the_replica_serving_the_recipient() {
     let dir = TestDir::new();
-    let data = dir.join("log-store");
-    let log_store = Service::spawn(
-        "log-store",
-        &[
-            "log-store",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        dir.path(),
-    )
-    .await
-    .unwrap();
+    let log_store = support::spawn_log_store(&dir).await;
     let gateway_addr = free_addr();
     let public_url = format!("http://{gateway_addr}");
-    let secret = dir.join("node-secret");
+    let partitions = PARTITIONS.to_string();
     let mut addrs = Vec::new();
     let mut kernels = Vec::new();
     for n in 0..2 {
-        let addr = free_addr();
-        let args = [
-            "kernel",
-            "--listen",
-            &addr.to_string(),
-            "--log-store",
-            &log_store.url(),
-            "--public-url",
-            &public_url,
-            "--node-secret-file",
-            secret.to_str().unwrap(),
-            "--partitions",
-            &PARTITIONS.to_string(),
-        ];
-        kernels.push(Service::spawn(&format!("kernel-{n}"), &args, dir.path()).await.unwrap());
+        let (addr, kernel) =
+            support::spawn_kernel_replica(&dir, n, &log_store.url(), &public_url, &["--partitions", &partitions]).await;
+        kernels.push(kernel);
         addrs.push(addr);
     }
     eventually("two replicas sharing the partitions", || {

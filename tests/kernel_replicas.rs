@@ -177,27 +177,17 @@ async fn a_killed_kernel_replica_hands_its_partitions_on_and_nothing_acknowledge
     .unwrap();
     let gateway_addr = free_addr();
     let public_url = format!("http://{gateway_addr}");
-    let secret = dir.join("node-secret");
+    let (delivery_url, partitions) = (delivery.url(), PARTITIONS.to_string());
+    let extra = [
+        "--delivery",
+        &delivery_url,
+        "--allow-private-peers",
+        "--partitions",
+        &partitions,
+    ];
     let mut kernels = Vec::new();
     for n in 0..3 {
-        let addr = free_addr();
-        let args = [
-            "kernel",
-            "--listen",
-            &addr.to_string(),
-            "--log-store",
-            &log_store.url(),
-            "--delivery",
-            &delivery.url(),
-            "--public-url",
-            &public_url,
-            "--node-secret-file",
-            secret.to_str().unwrap(),
-            "--allow-private-peers",
-            "--partitions",
-            &PARTITIONS.to_string(),
-        ];
-        let kernel = Service::spawn(&format!("kernel-{n}"), &args, dir.path()).await.unwrap();
+        let (addr, kernel) = support::spawn_kernel_replica(&dir, n, &log_store.url(), &public_url, &extra).await;
         kernels.push((addr, Some(kernel)));
     }
     let addrs: Vec<SocketAddr> = kernels.iter().map(|(addr, _)| *addr).collect();

@@ -76,12 +76,6 @@ pub async fn ingest(
             })
         })
         .collect();
-    // The node inbox's activity is for actors anywhere: any replica.
-    let owner = if recipient.is_empty() {
-        None
-    } else {
-        app.kernels.owner_of(&recipient)
-    };
     let request = IngestActivityPubRequest {
         recipient,
         method: "POST".into(),
@@ -90,7 +84,7 @@ pub async fn ingest(
         body,
     };
     app.kernels
-        .routed(owner, |mut kernel| {
+        .routed(&request.recipient, |mut kernel| {
             let request = request.clone();
             async move { kernel.ingest_activity_pub(request).await }
         })

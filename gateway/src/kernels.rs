@@ -1,14 +1,13 @@
 //! The kernel replicas, as the gateway calls them. An inbox POST for a local actor goes
 //! straight to the replica serving the actor's partition, as `Kernel.ListReplicas` last
-//! said; everything
-//! else — and any call while the owner is not known — goes to the configured kernel
-//! address, whose replica forwards it. Behind one address for three replicas, two calls
-//! in three would otherwise take the forwarding hop, which costs a replica more CPU than
-//! the ingest itself. The table is read again every [`REFRESH`] (in the background, when
-//! a call finds it older) and after an owner did not answer; such a call is made again
-//! at the configured address (every call routed here is idempotent), and that replica is
-//! passed over for [`AVOID`] (one the gateway cannot reach costs no connection attempt
-//! per call).
+//! said; everything else — and any call while the owner is not known — goes to the
+//! configured kernel address, whose replica forwards it. Behind one address for three
+//! replicas, two calls in three would otherwise take the forwarding hop, which costs a
+//! replica more CPU than the ingest itself. The table is read again every [`REFRESH`] (in
+//! the background, when a call finds it older) and after an owner did not answer; such a
+//! call is made again at the configured address (every call routed here is idempotent),
+//! and that replica is passed over for [`AVOID`] (one the gateway cannot reach costs no
+//! connection attempt per call).
 
 use fedsx_proto::kernel::v1::ListReplicasRequest;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
@@ -51,13 +50,13 @@ struct Owners {
 }
 
 impl Kernels {
-    /// The kernel at `url` (connected on first use).
-    pub fn new(url: &str) -> anyhow::Result<Arc<Kernels>> {
-        Ok(Arc::new(Kernels {
-            any: KernelClient::new(lazy_channel("--kernel", url)?),
+    /// The kernel reached over `channel` (the configured address).
+    pub fn new(channel: TracedChannel) -> Arc<Kernels> {
+        Arc::new(Kernels {
+            any: KernelClient::new(channel),
             owners: RwLock::default(),
             refreshing: AtomicBool::new(false),
-        }))
+        })
     }
 
     /// The configured address: any replica.
@@ -65,19 +64,28 @@ impl Kernels {
         self.any.clone()
     }
 
-    /// The replica serving local actor `name`'s partition, if known.
+    /// The replica serving local actor `name`'s partition, if known (and not passed over).
     pub fn owner_of(self: &Arc<Self>, name: &str) -> Option<Owner> {
-        let partitions = self.fresh().partitions;
-        self.owner(fedsx_runtime::partition::partition_of(name, partitions))
+        let owners = self.fresh();
+        let owner = owners
+            .owners
+            .get(&fedsx_runtime::partition::partition_of(name, owners.partitions))?;
+        let avoided = owners
+            .avoided
+            .get(&owner.url)
+            .is_some_and(|until| Instant::now() < *until);
+        (!avoided).then(|| owner.clone())
     }
 
-    /// Makes `call` on `owner` when it is known, and at the configured address when it is
-    /// not or did not answer (UNAVAILABLE): for idempotent calls only.
-    pub async fn routed<T, F, Fut>(self: &Arc<Self>, owner: Option<Owner>, call: F) -> Result<T, tonic::Status>
+    /// Makes `call` for local actor `actor` on its replica when that is known, and at the
+    /// configured address when it is not, did not answer (UNAVAILABLE), or `actor` is empty
+    /// (a call for no one actor): for idempotent calls only.
+    pub async fn routed<T, F, Fut>(self: &Arc<Self>, actor: &str, call: F) -> Result<T, tonic::Status>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
+        let owner = if actor.is_empty() { None } else { self.owner_of(actor) };
         if let Some(owner) = owner {
             match call(owner.client).await {
                 Err(status) if status.code() == tonic::Code::Unavailable => {
@@ -95,16 +103,6 @@ impl Kernels {
     fn avoid(&self, url: &str) {
         let mut owners = self.owners.write().expect("owners lock poisoned");
         owners.avoided.insert(url.to_owned(), Instant::now() + AVOID);
-    }
-
-    fn owner(&self, partition: u32) -> Option<Owner> {
-        let owners = self.owners.read().expect("owners lock poisoned");
-        let owner = owners.owners.get(&partition)?;
-        let avoided = owners
-            .avoided
-            .get(&owner.url)
-            .is_some_and(|until| Instant::now() < *until);
-        (!avoided).then(|| owner.clone())
     }
 
     /// The table, after asking for a new one in the background when it is old.
@@ -193,7 +191,7 @@ mod tests {
     #[tokio::test]
     async fn an_actor_goes_to_its_partitions_replica_and_one_that_did_not_answer_is_passed_over() {
         // Nothing listens on port 1: the configured address and both replicas refuse.
-        let kernels = Kernels::new("http://127.0.0.1:1").unwrap();
+        let kernels = Kernels::new(lazy_channel("--kernel", "http://127.0.0.1:1").unwrap());
         let (a, b) = ("http://127.0.0.1:2".to_owned(), "http://127.0.0.1:3".to_owned());
         kernels
             .install(4, vec![(a.clone(), vec![0, 1]), (b.clone(), vec![2, 3])])
@@ -206,7 +204,7 @@ mod tests {
         // and the replica is passed over from then on (also after the table is read again).
         let tried = std::sync::Mutex::new(0);
         let answer = kernels
-            .routed(kernels.owner_of(&name_in(2)), |mut kernel| {
+            .routed(&name_in(2), |mut kernel| {
                 *tried.lock().unwrap() += 1;
                 async move { kernel.list_replicas(ListReplicasRequest {}).await }
             })

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 pub fn router(config: &Config) -> anyhow::Result<Router> {
     let channel = lazy_channel("--kernel", &config.kernel)?;
     let app = Arc::new(routes::App {
-        kernels: kernels::Kernels::new(&config.kernel)?,
+        kernels: kernels::Kernels::new(channel.clone()),
         health: tonic_health::pb::health_client::HealthClient::new(channel),
         public_url: config.public_url.trim_end_matches('/').to_owned(),
         metrics: metrics::Metrics::default(),

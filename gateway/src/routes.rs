@@ -62,14 +62,13 @@ pub async fn inbox(
         return crate::activitypub::ingest(&app, name, &uri, &headers, body).await;
     }
     let envelope = read_envelope(&headers, body).await?;
-    let owner = app.kernels.owner_of(&name);
     let request = IngestRequest {
         recipient: name,
         envelope,
     };
     let ingested = app
         .kernels
-        .routed(owner, |mut kernel| {
+        .routed(&request.recipient, |mut kernel| {
             let request = request.clone();
             async move { kernel.ingest(request).await }
         })

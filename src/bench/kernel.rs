@@ -305,7 +305,8 @@ async fn picker(route: &str, clients: &[Client], urls: &[String], names: &[Strin
     if route == "any" {
         return Ok(Box::new(move |i, _| clients[i % clients.len()].clone()));
     }
-    let kernels = fedsx_gateway::kernels::Kernels::new(&urls[0])?;
+    let kernels =
+        fedsx_gateway::kernels::Kernels::new(fedsx_runtime::trace_context::lazy_channel("--kernel", &urls[0])?);
     kernels.refresh().await?;
     let owners = names
         .iter()

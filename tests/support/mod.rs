@@ -278,6 +278,34 @@ pub async fn spawn_delivery(dir: &TestDir, schedule: &str, extra: &[&str]) -> Se
     Service::spawn("delivery", &args, dir.path()).await.unwrap()
 }
 
+/// Kernel replica `n` of a node on a free address: on the log-store at `log_store`, for
+/// `public_url`, sharing the node secret `<dir>/node-secret` with the other replicas, with
+/// `extra` flags (its delivery, its partitions, …).
+pub async fn spawn_kernel_replica(
+    dir: &TestDir,
+    n: usize,
+    log_store: &str,
+    public_url: &str,
+    extra: &[&str],
+) -> (SocketAddr, Service) {
+    let addr = free_addr();
+    let (listen, secret) = (addr.to_string(), dir.join("node-secret"));
+    let mut args = vec![
+        "kernel",
+        "--listen",
+        &listen,
+        "--log-store",
+        log_store,
+        "--public-url",
+        public_url,
+        "--node-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let kernel = Service::spawn(&format!("kernel-{n}"), &args, dir.path()).await.unwrap();
+    (addr, kernel)
+}
+
 /// Polls `check` until it returns `Some`, or fails after [`DEADLINE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
 where

@@ -597,3 +597,40 @@ async fn with_a_trickle_of_work_every_delivery_arrives_exactly_once() {
     let service = start(&dir, FAST, &[]).await;
     support::load::every_delivery_arrives_once(&client(&service).await, &peer, 6_000, 300).await;
 }
+
+/// A destination's worker with a send in flight still sends a retry when its time comes:
+/// it does not wait for the hanging send to end first.
+#[tokio::test]
+async fn a_retry_goes_out_on_time_while_another_senders_send_hangs() {
+    let dir = TestDir::new();
+    // A long lease: its renewal (every third of it) wakes the worker too.
+    let service = start(
+        &dir,
+        "300ms,300ms,300ms,300ms,300ms",
+        &["--send-timeout", "30s", "--lease", "120s"],
+    )
+    .await;
+    let mut client = client(&service).await;
+    let peer = FakePeer::start().await;
+    let (actor, _) = peer.actor("dora");
+    peer.answer("/hang", Answer::Hang);
+    peer.answer("/flaky", Answer::Status(503));
+    let mut hanging = enqueue(&actor, &format!("{}/hang", peer.base()), 1);
+    hanging.sender = "https://a.example/actors/slow".into();
+    client.enqueue(hanging).await.unwrap();
+    peer.received_at_least("/hang", 1, "the hanging send").await.unwrap();
+    let mut flaky = enqueue(&actor, &format!("{}/flaky", peer.base()), 2);
+    flaky.sender = "https://a.example/actors/quick".into();
+    client.enqueue(flaky).await.unwrap();
+    peer.received_at_least("/flaky", 1, "the first attempt").await.unwrap();
+    let failed = Instant::now();
+    peer.answer("/flaky", Answer::Status(202));
+    let status = wait_status(&client, &actor, "the retry delivered", |s| s.delivered == 1).await;
+    assert!(
+        failed.elapsed() < Duration::from_secs(10),
+        "retried {:?} after the failure, not when its time came (300 ms)",
+        failed.elapsed()
+    );
+    assert_eq!(status.pending, 1, "the hanging send is still pending");
+    assert_eq!(peer.received("/flaky").len(), 2);
+}

@@ -31,6 +31,9 @@ const UNRECORDED_FACTOR: usize = 4;
 const RENEW_PARTS: u32 = 3;
 /// How long a worker with nothing to do waits for more before it ends (ms).
 const IDLE_LINGER_MS: u64 = 1000;
+/// While sends are in flight, due work is read at most this often: work queued or recorded
+/// meanwhile comes out in one read instead of one each (a read walks every sender's lane).
+const READ_GAP: Duration = Duration::from_millis(5);
 
 /// What every worker shares.
 pub struct Settings {
@@ -111,6 +114,21 @@ struct Worker {
     recording: std::sync::atomic::AtomicBool,
     /// Until when (ms since the epoch) this replica holds the destination.
     lease_until: AtomicU64,
+    /// What is due may have changed since the worker last read all of it: work was queued
+    /// or redriven, outcomes were recorded (a sender's next delivery is now its lane's
+    /// head), or the lease was renewed. An answered send alone changes nothing due.
+    changed: std::sync::atomic::AtomicBool,
+    /// The earliest retry this worker recorded since it last asked the queue (`u64::MAX`:
+    /// none).
+    retry_at: AtomicU64,
+}
+
+impl Worker {
+    /// Wakes the worker to look at due work again.
+    fn poke(&self) {
+        self.changed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
 }
 
 /// A worker's deliveries between being handed out and having their outcome recorded.
@@ -187,7 +205,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                         Ok(peer) if !peer.is_empty() => {
                             let worker = self.workers.lock().expect("workers lock poisoned").get(&peer).cloned();
                             match worker {
-                                Some(worker) => worker.wake.notify_one(),
+                                Some(worker) => worker.poke(),
                                 None => break,
                             }
                         }
@@ -219,7 +237,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             match workers.get(&peer) {
                 Some(worker) => {
                     worker.lease_until.store(until, Ordering::Relaxed);
-                    worker.wake.notify_one();
+                    worker.poke();
                 }
                 None => {
                     let worker = Arc::new(Worker {
@@ -229,6 +247,8 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                         outcomes: Mutex::new(Vec::new()),
                         recording: std::sync::atomic::AtomicBool::new(false),
                         lease_until: AtomicU64::new(until),
+                        changed: std::sync::atomic::AtomicBool::new(true),
+                        retry_at: AtomicU64::new(u64::MAX),
                     });
                     workers.insert(peer, worker.clone());
                     tokio::spawn(self.clone().work(worker));
@@ -241,6 +261,10 @@ impl<Q: QueueStorage> Dispatcher<Q> {
     async fn work(self: Arc<Self>, worker: Arc<Worker>) {
         let peer = worker.peer.as_str();
         let mut idle_since: Option<u64> = None;
+        // Due work may be there that the last read did not answer: it answered as many as it
+        // asked for, or something changed since. Otherwise reading again would answer nothing.
+        let mut stale = true;
+        let mut last_read: Option<tokio::time::Instant> = None;
         let idle = loop {
             let now = now_ms();
             let lease_until = worker.lease_until.load(Ordering::Relaxed);
@@ -256,19 +280,46 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             }
             let take = self.room(&worker, renewing);
             let mut took = 0;
-            if take.limit > 0 {
+            stale |= worker.changed.swap(false, Ordering::AcqRel);
+            let busy = !worker.in_flight.lock().expect("in-flight lock poisoned").is_empty();
+            let read_at = last_read.filter(|_| busy).map(|at| at + READ_GAP);
+            let gap = read_at.filter(|at| *at > tokio::time::Instant::now());
+            if take.limit > 0 && stale && gap.is_none() {
+                last_read = Some(tokio::time::Instant::now());
                 match self.queue.due(peer, now, take.limit, take.skip, take.recipients).await {
-                    Ok(due) => took = self.start_sends(&worker, due),
+                    Ok(due) => {
+                        stale = due.len() == take.limit;
+                        took = self.start_sends(&worker, due);
+                    }
                     Err(err) => tracing::warn!(peer, error = %err, "reading due deliveries failed"),
                 }
             }
-            let next = match self.queue.next_retry(peer, now).await {
-                Ok(next) => next,
-                Err(_) => Some(now + 1000),
-            };
             // Unrecorded outcomes keep the worker (and its lease) until they are recorded.
             let sending = !worker.in_flight.lock().expect("in-flight lock poisoned").is_empty();
-            let idle = took == 0 && !sending && next.is_none() && !renewing;
+            // While anything is in flight, its answer or record wakes this worker, and the
+            // retries it recorded itself say when the next one is due (a worker has its
+            // destination to itself); the queue is asked only by a worker about to wait with
+            // nothing in flight.
+            let next = if sending {
+                match worker.retry_at.load(Ordering::Acquire) {
+                    u64::MAX => None,
+                    at if at <= now => {
+                        let _ = worker
+                            .retry_at
+                            .compare_exchange(at, u64::MAX, Ordering::AcqRel, Ordering::Relaxed);
+                        stale = true;
+                        None
+                    }
+                    at => Some(at),
+                }
+            } else {
+                worker.retry_at.store(u64::MAX, Ordering::Release);
+                match self.queue.next_retry(peer, now).await {
+                    Ok(next) => next,
+                    Err(_) => Some(now + 1000),
+                }
+            };
+            let idle = took == 0 && !sending && !stale && next.is_none() && !renewing;
             // An idle worker lingers a moment before it ends: a destination sent to
             // steadily keeps its worker between activities instead of costing a claim round
             // for each.
@@ -283,11 +334,15 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 None
             };
             let wake_at = linger_ends.or(next).map_or(lease_until, |at| at.min(lease_until));
-            let sleep = Duration::from_millis(wake_at.saturating_sub(now_ms()));
+            let mut sleep_until = tokio::time::Instant::now() + Duration::from_millis(wake_at.saturating_sub(now_ms()));
+            if let Some(gap) = gap.filter(|_| stale) {
+                sleep_until = sleep_until.min(gap);
+            }
             tokio::select! {
                 () = self.settings.shutdown.cancelled() => {}
                 () = worker.wake.notified() => {}
-                () = tokio::time::sleep(sleep) => {}
+                // A retry's time came (or the linger or lease ran out): look again.
+                () = tokio::time::sleep_until(sleep_until) => stale = true,
             }
         };
         // The lease is given up while this worker is still the destination's, and only if
@@ -375,7 +430,7 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             return;
         }
         worker.in_flight.lock().expect("in-flight lock poisoned").forget(&id);
-        worker.wake.notify_one();
+        worker.poke();
     }
 
     /// Records the worker's waiting outcomes, a batch at a time, until none are left; the
@@ -397,6 +452,16 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             let ids: Vec<Id> = batch.iter().map(|(id, _)| *id).collect();
             // Only the worker takes due work: a second taker could act on a read made
             // before a send it raced was answered and recorded, and send it again.
+            let retry_at = batch
+                .iter()
+                .filter_map(|(_, outcome)| match outcome {
+                    Outcome::Retry { at, .. } => Some(*at),
+                    _ => None,
+                })
+                .min();
+            if let Some(at) = retry_at {
+                worker.retry_at.fetch_min(at, Ordering::AcqRel);
+            }
             match self.queue.record(&self.settings.owner, now_ms(), peer, batch).await {
                 Ok(recorded) => {
                     for (id, done) in ids.iter().zip(recorded) {
@@ -414,7 +479,9 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 in_flight.forget(id);
             }
             drop(in_flight);
-            worker.wake.notify_one();
+            // Recorded: these senders' next deliveries are due now (or, not recorded, these
+            // are due again).
+            worker.poke();
         }
     }
 

@@ -226,15 +226,19 @@ impl QueueStorage for PgQueue {
     ) -> Result<Vec<bool>, QueueError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(schema::RECORD).await?;
-        let mut ids: Vec<&[u8]> = Vec::with_capacity(outcomes.len());
+        let mut delivered: Vec<&[u8]> = Vec::with_capacity(outcomes.len());
+        let mut failed: Vec<&[u8]> = Vec::new();
         let (mut statuses, mut attempts, mut retries, mut errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (id, outcome) in &outcomes {
             let (status, tries, retry, error) = match outcome {
-                Outcome::Delivered => (schema::DELIVERED, 0, 0, ""),
+                Outcome::Delivered => {
+                    delivered.push(&id[..]);
+                    continue;
+                }
                 Outcome::Retry { attempts, at, error } => (schema::PENDING, *attempts, ms(*at), error.as_str()),
                 Outcome::Dead { attempts, error } => (schema::DEAD, *attempts, 0, error.as_str()),
             };
-            ids.push(&id[..]);
+            failed.push(&id[..]);
             statuses.push(status);
             attempts.push(tries as i32);
             retries.push(retry);
@@ -243,7 +247,17 @@ impl QueueStorage for PgQueue {
         let rows = client
             .query(
                 &statement,
-                &[&peer, &owner, &ms(now), &ids, &statuses, &attempts, &retries, &errors],
+                &[
+                    &peer,
+                    &owner,
+                    &ms(now),
+                    &delivered,
+                    &failed,
+                    &statuses,
+                    &attempts,
+                    &retries,
+                    &errors,
+                ],
             )
             .await?;
         let recorded: std::collections::HashSet<Vec<u8>> = rows.iter().map(|row| row.get(0)).collect();

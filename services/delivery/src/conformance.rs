@@ -93,6 +93,14 @@ pub(crate) async fn enqueue_is_durable_once_per_peer_and_id<E: Engine>(engine: &
     let status = queue.status(PEER).await.unwrap().unwrap();
     assert_eq!((status.pending, status.dead_letters, status.delivered), (1, 0, 0));
     assert_eq!(status.head_enqueued_ms, NOW - 999);
+    // Queued behind its sender's head, and again.
+    let sender = "https://a.example/actors/s1";
+    assert!(queue.enqueue(from(sender, PEER, 2)).await.unwrap());
+    assert!(
+        !queue.enqueue(from(sender, PEER, 2)).await.unwrap(),
+        "the same (peer, id) again, behind its sender's head"
+    );
+    assert_eq!(queue.status(PEER).await.unwrap().unwrap().pending, 2);
 }
 
 pub(crate) async fn concurrent_enqueues_of_one_id_queue_it_once<E: Engine>(engine: &E) {

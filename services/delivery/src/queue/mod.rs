@@ -125,16 +125,20 @@ pub struct DeadLetter {
 
 /// One peer's queue. Every operation is O(log n) in the queue's length (or in a sender's
 /// lane), so a peer with 100,000 queued activities costs no more per send than one with
-/// ten; per queued id it holds about 100 bytes (the envelopes live on disk). Pending ids are
-/// in lanes, one per sender: only a lane's oldest id (its head) is ever handed out, so a
-/// sender's deliveries reach the destination in order while different senders proceed side
-/// by side. Only heads are scheduled (due now, or waiting for a retry time): an id behind
-/// its head costs its entry and its place in the lane, nothing more.
+/// ten (the envelopes live on disk). Pending ids are in lanes, one per sender: only a lane's
+/// oldest id (its head) is ever handed out, so a sender's deliveries reach the destination
+/// in order while different senders proceed side by side. Only heads carry state and are
+/// scheduled (due now, or waiting for a retry time): an id behind its head is its order and
+/// its place in the lane, 40 bytes, nothing more. So only a head can be sent, retried,
+/// dead-lettered or delivered; and a duplicate of an id queued behind its head is not
+/// recognised here — the engines look their records up before they enqueue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerState {
     next_order: u64,
-    /// Per pending id: its order, failures so far, when it may be tried again, its lane.
-    entries: HashMap<Id, Entry>,
+    /// Pending ids, heads included.
+    pending: usize,
+    /// Per lane head: its order, failures so far, when it may be tried again, its lane.
+    head_of: HashMap<Id, Head>,
     /// Lanes by number; a number whose lane emptied is reused (`free_lanes`).
     lanes: Vec<Lane>,
     lane_numbers: HashMap<Arc<str>, u32>,
@@ -151,15 +155,15 @@ pub struct PeerState {
     dead_senders: HashMap<Id, Arc<str>>,
 }
 
-/// One sender's pending ids, oldest first.
+/// One sender's pending ids with their orders, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Lane {
     sender: Arc<str>,
-    ids: VecDeque<Id>,
+    ids: VecDeque<(u64, Id)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
+struct Head {
     order: u64,
     /// When it may be tried again (ms since the epoch); 0 when it may be at once.
     next_retry: u64,
@@ -185,28 +189,19 @@ impl PeerState {
     }
 
     /// Adds an activity at the back of `sender`'s lane; false (and nothing changes) when it
-    /// is already pending or dead-lettered.
+    /// is a lane's head or dead-lettered (one queued behind a head is not looked for).
     pub fn enqueue_from(&mut self, sender: &str, id: Id) -> bool {
-        if self.entries.contains_key(&id) || self.dead_order.contains_key(&id) {
+        if self.head_of.contains_key(&id) || self.dead_order.contains_key(&id) {
             return false;
         }
         let order = self.next_order;
         self.next_order += 1;
         let lane = self.lane_of(sender);
         let ids = &mut self.lanes[lane as usize].ids;
-        ids.push_back(id);
-        let is_head = ids.len() == 1;
-        self.entries.insert(
-            id,
-            Entry {
-                order,
-                next_retry: 0,
-                attempts: 0,
-                lane,
-            },
-        );
-        if is_head {
-            self.schedule_head(lane, order, 0);
+        ids.push_back((order, id));
+        self.pending += 1;
+        if ids.len() == 1 {
+            self.make_head(lane);
         }
         true
     }
@@ -235,32 +230,32 @@ impl PeerState {
         number
     }
 
-    /// Makes the id at `order` its lane's head: due now, or waiting until `next_retry`.
-    fn schedule_head(&mut self, lane: u32, order: u64, next_retry: u64) {
+    /// Makes the oldest id of `lane` its head, due now (never tried).
+    fn make_head(&mut self, lane: u32) {
+        let Some(&(order, id)) = self.lanes[lane as usize].ids.front() else {
+            return;
+        };
+        self.head_of.insert(
+            id,
+            Head {
+                order,
+                next_retry: 0,
+                attempts: 0,
+                lane,
+            },
+        );
         self.heads.insert(order, lane);
-        if next_retry == 0 {
-            self.ready.insert(order);
-        } else {
-            self.timers.insert((next_retry, order));
-        }
+        self.ready.insert(order);
     }
 
-    fn unschedule_head(&mut self, order: u64, next_retry: u64) {
-        if self.heads.remove(&order).is_some() {
-            self.ready.remove(&order);
-            if next_retry != 0 {
-                self.timers.remove(&(next_retry, order));
-            }
-        }
-    }
-
-    /// Puts back a pending activity as it was persisted (sender, attempts, retry time).
+    /// Puts back a pending activity as it was persisted (sender, attempts, retry time). Only
+    /// a head has attempts or a retry time: an activity is tried only as its lane's head.
     pub fn restore(&mut self, sender: &str, id: Id, attempts: u32, next_retry: Option<u64>) {
         if !self.enqueue_from(sender, id) {
             return;
         }
-        if let Some(entry) = self.entries.get_mut(&id) {
-            entry.attempts = attempts;
+        if let Some(head) = self.head_of.get_mut(&id) {
+            head.attempts = attempts;
         }
         if let Some(at) = next_retry {
             self.wait_until(id, at);
@@ -279,17 +274,15 @@ impl PeerState {
     }
 
     fn wait_until(&mut self, id: Id, at: u64) {
-        let Some(entry) = self.entries.get_mut(&id) else { return };
-        let (order, old) = (entry.order, entry.next_retry);
+        let Some(head) = self.head_of.get_mut(&id) else { return };
+        let (order, old) = (head.order, head.next_retry);
         // 0 means "at once"; a retry time is never the epoch itself.
-        entry.next_retry = at.max(1);
-        if self.heads.contains_key(&order) {
-            self.ready.remove(&order);
-            if old != 0 {
-                self.timers.remove(&(old, order));
-            }
-            self.timers.insert((at.max(1), order));
+        head.next_retry = at.max(1);
+        self.ready.remove(&order);
+        if old != 0 {
+            self.timers.remove(&(old, order));
         }
+        self.timers.insert((at.max(1), order));
     }
 
     /// Whether `id` may be sent at `now`.
@@ -297,50 +290,34 @@ impl PeerState {
         self.next_retry_at(id).is_none_or(|at| at <= now)
     }
 
-    /// Takes `id` out of pending; the sender of what was removed.
-    fn remove_pending(&mut self, id: &Id) -> Option<Arc<str>> {
-        let entry = self.entries.remove(id)?;
-        let number = entry.lane;
+    /// Takes the head `id` out of pending (its lane's next becomes the head); the sender of
+    /// what was removed.
+    fn remove_head(&mut self, id: &Id) -> Option<Arc<str>> {
+        let head = self.head_of.remove(id)?;
+        let number = head.lane;
         let lane = &mut self.lanes[number as usize];
+        lane.ids.pop_front();
+        self.pending -= 1;
         let sender = lane.sender.clone();
-        let was_head = lane.ids.front() == Some(id);
-        if was_head {
-            lane.ids.pop_front();
-        } else {
-            // Behind its head (a lane's ids are in order): found by its order.
-            let entries = &self.entries;
-            let found = lane.ids.binary_search_by_key(&entry.order, |other| {
-                entries.get(other).map_or(entry.order, |e| e.order)
-            });
-            if let Ok(at) = found {
-                lane.ids.remove(at);
-            }
+        let emptied = lane.ids.is_empty();
+        self.heads.remove(&head.order);
+        self.ready.remove(&head.order);
+        if head.next_retry != 0 {
+            self.timers.remove(&(head.next_retry, head.order));
         }
-        let next = lane.ids.front().copied();
-        if lane.ids.is_empty() {
+        if emptied {
             // Its number is free for the next new sender, which replaces its name.
             self.lane_numbers.remove(&sender);
             self.free_lanes.push(number);
-        }
-        if was_head {
-            self.unschedule_head(entry.order, entry.next_retry);
-            if let Some(next) = next.and_then(|next| self.entries.get(&next)) {
-                let (order, next_retry) = (next.order, next.next_retry);
-                self.schedule_head(number, order, next_retry);
-            }
+        } else {
+            self.make_head(number);
         }
         Some(sender)
     }
 
-    pub fn is_pending(&self, id: &Id) -> bool {
-        self.entries.contains_key(id)
-    }
-
     /// Whether `id` is the oldest pending delivery of its sender (the one that may go next).
     pub fn is_head(&self, id: &Id) -> bool {
-        self.entries
-            .get(id)
-            .is_some_and(|entry| self.lanes[entry.lane as usize].ids.front() == Some(id))
+        self.head_of.contains_key(id)
     }
 
     pub fn is_dead(&self, id: &Id) -> bool {
@@ -349,7 +326,7 @@ impl PeerState {
 
     /// Pending ids in enqueue order (sorts them: for listings and tests, not per send).
     pub fn pending(&self) -> Vec<Id> {
-        let mut all: Vec<(u64, Id)> = self.entries.iter().map(|(id, e)| (e.order, *id)).collect();
+        let mut all: Vec<(u64, Id)> = self.lanes.iter().flat_map(|lane| lane.ids.iter().copied()).collect();
         all.sort_unstable();
         all.into_iter().map(|(_, id)| id).collect()
     }
@@ -357,11 +334,11 @@ impl PeerState {
     /// The oldest pending id.
     pub fn oldest_pending(&self) -> Option<Id> {
         let (_, lane) = self.heads.first_key_value()?;
-        self.lanes[*lane as usize].ids.front().copied()
+        Some(self.head_id(*lane))
     }
 
     pub fn pending_len(&self) -> usize {
-        self.entries.len()
+        self.pending
     }
 
     /// Dead letters in the order they died.
@@ -373,20 +350,21 @@ impl PeerState {
         self.dead_letter.len()
     }
 
+    /// Failures so far of a head (0 for any other id).
     pub fn attempts_for(&self, id: &Id) -> u32 {
-        self.entries.get(id).map_or(0, |e| e.attempts)
+        self.head_of.get(id).map_or(0, |h| h.attempts)
     }
 
     pub fn next_retry_at(&self, id: &Id) -> Option<u64> {
-        self.entries
+        self.head_of
             .get(id)
-            .and_then(|e| (e.next_retry != 0).then_some(e.next_retry))
+            .and_then(|h| (h.next_retry != 0).then_some(h.next_retry))
     }
 
-    /// A failed send of `id` at `now`: one more attempt; what happens next is [`decide`]'s.
-    /// None when `id` is not pending.
+    /// A failed send of the head `id` at `now`: one more attempt; what happens next is
+    /// [`decide`]'s. None when `id` is not a head.
     pub fn record_failure(&mut self, id: Id, now: u64, failure: &Failure, schedule: &Schedule) -> Option<AfterFailure> {
-        if !self.is_pending(&id) {
+        if !self.is_head(&id) {
             return None;
         }
         let attempts = self.attempts_for(&id) + 1;
@@ -398,17 +376,17 @@ impl PeerState {
         Some(after)
     }
 
-    /// Marks a pending `id` as failed `attempts` times, to be tried again at `at`.
+    /// Marks the head `id` as failed `attempts` times, to be tried again at `at`.
     pub fn retry_at(&mut self, id: Id, attempts: u32, at: u64) {
-        if let Some(entry) = self.entries.get_mut(&id) {
-            entry.attempts = attempts;
+        if let Some(head) = self.head_of.get_mut(&id) {
+            head.attempts = attempts;
             self.wait_until(id, at);
         }
     }
 
-    /// Moves a pending `id` to the dead letters; its retry time is cleared.
+    /// Moves the head `id` to the dead letters; its retry time is cleared.
     pub fn dead_letter(&mut self, id: Id, attempts: u32, reason: &str) {
-        if let Some(sender) = self.remove_pending(&id) {
+        if let Some(sender) = self.remove_head(&id) {
             let dead = DeadLetter {
                 id,
                 attempts,
@@ -419,15 +397,15 @@ impl PeerState {
         }
     }
 
-    /// A delivered activity: its attempts and retry time are cleared and it leaves the queue
-    /// (the next of its sender becomes due). False when it was not pending.
+    /// The head `id` delivered: it leaves the queue (the next of its sender becomes due).
+    /// False when it was not a head.
     pub fn record_success(&mut self, id: Id) -> bool {
-        self.remove_pending(&id).is_some()
+        self.remove_head(&id).is_some()
     }
 
     /// The id at the head of lane `lane`.
     fn head_id(&self, lane: u32) -> Id {
-        self.lanes[lane as usize].ids[0]
+        self.lanes[lane as usize].ids[0].1
     }
 
     /// Pending ids that may be sent at `now` — each the oldest of its sender, never tried

@@ -211,7 +211,8 @@ fn record_one(
     id: Id,
     outcome: &Outcome,
 ) -> Result<Option<ItemRecord>, QueueError> {
-    if !entry.state.is_pending(&id) {
+    // Only a lane's head is ever handed out, so only a head has an outcome.
+    if !entry.state.is_head(&id) {
         return Ok(None);
     }
     let Some(mut item) = records.item(&entry.record.peer, &id).map_err(QueueError::internal)? else {
@@ -513,7 +514,8 @@ impl QueueStorage for RocksQueue {
                 }
                 let entry = peers.get_mut(peer).expect("just inserted");
                 let id = delivery.id;
-                if entry.state.is_pending(&id) || entry.state.is_dead(&id) || !entry.enqueuing.insert(id) {
+                // Known at a glance, or being queued; any other is looked up on disk below.
+                if entry.state.is_head(&id) || entry.state.is_dead(&id) || !entry.enqueuing.insert(id) {
                     continue;
                 }
                 let since = entry.record.failing_since_ms;

@@ -22,6 +22,7 @@ use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::wire::v1::ActivityType;
 use fedsx_wire::ActivityId;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -186,18 +187,35 @@ impl Drop for SpanGuard<'_> {
     }
 }
 
-/// Starts one runner per journal; each ends on `shutdown`.
-pub(crate) fn spawn_runners(kernel: &Arc<Kernel>, shutdown: &fedsx_runtime::CancellationToken) {
-    for journal in 0..kernel.machine.journals.count() {
-        let tasks = kernel.tasks.clone();
-        let kernel = Arc::downgrade(kernel);
+/// What a runner needs of the kernel: the effects owed, whether this replica serves a
+/// journal's partition, and doing one effect. The kernel is the one host; the runner's
+/// tests have their own.
+pub(crate) trait Host: Send + Sync + 'static {
+    fn effects(&self) -> &Effects;
+
+    /// Whether this replica serves `journal`'s partition (always, for the node journal).
+    fn serves(&self, journal: usize) -> bool;
+
+    /// Does one effect (idempotent). `again`: it may have been done before.
+    fn run_effect(&self, effect: &Effect, again: bool) -> impl Future<Output = Result<(), KernelError>> + Send;
+}
+
+/// Starts one runner per journal of `host`'s effects, tracked by `tasks`; each ends on
+/// `shutdown` or once the host is gone.
+pub(crate) fn spawn_runners<H: Host>(
+    host: &Arc<H>,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &fedsx_runtime::CancellationToken,
+) {
+    for journal in 0..host.effects().journals.len() {
+        let host = Arc::downgrade(host);
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             loop {
-                let Some(me) = kernel.upgrade() else { return };
-                let chunk = me.effects.next_chunk(journal);
+                let Some(me) = host.upgrade() else { return };
+                let chunk = me.effects().next_chunk(journal);
                 if chunk.is_empty() {
-                    let wake = me.effects.journals[journal].wake.clone();
+                    let wake = me.effects().journals[journal].wake.clone();
                     drop(me);
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -208,54 +226,61 @@ pub(crate) fn spawn_runners(kernel: &Arc<Kernel>, shutdown: &fedsx_runtime::Canc
                 let runs = chunk.into_iter().flat_map(|(_, owed)| {
                     let (me, shutdown) = (&me, &shutdown);
                     owed.effects.into_iter().map(move |effect| {
-                        me.run_until_done(journal, effect, owed.again, shutdown)
-                            .instrument(owed.span.clone())
+                        run_until_done(&**me, journal, effect, owed.again, shutdown).instrument(owed.span.clone())
                     })
                 });
                 futures::future::join_all(runs).await;
-                me.effects.finished(journal, through);
+                me.effects().finished(journal, through);
             }
         });
     }
 }
 
-impl Kernel {
-    /// Does `effect`, again after a retryable failure, until done, the partition is no
-    /// longer served here (its new owner does it), or shutdown.
-    async fn run_until_done(
-        &self,
-        journal: usize,
-        effect: Effect,
-        again: bool,
-        shutdown: &fedsx_runtime::CancellationToken,
-    ) {
-        let mut pause = RETRY_FIRST;
-        loop {
-            if journal != crate::partition::NODE && self.ownership.owned((journal - 1) as u32).is_none() {
-                tracing::debug!(?effect, "effect left to the partition's new owner");
+/// Does `effect`, again after a retryable failure, until done, the partition is no longer
+/// served here (its new owner does it), or shutdown.
+async fn run_until_done<H: Host>(
+    host: &H,
+    journal: usize,
+    effect: Effect,
+    again: bool,
+    shutdown: &fedsx_runtime::CancellationToken,
+) {
+    let mut pause = RETRY_FIRST;
+    loop {
+        if !host.serves(journal) {
+            tracing::debug!(?effect, "effect left to the partition's new owner");
+            return;
+        }
+        match host.run_effect(&effect, again).await {
+            Ok(()) => return,
+            Err(err) if err.is_retryable() => {
+                tracing::warn!(?effect, error = %err, retry_in = ?pause, "effect failed; retrying");
+            }
+            Err(err) => {
+                tracing::error!(?effect, error = %err, "effect failed for good");
                 return;
             }
-            match self.run_effect(&effect, again).await {
-                Ok(()) => return,
-                Err(err) if err.is_retryable() => {
-                    tracing::warn!(?effect, error = %err, retry_in = ?pause, "effect failed; retrying");
-                }
-                Err(err) => {
-                    tracing::error!(?effect, error = %err, "effect failed for good");
-                    return;
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-            pause = (pause * 2).min(RETRY_MAX);
         }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+impl Host for Kernel {
+    fn effects(&self) -> &Effects {
+        &self.effects
     }
 
-    /// Does one effect (idempotent). `again`: it may have been done before, so it is looked
-    /// for first (one lookup instead of signing and appending an activity already there).
-    pub(crate) async fn run_effect(&self, effect: &Effect, again: bool) -> Result<(), KernelError> {
+    fn serves(&self, journal: usize) -> bool {
+        journal == crate::partition::NODE || self.ownership.owned((journal - 1) as u32).is_some()
+    }
+
+    /// An Accept is published under a once-key derived from the Follow: looked for first
+    /// when `again` (one lookup instead of signing and appending an activity already there).
+    async fn run_effect(&self, effect: &Effect, again: bool) -> Result<(), KernelError> {
         match effect {
             Effect::AcceptFollow {
                 actor,
@@ -290,7 +315,9 @@ impl Kernel {
             }
         }
     }
+}
 
+impl Kernel {
     /// This replica just took `journal`'s partition over: the effects of its records after
     /// the newest snapshot, up to `through` (where the takeover fenced it), are run again
     /// here, in the background — those its previous owner may not have done.
@@ -414,5 +441,125 @@ mod tests {
             futures::poll!(std::pin::pin!(effects.done(1, 10))).is_ready(),
             "what was applied before the kernel started is owed by nobody waiting"
         );
+    }
+
+    /// A host that records the effects it ran (by follower) and fails each follower's
+    /// first runs as told.
+    struct Fake {
+        effects: Effects,
+        serving: std::sync::atomic::AtomicBool,
+        ran: Mutex<Vec<String>>,
+        /// Per follower: failures still to answer, and whether they are retryable.
+        failing: Mutex<HashMap<String, (usize, bool)>>,
+    }
+
+    impl Fake {
+        fn new() -> Arc<Fake> {
+            Arc::new(Fake {
+                effects: Effects::new(&[0, 0]),
+                serving: std::sync::atomic::AtomicBool::new(true),
+                ran: Mutex::default(),
+                failing: Mutex::default(),
+            })
+        }
+
+        fn ran(&self) -> Vec<String> {
+            self.ran.lock().unwrap().clone()
+        }
+    }
+
+    impl Host for Fake {
+        fn effects(&self) -> &Effects {
+            &self.effects
+        }
+
+        fn serves(&self, _journal: usize) -> bool {
+            self.serving.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        async fn run_effect(&self, effect: &Effect, _again: bool) -> Result<(), KernelError> {
+            let Effect::AcceptFollow { follower, .. } = effect;
+            if let Some((left, retryable)) = self.failing.lock().unwrap().get_mut(follower)
+                && *left > 0
+            {
+                *left -= 1;
+                return Err(if *retryable {
+                    KernelError::LogStoreUnavailable("log-store down".into())
+                } else {
+                    KernelError::BadRequest("refused".into())
+                });
+            }
+            self.ran.lock().unwrap().push(follower.clone());
+            Ok(())
+        }
+    }
+
+    fn accept(follower: &str) -> Vec<Effect> {
+        vec![Effect::AcceptFollow {
+            actor: "alice".into(),
+            follower: follower.into(),
+            follow_id: ActivityId([7; 32]),
+        }]
+    }
+
+    /// Starts the runners; the tracker and token end them when dropped with the test.
+    fn start(host: &Arc<Fake>) -> fedsx_runtime::CancellationToken {
+        let (tasks, shutdown) = (
+            tokio_util::task::TaskTracker::new(),
+            fedsx_runtime::CancellationToken::new(),
+        );
+        spawn_runners(host, &tasks, &shutdown);
+        shutdown
+    }
+
+    #[tokio::test]
+    async fn effects_run_in_seq_order_and_done_waits_for_them() {
+        let host = Fake::new();
+        let _shutdown = start(&host);
+        for (seq, follower) in [(3, "c"), (1, "a"), (2, "b")] {
+            host.effects.push(1, seq, &[seq as u8; 32], accept(follower));
+        }
+        host.effects.done(1, 3).await.unwrap();
+        assert_eq!(host.ran(), ["a", "b", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retryable_failure_is_retried_and_a_permanent_one_given_up() {
+        let host = Fake::new();
+        host.failing.lock().unwrap().insert("a".into(), (3, true));
+        host.failing.lock().unwrap().insert("b".into(), (1, false));
+        let _shutdown = start(&host);
+        host.effects.push(1, 1, &[1; 32], accept("a"));
+        host.effects.push(1, 2, &[2; 32], accept("b"));
+        host.effects.done(1, 2).await.unwrap();
+        assert_eq!(
+            host.ran(),
+            ["a"],
+            "a after three retries; b refused for good, not retried"
+        );
+        assert_eq!(host.failing.lock().unwrap()["b"].0, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_effect_of_a_partition_no_longer_served_is_left_to_its_new_owner() {
+        let host = Fake::new();
+        host.failing.lock().unwrap().insert("a".into(), (1_000, true));
+        let _shutdown = start(&host);
+        host.effects.push(1, 1, &[1; 32], accept("a"));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        host.serving.store(false, std::sync::atomic::Ordering::SeqCst);
+        host.effects.done(1, 1).await.unwrap();
+        assert!(host.ran().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn done_answers_unavailable_while_an_effect_keeps_failing() {
+        let host = Fake::new();
+        host.failing.lock().unwrap().insert("a".into(), (usize::MAX, true));
+        let shutdown = start(&host);
+        host.effects.push(1, 1, &[1; 32], accept("a"));
+        let err = host.effects.done(1, 1).await.unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        shutdown.cancel();
     }
 }

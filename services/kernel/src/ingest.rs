@@ -4,6 +4,7 @@
 //! unfollow on Undo). The node inbox runs the same pipeline once for several recipients. Side effects are idempotent and re-run when a retried envelope finds
 //! them unfinished, so a crash between the append and them loses nothing.
 
+use crate::effects::Host;
 use crate::error::KernelError;
 use crate::kernel::{Kernel, derived_id};
 use crate::publish::Draft;

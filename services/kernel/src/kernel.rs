@@ -168,7 +168,7 @@ impl Kernel {
             _ownership_gauges: crate::metrics::register_ownership(this.clone()),
         });
         crate::journal::spawn_followers(&kernel, &shutdown);
-        crate::effects::spawn_runners(&kernel, &shutdown);
+        crate::effects::spawn_runners(&kernel, &kernel.tasks, &shutdown);
         // Takes this replica's share of the partitions before serving (all of them when it
         // is the only one); the rounds go on in the background.
         if let Err(err) = crate::ownership::round(&kernel).await {

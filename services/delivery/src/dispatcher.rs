@@ -450,8 +450,8 @@ impl<Q: QueueStorage> Dispatcher<Q> {
                 return;
             }
             let ids: Vec<Id> = batch.iter().map(|(id, _)| *id).collect();
-            // Only the worker takes due work: a second taker could act on a read made
-            // before a send it raced was answered and recorded, and send it again.
+            // The worker wakes for the earliest of these retries (it may have sends in
+            // flight and not ask the queue).
             let retry_at = batch
                 .iter()
                 .filter_map(|(_, outcome)| match outcome {
@@ -462,6 +462,8 @@ impl<Q: QueueStorage> Dispatcher<Q> {
             if let Some(at) = retry_at {
                 worker.retry_at.fetch_min(at, Ordering::AcqRel);
             }
+            // Only the worker takes due work: a second taker could act on a read made
+            // before a send it raced was answered and recorded, and send it again.
             match self.queue.record(&self.settings.owner, now_ms(), peer, batch).await {
                 Ok(recorded) => {
                     for (id, done) in ids.iter().zip(recorded) {

@@ -9,7 +9,6 @@ use ed25519_dalek::SigningKey;
 use fedsx_proto::kernel::v1::CreateActorRequest;
 use fedsx_proto::kernel::v1::kernel_client::KernelClient;
 use fedsx_proto::wire::v1::{Activity, ActivityType};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::{Service, TestDir, eventually, free_addr, sample, scrape};
@@ -19,17 +18,7 @@ const PEER: &str = "https://p.example/actors/pat";
 
 /// One actor name per partition, so each replica serves some of them.
 fn actors() -> Vec<String> {
-    let mut names: BTreeMap<u32, String> = BTreeMap::new();
-    for n in 0.. {
-        let name = format!("r{n}");
-        names
-            .entry(fedsx_kernel::partition_of(&name, PARTITIONS))
-            .or_insert(name);
-        if names.len() == PARTITIONS as usize {
-            return names.into_values().collect();
-        }
-    }
-    unreachable!()
+    fedsx_kernel::one_name_per_partition("r", PARTITIONS as usize, PARTITIONS)
 }
 
 /// `Ingest` calls the kernel at `addr` answered so far, and the partitions it serves.

@@ -18,7 +18,7 @@ use fedsx_proto::logstore::v1::log_store_client::LogStoreClient;
 use fedsx_proto::logstore::v1::{ReadRequest, StreamId, StreamKind};
 use fedsx_proto::wire::v1::{Activity, ActivityType};
 use prost::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,17 +35,7 @@ const PARTITIONS: u32 = 16;
 
 /// One actor name per partition, so every replica serves some of them.
 fn actors() -> Vec<String> {
-    let mut names: BTreeMap<u32, String> = BTreeMap::new();
-    for n in 0.. {
-        let name = format!("a{n}");
-        names
-            .entry(fedsx_kernel::partition_of(&name, PARTITIONS))
-            .or_insert(name);
-        if names.len() == PARTITIONS as usize {
-            break;
-        }
-    }
-    names.into_values().collect()
+    fedsx_kernel::one_name_per_partition("a", PARTITIONS as usize, PARTITIONS)
 }
 
 async fn client(url: &str) -> KernelClient<Channel> {

@@ -353,17 +353,7 @@ async fn settle(urls: &[String]) -> anyhow::Result<()> {
 
 /// `n` local actor names in different partitions.
 fn recipients(n: usize) -> Vec<String> {
-    let mut names: std::collections::BTreeMap<u32, String> = std::collections::BTreeMap::new();
-    for i in 0.. {
-        let name = format!("bench{i}");
-        names
-            .entry(fedsx_kernel::partition_of(&name, PARTITIONS))
-            .or_insert(name);
-        if names.len() == n {
-            return names.into_values().collect();
-        }
-    }
-    unreachable!()
+    fedsx_kernel::one_name_per_partition("bench", n, PARTITIONS)
 }
 
 /// Each peer's chain: a Follow of every recipient (one chain per peer, in order), then

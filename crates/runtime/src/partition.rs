@@ -11,3 +11,22 @@ pub fn partition_of(name: &str, partitions: u32) -> u32 {
     let head = u64::from_be_bytes(hash[..8].try_into().expect("eight bytes"));
     (head % u64::from(partitions.max(1))) as u32
 }
+
+/// `count` names `<prefix>0`, `<prefix>1`, … each in a different partition of `partitions`
+/// (the first found for each), ordered by partition: local actors that spread a load over
+/// every partition, for tests and benchmarks. `count` is at most `partitions`.
+pub fn one_name_per_partition(prefix: &str, count: usize, partitions: u32) -> Vec<String> {
+    assert!(
+        count <= partitions.max(1) as usize,
+        "{count} names, {partitions} partitions"
+    );
+    let mut names: std::collections::BTreeMap<u32, String> = std::collections::BTreeMap::new();
+    for n in 0.. {
+        if names.len() == count {
+            break;
+        }
+        let name = format!("{prefix}{n}");
+        names.entry(partition_of(&name, partitions)).or_insert(name);
+    }
+    names.into_values().collect()
+}

@@ -42,7 +42,7 @@ pub use kernel::{Kernel, Ports};
 pub use keys::NodeSecret;
 pub use logs::{GrpcLogs, LogError, LogPort, Logs};
 pub use ownership::{Owner, ReplicaConfig, ReplicaView};
-pub use partition::{DEFAULT_PARTITIONS, partition_of};
+pub use partition::{DEFAULT_PARTITIONS, one_name_per_partition, partition_of};
 pub use publish::{Draft, Published};
 pub use state::NodeUrls;
 

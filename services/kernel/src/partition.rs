@@ -26,7 +26,7 @@ pub const MAX_PARTITIONS: u32 = 1024;
 /// Index of the node journal.
 pub const NODE: usize = 0;
 
-pub use fedsx_runtime::partition::partition_of;
+pub use fedsx_runtime::partition::{one_name_per_partition, partition_of};
 
 /// The node's journals.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use support::{Service, TestDir, eventually, free_addr, sample, scrape};
 
-const PARTITIONS: u32 = 4;
+const PARTITIONS: u32 = 8;
 const PEER: &str = "https://p.example/actors/pat";
 
 /// One actor name per partition, so each replica serves some of them.

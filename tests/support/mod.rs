@@ -280,7 +280,10 @@ pub async fn spawn_delivery(dir: &TestDir, schedule: &str, extra: &[&str]) -> Se
 
 /// Kernel replica `n` of a node on a free address: on the log-store at `log_store`, for
 /// `public_url`, sharing the node secret `<dir>/node-secret` with the other replicas, with
-/// `extra` flags (its delivery, its partitions, …).
+/// `extra` flags (its delivery, its partitions, …). Its replica id is `kernel-<n>`: the
+/// replicas split the partitions by rendezvous hashing of the ids, so a test's split is the
+/// same every run (by default the id comes from the address, a free port, and a split that
+/// leaves one replica nothing would come now and then).
 pub async fn spawn_kernel_replica(
     dir: &TestDir,
     n: usize,
@@ -289,9 +292,11 @@ pub async fn spawn_kernel_replica(
     extra: &[&str],
 ) -> (SocketAddr, Service) {
     let addr = free_addr();
-    let (listen, secret) = (addr.to_string(), dir.join("node-secret"));
+    let (listen, secret, id) = (addr.to_string(), dir.join("node-secret"), format!("kernel-{n}"));
     let mut args = vec![
         "kernel",
+        "--replica-id",
+        &id,
         "--listen",
         &listen,
         "--log-store",

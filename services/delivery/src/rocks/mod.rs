@@ -1,18 +1,23 @@
-//! The embedded engine: one record per (peer, id) in RocksDB (see `records`), and in memory
-//! per peer the pure [`PeerState`] as the index of what is pending, waiting and dead, so
-//! handing out due work costs O(log n) however long the queue. One process owns the
-//! directory, so leases are kept in memory.
+//! The embedded engine: an act record per activity queued for destinations and an item
+//! record per delivery something happened to (see `acts`, `records`), and in memory per peer
+//! the pure [`PeerState`] as the index of what is pending, waiting and dead, so handing out
+//! due work costs O(log n) however long the queue. One process owns the directory, so
+//! leases are kept in memory.
 
+mod acts;
+mod enqueue;
 mod records;
 
 use crate::queue::{DeadLetter, Id, PeerState};
-use crate::storage::{
-    Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage, StoredRecipients, unavailable_reason,
+use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
+use acts::{ActKey, RouteKey};
+use records::{
+    Changes, Item, ItemRecord, LoadedPeer, PeerRecord, Records, STATUS_DEAD, STATUS_DELIVERED, STATUS_PENDING,
 };
-use records::{ItemRecord, LoadedPeer, NewPayload, PeerRecord, Records, STATUS_DEAD, STATUS_DELIVERED, STATUS_PENDING};
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 
@@ -27,8 +32,11 @@ pub struct RocksQueue {
 struct Inner {
     records: Records,
     peers: Mutex<HashMap<String, PeerEntry>>,
-    /// Global enqueue order: restores each peer's FIFO after a restart.
+    /// Global enqueue order: restores each peer's FIFO after a restart. Act and route
+    /// numbers are taken from it too.
     order: AtomicU64,
+    /// The next destination number (for act records).
+    nums: AtomicU32,
     notices: broadcast::Sender<String>,
     ready: watch::Sender<bool>,
     closed: AtomicBool,
@@ -36,15 +44,26 @@ struct Inner {
     shared: Mutex<SharedRecords>,
 }
 
-/// How many pending or dead deliveries name each shared record, and whether it is on disk
-/// yet. A shared record is stored once under the SHA-256 of its bytes: the envelope of an
-/// activity queued for several destinations in one batch, and a recipient list (the same
-/// followers on one node, activity after activity). The last delivery naming one that is
-/// delivered drops it, in the same write. Rebuilt from the items at open; changed only
+/// How many pending or dead deliveries name each record they share, and whether it is on
+/// disk yet: act records and routes (see `acts`), and — in queues from before acts — an
+/// envelope or recipient list stored once under the SHA-256 of its bytes. The last delivery
+/// naming one that is delivered drops it, in the same write. Rebuilt at open; changed only
 /// under the queue's lock (taken before this one).
 #[derive(Default)]
 struct SharedRecords {
-    refs: HashMap<[u8; 32], SharedRef>,
+    hashed: Counts<[u8; 32]>,
+    acts: Counts<ActKey>,
+    routes: Counts<RouteKey>,
+}
+
+struct Counts<K> {
+    refs: HashMap<K, SharedRef>,
+}
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts { refs: HashMap::new() }
+    }
 }
 
 struct SharedRef {
@@ -53,13 +72,10 @@ struct SharedRef {
     stored: bool,
 }
 
-impl SharedRecords {
+impl<K: Hash + Eq + Copy> Counts<K> {
     /// One more delivery names `key`: whether its enqueue must write the record (it is
     /// not known to be on disk).
-    fn add(&mut self, key: &[u8]) -> bool {
-        let Ok(key) = <[u8; 32]>::try_from(key) else {
-            return false;
-        };
+    fn add(&mut self, key: K) -> bool {
         let entry = self.refs.entry(key).or_insert(SharedRef {
             count: 0,
             stored: false,
@@ -68,85 +84,43 @@ impl SharedRecords {
         !entry.stored
     }
 
-    /// One more delivery names `key`, whose record is on disk (read back at open, or kept
-    /// by a write that failed).
-    fn add_stored(&mut self, key: &[u8]) {
-        self.add(key);
-        if let Ok(key) = <[u8; 32]>::try_from(key) {
-            self.stored(&key);
-        }
+    /// `n` more deliveries name `key`, whose record is on disk.
+    fn add_stored_n(&mut self, key: K, n: u32) {
+        let entry = self.refs.entry(key).or_insert(SharedRef { count: 0, stored: true });
+        entry.count += n;
+        entry.stored = true;
     }
 
     /// `key`'s record is on disk (an enqueue writing it succeeded).
-    fn stored(&mut self, key: &[u8; 32]) {
+    fn stored(&mut self, key: &K) {
         if let Some(entry) = self.refs.get_mut(key) {
             entry.stored = true;
         }
     }
 
     /// One delivery fewer names `key`: the key when it was the last.
-    fn release(&mut self, key: &[u8]) -> Option<[u8; 32]> {
-        let key = <[u8; 32]>::try_from(key).ok()?;
-        let entry = self.refs.get_mut(&key)?;
+    fn release(&mut self, key: &K) -> Option<K> {
+        let entry = self.refs.get_mut(key)?;
         entry.count -= 1;
         if entry.count > 0 {
             return None;
         }
-        self.refs.remove(&key);
-        Some(key)
+        self.refs.remove(key);
+        Some(*key)
     }
 }
 
-/// Recipient lists shorter than this stay with their item: a shared one costs a key.
-const SHARED_RECIPIENTS_MIN: usize = 64;
-
-/// Each delivery's recipients as stored, and the shared key of those long enough to share:
-/// the SHA-256 of the stored bytes (hashed once per destination and list in a batch).
-fn stored_recipients(deliveries: &[NewDelivery]) -> Vec<(StoredRecipients, Option<[u8; 32]>)> {
-    use sha2::Digest;
-    let mut last: HashMap<&str, (StoredRecipients, [u8; 32])> = HashMap::new();
-    deliveries
-        .iter()
-        .map(|delivery| {
-            let stored = StoredRecipients::store(&delivery.peer, &delivery.inbox_url, &delivery.recipients);
-            if stored.bytes().len() < SHARED_RECIPIENTS_MIN {
-                return (stored, None);
-            }
-            if let Some((previous, key)) = last.get(delivery.peer.as_str())
-                && previous == &stored
-            {
-                return (previous.clone(), Some(*key));
-            }
-            let key: [u8; 32] = sha2::Sha256::digest(stored.bytes()).into();
-            last.insert(&delivery.peer, (stored.clone(), key));
-            (stored, Some(key))
-        })
-        .collect()
-}
-
-/// The shared-envelope key of each delivery in a batch: for an activity queued to several
-/// destinations with the same envelope bytes, the SHA-256 of those bytes; else none (its
-/// envelope is stored with its item).
-fn shared_keys(deliveries: &[NewDelivery]) -> Vec<Option<[u8; 32]>> {
-    use sha2::Digest;
-    let mut keys = vec![None; deliveries.len()];
-    if deliveries.len() < 2 {
-        return keys;
-    }
-    let mut firsts: HashMap<Id, usize> = HashMap::new();
-    let mut group_key: HashMap<usize, [u8; 32]> = HashMap::new();
-    for (index, delivery) in deliveries.iter().enumerate() {
-        let first = *firsts.entry(delivery.id).or_insert(index);
-        if first == index || deliveries[first].envelope != delivery.envelope {
-            continue;
+impl Counts<[u8; 32]> {
+    /// As [`Counts::add_stored_n`] once, for a key as an item record holds it (empty: none).
+    fn add_stored_slice(&mut self, key: &[u8]) {
+        if let Ok(key) = <[u8; 32]>::try_from(key) {
+            self.add_stored_n(key, 1);
         }
-        let key = *group_key
-            .entry(first)
-            .or_insert_with(|| sha2::Sha256::digest(&delivery.envelope).into());
-        keys[first] = Some(key);
-        keys[index] = Some(key);
     }
-    keys
+
+    fn release_slice(&mut self, key: &[u8]) -> Option<[u8; 32]> {
+        self.release(&<[u8; 32]>::try_from(key).ok()?)
+    }
 }
 
 struct PeerEntry {
@@ -156,8 +130,10 @@ struct PeerEntry {
     enqueuing: HashSet<Id>,
     /// (owner, until ms).
     lease: Option<(String, u64)>,
-    /// Whether its record is on disk (an enqueue writes it only while it is not).
+    /// Whether its record is on disk as it is (an enqueue writes it only while it is not).
     on_disk: bool,
+    /// The route its deliveries were last queued with.
+    route: Option<enqueue::Route>,
 }
 
 impl PeerEntry {
@@ -195,6 +171,7 @@ impl PeerEntry {
             enqueuing: HashSet::new(),
             lease: None,
             on_disk: true,
+            route: None,
         }
     }
 }
@@ -215,7 +192,10 @@ fn record_one(
     if !entry.state.is_head(&id) {
         return Ok(None);
     }
-    let Some(mut item) = records.item(&entry.record.peer, &id).map_err(QueueError::internal)? else {
+    let Some(Item { record: mut item, .. }) = records
+        .item(&entry.record.peer, entry.record.num, &id)
+        .map_err(QueueError::internal)?
+    else {
         return Ok(None);
     };
     match outcome {
@@ -304,6 +284,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Inner {
+    /// `peer`'s number in act records (0: none).
+    fn num_of(&self, peer: &str) -> u32 {
+        let peers = self.peers.lock().expect("queue lock poisoned");
+        peers.get(peer).map_or(0, |entry| entry.record.num)
+    }
+
     /// Takes up to `limit` of `peer`'s due ids (not in `skip`) out of waiting.
     fn take_ids(&self, peer: &str, now: u64, limit: usize, skip: &[Id]) -> Vec<Id> {
         let mut peers = self.peers.lock().expect("queue lock poisoned");
@@ -314,16 +300,17 @@ impl Inner {
 
     /// The taken ids' deliveries, from disk (those still pending). Blocks.
     fn read_due(&self, peer: &str, ids: Vec<Id>, recipients: bool) -> Result<Vec<Due>, QueueError> {
+        let num = self.num_of(peer);
         let mut due = Vec::with_capacity(ids.len());
         for id in ids {
-            let Some(mut item) = self.records.item(peer, &id).map_err(QueueError::internal)? else {
+            let Some(mut item) = self.records.item(peer, num, &id).map_err(QueueError::internal)? else {
                 continue;
             };
-            if item.status != STATUS_PENDING {
+            if item.record.status != STATUS_PENDING {
                 continue;
             }
             if let Some(envelope) = self.records.envelope(peer, &id, &item).map_err(QueueError::internal)? {
-                let recipients = if recipients || item.inbox_url.is_empty() {
+                let recipients = if recipients || item.record.inbox_url.is_empty() {
                     self.records
                         .recipients(peer, &id, &mut item)
                         .map_err(QueueError::internal)?
@@ -332,11 +319,11 @@ impl Inner {
                 };
                 due.push(Due {
                     id,
-                    inbox_url: item.inbox_url,
+                    inbox_url: item.record.inbox_url,
                     recipients,
                     envelope,
-                    traceparent: item.traceparent,
-                    attempts: item.attempts,
+                    traceparent: item.record.traceparent,
+                    attempts: item.record.attempts,
                 });
             }
         }
@@ -356,6 +343,8 @@ impl Inner {
         let mut recorded = Vec::with_capacity(outcomes.len());
         let mut items = Vec::new();
         let (mut released, mut unshared) = (Vec::new(), Vec::new());
+        let mut changes = Changes::default();
+        let (mut released_acts, mut released_routes) = (Vec::new(), Vec::new());
         let mut shared = self.shared.lock().expect("shared records lock poisoned");
         for (id, outcome) in outcomes {
             let item = if holds {
@@ -369,8 +358,16 @@ impl Inner {
                     for key in [&item.envelope_key, &item.recipients_key] {
                         if !key.is_empty() {
                             released.push(key.clone());
-                            unshared.extend(shared.release(key));
+                            unshared.extend(shared.hashed.release_slice(key));
                         }
+                    }
+                    if item.act != 0 {
+                        let act = acts::act_key(&id, item.act);
+                        let route = acts::route_key(entry.record.num, item.route);
+                        released_acts.push(act);
+                        released_routes.push(route);
+                        changes.dropped_acts.extend(shared.acts.release(&act));
+                        changes.dropped_routes.extend(shared.routes.release(&route));
                     }
                 }
                 items.push((id, item));
@@ -381,11 +378,19 @@ impl Inner {
             .map(|(id, item)| (entry.record.peer.as_str(), id, item, None))
             .collect();
         if !writes.is_empty()
-            && let Err(err) = self.records.put_all(&[&entry.record], &writes, &unshared, false)
+            && let Err(err) = self
+                .records
+                .put_all(&[&entry.record], &writes, &unshared, &changes, false)
         {
             // Not written: the deliveries still name their shared records, on disk.
             for key in &released {
-                shared.add_stored(key);
+                shared.hashed.add_stored_slice(key);
+            }
+            for key in released_acts {
+                shared.acts.add_stored_n(key, 1);
+            }
+            for key in released_routes {
+                shared.routes.add_stored_n(key, 1);
             }
             return Err(QueueError::internal(err));
         }
@@ -399,13 +404,20 @@ impl RocksQueue {
     pub fn open(dir: &Path) -> Result<RocksQueue, String> {
         let records = Records::open(dir)?;
         let loaded = records.load()?;
-        let order = Records::max_order(&loaded) + 1;
+        let order = loaded.max_order + 1;
         let mut shared = SharedRecords::default();
-        for (_, item) in loaded.iter().flat_map(|peer| &peer.items) {
-            shared.add_stored(&item.envelope_key);
-            shared.add_stored(&item.recipients_key);
+        for (_, item) in loaded.peers.iter().flat_map(|peer| &peer.items) {
+            shared.hashed.add_stored_slice(&item.envelope_key);
+            shared.hashed.add_stored_slice(&item.recipients_key);
+        }
+        for (key, count) in loaded.act_refs {
+            shared.acts.add_stored_n(key, count);
+        }
+        for (key, count) in loaded.route_refs {
+            shared.routes.add_stored_n(key, count);
         }
         let peers = loaded
+            .peers
             .into_iter()
             .map(|peer| (peer.record.peer.clone(), PeerEntry::restored(peer)))
             .collect();
@@ -415,6 +427,7 @@ impl RocksQueue {
                 records,
                 peers: Mutex::new(peers),
                 order: AtomicU64::new(order),
+                nums: AtomicU32::new(loaded.max_num + 1),
                 notices,
                 ready: watch::Sender::new(true),
                 closed: AtomicBool::new(false),
@@ -455,16 +468,16 @@ impl RocksQueue {
                     delivered: entry.record.delivered,
                     failing_since_ms: entry.record.failing_since_ms,
                 };
-                heads.push((status, head));
+                heads.push((status, entry.record.num, head));
             }
         }
         let mut all: Vec<PeerStatus> = heads
             .into_iter()
-            .map(|(mut status, head)| {
+            .map(|(mut status, num, head)| {
                 if let Some(id) = head
-                    && let Ok(Some(item)) = self.inner.records.item(&status.peer, &id)
+                    && let Ok(Some(item)) = self.inner.records.item(&status.peer, num, &id)
                 {
-                    status.head_enqueued_ms = item.enqueued_ms;
+                    status.head_enqueued_ms = item.record.enqueued_ms;
                 }
                 status
             })
@@ -474,197 +487,9 @@ impl RocksQueue {
     }
 }
 
-/// A delivery of an enqueue, checked under the queue's lock, to be written.
-struct Staged {
-    index: usize,
-    delivery: NewDelivery,
-    /// Its peer's record, when not on disk yet (written with it).
-    new_peer: Option<PeerRecord>,
-    recipients: StoredRecipients,
-    envelope_key: Option<[u8; 32]>,
-    recipients_key: Option<[u8; 32]>,
-    /// Whether its enqueue writes its envelope and recipients (not when shared and on disk).
-    write_envelope: bool,
-    write_recipients: bool,
-}
-
-impl Staged {
-    fn shared_keys(&self) -> Vec<[u8; 32]> {
-        self.envelope_key.into_iter().chain(self.recipients_key).collect()
-    }
-}
-
 impl QueueStorage for RocksQueue {
-    /// All in one synced write. Under the queue's lock first: ids pending, dead or being
-    /// enqueued are not new; the rest are marked as being enqueued until written.
     async fn enqueue_all(&self, deliveries: Vec<NewDelivery>) -> Result<Vec<bool>, QueueError> {
-        self.open_or_closed()?;
-        let mut new = vec![false; deliveries.len()];
-        let mut staged = Vec::with_capacity(deliveries.len());
-        let envelope_keys = shared_keys(&deliveries);
-        let recipients = stored_recipients(&deliveries);
-        {
-            let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
-            let mut shared = self.inner.shared.lock().expect("shared records lock poisoned");
-            let each = deliveries.into_iter().zip(envelope_keys).zip(recipients);
-            for (index, ((mut delivery, envelope_key), (recipients, recipients_key))) in each.enumerate() {
-                let peer = delivery.peer.as_str();
-                if !peers.contains_key(peer) {
-                    peers.insert(peer.to_owned(), PeerEntry::new(peer));
-                }
-                let entry = peers.get_mut(peer).expect("just inserted");
-                let id = delivery.id;
-                // Known at a glance, or being queued; any other is looked up on disk below.
-                if entry.state.is_head(&id) || entry.state.is_dead(&id) || !entry.enqueuing.insert(id) {
-                    continue;
-                }
-                let since = entry.record.failing_since_ms;
-                if delivery.undeliverable.is_none() && since != 0 && since < delivery.unavailable_before {
-                    delivery.undeliverable = Some(unavailable_reason(since));
-                }
-                // A shared record already on disk is not written again.
-                let write_envelope = envelope_key.is_none_or(|key| shared.add(&key));
-                let write_recipients = recipients_key.is_none_or(|key| shared.add(&key));
-                staged.push(Staged {
-                    index,
-                    delivery,
-                    new_peer: (!entry.on_disk).then(|| entry.record.clone()),
-                    recipients,
-                    envelope_key,
-                    recipients_key,
-                    write_envelope,
-                    write_recipients,
-                });
-            }
-        }
-        let marked: Vec<(String, Id, Vec<[u8; 32]>)> = staged
-            .iter()
-            .map(|s| (s.delivery.peer.clone(), s.delivery.id, s.shared_keys()))
-            .collect();
-        let inner = self.inner.clone();
-        let written = blocking(move || {
-            // Delivered before (a repeated hand-off after a kernel restart): one delivery.
-            let keys: Vec<_> = staged
-                .iter()
-                .map(|s| (s.delivery.peer.as_str(), &s.delivery.id))
-                .collect();
-            let exist = inner.records.exist(&keys).map_err(QueueError::internal)?;
-            let mut fresh = Vec::with_capacity(staged.len());
-            let mut unwritten = Vec::new();
-            for (staged, exists) in staged.into_iter().zip(exist) {
-                if exists {
-                    unwritten.extend(staged.shared_keys());
-                } else {
-                    fresh.push(staged);
-                }
-            }
-            let items: Vec<ItemRecord> = fresh
-                .iter()
-                .map(|staged| {
-                    let delivery = &staged.delivery;
-                    ItemRecord {
-                        envelope_key: staged.envelope_key.map(Vec::from).unwrap_or_default(),
-                        recipients_key: staged.recipients_key.map(Vec::from).unwrap_or_default(),
-                        order: inner.order.fetch_add(1, Ordering::Relaxed),
-                        status: if delivery.undeliverable.is_some() {
-                            STATUS_DEAD
-                        } else {
-                            STATUS_PENDING
-                        },
-                        last_error: delivery.undeliverable.clone().unwrap_or_default(),
-                        inbox_url: delivery.inbox_url.clone(),
-                        traceparent: delivery.traceparent.clone(),
-                        enqueued_ms: delivery.enqueued_ms,
-                        sender: delivery.sender.clone(),
-                        ..ItemRecord::default()
-                    }
-                })
-                .collect();
-            let writes: Vec<_> = fresh
-                .iter()
-                .zip(&items)
-                .map(|(staged, item)| {
-                    let new = NewPayload {
-                        envelope: staged.write_envelope.then_some(&staged.delivery.envelope[..]),
-                        recipients: staged.write_recipients.then_some(staged.recipients.bytes()),
-                    };
-                    (staged.delivery.peer.as_str(), &staged.delivery.id, item, Some(new))
-                })
-                .collect();
-            let mut new_peers: Vec<&PeerRecord> = fresh.iter().filter_map(|s| s.new_peer.as_ref()).collect();
-            new_peers.sort_by(|a, b| a.peer.cmp(&b.peer));
-            new_peers.dedup_by(|a, b| a.peer == b.peer);
-            if !writes.is_empty() {
-                inner
-                    .records
-                    .put_all(&new_peers, &writes, &[], true)
-                    .map_err(QueueError::internal)?;
-            }
-            let stored: Vec<[u8; 32]> = fresh.iter().flat_map(Staged::shared_keys).collect();
-            let written: Vec<_> = fresh
-                .into_iter()
-                .map(|staged| (staged.index, staged.delivery))
-                .collect();
-            Ok((written, stored, unwritten))
-        })
-        .await;
-        let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
-        for (peer, id, _) in &marked {
-            if let Some(entry) = peers.get_mut(peer) {
-                entry.enqueuing.remove(id);
-            }
-        }
-        {
-            let mut shared = self.inner.shared.lock().expect("shared records lock poisoned");
-            match &written {
-                Ok((_, stored, unwritten)) => {
-                    // The written deliveries hold their counts, so these stay until marked.
-                    for key in stored {
-                        shared.stored(key);
-                    }
-                    // What was not written holds no count: a count back at zero here had
-                    // nothing stored for it alone (the deliveries that wrote it hold theirs).
-                    for key in unwritten {
-                        shared.release(key);
-                    }
-                }
-                Err(_) => {
-                    for key in marked.iter().flat_map(|(_, _, keys)| keys) {
-                        shared.release(key);
-                    }
-                }
-            }
-        }
-        // The dispatcher is woken once per destination, and only for a delivery that can
-        // go now: one queued behind its sender's earlier one goes when that one is done.
-        let mut wake: HashSet<String> = HashSet::new();
-        for (index, delivery) in written?.0 {
-            new[index] = true;
-            let entry = peers.get_mut(&delivery.peer).expect("peer entries are never removed");
-            entry.on_disk = true;
-            match delivery.undeliverable {
-                Some(reason) => {
-                    let dead = DeadLetter {
-                        id: delivery.id,
-                        attempts: 0,
-                        last_error: reason,
-                        ..DeadLetter::default()
-                    };
-                    entry.state.restore_dead(&delivery.sender, dead);
-                }
-                None => {
-                    entry.state.enqueue_from(&delivery.sender, delivery.id);
-                    if entry.state.is_head(&delivery.id) {
-                        wake.insert(delivery.peer);
-                    }
-                }
-            }
-        }
-        drop(peers);
-        for peer in wake {
-            let _ = self.inner.notices.send(peer);
-        }
-        Ok(new)
+        self.enqueue(deliveries).await
     }
 
     async fn claim(&self, owner: &str, now: u64, until: u64, limit: usize) -> Result<Vec<String>, QueueError> {
@@ -750,7 +575,11 @@ impl QueueStorage for RocksQueue {
             };
             let moved = entry.state.redrive(ids.as_deref());
             for id in &moved {
-                if let Some(mut item) = inner.records.item(&peer, id).map_err(QueueError::internal)? {
+                if let Some(Item { record: mut item, .. }) = inner
+                    .records
+                    .item(&peer, entry.record.num, id)
+                    .map_err(QueueError::internal)?
+                {
                     item.status = STATUS_PENDING;
                     item.attempts = 0;
                     item.next_retry_ms = 0;
@@ -790,14 +619,15 @@ impl QueueStorage for RocksQueue {
         // Whose and for whom: from the records on disk.
         let (inner, peer) = (self.inner.clone(), peer.to_owned());
         blocking(move || {
+            let num = inner.num_of(&peer);
             for dead in &mut listed {
-                if let Some(mut item) = inner.records.item(&peer, &dead.id).map_err(QueueError::internal)? {
+                if let Some(mut item) = inner.records.item(&peer, num, &dead.id).map_err(QueueError::internal)? {
                     dead.recipients = inner
                         .records
                         .recipients(&peer, &dead.id, &mut item)
-                        .and_then(|stored| stored.read(&peer, &item.inbox_url))
+                        .and_then(|stored| stored.read(&peer, &item.record.inbox_url))
                         .map_err(QueueError::internal)?;
-                    dead.sender = item.sender;
+                    dead.sender = item.record.sender;
                 }
             }
             Ok(Some(listed))
@@ -847,7 +677,6 @@ impl QueueStorage for RocksQueue {
 mod tests {
     use super::*;
     use crate::storage::Recipient;
-    use sha2::Digest;
 
     fn open(dir: &Path) -> RocksQueue {
         RocksQueue::open(dir).unwrap()
@@ -864,17 +693,25 @@ mod tests {
         }
     }
 
+    fn acts_and_routes(queue: &RocksQueue) -> (usize, usize, usize) {
+        let records = &queue.inner.records;
+        (records.count("acts"), records.count("routes"), records.count("items"))
+    }
+
     #[tokio::test]
-    async fn a_shared_envelope_is_stored_once_and_dropped_with_its_last_delivery() {
+    async fn an_activity_for_several_destinations_is_one_record_dropped_with_its_last_delivery() {
         let dir = tempfile::tempdir().unwrap();
         let envelope = bytes::Bytes::from(vec![9u8; 500]);
-        let key: [u8; 32] = sha2::Sha256::digest(&envelope).into();
         let peers = ["https://b.example", "https://c.example", "https://d.example"];
         {
             let queue = open(dir.path());
             let batch = peers.iter().map(|peer| to(peer, &envelope)).collect();
             assert_eq!(queue.enqueue_all(batch).await.unwrap(), [true, true, true]);
-            assert!(queue.inner.records.has_shared(&key));
+            assert_eq!(
+                acts_and_routes(&queue),
+                (1, 3, 0),
+                "one act, a route per destination, no items"
+            );
             queue.claim("a", 1, u64::MAX, 10).await.unwrap();
             queue
                 .record("a", 1, peers[0], vec![([1; 32], Outcome::Delivered)])
@@ -885,31 +722,49 @@ mod tests {
                 error: "status 404".into(),
             };
             queue.record("a", 1, peers[1], vec![([1; 32], dead)]).await.unwrap();
-            assert!(queue.inner.records.has_shared(&key), "two deliveries still name it");
+            assert_eq!(acts_and_routes(&queue), (1, 2, 2), "two deliveries still name it");
             queue.close().await.unwrap();
         }
         let queue = open(dir.path());
+        // Queued again after the restart (a repeated hand-off): still one delivery each.
+        let batch = peers.iter().map(|peer| to(peer, &envelope)).collect();
+        assert_eq!(queue.enqueue_all(batch).await.unwrap(), [false, false, false]);
         queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+        let due = queue.due(peers[2], 1, 10, vec![], true).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].envelope, envelope);
+        assert_eq!(due[0].inbox_url, "https://d.example/inbox");
+        assert_eq!(due[0].traceparent, to(peers[2], &envelope).traceparent);
         let recorded = queue
             .record("a", 1, peers[2], vec![([1; 32], Outcome::Delivered)])
             .await;
         assert_eq!(recorded.unwrap(), [true]);
-        assert!(
-            queue.inner.records.has_shared(&key),
+        assert_eq!(
+            acts_and_routes(&queue).0,
+            1,
             "the dead letter still names it (counted again at open)"
         );
+        let letters = queue.dead_letters(peers[1]).await.unwrap().unwrap();
+        assert_eq!(letters[0].sender, "https://a.example/actors/alice");
         assert_eq!(queue.redrive(peers[1], None).await.unwrap(), Some(1));
         queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+        let due = queue.due(peers[1], 1, 10, vec![], true).await.unwrap();
+        assert_eq!(due[0].envelope, envelope);
         let recorded = queue
             .record("a", 1, peers[1], vec![([1; 32], Outcome::Delivered)])
             .await;
         assert_eq!(recorded.unwrap(), [true]);
-        assert!(!queue.inner.records.has_shared(&key), "dropped with its last delivery");
-        assert!(queue.inner.shared.lock().unwrap().refs.is_empty());
+        assert_eq!(
+            acts_and_routes(&queue),
+            (0, 0, 3),
+            "act and routes dropped with the last delivery; the delivered records stay"
+        );
+        let shared = queue.inner.shared.lock().unwrap();
+        assert!(shared.acts.refs.is_empty() && shared.routes.refs.is_empty());
     }
 
     #[tokio::test]
-    async fn a_recipient_list_queued_again_and_again_is_stored_once_and_dropped_with_its_last_delivery() {
+    async fn a_destinations_recipients_are_stored_once_until_they_change() {
         let dir = tempfile::tempdir().unwrap();
         let peer = "https://b.example";
         let followers: Vec<Recipient> = (0..5)
@@ -918,8 +773,6 @@ mod tests {
                 inbox_url: format!("{peer}/inbox"),
             })
             .collect();
-        let stored = StoredRecipients::store(peer, &format!("{peer}/inbox"), &followers);
-        let key: [u8; 32] = sha2::Sha256::digest(stored.bytes()).into();
         let activity = |n: u8, recipients: &[Recipient]| NewDelivery {
             id: [n; 32],
             // Senders of their own: every one is due at once.
@@ -938,45 +791,29 @@ mod tests {
             for n in 1..=3 {
                 assert_eq!(queue.enqueue_all(vec![activity(n, &followers)]).await.unwrap(), [true]);
             }
-            // A list too short to share stays with its item.
+            assert_eq!(acts_and_routes(&queue), (3, 1, 0), "one route for the three");
+            // A follower less: a route of its own.
             assert_eq!(
                 queue.enqueue_all(vec![activity(4, &followers[..1])]).await.unwrap(),
                 [true]
             );
-            let item = |n: u8| queue.inner.records.item(peer, &[n; 32]).unwrap().unwrap();
-            assert_eq!(item(1).recipients_key, key);
-            assert_eq!(item(3).recipients_key, key);
-            assert!(item(4).recipients_key.is_empty());
-            assert!(queue.inner.records.has_shared(&key));
-            assert_eq!(queue.inner.shared.lock().unwrap().refs[&key].count, 3);
-            assert!(
-                queue.inner.shared.lock().unwrap().refs[&key].stored,
-                "later enqueues skip writing it"
-            );
+            assert_eq!(acts_and_routes(&queue), (4, 2, 0));
             queue.claim("a", 1, u64::MAX, 10).await.unwrap();
             let due = queue.due(peer, 1, 10, vec![], true).await.unwrap();
             assert_eq!(
                 recipients_of(&due),
                 [&followers[..], &followers[..], &followers[..], &followers[..1]]
             );
-            queue
-                .record(
-                    "a",
-                    1,
-                    peer,
-                    vec![([1; 32], Outcome::Delivered), ([4; 32], Outcome::Delivered)],
-                )
-                .await
-                .unwrap();
-            assert!(queue.inner.records.has_shared(&key), "two deliveries still name it");
+            let done = vec![([1; 32], Outcome::Delivered), ([4; 32], Outcome::Delivered)];
+            queue.record("a", 1, peer, done).await.unwrap();
+            assert_eq!(
+                acts_and_routes(&queue),
+                (2, 1, 2),
+                "the second route went with its last delivery"
+            );
             queue.close().await.unwrap();
         }
         let queue = open(dir.path());
-        assert_eq!(
-            queue.inner.shared.lock().unwrap().refs[&key].count,
-            2,
-            "counted again at open"
-        );
         queue.claim("a", 1, u64::MAX, 10).await.unwrap();
         let due = queue.due(peer, 1, 10, vec![], true).await.unwrap();
         assert_eq!(recipients_of(&due), [followers.clone(), followers.clone()]);
@@ -988,33 +825,85 @@ mod tests {
             .record("a", 1, peer, vec![([2; 32], Outcome::Delivered), ([3; 32], dead)])
             .await
             .unwrap();
-        assert!(queue.inner.records.has_shared(&key), "the dead letter still names it");
         let letters = queue.dead_letters(peer).await.unwrap().unwrap();
         assert_eq!(letters[0].recipients, followers);
-        // Queued again after it was written: not written again, still read back whole.
+        // Queued after the restart: the same followers, a route again (the memo is gone).
         assert_eq!(queue.enqueue_all(vec![activity(5, &followers)]).await.unwrap(), [true]);
         assert_eq!(queue.redrive(peer, None).await.unwrap(), Some(1));
         let due = queue.due(peer, 1, 10, vec![], true).await.unwrap();
         assert_eq!(recipients_of(&due), [followers.clone(), followers.clone()]);
         let done = due.iter().map(|d| (d.id, Outcome::Delivered)).collect();
         assert_eq!(queue.record("a", 1, peer, done).await.unwrap(), [true, true]);
-        assert!(!queue.inner.records.has_shared(&key), "dropped with its last delivery");
-        assert!(queue.inner.shared.lock().unwrap().refs.is_empty());
+        assert_eq!(acts_and_routes(&queue), (0, 0, 5), "only the delivered records stay");
     }
 
-    #[test]
-    fn only_an_activity_queued_with_the_same_bytes_to_several_destinations_shares() {
-        let (a, b) = (bytes::Bytes::from("a"), bytes::Bytes::from("b"));
-        let mut other = to("https://c.example", &b);
-        other.id = [2; 32];
-        let batch = [
-            to("https://b.example", &a),
-            to("https://c.example", &a),
-            to("https://d.example", &b),
-            other,
-        ];
-        let keys = shared_keys(&batch);
-        let key_a: [u8; 32] = sha2::Sha256::digest(&a).into();
-        assert_eq!(keys, [Some(key_a), Some(key_a), None, None]);
+    #[tokio::test]
+    async fn a_queue_from_before_acts_is_sent_and_queued_to_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = "https://b.example";
+        let inbox = format!("{peer}/inbox");
+        let bob = Recipient {
+            actor: format!("{peer}/actors/bob"),
+            inbox_url: inbox.clone(),
+        };
+        {
+            // As a queue before acts wrote it: an item record holding all, its own envelope
+            // and recipients, a peer record without a number.
+            let records = Records::open(dir.path()).unwrap();
+            let record = PeerRecord {
+                peer: peer.into(),
+                ..PeerRecord::default()
+            };
+            let item = ItemRecord {
+                order: 7,
+                status: STATUS_PENDING,
+                inbox_url: inbox.clone(),
+                traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                enqueued_ms: 5,
+                sender: "https://a.example/actors/alice".into(),
+                ..ItemRecord::default()
+            };
+            let recipients = crate::storage::StoredRecipients::store(peer, &inbox, std::slice::from_ref(&bob));
+            let new = records::NewPayload {
+                envelope: Some(b"old envelope"),
+                recipients: Some(recipients.bytes()),
+            };
+            let writes = [(peer, &[1; 32], &item, Some(new))];
+            records
+                .put_all(&[&record], &writes, &[], &Changes::default(), true)
+                .unwrap();
+        }
+        let queue = open(dir.path());
+        let old = to(peer, &bytes::Bytes::from("old envelope"));
+        let later = NewDelivery {
+            id: [2; 32],
+            recipients: vec![bob.clone()],
+            ..to(peer, &bytes::Bytes::from("new envelope"))
+        };
+        assert_eq!(
+            queue.enqueue_all(vec![old.clone(), later.clone()]).await.unwrap(),
+            [false, true]
+        );
+        queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+        let due = queue.due(peer, 1, 10, vec![], true).await.unwrap();
+        assert_eq!(due.len(), 1, "the later one waits behind its sender's earlier one");
+        assert_eq!((due[0].id, &due[0].envelope[..]), ([1; 32], &b"old envelope"[..]));
+        assert_eq!(
+            due[0].recipients.read(peer, &due[0].inbox_url).unwrap(),
+            std::slice::from_ref(&bob)
+        );
+        let recorded = queue.record("a", 1, peer, vec![([1; 32], Outcome::Delivered)]).await;
+        assert_eq!(recorded.unwrap(), [true]);
+        let due = queue.due(peer, 1, 10, vec![], true).await.unwrap();
+        assert_eq!((due[0].id, &due[0].envelope[..]), ([2; 32], &b"new envelope"[..]));
+        assert_eq!(due[0].recipients.read(peer, &due[0].inbox_url).unwrap(), [bob]);
+        let recorded = queue.record("a", 1, peer, vec![([2; 32], Outcome::Delivered)]).await;
+        assert_eq!(recorded.unwrap(), [true]);
+        queue.close().await.unwrap();
+        drop(queue);
+        let queue = open(dir.path());
+        assert_eq!(queue.status(peer).await.unwrap().unwrap().pending, 0);
+        assert_eq!(queue.enqueue_all(vec![old, later]).await.unwrap(), [false, false]);
+        assert_eq!(acts_and_routes(&queue), (0, 0, 2));
     }
 }

@@ -1,16 +1,20 @@
-//! The RocksDB engine's records: one small record per (peer, activity id) — pending, dead or
-//! delivered — with the attempts, the retry time, the last error and the trace context of
-//! the enqueue; the envelope and recipients apart, so a failure rewrites a few bytes, and
-//! dropped once delivered (an envelope queued for several destinations in one batch, and a
-//! recipient list queued again and again, are stored once, shared, and dropped with their
-//! last delivery). The delivered record stays, so a repeated hand-off is one delivery.
-//! Enqueues are synced before they are
-//! acknowledged; later transitions are written as they happen (they survive a process
-//! crash; after a machine crash the worst case is one send too many, which receivers treat
-//! idempotently).
+//! The RocksDB engine's records. An activity queued for destinations is one act record
+//! (see `acts`); a delivery gets a small item record of its own — pending, dead or delivered
+//! — only once something happened to it (attempts, retry time, last error), naming its act
+//! for what it shares. The delivered record stays, so a repeated hand-off is one delivery,
+//! until the retention period expires it. Queues from before acts hold an item record per
+//! (peer, activity id) with the trace context, sender and inbox in it and the envelope and
+//! recipients apart (shared by SHA-256 when several named the same bytes); they are read and
+//! worked as they are. Enqueues are synced before they are acknowledged; later transitions
+//! are written as they happen (they survive a process crash; after a machine crash the
+//! worst case is one send too many, which receivers treat idempotently).
 
+use super::acts::{self, ActKey, ActRecord, RouteKey, RouteRecord};
+use crate::storage::StoredRecipients;
+use bytes::Bytes;
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use std::collections::HashMap;
 use std::path::Path;
 
 const CF_ITEMS: &str = "items";
@@ -24,6 +28,10 @@ const CF_PEERS: &str = "peers";
 /// dropped when the last of their deliveries is delivered (see `SharedRecords`). (The
 /// name is from when it held envelopes only.)
 const CF_SHARED: &str = "shared_envelopes";
+/// Activities queued for several destinations, once each (see `acts`), by id and act number.
+const CF_ACTS: &str = "acts";
+/// Each destination's routes (inbox and recipients), by destination and route number.
+const CF_ROUTES: &str = "routes";
 /// Memtable size per column family, and how many: bounds write-buffer memory.
 const WRITE_BUFFER_BYTES: usize = 2 << 20;
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
@@ -66,6 +74,34 @@ pub struct ItemRecord {
     /// the recipients column family (or, in records from before it, in the item).
     #[prost(bytes = "vec", tag = "13")]
     pub recipients_key: Vec<u8>,
+    /// The act record its sender, trace context, enqueue time and envelope are in (0: they
+    /// are in this record, as they were before act records).
+    #[prost(uint64, tag = "14")]
+    pub act: u64,
+    /// With an act: its route (inbox and recipients) on its destination.
+    #[prost(uint64, tag = "15")]
+    pub route: u64,
+}
+
+impl ItemRecord {
+    /// As written: one of an act holds only what is its own.
+    fn stored(&self) -> Vec<u8> {
+        if self.act == 0 {
+            return self.encode_to_vec();
+        }
+        ItemRecord {
+            order: self.order,
+            status: self.status,
+            attempts: self.attempts,
+            next_retry_ms: self.next_retry_ms,
+            last_error: self.last_error.clone(),
+            enqueued_ms: self.enqueued_ms,
+            act: self.act,
+            route: self.route,
+            ..ItemRecord::default()
+        }
+        .encode_to_vec()
+    }
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -79,6 +115,37 @@ pub struct PeerRecord {
     /// Since when every send failed (ms since the epoch; 0: not failing).
     #[prost(uint64, tag = "4")]
     pub failing_since_ms: u64,
+    /// Its number in act records (0: none given yet).
+    #[prost(uint32, tag = "5")]
+    pub num: u32,
+}
+
+/// A delivery as read back: its item record (with what its act and route hold filled in)
+/// and, for one of an act, its envelope and recipients, read with it.
+pub struct Item {
+    pub record: ItemRecord,
+    pub envelope: Option<Bytes>,
+    pub recipients: Option<StoredRecipients>,
+}
+
+/// What an open reads back besides each peer: how many pending and dead deliveries name
+/// each act and each route, and the highest numbers given.
+#[derive(Default)]
+pub struct Loaded {
+    pub peers: Vec<LoadedPeer>,
+    pub act_refs: HashMap<ActKey, u32>,
+    pub route_refs: HashMap<RouteKey, u32>,
+    pub max_order: u64,
+    pub max_num: u32,
+}
+
+/// Writes besides items and peers: act and route records made and dropped.
+#[derive(Default)]
+pub struct Changes {
+    pub acts: Vec<(ActKey, Vec<u8>)>,
+    pub routes: Vec<(RouteKey, Vec<u8>)>,
+    pub dropped_acts: Vec<ActKey>,
+    pub dropped_routes: Vec<RouteKey>,
 }
 
 /// What an enqueue writes besides the item: its envelope and its recipients as stored
@@ -120,8 +187,13 @@ impl Records {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let cf_options = || {
+        let cf_options = |name: &str| {
             let mut cf = Options::default();
+            if name == CF_ACTS {
+                // Looked up by activity id: the act number after it is not known.
+                cf.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(32));
+                cf.set_memtable_prefix_bloom_ratio(0.1);
+            }
             cf.set_write_buffer_size(WRITE_BUFFER_BYTES);
             cf.set_max_write_buffer_number(2);
             let mut table = rocksdb::BlockBasedOptions::default();
@@ -132,53 +204,238 @@ impl Records {
             cf.set_block_based_table_factory(&table);
             cf
         };
-        let cfs = [CF_ITEMS, CF_ENVELOPES, CF_RECIPIENTS, CF_PEERS, CF_SHARED]
-            .map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
+        let cfs = [
+            CF_ITEMS,
+            CF_ENVELOPES,
+            CF_RECIPIENTS,
+            CF_PEERS,
+            CF_SHARED,
+            CF_ACTS,
+            CF_ROUTES,
+        ]
+        .map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
         let db = fedsx_runtime::rocks::open_verified(options, dir, cfs.into(), "delivery queue")
             .map_err(|err| err.to_string())?;
         Ok(Records { db })
     }
 
-    /// Every peer with its pending and dead items. Blocks.
-    pub fn load(&self) -> Result<Vec<LoadedPeer>, String> {
+    /// Every peer with its pending and dead items (those of acts with what their act
+    /// holds), and the counts of what names each act and route. Acts and routes nothing
+    /// names any more (a crash between writes) are dropped. Blocks.
+    pub fn load(&self) -> Result<Loaded, String> {
         let peers_cf = self.db.cf_handle(CF_PEERS).expect("peers cf");
         let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
-        let mut loaded = Vec::new();
+        let mut loaded = Loaded::default();
+        let mut by_num: HashMap<u32, usize> = HashMap::new();
         for entry in self.db.iterator_cf(peers_cf, IteratorMode::Start) {
             let (_, value) = entry.map_err(|err| err.to_string())?;
             let record = PeerRecord::decode(value.as_ref()).map_err(|err| format!("corrupt peer record: {err}"))?;
-            let prefix = peer_key(&record.peer);
-            let mut items = Vec::new();
+            if record.num != 0 {
+                by_num.insert(record.num, loaded.peers.len());
+                loaded.max_num = loaded.max_num.max(record.num);
+            }
+            loaded.peers.push(LoadedPeer {
+                record,
+                items: Vec::new(),
+            });
+        }
+        // Every delivery of an act, as pending and untried; its item record (read next)
+        // says otherwise when something happened to it.
+        let mut of_acts: HashMap<(usize, [u8; 32]), ItemRecord> = HashMap::new();
+        let acts_cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
+        for entry in self.db.iterator_cf(acts_cf, IteratorMode::Start) {
+            let (key, value) = entry.map_err(|err| err.to_string())?;
+            let (Some(act), Ok(id)) = (acts::act_of_key(&key), <[u8; 32]>::try_from(&key[..32])) else {
+                return Err("corrupt act key".into());
+            };
+            let record = ActRecord::decode(value.as_ref()).map_err(|err| format!("corrupt act record: {err}"))?;
+            loaded.max_order = loaded.max_order.max(act);
+            loaded.act_refs.insert(acts::act_key(&id, act), 0);
+            for (num, route) in acts::members(&record.members)? {
+                let Some(&peer) = by_num.get(&num) else { continue };
+                *loaded.act_refs.entry(acts::act_key(&id, act)).or_default() += 1;
+                *loaded.route_refs.entry(acts::route_key(num, route)).or_default() += 1;
+                let item = ItemRecord {
+                    order: act,
+                    status: STATUS_PENDING,
+                    act,
+                    route,
+                    sender: record.sender.clone(),
+                    enqueued_ms: record.enqueued_ms,
+                    ..ItemRecord::default()
+                };
+                of_acts.insert((peer, id), item);
+            }
+        }
+        for (index, peer) in loaded.peers.iter_mut().enumerate() {
+            let prefix = peer_key(&peer.record.peer);
             for entry in self.db.prefix_iterator_cf(items_cf, &prefix) {
                 let (key, value) = entry.map_err(|err| err.to_string())?;
                 if !key.starts_with(&prefix) {
                     break;
                 }
-                let item = ItemRecord::decode(value.as_ref()).map_err(|err| format!("corrupt queue item: {err}"))?;
-                if item.status == STATUS_DELIVERED {
-                    continue;
-                }
+                let mut item =
+                    ItemRecord::decode(value.as_ref()).map_err(|err| format!("corrupt queue item: {err}"))?;
                 let id: [u8; 32] = key[prefix.len()..]
                     .try_into()
                     .map_err(|_| "corrupt queue key".to_owned())?;
-                items.push((id, item));
+                loaded.max_order = loaded.max_order.max(item.order);
+                if item.act != 0 {
+                    let Some(of_act) = of_acts.remove(&(index, id)) else {
+                        // Delivered, its act gone with its last delivery.
+                        continue;
+                    };
+                    if item.status == STATUS_DELIVERED {
+                        let (act, route) = (
+                            acts::act_key(&id, item.act),
+                            acts::route_key(peer.record.num, item.route),
+                        );
+                        loaded.act_refs.entry(act).and_modify(|n| *n -= 1);
+                        loaded.route_refs.entry(route).and_modify(|n| *n -= 1);
+                        continue;
+                    }
+                    item.sender = of_act.sender;
+                } else if item.status == STATUS_DELIVERED {
+                    continue;
+                }
+                peer.items.push((id, item));
             }
-            items.sort_by_key(|(_, item)| item.order);
-            loaded.push(LoadedPeer { record, items });
+        }
+        for ((index, id), item) in of_acts {
+            loaded.peers[index].items.push((id, item));
+        }
+        for peer in &mut loaded.peers {
+            peer.items.sort_by_key(|(_, item)| item.order);
+        }
+        let mut unnamed = Changes::default();
+        loaded.act_refs.retain(|key, refs| {
+            if *refs == 0 {
+                unnamed.dropped_acts.push(*key);
+            }
+            *refs > 0
+        });
+        loaded.route_refs.retain(|key, refs| {
+            *refs > 0 || {
+                unnamed.dropped_routes.push(*key);
+                false
+            }
+        });
+        let routes_cf = self.db.cf_handle(CF_ROUTES).expect("routes cf");
+        for entry in self.db.iterator_cf(routes_cf, IteratorMode::Start) {
+            let (key, _) = entry.map_err(|err| err.to_string())?;
+            if let Ok(key) = RouteKey::try_from(key.as_ref()) {
+                let route = u64::from_be_bytes(key[4..].try_into().expect("8 bytes"));
+                loaded.max_order = loaded.max_order.max(route);
+            }
+            if let Ok(key) = RouteKey::try_from(key.as_ref())
+                && !loaded.route_refs.contains_key(&key)
+                && !unnamed.dropped_routes.contains(&key)
+            {
+                unnamed.dropped_routes.push(key);
+            }
+        }
+        if !unnamed.dropped_acts.is_empty() || !unnamed.dropped_routes.is_empty() {
+            self.put_all(&[], &[], &[], &unnamed, true)?;
         }
         Ok(loaded)
     }
 
-    /// The highest enqueue order on disk.
-    pub fn max_order(peers: &[LoadedPeer]) -> u64 {
-        peers
-            .iter()
-            .flat_map(|p| p.items.iter().map(|(_, i)| i.order))
-            .max()
-            .unwrap_or(0)
+    /// The act records of activity `id`: (act number, record).
+    fn acts_of(&self, id: &[u8; 32]) -> Result<Vec<(u64, ActRecord)>, String> {
+        let acts_cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
+        let mut found = Vec::new();
+        for entry in self.db.prefix_iterator_cf(acts_cf, id) {
+            let (key, value) = entry.map_err(|err| err.to_string())?;
+            if !key.starts_with(id) {
+                break;
+            }
+            let act = acts::act_of_key(&key).ok_or("corrupt act key")?;
+            found.push((
+                act,
+                ActRecord::decode(value.as_ref()).map_err(|err| format!("corrupt act record: {err}"))?,
+            ));
+        }
+        Ok(found)
     }
 
-    pub fn item(&self, peer: &str, id: &[u8; 32]) -> Result<Option<ItemRecord>, String> {
+    /// The destinations (by number) each of `ids` is queued for in act records: one lookup
+    /// per activity however many destinations it went to. Ids in none are left out.
+    pub fn members_of(&self, ids: &[[u8; 32]]) -> Result<HashMap<[u8; 32], std::collections::HashSet<u32>>, String> {
+        let mut found: HashMap<[u8; 32], std::collections::HashSet<u32>> = HashMap::new();
+        for id in ids {
+            for (_, act) in self.acts_of(id)? {
+                found
+                    .entry(*id)
+                    .or_default()
+                    .extend(acts::members(&act.members)?.into_iter().map(|(num, _)| num));
+            }
+        }
+        Ok(found)
+    }
+
+    /// A delivery: its item record, or (untried, of an act) what its act says.
+    pub fn item(&self, peer: &str, num: u32, id: &[u8; 32]) -> Result<Option<Item>, String> {
+        if let Some(record) = self.item_record(peer, id)? {
+            if record.act == 0 {
+                return Ok(Some(Item {
+                    record,
+                    envelope: None,
+                    recipients: None,
+                }));
+            }
+            let acts_cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
+            let act = self
+                .db
+                .get_cf(acts_cf, acts::act_key(id, record.act))
+                .map_err(|err| err.to_string())?
+                .map(|value| ActRecord::decode(value.as_slice()).map_err(|err| format!("corrupt act record: {err}")))
+                .transpose()?;
+            return self.filled(num, record, act).map(Some);
+        }
+        if num == 0 {
+            return Ok(None);
+        }
+        for (act, record) in self.acts_of(id)? {
+            if let Some(route) = acts::route_of(&record.members, num)? {
+                let item = ItemRecord {
+                    order: act,
+                    status: STATUS_PENDING,
+                    act,
+                    route,
+                    ..ItemRecord::default()
+                };
+                return self.filled(num, item, Some(record)).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// An item of an act with what its act and route hold.
+    fn filled(&self, num: u32, mut record: ItemRecord, act: Option<ActRecord>) -> Result<Item, String> {
+        let mut envelope = None;
+        if let Some(act) = act {
+            record.sender = act.sender;
+            record.traceparent = act.traceparent;
+            record.enqueued_ms = act.enqueued_ms;
+            envelope = Some(act.envelope);
+        }
+        let routes_cf = self.db.cf_handle(CF_ROUTES).expect("routes cf");
+        let route = self
+            .db
+            .get_cf(routes_cf, acts::route_key(num, record.route))
+            .map_err(|err| err.to_string())?
+            .map(|value| RouteRecord::decode(value.as_slice()).map_err(|err| format!("corrupt route record: {err}")))
+            .transpose()?
+            .unwrap_or_default();
+        record.inbox_url = route.inbox_url;
+        Ok(Item {
+            record,
+            envelope,
+            recipients: Some(StoredRecipients::from_stored(route.recipients)),
+        })
+    }
+
+    fn item_record(&self, peer: &str, id: &[u8; 32]) -> Result<Option<ItemRecord>, String> {
         let items_cf = self.db.cf_handle(CF_ITEMS).expect("items cf");
         let value = self
             .db
@@ -203,22 +460,25 @@ impl Records {
 
     /// A delivery's recipients as stored: in their own record, or (records from before it)
     /// in the item.
-    pub fn recipients(
-        &self,
-        peer: &str,
-        id: &[u8; 32],
-        item: &mut ItemRecord,
-    ) -> Result<crate::storage::StoredRecipients, String> {
+    pub fn recipients(&self, peer: &str, id: &[u8; 32], item: &mut Item) -> Result<StoredRecipients, String> {
+        if let Some(recipients) = item.recipients.take() {
+            return Ok(recipients);
+        }
+        let item = &mut item.record;
         if !item.recipients.is_empty() {
             let list = std::mem::take(&mut item.recipients);
-            return Ok(crate::storage::StoredRecipients::store(peer, &item.inbox_url, &list));
+            return Ok(StoredRecipients::store(peer, &item.inbox_url, &list));
         }
         let value = self.own_or_shared(CF_RECIPIENTS, peer, id, &item.recipients_key)?;
-        Ok(crate::storage::StoredRecipients::from_stored(value.unwrap_or_default()))
+        Ok(StoredRecipients::from_stored(value.unwrap_or_default()))
     }
 
     /// An item's envelope: the shared one it names, or its own.
-    pub fn envelope(&self, peer: &str, id: &[u8; 32], item: &ItemRecord) -> Result<Option<bytes::Bytes>, String> {
+    pub fn envelope(&self, peer: &str, id: &[u8; 32], item: &Item) -> Result<Option<Bytes>, String> {
+        if item.record.act != 0 {
+            return Ok(item.envelope.clone());
+        }
+        let item = &item.record;
         Ok(self
             .own_or_shared(CF_ENVELOPES, peer, id, &item.envelope_key)?
             .map(bytes::Bytes::from))
@@ -243,11 +503,11 @@ impl Records {
         value.map_err(|err| err.to_string())
     }
 
-    /// Whether a shared envelope is stored under `key` (tests).
+    /// How many records column family `name` holds (tests).
     #[cfg(test)]
-    pub fn has_shared(&self, key: &[u8]) -> bool {
-        let cf = self.db.cf_handle(CF_SHARED).expect("shared records cf");
-        self.db.get_pinned_cf(cf, key).ok().flatten().is_some()
+    pub fn count(&self, name: &str) -> usize {
+        let cf = self.db.cf_handle(name).expect("a column family");
+        self.db.iterator_cf(cf, IteratorMode::Start).count()
     }
 
     /// Deletes delivered items enqueued before `before`; how many. Blocks (a scan of every
@@ -291,19 +551,20 @@ impl Records {
     /// Writes an item and its peer's record in one batch; once delivered, drops its
     /// envelope and recipients. `sync` waits for the WAL fsync.
     pub fn put(&self, peer: &PeerRecord, id: &[u8; 32], item: &ItemRecord, sync: bool) -> Result<(), String> {
-        self.put_all(&[peer], &[(&peer.peer, id, item, None)], &[], sync)
+        self.put_all(&[peer], &[(&peer.peer, id, item, None)], &[], &Changes::default(), sync)
     }
 
     /// Writes `peers`' records and each (peer, id, item, new) as [`Records::put`] does, all
     /// in one write; `new`: the envelope and recipients of one just enqueued.
     /// An item naming a shared envelope or recipient list writes that record (once per
     /// batch, when given) instead of its own; `unshared`: shared records no delivery needs
-    /// any more, deleted.
+    /// any more, deleted; `changes`: act and route records made and dropped.
     pub fn put_all(
         &self,
         peers: &[&PeerRecord],
         writes: &[(&str, &[u8; 32], &ItemRecord, Option<NewPayload<'_>>)],
         unshared: &[[u8; 32]],
+        changes: &Changes,
         sync: bool,
     ) -> Result<(), String> {
         let shared_cf = self.db.cf_handle(CF_SHARED).expect("shared records cf");
@@ -315,7 +576,7 @@ impl Records {
         let mut shared_written = std::collections::HashSet::new();
         for (peer, id, item, new) in writes {
             let key = item_key(peer, id);
-            batch.put_cf(items_cf, &key, item.encode_to_vec());
+            batch.put_cf(items_cf, &key, item.stored());
             if let Some(new) = new {
                 for (shared_key, own_cf, bytes) in [
                     (&item.envelope_key, envelopes_cf, new.envelope),
@@ -346,6 +607,20 @@ impl Records {
         }
         for key in unshared {
             batch.delete_cf(shared_cf, key);
+        }
+        let acts_cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
+        let routes_cf = self.db.cf_handle(CF_ROUTES).expect("routes cf");
+        for (key, value) in &changes.acts {
+            batch.put_cf(acts_cf, key, value);
+        }
+        for (key, value) in &changes.routes {
+            batch.put_cf(routes_cf, key, value);
+        }
+        for key in &changes.dropped_acts {
+            batch.delete_cf(acts_cf, key);
+        }
+        for key in &changes.dropped_routes {
+            batch.delete_cf(routes_cf, key);
         }
         let mut options = WriteOptions::default();
         options.set_sync(sync);

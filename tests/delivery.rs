@@ -6,7 +6,8 @@ mod support;
 use bytes::Bytes;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
 use fedsx_proto::delivery::v1::{
-    EnqueueRequest, ListDeadLettersRequest, PeerStatus, PeerStatusRequest, RedriveRequest,
+    ActivityHandoff, Destination, EnqueueActivitiesRequest, EnqueueRequest, ListDeadLettersRequest, PeerStatus,
+    PeerStatusRequest, Recipient, RecipientList, RedriveRequest,
 };
 use std::time::{Duration, Instant};
 use support::fake_peer::{Answer, FakePeer};
@@ -633,4 +634,80 @@ async fn a_retry_goes_out_on_time_while_another_senders_send_hangs() {
     );
     assert_eq!(status.pending, 1, "the hanging send is still pending");
     assert_eq!(peer.received("/flaky").len(), 2);
+}
+
+/// An activity for several destination nodes in one call, its envelope once and each
+/// recipient list once: every valid destination gets it once with its own recipients' node
+/// inbox, a destination naming no list is refused alone, and the same call again queues
+/// nothing new.
+#[tokio::test]
+async fn enqueue_activities_queues_each_destination_of_each_activity_once() {
+    let dir = TestDir::new();
+    let service = start(&dir, FAST, &[]).await;
+    let mut client = client(&service).await;
+    let (b, c) = (FakePeer::start().await, FakePeer::start().await);
+    let list = |peer: &FakePeer, names: &[&str]| RecipientList {
+        recipients: names
+            .iter()
+            .map(|name| Recipient {
+                actor: peer.actor(name).0,
+                inbox_url: String::new(),
+            })
+            .collect(),
+    };
+    let to = |peer: &FakePeer, recipients: u32| Destination {
+        peer: peer.base(),
+        inbox_url: format!("{}/inbox", peer.base()),
+        recipients,
+        undeliverable: String::new(),
+    };
+    let activity = |n: u8, destinations: Vec<Destination>| ActivityHandoff {
+        id: id(n),
+        sender: "http://127.0.0.1:1/actors/alice".into(),
+        envelope: Bytes::from(format!("envelope {n}")),
+        traceparent: String::new(),
+        destinations,
+    };
+    let request = EnqueueActivitiesRequest {
+        activities: vec![
+            activity(1, vec![to(&b, 1), to(&c, 2), to(&c, 7)]),
+            activity(2, vec![to(&b, 1), to(&c, 2)]),
+        ],
+        recipient_lists: vec![list(&b, &["bob", "bea"]), list(&c, &["carol"])],
+    };
+    let results = client
+        .enqueue_activities(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let answers: Vec<(bool, &str)> = results.iter().map(|r| (r.new, r.refused.as_str())).collect();
+    assert_eq!(
+        answers,
+        [
+            (true, ""),
+            (true, ""),
+            (false, "recipients 7 names no list (the request has 2)"),
+            (true, ""),
+            (true, ""),
+        ]
+    );
+    for peer in [&b, &c] {
+        wait_status(&client, &peer.base(), "both delivered", |s| {
+            s.delivered == 2 && s.pending == 0
+        })
+        .await;
+        let bodies: Vec<Bytes> = peer.received("/inbox").into_iter().map(|r| r.body).collect();
+        assert_eq!(
+            bodies,
+            [Bytes::from("envelope 1"), Bytes::from("envelope 2")],
+            "in order, once each"
+        );
+    }
+    let again = client.enqueue_activities(request).await.unwrap().into_inner().results;
+    assert!(
+        again.iter().all(|r| !r.new),
+        "the same call again is nothing new: {again:?}"
+    );
+    assert_eq!(status(&mut client, &c.base()).await.delivered, 2);
 }

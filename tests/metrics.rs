@@ -161,7 +161,7 @@ async fn every_process_serves_metrics_that_move() {
     .await;
     let enqueue = [
         ("rpc_service", "fedsx.delivery.v1.Delivery"),
-        ("rpc_method", "EnqueueBatch"),
+        ("rpc_method", "EnqueueActivities"),
     ];
     wait_sample(node.delivery, "rpc_server_call_duration_seconds_count", &enqueue, |v| {
         v >= 1.0

@@ -319,12 +319,16 @@ async fn one_trace_crosses_every_hop_of_two_nodes() {
         trace.descends(handoff, accept),
         "the Accept's hand-off continues the trace"
     );
-    let enqueue_a = trace.find("node-a", "fedsx-delivery", "fedsx.delivery.v1.Delivery/EnqueueBatch");
+    let enqueue_a = trace.find(
+        "node-a",
+        "fedsx-delivery",
+        "fedsx.delivery.v1.Delivery/EnqueueActivities",
+    );
     assert!(
         trace.descends(enqueue_a, handoff),
         "the enqueue happens under the hand-off"
     );
-    let enqueue_call = trace.find("node-a", "fedsx-kernel", "fedsx.delivery.v1.Delivery/EnqueueBatch");
+    let enqueue_call = trace.find("node-a", "fedsx-kernel", "fedsx.delivery.v1.Delivery/EnqueueActivities");
     assert_eq!(enqueue_call.span.kind, SpanKind::Client as i32);
     assert_child(enqueue_a, enqueue_call);
     let post_a = trace.find("node-a", "fedsx-delivery", "POST");

@@ -30,7 +30,7 @@ fn delivery(peer: &str, n: u8) -> NewDelivery {
         id: id(n),
         sender: format!("https://a.example/actors/s{n}"),
         inbox_url: format!("{peer}/inbox"),
-        recipients: Vec::new(),
+        recipients: Default::default(),
         envelope: Bytes::from(format!("envelope {n}")),
         undeliverable: None,
         unavailable_before: 0,
@@ -464,7 +464,7 @@ pub(crate) async fn recipients_come_back_as_queued<E: Engine>(engine: &E) {
     let node = "https://b.example";
     let delivery = NewDelivery {
         inbox_url: "https://b.example/inbox".into(),
-        recipients: recipients.clone(),
+        recipients: recipients.clone().into(),
         ..delivery(node, 1)
     };
     queue.enqueue(delivery).await.unwrap();
@@ -487,7 +487,7 @@ pub(crate) async fn a_batch_is_queued_in_order_once_per_id_and_kept<E: Engine>(e
             from(alice, PEER, 3),
             from(alice, PEER, 1),
             NewDelivery {
-                recipients: recipients.clone(),
+                recipients: recipients.clone().into(),
                 undeliverable: Some("recipient gone".into()),
                 ..delivery(OTHER, 4)
             },

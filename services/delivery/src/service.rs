@@ -73,9 +73,33 @@ fn to_proto(status: PeerStatus, in_flight: usize, unavailable_after_ms: u64) -> 
     }
 }
 
-/// A checked `Enqueue` request.
+/// A checked recipient list.
+fn recipients_of(list: Vec<pb::Recipient>) -> Result<Arc<[Recipient]>, DeliveryError> {
+    let bad = |why: String| Err(DeliveryError::BadRequest(why));
+    if let Some(url) = list
+        .iter()
+        .map(|r| &r.inbox_url)
+        .filter(|url| !url.is_empty())
+        .find(|url| !is_url(url))
+    {
+        return bad(format!("inbox url {url:?} is not an http(s) URL"));
+    }
+    if let Some(recipient) = list.iter().find(|r| !is_url(&r.actor)) {
+        return bad(format!("recipient {:?} is not an http(s) URL", recipient.actor));
+    }
+    Ok(list
+        .into_iter()
+        .map(|r| Recipient {
+            actor: r.actor,
+            inbox_url: r.inbox_url,
+        })
+        .collect())
+}
+
+/// A checked `Enqueue` request, its recipients checked already.
 fn new_delivery(
     request: pb::EnqueueRequest,
+    recipients: Arc<[Recipient]>,
     traceparent: String,
     unavailable_after_ms: u64,
 ) -> Result<NewDelivery, DeliveryError> {
@@ -90,12 +114,8 @@ fn new_delivery(
         None if !is_url(&request.peer) => return bad(format!("peer {:?} is not an http(s) URL", request.peer)),
         None => {}
     }
-    let urls = std::iter::once(&request.inbox_url).chain(request.recipients.iter().map(|r| &r.inbox_url));
-    if let Some(url) = urls.filter(|url| !url.is_empty()).find(|url| !is_url(url)) {
-        return bad(format!("inbox url {url:?} is not an http(s) URL"));
-    }
-    if let Some(recipient) = request.recipients.iter().find(|r| !is_url(&r.actor)) {
-        return bad(format!("recipient {:?} is not an http(s) URL", recipient.actor));
+    if !request.inbox_url.is_empty() && !is_url(&request.inbox_url) {
+        return bad(format!("inbox url {:?} is not an http(s) URL", request.inbox_url));
     }
     if request.traceparent.len() > MAX_NAME {
         return bad(format!("traceparent is over {MAX_NAME} bytes"));
@@ -118,14 +138,7 @@ fn new_delivery(
         id,
         sender: request.sender,
         inbox_url: request.inbox_url,
-        recipients: request
-            .recipients
-            .into_iter()
-            .map(|r| Recipient {
-                actor: r.actor,
-                inbox_url: r.inbox_url,
-            })
-            .collect(),
+        recipients,
         envelope: request.envelope,
         undeliverable,
         unavailable_before: now_ms().saturating_sub(unavailable_after_ms),
@@ -134,35 +147,71 @@ fn new_delivery(
     })
 }
 
-#[tonic::async_trait]
-impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
-    async fn enqueue(&self, request: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, GrpcStatus> {
-        let traceparent = fedsx_runtime::trace_context::current_traceparent().unwrap_or_default();
-        let delivery = new_delivery(request.into_inner(), traceparent, self.unavailable_after_ms).map_err(status)?;
-        let new = self
-            .dispatcher
-            .queue()
-            .enqueue(delivery)
-            .await
-            .map_err(|err| status(err.into()))?;
-        Ok(Response::new(pb::EnqueueResponse { new }))
-    }
+/// An `Enqueue` request checked whole.
+fn checked(
+    mut request: pb::EnqueueRequest,
+    traceparent: String,
+    unavailable_after_ms: u64,
+) -> Result<NewDelivery, DeliveryError> {
+    let recipients = recipients_of(std::mem::take(&mut request.recipients))?;
+    new_delivery(request, recipients, traceparent, unavailable_after_ms)
+}
 
-    async fn enqueue_batch(
-        &self,
-        request: Request<pb::EnqueueBatchRequest>,
-    ) -> Result<Response<pb::EnqueueBatchResponse>, GrpcStatus> {
-        let deliveries = request.into_inner().deliveries;
-        if deliveries.len() > MAX_BATCH {
-            let why = format!("{} deliveries in one batch, at most {MAX_BATCH}", deliveries.len());
+/// An enqueue request (its recipients apart) and its recipients as checked (or why not).
+type Unchecked = (pb::EnqueueRequest, Result<Arc<[Recipient]>, String>);
+
+/// The deliveries an `EnqueueActivities` request names, each as `EnqueueBatch` would take
+/// it: its request (without recipients) and its recipients, checked once per list.
+fn expand(request: pb::EnqueueActivitiesRequest) -> Vec<Unchecked> {
+    let lists: Vec<Result<Arc<[Recipient]>, String>> = request
+        .recipient_lists
+        .into_iter()
+        .map(|list| recipients_of(list.recipients).map_err(|err| err.to_string()))
+        .collect();
+    let mut out = Vec::new();
+    for activity in request.activities {
+        for destination in activity.destinations {
+            let recipients = match destination.recipients as usize {
+                0 => Ok(Arc::default()),
+                n => lists.get(n - 1).cloned().unwrap_or_else(|| {
+                    Err(format!(
+                        "recipients {n} names no list (the request has {})",
+                        lists.len()
+                    ))
+                }),
+            };
+            let request = pb::EnqueueRequest {
+                peer: destination.peer,
+                inbox_url: destination.inbox_url,
+                envelope: activity.envelope.clone(),
+                id: activity.id.clone(),
+                sender: activity.sender.clone(),
+                recipients: Vec::new(),
+                undeliverable: destination.undeliverable,
+                traceparent: activity.traceparent.clone(),
+            };
+            out.push((request, recipients));
+        }
+    }
+    out
+}
+
+impl<Q: QueueStorage> DeliveryService<Q> {
+    /// Queues every valid one of `requests` together; one result each, in order.
+    async fn enqueue_each(&self, requests: Vec<Unchecked>) -> Result<Response<pb::EnqueueBatchResponse>, GrpcStatus> {
+        if requests.len() > MAX_BATCH {
+            let why = format!("{} deliveries in one batch, at most {MAX_BATCH}", requests.len());
             return Err(status(DeliveryError::BadRequest(why)));
         }
         let traceparent = fedsx_runtime::trace_context::current_traceparent().unwrap_or_default();
-        let mut results = vec![pb::EnqueueResult::default(); deliveries.len()];
-        let mut valid = Vec::with_capacity(deliveries.len());
-        let mut places = Vec::with_capacity(deliveries.len());
-        for (place, request) in deliveries.into_iter().enumerate() {
-            match new_delivery(request, traceparent.clone(), self.unavailable_after_ms) {
+        let mut results = vec![pb::EnqueueResult::default(); requests.len()];
+        let mut valid = Vec::with_capacity(requests.len());
+        let mut places = Vec::with_capacity(requests.len());
+        for (place, (request, recipients)) in requests.into_iter().enumerate() {
+            let checked = recipients.map_err(DeliveryError::BadRequest).and_then(|recipients| {
+                new_delivery(request, recipients, traceparent.clone(), self.unavailable_after_ms)
+            });
+            match checked {
                 Ok(delivery) => {
                     valid.push(delivery);
                     places.push(place);
@@ -180,6 +229,44 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
             results[place].new = new;
         }
         Ok(Response::new(pb::EnqueueBatchResponse { results }))
+    }
+}
+
+#[tonic::async_trait]
+impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
+    async fn enqueue(&self, request: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, GrpcStatus> {
+        let traceparent = fedsx_runtime::trace_context::current_traceparent().unwrap_or_default();
+        let delivery = checked(request.into_inner(), traceparent, self.unavailable_after_ms).map_err(status)?;
+        let new = self
+            .dispatcher
+            .queue()
+            .enqueue(delivery)
+            .await
+            .map_err(|err| status(err.into()))?;
+        Ok(Response::new(pb::EnqueueResponse { new }))
+    }
+
+    async fn enqueue_batch(
+        &self,
+        request: Request<pb::EnqueueBatchRequest>,
+    ) -> Result<Response<pb::EnqueueBatchResponse>, GrpcStatus> {
+        let requests = request
+            .into_inner()
+            .deliveries
+            .into_iter()
+            .map(|mut request| {
+                let recipients = recipients_of(std::mem::take(&mut request.recipients)).map_err(|err| err.to_string());
+                (request, recipients)
+            })
+            .collect();
+        self.enqueue_each(requests).await
+    }
+
+    async fn enqueue_activities(
+        &self,
+        request: Request<pb::EnqueueActivitiesRequest>,
+    ) -> Result<Response<pb::EnqueueBatchResponse>, GrpcStatus> {
+        self.enqueue_each(expand(request.into_inner())).await
     }
 
     async fn peer_status(

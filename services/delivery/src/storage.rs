@@ -140,7 +140,8 @@ pub struct NewDelivery {
     pub sender: String,
     /// Where to POST it once (empty: to each recipient's inbox; see [`Due::targets`]).
     pub inbox_url: String,
-    pub recipients: Vec<Recipient>,
+    /// Shared: an enqueue of one activity for many destinations names a list once.
+    pub recipients: std::sync::Arc<[Recipient]>,
     pub envelope: Bytes,
     /// Some(why): it can never be handed on; queued straight as a dead letter, never sent.
     pub undeliverable: Option<String>,

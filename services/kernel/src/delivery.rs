@@ -5,13 +5,20 @@
 use bytes::Bytes;
 use fedsx_proto::delivery::v1::delivery_client::DeliveryClient;
 use fedsx_proto::delivery::v1::{
-    EnqueueBatchRequest, EnqueueRequest, ListDeadLettersRequest, ListPeersRequest, Recipient, ReviveRequest,
+    ActivityHandoff, Destination, EnqueueActivitiesRequest, EnqueueBatchRequest, EnqueueRequest,
+    ListDeadLettersRequest, ListPeersRequest, Recipient, RecipientList, ReviveRequest,
 };
 use fedsx_runtime::paging::all_pages;
 use fedsx_runtime::trace_context::{TracedChannel, lazy_channel};
 use fedsx_wire::ActivityId;
 use futures::future::BoxFuture;
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// (actor URL, inbox URL) of recipients on one node: shared by the hand-offs of every
+/// activity that goes to them.
+pub type Recipients = std::sync::Arc<[(String, String)]>;
 
 /// One activity for its recipients on one destination node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +31,7 @@ pub struct Handoff {
     /// The local actor URL that sent it.
     pub sender: String,
     /// (actor URL, inbox URL — empty when unknown) of each recipient on the node, sorted.
-    pub recipients: Vec<(String, String)>,
+    pub recipients: Recipients,
     pub envelope: Bytes,
     pub id: ActivityId,
     /// The trace its send continues (W3C `traceparent`; empty: the enqueue call's).
@@ -88,6 +95,9 @@ pub trait DeliveryPort: Send + Sync + 'static {
 /// The delivery service over gRPC.
 pub struct GrpcDelivery {
     client: DeliveryClient<TracedChannel>,
+    /// Delivery answered `EnqueueActivities` with UNIMPLEMENTED (a service from before
+    /// it): hand-offs go as `EnqueueBatch`, each with its envelope and recipients.
+    batches_only: AtomicBool,
 }
 
 impl GrpcDelivery {
@@ -95,6 +105,7 @@ impl GrpcDelivery {
     pub fn connect_lazy(url: &str) -> anyhow::Result<GrpcDelivery> {
         Ok(GrpcDelivery {
             client: DeliveryClient::new(lazy_channel("--delivery", url)?),
+            batches_only: AtomicBool::new(false),
         })
     }
 }
@@ -103,13 +114,31 @@ impl DeliveryPort for GrpcDelivery {
     fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Result<(), String>>, HandoffError>> {
         let mut client = self.client.clone();
         Box::pin(async move {
-            let deliveries = handoffs.into_iter().map(enqueue_request).collect();
-            let results = client
-                .enqueue_batch(EnqueueBatchRequest { deliveries })
-                .await
-                .map_err(handoff_error)?
-                .into_inner()
-                .results;
+            let mut results = None;
+            if !self.batches_only.load(Ordering::Relaxed) {
+                match client.enqueue_activities(activities_request(&handoffs)).await {
+                    Ok(response) => results = Some(response.into_inner().results),
+                    Err(status) if status.code() == tonic::Code::Unimplemented => {
+                        tracing::info!(
+                            "delivery takes no EnqueueActivities (an older service): hand-offs go as EnqueueBatch"
+                        );
+                        self.batches_only.store(true, Ordering::Relaxed);
+                    }
+                    Err(status) => return Err(handoff_error(status)),
+                }
+            }
+            let results = match results {
+                Some(results) => results,
+                None => {
+                    let deliveries = handoffs.into_iter().map(enqueue_request).collect();
+                    client
+                        .enqueue_batch(EnqueueBatchRequest { deliveries })
+                        .await
+                        .map_err(handoff_error)?
+                        .into_inner()
+                        .results
+                }
+            };
             Ok(results
                 .into_iter()
                 .map(|result| {
@@ -195,6 +224,56 @@ fn handoff_error(status: tonic::Status) -> HandoffError {
     }
 }
 
+/// `handoffs` as one `EnqueueActivities` request: consecutive hand-offs of one activity (same
+/// id, sender, envelope and trace) are one activity with its destinations, and each list of
+/// recipients goes once. Its results come in the order of `handoffs`.
+fn activities_request(handoffs: &[Handoff]) -> EnqueueActivitiesRequest {
+    let mut request = EnqueueActivitiesRequest::default();
+    let mut lists: HashMap<*const (String, String), u32> = HashMap::new();
+    for handoff in handoffs {
+        let recipients = if handoff.recipients.is_empty() {
+            0
+        } else {
+            let lists_sent = &mut request.recipient_lists;
+            *lists.entry(handoff.recipients.as_ptr()).or_insert_with(|| {
+                let recipients = handoff
+                    .recipients
+                    .iter()
+                    .map(|(actor, inbox_url)| Recipient {
+                        actor: actor.clone(),
+                        inbox_url: inbox_url.clone(),
+                    })
+                    .collect();
+                lists_sent.push(RecipientList { recipients });
+                lists_sent.len() as u32
+            })
+        };
+        let same = request.activities.last().is_some_and(|activity| {
+            activity.id[..] == handoff.id.0[..]
+                && activity.sender == handoff.sender
+                && activity.traceparent == handoff.traceparent
+                && activity.envelope == handoff.envelope
+        });
+        if !same {
+            request.activities.push(ActivityHandoff {
+                id: handoff.id.0.to_vec().into(),
+                sender: handoff.sender.clone(),
+                envelope: handoff.envelope.clone(),
+                traceparent: handoff.traceparent.clone(),
+                destinations: Vec::new(),
+            });
+        }
+        let activity = request.activities.last_mut().expect("pushed above");
+        activity.destinations.push(Destination {
+            peer: handoff.peer.clone(),
+            inbox_url: handoff.inbox_url.clone(),
+            recipients,
+            undeliverable: handoff.undeliverable.clone().unwrap_or_default(),
+        });
+    }
+    request
+}
+
 fn enqueue_request(handoff: Handoff) -> EnqueueRequest {
     EnqueueRequest {
         peer: handoff.peer,
@@ -204,8 +283,11 @@ fn enqueue_request(handoff: Handoff) -> EnqueueRequest {
         sender: handoff.sender,
         recipients: handoff
             .recipients
-            .into_iter()
-            .map(|(actor, inbox_url)| Recipient { actor, inbox_url })
+            .iter()
+            .map(|(actor, inbox_url)| Recipient {
+                actor: actor.clone(),
+                inbox_url: inbox_url.clone(),
+            })
             .collect(),
         undeliverable: handoff.undeliverable.unwrap_or_default(),
         traceparent: handoff.traceparent,
@@ -263,5 +345,167 @@ impl DeliveryPort for MemoryDelivery {
 
     fn dead_letters(&self, _peer: String) -> BoxFuture<'_, Result<Vec<DeadLetter>, HandoffError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedsx_proto::delivery::v1 as pb;
+    use fedsx_proto::delivery::v1::delivery_server::{Delivery, DeliveryServer};
+    use std::sync::Arc;
+    use tonic::{Request, Response, Status};
+
+    /// A delivery service from before `EnqueueActivities`: it takes batches, nothing else.
+    #[derive(Default, Clone)]
+    struct Older {
+        batches: Arc<Mutex<Vec<EnqueueBatchRequest>>>,
+    }
+
+    fn unimplemented<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("not in this version"))
+    }
+
+    #[tonic::async_trait]
+    impl Delivery for Older {
+        async fn enqueue(&self, _: Request<EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn enqueue_batch(
+            &self,
+            request: Request<EnqueueBatchRequest>,
+        ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
+            let request = request.into_inner();
+            let taken = pb::EnqueueResult {
+                new: true,
+                refused: String::new(),
+            };
+            let results = vec![taken; request.deliveries.len()];
+            self.batches.lock().unwrap().push(request);
+            Ok(Response::new(pb::EnqueueBatchResponse { results }))
+        }
+
+        async fn enqueue_activities(
+            &self,
+            _: Request<EnqueueActivitiesRequest>,
+        ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn peer_status(&self, _: Request<pb::PeerStatusRequest>) -> Result<Response<pb::PeerStatus>, Status> {
+            unimplemented()
+        }
+
+        async fn list_peers(&self, _: Request<ListPeersRequest>) -> Result<Response<pb::ListPeersResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn list_dead_letters(
+            &self,
+            _: Request<ListDeadLettersRequest>,
+        ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn redrive(&self, _: Request<pb::RedriveRequest>) -> Result<Response<pb::RedriveResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn revive(&self, _: Request<ReviveRequest>) -> Result<Response<pb::ReviveResponse>, Status> {
+            unimplemented()
+        }
+    }
+
+    fn handoff(n: u8, peer: &str, recipients: &Recipients) -> Handoff {
+        Handoff {
+            peer: peer.into(),
+            inbox_url: format!("{peer}/inbox"),
+            sender: "https://a.example/actors/alice".into(),
+            recipients: recipients.clone(),
+            envelope: Bytes::from(vec![n; 10]),
+            id: ActivityId([n; 32]),
+            traceparent: String::new(),
+            undeliverable: None,
+        }
+    }
+
+    fn followers(peer: &str) -> Recipients {
+        vec![(format!("{peer}/actors/bob"), String::new())].into()
+    }
+
+    #[test]
+    fn an_activity_goes_once_for_its_destinations_and_each_list_once() {
+        let (b, c) = (followers("https://b.example"), followers("https://c.example"));
+        let unroutable = handoff(1, "mailto:x", &Recipients::default()).undeliverable("not a URL".into());
+        let handoffs = vec![
+            handoff(1, "https://b.example", &b),
+            handoff(1, "https://c.example", &c),
+            unroutable,
+            handoff(2, "https://b.example", &b),
+            handoff(2, "https://c.example", &c),
+        ];
+        let request = activities_request(&handoffs);
+        type Shape<'a> = Vec<(u8, Vec<(&'a str, u32, &'a str)>)>;
+        let shape: Shape = request
+            .activities
+            .iter()
+            .map(|a| {
+                let destinations = a
+                    .destinations
+                    .iter()
+                    .map(|d| (d.peer.as_str(), d.recipients, d.undeliverable.as_str()))
+                    .collect();
+                (a.id[0], destinations)
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (1, vec![("https://b.example", 1, ""), ("https://c.example", 2, "")]),
+                (1, vec![("mailto:x", 0, "not a URL")]),
+                (2, vec![("https://b.example", 1, ""), ("https://c.example", 2, "")]),
+            ],
+            "in hand-off order, so the results line up"
+        );
+        assert_eq!(request.recipient_lists.len(), 2);
+        assert_eq!(
+            request.recipient_lists[1].recipients[0].actor,
+            "https://c.example/actors/bob"
+        );
+        assert!(request.activities[1].envelope.is_empty());
+    }
+
+    #[tokio::test]
+    async fn hand_offs_go_as_batches_to_a_delivery_service_from_before_enqueue_activities() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let older = Older::default();
+        let stop = fedsx_runtime::CancellationToken::new();
+        let routes = tonic::service::Routes::new(DeliveryServer::new(older.clone()));
+        let server = tokio::spawn(fedsx_runtime::grpc::serve(
+            "fedsx.delivery.v1.Delivery",
+            routes,
+            listener,
+            stop.clone(),
+        ));
+        let delivery = GrpcDelivery::connect_lazy(&url).unwrap();
+        let b = followers("https://b.example");
+        for n in 1..=2 {
+            let handoffs = vec![handoff(n, "https://b.example", &b), handoff(n, "https://c.example", &b)];
+            assert_eq!(delivery.enqueue(handoffs).await.unwrap(), [Ok(()), Ok(())]);
+        }
+        let batches = older.batches.lock().unwrap().clone();
+        assert_eq!(batches.len(), 2, "both calls went, as batches");
+        let second = &batches[1].deliveries[1];
+        assert_eq!(second.peer, "https://c.example");
+        assert_eq!(second.recipients[0].actor, "https://b.example/actors/bob");
+        assert_eq!(&second.envelope[..], &[2; 10]);
+        assert!(
+            delivery.batches_only.load(Ordering::Relaxed),
+            "asked once, then batches"
+        );
+        stop.cancel();
+        server.await.unwrap().unwrap();
     }
 }

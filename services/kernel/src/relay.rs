@@ -4,7 +4,7 @@
 //! the last journaled cursor, at most `CURSOR_EVERY` entries back; delivery treats a
 //! repeated (peer, id) as the same delivery).
 
-use crate::delivery::{Handoff, HandoffError};
+use crate::delivery::{Handoff, HandoffError, Recipients};
 use crate::error::KernelError;
 use crate::kernel::Kernel;
 use crate::publish::envelope_activity;
@@ -343,7 +343,7 @@ impl Kernel {
                         node,
                         activitypub,
                         inbox,
-                        recipients,
+                        recipients: recipients.into(),
                     }
                 })
                 .collect(),
@@ -400,7 +400,7 @@ impl Batch {
         }
         let reason = format!("its hand-off to this node is {size} bytes, over the {MAX_HANDOFF_BYTES} one call takes");
         let undeliverable = Handoff {
-            recipients: Vec::new(),
+            recipients: Recipients::default(),
             ..handoff.undeliverable(reason)
         };
         let size = Batch::size(&undeliverable);
@@ -436,8 +436,9 @@ struct Route {
     activitypub: bool,
     /// The node inbox all its recipients share; empty: each recipient's own.
     inbox: String,
-    /// (actor, inbox) of each recipient there (inbox empty when they share a node inbox).
-    recipients: Vec<(String, String)>,
+    /// (actor, inbox) of each recipient there (inbox empty when they share a node inbox):
+    /// one list for every activity of a page that goes there.
+    recipients: Recipients,
 }
 
 impl Routes {
@@ -452,11 +453,11 @@ impl Routes {
         id: ActivityId,
         traceparent: &str,
     ) -> (Vec<Handoff>, Vec<Handoff>) {
-        let handoff = |peer: &str, inbox_url: &str, recipients: &[(String, String)], envelope: Bytes| Handoff {
+        let handoff = |peer: &str, inbox_url: &str, recipients: &Recipients, envelope: Bytes| Handoff {
             peer: peer.to_owned(),
             inbox_url: inbox_url.to_owned(),
             sender: sender.to_owned(),
-            recipients: recipients.to_vec(),
+            recipients: recipients.clone(),
             envelope,
             id,
             traceparent: traceparent.to_owned(),
@@ -476,7 +477,8 @@ impl Routes {
             }
         }
         native.extend(self.unroutable.iter().map(|recipient| {
-            handoff(recipient, "", &[], Bytes::new()).undeliverable("recipient is not an http(s) URL".into())
+            handoff(recipient, "", &Recipients::default(), Bytes::new())
+                .undeliverable("recipient is not an http(s) URL".into())
         }));
         (native, activitypub)
     }

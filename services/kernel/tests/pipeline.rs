@@ -88,7 +88,7 @@ async fn a_follow_is_recorded_and_auto_accepted_once() {
     let handoffs = wait_for_handoffs(&node, 1).await;
     assert_eq!(handoffs[0].peer, PEER_NODE);
     assert_eq!(handoffs[0].inbox_url, "", "alice's document advertises no node inbox");
-    assert_eq!(handoffs[0].recipients, [(PEER.to_owned(), format!("{PEER}/inbox"))]);
+    assert_eq!(handoffs[0].recipients[..], [(PEER.to_owned(), format!("{PEER}/inbox"))]);
     assert_eq!(handoffs[0].sender, bob_url());
     let accept = fedsx_wire::decode(&handoffs[0].envelope).unwrap();
     assert_eq!(accept.kind, ActivityType::Accept);
@@ -130,7 +130,7 @@ async fn followers_receive_what_is_published_to_them() {
     let handoffs = wait_for_handoffs(&node, 2).await;
     let to_alice: Vec<_> = handoffs.iter().filter(|h| h.id == note.id).collect();
     assert_eq!(to_alice.len(), 1);
-    assert_eq!(to_alice[0].recipients, [(PEER.to_owned(), format!("{PEER}/inbox"))]);
+    assert_eq!(to_alice[0].recipients[..], [(PEER.to_owned(), format!("{PEER}/inbox"))]);
 }
 
 #[tokio::test]

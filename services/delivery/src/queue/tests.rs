@@ -117,7 +117,7 @@ fn the_sixth_failure_dead_letters_and_clears_the_retry_time() {
         state.dead_letters().cloned().collect::<Vec<_>>(),
         [DeadLetter {
             sender: String::new(),
-            recipients: Vec::new(),
+            recipients: Default::default(),
             id: id(1),
             attempts: 6,
             last_error: "status 500".into()

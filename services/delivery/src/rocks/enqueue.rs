@@ -40,6 +40,25 @@ impl Staged {
     }
 }
 
+/// Each delivery's recipients as stored: a list named by several deliveries to one
+/// destination (one per activity, in a batch of several activities) is encoded once.
+fn stored_recipients(deliveries: &[NewDelivery]) -> Vec<StoredRecipients> {
+    type Key<'a> = (*const crate::storage::Recipient, &'a str, &'a str);
+    let mut encoded: HashMap<Key<'_>, StoredRecipients> = HashMap::new();
+    deliveries
+        .iter()
+        .map(|d| {
+            if d.recipients.is_empty() {
+                return StoredRecipients::default();
+            }
+            encoded
+                .entry((d.recipients.as_ptr(), &d.peer, &d.inbox_url))
+                .or_insert_with(|| StoredRecipients::store(&d.peer, &d.inbox_url, &d.recipients))
+                .clone()
+        })
+        .collect()
+}
+
 impl Inner {
     /// `entry`'s number, given now when it has none (its record is then written with the
     /// enqueue).
@@ -77,10 +96,11 @@ impl RocksQueue {
         self.open_or_closed()?;
         let mut new = vec![false; deliveries.len()];
         let mut staged = Vec::with_capacity(deliveries.len());
+        let stored = stored_recipients(&deliveries);
         {
             let mut peers = self.inner.peers.lock().expect("queue lock poisoned");
             let mut shared = self.inner.shared.lock().expect("shared records lock poisoned");
-            for (index, mut delivery) in deliveries.into_iter().enumerate() {
+            for (index, (mut delivery, recipients)) in deliveries.into_iter().zip(stored).enumerate() {
                 let peer = delivery.peer.as_str();
                 if !peers.contains_key(peer) {
                     peers.insert(peer.to_owned(), PeerEntry::new(peer));
@@ -95,7 +115,6 @@ impl RocksQueue {
                 if delivery.undeliverable.is_none() && since != 0 && since < delivery.unavailable_before {
                     delivery.undeliverable = Some(unavailable_reason(since));
                 }
-                let recipients = StoredRecipients::store(&delivery.peer, &delivery.inbox_url, &delivery.recipients);
                 let member = if delivery.undeliverable.is_some() {
                     None
                 } else {

@@ -777,7 +777,7 @@ mod tests {
             id: [n; 32],
             // Senders of their own: every one is due at once.
             sender: format!("https://a.example/actors/sender-{n}"),
-            recipients: recipients.to_vec(),
+            recipients: recipients.into(),
             ..to(peer, &bytes::Bytes::from(vec![n; 100]))
         };
         let recipients_of = |due: &[Due]| -> Vec<Vec<Recipient>> {
@@ -877,7 +877,7 @@ mod tests {
         let old = to(peer, &bytes::Bytes::from("old envelope"));
         let later = NewDelivery {
             id: [2; 32],
-            recipients: vec![bob.clone()],
+            recipients: vec![bob.clone()].into(),
             ..to(peer, &bytes::Bytes::from("new envelope"))
         };
         assert_eq!(

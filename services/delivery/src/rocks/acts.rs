@@ -11,6 +11,9 @@
 
 use bytes::Bytes;
 use prost::Message;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ActRecord {
@@ -88,6 +91,80 @@ pub fn route_of(packed: &[u8], peer: u32) -> Result<Option<u64>, String> {
         .map(|(_, route)| route))
 }
 
+/// Activity ids whose act records are kept decoded in memory, at most.
+const CACHED_IDS: usize = 256;
+
+/// Act records read lately, by activity id: every destination of a fan-out reads the same
+/// act to send it, so it is read and decoded once, not once per destination. An id held
+/// holds every act record of it (acts are written whole and never changed, only dropped).
+#[derive(Default)]
+pub struct ActCache {
+    held: Mutex<Held>,
+    /// Acts written so far: a read that saw a write start after it does not fill the cache
+    /// (it may have missed that act).
+    writes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Held {
+    by_id: HashMap<[u8; 32], Vec<(u64, Arc<ActRecord>)>>,
+    /// Ids in the order they came in: the oldest goes first.
+    order: VecDeque<[u8; 32]>,
+}
+
+impl ActCache {
+    /// What to pass [`ActCache::fill`] after reading an id's acts from disk.
+    pub fn before_read(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, id: &[u8; 32]) -> Option<Vec<(u64, Arc<ActRecord>)>> {
+        self.held
+            .lock()
+            .expect("act cache lock poisoned")
+            .by_id
+            .get(id)
+            .cloned()
+    }
+
+    /// Holds every act of `id`, as read from disk after `before_read` gave `seen`.
+    pub fn fill(&self, id: [u8; 32], acts: Vec<(u64, Arc<ActRecord>)>, seen: u64) {
+        let mut held = self.held.lock().expect("act cache lock poisoned");
+        if self.writes.load(Ordering::Acquire) != seen || held.by_id.contains_key(&id) {
+            return;
+        }
+        if held.order.len() >= CACHED_IDS
+            && let Some(oldest) = held.order.pop_front()
+        {
+            held.by_id.remove(&oldest);
+        }
+        held.order.push_back(id);
+        held.by_id.insert(id, acts);
+    }
+
+    /// Act `act` of `id` was written: held with the others where the id is held.
+    pub fn written(&self, id: &[u8; 32], act: u64, record: Arc<ActRecord>) {
+        let mut held = self.held.lock().expect("act cache lock poisoned");
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        if let Some(acts) = held.by_id.get_mut(id)
+            && !acts.iter().any(|(no, _)| *no == act)
+        {
+            acts.push((act, record));
+        }
+    }
+
+    /// The act under `key` was dropped.
+    pub fn dropped(&self, key: &ActKey) {
+        let (Ok(id), Some(act)) = (<[u8; 32]>::try_from(&key[..32]), act_of_key(key)) else {
+            return;
+        };
+        let mut held = self.held.lock().expect("act cache lock poisoned");
+        if let Some(acts) = held.by_id.get_mut(&id) {
+            acts.retain(|(no, _)| *no != act);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +177,35 @@ mod tests {
         assert_eq!(route_of(&packed, 300).unwrap(), Some(2));
         assert_eq!(route_of(&packed, 2).unwrap(), None);
         assert!(members(&[0x80]).is_err(), "a cut varint is corrupt");
+    }
+
+    #[test]
+    fn the_cache_holds_every_act_of_an_id_or_none() {
+        let cache = ActCache::default();
+        let act = |n: u64| (n, Arc::new(ActRecord::default()));
+        let seen = cache.before_read();
+        cache.written(&[1; 32], 5, act(5).1);
+        cache.fill([1; 32], vec![act(3)], seen);
+        assert!(
+            cache.get(&[1; 32]).is_none(),
+            "a read that may have missed act 5 is not held"
+        );
+        let seen = cache.before_read();
+        cache.fill([1; 32], vec![act(3), act(5)], seen);
+        cache.written(&[1; 32], 5, act(5).1);
+        cache.written(&[1; 32], 7, act(7).1);
+        let held: Vec<u64> = cache.get(&[1; 32]).unwrap().iter().map(|(no, _)| *no).collect();
+        assert_eq!(held, [3, 5, 7]);
+        cache.dropped(&act_key(&[1; 32], 5));
+        let held: Vec<u64> = cache.get(&[1; 32]).unwrap().iter().map(|(no, _)| *no).collect();
+        assert_eq!(held, [3, 7]);
+        for n in 0..CACHED_IDS as u64 {
+            let mut id = [0; 32];
+            id[..8].copy_from_slice(&(n + 2).to_be_bytes());
+            let seen = cache.before_read();
+            cache.fill(id, vec![], seen);
+        }
+        assert!(cache.get(&[1; 32]).is_none(), "the oldest id went first");
     }
 
     #[test]

@@ -305,7 +305,7 @@ fn write(inner: &Inner, staged: Vec<Staged>) -> Result<Written, QueueError> {
     for (id, no, mut act, members) in acts {
         act.members = acts::pack_members(&members);
         let key = acts::act_key(&id, no);
-        changes.acts.push((key, act.encode_to_vec()));
+        changes.acts.push((key, std::sync::Arc::new(act)));
         act_counts.push((key, members.len() as u32));
     }
     let dead: Vec<_> = fresh.iter().filter(|s| s.member.is_none()).collect();

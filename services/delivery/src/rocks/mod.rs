@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 
+/// Items of heads handed out kept per peer before those no longer heads are let go.
+const HANDED_OUT_KEPT: usize = 4096;
+
 /// Wake-ups buffered for the dispatcher.
 const NOTICE_BUFFER: usize = 1024;
 
@@ -134,6 +137,10 @@ struct PeerEntry {
     on_disk: bool,
     /// The route its deliveries were last queued with.
     route: Option<enqueue::Route>,
+    /// The item records of heads handed out to be sent, as read then: their outcome is
+    /// recorded on them without reading them again (only a head is handed out, and only its
+    /// sender's outcome changes it).
+    handed_out: HashMap<Id, ItemRecord>,
 }
 
 impl PeerEntry {
@@ -172,6 +179,7 @@ impl PeerEntry {
             lease: None,
             on_disk: true,
             route: None,
+            handed_out: HashMap::new(),
         }
     }
 }
@@ -192,11 +200,15 @@ fn record_one(
     if !entry.state.is_head(&id) {
         return Ok(None);
     }
-    let Some(Item { record: mut item, .. }) = records
-        .item(&entry.record.peer, entry.record.num, &id)
-        .map_err(QueueError::internal)?
-    else {
-        return Ok(None);
+    let mut item = match entry.handed_out.remove(&id) {
+        Some(item) => item,
+        None => match records
+            .item(&entry.record.peer, entry.record.num, &id)
+            .map_err(QueueError::internal)?
+        {
+            Some(Item { record, .. }) => record,
+            None => return Ok(None),
+        },
     };
     match outcome {
         Outcome::Delivered => {
@@ -302,6 +314,7 @@ impl Inner {
     fn read_due(&self, peer: &str, ids: Vec<Id>, recipients: bool) -> Result<Vec<Due>, QueueError> {
         let num = self.num_of(peer);
         let mut due = Vec::with_capacity(ids.len());
+        let mut handed_out = Vec::with_capacity(ids.len());
         for id in ids {
             let Some(mut item) = self.records.item(peer, num, &id).map_err(QueueError::internal)? else {
                 continue;
@@ -317,6 +330,7 @@ impl Inner {
                 } else {
                     Default::default()
                 };
+                handed_out.push((id, item.record.clone()));
                 due.push(Due {
                     id,
                     inbox_url: item.record.inbox_url,
@@ -326,6 +340,15 @@ impl Inner {
                     attempts: item.record.attempts,
                 });
             }
+        }
+        let mut peers = self.peers.lock().expect("queue lock poisoned");
+        if let Some(entry) = peers.get_mut(peer) {
+            if entry.handed_out.len() > HANDED_OUT_KEPT {
+                // Sends whose outcome never came (a lease lost): they are read again.
+                let PeerEntry { state, handed_out, .. } = entry;
+                handed_out.retain(|id, _| state.is_head(id));
+            }
+            entry.handed_out.extend(handed_out);
         }
         Ok(due)
     }

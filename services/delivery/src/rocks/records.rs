@@ -16,6 +16,7 @@ use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 const CF_ITEMS: &str = "items";
 const CF_ENVELOPES: &str = "envelopes";
@@ -142,7 +143,7 @@ pub struct Loaded {
 /// Writes besides items and peers: act and route records made and dropped.
 #[derive(Default)]
 pub struct Changes {
-    pub acts: Vec<(ActKey, Vec<u8>)>,
+    pub acts: Vec<(ActKey, Arc<ActRecord>)>,
     pub routes: Vec<(RouteKey, Vec<u8>)>,
     pub dropped_acts: Vec<ActKey>,
     pub dropped_routes: Vec<RouteKey>,
@@ -157,6 +158,7 @@ pub struct NewPayload<'a> {
 
 pub struct Records {
     db: DB,
+    acts: acts::ActCache,
 }
 
 fn peer_key(peer: &str) -> Vec<u8> {
@@ -216,7 +218,10 @@ impl Records {
         .map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
         let db = fedsx_runtime::rocks::open_verified(options, dir, cfs.into(), "delivery queue")
             .map_err(|err| err.to_string())?;
-        Ok(Records { db })
+        Ok(Records {
+            db,
+            acts: acts::ActCache::default(),
+        })
     }
 
     /// Every peer with its pending and dead items (those of acts with what their act
@@ -341,7 +346,11 @@ impl Records {
     }
 
     /// The act records of activity `id`: (act number, record).
-    fn acts_of(&self, id: &[u8; 32]) -> Result<Vec<(u64, ActRecord)>, String> {
+    fn acts_of(&self, id: &[u8; 32]) -> Result<Vec<(u64, Arc<ActRecord>)>, String> {
+        if let Some(held) = self.acts.get(id) {
+            return Ok(held);
+        }
+        let seen = self.acts.before_read();
         let acts_cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
         let mut found = Vec::new();
         for entry in self.db.prefix_iterator_cf(acts_cf, id) {
@@ -350,10 +359,11 @@ impl Records {
                 break;
             }
             let act = acts::act_of_key(&key).ok_or("corrupt act key")?;
-            found.push((
-                act,
-                ActRecord::decode(value.as_ref()).map_err(|err| format!("corrupt act record: {err}"))?,
-            ));
+            let record = ActRecord::decode(value.as_ref()).map_err(|err| format!("corrupt act record: {err}"))?;
+            found.push((act, Arc::new(record)));
+        }
+        if !found.is_empty() {
+            self.acts.fill(*id, found.clone(), seen);
         }
         Ok(found)
     }
@@ -383,14 +393,8 @@ impl Records {
                     recipients: None,
                 }));
             }
-            let acts_cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
-            let act = self
-                .db
-                .get_cf(acts_cf, acts::act_key(id, record.act))
-                .map_err(|err| err.to_string())?
-                .map(|value| ActRecord::decode(value.as_slice()).map_err(|err| format!("corrupt act record: {err}")))
-                .transpose()?;
-            return self.filled(num, record, act).map(Some);
+            let act = self.acts_of(id)?.into_iter().find(|(no, _)| *no == record.act);
+            return self.filled(num, record, act.map(|(_, act)| act)).map(Some);
         }
         if num == 0 {
             return Ok(None);
@@ -411,13 +415,13 @@ impl Records {
     }
 
     /// An item of an act with what its act and route hold.
-    fn filled(&self, num: u32, mut record: ItemRecord, act: Option<ActRecord>) -> Result<Item, String> {
+    fn filled(&self, num: u32, mut record: ItemRecord, act: Option<Arc<ActRecord>>) -> Result<Item, String> {
         let mut envelope = None;
         if let Some(act) = act {
-            record.sender = act.sender;
-            record.traceparent = act.traceparent;
+            record.sender.clone_from(&act.sender);
+            record.traceparent.clone_from(&act.traceparent);
             record.enqueued_ms = act.enqueued_ms;
-            envelope = Some(act.envelope);
+            envelope = Some(act.envelope.clone());
         }
         let routes_cf = self.db.cf_handle(CF_ROUTES).expect("routes cf");
         let route = self
@@ -610,8 +614,8 @@ impl Records {
         }
         let acts_cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
         let routes_cf = self.db.cf_handle(CF_ROUTES).expect("routes cf");
-        for (key, value) in &changes.acts {
-            batch.put_cf(acts_cf, key, value);
+        for (key, record) in &changes.acts {
+            batch.put_cf(acts_cf, key, record.encode_to_vec());
         }
         for (key, value) in &changes.routes {
             batch.put_cf(routes_cf, key, value);
@@ -624,6 +628,15 @@ impl Records {
         }
         let mut options = WriteOptions::default();
         options.set_sync(sync);
-        self.db.write_opt(batch, &options).map_err(|err| err.to_string())
+        self.db.write_opt(batch, &options).map_err(|err| err.to_string())?;
+        for (key, record) in &changes.acts {
+            let id: [u8; 32] = key[..32].try_into().expect("an act key starts with its id");
+            self.acts
+                .written(&id, acts::act_of_key(key).unwrap_or_default(), record.clone());
+        }
+        for key in &changes.dropped_acts {
+            self.acts.dropped(key);
+        }
+        Ok(())
     }
 }

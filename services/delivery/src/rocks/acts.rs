@@ -84,11 +84,26 @@ pub fn members(mut packed: &[u8]) -> Result<Vec<(u32, u64)>, String> {
 }
 
 /// The route of destination `peer` among packed members, if it is one.
-pub fn route_of(packed: &[u8], peer: u32) -> Result<Option<u64>, String> {
-    Ok(members(packed)?
-        .into_iter()
-        .find(|(p, _)| *p == peer)
-        .map(|(_, route)| route))
+pub fn route_of(mut packed: &[u8], peer: u32) -> Result<Option<u64>, String> {
+    let corrupt = |err: prost::DecodeError| format!("corrupt act record: {err}");
+    while !packed.is_empty() {
+        let num = prost::encoding::decode_varint(&mut packed).map_err(corrupt)?;
+        let route = prost::encoding::decode_varint(&mut packed).map_err(corrupt)?;
+        if num == u64::from(peer) {
+            return Ok(Some(route));
+        }
+    }
+    Ok(None)
+}
+
+/// What is kept of an act once every delivery of it is delivered: when it was queued, so
+/// the retention expires it with its delivered records (until then, an enqueue of its id
+/// looks for those records).
+pub fn tombstone(enqueued_ms: u64) -> ActRecord {
+    ActRecord {
+        enqueued_ms,
+        ..ActRecord::default()
+    }
 }
 
 /// Activity ids whose act records are kept decoded in memory, at most.
@@ -142,14 +157,17 @@ impl ActCache {
         held.by_id.insert(id, acts);
     }
 
-    /// Act `act` of `id` was written: held with the others where the id is held.
+    /// Act `act` of `id` was written (new, or kept as delivered): held with the others
+    /// where the id is held.
     pub fn written(&self, id: &[u8; 32], act: u64, record: Arc<ActRecord>) {
         let mut held = self.held.lock().expect("act cache lock poisoned");
         self.writes.fetch_add(1, Ordering::AcqRel);
-        if let Some(acts) = held.by_id.get_mut(id)
-            && !acts.iter().any(|(no, _)| *no == act)
-        {
-            acts.push((act, record));
+        if let Some(acts) = held.by_id.get_mut(id) {
+            match acts.iter_mut().find(|(no, _)| *no == act) {
+                Some((_, was)) if record.members.is_empty() => *was = record,
+                Some(_) => {}
+                None => acts.push((act, record)),
+            }
         }
     }
 

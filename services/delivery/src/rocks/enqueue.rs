@@ -224,11 +224,6 @@ struct Written {
 /// Drops what was queued before (delivered, dead or pending: a repeated hand-off is one
 /// delivery), then writes the rest in one synced write. Blocks.
 fn write(inner: &Inner, staged: Vec<Staged>) -> Result<Written, QueueError> {
-    let keys: Vec<_> = staged
-        .iter()
-        .map(|s| (s.delivery.peer.as_str(), &s.delivery.id))
-        .collect();
-    let exist = inner.records.exist(&keys).map_err(QueueError::internal)?;
     // Untried deliveries of an act have no item record: found by the activity's id.
     let ids: Vec<Id> = staged
         .iter()
@@ -237,6 +232,19 @@ fn write(inner: &Inner, staged: Vec<Staged>) -> Result<Written, QueueError> {
         .into_iter()
         .collect();
     let in_acts = inner.records.members_of(&ids).map_err(QueueError::internal)?;
+    // Delivered (or tried) ones have an item record: only ids queued in an act before can
+    // have one (unless records of no act were delivered, from before acts).
+    let look = |s: &Staged| inner.records.has_delivered_alone() || in_acts.contains_key(&s.delivery.id);
+    let keys: Vec<_> = staged
+        .iter()
+        .filter(|s| look(s))
+        .map(|s| (s.delivery.peer.as_str(), &s.delivery.id))
+        .collect();
+    let mut found = inner.records.exist(&keys).map_err(QueueError::internal)?.into_iter();
+    let exist: Vec<bool> = staged
+        .iter()
+        .map(|s| look(s) && found.next().unwrap_or(false))
+        .collect();
     let mut fresh = Vec::with_capacity(staged.len());
     let mut unwritten = Vec::new();
     for (staged, exists) in staged.into_iter().zip(exist) {

@@ -389,7 +389,9 @@ impl Inner {
                         let route = acts::route_key(entry.record.num, item.route);
                         released_acts.push(act);
                         released_routes.push(route);
-                        changes.dropped_acts.extend(shared.acts.release(&act));
+                        if let Some(act) = shared.acts.release(&act) {
+                            changes.acts.push((act, Arc::new(acts::tombstone(item.enqueued_ms))));
+                        }
                         changes.dropped_routes.extend(shared.routes.release(&route));
                     }
                 }
@@ -716,9 +718,16 @@ mod tests {
         }
     }
 
-    fn acts_and_routes(queue: &RocksQueue) -> (usize, usize, usize) {
+    /// (acts pending or dead, acts kept as delivered, routes, item records).
+    fn acts_and_routes(queue: &RocksQueue) -> (usize, usize, usize, usize) {
         let records = &queue.inner.records;
-        (records.count("acts"), records.count("routes"), records.count("items"))
+        let kept = records.kept_acts();
+        (
+            records.count("acts") - kept,
+            kept,
+            records.count("routes"),
+            records.count("items"),
+        )
     }
 
     #[tokio::test]
@@ -732,7 +741,7 @@ mod tests {
             assert_eq!(queue.enqueue_all(batch).await.unwrap(), [true, true, true]);
             assert_eq!(
                 acts_and_routes(&queue),
-                (1, 3, 0),
+                (1, 0, 3, 0),
                 "one act, a route per destination, no items"
             );
             queue.claim("a", 1, u64::MAX, 10).await.unwrap();
@@ -745,7 +754,7 @@ mod tests {
                 error: "status 404".into(),
             };
             queue.record("a", 1, peers[1], vec![([1; 32], dead)]).await.unwrap();
-            assert_eq!(acts_and_routes(&queue), (1, 2, 2), "two deliveries still name it");
+            assert_eq!(acts_and_routes(&queue), (1, 0, 2, 2), "two deliveries still name it");
             queue.close().await.unwrap();
         }
         let queue = open(dir.path());
@@ -779,11 +788,31 @@ mod tests {
         assert_eq!(recorded.unwrap(), [true]);
         assert_eq!(
             acts_and_routes(&queue),
-            (0, 0, 3),
-            "act and routes dropped with the last delivery; the delivered records stay"
+            (0, 1, 0, 3),
+            "the act kept as delivered, the routes dropped with the last delivery, the delivered records stay"
         );
-        let shared = queue.inner.shared.lock().unwrap();
-        assert!(shared.acts.refs.is_empty() && shared.routes.refs.is_empty());
+        {
+            let shared = queue.inner.shared.lock().unwrap();
+            assert!(shared.acts.refs.is_empty() && shared.routes.refs.is_empty());
+        }
+        let batch = peers.iter().map(|peer| to(peer, &envelope)).collect();
+        assert_eq!(
+            queue.enqueue_all(batch).await.unwrap(),
+            [false, false, false],
+            "delivered: kept"
+        );
+        assert_eq!(queue.expire(1).await.unwrap(), 3);
+        assert_eq!(
+            acts_and_routes(&queue),
+            (0, 0, 0, 0),
+            "the retention expires the act with them"
+        );
+        let batch = peers.iter().map(|peer| to(peer, &envelope)).collect();
+        assert_eq!(
+            queue.enqueue_all(batch).await.unwrap(),
+            [true, true, true],
+            "after the retention the same id is new"
+        );
     }
 
     #[tokio::test]
@@ -814,13 +843,13 @@ mod tests {
             for n in 1..=3 {
                 assert_eq!(queue.enqueue_all(vec![activity(n, &followers)]).await.unwrap(), [true]);
             }
-            assert_eq!(acts_and_routes(&queue), (3, 1, 0), "one route for the three");
+            assert_eq!(acts_and_routes(&queue), (3, 0, 1, 0), "one route for the three");
             // A follower less: a route of its own.
             assert_eq!(
                 queue.enqueue_all(vec![activity(4, &followers[..1])]).await.unwrap(),
                 [true]
             );
-            assert_eq!(acts_and_routes(&queue), (4, 2, 0));
+            assert_eq!(acts_and_routes(&queue), (4, 0, 2, 0));
             queue.claim("a", 1, u64::MAX, 10).await.unwrap();
             let due = queue.due(peer, 1, 10, vec![], true).await.unwrap();
             assert_eq!(
@@ -831,7 +860,7 @@ mod tests {
             queue.record("a", 1, peer, done).await.unwrap();
             assert_eq!(
                 acts_and_routes(&queue),
-                (2, 1, 2),
+                (2, 2, 1, 2),
                 "the second route went with its last delivery"
             );
             queue.close().await.unwrap();
@@ -857,7 +886,11 @@ mod tests {
         assert_eq!(recipients_of(&due), [followers.clone(), followers.clone()]);
         let done = due.iter().map(|d| (d.id, Outcome::Delivered)).collect();
         assert_eq!(queue.record("a", 1, peer, done).await.unwrap(), [true, true]);
-        assert_eq!(acts_and_routes(&queue), (0, 0, 5), "only the delivered records stay");
+        assert_eq!(
+            acts_and_routes(&queue),
+            (0, 5, 0, 5),
+            "only what delivered deliveries need stays"
+        );
     }
 
     #[tokio::test]
@@ -927,6 +960,6 @@ mod tests {
         let queue = open(dir.path());
         assert_eq!(queue.status(peer).await.unwrap().unwrap().pending, 0);
         assert_eq!(queue.enqueue_all(vec![old, later]).await.unwrap(), [false, false]);
-        assert_eq!(acts_and_routes(&queue), (0, 0, 2));
+        assert_eq!(acts_and_routes(&queue), (0, 1, 0, 2));
     }
 }

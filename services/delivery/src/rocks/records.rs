@@ -17,6 +17,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, Wri
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const CF_ITEMS: &str = "items";
 const CF_ENVELOPES: &str = "envelopes";
@@ -159,6 +160,10 @@ pub struct NewPayload<'a> {
 pub struct Records {
     db: DB,
     acts: acts::ActCache,
+    /// Whether a delivered record of no act is on disk (from before acts, or a dead letter
+    /// from the start redriven and delivered): then every enqueue looks for records of
+    /// its deliveries; else only for those of ids with acts.
+    delivered_alone: AtomicBool,
 }
 
 fn peer_key(peer: &str) -> Vec<u8> {
@@ -221,6 +226,7 @@ impl Records {
         Ok(Records {
             db,
             acts: acts::ActCache::default(),
+            delivered_alone: AtomicBool::new(false),
         })
     }
 
@@ -248,6 +254,7 @@ impl Records {
         // says otherwise when something happened to it.
         let mut of_acts: HashMap<(usize, [u8; 32]), ItemRecord> = HashMap::new();
         let acts_cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
+        let mut enqueued: HashMap<ActKey, u64> = HashMap::new();
         for entry in self.db.iterator_cf(acts_cf, IteratorMode::Start) {
             let (key, value) = entry.map_err(|err| err.to_string())?;
             let (Some(act), Ok(id)) = (acts::act_of_key(&key), <[u8; 32]>::try_from(&key[..32])) else {
@@ -255,7 +262,12 @@ impl Records {
             };
             let record = ActRecord::decode(value.as_ref()).map_err(|err| format!("corrupt act record: {err}"))?;
             loaded.max_order = loaded.max_order.max(act);
+            if record.members.is_empty() {
+                // Every delivery of it delivered: kept until the retention expires it.
+                continue;
+            }
             loaded.act_refs.insert(acts::act_key(&id, act), 0);
+            enqueued.insert(acts::act_key(&id, act), record.enqueued_ms);
             for (num, route) in acts::members(&record.members)? {
                 let Some(&peer) = by_num.get(&num) else { continue };
                 *loaded.act_refs.entry(acts::act_key(&id, act)).or_default() += 1;
@@ -285,6 +297,9 @@ impl Records {
                     .try_into()
                     .map_err(|_| "corrupt queue key".to_owned())?;
                 loaded.max_order = loaded.max_order.max(item.order);
+                if item.act == 0 && item.status == STATUS_DELIVERED {
+                    self.delivered_alone.store(true, Ordering::Relaxed);
+                }
                 if item.act != 0 {
                     let Some(of_act) = of_acts.remove(&(index, id)) else {
                         // Delivered, its act gone with its last delivery.
@@ -315,7 +330,8 @@ impl Records {
         let mut unnamed = Changes::default();
         loaded.act_refs.retain(|key, refs| {
             if *refs == 0 {
-                unnamed.dropped_acts.push(*key);
+                let enqueued_ms = enqueued.get(key).copied().unwrap_or_default();
+                unnamed.acts.push((*key, Arc::new(acts::tombstone(enqueued_ms))));
             }
             *refs > 0
         });
@@ -339,7 +355,7 @@ impl Records {
                 unnamed.dropped_routes.push(key);
             }
         }
-        if !unnamed.dropped_acts.is_empty() || !unnamed.dropped_routes.is_empty() {
+        if !unnamed.acts.is_empty() || !unnamed.dropped_routes.is_empty() {
             self.put_all(&[], &[], &[], &unnamed, true)?;
         }
         Ok(loaded)
@@ -368,8 +384,15 @@ impl Records {
         Ok(found)
     }
 
-    /// The destinations (by number) each of `ids` is queued for in act records: one lookup
-    /// per activity however many destinations it went to. Ids in none are left out.
+    /// Whether a delivery of an id never queued in an act may have an item record (see
+    /// `delivered_alone`).
+    pub fn has_delivered_alone(&self) -> bool {
+        self.delivered_alone.load(Ordering::Relaxed)
+    }
+
+    /// The destinations (by number) each of `ids` is queued for in act records (none for
+    /// an id whose act is kept only as delivered): one lookup per activity however many
+    /// destinations it went to. Ids never queued in an act are left out.
     pub fn members_of(&self, ids: &[[u8; 32]]) -> Result<HashMap<[u8; 32], std::collections::HashSet<u32>>, String> {
         let mut found: HashMap<[u8; 32], std::collections::HashSet<u32>> = HashMap::new();
         for id in ids {
@@ -507,6 +530,19 @@ impl Records {
         value.map_err(|err| err.to_string())
     }
 
+    /// How many acts are kept as delivered (tests).
+    #[cfg(test)]
+    pub fn kept_acts(&self) -> usize {
+        let cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
+        self.db
+            .iterator_cf(cf, IteratorMode::Start)
+            .filter(|entry| {
+                let (_, value) = entry.as_ref().expect("readable");
+                ActRecord::decode(value.as_ref()).expect("an act").members.is_empty()
+            })
+            .count()
+    }
+
     /// How many records column family `name` holds (tests).
     #[cfg(test)]
     pub fn count(&self, name: &str) -> usize {
@@ -534,6 +570,21 @@ impl Records {
             }
         }
         self.db.write(batch).map_err(|err| err.to_string())?;
+        // Acts kept as delivered, once their delivered records are gone.
+        let acts_cf = self.db.cf_handle(CF_ACTS).expect("acts cf");
+        let mut gone = Vec::new();
+        for entry in self.db.iterator_cf(acts_cf, IteratorMode::Start) {
+            let (key, value) = entry.map_err(|err| err.to_string())?;
+            let act = ActRecord::decode(value.as_ref()).map_err(|err| format!("corrupt act record: {err}"))?;
+            if act.members.is_empty() && act.enqueued_ms < before {
+                gone.push(ActKey::try_from(key.as_ref()).map_err(|_| "corrupt act key".to_owned())?);
+            }
+        }
+        let changes = Changes {
+            dropped_acts: gone,
+            ..Changes::default()
+        };
+        self.put_all(&[], &[], &[], &changes, false)?;
         Ok(expired)
     }
 
@@ -636,6 +687,12 @@ impl Records {
         }
         for key in &changes.dropped_acts {
             self.acts.dropped(key);
+        }
+        if writes
+            .iter()
+            .any(|(_, _, item, _)| item.act == 0 && item.status == STATUS_DELIVERED)
+        {
+            self.delivered_alone.store(true, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -153,7 +153,7 @@ impl RocksQueue {
                 Ok(Written {
                     routes_stored,
                     unwritten,
-                    acts,
+                    acts: written_acts,
                     ..
                 }) => {
                     for key in routes_stored {
@@ -163,8 +163,10 @@ impl RocksQueue {
                     for key in unwritten {
                         shared.routes.release(key);
                     }
-                    for (key, members) in acts {
-                        shared.acts.add_stored_n(*key, *members);
+                    for (key, members) in written_acts {
+                        shared
+                            .acts
+                            .add_stored_n(acts::act_of_key(key).unwrap_or_default(), *members);
                     }
                 }
                 Err(_) => {

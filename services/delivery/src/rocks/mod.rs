@@ -10,7 +10,7 @@ mod records;
 
 use crate::queue::{DeadLetter, Id, PeerState};
 use crate::storage::{Due, NewDelivery, Outcome, PeerStatus, QueueError, QueueStorage};
-use acts::{ActKey, RouteKey};
+use acts::RouteKey;
 use records::{
     Changes, Item, ItemRecord, LoadedPeer, PeerRecord, Records, STATUS_DEAD, STATUS_DELIVERED, STATUS_PENDING,
 };
@@ -55,7 +55,8 @@ struct Inner {
 #[derive(Default)]
 struct SharedRecords {
     hashed: Counts<[u8; 32]>,
-    acts: Counts<ActKey>,
+    /// By act number (unique; the key is made again from the id when it is released).
+    acts: Counts<u64>,
     routes: Counts<RouteKey>,
 }
 
@@ -387,9 +388,9 @@ impl Inner {
                     if item.act != 0 {
                         let act = acts::act_key(&id, item.act);
                         let route = acts::route_key(entry.record.num, item.route);
-                        released_acts.push(act);
+                        released_acts.push(item.act);
                         released_routes.push(route);
-                        if let Some(act) = shared.acts.release(&act) {
+                        if shared.acts.release(&item.act).is_some() {
                             changes.acts.push((act, Arc::new(acts::tombstone(item.enqueued_ms))));
                         }
                         changes.dropped_routes.extend(shared.routes.release(&route));
@@ -436,7 +437,9 @@ impl RocksQueue {
             shared.hashed.add_stored_slice(&item.recipients_key);
         }
         for (key, count) in loaded.act_refs {
-            shared.acts.add_stored_n(key, count);
+            shared
+                .acts
+                .add_stored_n(acts::act_of_key(&key).unwrap_or_default(), count);
         }
         for (key, count) in loaded.route_refs {
             shared.routes.add_stored_n(key, count);

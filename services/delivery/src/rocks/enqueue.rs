@@ -163,7 +163,7 @@ impl RocksQueue {
                     for key in unwritten {
                         shared.routes.release(key);
                     }
-                    for (key, members) in written_acts {
+                    for (key, members) in written_acts.iter().filter(|(_, members)| *members > 1) {
                         shared
                             .acts
                             .add_stored_n(acts::act_of_key(key).unwrap_or_default(), *members);

@@ -55,7 +55,8 @@ struct Inner {
 #[derive(Default)]
 struct SharedRecords {
     hashed: Counts<[u8; 32]>,
-    /// By act number (unique; the key is made again from the id when it is released).
+    /// By act number (unique; the key is made again from the id when it is released). Only
+    /// acts of several deliveries are counted: one not counted has one, the one released.
     acts: Counts<u64>,
     routes: Counts<RouteKey>,
 }
@@ -388,9 +389,14 @@ impl Inner {
                     if item.act != 0 {
                         let act = acts::act_key(&id, item.act);
                         let route = acts::route_key(entry.record.num, item.route);
-                        released_acts.push(item.act);
                         released_routes.push(route);
-                        if shared.acts.release(&item.act).is_some() {
+                        let last = if shared.acts.refs.contains_key(&item.act) {
+                            released_acts.push(item.act);
+                            shared.acts.release(&item.act).is_some()
+                        } else {
+                            true
+                        };
+                        if last {
                             changes.acts.push((act, Arc::new(acts::tombstone(item.enqueued_ms))));
                         }
                         changes.dropped_routes.extend(shared.routes.release(&route));
@@ -436,7 +442,7 @@ impl RocksQueue {
             shared.hashed.add_stored_slice(&item.envelope_key);
             shared.hashed.add_stored_slice(&item.recipients_key);
         }
-        for (key, count) in loaded.act_refs {
+        for (key, count) in loaded.act_refs.into_iter().filter(|(_, count)| *count > 1) {
             shared
                 .acts
                 .add_stored_n(acts::act_of_key(&key).unwrap_or_default(), count);

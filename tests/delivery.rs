@@ -710,4 +710,13 @@ async fn enqueue_activities_queues_each_destination_of_each_activity_once() {
         "the same call again is nothing new: {again:?}"
     );
     assert_eq!(status(&mut client, &c.base()).await.delivered, 2);
+
+    let too_many = EnqueueActivitiesRequest {
+        activities: vec![activity(3, (0..10_001).map(|_| to(&b, 0)).collect())],
+        recipient_lists: Vec::new(),
+    };
+    let refused = client.enqueue_activities(too_many).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.message(), "10001 destinations in one request, at most 10000");
+    assert_eq!(status(&mut client, &b.base()).await.pending, 0, "nothing queued");
 }

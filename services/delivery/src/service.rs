@@ -266,7 +266,14 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
         &self,
         request: Request<pb::EnqueueActivitiesRequest>,
     ) -> Result<Response<pb::EnqueueBatchResponse>, GrpcStatus> {
-        self.enqueue_each(expand(request.into_inner())).await
+        let request = request.into_inner();
+        // Refused before the deliveries are spelled out (a small request can name many).
+        let destinations: usize = request.activities.iter().map(|a| a.destinations.len()).sum();
+        if destinations > MAX_BATCH {
+            let why = format!("{destinations} destinations in one request, at most {MAX_BATCH}");
+            return Err(status(DeliveryError::BadRequest(why)));
+        }
+        self.enqueue_each(expand(request)).await
     }
 
     async fn peer_status(

@@ -4,16 +4,18 @@
 //! the last journaled cursor, at most `CURSOR_EVERY` entries back; delivery treats a
 //! repeated (peer, id) as the same delivery).
 
-use crate::delivery::{Handoff, HandoffError, Recipients};
+use crate::delivery::{DeliveryPort, Handoff, HandoffError, Recipients};
 use crate::error::KernelError;
 use crate::kernel::Kernel;
 use crate::publish::envelope_activity;
 use crate::state::followers_url;
 use bytes::Bytes;
 use fedsx_proto::logstore::v1::StreamKind;
+use fedsx_proto::wire::v1::Activity;
 use fedsx_runtime::CancellationToken;
 use fedsx_runtime::trace_context::{Context, OpenTelemetrySpanExt};
 use fedsx_wire::ActivityId;
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,11 +106,74 @@ impl Kicks {
     }
 }
 
+/// What the relay uses of the kernel, so it can be run and tested alone.
+pub(crate) trait RelayHost: Send + Sync + 'static {
+    fn relay(&self) -> &Relay;
+    fn delivery(&self) -> &dyn DeliveryPort;
+    /// Whether this replica serves `actor`'s partition (its owner relays it).
+    fn serves(&self, actor: &str) -> bool;
+    /// Where the relay got to for `actor`, as journaled (0: nowhere yet).
+    fn saved_cursor(&self, actor: &str) -> u64;
+    fn journal_cursor<'a>(&'a self, actor: &'a str, seq: u64) -> BoxFuture<'a, Result<(), KernelError>>;
+    /// Up to `limit` of `actor`'s outbox entries after `after`, and the outbox's tip.
+    fn read_outbox<'a>(&'a self, actor: &'a str, after: u64, limit: u32) -> BoxFuture<'a, OutboxPage>;
+    /// Where an activity by local actor `name` (at `sender`) addressed `to` goes.
+    fn routes(&self, name: &str, sender: &str, to: &[String]) -> Routes;
+    /// The ActivityPub request body of an activity (Err: it cannot be sent so, and why).
+    fn activitypub_post<'a>(
+        &'a self,
+        name: &'a str,
+        activity: &'a Activity,
+        id: ActivityId,
+    ) -> BoxFuture<'a, Result<Result<Vec<u8>, String>, KernelError>>;
+}
+
+type OutboxPage = Result<(Vec<fedsx_proto::logstore::v1::Entry>, u64), KernelError>;
+
+impl RelayHost for Kernel {
+    fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    fn delivery(&self) -> &dyn DeliveryPort {
+        self.ports.delivery.as_ref()
+    }
+
+    fn serves(&self, actor: &str) -> bool {
+        Kernel::serves(self, actor)
+    }
+
+    fn saved_cursor(&self, actor: &str) -> u64 {
+        self.read_state().relay_cursors.get(actor).copied().unwrap_or(0)
+    }
+
+    fn journal_cursor<'a>(&'a self, actor: &'a str, seq: u64) -> BoxFuture<'a, Result<(), KernelError>> {
+        Box::pin(self.journal_relay_cursor(actor, seq))
+    }
+
+    fn read_outbox<'a>(&'a self, actor: &'a str, after: u64, limit: u32) -> BoxFuture<'a, OutboxPage> {
+        Box::pin(self.ports.logs.read(actor, StreamKind::Outbox, after, limit))
+    }
+
+    fn routes(&self, name: &str, sender: &str, to: &[String]) -> Routes {
+        Kernel::routes(self, name, sender, to)
+    }
+
+    fn activitypub_post<'a>(
+        &'a self,
+        name: &'a str,
+        activity: &'a Activity,
+        id: ActivityId,
+    ) -> BoxFuture<'a, Result<Result<Vec<u8>, String>, KernelError>> {
+        Box::pin(Kernel::activitypub_post(self, name, activity, id))
+    }
+}
+
 pub(crate) fn spawn(kernel: Arc<Kernel>, shutdown: CancellationToken) {
     kernel.tasks.clone().spawn(run(kernel, shutdown));
 }
 
-async fn run(kernel: Arc<Kernel>, shutdown: CancellationToken) {
+async fn run<H: RelayHost>(kernel: Arc<H>, shutdown: CancellationToken) {
     // Where each actor's hand-off got to, as journaled (the restart point), and as done;
     // read from the state when the relay first works for the actor since this replica took
     // its partition.
@@ -120,13 +185,13 @@ async fn run(kernel: Arc<Kernel>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = kernel.relay.kicks.notify.notified() => {}
+            () = kernel.relay().kicks.notify.notified() => {}
             () = tokio::time::sleep(retry), if !failing.is_empty() => {
                 due.append(&mut failing);
                 retry = (retry * 2).min(MAX_RETRY);
             }
         }
-        due.append(&mut kernel.relay.kicks.take());
+        due.append(&mut kernel.relay().kicks.take());
         for actor in std::mem::take(&mut due) {
             if !kernel.serves(&actor) {
                 // Its partition's owner relays it (and picks up from the journaled cursor).
@@ -134,16 +199,16 @@ async fn run(kernel: Arc<Kernel>, shutdown: CancellationToken) {
                 journaled.remove(&actor);
                 continue;
             }
-            let saved = || kernel.read_state().relay_cursors.get(&actor).copied().unwrap_or(0);
+            let saved = || kernel.saved_cursor(&actor);
             journaled.entry(actor.clone()).or_insert_with(saved);
             let cursor = cursors.entry(actor.clone()).or_insert_with(saved);
-            if let Err(err) = kernel.hand_off(&actor, cursor).await {
+            if let Err(err) = hand_off(kernel.as_ref(), &actor, cursor).await {
                 tracing::warn!(actor = %actor, error = %err, "hand-off to delivery failed; will retry");
                 failing.insert(actor.clone());
             }
             let (done, saved) = (*cursor, journaled.get(&actor).copied().unwrap_or(0));
             if done >= saved + CURSOR_EVERY {
-                match kernel.journal_relay_cursor(&actor, done).await {
+                match kernel.journal_cursor(&actor, done).await {
                     Ok(()) => {
                         journaled.insert(actor, done);
                     }
@@ -167,137 +232,129 @@ impl Kernel {
         let id = crate::kernel::derived_id("relay-cursor", &[actor.as_bytes(), &seq.to_be_bytes()]);
         self.journal(id, record).await.map(drop)
     }
+}
 
-    /// Hands every outbox entry after `cursor` to delivery, a page at a time (memory stays
-    /// bounded however far behind it is), advancing the cursor past each entry once all its
-    /// recipients are handed off.
-    async fn hand_off(&self, actor: &str, cursor: &mut u64) -> Result<(), KernelError> {
-        loop {
-            let (entries, tip) = self
-                .ports
-                .logs
-                .read(actor, StreamKind::Outbox, *cursor, RELAY_PAGE)
-                .await?;
-            if entries.is_empty() {
-                return Ok(());
-            }
-            self.hand_off_page(actor, entries, cursor).await?;
-            if *cursor >= tip {
-                return Ok(());
-            }
+/// Hands every outbox entry after `cursor` to delivery, a page at a time (memory stays
+/// bounded however far behind it is), advancing the cursor past each entry once all its
+/// recipients are handed off.
+async fn hand_off<H: RelayHost + ?Sized>(host: &H, actor: &str, cursor: &mut u64) -> Result<(), KernelError> {
+    loop {
+        let (entries, tip) = host.read_outbox(actor, *cursor, RELAY_PAGE).await?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        hand_off_page(host, actor, entries, cursor).await?;
+        if *cursor >= tip {
+            return Ok(());
         }
     }
+}
 
-    /// Hands a page's entries over in batches (each one call and, on RocksDB, one synced
-    /// write), in outbox order — so each destination gets an actor's activities in order —
-    /// advancing the cursor past each entry once all its hand-offs are in.
-    async fn hand_off_page(
-        &self,
-        actor: &str,
-        entries: Vec<fedsx_proto::logstore::v1::Entry>,
-        cursor: &mut u64,
-    ) -> Result<(), KernelError> {
-        let mut batch = Batch::default();
-        let mut routes: HashMap<(String, Vec<String>), Routes> = HashMap::new();
-        for entry in entries {
-            let (id, activity) = envelope_activity(&entry.data)?;
-            // Continues the trace of the request that published it (when this process did);
-            // delivery's send continues this span.
-            let span = tracing::info_span!(
-                "hand-off",
-                fedsx.actor = %actor,
-                fedsx.activity_id = %id,
-                fedsx.seq = entry.seq,
-            );
-            if let Some(parent) = self.relay.traces.published(&id) {
-                let _ = span.set_parent(parent);
-            }
-            let traceparent = fedsx_runtime::trace_context::traceparent_of(&span).unwrap_or_default();
-            // The entries of a page mostly go to the same followers: routed once.
-            let routes = routes
-                .entry((activity.actor.clone(), activity.to.clone()))
-                .or_insert_with(|| self.routes(actor, &activity.actor, &activity.to));
-            let (mut handoffs, activitypub) = routes.handoffs(&activity.actor, &entry.data, id, &traceparent);
-            if !activitypub.is_empty() {
-                let post = self
-                    .activitypub_post(actor, &activity, id)
-                    .instrument(span.clone())
-                    .await?;
-                handoffs.extend(activitypub.into_iter().map(|handoff| match &post {
-                    Ok(post) => Handoff {
-                        envelope: Bytes::copy_from_slice(post),
-                        ..handoff
-                    },
-                    Err(reason) => handoff.undeliverable(format!("cannot be sent over ActivityPub: {reason}")),
-                }));
-            }
-            batch.spans.push(span);
-            for handoff in handoffs {
-                let (handoff, size) = Batch::fit(handoff);
-                if batch.is_full_without(size) {
-                    self.send_batch(std::mem::take(&mut batch), cursor).await?;
-                }
-                batch.push(handoff, size);
-            }
-            batch.finish(entry.seq, id);
+/// Hands a page's entries over in batches (each one call and, on RocksDB, one synced
+/// write), in outbox order — so each destination gets an actor's activities in order —
+/// advancing the cursor past each entry once all its hand-offs are in.
+async fn hand_off_page<H: RelayHost + ?Sized>(
+    host: &H,
+    actor: &str,
+    entries: Vec<fedsx_proto::logstore::v1::Entry>,
+    cursor: &mut u64,
+) -> Result<(), KernelError> {
+    let mut batch = Batch::default();
+    let mut routes: HashMap<(String, Vec<String>), Routes> = HashMap::new();
+    for entry in entries {
+        let (id, activity) = envelope_activity(&entry.data)?;
+        // Continues the trace of the request that published it (when this process did);
+        // delivery's send continues this span.
+        let span = tracing::info_span!(
+            "hand-off",
+            fedsx.actor = %actor,
+            fedsx.activity_id = %id,
+            fedsx.seq = entry.seq,
+        );
+        if let Some(parent) = host.relay().traces.published(&id) {
+            let _ = span.set_parent(parent);
         }
-        self.send_batch(batch, cursor).await
-    }
-
-    /// Enqueues the batch's hand-offs, then moves the cursor past the entries the batch
-    /// finished. One that delivery refuses for good (or that is undeliverable from the
-    /// start) is enqueued again as a dead letter with the reason — visible in
-    /// `fedsx deliveries` — and never holds up what the actor publishes next.
-    async fn send_batch(&self, batch: Batch, cursor: &mut u64) -> Result<(), KernelError> {
-        let Batch {
-            mut handoffs,
-            finished,
-            activities,
-            spans,
-            ..
-        } = batch;
-        let span = spans.first().cloned().unwrap_or_else(tracing::Span::none);
-        // At most twice: a refused hand-off goes again as a dead letter, which is not refused
-        // for what it carries (no envelope).
-        while !handoffs.is_empty() {
-            let results = match self
-                .ports
-                .delivery
-                .enqueue(handoffs.clone())
+        let traceparent = fedsx_runtime::trace_context::traceparent_of(&span).unwrap_or_default();
+        // The entries of a page mostly go to the same followers: routed once.
+        let routes = routes
+            .entry((activity.actor.clone(), activity.to.clone()))
+            .or_insert_with(|| host.routes(actor, &activity.actor, &activity.to));
+        let (mut handoffs, activitypub) = routes.handoffs(&activity.actor, &entry.data, id, &traceparent);
+        if !activitypub.is_empty() {
+            let post = host
+                .activitypub_post(actor, &activity, id)
                 .instrument(span.clone())
-                .await
-            {
-                Ok(results) => results,
-                // The call as a whole is refused: each of its hand-offs, for that reason.
-                Err(HandoffError::Refused(why)) => vec![Err(why); handoffs.len()],
-                Err(HandoffError::Unavailable(why)) => return Err(KernelError::Internal(why)),
-            };
-            let mut refused = Vec::new();
-            for (handoff, result) in handoffs.into_iter().zip(results) {
-                match (handoff.undeliverable.as_deref(), result) {
-                    (None, Ok(())) => {}
-                    (None, Err(why)) => refused.push(handoff.undeliverable(format!("refused by delivery: {why}"))),
-                    (Some(reason), Ok(())) => {
-                        tracing::error!(destination = %handoff.peer, %reason, "cannot be handed on; kept as a dead letter");
-                        crate::metrics::handoff_refused();
-                    }
-                    (Some(reason), Err(why)) => {
-                        tracing::error!(destination = %handoff.peer, %reason, refused = %why, "delivery refuses even the dead letter; skipped");
-                        crate::metrics::handoff_refused();
-                    }
+                .await?;
+            handoffs.extend(activitypub.into_iter().map(|handoff| match &post {
+                Ok(post) => Handoff {
+                    envelope: Bytes::copy_from_slice(post),
+                    ..handoff
+                },
+                Err(reason) => handoff.undeliverable(format!("cannot be sent over ActivityPub: {reason}")),
+            }));
+        }
+        batch.spans.push(span);
+        for handoff in handoffs {
+            let (handoff, size) = Batch::fit(handoff);
+            if batch.is_full_without(size) {
+                send_batch(host, std::mem::take(&mut batch), cursor).await?;
+            }
+            batch.push(handoff, size);
+        }
+        batch.finish(entry.seq, id);
+    }
+    send_batch(host, batch, cursor).await
+}
+
+/// Enqueues the batch's hand-offs, then moves the cursor past the entries the batch
+/// finished. One that delivery refuses for good (or that is undeliverable from the
+/// start) is enqueued again as a dead letter with the reason — visible in
+/// `fedsx deliveries` — and never holds up what the actor publishes next.
+async fn send_batch<H: RelayHost + ?Sized>(host: &H, batch: Batch, cursor: &mut u64) -> Result<(), KernelError> {
+    let Batch {
+        mut handoffs,
+        finished,
+        activities,
+        spans,
+        ..
+    } = batch;
+    let span = spans.first().cloned().unwrap_or_else(tracing::Span::none);
+    // At most twice: a refused hand-off goes again as a dead letter, which is not refused
+    // for what it carries (no envelope).
+    while !handoffs.is_empty() {
+        let results = match host.delivery().enqueue(handoffs.clone()).instrument(span.clone()).await {
+            Ok(results) => results,
+            // The call as a whole is refused: each of its hand-offs, for that reason.
+            Err(HandoffError::Refused(why)) => vec![Err(why); handoffs.len()],
+            Err(HandoffError::Unavailable(why)) => return Err(KernelError::Internal(why)),
+        };
+        let mut refused = Vec::new();
+        for (handoff, result) in handoffs.into_iter().zip(results) {
+            match (handoff.undeliverable.as_deref(), result) {
+                (None, Ok(())) => {}
+                (None, Err(why)) => refused.push(handoff.undeliverable(format!("refused by delivery: {why}"))),
+                (Some(reason), Ok(())) => {
+                    tracing::error!(destination = %handoff.peer, %reason, "cannot be handed on; kept as a dead letter");
+                    crate::metrics::handoff_refused();
+                }
+                (Some(reason), Err(why)) => {
+                    tracing::error!(destination = %handoff.peer, %reason, refused = %why, "delivery refuses even the dead letter; skipped");
+                    crate::metrics::handoff_refused();
                 }
             }
-            handoffs = refused;
         }
-        for id in &activities {
-            self.relay.traces.forget(id);
-        }
-        if let Some(seq) = finished {
-            *cursor = seq;
-        }
-        Ok(())
+        handoffs = refused;
     }
+    for id in &activities {
+        host.relay().traces.forget(id);
+    }
+    if let Some(seq) = finished {
+        *cursor = seq;
+    }
+    Ok(())
+}
 
+impl Kernel {
     /// Where the recipients of an activity by local actor `name` (at `sender`) addressed
     /// `to` are, per destination node: its followers collection expands to the current
     /// followers. Where every recipient on a node advertises the same node inbox, it goes
@@ -424,7 +481,7 @@ impl Batch {
 }
 
 /// Where an activity's recipients are: one route per destination node.
-struct Routes {
+pub(crate) struct Routes {
     nodes: Vec<Route>,
     /// Recipients that name no node.
     unroutable: Vec<String>,
@@ -481,5 +538,258 @@ impl Routes {
                 .undeliverable("recipient is not an http(s) URL".into())
         }));
         (native, activitypub)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::DeadLetter;
+    use fedsx_proto::logstore::v1::Entry;
+    use fedsx_proto::wire::v1::ActivityType;
+    use std::sync::Mutex;
+
+    const ALICE: &str = "https://a.example/actors/alice";
+
+    /// Delivery that refuses the hand-offs to `refuses` (but not their dead letters), or
+    /// takes nothing while `down`.
+    #[derive(Default)]
+    struct FakeDelivery {
+        taken: Mutex<Vec<Handoff>>,
+        refuses: Option<String>,
+        down: bool,
+    }
+
+    impl DeliveryPort for FakeDelivery {
+        fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Result<(), String>>, HandoffError>> {
+            let results = handoffs
+                .iter()
+                .map(|h| match &self.refuses {
+                    Some(peer) if *peer == h.peer && h.undeliverable.is_none() => Err("envelope over 256 KiB".into()),
+                    _ => Ok(()),
+                })
+                .collect();
+            if !self.down {
+                self.taken.lock().unwrap().extend(handoffs);
+            }
+            let down = self.down;
+            Box::pin(async move {
+                if down {
+                    return Err(HandoffError::Unavailable("delivery is down".into()));
+                }
+                Ok(results)
+            })
+        }
+
+        fn revive(&self, _peer: String) -> BoxFuture<'_, Result<bool, HandoffError>> {
+            Box::pin(async { Ok(true) })
+        }
+
+        fn dead_letter_counts(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, HandoffError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn dead_letters(&self, _peer: String) -> BoxFuture<'_, Result<Vec<DeadLetter>, HandoffError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    /// Alice's outbox, her followers on two nodes, and a delivery service.
+    struct Host {
+        relay: Relay,
+        delivery: FakeDelivery,
+        outbox: Vec<Entry>,
+        journaled: Mutex<Vec<u64>>,
+    }
+
+    impl Host {
+        fn new(notes: u64, delivery: FakeDelivery) -> Host {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+            let outbox = (1..=notes)
+                .map(|seq| {
+                    let activity = Activity {
+                        r#type: ActivityType::Create.into(),
+                        actor: ALICE.into(),
+                        to: vec![format!("{ALICE}/followers")],
+                        content: format!("note {seq}"),
+                        ..Activity::default()
+                    };
+                    let signed = fedsx_wire::sign(&activity, &key, "key");
+                    Entry {
+                        seq,
+                        id: signed.id.0.to_vec().into(),
+                        data: signed.to_bytes().into(),
+                    }
+                })
+                .collect();
+            Host {
+                relay: Relay::default(),
+                delivery,
+                outbox,
+                journaled: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl RelayHost for Host {
+        fn relay(&self) -> &Relay {
+            &self.relay
+        }
+
+        fn delivery(&self) -> &dyn DeliveryPort {
+            &self.delivery
+        }
+
+        fn serves(&self, _actor: &str) -> bool {
+            true
+        }
+
+        fn saved_cursor(&self, _actor: &str) -> u64 {
+            self.journaled.lock().unwrap().last().copied().unwrap_or(0)
+        }
+
+        fn journal_cursor<'a>(&'a self, _actor: &'a str, seq: u64) -> BoxFuture<'a, Result<(), KernelError>> {
+            self.journaled.lock().unwrap().push(seq);
+            Box::pin(async { Ok(()) })
+        }
+
+        fn read_outbox<'a>(&'a self, _actor: &'a str, after: u64, limit: u32) -> BoxFuture<'a, OutboxPage> {
+            let page: Vec<Entry> = self
+                .outbox
+                .iter()
+                .filter(|e| e.seq > after)
+                .take(limit as usize)
+                .cloned()
+                .collect();
+            let tip = self.outbox.len() as u64;
+            Box::pin(async move { Ok((page, tip)) })
+        }
+
+        fn routes(&self, _name: &str, _sender: &str, _to: &[String]) -> Routes {
+            let route = |node: &str, follower: &str| Route {
+                node: node.into(),
+                activitypub: false,
+                inbox: format!("{node}/inbox"),
+                recipients: vec![(format!("{node}/actors/{follower}"), String::new())].into(),
+            };
+            Routes {
+                nodes: vec![route("https://b.example", "bob"), route("https://c.example", "carol")],
+                unroutable: vec!["bob@b.example".into()],
+            }
+        }
+
+        fn activitypub_post<'a>(
+            &'a self,
+            _name: &'a str,
+            _activity: &'a Activity,
+            _id: ActivityId,
+        ) -> BoxFuture<'a, Result<Result<Vec<u8>, String>, KernelError>> {
+            Box::pin(async { Ok(Err("no ActivityPub here".into())) })
+        }
+    }
+
+    fn taken(host: &Host) -> Vec<(String, u64, Option<String>)> {
+        let seq_of = |id: &ActivityId| host.outbox.iter().position(|e| e.id[..] == id.0[..]).unwrap() as u64 + 1;
+        host.delivery
+            .taken
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| (h.peer.clone(), seq_of(&h.id), h.undeliverable.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_entry_goes_to_each_destination_in_outbox_order_once() {
+        let host = Host::new(3, FakeDelivery::default());
+        let mut cursor = 0;
+        hand_off(&host, "alice", &mut cursor).await.unwrap();
+        hand_off(&host, "alice", &mut cursor).await.unwrap();
+        let unroutable = Some("recipient is not an http(s) URL".to_owned());
+        let mut expected = Vec::new();
+        for seq in 1..=3 {
+            expected.push(("https://b.example".to_owned(), seq, None));
+            expected.push(("https://c.example".to_owned(), seq, None));
+            expected.push(("bob@b.example".to_owned(), seq, unroutable.clone()));
+        }
+        assert_eq!(
+            taken(&host),
+            expected,
+            "in order, and nothing twice from the second round"
+        );
+        assert_eq!(cursor, 3);
+        let handoffs = host.delivery.taken.lock().unwrap();
+        assert_eq!(
+            &handoffs[0].envelope[..],
+            &host.outbox[0].data[..],
+            "the entry as signed"
+        );
+        assert_eq!(handoffs[0].inbox_url, "https://b.example/inbox");
+        assert!(
+            Arc::ptr_eq(&handoffs[0].recipients, &handoffs[3].recipients),
+            "one recipient list for a page's activities to a node"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hand_off_refused_for_good_is_kept_as_a_dead_letter_and_holds_nothing_up() {
+        let delivery = FakeDelivery {
+            refuses: Some("https://c.example".into()),
+            ..FakeDelivery::default()
+        };
+        let host = Host::new(2, delivery);
+        let mut cursor = 0;
+        hand_off(&host, "alice", &mut cursor).await.unwrap();
+        assert_eq!(cursor, 2);
+        let to_c: Vec<_> = taken(&host)
+            .into_iter()
+            .filter(|(peer, ..)| peer == "https://c.example")
+            .collect();
+        let reason = Some("refused by delivery: envelope over 256 KiB".to_owned());
+        let expected = [
+            ("https://c.example".to_owned(), 1, None),
+            ("https://c.example".to_owned(), 2, None),
+            ("https://c.example".to_owned(), 1, reason.clone()),
+            ("https://c.example".to_owned(), 2, reason),
+        ];
+        assert_eq!(to_c, expected, "tried, then handed over again as dead letters");
+        let handoffs = host.delivery.taken.lock().unwrap();
+        assert!(
+            handoffs
+                .iter()
+                .filter(|h| h.undeliverable.is_some())
+                .all(|h| h.envelope.is_empty())
+        );
+    }
+
+    #[tokio::test]
+    async fn while_delivery_is_down_nothing_moves() {
+        let delivery = FakeDelivery {
+            down: true,
+            ..FakeDelivery::default()
+        };
+        let host = Host::new(2, delivery);
+        let mut cursor = 0;
+        let err = hand_off(&host, "alice", &mut cursor).await.unwrap_err();
+        assert!(err.to_string().contains("delivery is down"), "{err}");
+        assert_eq!(cursor, 0, "handed off again once delivery is back");
+    }
+
+    #[tokio::test]
+    async fn the_relay_journals_how_far_it_got_every_thousand_entries() {
+        let host = Arc::new(Host::new(1001, FakeDelivery::default()));
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run(host.clone(), stop.clone()));
+        host.relay.kick("alice");
+        for _ in 0..500 {
+            if !host.journaled.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        running.await.unwrap();
+        assert_eq!(*host.journaled.lock().unwrap(), [1001]);
+        assert_eq!(taken(&host).len(), 3003);
     }
 }

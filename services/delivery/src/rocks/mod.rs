@@ -971,4 +971,48 @@ mod tests {
         assert_eq!(queue.enqueue_all(vec![old, later]).await.unwrap(), [false, false]);
         assert_eq!(acts_and_routes(&queue), (0, 1, 0, 2));
     }
+
+    /// One activity queued for two destinations by two calls at once (two kernel replicas
+    /// handing off, a retry racing the first try) is two acts of one id: each destination
+    /// gets it, also while its acts are being read (and cached) for sending.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_activity_queued_to_two_destinations_at_once_reaches_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        let (b, c) = ("https://b.example", "https://c.example");
+        queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+        let mut sent: HashMap<&str, HashSet<Id>> = HashMap::new();
+        for n in 0..100u8 {
+            let envelope = bytes::Bytes::from(vec![n; 40]);
+            // Senders of their own, so every one is due at once.
+            let one = |peer: &str| NewDelivery {
+                id: [n; 32],
+                sender: format!("https://a.example/actors/s{n}"),
+                ..to(peer, &envelope)
+            };
+            let (to_b, to_c) = (queue.clone(), queue.clone());
+            let (first, second) = (one(b), one(c));
+            let reader = queue.clone();
+            let (x, y, read) = tokio::join!(
+                tokio::spawn(async move { to_b.enqueue_all(vec![first]).await.unwrap() }),
+                tokio::spawn(async move { to_c.enqueue_all(vec![second]).await.unwrap() }),
+                tokio::spawn(async move { reader.due(b, 1, 10, vec![], false).await.unwrap() }),
+            );
+            assert_eq!((x.unwrap(), y.unwrap()), (vec![true], vec![true]));
+            sent.entry(b).or_default().extend(read.unwrap().iter().map(|d| d.id));
+        }
+        for peer in [b, c] {
+            queue.claim("a", 1, u64::MAX, 10).await.unwrap();
+            let due = queue.due(peer, 1, 1000, vec![], false).await.unwrap();
+            sent.entry(peer).or_default().extend(due.iter().map(|d| d.id));
+            for d in &due {
+                assert_eq!(&d.envelope[..], &[d.id[0]; 40][..], "its own envelope");
+            }
+        }
+        for peer in [b, c] {
+            assert_eq!(sent[peer].len(), 100, "{peer}: every activity handed out once read");
+            let status = queue.status(peer).await.unwrap().unwrap();
+            assert_eq!(status.pending, 100, "{peer}: every activity queued");
+        }
+    }
 }

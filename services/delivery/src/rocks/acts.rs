@@ -106,8 +106,15 @@ pub fn tombstone(enqueued_ms: u64) -> ActRecord {
     }
 }
 
-/// Activity ids whose act records are kept decoded in memory, at most.
+/// Activity ids whose act records are kept decoded in memory, at most, and their bytes
+/// (envelopes up to 256 KiB, a member list of 4 bytes per destination).
 const CACHED_IDS: usize = 256;
+const CACHED_BYTES: usize = 8 << 20;
+
+/// An act's bytes, as the cache counts them.
+fn size(act: &ActRecord) -> usize {
+    act.envelope.len() + act.members.len() + act.sender.len() + act.traceparent.len()
+}
 
 /// Act records read lately, by activity id: every destination of a fan-out reads the same
 /// act to send it, so it is read and decoded once, not once per destination. An id held
@@ -125,6 +132,18 @@ struct Held {
     by_id: HashMap<[u8; 32], Vec<(u64, Arc<ActRecord>)>>,
     /// Ids in the order they came in: the oldest goes first.
     order: VecDeque<[u8; 32]>,
+    /// The bytes of the acts held.
+    bytes: usize,
+}
+
+impl Held {
+    fn drop_oldest(&mut self) {
+        if let Some(oldest) = self.order.pop_front()
+            && let Some(acts) = self.by_id.remove(&oldest)
+        {
+            self.bytes -= acts.iter().map(|(_, act)| size(act)).sum::<usize>();
+        }
+    }
 }
 
 impl ActCache {
@@ -148,12 +167,12 @@ impl ActCache {
         if self.writes.load(Ordering::Acquire) != seen || held.by_id.contains_key(&id) {
             return;
         }
-        if held.order.len() >= CACHED_IDS
-            && let Some(oldest) = held.order.pop_front()
-        {
-            held.by_id.remove(&oldest);
+        let bytes: usize = acts.iter().map(|(_, act)| size(act)).sum();
+        while !held.order.is_empty() && (held.order.len() >= CACHED_IDS || held.bytes + bytes > CACHED_BYTES) {
+            held.drop_oldest();
         }
         held.order.push_back(id);
+        held.bytes += bytes;
         held.by_id.insert(id, acts);
     }
 
@@ -162,13 +181,23 @@ impl ActCache {
     pub fn written(&self, id: &[u8; 32], act: u64, record: Arc<ActRecord>) {
         let mut held = self.held.lock().expect("act cache lock poisoned");
         self.writes.fetch_add(1, Ordering::AcqRel);
-        if let Some(acts) = held.by_id.get_mut(id) {
-            match acts.iter_mut().find(|(no, _)| *no == act) {
-                Some((_, was)) if record.members.is_empty() => *was = record,
-                Some(_) => {}
-                None => acts.push((act, record)),
-            }
-        }
+        let (added, gone) = match held.by_id.get_mut(id) {
+            None => return,
+            Some(acts) => match acts.iter_mut().find(|(no, _)| *no == act) {
+                Some((_, was)) if record.members.is_empty() => {
+                    let gone = size(was);
+                    *was = record.clone();
+                    (size(&record), gone)
+                }
+                Some(_) => (0, 0),
+                None => {
+                    let added = size(&record);
+                    acts.push((act, record));
+                    (added, 0)
+                }
+            },
+        };
+        held.bytes = held.bytes + added - gone;
     }
 
     /// The act under `key` was dropped.
@@ -177,9 +206,17 @@ impl ActCache {
             return;
         };
         let mut held = self.held.lock().expect("act cache lock poisoned");
+        let mut gone = 0;
         if let Some(acts) = held.by_id.get_mut(&id) {
-            acts.retain(|(no, _)| *no != act);
+            acts.retain(|(no, record)| {
+                let keep = *no != act;
+                if !keep {
+                    gone += size(record);
+                }
+                keep
+            });
         }
+        held.bytes -= gone;
     }
 }
 
@@ -224,6 +261,26 @@ mod tests {
             cache.fill(id, vec![], seen);
         }
         assert!(cache.get(&[1; 32]).is_none(), "the oldest id went first");
+    }
+
+    #[test]
+    fn the_cache_holds_a_bounded_number_of_bytes() {
+        let cache = ActCache::default();
+        let big = |n: u8| {
+            let act = ActRecord {
+                envelope: Bytes::from(vec![n; 1 << 20]),
+                ..ActRecord::default()
+            };
+            vec![(1, Arc::new(act))]
+        };
+        for n in 0..20u8 {
+            let seen = cache.before_read();
+            cache.fill([n; 32], big(n), seen);
+        }
+        let held = cache.held.lock().unwrap();
+        assert_eq!(held.order.len(), 8, "8 MiB of 1 MiB envelopes");
+        assert_eq!(held.bytes, 8 << 20);
+        assert!(held.by_id.contains_key(&[19; 32]) && !held.by_id.contains_key(&[11; 32]));
     }
 
     #[test]

@@ -213,7 +213,19 @@ mod tests {
                     } else {
                         None
                     };
-                    match store.append(stream.clone(), vec![entry(&id)], expected).await {
+                    // A replica that lost every attempt to the other answers "contended;
+                    // try again" (UNAVAILABLE), having written nothing: a caller tries again.
+                    let mut tries = 0;
+                    let appended = loop {
+                        match store.append(stream.clone(), vec![entry(&id)], expected).await {
+                            Err(StoreError::Unavailable { reason }) if reason.contains("contended") && tries < 20 => {
+                                tries += 1;
+                                tokio::time::sleep(std::time::Duration::from_millis(tries)).await;
+                            }
+                            answer => break answer,
+                        }
+                    };
+                    match appended {
                         Ok(outcome) => seqs.push((id, outcome.entries[0].seq)),
                         Err(StoreError::TipMismatch { expected, tip }) => {
                             assert!(tip > expected, "refused only by a tip that moved on")

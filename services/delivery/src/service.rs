@@ -149,16 +149,27 @@ fn new_delivery(
 
 /// An `Enqueue` request checked whole.
 fn checked(
-    mut request: pb::EnqueueRequest,
+    request: pb::EnqueueRequest,
     traceparent: String,
     unavailable_after_ms: u64,
 ) -> Result<NewDelivery, DeliveryError> {
-    let recipients = recipients_of(std::mem::take(&mut request.recipients))?;
-    new_delivery(request, recipients, traceparent, unavailable_after_ms)
+    let (request, recipients) = unchecked(request);
+    new_delivery(
+        request,
+        recipients.map_err(DeliveryError::BadRequest)?,
+        traceparent,
+        unavailable_after_ms,
+    )
 }
 
 /// An enqueue request (its recipients apart) and its recipients as checked (or why not).
 type Unchecked = (pb::EnqueueRequest, Result<Arc<[Recipient]>, String>);
+
+/// An `Enqueue` request with its recipients taken out, and them checked (or why not).
+fn unchecked(mut request: pb::EnqueueRequest) -> Unchecked {
+    let recipients = recipients_of(std::mem::take(&mut request.recipients)).map_err(|err| err.to_string());
+    (request, recipients)
+}
 
 /// The deliveries an `EnqueueActivities` request names, each as `EnqueueBatch` would take
 /// it: its request (without recipients) and its recipients, checked once per list.
@@ -250,15 +261,7 @@ impl<Q: QueueStorage> DeliveryApi for DeliveryService<Q> {
         &self,
         request: Request<pb::EnqueueBatchRequest>,
     ) -> Result<Response<pb::EnqueueBatchResponse>, GrpcStatus> {
-        let requests = request
-            .into_inner()
-            .deliveries
-            .into_iter()
-            .map(|mut request| {
-                let recipients = recipients_of(std::mem::take(&mut request.recipients)).map_err(|err| err.to_string());
-                (request, recipients)
-            })
-            .collect();
+        let requests = request.into_inner().deliveries.into_iter().map(unchecked).collect();
         self.enqueue_each(requests).await
     }
 

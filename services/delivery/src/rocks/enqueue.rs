@@ -3,7 +3,7 @@
 //! its number and route (see `acts`). Undeliverable ones are dead letters with an item
 //! record of their own, as before acts.
 
-use super::acts::{self, ActKey, ActRecord, RouteKey, RouteRecord};
+use super::acts::{self, ActRecord, RouteKey, RouteRecord};
 use super::records::{Changes, ItemRecord, NewPayload, PeerRecord, STATUS_DEAD};
 use super::{Inner, PeerEntry, RocksQueue, blocking};
 use crate::queue::{DeadLetter, Id};
@@ -163,10 +163,8 @@ impl RocksQueue {
                     for key in unwritten {
                         shared.routes.release(key);
                     }
-                    for (key, members) in written_acts.iter().filter(|(_, members)| *members > 1) {
-                        shared
-                            .acts
-                            .add_stored_n(acts::act_of_key(key).unwrap_or_default(), *members);
+                    for (act, members) in written_acts.iter().filter(|(_, members)| *members > 1) {
+                        shared.acts.add_stored_n(*act, *members);
                     }
                 }
                 Err(_) => {
@@ -219,8 +217,8 @@ struct Written {
     routes_stored: Vec<RouteKey>,
     /// Routes of deliveries found queued before: not written for them.
     unwritten: Vec<RouteKey>,
-    /// Each act written and how many deliveries it holds.
-    acts: Vec<(ActKey, u32)>,
+    /// The number of each act written and how many deliveries it holds.
+    acts: Vec<(u64, u32)>,
 }
 
 /// Drops what was queued before (delivered, dead or pending: a repeated hand-off is one
@@ -316,7 +314,7 @@ fn write(inner: &Inner, staged: Vec<Staged>) -> Result<Written, QueueError> {
         act.members = acts::pack_members(&members);
         let key = acts::act_key(&id, no);
         changes.acts.push((key, std::sync::Arc::new(act)));
-        act_counts.push((key, members.len() as u32));
+        act_counts.push((no, members.len() as u32));
     }
     let dead: Vec<_> = fresh.iter().filter(|s| s.member.is_none()).collect();
     let writes: Vec<_> = dead

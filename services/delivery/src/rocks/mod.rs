@@ -298,23 +298,19 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Inner {
-    /// `peer`'s number in act records (0: none).
-    fn num_of(&self, peer: &str) -> u32 {
-        let peers = self.peers.lock().expect("queue lock poisoned");
-        peers.get(peer).map_or(0, |entry| entry.record.num)
-    }
-
-    /// Takes up to `limit` of `peer`'s due ids (not in `skip`) out of waiting.
-    fn take_ids(&self, peer: &str, now: u64, limit: usize, skip: &[Id]) -> Vec<Id> {
+    /// Takes up to `limit` of `peer`'s due ids (not in `skip`) out of waiting; with the
+    /// peer's number in act records (0: none).
+    fn take_ids(&self, peer: &str, now: u64, limit: usize, skip: &[Id]) -> (Vec<Id>, u32) {
         let mut peers = self.peers.lock().expect("queue lock poisoned");
-        peers.get_mut(peer).map_or_else(Vec::new, |entry| {
-            entry.state.take_due(now, limit, |id| skip.contains(id))
+        peers.get_mut(peer).map_or_else(Default::default, |entry| {
+            let ids = entry.state.take_due(now, limit, |id| skip.contains(id));
+            (ids, entry.record.num)
         })
     }
 
-    /// The taken ids' deliveries, from disk (those still pending). Blocks.
-    fn read_due(&self, peer: &str, ids: Vec<Id>, recipients: bool) -> Result<Vec<Due>, QueueError> {
-        let num = self.num_of(peer);
+    /// The taken ids' deliveries to `peer` (number `num`), from disk (those still
+    /// pending). Blocks.
+    fn read_due(&self, peer: &str, num: u32, ids: Vec<Id>, recipients: bool) -> Result<Vec<Due>, QueueError> {
         let mut due = Vec::with_capacity(ids.len());
         let mut handed_out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -568,11 +564,11 @@ impl QueueStorage for RocksQueue {
         recipients: bool,
     ) -> Result<Vec<Due>, QueueError> {
         self.open_or_closed()?;
-        let ids = self.inner.take_ids(peer, now, limit, &skip);
+        let (ids, num) = self.inner.take_ids(peer, now, limit, &skip);
         let (inner, peer) = (self.inner.clone(), peer.to_owned());
         self.inner
             .storage
-            .run(move || inner.read_due(&peer, ids, recipients))
+            .run(move || inner.read_due(&peer, num, ids, recipients))
             .await
     }
 
@@ -643,17 +639,18 @@ impl QueueStorage for RocksQueue {
     }
 
     async fn dead_letters(&self, peer: &str) -> Result<Option<Vec<DeadLetter>>, QueueError> {
-        let listed: Option<Vec<DeadLetter>> = {
+        let listed: Option<(Vec<DeadLetter>, u32)> = {
             let peers = self.inner.peers.lock().expect("queue lock poisoned");
             peers
                 .get(peer)
-                .map(|entry| entry.state.dead_letters().cloned().collect())
+                .map(|entry| (entry.state.dead_letters().cloned().collect(), entry.record.num))
         };
-        let Some(mut listed) = listed else { return Ok(None) };
+        let Some((mut listed, num)) = listed else {
+            return Ok(None);
+        };
         // Whose and for whom: from the records on disk.
         let (inner, peer) = (self.inner.clone(), peer.to_owned());
         blocking(move || {
-            let num = inner.num_of(&peer);
             for dead in &mut listed {
                 if let Some(mut item) = inner.records.item(&peer, num, &dead.id).map_err(QueueError::internal)? {
                     dead.recipients = inner

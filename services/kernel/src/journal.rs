@@ -177,7 +177,7 @@ impl Kernel {
                 .cloned()
                 .ok_or_else(|| KernelError::Internal("the log-store answered an append with no entry".into()))?
         } else {
-            self.append_owned((journal - 1) as u32, id, &record).await?
+            self.ownership.append((journal - 1) as u32, id, &record).await?
         };
         self.machine.applied.reached(journal, entry.seq).await?;
         Ok(Journaled {

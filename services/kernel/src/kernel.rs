@@ -84,6 +84,39 @@ impl Ports {
     }
 }
 
+impl crate::ownership::OwnershipHost for Kernel {
+    fn ownership(&self) -> &crate::ownership::Ownership {
+        &self.ownership
+    }
+
+    /// The state has applied the partition's journal through the fencing record, and the
+    /// flows are loaded from their journal when they are this partition's.
+    async fn catch_up(&self, partition: u32, journal_seq: u64) -> Result<(), KernelError> {
+        self.applied_up_to(1 + partition as usize, journal_seq).await?;
+        if partition == crate::flows::FLOWS_PARTITION {
+            self.reload_flows().await?;
+        }
+        Ok(())
+    }
+
+    /// The effects its previous owner may not have done are run again, and its actors'
+    /// outboxes are relayed from their journaled cursors (anything published before that
+    /// delivery may not have taken).
+    fn taken(&self, partition: u32, journal_seq: u64) {
+        self.rerun_effects(1 + partition as usize, journal_seq);
+        let actors: Vec<String> = self
+            .read_state()
+            .actors
+            .keys()
+            .filter(|name| self.machine.journals.partition_of(name) == partition)
+            .cloned()
+            .collect();
+        for actor in actors {
+            self.relay.kick(&actor);
+        }
+    }
+}
+
 /// A stored inbox or outbox entry with the id of the activity it holds.
 fn log_entry(entry: fedsx_proto::logstore::v1::Entry) -> crate::LogEntry {
     crate::LogEntry {
@@ -117,7 +150,7 @@ impl Kernel {
         let started = Instant::now();
         let logs = &ports.logs;
         let journals = crate::partition::Journals::open(logs, replica.partitions, ports.clock.now_ms()).await?;
-        let ownership = crate::ownership::Ownership::new(replica, journals.partitions())?;
+        let ownership = crate::ownership::Ownership::new(replica, logs.clone(), &journals)?;
         let (state, applied, replayed) = crate::snapshot::restore(logs, &journals, &secret, &node).await?;
         let covered = applied.iter().sum::<u64>() - replayed;
         tracing::info!(
@@ -171,10 +204,10 @@ impl Kernel {
         crate::effects::spawn_runners(&kernel, &kernel.tasks, &shutdown);
         // Takes this replica's share of the partitions before serving (all of them when it
         // is the only one); the rounds go on in the background.
-        if let Err(err) = crate::ownership::round(&kernel).await {
+        if let Err(err) = crate::ownership::round(&*kernel).await {
             tracing::warn!(error = %err, "the first ownership round failed; retried");
         }
-        crate::ownership::spawn(&kernel, shutdown.clone());
+        crate::ownership::spawn(&kernel, &kernel.tasks, shutdown.clone());
         // After a long journal since the last snapshot, the next start need not read it again.
         crate::snapshot::take_if_due(&kernel);
         crate::flows::snapshot::compact_if_due(&kernel, flows_read);
@@ -212,22 +245,10 @@ impl Kernel {
         self.ownership.next_round().await
     }
 
-    /// This replica just took `partition` over, fencing its journal at `journal_seq`: the
-    /// effects its previous owner may not have done are run again, and its actors' outboxes
-    /// are relayed from their journaled cursors (anything published before that delivery
-    /// may not have taken).
-    pub(crate) fn partition_taken(&self, partition: u32, journal_seq: u64) {
-        self.rerun_effects(1 + partition as usize, journal_seq);
-        let actors: Vec<String> = self
-            .read_state()
-            .actors
-            .keys()
-            .filter(|name| self.machine.journals.partition_of(name) == partition)
-            .cloned()
-            .collect();
-        for actor in actors {
-            self.relay.kick(&actor);
-        }
+    /// The live replicas (by id) with the partitions each holds, and the partitions no one
+    /// holds right now.
+    pub async fn replicas(&self) -> Result<(Vec<crate::ownership::ReplicaView>, Vec<u32>), KernelError> {
+        self.ownership.replicas().await
     }
 
     /// The local actor name in `url`, when it is a local actor's URL (the actor may not

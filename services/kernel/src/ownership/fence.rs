@@ -21,29 +21,29 @@ pub(super) async fn append_at(
     logs.append(stream, StreamKind::Meta, id, data, Some(tip)).await
 }
 
-impl crate::kernel::Kernel {
+impl super::Ownership {
     /// Appends `record` to partition `partition`'s journal as its owner, expecting the tip
     /// its last append left; the entry. Fails with UNAVAILABLE when this replica does not
     /// own the partition, or finds it was fenced by a newer owner.
-    pub(crate) async fn append_owned(
+    pub(crate) async fn append(
         &self,
         partition: u32,
         id: [u8; 32],
         record: &JournalRecord,
     ) -> Result<AppendedEntry, KernelError> {
-        let me = &self.ownership;
+        let me = self;
         let not_owner = || KernelError::NotOwner {
             partition,
             owner: me.owner(partition),
         };
         let owned = me.owned(partition).ok_or_else(not_owner)?;
-        let stream = self.machine.journals.stream(1 + partition as usize);
+        let stream = self.journal(partition);
         let mut tip = owned.tip.lock().await;
         loop {
             if !owned.valid() {
                 return Err(not_owner());
             }
-            let appended = append_at(&self.ports.logs, stream, &id, record, *tip).await;
+            let appended = append_at(&self.logs, stream, &id, record, *tip).await;
             match appended {
                 Ok(answer) => {
                     let entry = answer.entries.first().cloned().ok_or_else(|| {
@@ -58,8 +58,7 @@ impl crate::kernel::Kernel {
                     // Only this owner appends, so what lies after its tip is its own (an
                     // answer lost) — unless another replica took the partition over.
                     let mut fenced_by = None;
-                    self.ports
-                        .logs
+                    self.logs
                         .each_after(stream, StreamKind::Meta, *tip, |entry| {
                             if let Some(Record::PartitionOwned(taken)) = crate::journal::decode(&entry)?.record
                                 && (taken.replica != me.replica || taken.epoch != owned.epoch)

@@ -13,10 +13,14 @@
 
 mod fence;
 mod rounds;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use rounds::{round, spawn};
 
 use crate::error::KernelError;
+use crate::logs::Logs;
+use crate::partition::Journals;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,10 +89,16 @@ pub enum Owner {
     Nobody,
 }
 
+/// What a replica holds of the partitions, and the leases and fencing records that say so.
+/// It reads and writes only leases and the partitions' journals; what taking a partition
+/// over means to the kernel is its host's ([`OwnershipHost`]).
 pub(crate) struct Ownership {
     pub(crate) replica: String,
     config: ReplicaConfig,
     partitions: u32,
+    logs: Logs,
+    /// The journal stream of each partition, by partition.
+    journals: Vec<String>,
     owned: Mutex<HashMap<u32, Arc<Owned>>>,
     /// Holder and URL of each partition's lease, as last listed.
     holders: Mutex<HashMap<u32, (String, String)>>,
@@ -123,7 +133,7 @@ pub(crate) fn assigned(live: &BTreeSet<String>, partition: u32) -> Option<&str> 
 }
 
 impl Ownership {
-    pub(crate) fn new(config: ReplicaConfig, partitions: u32) -> Result<Ownership, KernelError> {
+    pub(crate) fn new(config: ReplicaConfig, logs: Logs, journals: &Journals) -> Result<Ownership, KernelError> {
         let replica = match &config.id {
             Some(id) => id.clone(),
             None => {
@@ -132,15 +142,25 @@ impl Ownership {
                 format!("kernel-{}", hex::encode(id))
             }
         };
+        let partitions = journals.partitions();
         Ok(Ownership {
             replica,
             config,
             partitions,
+            logs,
+            journals: (0..partitions)
+                .map(|p| journals.stream(1 + p as usize).to_owned())
+                .collect(),
             owned: Mutex::default(),
             holders: Mutex::default(),
             rounds: watch::Sender::new(0),
             live: std::sync::atomic::AtomicUsize::new(1),
         })
+    }
+
+    /// The journal stream of `partition`.
+    fn journal(&self, partition: u32) -> &str {
+        &self.journals[partition as usize]
     }
 
     pub(crate) fn period(&self) -> Duration {
@@ -213,29 +233,6 @@ pub fn stable_id(url: &str) -> String {
     format!("kernel-{}", hex::encode(&hash[..6]))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partitions_spread_over_replicas_and_a_leaving_one_moves_only_its_share() {
-        let three: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
-        let owners: Vec<&str> = (0..64).map(|p| assigned(&three, p).unwrap()).collect();
-        for replica in ["a", "b", "c"] {
-            let share = owners.iter().filter(|o| **o == replica).count();
-            assert!((10..=32).contains(&share), "{replica} has {share} of 64");
-        }
-        let two: BTreeSet<String> = ["a", "b"].map(String::from).into();
-        for (p, owner) in owners.iter().enumerate() {
-            let now = assigned(&two, p as u32).unwrap();
-            if *owner != "c" {
-                assert_eq!(now, *owner, "partition {p} stays where it was");
-            }
-        }
-        assert_eq!(assigned(&BTreeSet::new(), 0), None);
-    }
-}
-
 /// A live kernel replica as the leases say: its id, its URL and the partitions it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaView {
@@ -244,12 +241,24 @@ pub struct ReplicaView {
     pub partitions: Vec<u32>,
 }
 
-impl crate::kernel::Kernel {
+/// What taking a partition over means to the replica that does it: the ownership rounds
+/// call it; the kernel is the one host.
+pub(crate) trait OwnershipHost: Send + Sync + 'static {
+    fn ownership(&self) -> &Ownership;
+
+    /// Before `partition` is served here: brings what this replica knows of it up to its
+    /// journal's record `journal_seq` (the fencing record just appended).
+    fn catch_up(&self, partition: u32, journal_seq: u64) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// `partition` is served here from now on, fenced at `journal_seq`.
+    fn taken(&self, partition: u32, journal_seq: u64);
+}
+
+impl Ownership {
     /// The live replicas (by id) with the partitions each holds, and the partitions no one
     /// holds right now.
-    pub async fn replicas(&self) -> Result<(Vec<ReplicaView>, Vec<u32>), KernelError> {
+    pub(crate) async fn replicas(&self) -> Result<(Vec<ReplicaView>, Vec<u32>), KernelError> {
         let mut replicas: std::collections::BTreeMap<String, ReplicaView> = self
-            .ports
             .logs
             .leases(REPLICA_PREFIX)
             .await?
@@ -263,8 +272,8 @@ impl crate::kernel::Kernel {
                 (lease.holder, view)
             })
             .collect();
-        let mut unserved: BTreeSet<u32> = (0..self.machine.journals.partitions()).collect();
-        for lease in self.ports.logs.leases(PARTITION_PREFIX).await? {
+        let mut unserved: BTreeSet<u32> = (0..self.partitions).collect();
+        for lease in self.logs.leases(PARTITION_PREFIX).await? {
             let Some(partition) = lease_partition(&lease.name) else {
                 continue;
             };

@@ -1,7 +1,7 @@
 //! The ownership rounds: membership renewed, shares worked out, partitions taken over
 //! (fenced first), handed off and, at shutdown, given up.
 
-use super::{Owned, PARTITION_PREFIX, REPLICA_PREFIX, TAKEOVER_ATTEMPTS, assigned, partition_lease};
+use super::{Owned, OwnershipHost, PARTITION_PREFIX, REPLICA_PREFIX, TAKEOVER_ATTEMPTS, assigned, partition_lease};
 use crate::error::KernelError;
 use crate::logs::AppendError;
 use bytes::Bytes;
@@ -16,9 +16,9 @@ use std::time::Instant;
 /// One round: renews this replica's membership, works out its share of the partitions
 /// among the live replicas, gives up what is no longer its share, and takes or renews the
 /// leases of its share (taking a partition over appends the fencing record first).
-pub(crate) async fn round(kernel: &crate::kernel::Kernel) -> Result<(), KernelError> {
-    let me = &kernel.ownership;
-    let (logs, lease, url) = (&kernel.ports.logs, me.config.lease, Bytes::from(me.config.url.clone()));
+pub(crate) async fn round(host: &impl OwnershipHost) -> Result<(), KernelError> {
+    let me = host.ownership();
+    let (logs, lease, url) = (&me.logs, me.config.lease, Bytes::from(me.config.url.clone()));
     if *me.rounds.borrow() == 0 {
         // Partitions this id held in a previous run: given up and taken again, so their
         // epochs move on and that run, should it still be alive, is fenced.
@@ -56,7 +56,7 @@ pub(crate) async fn round(kernel: &crate::kernel::Kernel) -> Result<(), KernelEr
         owned.keys().filter(|p| !share.contains(p)).copied().collect()
     };
     for partition in given_up {
-        hand_off(kernel, partition).await;
+        hand_off(me, partition).await;
     }
     for &partition in &share {
         let held = logs
@@ -78,7 +78,7 @@ pub(crate) async fn round(kernel: &crate::kernel::Kernel) -> Result<(), KernelEr
                 *owned.valid_until.lock().expect("lease lock poisoned") = valid_until;
             }
             _ => {
-                if let Err(err) = take_over(kernel, partition, held.epoch, valid_until).await {
+                if let Err(err) = take_over(host, partition, held.epoch, valid_until).await {
                     tracing::warn!(replica = %me.replica, partition, error = %err, "taking the partition over failed; retried next round");
                 }
             }
@@ -104,14 +104,13 @@ pub(crate) async fn round(kernel: &crate::kernel::Kernel) -> Result<(), KernelEr
 /// Fences the partition's journal with this replica's `PartitionOwned` record, waits until
 /// the state has applied the journal up to it, and starts serving the partition.
 async fn take_over(
-    kernel: &crate::kernel::Kernel,
+    host: &impl OwnershipHost,
     partition: u32,
     epoch: u64,
     valid_until: Instant,
 ) -> Result<(), KernelError> {
-    let me = &kernel.ownership;
-    let journal = 1 + partition as usize;
-    let stream = kernel.machine.journals.stream(journal);
+    let me = host.ownership();
+    let stream = me.journal(partition);
     let record = JournalRecord {
         record: Some(Record::PartitionOwned(PartitionOwned {
             partition,
@@ -124,18 +123,15 @@ async fn take_over(
         &[&partition.to_be_bytes(), me.replica.as_bytes(), &epoch.to_be_bytes()],
     );
     for _ in 0..TAKEOVER_ATTEMPTS {
-        let tip = kernel.ports.logs.tip(stream, StreamKind::Meta).await?;
-        let appended = super::fence::append_at(&kernel.ports.logs, stream, &id, &record, tip).await;
+        let tip = me.logs.tip(stream, StreamKind::Meta).await?;
+        let appended = super::fence::append_at(&me.logs, stream, &id, &record, tip).await;
         let seq = match appended {
             Ok(answer) => answer.entries.first().map_or(tip, |entry| entry.seq),
             // The previous owner wrote meanwhile (its lease had not lapsed on its clock).
             Err(AppendError::Conflict { .. }) => continue,
             Err(AppendError::Failed(err)) => return Err(err),
         };
-        kernel.applied_up_to(journal, seq).await?;
-        if partition == crate::flows::FLOWS_PARTITION {
-            kernel.reload_flows().await?;
-        }
+        host.catch_up(partition, seq).await?;
         let owned = Arc::new(Owned {
             epoch,
             valid_until: Mutex::new(valid_until),
@@ -147,7 +143,7 @@ async fn take_over(
             .expect("ownership lock poisoned")
             .insert(partition, owned);
         tracing::info!(replica = %me.replica, partition, epoch, journal_seq = seq, "partition taken over");
-        kernel.partition_taken(partition, seq);
+        host.taken(partition, seq);
         return Ok(());
     }
     Err(KernelError::LogStoreUnavailable(format!(
@@ -157,19 +153,13 @@ async fn take_over(
 
 /// Stops serving `partition` (after the append in flight, if any) and gives its lease up,
 /// so the replica it now falls to takes it at once.
-async fn hand_off(kernel: &crate::kernel::Kernel, partition: u32) {
-    let me = &kernel.ownership;
+async fn hand_off(me: &super::Ownership, partition: u32) {
     let Some(owned) = me.owned.lock().expect("ownership lock poisoned").remove(&partition) else {
         return;
     };
     let _last = owned.tip.lock().await;
     owned.fenced.store(true, Ordering::Release);
-    match kernel
-        .ports
-        .logs
-        .release_lease(&partition_lease(partition), &me.replica)
-        .await
-    {
+    match me.logs.release_lease(&partition_lease(partition), &me.replica).await {
         Ok(_) => tracing::info!(replica = %me.replica, partition, "partition handed off"),
         Err(err) => {
             tracing::warn!(replica = %me.replica, partition, error = %err, "releasing the partition failed; it lapses")
@@ -179,9 +169,8 @@ async fn hand_off(kernel: &crate::kernel::Kernel, partition: u32) {
 
 /// Gives every lease of this replica up (at shutdown), so others take its partitions at
 /// once instead of after the lease.
-async fn release_all(kernel: &crate::kernel::Kernel) {
-    let partitions: Vec<u32> = kernel
-        .ownership
+async fn release_all(me: &super::Ownership) {
+    let partitions: Vec<u32> = me
         .owned
         .lock()
         .expect("ownership lock poisoned")
@@ -189,33 +178,35 @@ async fn release_all(kernel: &crate::kernel::Kernel) {
         .copied()
         .collect();
     for partition in partitions {
-        hand_off(kernel, partition).await;
+        hand_off(me, partition).await;
     }
-    let me = &kernel.ownership;
-    let _ = kernel
-        .ports
+    let _ = me
         .logs
         .release_lease(&format!("{REPLICA_PREFIX}{}", me.replica), &me.replica)
         .await;
 }
 
 /// Runs a round every third of the lease until `shutdown`, then gives the leases up.
-pub(crate) fn spawn(kernel: &Arc<crate::kernel::Kernel>, shutdown: fedsx_runtime::CancellationToken) {
-    let weak = Arc::downgrade(kernel);
-    let period = kernel.ownership.period();
-    kernel.tasks.spawn(async move {
+pub(crate) fn spawn<H: OwnershipHost>(
+    host: &Arc<H>,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: fedsx_runtime::CancellationToken,
+) {
+    let weak = Arc::downgrade(host);
+    let period = host.ownership().period();
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(period) => {}
             }
-            let Some(kernel) = weak.upgrade() else { return };
-            if let Err(err) = round(&kernel).await {
-                tracing::warn!(replica = %kernel.ownership.replica, error = %err, "ownership round failed");
+            let Some(host) = weak.upgrade() else { return };
+            if let Err(err) = round(&*host).await {
+                tracing::warn!(replica = %host.ownership().replica, error = %err, "ownership round failed");
             }
         }
-        if let Some(kernel) = weak.upgrade() {
-            release_all(&kernel).await;
+        if let Some(host) = weak.upgrade() {
+            release_all(host.ownership()).await;
         }
     });
 }

@@ -28,6 +28,10 @@ const MAX_GROUP: usize = 256;
 const MAX_TIPS: usize = 100_000;
 /// Writes of one group before it gives up on a stream other replicas keep writing.
 const MAX_ATTEMPTS: usize = 8;
+/// After a collision with another replica's write, the longest pause before reading the
+/// stream again: a random pause up to 2 ms, doubling with each collision up to this, so
+/// two replicas writing one stream hard stop colliding in step.
+const MAX_COLLISION_PAUSE: std::time::Duration = std::time::Duration::from_millis(32);
 /// Of the pool's connections, the share that appends go through, several pipelined on
 /// each (see `fedsx_pg::SharedClients`); reads take connections of their own.
 const SHARED_PART: usize = 4;
@@ -110,7 +114,7 @@ impl StreamWriter {
         let actor = stream.actor();
         let kind = i16::from(stream.kind().tag());
         let mut known = self.tips.get(stream);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let (tip, stored, fresh) = match known.take() {
                 Some(tip) => (tip, HashMap::new(), false),
                 None => {
@@ -147,7 +151,9 @@ impl StreamWriter {
                     return Ok((answers, plan.writes().len() as u64, bytes));
                 }
                 Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    tracing::debug!(stream = %stream, "append collided with a write of another replica; reading the stream again");
+                    let pause = collision_pause(attempt);
+                    tracing::debug!(stream = %stream, ?pause, "append collided with a write of another replica; reading the stream again");
+                    tokio::time::sleep(pause).await;
                 }
                 Err(err) => {
                     // Perhaps committed after all: the tip is unknown until read again.
@@ -161,6 +167,16 @@ impl StreamWriter {
             reason: format!("stream {stream} is contended by other log-store replicas; try again"),
         })
     }
+}
+
+/// How long to pause after collision number `attempt` (from 0): random, up to 2 ms
+/// doubled per collision, at most [`MAX_COLLISION_PAUSE`].
+fn collision_pause(attempt: usize) -> std::time::Duration {
+    use std::hash::BuildHasher;
+    let ceiling = (2_000u64 << attempt.min(16)).min(MAX_COLLISION_PAUSE.as_micros() as u64);
+    // A hasher seeded at random: a random number without a generator of our own.
+    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    std::time::Duration::from_micros(random % (ceiling + 1))
 }
 
 /// Inserts `writes` (seq, entry) into the stream in one statement, committed on its own.
@@ -243,5 +259,26 @@ fn copy(err: &StoreError) -> StoreError {
         StoreError::Unavailable { reason } => StoreError::Unavailable { reason: reason.clone() },
         StoreError::ShuttingDown => StoreError::ShuttingDown,
         other => StoreError::internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collision_pauses_grow_to_their_ceiling_and_differ() {
+        for attempt in 0..MAX_ATTEMPTS {
+            let ceiling = std::time::Duration::from_micros(2_000 << attempt).min(MAX_COLLISION_PAUSE);
+            let pauses: std::collections::BTreeSet<_> = (0..50).map(|_| collision_pause(attempt)).collect();
+            assert!(
+                pauses.iter().all(|p| *p <= ceiling),
+                "attempt {attempt}: {pauses:?} over {ceiling:?}"
+            );
+            assert!(
+                pauses.len() > 10,
+                "attempt {attempt}: pauses are random, not {pauses:?}"
+            );
+        }
     }
 }

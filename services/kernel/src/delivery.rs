@@ -14,7 +14,7 @@ use fedsx_wire::ActivityId;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// (actor URL, inbox URL) of recipients on one node: shared by the hand-offs of every
 /// activity that goes to them.
@@ -96,17 +96,39 @@ pub trait DeliveryPort: Send + Sync + 'static {
 pub struct GrpcDelivery {
     client: DeliveryClient<TracedChannel>,
     /// Delivery answered `EnqueueActivities` with UNIMPLEMENTED (a service from before
-    /// it): hand-offs go as `EnqueueBatch`, each with its envelope and recipients.
-    batches_only: AtomicBool,
+    /// it): until then, hand-offs go as `EnqueueBatch`, each with its envelope and
+    /// recipients. Asked again after [`GrpcDelivery::ask_again`], so an upgraded delivery is
+    /// used without restarting the kernel.
+    batches_until: Mutex<Option<Instant>>,
+    ask_again: Duration,
 }
+
+/// How long a kernel sends batches to a delivery service that took no `EnqueueActivities`
+/// before it tries that call again.
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(600);
 
 impl GrpcDelivery {
     /// Connects on first use, so the kernel starts even when delivery is not up yet.
     pub fn connect_lazy(url: &str) -> anyhow::Result<GrpcDelivery> {
         Ok(GrpcDelivery {
             client: DeliveryClient::new(lazy_channel("--delivery", url)?),
-            batches_only: AtomicBool::new(false),
+            batches_until: Mutex::new(None),
+            ask_again: ASK_AGAIN_AFTER,
         })
+    }
+
+    /// Whether hand-offs go as batches now (delivery took no `EnqueueActivities` lately).
+    fn batches_only(&self) -> bool {
+        let mut until = self.batches_until.lock().expect("delivery lock poisoned");
+        match *until {
+            Some(at) if Instant::now() < at => true,
+            Some(_) => {
+                *until = None;
+                tracing::info!("asking delivery for EnqueueActivities again");
+                false
+            }
+            None => false,
+        }
     }
 }
 
@@ -115,14 +137,16 @@ impl DeliveryPort for GrpcDelivery {
         let mut client = self.client.clone();
         Box::pin(async move {
             let mut results = None;
-            if !self.batches_only.load(Ordering::Relaxed) {
+            if !self.batches_only() {
                 match client.enqueue_activities(activities_request(&handoffs)).await {
                     Ok(response) => results = Some(response.into_inner().results),
                     Err(status) if status.code() == tonic::Code::Unimplemented => {
                         tracing::info!(
+                            ask_again_in = ?self.ask_again,
                             "delivery takes no EnqueueActivities (an older service): hand-offs go as EnqueueBatch"
                         );
-                        self.batches_only.store(true, Ordering::Relaxed);
+                        *self.batches_until.lock().expect("delivery lock poisoned") =
+                            Some(Instant::now() + self.ask_again);
                     }
                     Err(status) => return Err(handoff_error(status)),
                 }
@@ -360,6 +384,8 @@ mod tests {
     #[derive(Default, Clone)]
     struct Older {
         batches: Arc<Mutex<Vec<EnqueueBatchRequest>>>,
+        /// `EnqueueActivities` calls it refused.
+        asked: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     fn unimplemented<T>() -> Result<Response<T>, Status> {
@@ -390,6 +416,7 @@ mod tests {
             &self,
             _: Request<EnqueueActivitiesRequest>,
         ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             unimplemented()
         }
 
@@ -489,7 +516,8 @@ mod tests {
             listener,
             stop.clone(),
         ));
-        let delivery = GrpcDelivery::connect_lazy(&url).unwrap();
+        let mut delivery = GrpcDelivery::connect_lazy(&url).unwrap();
+        delivery.ask_again = Duration::from_millis(300);
         let b = followers("https://b.example");
         for n in 1..=2 {
             let handoffs = vec![handoff(n, "https://b.example", &b), handoff(n, "https://c.example", &b)];
@@ -501,10 +529,14 @@ mod tests {
         assert_eq!(second.peer, "https://c.example");
         assert_eq!(second.recipients[0].actor, "https://b.example/actors/bob");
         assert_eq!(&second.envelope[..], &[2; 10]);
-        assert!(
-            delivery.batches_only.load(Ordering::Relaxed),
-            "asked once, then batches"
-        );
+        let asked = || older.asked.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(asked(), 1, "asked once, then batches");
+        // Later, delivery is asked again (it may have been upgraded meanwhile).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let handoffs = vec![handoff(3, "https://b.example", &b)];
+        assert_eq!(delivery.enqueue(handoffs).await.unwrap(), [Ok(())]);
+        assert_eq!(asked(), 2, "asked again after a while");
+        assert_eq!(older.batches.lock().unwrap().len(), 3, "and sent as a batch again");
         stop.cancel();
         server.await.unwrap().unwrap();
     }

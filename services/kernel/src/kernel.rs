@@ -32,7 +32,7 @@ pub struct Kernel {
     pub(crate) node: NodeUrls,
     /// `<base>/actors/`: local actor URLs start with it.
     pub(crate) actors_prefix: String,
-    /// Which partitions this replica serves (`ownership.rs`).
+    /// Which partitions this replica serves (`ownership/`).
     pub(crate) ownership: crate::ownership::Ownership,
     /// Clients for the replicas calls are forwarded to (`forward.rs`).
     pub(crate) replicas: crate::forward::Replicas,

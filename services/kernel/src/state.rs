@@ -147,7 +147,7 @@ impl State {
                 *seq = (*seq).max(cursor.seq);
             }
             // Read by `partition::Journals::open` before the state exists, and by the owner
-            // of a partition that finds itself fenced (`ownership.rs`).
+            // of a partition that finds itself fenced (`ownership/`).
             Record::NodeCreated(_) | Record::PartitionOwned(_) => {}
         }
     }

@@ -52,13 +52,22 @@ impl Handoff {
     }
 }
 
+/// Delivery's answer to one hand-off of a call: taken, or refused for good.
+pub type Taken = Result<(), Refused>;
+
+/// Delivery will never take this hand-off, and why (a recipient that is no URL, an
+/// envelope over its limit): trying again cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
 /// Why a hand-off did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandoffError {
     /// Delivery will never take this one (a recipient that is no URL, an envelope over its
     /// limit): trying again cannot help.
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(Refused),
     /// Delivery cannot take it right now; trying again later may.
     #[error("{0}")]
     Unavailable(String),
@@ -79,7 +88,7 @@ pub struct DeadLetter {
 pub trait DeliveryPort: Send + Sync + 'static {
     /// Hands `handoffs` over together (durable once answered; one sender's hand-offs to one
     /// destination keep their order). Per hand-off: taken, or refused for good and why.
-    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Result<(), String>>, HandoffError>>;
+    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Taken>, HandoffError>>;
 
     /// A request from destination node `peer` arrived: it is up, so make it available again
     /// if delivery gave up on it. Whether delivery knew the destination.
@@ -133,7 +142,7 @@ impl GrpcDelivery {
 }
 
 impl DeliveryPort for GrpcDelivery {
-    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Result<(), String>>, HandoffError>> {
+    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Taken>, HandoffError>> {
         let mut client = self.client.clone();
         Box::pin(async move {
             let mut results = None;
@@ -169,7 +178,7 @@ impl DeliveryPort for GrpcDelivery {
                     if result.refused.is_empty() {
                         Ok(())
                     } else {
-                        Err(result.refused)
+                        Err(Refused(result.refused))
                     }
                 })
                 .collect())
@@ -243,7 +252,7 @@ impl DeliveryPort for GrpcDelivery {
 fn handoff_error(status: tonic::Status) -> HandoffError {
     let why = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
-        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => HandoffError::Refused(why),
+        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => HandoffError::Refused(Refused(why)),
         _ => HandoffError::Unavailable(why),
     }
 }
@@ -346,7 +355,7 @@ impl MemoryDelivery {
 }
 
 impl DeliveryPort for MemoryDelivery {
-    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Result<(), String>>, HandoffError>> {
+    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Taken>, HandoffError>> {
         let taken = vec![Ok(()); handoffs.len()];
         self.handoffs.lock().expect("handoffs lock").extend(handoffs);
         Box::pin(async { Ok(taken) })

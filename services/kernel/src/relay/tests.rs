@@ -19,11 +19,13 @@ struct FakeDelivery {
 }
 
 impl DeliveryPort for FakeDelivery {
-    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<Result<(), String>>, HandoffError>> {
+    fn enqueue(&self, handoffs: Vec<Handoff>) -> BoxFuture<'_, Result<Vec<crate::delivery::Taken>, HandoffError>> {
         let results = handoffs
             .iter()
             .map(|h| match &self.refuses {
-                Some(peer) if *peer == h.peer && h.undeliverable.is_none() => Err("envelope over 256 KiB".into()),
+                Some(peer) if *peer == h.peer && h.undeliverable.is_none() => {
+                    Err(crate::delivery::Refused("envelope over 256 KiB".into()))
+                }
                 _ => Ok(()),
             })
             .collect();

@@ -56,6 +56,22 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     }
 }
 
+/// Serves a log-store on RocksDB under `dir`, on a free port of 127.0.0.1, in a task of this
+/// process until `shutdown`; its URL. For tests of the services that use a log-store.
+pub async fn spawn_on_loopback(dir: &std::path::Path, shutdown: CancellationToken) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listen = listener.local_addr()?;
+    let config = Config {
+        listen,
+        data_dir: dir.join("log-store"),
+        store: None,
+        store_pool_size: 4,
+        tool: None,
+    };
+    tokio::spawn(run(config, listener, shutdown));
+    Ok(format!("http://{listen}"))
+}
+
 /// Opens the PostgreSQL engine (waiting a while for a database that is not reachable yet;
 /// a schema newer than this build fails at once), unless `shutdown` comes first.
 pub async fn open_postgres(url: &str, pool_size: u32, shutdown: &CancellationToken) -> anyhow::Result<PgStore> {

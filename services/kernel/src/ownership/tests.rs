@@ -51,19 +51,17 @@ impl Host {
     }
 }
 
-/// A real log-store in this process, on RocksDB in `dir`, until `shutdown`.
-async fn log_store(dir: &std::path::Path, shutdown: CancellationToken) -> Logs {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = fedsx_log_store::Config {
-        listen: listener.local_addr().unwrap(),
-        data_dir: dir.join("log-store"),
-        store: None,
-        store_pool_size: 4,
-        tool: None,
-    };
-    tokio::spawn(fedsx_log_store::run(config, listener, shutdown));
-    Logs::connect_lazy(&url).unwrap()
+/// Two replicas (`kernel-a`, `kernel-b`) with leases of `lease` on a real log-store in this
+/// process (RocksDB in a temp dir), until the returned token is cancelled.
+async fn two_replicas(lease: Duration) -> (Logs, Arc<Host>, Arc<Host>, CancellationToken, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let url = fedsx_log_store::spawn_on_loopback(dir.path(), shutdown.clone())
+        .await
+        .unwrap();
+    let logs = Logs::connect_lazy(&url).unwrap();
+    let (a, b) = (replica(&logs, "kernel-a", lease), replica(&logs, "kernel-b", lease));
+    (logs, a, b, shutdown, dir)
 }
 
 fn replica(logs: &Logs, id: &str, lease: Duration) -> Arc<Host> {
@@ -129,11 +127,7 @@ fn partitions_spread_over_replicas_and_a_leaving_one_moves_only_its_share() {
 
 #[tokio::test]
 async fn two_replicas_split_the_partitions_each_taken_once_and_fenced_in_its_journal() {
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let logs = log_store(dir.path(), shutdown.clone()).await;
-    let lease = Duration::from_secs(30);
-    let (a, b) = (replica(&logs, "kernel-a", lease), replica(&logs, "kernel-b", lease));
+    let (logs, a, b, shutdown, _dir) = two_replicas(Duration::from_secs(30)).await;
 
     round(&*a).await.unwrap();
     assert_eq!(
@@ -196,11 +190,8 @@ async fn two_replicas_split_the_partitions_each_taken_once_and_fenced_in_its_jou
 
 #[tokio::test]
 async fn an_owner_paused_past_its_lease_is_fenced_at_its_next_append() {
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let logs = log_store(dir.path(), shutdown.clone()).await;
     let lease = Duration::from_millis(300);
-    let (a, b) = (replica(&logs, "kernel-a", lease), replica(&logs, "kernel-b", lease));
+    let (logs, a, b, shutdown, _dir) = two_replicas(lease).await;
     round(&*a).await.unwrap();
     let (id, record) = note(1);
     let first = a.ownership.append(0, id, &record).await.unwrap();
@@ -244,12 +235,8 @@ async fn an_owner_paused_past_its_lease_is_fenced_at_its_next_append() {
 
 #[tokio::test]
 async fn a_replica_that_leaves_gives_its_partitions_up_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let logs = log_store(dir.path(), shutdown.clone()).await;
     // Far longer than the test: the partitions pass on only because they are given up.
-    let lease = Duration::from_secs(60);
-    let (a, b) = (replica(&logs, "kernel-a", lease), replica(&logs, "kernel-b", lease));
+    let (_logs, a, b, shutdown, _dir) = two_replicas(Duration::from_secs(60)).await;
     round(&*a).await.unwrap();
     round(&*b).await.unwrap();
     round(&*a).await.unwrap();
@@ -280,11 +267,8 @@ async fn a_replica_that_leaves_gives_its_partitions_up_at_once() {
 
 #[tokio::test]
 async fn a_replica_started_again_under_its_id_fences_its_previous_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let logs = log_store(dir.path(), shutdown.clone()).await;
     let lease = Duration::from_secs(60);
-    let before = replica(&logs, "kernel-a", lease);
+    let (logs, before, _, shutdown, _dir) = two_replicas(lease).await;
     round(&*before).await.unwrap();
     let again = replica(&logs, "kernel-a", lease);
     round(&*again).await.unwrap();

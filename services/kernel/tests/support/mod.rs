@@ -32,17 +32,7 @@ impl Drop for Node {
 }
 
 pub async fn log_store(dir: &std::path::Path, shutdown: CancellationToken) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = fedsx_log_store::Config {
-        listen: listener.local_addr().unwrap(),
-        data_dir: dir.join("log-store"),
-        store: None,
-        store_pool_size: 32,
-        tool: None,
-    };
-    tokio::spawn(fedsx_log_store::run(config, listener, shutdown));
-    url
+    fedsx_log_store::spawn_on_loopback(dir, shutdown).await.unwrap()
 }
 
 /// Partitions of a test node: several, so records of different actors go to different

@@ -334,7 +334,7 @@ impl Kernel {
         let Some(entry) = self.ports.logs.entry_by_id(actor, StreamKind::Outbox, id).await? else {
             return Ok(None);
         };
-        let (id, activity) = crate::publish::envelope_activity(&entry.data)?;
+        let (id, activity) = crate::outbox::envelope_activity(&entry.data)?;
         if id != follow_id || activity.r#type != i32::from(ActivityType::Follow) {
             return Ok(None);
         }

@@ -8,7 +8,6 @@ use crate::flows::{FLOWS_ACTOR, FlowTable};
 use crate::keys::NodeSecret;
 use crate::logs::Logs;
 use crate::peers::{FetchError, PeerPort};
-use crate::publish::Head;
 use crate::state::{NodeUrls, State};
 use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::kernel::v1::{ActorCreated, ActorDocument, PeerRegistered};
@@ -16,8 +15,7 @@ use fedsx_proto::logstore::v1::StreamKind;
 use fedsx_runtime::paging::PageRequest;
 use prost::Message;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// How often a peer's document may be refetched because a key id did not match.
@@ -40,7 +38,8 @@ pub struct Kernel {
     pub(crate) machine: crate::journal::Machine,
     /// What applied records ask for, done by the partitions' owner (`effects.rs`).
     pub(crate) effects: crate::effects::Effects,
-    pub(crate) heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Head>>>>,
+    /// The outboxes' chains this replica appends to (`outbox.rs`).
+    pub(crate) outboxes: crate::outbox::Outboxes,
     /// Refetches of peers' documents whose key id did not match, at most one per interval.
     refetches: crate::throttle::Throttle,
     /// Calls telling delivery a node is up (a request from it arrived), at most one per
@@ -171,6 +170,7 @@ impl Kernel {
             instances = ?flows.counts(),
             "flows restored from the newest flow snapshot and the flow journal after it"
         );
+        let outboxes = crate::outbox::Outboxes::new(ports.logs.clone(), ports.clock.clone());
         let kernel = Arc::new_cyclic(|this| Kernel {
             ports,
             secret,
@@ -186,7 +186,7 @@ impl Kernel {
             ownership,
             replicas: crate::forward::Replicas::default(),
             effects: crate::effects::Effects::new(&applied),
-            heads: Mutex::default(),
+            outboxes,
             refetches: crate::throttle::Throttle::new(REFETCH_INTERVAL, MAX_THROTTLED),
             revivals: crate::throttle::Throttle::new(crate::ingest::REVIVE_EVERY, MAX_THROTTLED),
             relay: crate::relay::Relay::default(),

@@ -22,6 +22,7 @@ mod kernel;
 mod keys;
 mod logs;
 mod metrics;
+mod outbox;
 mod ownership;
 mod partition;
 pub mod peers;

@@ -1,20 +1,12 @@
-//! Publishing: build the next activity of an actor's outbox (seq = tip + 1, prev = the last
-//! id), sign it, append it with the expected tip so two publishes never share a seq, and
+//! Publishing: check a draft, send it to the replica serving its actor when that is not this
+//! one, append it as the next activity of the actor's outbox (`outbox.rs`: the chain), and
 //! kick the relay that hands it to delivery.
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
-use crate::logs::AppendError;
 use crate::state::followers_url;
-use bytes::Bytes;
-use fedsx_proto::logstore::v1::StreamKind;
-use fedsx_proto::wire::v1::{Activity, ActivityType, SignedEnvelope};
+use fedsx_proto::wire::v1::ActivityType;
 use fedsx_wire::ActivityId;
-use prost::Message;
-use std::sync::Arc;
-
-/// Attempts before giving up on an outbox whose tip keeps moving under us.
-const MAX_CONFLICTS: usize = 8;
 
 /// What to publish.
 #[derive(Debug, Clone)]
@@ -38,22 +30,6 @@ pub struct Published {
     pub id: ActivityId,
     /// False when `once_key` found the activity already published.
     pub new: bool,
-}
-
-/// The end of an actor's outbox as this kernel last saw it.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Head {
-    loaded: bool,
-    tip: u64,
-    last: Option<ActivityId>,
-}
-
-/// The id of the activity inside an outbox entry's envelope.
-pub(crate) fn envelope_activity(data: &[u8]) -> Result<(ActivityId, Activity), KernelError> {
-    let envelope = SignedEnvelope::decode(data).map_err(|err| KernelError::Internal(format!("outbox entry: {err}")))?;
-    let activity = Activity::decode(envelope.activity.as_ref())
-        .map_err(|err| KernelError::Internal(format!("outbox entry: {err}")))?;
-    Ok((ActivityId::of(&envelope.activity), activity))
 }
 
 impl Kernel {
@@ -92,126 +68,27 @@ impl Kernel {
             })
             .collect();
 
-        let head = self.head(&draft.actor);
-        let mut head = head.lock().await;
-        for _ in 0..MAX_CONFLICTS {
-            if !head.loaded {
-                *head = self.load_head(&draft.actor).await?;
-            }
-            let activity = Activity {
-                r#type: draft.kind.into(),
-                actor: document.id.clone(),
-                seq: head.tip + 1,
-                object: draft.object.clone(),
-                to: to.clone(),
-                published_ms: self.now_ms(),
-                content: draft.content.clone(),
-                prev: head.last.map(|id| Bytes::copy_from_slice(&id.0)).unwrap_or_default(),
-            };
-            let signed = fedsx_wire::sign(&activity, &key, &document.key_id);
-            let envelope = signed.to_bytes();
-            if envelope.len() > fedsx_wire::MAX_ENVELOPE_BYTES {
-                // No inbox would take it: refused here, before it could block the outbox.
-                return Err(KernelError::BadRequest(format!(
-                    "the signed activity would be {} bytes, over the {} bytes an inbox accepts; shorten the content",
-                    envelope.len(),
-                    fedsx_wire::MAX_ENVELOPE_BYTES
-                )));
-            }
-            let entry_id = draft.once_key.unwrap_or(signed.id.0);
-            let appended = self
-                .ports
-                .logs
-                .append(
-                    &draft.actor,
-                    StreamKind::Outbox,
-                    Bytes::copy_from_slice(&entry_id),
-                    envelope.into(),
-                    Some(head.tip),
-                )
-                .await;
-            match appended {
-                Ok(answer) => {
-                    let result = answer
-                        .entries
-                        .first()
-                        .copied()
-                        .ok_or_else(|| KernelError::Internal("empty append answer".into()))?;
-                    if result.appended {
-                        *head = Head {
-                            loaded: true,
-                            tip: result.seq,
-                            last: Some(signed.id),
-                        };
-                        drop(head);
-                        let span = tracing::Span::current();
-                        span.record("fedsx.activity_id", signed.id.to_string());
-                        span.record("fedsx.seq", result.seq);
-                        self.relay.remember_trace(signed.id);
-                        tracing::info!(actor = %draft.actor, seq = result.seq, id = %signed.id, kind = ?draft.kind, "published");
-                        self.relay.kick(&draft.actor);
-                        return Ok(Published {
-                            seq: result.seq,
-                            id: signed.id,
-                            new: true,
-                        });
-                    }
-                    // Published before (same once-key): answer with what is there.
-                    head.loaded = false;
-                    let id = self.outbox_id_at(&draft.actor, result.seq).await?;
-                    return Ok(Published {
-                        seq: result.seq,
-                        id,
-                        new: false,
-                    });
-                }
-                Err(AppendError::Conflict { tip }) => {
-                    tracing::debug!(actor = %draft.actor, expected = head.tip, tip, "outbox moved; rebuilding");
-                    head.loaded = false;
-                }
-                Err(AppendError::Failed(err)) => {
-                    head.loaded = false;
-                    return Err(err);
-                }
-            }
+        let published = self
+            .outboxes
+            .append(crate::outbox::Next {
+                actor: &draft.actor,
+                document: &document,
+                key: &key,
+                kind: draft.kind,
+                object: &draft.object,
+                to: &to,
+                content: &draft.content,
+                once_key: draft.once_key,
+            })
+            .await?;
+        if published.new {
+            let span = tracing::Span::current();
+            span.record("fedsx.activity_id", published.id.to_string());
+            span.record("fedsx.seq", published.seq);
+            self.relay.remember_trace(published.id);
+            tracing::info!(actor = %draft.actor, seq = published.seq, id = %published.id, kind = ?draft.kind, "published");
+            self.relay.kick(&draft.actor);
         }
-        Err(KernelError::Internal(format!(
-            "outbox of {} kept moving; gave up after {MAX_CONFLICTS} tries",
-            draft.actor
-        )))
-    }
-
-    fn head(&self, actor: &str) -> Arc<tokio::sync::Mutex<Head>> {
-        self.heads
-            .lock()
-            .expect("heads lock poisoned")
-            .entry(actor.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    async fn load_head(&self, actor: &str) -> Result<Head, KernelError> {
-        let tip = self.ports.logs.tip(actor, StreamKind::Outbox).await?;
-        let last = if tip == 0 {
-            None
-        } else {
-            Some(self.outbox_id_at(actor, tip).await?)
-        };
-        Ok(Head {
-            loaded: true,
-            tip,
-            last,
-        })
-    }
-
-    /// The activity id of the outbox entry at `seq`.
-    async fn outbox_id_at(&self, actor: &str, seq: u64) -> Result<ActivityId, KernelError> {
-        let (entries, _) = self.ports.logs.read(actor, StreamKind::Outbox, seq - 1, 1).await?;
-        let entry = entries
-            .into_iter()
-            .next()
-            .filter(|e| e.seq == seq)
-            .ok_or_else(|| KernelError::Internal(format!("outbox of {actor} has no entry {seq}")))?;
-        Ok(envelope_activity(&entry.data)?.0)
+        Ok(published)
     }
 }

@@ -4,7 +4,8 @@
 
 use super::{FlowDefinition, FlowHost, Next, StepCtx, fail_point, input_u64};
 use crate::error::KernelError;
-use crate::publish::{Draft, envelope_activity};
+use crate::outbox::envelope_activity;
+use crate::publish::Draft;
 use fedsx_proto::wire::v1::ActivityType;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};

@@ -7,7 +7,7 @@
 use crate::delivery::{DeliveryPort, Handoff, HandoffError, Recipients};
 use crate::error::KernelError;
 use crate::kernel::Kernel;
-use crate::publish::envelope_activity;
+use crate::outbox::envelope_activity;
 use crate::state::followers_url;
 use bytes::Bytes;
 use fedsx_proto::logstore::v1::StreamKind;

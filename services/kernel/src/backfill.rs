@@ -7,7 +7,6 @@
 
 use crate::gaps::{Fill, MAX_GAP};
 use crate::kernel::Kernel;
-use crate::state::followers_url;
 use bytes::Bytes;
 use fedsx_proto::kernel::v1::ActorDocument;
 use fedsx_proto::logstore::v1::StreamKind;
@@ -145,8 +144,8 @@ impl Kernel {
                 activity.seq, activity.actor
             ));
         }
-        let recipients = self.local_recipients(&sender.id, &activity.to);
-        for recipient in &recipients {
+        let recipients = self.node_recipients(&sender.id, &activity.to);
+        for (recipient, _) in &recipients {
             Box::pin(self.ingest(recipient, &envelope))
                 .await
                 .map_err(|err| format!("outbox entry {seq} for {recipient}: {err}"))?;
@@ -156,31 +155,5 @@ impl Kernel {
             self.gaps.seen(&sender.id, seq);
         }
         Ok(())
-    }
-
-    /// Local actors an activity of `sender` addressed to `to` is for: those named, and
-    /// those following the sender when its followers are addressed.
-    fn local_recipients(&self, sender: &str, to: &[String]) -> Vec<String> {
-        let followers = followers_url(sender);
-        let state = self.read_state();
-        let mut names: Vec<String> = Vec::new();
-        for target in to {
-            if *target == followers {
-                names.extend(
-                    state
-                        .following
-                        .iter()
-                        .filter(|(_, followed)| followed.contains(sender))
-                        .map(|(name, _)| name.clone()),
-                );
-            } else if let Some(name) = self.local_name(target)
-                && state.actor(name).is_some()
-            {
-                names.push(name.to_owned());
-            }
-        }
-        names.sort();
-        names.dedup();
-        names
     }
 }

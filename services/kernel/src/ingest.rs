@@ -133,27 +133,10 @@ impl Kernel {
         });
     }
 
-    /// The local actors (name, URL) an activity from `sender` addressed `to` is for: those
-    /// named in `to`, and, when `to` holds the sender's followers collection, every local
-    /// actor following the sender.
+    /// The local actors (name, URL) an activity from `sender` addressed `to` is for
+    /// ([`State::local_recipients`](crate::state::State::local_recipients)).
     pub(crate) fn node_recipients(&self, sender: &str, to: &[String]) -> Vec<(String, String)> {
-        let state = self.read_state();
-        let followers = crate::state::followers_url(sender);
-        let mut names = std::collections::BTreeSet::new();
-        for target in to {
-            if *target == followers {
-                names.extend(state.followed_by.get(sender).into_iter().flatten().cloned());
-            } else if let Some(name) = self.local_name(target) {
-                names.insert(name.to_owned());
-            }
-        }
-        names
-            .into_iter()
-            .filter_map(|name| {
-                let url = state.actor(&name)?.document.id.clone();
-                Some((name, url))
-            })
-            .collect()
+        self.read_state().local_recipients(&self.actors_prefix, sender, to)
     }
 
     /// The sender's document, once the envelope's signature verified against its key.

@@ -227,6 +227,26 @@ impl State {
         self.actors.get(name)
     }
 
+    /// The local actors (name, URL) an activity from `sender` addressed `to` is for, by
+    /// name: those named in `to` (URLs starting with `actors_prefix`, `<base>/actors/`),
+    /// and, when `to` holds the sender's followers collection, every local actor following
+    /// the sender.
+    pub fn local_recipients(&self, actors_prefix: &str, sender: &str, to: &[String]) -> Vec<(String, String)> {
+        let followers = followers_url(sender);
+        let mut names = BTreeSet::new();
+        for target in to {
+            if *target == followers {
+                names.extend(self.followed_by.get(sender).into_iter().flatten().map(String::as_str));
+            } else if let Some(name) = target.strip_prefix(actors_prefix) {
+                names.insert(name);
+            }
+        }
+        names
+            .into_iter()
+            .filter_map(|name| Some((name.to_owned(), self.actor(name)?.document.id.clone())))
+            .collect()
+    }
+
     /// The document of the actor at `url`: a local actor (its URL starts with
     /// `actors_prefix`, `<base>/actors/`) or a known peer.
     pub fn document(&self, actors_prefix: &str, url: &str) -> Option<&ActorDocument> {
@@ -234,5 +254,56 @@ impl State {
             return Some(&actor.document);
         }
         self.peers.get(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_activity_is_for_the_local_actors_it_names_and_those_following_its_sender() {
+        let node = NodeUrls::new("https://b.example", true);
+        let mut state = State::default();
+        for name in ["ann", "bob", "cat"] {
+            let key = SigningKey::from_bytes(&[name.len() as u8; 32]);
+            let document = local_document(&node, name, &key);
+            let actor = LocalActor {
+                document,
+                key,
+                rsa_sealed: Default::default(),
+            };
+            state.actors.insert(name.to_owned(), actor);
+        }
+        let sender = "https://a.example/actors/zed";
+        state
+            .followed_by
+            .insert(sender.to_owned(), ["ann".to_owned(), "cat".to_owned()].into());
+        let prefix = "https://b.example/actors/";
+        let url = |name: &str| (name.to_owned(), format!("{prefix}{name}"));
+        let to = |targets: &[&str]| targets.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+
+        let named = to(&[
+            "https://b.example/actors/bob",
+            "https://b.example/actors/nobody",
+            "https://c.example/actors/bob",
+        ]);
+        assert_eq!(
+            state.local_recipients(prefix, sender, &named),
+            [url("bob")],
+            "named, and existing, and local"
+        );
+        let followers = to(&[&followers_url(sender), "https://b.example/actors/ann"]);
+        assert_eq!(
+            state.local_recipients(prefix, sender, &followers),
+            [url("ann"), url("cat")],
+            "its followers here, each once"
+        );
+        let others = to(&[&followers_url("https://a.example/actors/yan")]);
+        assert_eq!(
+            state.local_recipients(prefix, sender, &others),
+            [],
+            "another actor's followers are not its"
+        );
     }
 }

@@ -191,39 +191,20 @@ impl Kernel {
         })
     }
 
-    /// The sender's document whose key id is the envelope's; refetched at most once (rate
-    /// limited per peer) when the known document names another key.
+    /// The sender's document whose key id is the envelope's (`directory.rs`: refetched at
+    /// most once per interval when the known one names another key).
     async fn sender_document(&self, received: &Received) -> Result<ActorDocument, KernelError> {
-        let actor = &received.activity.actor;
-        let unknown = |reason: String| KernelError::UnknownSender {
-            actor: actor.clone(),
-            reason,
-        };
-        let known = self.known_document(actor);
-        let document = match known {
-            Some(document) => document,
-            None => self
-                .fetch_and_keep(actor)
-                .await?
-                .map_err(|err| unknown(err.to_string()))?,
-        };
-        if document.key_id == received.key_id {
-            return Ok(document);
-        }
-        let is_local = self.read_state().actors.values().any(|a| a.document.id == *actor);
-        if !is_local && self.may_refetch(actor) {
-            let fresh = self
-                .fetch_and_keep(actor)
-                .await?
-                .map_err(|err| unknown(err.to_string()))?;
-            if fresh.key_id == received.key_id {
-                return Ok(fresh);
+        let (actor, key_id) = (&received.activity.actor, &received.key_id);
+        let names_key = |document: &ActorDocument| {
+            if document.key_id == *key_id {
+                return Ok(());
             }
-        }
-        Err(KernelError::StaleKey {
-            key_id: received.key_id.clone(),
-            actor: actor.clone(),
-        })
+            Err(KernelError::StaleKey {
+                key_id: key_id.clone(),
+                actor: actor.clone(),
+            })
+        };
+        self.directory.sender(self, actor, |_| true, names_key).await
     }
 
     async fn side_effects(&self, recipient: &str, recipient_url: &str, received: &Received) -> Result<(), KernelError> {

@@ -18,9 +18,7 @@ use sha2::{Digest, Sha256};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// How often a peer's document may be refetched because a key id did not match.
-const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
-/// Peers (or nodes) a throttle remembers at most.
+/// Nodes the revivals throttle remembers at most.
 const MAX_THROTTLED: usize = 100_000;
 
 pub struct Kernel {
@@ -40,8 +38,8 @@ pub struct Kernel {
     pub(crate) effects: crate::effects::Effects,
     /// The outboxes' chains this replica appends to (`outbox.rs`).
     pub(crate) outboxes: crate::outbox::Outboxes,
-    /// Refetches of peers' documents whose key id did not match, at most one per interval.
-    refetches: crate::throttle::Throttle,
+    /// Peers' documents, known or fetched (`directory.rs`).
+    pub(crate) directory: crate::directory::Directory,
     /// Calls telling delivery a node is up (a request from it arrived), at most one per
     /// interval per node.
     pub(crate) revivals: crate::throttle::Throttle,
@@ -171,6 +169,7 @@ impl Kernel {
             "flows restored from the newest flow snapshot and the flow journal after it"
         );
         let outboxes = crate::outbox::Outboxes::new(ports.logs.clone(), ports.clock.clone());
+        let directory = crate::directory::Directory::new(ports.peers.clone());
         let kernel = Arc::new_cyclic(|this| Kernel {
             ports,
             secret,
@@ -187,7 +186,7 @@ impl Kernel {
             replicas: crate::forward::Replicas::default(),
             effects: crate::effects::Effects::new(&applied),
             outboxes,
-            refetches: crate::throttle::Throttle::new(REFETCH_INTERVAL, MAX_THROTTLED),
+            directory,
             revivals: crate::throttle::Throttle::new(crate::ingest::REVIVE_EVERY, MAX_THROTTLED),
             relay: crate::relay::Relay::default(),
             flows,
@@ -486,15 +485,17 @@ impl Kernel {
                 document.id
             )));
         }
-        let id = derived_id("peer", &[&document.encode_to_vec()]);
-        self.journal(
-            id,
-            Record::PeerRegistered(PeerRegistered {
-                document: Some(document.clone()),
-            }),
-        )
-        .await?;
+        self.keep_peer(&document).await?;
         Ok(document)
+    }
+
+    /// Journals a peer's document.
+    async fn keep_peer(&self, document: &ActorDocument) -> Result<(), KernelError> {
+        let id = derived_id("peer", &[&document.encode_to_vec()]);
+        let record = Record::PeerRegistered(PeerRegistered {
+            document: Some(document.clone()),
+        });
+        self.journal(id, record).await.map(|_| ())
     }
 
     pub fn peer(&self, url: &str) -> Result<ActorDocument, KernelError> {
@@ -509,36 +510,20 @@ impl Kernel {
     /// then kept). The outer error is this kernel's (keeping it failed), the inner the
     /// peer's.
     pub(crate) async fn document_of(&self, url: &str) -> Result<Result<ActorDocument, FetchError>, KernelError> {
-        if let Some(document) = self.known_document(url) {
-            return Ok(Ok(document));
-        }
-        self.fetch_and_keep(url).await
+        self.directory.document_of(self, url).await
+    }
+}
+
+impl crate::directory::Documents for Kernel {
+    fn known(&self, url: &str) -> Option<(ActorDocument, bool)> {
+        let state = self.read_state();
+        let local = self.local_name(url).is_some_and(|name| state.actor(name).is_some());
+        state
+            .document(&self.actors_prefix, url)
+            .map(|document| (document.clone(), local))
     }
 
-    pub(crate) fn known_document(&self, url: &str) -> Option<ActorDocument> {
-        self.read_state().document(&self.actors_prefix, url).cloned()
-    }
-
-    /// Fetches the peer document at `url` and journals it; errors as in `document_of`.
-    pub(crate) async fn fetch_and_keep(&self, url: &str) -> Result<Result<ActorDocument, FetchError>, KernelError> {
-        let document = match self.ports.peers.fetch(url).await {
-            Ok(document) => document,
-            Err(err) => return Ok(Err(err)),
-        };
-        let id = derived_id("peer", &[&document.encode_to_vec()]);
-        self.journal(
-            id,
-            Record::PeerRegistered(PeerRegistered {
-                document: Some(document.clone()),
-            }),
-        )
-        .await?;
-        tracing::info!(peer = url, key_id = %document.key_id, "peer document fetched");
-        Ok(Ok(document))
-    }
-
-    /// Whether the peer's document may be refetched now (at most once per interval).
-    pub(crate) fn may_refetch(&self, url: &str) -> bool {
-        self.refetches.allow(url)
+    async fn keep(&self, document: &ActorDocument) -> Result<(), KernelError> {
+        self.keep_peer(document).await
     }
 }

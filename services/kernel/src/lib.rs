@@ -9,6 +9,7 @@ mod backfill;
 pub mod clock;
 mod config;
 pub mod delivery;
+mod directory;
 mod effects;
 mod error;
 mod flows;

@@ -119,31 +119,9 @@ impl Kernel {
     /// else fetched; refetched once (rate limited) when the key id is not the one known or
     /// the signature fails with it (the actor may have rotated its key).
     async fn verified_signer(&self, claim: &Claim, actor: &str) -> Result<ActorDocument, KernelError> {
-        let unknown = |reason: String| KernelError::UnknownSender {
-            actor: actor.to_owned(),
-            reason,
-        };
-        let known = self.known_document(actor).filter(|d| d.activitypub);
-        let fetched_now = known.is_none();
-        let document = match known {
-            Some(document) => document,
-            None => self
-                .fetch_and_keep(actor)
-                .await?
-                .map_err(|err| unknown(err.to_string()))?,
-        };
-        match check_with(claim, &document) {
-            Ok(()) => Ok(document),
-            Err(_) if !fetched_now && self.may_refetch(actor) => {
-                let fresh = self
-                    .fetch_and_keep(actor)
-                    .await?
-                    .map_err(|err| unknown(err.to_string()))?;
-                check_with(claim, &fresh)?;
-                Ok(fresh)
-            }
-            Err(err) => Err(err),
-        }
+        let activitypub = |document: &ActorDocument| document.activitypub;
+        let verifies = |document: &ActorDocument| check_with(claim, document);
+        self.directory.sender(self, actor, activitypub, verifies).await
     }
 
     /// The local actors a shared-inbox activity is for: those in its `to`/`cc`, and when it

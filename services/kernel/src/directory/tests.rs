@@ -58,6 +58,15 @@ impl Documents for Known {
     }
 }
 
+impl Known {
+    fn insert(&self, document: ActorDocument, local: bool) {
+        self.documents
+            .lock()
+            .unwrap()
+            .insert(document.id.clone(), (document, local));
+    }
+}
+
 fn setup() -> (Arc<Peers>, Directory, Known) {
     let peers = Arc::new(Peers::default());
     (peers.clone(), Directory::new(peers), Known::default())
@@ -96,11 +105,7 @@ async fn an_unknown_sender_is_fetched_once_and_kept() {
 #[tokio::test]
 async fn a_rotated_key_is_refetched_at_most_once_per_interval() {
     let (peers, directory, known) = setup();
-    known
-        .documents
-        .lock()
-        .unwrap()
-        .insert(PEER.into(), (document(PEER, "k1"), false));
+    known.insert(document(PEER, "k1"), false);
     peers.served.lock().unwrap().insert(PEER.into(), document(PEER, "k2"));
     let found = directory.sender(&known, PEER, any, key("k2")).await.unwrap();
     assert_eq!(found.key_id, "k2", "the rotated key is fetched and kept");
@@ -125,11 +130,7 @@ async fn a_document_just_fetched_or_local_is_not_fetched_again() {
     assert!(matches!(refused, KernelError::StaleKey { .. }));
     assert_eq!(peers.fetched.lock().unwrap().len(), 1);
 
-    known
-        .documents
-        .lock()
-        .unwrap()
-        .insert(LOCAL.into(), (document(LOCAL, "k1"), true));
+    known.insert(document(LOCAL, "k1"), true);
     let refused = directory.sender(&known, LOCAL, any, key("k9")).await.unwrap_err();
     assert!(matches!(refused, KernelError::StaleKey { .. }));
     assert_eq!(peers.fetched.lock().unwrap().len(), 1, "a local actor is never fetched");
@@ -150,11 +151,7 @@ async fn a_sender_whose_document_cannot_be_fetched_is_unknown_and_nothing_is_kep
 async fn a_known_document_that_is_not_usable_is_fetched() {
     // The ActivityPub inbox uses only documents fetched as ActivityPub actors.
     let (peers, directory, known) = setup();
-    known
-        .documents
-        .lock()
-        .unwrap()
-        .insert(PEER.into(), (document(PEER, "k1"), false));
+    known.insert(document(PEER, "k1"), false);
     let fetched = ActorDocument {
         activitypub: true,
         ..document(PEER, "k1")

@@ -174,3 +174,31 @@ impl Logs {
         Ok(self.port.leases(prefix).await?)
     }
 }
+
+/// A real log-store for the kernel's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Logs;
+
+    /// A log-store on RocksDB in a temp dir, served in the test's process; it stops when
+    /// this is dropped.
+    pub(crate) struct LogStore {
+        shutdown: fedsx_runtime::CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for LogStore {
+        fn drop(&mut self) {
+            self.shutdown.cancel();
+        }
+    }
+
+    pub(crate) async fn log_store() -> (Logs, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let shutdown = fedsx_runtime::CancellationToken::new();
+        let url = fedsx_log_store::spawn_on_loopback(dir.path(), shutdown.clone())
+            .await
+            .unwrap();
+        (Logs::connect_lazy(&url).unwrap(), LogStore { shutdown, _dir: dir })
+    }
+}

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::clock::SystemClock;
+use crate::logs::testing::{LogStore, log_store};
 use crate::state::{NodeUrls, local_document};
-use fedsx_runtime::CancellationToken;
 
 /// A local actor: its name, document and key.
 struct Actor {
@@ -37,16 +37,11 @@ impl Actor {
     }
 }
 
-/// Two writers' `Outboxes` on one log-store in this process, until the token is cancelled.
-async fn outboxes() -> (Logs, Arc<Outboxes>, Arc<Outboxes>, CancellationToken, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let url = fedsx_log_store::spawn_on_loopback(dir.path(), shutdown.clone())
-        .await
-        .unwrap();
-    let logs = Logs::connect_lazy(&url).unwrap();
+/// Two writers' `Outboxes` on one log-store in this process, until the guard is dropped.
+async fn outboxes() -> (Logs, Arc<Outboxes>, Arc<Outboxes>, LogStore) {
+    let (logs, store) = log_store().await;
     let writer = || Arc::new(Outboxes::new(logs.clone(), Arc::new(SystemClock)));
-    (logs.clone(), writer(), writer(), shutdown, dir)
+    (logs.clone(), writer(), writer(), store)
 }
 
 /// The outbox's entries as (seq, activity id, activity); each checked to be signed by the
@@ -78,7 +73,7 @@ fn assert_chained(chain: &[(u64, ActivityId, Activity)], len: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_make_one_chain() {
-    let (logs, writer, _, shutdown, _dir) = outboxes().await;
+    let (logs, writer, _, _store) = outboxes().await;
     let alice = Arc::new(Actor::new("alice"));
     let to = ["https://a.example/actors/bob".to_owned()];
     let mut calls = tokio::task::JoinSet::new();
@@ -97,14 +92,13 @@ async fn concurrent_appends_make_one_chain() {
     let chain = chain(&logs, &alice).await;
     assert_chained(&chain, 40);
     assert_eq!(chain[0].2.to, to, "the activity names its recipients");
-    shutdown.cancel();
 }
 
 #[tokio::test]
 async fn a_writer_whose_view_of_the_end_went_stale_builds_on_the_real_end() {
     // Two writers on one outbox: a partition that moved from one replica to another and
     // back. Each one's view of the end goes stale while the other appends.
-    let (logs, first, second, shutdown, _dir) = outboxes().await;
+    let (logs, first, second, _store) = outboxes().await;
     let alice = Actor::new("alice");
     assert_eq!(first.append(alice.note("1", &[])).await.unwrap().seq, 1);
     for n in 2..=4 {
@@ -114,12 +108,11 @@ async fn a_writer_whose_view_of_the_end_went_stale_builds_on_the_real_end() {
     assert_eq!((stale.seq, stale.new), (5, true), "rebuilt on the tip it found");
     assert_eq!(second.append(alice.note("6", &[])).await.unwrap().seq, 6);
     assert_chained(&chain(&logs, &alice).await, 6);
-    shutdown.cancel();
 }
 
 #[tokio::test]
 async fn an_append_with_a_once_key_happens_once() {
-    let (logs, writer, other, shutdown, _dir) = outboxes().await;
+    let (logs, writer, other, _store) = outboxes().await;
     let alice = Actor::new("alice");
     let accept = |content| Next {
         once_key: Some([9; 32]),
@@ -135,12 +128,11 @@ async fn an_append_with_a_once_key_happens_once() {
     let next = other.append(alice.note("after", &[])).await.unwrap();
     assert_eq!((next.seq, next.new), (2, true));
     assert_chained(&chain(&logs, &alice).await, 2);
-    shutdown.cancel();
 }
 
 #[tokio::test]
 async fn an_activity_no_inbox_would_take_is_refused_and_nothing_is_written() {
-    let (logs, writer, _, shutdown, _dir) = outboxes().await;
+    let (logs, writer, _, _store) = outboxes().await;
     let alice = Actor::new("alice");
     let long = "x".repeat(fedsx_wire::MAX_ENVELOPE_BYTES);
     let refused = writer.append(alice.note(&long, &[])).await.unwrap_err();
@@ -152,5 +144,4 @@ async fn an_activity_no_inbox_would_take_is_refused_and_nothing_is_written() {
     let next = writer.append(alice.note("short", &[])).await.unwrap();
     assert_eq!(next.seq, 1);
     assert_chained(&chain(&logs, &alice).await, 1);
-    shutdown.cancel();
 }

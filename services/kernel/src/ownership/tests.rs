@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::logs::Logs;
+use crate::logs::testing::{LogStore, log_store};
 use crate::partition::Journals;
 use fedsx_proto::kernel::v1::journal_record::Record;
 use fedsx_proto::kernel::v1::{JournalRecord, PartitionOwned};
@@ -52,16 +53,11 @@ impl Host {
 }
 
 /// Two replicas (`kernel-a`, `kernel-b`) with leases of `lease` on a real log-store in this
-/// process (RocksDB in a temp dir), until the returned token is cancelled.
-async fn two_replicas(lease: Duration) -> (Logs, Arc<Host>, Arc<Host>, CancellationToken, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let url = fedsx_log_store::spawn_on_loopback(dir.path(), shutdown.clone())
-        .await
-        .unwrap();
-    let logs = Logs::connect_lazy(&url).unwrap();
+/// process (RocksDB in a temp dir), until the guard is dropped.
+async fn two_replicas(lease: Duration) -> (Logs, Arc<Host>, Arc<Host>, LogStore) {
+    let (logs, store) = log_store().await;
     let (a, b) = (replica(&logs, "kernel-a", lease), replica(&logs, "kernel-b", lease));
-    (logs, a, b, shutdown, dir)
+    (logs, a, b, store)
 }
 
 fn replica(logs: &Logs, id: &str, lease: Duration) -> Arc<Host> {
@@ -127,7 +123,7 @@ fn partitions_spread_over_replicas_and_a_leaving_one_moves_only_its_share() {
 
 #[tokio::test]
 async fn two_replicas_split_the_partitions_each_taken_once_and_fenced_in_its_journal() {
-    let (logs, a, b, shutdown, _dir) = two_replicas(Duration::from_secs(30)).await;
+    let (logs, a, b, _store) = two_replicas(Duration::from_secs(30)).await;
 
     round(&*a).await.unwrap();
     assert_eq!(
@@ -185,13 +181,12 @@ async fn two_replicas_split_the_partitions_each_taken_once_and_fenced_in_its_jou
     assert_eq!(unserved, Vec::<u32>::new());
     let listed: Vec<(String, Vec<u32>)> = replicas.into_iter().map(|r| (r.id, r.partitions)).collect();
     assert_eq!(listed, vec![("kernel-a".into(), a_share), ("kernel-b".into(), b_share)]);
-    shutdown.cancel();
 }
 
 #[tokio::test]
 async fn an_owner_paused_past_its_lease_is_fenced_at_its_next_append() {
     let lease = Duration::from_millis(300);
-    let (logs, a, b, shutdown, _dir) = two_replicas(lease).await;
+    let (logs, a, b, _store) = two_replicas(lease).await;
     round(&*a).await.unwrap();
     let (id, record) = note(1);
     let first = a.ownership.append(0, id, &record).await.unwrap();
@@ -230,13 +225,12 @@ async fn an_owner_paused_past_its_lease_is_fenced_at_its_next_append() {
         4,
         "the new owner writes on"
     );
-    shutdown.cancel();
 }
 
 #[tokio::test]
 async fn a_replica_that_leaves_gives_its_partitions_up_at_once() {
     // Far longer than the test: the partitions pass on only because they are given up.
-    let (_logs, a, b, shutdown, _dir) = two_replicas(Duration::from_secs(60)).await;
+    let (_logs, a, b, _store) = two_replicas(Duration::from_secs(60)).await;
     round(&*a).await.unwrap();
     round(&*b).await.unwrap();
     round(&*a).await.unwrap();
@@ -262,13 +256,12 @@ async fn a_replica_that_leaves_gives_its_partitions_up_at_once() {
     );
     let (replicas, _) = b.ownership.replicas().await.unwrap();
     assert_eq!(replicas.len(), 1, "a's membership is given up too: {replicas:?}");
-    shutdown.cancel();
 }
 
 #[tokio::test]
 async fn a_replica_started_again_under_its_id_fences_its_previous_run() {
     let lease = Duration::from_secs(60);
-    let (logs, before, _, shutdown, _dir) = two_replicas(lease).await;
+    let (logs, before, _, _store) = two_replicas(lease).await;
     round(&*before).await.unwrap();
     let again = replica(&logs, "kernel-a", lease);
     round(&*again).await.unwrap();
@@ -287,5 +280,4 @@ async fn a_replica_started_again_under_its_id_fences_its_previous_run() {
         vec![(1, Some(("kernel-a".into(), 1))), (2, Some(("kernel-a".into(), 2)))],
         "the run before is fenced by the new epoch"
     );
-    shutdown.cancel();
 }

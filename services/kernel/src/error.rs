@@ -42,6 +42,10 @@ pub enum KernelError {
     LogStore(String),
     #[error("log-store unavailable: {0}")]
     LogStoreUnavailable(String),
+    /// Another writer kept appending first to a stream the call appends to (a partition
+    /// moving between replicas): nothing was written, and the call may succeed later.
+    #[error("{0}")]
+    Contended(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -63,7 +67,9 @@ impl ServiceError for KernelError {
                 ErrorCode::Unauthenticated
             }
             KernelError::Unreachable { .. } => ErrorCode::FailedPrecondition,
-            KernelError::LogStoreUnavailable(_) | KernelError::NotOwner { .. } => ErrorCode::Unavailable,
+            KernelError::LogStoreUnavailable(_) | KernelError::NotOwner { .. } | KernelError::Contended(_) => {
+                ErrorCode::Unavailable
+            }
             KernelError::LogStore(_) | KernelError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -109,5 +115,17 @@ pub fn check_name(name: &str) -> Result<(), KernelError> {
         Ok(())
     } else {
         Err(KernelError::InvalidName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_another_writer_kept_moving_is_unavailable_and_worth_retrying() {
+        let contended = KernelError::Contended("the outbox of alice kept moving".into());
+        assert_eq!(contended.code(), ErrorCode::Unavailable);
+        assert!(contended.is_retryable());
     }
 }

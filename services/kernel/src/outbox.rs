@@ -148,8 +148,8 @@ impl Outboxes {
                 }
             }
         }
-        Err(KernelError::Internal(format!(
-            "outbox of {} kept moving; gave up after {MAX_CONFLICTS} tries",
+        Err(KernelError::Contended(format!(
+            "the outbox of {} kept moving under another writer; gave up after {MAX_CONFLICTS} tries with nothing written; try again",
             next.actor
         )))
     }

@@ -517,10 +517,8 @@ impl Kernel {
 impl crate::directory::Documents for Kernel {
     fn known(&self, url: &str) -> Option<(ActorDocument, bool)> {
         let state = self.read_state();
-        let local = self.local_name(url).is_some_and(|name| state.actor(name).is_some());
-        state
-            .document(&self.actors_prefix, url)
-            .map(|document| (document.clone(), local))
+        let (document, local) = state.known(&self.actors_prefix, url)?;
+        Some((document.clone(), local))
     }
 
     async fn keep(&self, document: &ActorDocument) -> Result<(), KernelError> {

@@ -250,10 +250,15 @@ impl State {
     /// The document of the actor at `url`: a local actor (its URL starts with
     /// `actors_prefix`, `<base>/actors/`) or a known peer.
     pub fn document(&self, actors_prefix: &str, url: &str) -> Option<&ActorDocument> {
+        self.known(actors_prefix, url).map(|(document, _)| document)
+    }
+
+    /// As [`State::document`], with whether it is a local actor's.
+    pub fn known(&self, actors_prefix: &str, url: &str) -> Option<(&ActorDocument, bool)> {
         if let Some(actor) = url.strip_prefix(actors_prefix).and_then(|name| self.actor(name)) {
-            return Some(&actor.document);
+            return Some((&actor.document, true));
         }
-        self.peers.get(url)
+        self.peers.get(url).map(|document| (document, false))
     }
 }
 

@@ -95,10 +95,9 @@ pub enum Owner {
 pub(crate) struct Ownership {
     pub(crate) replica: String,
     config: ReplicaConfig,
-    partitions: u32,
     logs: Logs,
-    /// The journal stream of each partition, by partition.
-    journals: Vec<String>,
+    /// The node's journals: a partition's is its journal stream.
+    journals: Journals,
     owned: Mutex<HashMap<u32, Arc<Owned>>>,
     /// Holder and URL of each partition's lease, as last listed.
     holders: Mutex<HashMap<u32, (String, String)>>,
@@ -142,15 +141,11 @@ impl Ownership {
                 format!("kernel-{}", hex::encode(id))
             }
         };
-        let partitions = journals.partitions();
         Ok(Ownership {
             replica,
             config,
-            partitions,
             logs,
-            journals: (0..partitions)
-                .map(|p| journals.stream(1 + p as usize).to_owned())
-                .collect(),
+            journals: journals.clone(),
             owned: Mutex::default(),
             holders: Mutex::default(),
             rounds: watch::Sender::new(0),
@@ -158,9 +153,14 @@ impl Ownership {
         })
     }
 
+    /// How many partitions there are.
+    fn partitions(&self) -> u32 {
+        self.journals.partitions()
+    }
+
     /// The journal stream of `partition`.
     fn journal(&self, partition: u32) -> &str {
-        &self.journals[partition as usize]
+        self.journals.stream(1 + partition as usize)
     }
 
     pub(crate) fn period(&self) -> Duration {
@@ -272,7 +272,7 @@ impl Ownership {
                 (lease.holder, view)
             })
             .collect();
-        let mut unserved: BTreeSet<u32> = (0..self.partitions).collect();
+        let mut unserved: BTreeSet<u32> = (0..self.partitions()).collect();
         for lease in self.logs.leases(PARTITION_PREFIX).await? {
             let Some(partition) = lease_partition(&lease.name) else {
                 continue;

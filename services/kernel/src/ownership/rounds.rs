@@ -47,7 +47,7 @@ pub(crate) async fn round(host: &impl OwnershipHost) -> Result<(), KernelError> 
     if before != live.len() {
         tracing::info!(replica = %me.replica, live = live.len(), "kernel replicas live");
     }
-    let share: BTreeSet<u32> = (0..me.partitions)
+    let share: BTreeSet<u32> = (0..me.partitions())
         .filter(|p| assigned(&live, *p) == Some(me.replica.as_str()))
         .collect();
 
